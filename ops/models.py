@@ -1,0 +1,297 @@
+"""The project's own domain types, shared by the broker adapter, the store and the roles.
+
+Plain frozen dataclasses with Decimal money: nothing here imports alpaca-py, asyncpg or
+textual. The broker adapter converts alpaca-py models into these; the store persists them.
+Order statuses and trade events are kept as plain strings on purpose: the broker has
+added values before (alpaca-wire.md section 6.3), and an unknown value must be stored,
+not rejected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+JsonDict = Mapping[str, Any]
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+    TRAILING_STOP = "trailing_stop"
+
+
+class TimeInForce(StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+    OPG = "opg"
+    CLS = "cls"
+    IOC = "ioc"
+    FOK = "fok"
+
+
+class AssetClass(StrEnum):
+    US_EQUITY = "us_equity"
+    US_OPTION = "us_option"
+    CRYPTO = "crypto"
+
+
+class KillSwitch(StrEnum):
+    """Graded per-account kill switch, persisted in the `controls` table."""
+
+    OFF = "off"
+    HALT = "halt"  # no new entries; exits still allowed
+    REDUCE_ONLY = "reduce-only"  # only orders that reduce an existing position
+    FLATTEN = "flatten"  # cancel open orders and close every position
+
+
+TERMINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
+FILL_EVENTS = frozenset({"fill", "partial_fill"})
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    """The broker's view of one account (numbers only, never keys)."""
+
+    account_id: str
+    account_number: str
+    status: str
+    currency: str
+    cash: Decimal
+    equity: Decimal
+    last_equity: Decimal
+    buying_power: Decimal
+    options_buying_power: Decimal | None = None
+    long_market_value: Decimal | None = None
+    short_market_value: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    timestamp: datetime
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """What the dispatcher asks the broker for. Exactly one of qty/notional is set."""
+
+    symbol: str
+    side: Side
+    client_order_id: str
+    qty: Decimal | None = None
+    notional: Decimal | None = None
+    order_type: OrderType = OrderType.MARKET
+    time_in_force: TimeInForce = TimeInForce.DAY
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    position_intent: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.qty is None) == (self.notional is None):
+            raise ValueError("OrderRequest needs exactly one of qty or notional")
+        if self.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and self.limit_price is None:
+            raise ValueError(f"{self.order_type} order needs limit_price")
+        if self.order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and self.stop_price is None:
+            raise ValueError(f"{self.order_type} order needs stop_price")
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order as the broker reports it (state after the latest event)."""
+
+    id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    order_type: str
+    time_in_force: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None = None
+    qty: Decimal | None = None
+    notional: Decimal | None = None
+    filled_qty: Decimal = Decimal(0)
+    filled_avg_price: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    asset_class: str = AssetClass.US_EQUITY.value
+    filled_at: datetime | None = None
+    canceled_at: datetime | None = None
+    replaces: str | None = None
+    replaced_by: str | None = None
+    raw: JsonDict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_ORDER_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class TradeUpdate:
+    """One `trade_updates` event. `event` is kept verbatim, known or not."""
+
+    event: str
+    order: Order
+    timestamp: datetime
+    execution_id: str | None = None
+    price: Decimal | None = None
+    qty: Decimal | None = None
+    position_qty: Decimal | None = None
+    raw: JsonDict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def event_key(self) -> str:
+        """Natural key that makes storing an event idempotent (alpaca-wire.md section 6.4).
+
+        Fills are keyed by execution id; other events by (order, event, timestamp),
+        which a duplicate delivery repeats exactly.
+        """
+        if self.execution_id:
+            return f"exec:{self.execution_id}"
+        return f"{self.order.id}:{self.event}:{self.timestamp.isoformat()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution from the account activities (`FILL`) endpoint: the REST truth."""
+
+    id: str
+    order_id: str
+    symbol: str
+    side: str
+    price: Decimal
+    qty: Decimal
+    cum_qty: Decimal
+    leaves_qty: Decimal
+    transaction_time: datetime
+    fill_type: str  # "fill" | "partial_fill"
+    order_status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A broker position. qty is signed (negative = short); option values already x100."""
+
+    symbol: str
+    qty: Decimal
+    avg_entry_price: Decimal
+    cost_basis: Decimal
+    asset_class: str = AssetClass.US_EQUITY.value
+    side: str = "long"
+    market_value: Decimal | None = None
+    current_price: Decimal | None = None
+    lastday_price: Decimal | None = None
+    unrealized_pl: Decimal | None = None
+    unrealized_plpc: Decimal | None = None
+    qty_available: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    symbol: str
+    timestamp: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One scheduled slot of a periodic role, as written to the run ledger.
+
+    slot_id is deterministic (account, role, slot time), so a slot that never ran is a
+    visible hole, even across restarts.
+    """
+
+    slot_id: str
+    process: str
+    account: str | None
+    role: str
+    slot_time: datetime
+    scheduled_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str  # "running" | "ok" | "error" | "timeout" | "idle-market-closed" | "paused"
+    lateness_s: float
+    skipped_before: int = 0  # ticks skipped by an overrun just before this slot
+    error: str | None = None
+
+    @staticmethod
+    def make_slot_id(account: str | None, role: str, slot_time: datetime) -> str:
+        return f"{account or '-'}:{role}:{slot_time.strftime('%Y%m%dT%H%M%S.%fZ')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Proof that a process's event loop is alive, with progress counters."""
+
+    process: str
+    account: str | None
+    role: str
+    pid: int
+    ts: datetime
+    started_at: datetime
+    counters: Mapping[str, int | float | str] = field(default_factory=dict)
+
+
+_OCC = re.compile(r"^(?P<root>[A-Z.]{1,6}\d?)(?P<yy>\d{2})(?P<mm>\d{2})(?P<dd>\d{2})"
+                  r"(?P<right>[CP])(?P<strike>\d{8})$")
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSymbol:
+    """An OCC option symbol, e.g. AAPL240621C00190000 (alpaca-wire.md section 3.7)."""
+
+    underlying: str
+    expiry: date
+    right: str  # "C" | "P"
+    strike: Decimal
+
+    @classmethod
+    def parse(cls, symbol: str) -> OptionSymbol | None:
+        """The parsed symbol, or None when `symbol` is not an OCC option symbol."""
+        m = _OCC.match(symbol)
+        if m is None:
+            return None
+        try:
+            expiry = date(2000 + int(m["yy"]), int(m["mm"]), int(m["dd"]))
+        except ValueError:
+            return None
+        return cls(m["root"], expiry, m["right"], Decimal(m["strike"]) / 1000)
+
+    def __str__(self) -> str:
+        strike = int(self.strike * 1000)
+        return f"{self.underlying}{self.expiry:%y%m%d}{self.right}{strike:08d}"
+
+    def describe(self) -> str:
+        kind = "call" if self.right == "C" else "put"
+        return f"{self.underlying} {self.expiry.isoformat()} {self.strike.normalize()} {kind}"
+
+
+OPTION_MULTIPLIER = Decimal(100)
