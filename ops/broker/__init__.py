@@ -1,0 +1,52 @@
+"""The broker adapter: the only package in the project that imports alpaca-py.
+
+Public API (everything else in ops speaks ops.models types):
+- `Broker(endpoints, creds, settings)`: async REST facade (account, clock, positions,
+  orders, fills, market data) with timeouts, bounded retries and a rate budget;
+  `submit_order` never re-sends and settles ambiguous outcomes by client_order_id.
+- `TradeStream(endpoints, creds, on_update, on_bad_message, on_connect)`: the
+  `trade_updates` WebSocket inside the process's event loop.
+- `Broker.bind_account(expected_account_number)` -> AccountMismatchError on a key mix-up.
+
+Layout: _sdk.py (the alpaca-py imports), transport.py (timeouts, retries, rate budget,
+error translation), convert.py (raw JSON -> ops.models), orders.py (order requests),
+client.py (Broker), marketdata.py, stream.py, errors.py.
+"""
+
+from ops.broker.client import (
+    Broker,
+    BrokerEndpoints,
+    BrokerSettings,
+    BrokerStats,
+    CancelResult,
+    ClosePositionResult,
+    SubmitOutcome,
+    SubmitResult,
+)
+from ops.broker.errors import (
+    AccountMismatchError,
+    BrokerApiError,
+    BrokerDataError,
+    BrokerError,
+    BrokerUnavailable,
+)
+from ops.broker.stream import KNOWN_EVENTS, StreamCounters, TradeStream
+
+__all__ = [
+    "KNOWN_EVENTS",
+    "AccountMismatchError",
+    "Broker",
+    "BrokerApiError",
+    "BrokerDataError",
+    "BrokerEndpoints",
+    "BrokerError",
+    "BrokerSettings",
+    "BrokerStats",
+    "BrokerUnavailable",
+    "CancelResult",
+    "ClosePositionResult",
+    "StreamCounters",
+    "SubmitOutcome",
+    "SubmitResult",
+    "TradeStream",
+]

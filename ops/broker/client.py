@@ -1,0 +1,514 @@
+"""`Broker`: the async facade over alpaca-py's REST clients for one account.
+
+Each call runs the sync alpaca-py client in a worker thread (`asyncio.to_thread`) with a
+real timeout (see transport.py) and converts raw JSON into ops.models types (convert.py).
+
+Retry policy, per kind of call (all retries through ops.retry, never alpaca-py's own):
+- reads and idempotent calls (get/list, cancel): retried on 429, 5xx, timeouts and
+  connection errors, within `BrokerSettings.retry`;
+- calls that create orders (close_position, close_all_positions, replace_order): retried
+  only on 429, which the broker refuses unprocessed; any other failure propagates;
+- submit_order: never re-sent. An ambiguous failure (timeout, connection error, 5xx,
+  429) is settled by looking the order up by client_order_id; see `submit_order`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+from ops.broker import _sdk as sdk
+from ops.broker.convert import (
+    account_from_raw,
+    as_mapping,
+    clock_from_raw,
+    fill_from_raw,
+    order_from_raw,
+    position_from_raw,
+)
+from ops.broker.errors import (
+    AccountMismatchError,
+    BrokerApiError,
+    BrokerDataError,
+    BrokerError,
+)
+from ops.broker.marketdata import MarketData
+from ops.broker.orders import build_order_request, build_replace_request
+from ops.broker.transport import TokenBucket, harden, is_rate_limited, is_transient, translate
+from ops.credentials import Credentials
+from ops.models import AccountInfo, Bar, Clock, Fill, Order, OrderRequest, Position, Quote
+from ops.retry import Backoff, retry
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+SubmitOutcome = Literal["accepted", "rejected", "unknown"]
+
+
+def _origin(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    url = value.strip().rstrip("/")
+    if not url.startswith(tuple(f"{s}://" for s in schemes)):
+        raise ValueError(f"broker endpoint {name} = {value!r}: must start with "
+                         + " or ".join(f"{s}://" for s in schemes))
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerEndpoints:
+    """Where one account's broker lives. REST and data URLs are bare origins (no /v2);
+    the stream URL is used verbatim (e.g. wss://paper-api.alpaca.markets/stream)."""
+
+    rest_url: str
+    stream_url: str
+    data_url: str
+    paper: bool = True
+
+    def __post_init__(self) -> None:
+        rest = _origin("rest_url", self.rest_url, ("http", "https"))
+        data = _origin("data_url", self.data_url, ("http", "https"))
+        for name, url in (("rest_url", rest), ("data_url", data)):
+            if url.endswith(("/v2", "/v1beta1")):
+                raise ValueError(f"broker endpoint {name} = {url!r}: give the bare origin, "
+                                 "without the API version (alpaca-py appends it)")
+        object.__setattr__(self, "rest_url", rest)
+        object.__setattr__(self, "data_url", data)
+        object.__setattr__(self, "stream_url", _origin("stream_url", self.stream_url,
+                                                       ("ws", "wss")))
+
+
+def _default_retry() -> Backoff:
+    return Backoff(initial_s=0.5, max_s=4.0, max_attempts=4, deadline_s=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Bounds for broker REST calls."""
+
+    rest_timeout_s: float = 10.0
+    """requests' connect and read timeout for every call (alpaca-py sets none)."""
+    retry: Backoff = field(default_factory=_default_retry)
+    """Bounds for retrying reads, cancels and 429s; also for the lookup that settles a submit."""
+    rate_limit_per_min: int = 200
+    """Request budget of this Broker (Alpaca: 200/min per account, shared by all processes
+    of the account, so give each process its share)."""
+    rate_limit_burst: int = 20
+    """Requests that may go out back to back before the budget paces them."""
+    data_feed: str | None = None
+    """Market-data feed (iex, sip, ...); None lets the server pick."""
+
+    def __post_init__(self) -> None:
+        if self.rest_timeout_s <= 0:
+            raise ValueError(f"rest_timeout_s must be > 0, got {self.rest_timeout_s}")
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What happened to one order submission.
+
+    accepted: the order exists at the broker (`order` set unless its JSON was unreadable).
+    rejected: the broker refused it (or it was invalid before sending); nothing was created.
+    unknown: no definitive answer and the order was not found by client_order_id (yet).
+      It may still appear; re-check with `Broker.settle(client_order_id)`. Re-sending with
+      the *same* client_order_id is safe (the broker refuses duplicates); a new id is not.
+    """
+
+    outcome: SubmitOutcome
+    order: Order | None
+    reason: str | None = None
+    http_status: int | None = None
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelResult:
+    """One item of cancel-all (HTTP 207): the order id and the per-order status."""
+
+    order_id: str
+    http_status: int
+    body: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClosePositionResult:
+    """One item of close-all (HTTP 207): the liquidating order, or why there is none."""
+
+    symbol: str
+    http_status: int
+    order: Order | None = None
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    """Counters for heartbeats."""
+
+    requests: int = 0
+    errors: int = 0
+    retries: int = 0
+
+
+def _aware(name: str, value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} = {value!r}: give a timezone-aware datetime")
+    return value
+
+
+def _is_duplicate_cid(err: BrokerApiError) -> bool:
+    text = err.reason.lower()
+    return (err.http_status == 422 and "client_order_id" in text
+            and any(w in text for w in ("unique", "duplicate", "exist")))
+
+
+class Broker:
+    """One account's broker REST access. Build one per (process, account)."""
+
+    def __init__(
+        self,
+        endpoints: BrokerEndpoints,
+        creds: Credentials,
+        settings: BrokerSettings | None = None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.account_name = creds.account_name
+        self.settings = settings or BrokerSettings()
+        self.stats = BrokerStats()
+        s = self.settings
+        self._trading = sdk.TradingClient(
+            creds.api_key, creds.api_secret, paper=endpoints.paper, raw_data=True,
+            url_override=endpoints.rest_url,
+        )
+        stock = sdk.StockHistoricalDataClient(
+            creds.api_key, creds.api_secret, raw_data=True, url_override=endpoints.data_url
+        )
+        option = sdk.OptionHistoricalDataClient(
+            creds.api_key, creds.api_secret, raw_data=True, url_override=endpoints.data_url
+        )
+        for client in (self._trading, stock, option):
+            harden(client, s.rest_timeout_s)
+        self._bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
+        self._data_bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
+        # Bound on the loop side too: requests' read timeout is per socket read, so a
+        # server trickling bytes could otherwise hold a call far longer.
+        self._call_bound_s = 2 * s.rest_timeout_s + 1.0
+        self.market = MarketData(self, stock, option, s.data_feed)
+
+    def __repr__(self) -> str:
+        return f"Broker(account={self.account_name!r}, rest_url={self.endpoints.rest_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP sessions (idempotent)."""
+        self._trading._session.close()
+        self.market.close()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def call(
+        self, what: str, fn: Callable[..., T], *args: Any, data: bool = False,
+        bound_s: float | None = None,
+    ) -> T:
+        """One attempt of a sync alpaca-py call in a worker thread; errors translated."""
+        await (self._data_bucket if data else self._bucket).acquire()
+        self.stats.requests += 1
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(fn, *args), bound_s or self._call_bound_s
+            )
+        except Exception as exc:
+            err = translate(exc, what, self.settings.rest_timeout_s)
+            if err is None:
+                raise
+            self.stats.errors += 1
+            raise err from None
+
+    def _on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
+        self.stats.retries += 1
+
+    async def read(
+        self, what: str, fn: Callable[..., T], *args: Any, data: bool = False,
+        bound_s: float | None = None,
+    ) -> T:
+        """An idempotent call, retried on transient failures within settings.retry."""
+        return await retry(
+            lambda: self.call(what, fn, *args, data=data, bound_s=bound_s),
+            policy=self.settings.retry, retry_on=is_transient, what=what,
+            on_retry=self._on_retry,
+        )
+
+    async def _write(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """A call that may create orders: retried only when rate limited (429)."""
+        return await retry(
+            lambda: self.call(what, fn, *args),
+            policy=self.settings.retry, retry_on=is_rate_limited, what=what,
+            on_retry=self._on_retry,
+        )
+
+    # -- account ------------------------------------------------------------------------
+
+    async def get_account(self) -> AccountInfo:
+        return account_from_raw(await self.read("get account", self._trading.get_account))
+
+    async def bind_account(self, expected_account_number: str) -> AccountInfo:
+        """Fetch the account; raise AccountMismatchError unless it is the expected one."""
+        account = await self.get_account()
+        if account.account_number != expected_account_number:
+            log.error("account binding refused for %r: expected %s, got %s",
+                      self.account_name, expected_account_number, account.account_number)
+            raise AccountMismatchError(
+                self.account_name, expected_account_number, account.account_number
+            )
+        return account
+
+    async def get_clock(self) -> Clock:
+        return clock_from_raw(await self.read("get clock", self._trading.get_clock))
+
+    # -- positions ----------------------------------------------------------------------
+
+    async def list_positions(self) -> list[Position]:
+        raw = await self.read("list positions", self._trading.get_all_positions)
+        return [position_from_raw(p) for p in _as_list(raw, "positions")]
+
+    async def get_position(self, symbol: str) -> Position | None:
+        try:
+            raw = await self.read(f"get position {symbol}", self._trading.get_open_position,
+                                  symbol)
+        except BrokerApiError as e:
+            if e.http_status == 404:
+                return None
+            raise
+        return position_from_raw(raw)
+
+    async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
+        """Liquidate `symbol` (all of it, or `qty`). Not retried except on 429."""
+        opts = sdk.ClosePositionRequest(qty=str(qty)) if qty is not None else None
+        raw = await self._write(f"close position {symbol}", self._trading.close_position,
+                                symbol, opts)
+        return order_from_raw(raw)
+
+    async def close_all_positions(self, cancel_orders: bool = True) -> list[ClosePositionResult]:
+        raw = await self._write("close all positions", self._trading.close_all_positions,
+                                cancel_orders)
+        out: list[ClosePositionResult] = []
+        for item in _as_list(raw, "close all positions"):
+            d = as_mapping(item, "close all positions item")
+            status = int(d.get("status") or 0)
+            body = d.get("body")
+            symbol = str(d.get("symbol") or "")
+            if 200 <= status < 300 and isinstance(body, Mapping):
+                out.append(ClosePositionResult(symbol, status, order_from_raw(body)))
+            else:
+                reason = body.get("message") if isinstance(body, Mapping) else body
+                out.append(ClosePositionResult(symbol, status, None, str(reason)))
+        return out
+
+    # -- orders -------------------------------------------------------------------------
+
+    async def submit_order(self, req: OrderRequest) -> SubmitResult:
+        """Submit once; never re-sent. Outcomes:
+
+        - 200 -> accepted;
+        - 422 "client_order_id must be unique" -> the order exists: looked up and
+          returned as accepted;
+        - other 4xx -> rejected, with Alpaca's message as reason;
+        - timeout, connection error, 5xx, 429 -> settled by a (retried) lookup by
+          client_order_id: found -> accepted, else unknown (see SubmitResult).
+        """
+        cid = req.client_order_id
+        try:
+            body = build_order_request(req)
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            return SubmitResult("rejected", None, f"invalid order request: {e}")
+        what = f"submit order {cid}"
+        try:
+            raw = await self.call(what, self._trading.submit_order, body)
+        except BrokerApiError as e:
+            if _is_duplicate_cid(e):
+                # An order with this id exists at the broker: return it. If the lookup
+                # cannot show it, the answer stays unknown, never "rejected" (that would
+                # invite a second order).
+                log.info("%s: duplicate client_order_id; looking the order up", what)
+                return await self._settle(cid, cause=e)
+            if e.http_status is not None and (e.http_status == 429 or e.http_status >= 500):
+                log.warning("%s: ambiguous answer (%s); settling by client_order_id", what, e)
+                return await self._settle(cid, cause=e)
+            return SubmitResult("rejected", None, e.reason, e.http_status, e.code)
+        except BrokerError as e:  # BrokerUnavailable: the request may have been processed
+            log.warning("%s: no answer (%s); settling by client_order_id", what, e)
+            return await self._settle(cid, cause=e)
+        try:
+            return SubmitResult("accepted", order_from_raw(raw), None, 200)
+        except BrokerDataError as e:
+            return SubmitResult("accepted", None, f"accepted, but the response is unreadable: "
+                                f"{e}", 200)
+
+    async def settle(self, client_order_id: str) -> SubmitResult:
+        """Re-check an UNKNOWN submission: accepted if the broker has it, else unknown."""
+        return await self._settle(client_order_id, cause=None)
+
+    async def _settle(self, cid: str, cause: BrokerError | None) -> SubmitResult:
+        status = cause.http_status if cause else None
+        code = cause.code if cause else None
+        prefix = f"{cause}; " if cause else ""
+        try:
+            order = await self.get_order_by_client_id(cid)
+        except BrokerError as e:
+            return SubmitResult("unknown", None, f"{prefix}lookup by client_order_id failed: "
+                                f"{e}", status, code)
+        if order is not None:
+            return SubmitResult("accepted", order, None, status, code)
+        return SubmitResult(
+            "unknown", None,
+            f"{prefix}no order with client_order_id {cid!r} at the broker (yet); it may still "
+            "appear: re-check with settle(), do not re-send with a new id",
+            status, code,
+        )
+
+    async def get_order(self, order_id: str) -> Order | None:
+        try:
+            uuid.UUID(order_id)
+        except ValueError:
+            raise ValueError(f"order id {order_id!r} is not a UUID") from None
+        try:
+            raw = await self.read(f"get order {order_id}", self._trading.get_order_by_id,
+                                  order_id, sdk.GetOrderByIdRequest(nested=True))
+        except BrokerApiError as e:
+            if e.http_status == 404:
+                return None
+            raise
+        return order_from_raw(raw)
+
+    async def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        try:
+            raw = await self.read(f"get order by client_order_id {client_order_id}",
+                                  self._trading.get_order_by_client_id, client_order_id)
+        except BrokerApiError as e:
+            if e.http_status == 404:
+                return None
+            raise
+        return order_from_raw(raw)
+
+    async def list_orders(
+        self,
+        status: str = "all",
+        after: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+        direction: str = "asc",
+        nested: bool = True,
+        symbols: Sequence[str] | None = None,
+    ) -> list[Order]:
+        """All matching orders. Pages of `limit` (max 500) by moving `after` (asc) or
+        `until` (desc) to the edge of the last page; overlap is removed by order id."""
+        try:
+            q_status = sdk.QueryOrderStatus(status)
+            sort = sdk.Sort(direction)
+        except ValueError as e:
+            raise ValueError(f"list_orders: {e}") from None
+        if not 1 <= limit <= 500:
+            raise ValueError(f"list_orders: limit must be 1..500, got {limit}")
+        page_after, page_until = _aware("after", after), _aware("until", until)
+        found: dict[str, Order] = {}
+        while True:
+            req = sdk.GetOrdersRequest(
+                status=q_status, limit=limit, after=page_after, until=page_until,
+                direction=sort, nested=nested, symbols=list(symbols) if symbols else None,
+            )
+            raw = _as_list(await self.read("list orders", self._trading.get_orders, req),
+                           "orders")
+            page = [order_from_raw(o) for o in raw]
+            new = [o for o in page if o.id not in found]
+            found.update((o.id, o) for o in new)
+            if len(page) < limit:
+                break
+            if not new:
+                log.warning("list orders: a page of %d brought nothing new (more than %d "
+                            "orders share one submission time?); stopping", limit, limit)
+                break
+            edge = page[-1].submitted_at or page[-1].created_at
+            # after/until are exclusive: step back 1 µs so ties at the edge are not skipped.
+            if sort is sdk.Sort.ASC:
+                page_after = edge - timedelta(microseconds=1)
+            else:
+                page_until = edge + timedelta(microseconds=1)
+        return list(found.values())
+
+    async def cancel_order(self, order_id: str) -> None:
+        """Request a cancel (204). The outcome arrives on the stream."""
+        await self.read(f"cancel order {order_id}", self._trading.cancel_order_by_id, order_id)
+
+    async def cancel_all_orders(self) -> list[CancelResult]:
+        raw = await self.read("cancel all orders", self._trading.cancel_orders)
+        out: list[CancelResult] = []
+        for item in _as_list(raw, "cancel all orders"):
+            d = as_mapping(item, "cancel all orders item")
+            body = d.get("body")
+            out.append(CancelResult(str(d.get("id")), int(d.get("status") or 0),
+                                    body if isinstance(body, Mapping) else None))
+        return out
+
+    async def replace_order(
+        self,
+        order_id: str,
+        qty: Decimal | None = None,
+        limit_price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+        time_in_force: str | None = None,
+        client_order_id: str | None = None,
+    ) -> Order:
+        """Replace an open order; returns the NEW order. Not retried except on 429."""
+        body = build_replace_request(qty, limit_price, stop_price, time_in_force,
+                                     client_order_id)
+        raw = await self._write(f"replace order {order_id}",
+                                self._trading.replace_order_by_id, order_id, body)
+        return order_from_raw(raw)
+
+    # -- fills --------------------------------------------------------------------------
+
+    async def list_fills(
+        self, after: datetime | None = None, until: datetime | None = None
+    ) -> list[Fill]:
+        """Executions from /v2/account/activities/FILL, oldest first, all pages."""
+        base: dict[str, Any] = {"direction": "asc", "page_size": 100}
+        for name, value in (("after", _aware("after", after)), ("until", _aware("until", until))):
+            if value is not None:
+                base[name] = value.isoformat()
+        fills: list[Fill] = []
+        token: str | None = None
+        while True:
+            params = dict(base) if token is None else {**base, "page_token": token}
+            raw = _as_list(
+                await self.read("list fills", self._trading.get, "/account/activities/FILL",
+                                params),
+                "fill activities",
+            )
+            fills.extend(fill_from_raw(item) for item in raw)
+            if len(raw) < 100:
+                return fills
+            token = fills[-1].id
+
+    # -- market data (delegated) --------------------------------------------------------
+
+    async def latest_quotes(self, symbols: Iterable[str]) -> dict[str, Quote]:
+        return await self.market.latest_quotes(symbols)
+
+    async def latest_trades(self, symbols: Iterable[str]) -> dict[str, Decimal]:
+        """Last trade price per symbol."""
+        return await self.market.latest_trades(symbols)
+
+    async def bars(
+        self, symbols: Iterable[str], timeframe: str, start: datetime, end: datetime | None = None
+    ) -> dict[str, list[Bar]]:
+        return await self.market.bars(symbols, timeframe, start, end)
+
+
+def _as_list(raw: object, what: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BrokerDataError(what, f"expected a JSON array, got {type(raw).__name__}")
+    return raw
