@@ -1,0 +1,186 @@
+"""The daemon lifecycle: real subprocesses and real signals, plus in-process failure paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops.daemon import Daemon
+from ops.ticker import Slot, Ticker
+from tests.ticker.ledger import MemoryLedger, wait_until
+
+SCRIPT = Path(__file__).with_name("daemon_proc.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.endswith("}"):  # a line being written right now is skipped until complete
+            out.append(json.loads(line))
+    return out
+
+
+def runs(path: Path) -> list[dict[str, Any]]:
+    return [r for r in read_lines(path) if r["kind"] == "run"]
+
+
+def final_outcomes(path: Path) -> dict[str, str]:
+    """slot_id -> last outcome written."""
+    out: dict[str, str] = {}
+    for r in runs(path):
+        out[r["slot_id"]] = r["outcome"]
+    return out
+
+
+def wait_for(pred: Any, within_s: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + within_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def start(tmp_path: Path, mode: str, grace_s: float) -> tuple[subprocess.Popen[bytes], Path]:
+    ledger = tmp_path / "ledger.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(ledger), mode, str(grace_s)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    return proc, ledger
+
+
+def stop(proc: subprocess.Popen[bytes]) -> tuple[int, float, str]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc.returncode, time.monotonic() - t0, err.decode()
+
+
+def test_sigterm_lets_the_in_flight_job_finish(tmp_path: Path) -> None:
+    proc, ledger = start(tmp_path, "finish", 5.0)
+    wait_for(lambda: any(r["outcome"] == "running" for r in runs(ledger)), what="a job start")
+    in_flight = next(r["slot_id"] for r in runs(ledger) if r["outcome"] == "running")
+    rc, elapsed, err = stop(proc)
+    assert rc == 0, err
+    assert elapsed < 5.0, f"took {elapsed:.2f}s, grace is 5 s"
+    finals = final_outcomes(ledger)
+    assert finals[in_flight] == "ok"
+    assert "running" not in finals.values(), "no run may be left without a final record"
+    assert "daemon proc: stopping (SIGTERM)" in err
+    assert "cancelling" not in err
+
+
+def test_sigterm_cancels_a_hung_job_after_the_grace_period(tmp_path: Path) -> None:
+    proc, ledger = start(tmp_path, "hang", 0.5)
+    wait_for(lambda: any(r["outcome"] == "running" for r in runs(ledger)), what="a job start")
+    in_flight = next(r for r in runs(ledger) if r["outcome"] == "running")["slot_id"]
+    # The heartbeat task keeps beating while the job hangs.
+    wait_for(lambda: sum(1 for r in read_lines(ledger) if r["kind"] == "heartbeat") >= 3,
+             what="heartbeats during the hung job")
+    rc, elapsed, err = stop(proc)
+    assert rc == 0, err
+    assert elapsed >= 0.5, "the grace period must be given to in-flight work"
+    assert elapsed < 0.5 + 5.0, f"took {elapsed:.2f}s to stop"
+    last = [r for r in runs(ledger) if r["slot_id"] == in_flight][-1]
+    assert last["outcome"] == "error"
+    assert last["error"] == "CancelledError: job cancelled (shutdown)"
+    assert "grace period 0.5s over, cancelling job" in err
+    assert [r["slot_id"] for r in runs(ledger)] == [in_flight, in_flight], "no run after it"
+
+
+def test_sigusr1_runs_now(tmp_path: Path) -> None:
+    proc, ledger = start(tmp_path, "idle", 2.0)
+    wait_for(lambda: any(r["kind"] == "heartbeat" for r in read_lines(ledger)), what="started")
+    proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: any(s.endswith(":manual") and o == "ok"
+                         for s, o in final_outcomes(ledger).items()), what="manual run")
+    rc, _, err = stop(proc)
+    assert rc == 0, err
+    assert all(s.endswith(":manual") for s in final_outcomes(ledger))
+
+
+class Failing:
+    name = "failing"
+
+    async def run(self) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("stream broke")
+
+    def request_stop(self) -> None:
+        pass
+
+
+class EndsEarly:
+    name = "ends-early"
+
+    async def run(self) -> None:
+        return None
+
+    def request_stop(self) -> None:
+        pass
+
+
+async def test_failing_service_stops_the_rest_with_exit_code_1() -> None:
+    ledger = MemoryLedger()
+    ticker = Ticker("t", 0.02, lambda s: asyncio.sleep(0), process="p", account=None,
+                    role="unit", ledger=ledger)
+    daemon = Daemon("p", [ticker, Failing()], grace_s=1, install_signal_handlers=False)
+    rc = await asyncio.wait_for(daemon.run(), 10)
+    assert rc == 1
+    assert daemon.stop_reason == "service failing failed"
+
+
+async def test_service_ending_on_its_own_is_a_failure() -> None:
+    daemon = Daemon("p", [EndsEarly()], install_signal_handlers=False)
+    assert await asyncio.wait_for(daemon.run(), 10) == 1
+    assert daemon.stop_reason == "service ends-early ended"
+
+
+async def test_stop_is_idempotent_and_hooks_run_in_order() -> None:
+    events: list[str] = []
+    entered = asyncio.Event()
+
+    async def job(slot: Slot) -> None:
+        entered.set()
+
+    async def startup() -> None:
+        events.append("startup")
+
+    async def shutdown() -> None:
+        events.append("shutdown")
+
+    ledger = MemoryLedger()
+    ticker = Ticker("t", 0.02, job, process="p", account=None, role="unit", ledger=ledger)
+    daemon = Daemon("p", [ticker], grace_s=1, startup=startup, shutdown=shutdown,
+                    install_signal_handlers=False)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.wait_for(entered.wait(), 10)
+    await asyncio.gather(daemon.stop(), daemon.stop())
+    assert await asyncio.wait_for(task, 10) == 0
+    await daemon.stop()
+    assert events == ["startup", "shutdown"]
+    await wait_until(lambda: ledger.finals() != [])
+    assert all(r.outcome == "ok" for r in ledger.finals())
+
+
+def test_bad_grace_rejected() -> None:
+    with pytest.raises(ValueError, match="grace_s must be >= 0"):
+        Daemon("p", grace_s=float("nan"))
