@@ -1,0 +1,818 @@
+"""Typed configuration: the pydantic models of `conf/ops.toml`, loading and validation.
+
+Everything the pipeline does per account (URLs, identity, risk, schedule, exits) comes from
+here, so adding an account is one more `[accounts.NAME]` table, never code. Loading turns
+every problem into one `ConfigError` line `FILE: KEY.PATH: PROBLEM`, all problems at once.
+
+What does not live here: reading environment variables (`ops.env.runtime_env`), reading
+secrets (`ops.credentials`), importing strategy code (the signal engine does that; here
+only the `module:attr` shape is checked), and watching the file for changes (callers
+re-run `load_config_text`, which is pure).
+"""
+
+from __future__ import annotations
+
+import ast
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from ops.env import RuntimeEnv, runtime_env
+from ops.retry import Backoff
+
+ACCOUNT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+_ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
+#: Roles the watchdog knows gap bounds for (program names are `<account>-<role>`).
+KNOWN_ROLES = ("stream", "dispatcher", "position-manager", "signal-engine")
+#: The only variable expanded inside path settings, at use time.
+_HOME_VAR = "${OPS_HOME}"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config file: where (dotted key path, may be empty) and what."""
+
+    path: str
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}: {self.path}" if self.path else source
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Invalid configuration. `str()` is one `FILE: KEY.PATH: PROBLEM` line per problem."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__("\n".join(p.render(source) for p in self.problems))
+
+
+def _problems(*items: tuple[str, str]) -> PydanticCustomError:
+    """A validation error carrying several (relative path, message) problems.
+
+    Model validators only get the model's own location; the formatter below joins it with
+    these relative paths so cross-field errors still name the exact key.
+    """
+    summary = "; ".join(f"{p}: {m}" if p else m for p, m in items)
+    return PydanticCustomError("ops_problems", "{summary}", {"summary": summary, "problems": items})
+
+
+def _show(value: object) -> str:
+    """How a rejected value is quoted in messages (short; tables and lists not dumped)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    return _num(value)
+
+
+def _num(value: object) -> str:
+    """Numbers as people write them in TOML: 20.0 -> 20, 0.5 -> 0.5."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _join(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+_TYPE_WORDS = {
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "number_type": "a number",
+    "decimal_type": "a number",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "list_type": "a list",
+}
+_BOUNDS = {
+    "greater_than": ("gt", "must be greater than"),
+    "greater_than_equal": ("ge", "must be at least"),
+    "less_than": ("lt", "must be less than"),
+    "less_than_equal": ("le", "must be at most"),
+}
+
+
+def _format_error(err: ErrorDetails) -> list[Problem]:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    ctx: dict[str, Any] = dict(err.get("ctx") or {})
+    got = err.get("input")
+    if kind == "ops_problems":
+        base = _join(loc)
+        return [
+            Problem(f"{base}.{rel}" if base and rel else base or rel, msg)
+            for rel, msg in ctx["problems"]
+        ]
+    path = _join(loc)
+    if kind == "missing":
+        return [Problem(path, "field required")]
+    if kind == "extra_forbidden":
+        # The value of an unknown key is never echoed: it may be a pasted secret.
+        return [Problem(_join(loc[:-1]), f"unknown key '{loc[-1]}'")]
+    if kind in _TYPE_WORDS:
+        return [Problem(path, f"expected {_TYPE_WORDS[kind]} (got {_show(got)})")]
+    if kind in _BOUNDS:
+        key, words = _BOUNDS[kind]
+        return [Problem(path, f"{words} {_num(ctx[key])} (got {_show(got)})")]
+    if kind == "literal_error":
+        return [Problem(path, f"must be one of {ctx['expected']} (got {_show(got)})")]
+    if kind == "finite_number":
+        return [Problem(path, f"must be a finite number (got {_show(got)})")]
+    if kind == "string_too_short":
+        return [Problem(path, "must not be empty")]
+    if kind == "string_too_long":
+        return [Problem(path, f"must be at most {ctx['max_length']} characters")]
+    if kind == "too_short":
+        return [Problem(path, f"must have at least {ctx['min_length']} item(s)")]
+    if kind == "string_pattern_mismatch":
+        return [Problem(path, f"must match {ctx['pattern']} (got {_show(got)})")]
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    return [Problem(path, msg)]
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _to_decimal(value: object) -> Decimal:
+    """TOML numbers (int or float) to Decimal via their text, so 0.1 stays 0.1."""
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        result = Decimal(str(value))
+    else:
+        raise PydanticCustomError("number_type", "expected a number")
+    if not result.is_finite():
+        raise PydanticCustomError("finite_number", "must be a finite number")
+    return result
+
+
+def _url_check(schemes: tuple[str, ...], *, origin: bool) -> AfterValidator:
+    """A URL validator. Messages quote the scheme/path at fault, never the whole URL:
+    webhook URLs often embed tokens."""
+    wanted = " or ".join(f"{s}://" for s in schemes)
+
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            raise PydanticCustomError(
+                "url_scheme", "must be a {wanted} URL (got scheme '{got}')",
+                {"wanted": wanted, "got": parts.scheme},
+            )
+        if "@" in parts.netloc:
+            raise PydanticCustomError("url_userinfo", "must not contain credentials (user@host)")
+        if not parts.hostname:
+            raise PydanticCustomError("url_host", "must include a host")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise PydanticCustomError("url_port", "has an invalid port") from None
+        if origin:
+            if parts.path:
+                raise PydanticCustomError(
+                    "url_origin",
+                    "must be a bare origin such as http://127.0.0.1:8765: no path and no "
+                    "trailing slash (got path '{path}')",
+                    {"path": parts.path},
+                )
+            if parts.query or parts.fragment:
+                raise PydanticCustomError("url_origin", "must not have a query or fragment")
+        return value
+
+    return AfterValidator(check)
+
+
+def _secret_id_check(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9/_+=.@:-]{1,512}", value):
+        raise PydanticCustomError(
+            "secret_id",
+            "must be a Secrets Manager name or ARN (letters, digits, / _ + = . @ : -)",
+        )
+    return value
+
+
+def _home_path_check(value: str) -> str:
+    """Only `${OPS_HOME}` is expanded; any other `${...}` is a typo worth stopping for."""
+    for var in re.findall(r"\$\{[^}]*\}", value):
+        if var != _HOME_VAR:
+            raise PydanticCustomError(
+                "path_var",
+                "unsupported variable {var}: only {home} is expanded",
+                {"var": var, "home": _HOME_VAR},
+            )
+    if not value:
+        raise PydanticCustomError("string_too_short", "must not be empty")
+    return value
+
+
+def _loopback_check(value: str) -> str:
+    try:
+        ok = ipaddress.ip_address(value).is_loopback
+    except ValueError:
+        ok = False
+    if not ok:
+        raise PydanticCustomError(
+            "loopback",
+            "must be a loopback address such as 127.0.0.1: metrics are never exposed beyond "
+            "this host (got {got})",
+            {"got": repr(value)},
+        )
+    return value
+
+
+Seconds = Annotated[float, Field(gt=0)]
+Money = Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
+Quantity = Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
+OriginUrl = Annotated[str, _url_check(("http", "https"), origin=True)]
+HttpUrl = Annotated[str, _url_check(("http", "https"), origin=False)]
+WsUrl = Annotated[str, _url_check(("ws", "wss"), origin=False)]
+HomePath = Annotated[str, AfterValidator(_home_path_check)]
+SecretId = Annotated[str, AfterValidator(_secret_id_check)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Percent = Annotated[float, Field(gt=0, lt=100)]
+
+
+def _bad_name_message(name: str) -> str:
+    return f"invalid account name {name!r}: must match {ACCOUNT_NAME_PATTERN}"
+
+
+def expand_home(value: str, env: RuntimeEnv) -> Path:
+    """Expand `${OPS_HOME}` in a path setting (at use time, so OPS_HOME may change)."""
+    return Path(value.replace(_HOME_VAR, str(env.home)))
+
+
+def default_secret_id(name: str) -> str:
+    """The old system's secret names: `ops-pipeline/alpaca` for `large`, else `.../<tier>`."""
+    return "ops-pipeline/alpaca" if name == "large" else f"ops-pipeline/alpaca/{name}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
+    )
+
+
+# --------------------------------------------------------------------------- per account
+
+
+class RiskLimits(_Model):
+    """Risk gates applied by the dispatcher before any order reaches the broker."""
+
+    max_order_notional: Money
+    """Largest notional (USD) of a single order."""
+    max_symbol_notional: Money
+    """Largest total exposure (USD, absolute market value) in one symbol."""
+    max_open_positions: Annotated[int, Field(gt=0)]
+    """Most symbols held at once; new entries beyond it are rejected."""
+    daily_loss_limit: Money
+    """Loss (USD, from the day's starting equity) at which new entries stop for the day."""
+    max_qty: Quantity
+    """Largest quantity (shares or contracts) of a single order."""
+    allow_short: bool = False
+    """Whether sell signals may open short positions."""
+    allow_options: bool = False
+    """Whether option contracts may be traded."""
+    signal_ttl_s: Seconds = 300.0
+    """A signal older than this when the dispatcher claims it is rejected as stale."""
+
+    @model_validator(mode="after")
+    def _order_within_symbol(self) -> RiskLimits:
+        if self.max_order_notional > self.max_symbol_notional:
+            raise _problems((
+                "max_order_notional",
+                f"must not exceed max_symbol_notional ({self.max_symbol_notional}) "
+                f"(got {self.max_order_notional})",
+            ))
+        return self
+
+
+class Schedule(_Model):
+    """How often each periodic role of the account runs."""
+
+    dispatcher_s: Seconds = 5.0
+    """Interval between dispatcher runs (claim signals, gate, submit)."""
+    position_manager_s: Seconds = 15.0
+    """Interval between position syncs and exit-rule evaluations."""
+    stream_check_s: Seconds = 10.0
+    """Interval of the trade stream's health check (silence, reconnect, backfill)."""
+    market_hours_only: bool = True
+    """Skip dispatcher and position-manager runs while the broker clock says closed
+    (an expected idle, shown as such)."""
+
+
+class ExitRules(_Model):
+    """Exit rules the position manager applies; unset means the rule is off."""
+
+    stop_loss_pct: Percent | None = None
+    """Close when the loss from entry reaches this percentage (5 = 5%)."""
+    take_profit_pct: Annotated[float, Field(gt=0)] | None = None
+    """Close when the gain from entry reaches this percentage."""
+    trailing_stop_pct: Percent | None = None
+    """Close when price falls this percentage from the best price since entry."""
+    max_hold_s: Seconds | None = None
+    """Close a position held longer than this many seconds."""
+    close_options_days_before_expiry: Annotated[int, Field(ge=0)] | None = None
+    """Close option positions this many calendar days before expiry (0 = on expiry day)."""
+
+
+_ALPACA_PAPER_HOST = "paper-api.alpaca.markets"
+_ALPACA_LIVE_HOST = "api.alpaca.markets"
+
+
+class AccountConfig(_Model):
+    """One broker account: where it lives, who it must be, and how it may trade."""
+
+    secret_id: SecretId
+    """Secret holding `{"api_key", "api_secret", "account_name"}` for this account
+    (`default_secret_id(name)` gives the conventional one)."""
+    expected_account_number: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+    """The broker account number these credentials must belong to; every process refuses
+    to run against any other account."""
+    rest_url: OriginUrl
+    """Trading REST origin (no `/v2`, no trailing slash), e.g. https://paper-api.alpaca.markets."""
+    stream_url: WsUrl
+    """trade_updates WebSocket URL, used verbatim, e.g. wss://paper-api.alpaca.markets/stream."""
+    data_url: OriginUrl
+    """Market data REST origin, e.g. https://data.alpaca.markets."""
+    paper: bool = True
+    """Paper account. Checked against Alpaca hosts so a live URL is never used by mistake."""
+    risk: RiskLimits
+    """Risk limits of this account."""
+    schedule: Schedule = Schedule()
+    """Intervals of this account's periodic roles."""
+    exits: ExitRules = ExitRules()
+    """Exit rules of this account's positions."""
+    enabled: bool = True
+    """Disabled accounts get no processes and no signals."""
+
+    @model_validator(mode="after")
+    def _paper_matches_host(self) -> AccountConfig:
+        wanted, wrong = (
+            (_ALPACA_PAPER_HOST, _ALPACA_LIVE_HOST)
+            if self.paper
+            else (_ALPACA_LIVE_HOST, _ALPACA_PAPER_HOST)
+        )
+        problems = []
+        for key in ("rest_url", "stream_url"):
+            if urlsplit(getattr(self, key)).hostname == wrong:
+                problems.append((
+                    key,
+                    f"paper = {str(self.paper).lower()} but this is the "
+                    f"{'live' if self.paper else 'paper'} host {wrong}; use {wanted}",
+                ))
+        if problems:
+            raise _problems(*problems)
+        return self
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+class RetryConfig(_Model):
+    """Bounds for the shared back-off helper (`ops.retry.Backoff`)."""
+
+    initial_s: Seconds = 0.5
+    """First delay before a retry."""
+    max_s: Seconds = 10.0
+    """Largest delay between retries."""
+    max_attempts: Annotated[int, Field(ge=0)] = 5
+    """Attempts including the first; 0 = bounded by deadline_s only."""
+    deadline_s: Seconds | None = 30.0
+    """Give up once this much time has passed since the first attempt."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RetryConfig:
+        if self.initial_s > self.max_s:
+            raise _problems(("initial_s", f"must not exceed max_s ({_num(self.max_s)}) "
+                                          f"(got {_num(self.initial_s)})"))
+        if self.max_attempts == 0 and self.deadline_s is None:
+            raise _problems(("max_attempts", "0 (unbounded) needs a deadline_s"))
+        return self
+
+    def to_backoff(self) -> Backoff:
+        return Backoff(
+            initial_s=self.initial_s,
+            max_s=self.max_s,
+            max_attempts=self.max_attempts,
+            deadline_s=self.deadline_s,
+        )
+
+
+class DatabaseConfig(_Model):
+    """Postgres pool settings (the URL itself comes from OPS_DATABASE_URL or is embedded)."""
+
+    pool_min: Annotated[int, Field(ge=0)] = 1
+    """Connections kept open per process."""
+    pool_max: Annotated[int, Field(ge=1)] = 5
+    """Most connections per process."""
+    connect_timeout_s: Seconds = 5.0
+    """Timeout of one connection attempt; beyond it writes go to the SQLite buffer."""
+    command_timeout_s: Seconds = 30.0
+    """Timeout of one statement."""
+
+    @model_validator(mode="after")
+    def _pool_order(self) -> DatabaseConfig:
+        if self.pool_min > self.pool_max:
+            raise _problems(("pool_min", f"must not exceed pool_max ({_num(self.pool_max)}) "
+                                         f"(got {_num(self.pool_min)})"))
+        return self
+
+
+class BufferConfig(_Model):
+    """The local SQLite buffer used while Postgres is unreachable."""
+
+    path: HomePath | None = None
+    """Buffer file; `${OPS_HOME}` is expanded. Default `$OPS_HOME/buffer.sqlite3`."""
+    drain_batch: Annotated[int, Field(gt=0)] = 500
+    """Rows replayed into Postgres per transaction."""
+    drain_interval_s: Seconds = 1.0
+    """How often a process tries to drain its buffer while rows remain."""
+
+    def resolved_path(self, env: RuntimeEnv) -> Path:
+        return env.buffer_path if self.path is None else expand_home(self.path, env)
+
+
+class CredentialsConfig(_Model):
+    """Where account secrets are read from (see `ops.credentials`)."""
+
+    provider: Literal["aws", "env", "file"] = "aws"
+    """`aws` = Secrets Manager; `env` = OPS_SECRET_<ID> variables; `file` = a 0600 JSON file."""
+    file_path: HomePath = "${OPS_HOME}/secrets.json"
+    """JSON file mapping secret id -> secret object (provider `file`); `${OPS_HOME}` expanded."""
+    aws_region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")] = "us-east-1"
+    """Secrets Manager region (provider `aws`)."""
+    aws_endpoint_url: HttpUrl | None = None
+    """Secrets Manager endpoint override (moto, localstack); unset = AWS."""
+
+    def resolved_file_path(self, env: RuntimeEnv) -> Path:
+        return expand_home(self.file_path, env)
+
+
+class StrategyConfig(_Model):
+    """One pluggable strategy run by the signal engine."""
+
+    name: Annotated[str, Field(pattern=ACCOUNT_NAME_PATTERN)]
+    """Strategy name, recorded on every signal it produces."""
+    callable: Annotated[
+        str,
+        Field(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"),
+    ]
+    """`package.module:function`; imported by the signal engine, never by config loading."""
+    accounts: Annotated[list[str], Field(min_length=1)]
+    """Accounts this strategy produces signals for (names from `[accounts]`)."""
+    params: dict[str, Any] = {}
+    """Free-form parameters passed to the strategy."""
+    enabled: bool = True
+    """Disabled strategies are skipped."""
+
+
+class SignalEngineConfig(_Model):
+    """The shared signal engine."""
+
+    interval_s: Seconds = 60.0
+    """Interval between strategy runs."""
+    strategies: list[StrategyConfig] = []
+    """Strategies, run in order each interval."""
+
+
+_DEFAULT_GAP_BOUNDS: dict[str, float] = {
+    "stream": 60.0,
+    "dispatcher": 120.0,
+    "position-manager": 180.0,
+    "signal-engine": 300.0,
+}
+
+
+class WatchdogConfig(_Model):
+    """The supervisord event listener that restarts stale processes."""
+
+    heartbeat_interval_s: Seconds = 1.0
+    """How often every process writes its heartbeat."""
+    heartbeat_stale_s: Seconds = 5.0
+    """A RUNNING process whose heartbeat is older than this is hung: killed and restarted."""
+    gap_bounds_s: dict[str, Seconds] = dict(_DEFAULT_GAP_BOUNDS)
+    """Per role: longest tolerated time since the last completed run before the process is
+    restarted (must exceed the role's interval). Roles not given keep their default."""
+    tick_event: Literal["TICK_5", "TICK_60"] = "TICK_5"
+    """supervisord TICK event the watchdog evaluates on."""
+    startup_grace_s: Seconds = 15.0
+    """A process younger than this is not judged on gaps yet."""
+
+    @field_validator("gap_bounds_s", mode="before")
+    @classmethod
+    def _merge_defaults(cls, value: object) -> object:
+        return {**_DEFAULT_GAP_BOUNDS, **value} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> WatchdogConfig:
+        problems = [
+            (f"gap_bounds_s.{role}",
+             f"unknown role '{role}' (known: {', '.join(KNOWN_ROLES)})")
+            for role in self.gap_bounds_s
+            if role not in KNOWN_ROLES
+        ]
+        if self.heartbeat_stale_s <= self.heartbeat_interval_s:
+            problems.append((
+                "heartbeat_stale_s",
+                f"must be greater than heartbeat_interval_s ({_num(self.heartbeat_interval_s)}) "
+                f"(got {_num(self.heartbeat_stale_s)})",
+            ))
+        if problems:
+            raise _problems(*problems)
+        return self
+
+
+class AlertsConfig(_Model):
+    """Alert sinks; alerts go through an outbox with retries."""
+
+    webhook_urls: list[HttpUrl] = []
+    """Webhooks receiving a JSON POST per alert (treated as secrets: never logged in full)."""
+    sns_topic_arn: Annotated[
+        str, Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}$")
+    ] | None = None
+    """SNS topic receiving alerts."""
+    deadman_url: HttpUrl | None = None
+    """Healthchecks-style URL pinged while the stack is healthy; silence alerts externally."""
+    deadman_interval_s: Seconds = 60.0
+    """Interval between dead-man pings."""
+    timeout_s: Seconds = 10.0
+    """Timeout of one delivery attempt."""
+    retry: RetryConfig = RetryConfig(initial_s=1.0, max_s=60.0, max_attempts=0, deadline_s=3600.0)
+    """Retry bounds of one alert's delivery."""
+
+
+class MetricsConfig(_Model):
+    """Prometheus metrics endpoint (loopback only)."""
+
+    enabled: bool = False
+    """Serve /metrics."""
+    host: Annotated[str, AfterValidator(_loopback_check)] = "127.0.0.1"
+    """Listen address; only loopback addresses are accepted."""
+    port: Port = 9464
+    """Listen port."""
+
+
+class SimConfig(_Model):
+    """The bundled Alpaca-compatible simulator (demo and tests)."""
+
+    port: Port = 8765
+    """Port on 127.0.0.1."""
+    seed: int = 7
+    """Seed of the synthetic market."""
+    clock: Literal["open", "nyse", "closed"] = "open"
+    """Market clock: always open, real NYSE regular hours, or forced closed."""
+
+
+class BrokerConfig(_Model):
+    """Broker client behaviour shared by all accounts."""
+
+    rest_timeout_s: Seconds = 10.0
+    """Timeout of one REST call (alpaca-py sets none itself)."""
+    stream_silence_s: Seconds = 120.0
+    """No message on the trade stream for this long: reconnect and backfill over REST."""
+    rate_limit_per_min: Annotated[int, Field(gt=0)] = 200
+    """REST calls per minute per key (Alpaca's limit is 200)."""
+    retry: RetryConfig = RetryConfig()
+    """Retry bounds of idempotent REST calls."""
+
+
+# --------------------------------------------------------------------------- the whole file
+
+
+class Config(_Model):
+    """The whole `ops.toml`."""
+
+    accounts: dict[str, AccountConfig]
+    """Accounts by name (`^[a-z][a-z0-9_-]{0,31}$`)."""
+    database: DatabaseConfig = DatabaseConfig()
+    """Postgres pool settings."""
+    buffer: BufferConfig = BufferConfig()
+    """Local SQLite buffer."""
+    credentials: CredentialsConfig = CredentialsConfig()
+    """Secret provider."""
+    signal_engine: SignalEngineConfig = SignalEngineConfig()
+    """Signal engine and its strategies."""
+    watchdog: WatchdogConfig = WatchdogConfig()
+    """Watchdog thresholds."""
+    alerts: AlertsConfig = AlertsConfig()
+    """Alert sinks."""
+    metrics: MetricsConfig = MetricsConfig()
+    """Metrics endpoint."""
+    sim: SimConfig = SimConfig()
+    """Simulator settings."""
+    broker: BrokerConfig = BrokerConfig()
+    """Broker client settings."""
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        problems: list[tuple[str, str]] = []
+        if not self.accounts:
+            problems.append(("accounts", "at least one account is required"))
+        seen_secret: dict[str, str] = {}
+        seen_number: dict[str, str] = {}
+        gaps = self.watchdog.gap_bounds_s
+        for name, acct in self.accounts.items():
+            if not _ACCOUNT_NAME_RE.match(name):
+                problems.append((f"accounts.{name}", _bad_name_message(name)))
+            # One key pair per account, one account per key pair (invariant 5).
+            if (other := seen_secret.setdefault(acct.secret_id, name)) != name:
+                problems.append((
+                    f"accounts.{name}.secret_id",
+                    f"same secret as account '{other}' ({acct.secret_id!r}); "
+                    "each account needs its own credentials",
+                ))
+            number = acct.expected_account_number
+            if (other := seen_number.setdefault(number, name)) != name:
+                problems.append((
+                    f"accounts.{name}.expected_account_number",
+                    f"same broker account as account '{other}' ({number!r})",
+                ))
+            for key, role in (
+                ("dispatcher_s", "dispatcher"),
+                ("position_manager_s", "position-manager"),
+                ("stream_check_s", "stream"),
+            ):
+                interval = getattr(acct.schedule, key)
+                if interval >= gaps[role]:
+                    problems.append((
+                        f"accounts.{name}.schedule.{key}",
+                        f"must be less than watchdog.gap_bounds_s.{role} ({_num(gaps[role])}), or "
+                        f"the watchdog restarts healthy processes (got {_num(interval)})",
+                    ))
+        if self.signal_engine.interval_s >= gaps["signal-engine"]:
+            problems.append((
+                "signal_engine.interval_s",
+                f"must be less than watchdog.gap_bounds_s.signal-engine "
+                f"({_num(gaps['signal-engine'])}) (got {_num(self.signal_engine.interval_s)})",
+            ))
+        names: set[str] = set()
+        for i, strat in enumerate(self.signal_engine.strategies):
+            where = f"signal_engine.strategies[{i}]"
+            if strat.name in names:
+                problems.append((f"{where}.name", f"duplicate strategy name '{strat.name}'"))
+            names.add(strat.name)
+            for acct_name in strat.accounts:
+                if acct_name not in self.accounts:
+                    known = ", ".join(self.accounts) or "none"
+                    problems.append((
+                        f"{where}.accounts",
+                        f"unknown account '{acct_name}' (configured: {known})",
+                    ))
+        if problems:
+            raise _problems(*problems)
+        return self
+
+    def enabled_accounts(self) -> dict[str, AccountConfig]:
+        return {n: a for n, a in self.accounts.items() if a.enabled}
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """A JSON-ready view for `ops doctor`/status. Config holds no API keys, but alert
+        URLs often embed tokens, so they are cut down to their origin here."""
+        data = self.model_dump(mode="json")
+        alerts = data["alerts"]
+        alerts["webhook_urls"] = [_origin_only(u) for u in alerts["webhook_urls"]]
+        if alerts["deadman_url"]:
+            alerts["deadman_url"] = _origin_only(alerts["deadman_url"])
+        return data
+
+
+def _origin_only(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/…" if (parts.path or parts.query) else url
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_TOML_POS = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _unquote_key(key: str) -> str:
+    return ".".join(p.strip().strip("\"'") for p in key.split("."))
+
+
+def _toml_problem(exc: tomllib.TOMLDecodeError, text: str) -> Problem:
+    """Turn tomllib's message into a Problem naming the key where it can be worked out."""
+    raw = str(exc)
+    pos = _TOML_POS.search(raw)
+    what = raw[: pos.start()] if pos else raw
+    if pos and pos.group(1):
+        line, col = int(pos.group(1)), int(pos.group(2))
+    else:  # "at end of document": the last line
+        line, col = len(text.rstrip("\n").splitlines()), 0
+    dup = re.fullmatch(r"Cannot declare (\(.*\)) twice", what)
+    if dup:
+        keys = tuple(str(k) for k in ast.literal_eval(dup.group(1)))
+        path = ".".join(keys)
+        if len(keys) == 2 and keys[0] == "accounts":
+            return Problem(path, f"duplicate account '{keys[1]}' (line {line})")
+        return Problem(path, f"duplicate table [{path}] (line {line})")
+    if what == "Cannot overwrite a value" and line:
+        lines = text.splitlines()
+        key = _unquote_key(lines[line - 1].split("=", 1)[0]) if line <= len(lines) else ""
+        table = ""
+        for prev in reversed(lines[: line - 1]):
+            if m := _TABLE_HEADER.match(prev):
+                table = _unquote_key(m.group(1))
+                break
+        path = ".".join(p for p in (table, key) if p)
+        if table == "accounts" and "." not in key:
+            return Problem(path, f"duplicate account '{key}' (line {line})")
+        return Problem(path, f"duplicate key '{key}' (line {line})")
+    where = f"line {line}, column {col}" if col else f"line {line}"
+    return Problem(where, f"invalid TOML: {what[:1].lower()}{what[1:]}")
+
+
+def load_config_text(text: str, source: str) -> Config:
+    """Parse and validate config text; `source` names it in messages. Raises ConfigError."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [_toml_problem(exc, text)]) from None
+    return config_from_mapping(data, source)
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str) -> Config:
+    """Validate already-parsed TOML data. Raises ConfigError listing every problem."""
+    # Account names are checked up front too: the model's own check only runs once every
+    # account body is valid, and a bad name is worth reporting alongside body errors.
+    accounts = data.get("accounts")
+    problems = [
+        Problem(f"accounts.{name}", _bad_name_message(name))
+        for name in (accounts if isinstance(accounts, dict) else {})
+        if not _ACCOUNT_NAME_RE.match(name)
+    ]
+    try:
+        config = Config.model_validate(dict(data))
+    except ValidationError as exc:
+        problems += [p for err in exc.errors() for p in _format_error(err)]
+    if problems:
+        raise ConfigError(source, list(dict.fromkeys(problems)))
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file. Raises ConfigError (also for unreadable files)."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, [Problem("", "config file not found")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, [Problem("", "config file is not UTF-8 text")]) from None
+    except OSError as exc:
+        problem = Problem("", f"cannot read config file: {exc.strerror}")
+        raise ConfigError(source, [problem]) from None
+    return load_config_text(text, source)
+
+
+def load_runtime_config(env: RuntimeEnv | None = None) -> tuple[RuntimeEnv, Config]:
+    """The runtime env (OPS_CONFIG, OPS_HOME, ...) and the config file it points at."""
+    env = env or runtime_env()
+    return env, load_config(env.config_path)
