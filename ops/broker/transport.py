@@ -73,8 +73,8 @@ class TokenBucket:
             elapsed = max(0.0, now - self._stamp)
             self._tokens = min(self.capacity, self._tokens + elapsed * self.refill_per_s)
         self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - 1e-9:  # tolerance: float refill may land a hair short of 1
+            self._tokens = max(0.0, self._tokens - 1.0)
             return 0.0
         return (1.0 - self._tokens) / self.refill_per_s
 

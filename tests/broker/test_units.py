@@ -1,0 +1,114 @@
+"""Pure parts of the adapter: endpoints, the rate budget, error translation, requests."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from ops.broker import BrokerEndpoints, BrokerSettings
+from ops.broker._sdk import APIError
+from ops.broker.errors import AccountMismatchError, BrokerApiError, BrokerUnavailable
+from ops.broker.marketdata import parse_timeframe
+from ops.broker.orders import build_order_request, build_replace_request
+from ops.broker.transport import TokenBucket, is_rate_limited, is_transient, translate
+from ops.models import OrderRequest, OrderType, Side
+
+
+def test_endpoints_normalise_and_reject_bad_urls() -> None:
+    e = BrokerEndpoints("http://127.0.0.1:1/", "ws://127.0.0.1:1/stream", "http://h:2")
+    assert e.rest_url == "http://127.0.0.1:1"
+    with pytest.raises(ValueError, match="rest_url = 'http://h/v2'"):
+        BrokerEndpoints("http://h/v2", "ws://h/stream", "http://h")
+    with pytest.raises(ValueError, match="stream_url"):
+        BrokerEndpoints("http://h", "http://h/stream", "http://h")
+    with pytest.raises(ValueError, match="rest_timeout_s"):
+        BrokerSettings(rest_timeout_s=0)
+
+
+def test_token_bucket_bursts_then_paces_within_the_window() -> None:
+    b = TokenBucket(rate_per_min=200, burst=20)
+    assert [b.delay(100.0) for _ in range(20)] == [0.0] * 20
+    wait = b.delay(100.0)
+    assert wait == pytest.approx(60 / 180)
+    # Over any 60 s, at most burst + 60 * refill = 200 requests go out.
+    taken, now = 20, 100.0
+    while now < 160.0:
+        d = b.delay(now)
+        if d == 0.0:
+            taken += 1
+        else:
+            now += d
+    assert 195 <= taken <= 200
+
+
+def _api_error(status: int, body: str) -> APIError:
+    import requests
+
+    resp = requests.Response()
+    resp.status_code = status
+    resp._content = body.encode()
+    return APIError(body, requests.HTTPError(response=resp))
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "reason"),
+    [(422, '{"code":40010001,"message":"client_order_id must be unique"}', 40010001,
+      "client_order_id must be unique"),
+     (403, '{"message":"forbidden."}', None, "forbidden."),
+     (504, "", None, "(empty response body)"),
+     (502, "<html>bad gateway</html>", None, "<html>bad gateway</html>")],
+)
+def test_api_errors_are_read_defensively(status: int, body: str, code: int | None,
+                                         reason: str) -> None:
+    err = translate(_api_error(status, body), "submit order c1", 1.0)
+    assert isinstance(err, BrokerApiError)
+    assert (err.http_status, err.code, err.reason) == (status, code, reason)
+    assert str(err).startswith("submit order c1: ")
+    assert is_transient(err) == (status >= 500)
+    assert not is_rate_limited(err)
+
+
+def test_timeouts_are_unavailable_and_transient() -> None:
+    import requests
+
+    err = translate(requests.ReadTimeout("x"), "get account", 2.0)
+    assert isinstance(err, BrokerUnavailable) and is_transient(err)
+    assert "2s" in str(err)
+    assert translate(KeyError("k"), "x", 1.0) is None
+
+
+def test_account_mismatch_message_names_account_and_numbers() -> None:
+    e = AccountMismatchError("large", "PASIM0000001", "PASIM0000002")
+    assert "'large'" in str(e) and "PASIM0000001" in str(e) and "PASIM0000002" in str(e)
+    assert (e.account_name, e.expected, e.actual) == ("large", "PASIM0000001", "PASIM0000002")
+
+
+def test_order_request_building() -> None:
+    req = OrderRequest("AAPL", Side.BUY, "c-1", qty=Decimal("2"), order_type=OrderType.LIMIT,
+                       limit_price=Decimal("190.5"), position_intent="buy_to_open")
+    fields = build_order_request(req).to_request_fields()
+    assert fields == {"symbol": "AAPL", "qty": 2.0, "side": "buy", "type": "limit",
+                      "time_in_force": "day", "client_order_id": "c-1", "limit_price": 190.5,
+                      "position_intent": "buy_to_open"}
+    with pytest.raises(ValueError, match="position_intent = 'sideways'"):
+        build_order_request(OrderRequest("AAPL", Side.BUY, "c", qty=Decimal(1),
+                                         position_intent="sideways"))
+    with pytest.raises(ValueError, match="client_order_id"):
+        build_order_request(OrderRequest("AAPL", Side.BUY, "c" * 129, qty=Decimal(1)))
+
+
+def test_replace_request_building() -> None:
+    assert build_replace_request(Decimal(3), None, None, None, None).to_request_fields() == {
+        "qty": 3}
+    with pytest.raises(ValueError, match="whole number"):
+        build_replace_request(Decimal("1.5"), None, None, None, None)
+    with pytest.raises(ValueError, match="at least one"):
+        build_replace_request(None, None, None, None, None)
+
+
+def test_timeframes() -> None:
+    assert parse_timeframe("5Min").value == "5Min"
+    assert parse_timeframe("1Day").value == "1Day"
+    with pytest.raises(ValueError, match="'5 min'"):
+        parse_timeframe("5 min")
