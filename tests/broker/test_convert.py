@@ -3,7 +3,7 @@ precise about what is wrong when a required field is bad."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -85,4 +85,4 @@ def test_position_side_from_sign_and_fill_defaults() -> None:
                        "transaction_time": "2024-05-01T14:30:00-04:00"})
     assert f.cum_qty == 2 and f.leaves_qty == 0
     assert f.transaction_time.utcoffset() == timedelta(hours=-4)
-    assert f.transaction_time == datetime(2024, 5, 1, 18, 30, tzinfo=timezone.utc)
+    assert f.transaction_time == datetime(2024, 5, 1, 18, 30, tzinfo=UTC)

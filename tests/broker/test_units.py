@@ -48,7 +48,7 @@ def _api_error(status: int, body: str) -> APIError:
     resp = requests.Response()
     resp.status_code = status
     resp._content = body.encode()
-    return APIError(body, requests.HTTPError(response=resp))
+    return APIError(body, requests.HTTPError(response=resp))  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.parametrize(
