@@ -1,0 +1,177 @@
+"""TradeStream against the real simulator's trade_updates WebSocket (alpaca-py's
+TradingStream underneath): delivery, tolerant parsing, reconnect hook, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import pytest
+
+from ops.broker import Broker, TradeStream
+from ops.models import OrderRequest, Side, TradeUpdate
+from ops.sim import Simulator
+
+from .conftest import creds, endpoints, eventually
+from .test_orders import limit_buy
+
+
+@dataclass
+class Recorder:
+    updates: list[TradeUpdate] = field(default_factory=list)
+    bad: list[tuple[object, str]] = field(default_factory=list)
+    connects: int = 0
+    fail_next_update: bool = False
+
+    async def on_update(self, u: TradeUpdate) -> None:
+        if self.fail_next_update:
+            self.fail_next_update = False
+            raise RuntimeError("handler bug")
+        self.updates.append(u)
+
+    async def on_bad_message(self, raw: object, error: str) -> None:
+        self.bad.append((raw, error))
+
+    async def on_connect(self) -> None:
+        self.connects += 1
+
+    def events(self, order_id: str) -> list[str]:
+        return [u.event for u in self.updates if u.order.id == order_id]
+
+
+@pytest.fixture
+async def stream(sim: Simulator) -> AsyncIterator[tuple[TradeStream, Recorder]]:
+    rec = Recorder()
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                     rec.on_connect)
+    await ts.start()
+    try:
+        await eventually(lambda: rec.connects == 1, "first connect")
+        yield ts, rec
+    finally:
+        await ts.stop()
+
+
+async def buy_market(broker: Broker, cid: str, qty: int = 5) -> str:
+    res = await broker.submit_order(OrderRequest("AAPL", Side.BUY, cid, qty=Decimal(qty)))
+    assert res.outcome == "accepted" and res.order is not None, res
+    return res.order.id
+
+
+async def test_new_then_fill_as_trade_updates(stream: tuple[TradeStream, Recorder],
+                                              broker: Broker) -> None:
+    ts, rec = stream
+    oid = await buy_market(broker, "s-fill")
+    await eventually(lambda: "fill" in rec.events(oid), "fill event")
+    events = rec.events(oid)
+    assert events.index("new") < events.index("fill")
+    fill = next(u for u in rec.updates if u.order.id == oid and u.event == "fill")
+    assert fill.execution_id and fill.event_key == f"exec:{fill.execution_id}"
+    assert fill.qty == Decimal(5) and fill.price is not None and fill.position_qty == Decimal(5)
+    assert fill.order.status == "filled" and fill.order.client_order_id == "s-fill"
+    new = next(u for u in rec.updates if u.order.id == oid and u.event == "new")
+    assert new.event_key == f"{oid}:new:{new.timestamp.isoformat()}"
+    c = ts.counters
+    assert c.updates >= 2 and c.messages >= c.updates and c.bad_messages == 0
+    assert c.connects == 1 and c.last_message_monotonic is not None
+
+    # The REST truth matches what the stream delivered.
+    stream_execs = {u.execution_id for u in rec.updates if u.event in ("fill", "partial_fill")}
+    rest_execs = {f.id.split("::")[-1] for f in await broker.list_fills()}
+    assert stream_execs == rest_execs and len(rest_execs) == 1
+
+
+async def test_unknown_event_and_malformed_frame_are_reported_and_stream_goes_on(
+    sim: Simulator, stream: tuple[TradeStream, Recorder], broker: Broker
+) -> None:
+    ts, rec = stream
+    res = await broker.submit_order(limit_buy("s-unk"))
+    assert res.order is not None
+    await eventually(lambda: "new" in rec.events(res.order.id), "new event")  # type: ignore[union-attr]
+
+    sim.faults.emit_unknown_event("large", event="order_frozen", order_id=res.order.id)
+    sim.faults.emit_malformed_frame("large")
+    await eventually(lambda: len(rec.bad) == 2, "two bad-message reports")
+    errors = [e for _, e in rec.bad]
+    assert "unknown event 'order_frozen'" in errors[0]
+    assert "malformed frame" in errors[1] and isinstance(rec.bad[1][0], bytes)
+    # The unknown event is still delivered as-is: its order state must not be lost.
+    assert "order_frozen" in rec.events(res.order.id)
+
+    oid = await buy_market(broker, "s-after")
+    await eventually(lambda: "fill" in rec.events(oid), "fill after bad frames")
+    assert ts.counters.bad_messages == 2 and ts.counters.connects == 1
+
+
+async def test_handler_exception_is_reported_and_never_kills_stream(
+    stream: tuple[TradeStream, Recorder], broker: Broker
+) -> None:
+    ts, rec = stream
+    rec.fail_next_update = True
+    oid = await buy_market(broker, "s-bug")
+    await eventually(lambda: "fill" in rec.events(oid), "fill after a failing handler")
+    assert len(rec.bad) == 1
+    raw, error = rec.bad[0]
+    assert "on_update failed" in error and "RuntimeError: handler bug" in error
+    assert isinstance(raw, dict) and raw["data"]["order"]["id"] == oid
+    assert ts.counters.connects == 1
+
+
+async def test_dropped_connection_calls_on_connect_again(
+    sim: Simulator, stream: tuple[TradeStream, Recorder], broker: Broker
+) -> None:
+    ts, rec = stream
+    assert await sim.faults.drop_streams("large") == 1
+    await eventually(lambda: rec.connects == 2, "on_connect after the drop")
+    assert ts.counters.connects == 2
+    # And the new connection delivers.
+    oid = await buy_market(broker, "s-reconn")
+    await eventually(lambda: "fill" in rec.events(oid), "fill on the new connection")
+
+
+async def test_on_connect_failure_is_counted_and_stream_keeps_running(
+    sim: Simulator, broker: Broker
+) -> None:
+    rec = Recorder()
+
+    async def failing_connect() -> None:
+        rec.connects += 1
+        raise RuntimeError("backfill failed")
+
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                     failing_connect)
+    await ts.start()
+    try:
+        await eventually(lambda: rec.connects == 1, "connect")
+        oid = await buy_market(broker, "s-hookfail")
+        await eventually(lambda: "fill" in rec.events(oid), "fill despite failing hook")
+        assert ts.counters.connect_hook_errors == 1
+    finally:
+        await ts.stop()
+
+
+async def test_stop_is_idempotent_and_ends_the_task(sim: Simulator) -> None:
+    rec = Recorder()
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                     rec.on_connect)
+    await ts.stop()  # before start: nothing to do
+    ts2 = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                      rec.on_connect)
+    await ts2.start()
+    await eventually(lambda: rec.connects == 1, "connect")
+    await ts2.stop()
+    await ts2.stop()
+    assert ts2.task is not None and ts2.task.done() and not ts2.task.cancelled()
+    await eventually(lambda: sim.faults.state()["streams"] == [], "server saw the close")
+    with pytest.raises(RuntimeError, match="already started"):
+        await ts2.start()
+
+
+async def test_stop_right_after_start(sim: Simulator) -> None:
+    rec = Recorder()
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message)
+    await ts.start()
+    await asyncio.wait_for(ts.stop(grace_s=5.0), 10.0)
+    assert ts.task is not None and ts.task.done()
