@@ -6,14 +6,16 @@ every problem into one `ConfigError` line `FILE: KEY.PATH: PROBLEM`, all problem
 
 What does not live here: reading environment variables (`ops.env.runtime_env`), reading
 secrets (`ops.credentials`), importing strategy code (the signal engine does that; here
-only the `module:attr` shape is checked), and watching the file for changes (callers
-re-run `load_config_text`, which is pure).
+only the `module:attr` shape is checked). `ConfigReloader` re-reads the file when its
+content changes and keeps the last good config when an edit is bad.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import ipaddress
+import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +39,8 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from ops.env import RuntimeEnv, runtime_env
 from ops.retry import Backoff
+
+log = logging.getLogger(__name__)
 
 ACCOUNT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 _ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
@@ -163,7 +167,8 @@ def _format_error(err: ErrorDetails) -> list[Problem]:
     if kind == "string_too_long":
         return [Problem(path, f"must be at most {ctx['max_length']} characters")]
     if kind == "too_short":
-        return [Problem(path, f"must have at least {ctx['min_length']} item(s)")]
+        least = ctx["min_length"]
+        return [Problem(path, "must not be empty" if least == 1 else f"needs {least}+ items")]
     if kind == "string_pattern_mismatch":
         return [Problem(path, f"must match {ctx['pattern']} (got {_show(got)})")]
     msg = err["msg"]
@@ -197,7 +202,7 @@ def _url_check(schemes: tuple[str, ...], *, origin: bool) -> AfterValidator:
         parts = urlsplit(value)
         if parts.scheme not in schemes:
             raise PydanticCustomError(
-                "url_scheme", "must be a {wanted} URL (got scheme '{got}')",
+                "url_scheme", "must be a URL starting with {wanted} (got scheme '{got}')",
                 {"wanted": wanted, "got": parts.scheme},
             )
         if "@" in parts.netloc:
@@ -244,6 +249,21 @@ def _home_path_check(value: str) -> str:
     if not value:
         raise PydanticCustomError("string_too_short", "must not be empty")
     return value
+
+
+def _pattern_check(pattern: str, example: str) -> AfterValidator:
+    """A regex check whose message shows an example instead of the regex."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise PydanticCustomError(
+                "pattern", "must look like {example} (got {got})",
+                {"example": example, "got": _show(value)},
+            )
+        return value
+
+    return AfterValidator(check)
 
 
 def _loopback_check(value: str) -> str:
@@ -484,7 +504,7 @@ class CredentialsConfig(_Model):
     """`aws` = Secrets Manager; `env` = OPS_SECRET_<ID> variables; `file` = a 0600 JSON file."""
     file_path: HomePath = "${OPS_HOME}/secrets.json"
     """JSON file mapping secret id -> secret object (provider `file`); `${OPS_HOME}` expanded."""
-    aws_region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")] = "us-east-1"
+    aws_region: Annotated[str, _pattern_check(r"[a-z]{2}(-[a-z]+)+-\d+", "us-east-1")] = "us-east-1"
     """Secrets Manager region (provider `aws`)."""
     aws_endpoint_url: HttpUrl | None = None
     """Secrets Manager endpoint override (moto, localstack); unset = AWS."""
@@ -573,7 +593,11 @@ class AlertsConfig(_Model):
     webhook_urls: list[HttpUrl] = []
     """Webhooks receiving a JSON POST per alert (treated as secrets: never logged in full)."""
     sns_topic_arn: Annotated[
-        str, Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}$")
+        str,
+        _pattern_check(
+            r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}",
+            "arn:aws:sns:us-east-1:123456789012:ops-alerts",
+        ),
     ] | None = None
     """SNS topic receiving alerts."""
     deadman_url: HttpUrl | None = None
@@ -816,3 +840,54 @@ def load_runtime_config(env: RuntimeEnv | None = None) -> tuple[RuntimeEnv, Conf
     """The runtime env (OPS_CONFIG, OPS_HOME, ...) and the config file it points at."""
     env = env or runtime_env()
     return env, load_config(env.config_path)
+
+
+class ConfigReloader:
+    """Hot reload by polling: `poll()` returns the new Config when the file's content
+    changed and is valid. A bad edit is logged once (with every problem) and the last good
+    config stays in force, so a typo never stops a running process (invariant 6)."""
+
+    def __init__(self, path: Path, current: Config, text: str | None = None) -> None:
+        self.path = path
+        self.current = current
+        self.last_error: ConfigError | None = None
+        self._digest = self._hash(text.encode()) if text is not None else self._read_digest()
+
+    @staticmethod
+    def _hash(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    def _read_digest(self) -> str | None:
+        try:
+            return self._hash(self.path.read_bytes())
+        except OSError:
+            return None
+
+    def poll(self) -> Config | None:
+        """The new config if the file changed and loads cleanly; otherwise None."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            error = ConfigError(str(self.path), [Problem("", f"cannot read: {exc.strerror}")])
+            self._fail(self._hash(repr(exc).encode()), error)
+            return None
+        digest = self._hash(data)
+        if digest == self._digest:
+            return None
+        try:
+            config = load_config_text(data.decode("utf-8"), str(self.path))
+        except UnicodeDecodeError:
+            error = ConfigError(str(self.path), [Problem("", "config file is not UTF-8 text")])
+            self._fail(digest, error)
+            return None
+        except ConfigError as exc:
+            self._fail(digest, exc)
+            return None
+        self._digest, self.current, self.last_error = digest, config, None
+        log.info("config reloaded from %s", self.path)
+        return config
+
+    def _fail(self, digest: str, error: ConfigError) -> None:
+        if digest != self._digest:
+            log.error("config change refused, keeping the previous config:\n%s", error)
+        self._digest, self.last_error = digest, error

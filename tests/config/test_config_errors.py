@@ -128,7 +128,7 @@ CASES: list[tuple[str, str, str]] = [
         "http stream url",
         replaced('stream_url = "ws://127.0.0.1:8765/stream"',
                  'stream_url = "http://127.0.0.1:8765/stream"'),
-        "conf/ops.toml: accounts.solo.stream_url: must be a ws:// or wss:// URL "
+        "conf/ops.toml: accounts.solo.stream_url: must be a URL starting with ws:// or wss:// "
         "(got scheme 'http')",
     ),
     (
@@ -247,6 +247,34 @@ CASES: list[tuple[str, str, str]] = [
         "table where a value belongs",
         MINIMAL + "[sim]\nclock = { mode = 'open' }\n",
         "conf/ops.toml: sim.clock: must be one of 'open', 'nyse' or 'closed' (got a table)",
+    ),
+    (
+        "bad aws region",
+        MINIMAL + '[credentials]\naws_region = "US East"\n',
+        "conf/ops.toml: credentials.aws_region: must look like us-east-1 (got 'US East')",
+    ),
+    (
+        "bad sns topic",
+        MINIMAL + '[alerts]\nsns_topic_arn = "ops-alerts"\n',
+        "conf/ops.toml: alerts.sns_topic_arn: must look like "
+        "arn:aws:sns:us-east-1:123456789012:ops-alerts (got 'ops-alerts')",
+    ),
+    (
+        "endpoint without scheme",
+        MINIMAL + '[credentials]\naws_endpoint_url = "localhost:4566"\n',
+        "conf/ops.toml: credentials.aws_endpoint_url: must be a URL starting with http:// or "
+        "https:// (got scheme 'localhost')",
+    ),
+    (
+        "strategy without accounts",
+        MINIMAL + '[[signal_engine.strategies]]\nname = "demo"\n'
+        'callable = "m:f"\naccounts = []\n',
+        "conf/ops.toml: signal_engine.strategies[0].accounts: must not be empty",
+    ),
+    (
+        "list where a table belongs",
+        MINIMAL + "[[sim]]\nport = 1\n",
+        "conf/ops.toml: sim: expected a table (got a list)",
     ),
     (
         "duplicate account tables",
