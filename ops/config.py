@@ -202,7 +202,8 @@ def _url_check(schemes: tuple[str, ...], *, origin: bool) -> AfterValidator:
         parts = urlsplit(value)
         if parts.scheme not in schemes:
             raise PydanticCustomError(
-                "url_scheme", "must be a URL starting with {wanted} (got scheme '{got}')",
+                "url_scheme",
+                "must be a URL starting with {wanted} (got scheme '{got}')",
                 {"wanted": wanted, "got": parts.scheme},
             )
         if "@" in parts.netloc:
@@ -258,7 +259,8 @@ def _pattern_check(pattern: str, example: str) -> AfterValidator:
     def check(value: str) -> str:
         if not compiled.fullmatch(value):
             raise PydanticCustomError(
-                "pattern", "must look like {example} (got {got})",
+                "pattern",
+                "must look like {example} (got {got})",
                 {"example": example, "got": _show(value)},
             )
         return value
@@ -343,11 +345,13 @@ class RiskLimits(_Model):
     @model_validator(mode="after")
     def _order_within_symbol(self) -> RiskLimits:
         if self.max_order_notional > self.max_symbol_notional:
-            raise _problems((
-                "max_order_notional",
-                f"must not exceed max_symbol_notional ({self.max_symbol_notional}) "
-                f"(got {self.max_order_notional})",
-            ))
+            raise _problems(
+                (
+                    "max_order_notional",
+                    f"must not exceed max_symbol_notional ({self.max_symbol_notional}) "
+                    f"(got {self.max_order_notional})",
+                )
+            )
         return self
 
 
@@ -420,11 +424,13 @@ class AccountConfig(_Model):
         problems = []
         for key in ("rest_url", "stream_url"):
             if urlsplit(getattr(self, key)).hostname == wrong:
-                problems.append((
-                    key,
-                    f"paper = {str(self.paper).lower()} but this is the "
-                    f"{'live' if self.paper else 'paper'} host {wrong}; use {wanted}",
-                ))
+                problems.append(
+                    (
+                        key,
+                        f"paper = {str(self.paper).lower()} but this is the "
+                        f"{'live' if self.paper else 'paper'} host {wrong}; use {wanted}",
+                    )
+                )
         if problems:
             raise _problems(*problems)
         return self
@@ -448,8 +454,12 @@ class RetryConfig(_Model):
     @model_validator(mode="after")
     def _bounded(self) -> RetryConfig:
         if self.initial_s > self.max_s:
-            raise _problems(("initial_s", f"must not exceed max_s ({_num(self.max_s)}) "
-                                          f"(got {_num(self.initial_s)})"))
+            raise _problems(
+                (
+                    "initial_s",
+                    f"must not exceed max_s ({_num(self.max_s)}) (got {_num(self.initial_s)})",
+                )
+            )
         if self.max_attempts == 0 and self.deadline_s is None:
             raise _problems(("max_attempts", "0 (unbounded) needs a deadline_s"))
         return self
@@ -478,8 +488,12 @@ class DatabaseConfig(_Model):
     @model_validator(mode="after")
     def _pool_order(self) -> DatabaseConfig:
         if self.pool_min > self.pool_max:
-            raise _problems(("pool_min", f"must not exceed pool_max ({_num(self.pool_max)}) "
-                                         f"(got {_num(self.pool_min)})"))
+            raise _problems(
+                (
+                    "pool_min",
+                    f"must not exceed pool_max ({_num(self.pool_max)}) (got {_num(self.pool_min)})",
+                )
+            )
         return self
 
 
@@ -571,17 +585,18 @@ class WatchdogConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> WatchdogConfig:
         problems = [
-            (f"gap_bounds_s.{role}",
-             f"unknown role '{role}' (known: {', '.join(KNOWN_ROLES)})")
+            (f"gap_bounds_s.{role}", f"unknown role '{role}' (known: {', '.join(KNOWN_ROLES)})")
             for role in self.gap_bounds_s
             if role not in KNOWN_ROLES
         ]
         if self.heartbeat_stale_s <= self.heartbeat_interval_s:
-            problems.append((
-                "heartbeat_stale_s",
-                f"must be greater than heartbeat_interval_s ({_num(self.heartbeat_interval_s)}) "
-                f"(got {_num(self.heartbeat_stale_s)})",
-            ))
+            problems.append(
+                (
+                    "heartbeat_stale_s",
+                    f"must be greater than heartbeat_interval_s ({_num(self.heartbeat_interval_s)}) "
+                    f"(got {_num(self.heartbeat_stale_s)})",
+                )
+            )
         if problems:
             raise _problems(*problems)
         return self
@@ -592,13 +607,16 @@ class AlertsConfig(_Model):
 
     webhook_urls: list[HttpUrl] = []
     """Webhooks receiving a JSON POST per alert (treated as secrets: never logged in full)."""
-    sns_topic_arn: Annotated[
-        str,
-        _pattern_check(
-            r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}",
-            "arn:aws:sns:us-east-1:123456789012:ops-alerts",
-        ),
-    ] | None = None
+    sns_topic_arn: (
+        Annotated[
+            str,
+            _pattern_check(
+                r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}",
+                "arn:aws:sns:us-east-1:123456789012:ops-alerts",
+            ),
+        ]
+        | None
+    ) = None
     """SNS topic receiving alerts."""
     deadman_url: HttpUrl | None = None
     """Healthchecks-style URL pinged while the stack is healthy; silence alerts externally."""
@@ -685,17 +703,21 @@ class Config(_Model):
                 problems.append((f"accounts.{name}", _bad_name_message(name)))
             # One key pair per account, one account per key pair (invariant 5).
             if (other := seen_secret.setdefault(acct.secret_id, name)) != name:
-                problems.append((
-                    f"accounts.{name}.secret_id",
-                    f"same secret as account '{other}' ({acct.secret_id!r}); "
-                    "each account needs its own credentials",
-                ))
+                problems.append(
+                    (
+                        f"accounts.{name}.secret_id",
+                        f"same secret as account '{other}' ({acct.secret_id!r}); "
+                        "each account needs its own credentials",
+                    )
+                )
             number = acct.expected_account_number
             if (other := seen_number.setdefault(number, name)) != name:
-                problems.append((
-                    f"accounts.{name}.expected_account_number",
-                    f"same broker account as account '{other}' ({number!r})",
-                ))
+                problems.append(
+                    (
+                        f"accounts.{name}.expected_account_number",
+                        f"same broker account as account '{other}' ({number!r})",
+                    )
+                )
             for key, role in (
                 ("dispatcher_s", "dispatcher"),
                 ("position_manager_s", "position-manager"),
@@ -703,17 +725,21 @@ class Config(_Model):
             ):
                 interval = getattr(acct.schedule, key)
                 if interval >= gaps[role]:
-                    problems.append((
-                        f"accounts.{name}.schedule.{key}",
-                        f"must be less than watchdog.gap_bounds_s.{role} ({_num(gaps[role])}), or "
-                        f"the watchdog restarts healthy processes (got {_num(interval)})",
-                    ))
+                    problems.append(
+                        (
+                            f"accounts.{name}.schedule.{key}",
+                            f"must be less than watchdog.gap_bounds_s.{role} ({_num(gaps[role])}), or "
+                            f"the watchdog restarts healthy processes (got {_num(interval)})",
+                        )
+                    )
         if self.signal_engine.interval_s >= gaps["signal-engine"]:
-            problems.append((
-                "signal_engine.interval_s",
-                f"must be less than watchdog.gap_bounds_s.signal-engine "
-                f"({_num(gaps['signal-engine'])}) (got {_num(self.signal_engine.interval_s)})",
-            ))
+            problems.append(
+                (
+                    "signal_engine.interval_s",
+                    f"must be less than watchdog.gap_bounds_s.signal-engine "
+                    f"({_num(gaps['signal-engine'])}) (got {_num(self.signal_engine.interval_s)})",
+                )
+            )
         names: set[str] = set()
         for i, strat in enumerate(self.signal_engine.strategies):
             where = f"signal_engine.strategies[{i}]"
@@ -723,10 +749,12 @@ class Config(_Model):
             for acct_name in strat.accounts:
                 if acct_name not in self.accounts:
                     known = ", ".join(self.accounts) or "none"
-                    problems.append((
-                        f"{where}.accounts",
-                        f"unknown account '{acct_name}' (configured: {known})",
-                    ))
+                    problems.append(
+                        (
+                            f"{where}.accounts",
+                            f"unknown account '{acct_name}' (configured: {known})",
+                        )
+                    )
         if problems:
             raise _problems(*problems)
         return self

@@ -55,8 +55,8 @@ class Credentials:
 
 # --------------------------------------------------------------------------- providers
 # Messages name the secret id, the provider and the field at fault, never a value: not
-# the key, not the secret, not the raw secret text (json errors are raised `from None`
-# because JSONDecodeError carries the whole document).
+# the key, not the secret, not the raw secret text. JSONDecodeError carries the whole
+# document (`.doc`), so it is never left attached as the __context__ of our errors.
 
 SECRET_FIELDS = ("api_key", "api_secret", "account_name")
 
@@ -122,12 +122,23 @@ def parse_secret(secret_id: str, doc: object, where: str) -> Credentials:
     )
 
 
+_INVALID = object()
+
+
+def _loads(text: str | bytes) -> object:
+    """json.loads, or `_INVALID`; raising outside the except block leaves no __context__."""
+    try:
+        doc: object = json.loads(text)
+    except ValueError:
+        return _INVALID
+    return doc
+
+
 def parse_secret_text(secret_id: str, text: str, where: str) -> Credentials:
     """`parse_secret` for a JSON string (Secrets Manager SecretString, env variable)."""
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        raise CredentialError(f"secret '{secret_id}' is not valid JSON ({where})") from None
+    doc = _loads(text)
+    if doc is _INVALID:
+        raise CredentialError(f"secret '{secret_id}' is not valid JSON ({where})")
     return parse_secret(secret_id, doc, where)
 
 
@@ -237,7 +248,7 @@ class FileProvider:
     def _read(self, secret_id: str) -> object:
         where = f"provider file, path {self.path}"
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise CredentialError(
                 f"secret '{secret_id}' not found ({where}: the file does not exist)"
@@ -255,12 +266,11 @@ class FileProvider:
                     f"group or others, refusing to use it. Fix: chmod 600 {self.path}"
                 )
             raw = fh.read()
-        try:
-            doc: object = json.loads(raw)
-        except ValueError:
+        doc = _loads(raw)
+        if doc is _INVALID:
             raise CredentialError(
                 f"secrets file {self.path} is not valid JSON (reading secret '{secret_id}')"
-            ) from None
+            )
         return doc
 
     def get(self, secret_id: str) -> Credentials:

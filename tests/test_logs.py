@@ -44,13 +44,17 @@ def test_text_line_has_the_fields(out: io.StringIO) -> None:
 
 def test_json_line_has_the_fields(out: io.StringIO) -> None:
     configure_logging("watchdog", level="DEBUG", json=True, stream=out)
-    logging.getLogger("ops.roles.watchdog").debug("restarting %s", "large-stream",
-                                                   extra={"account": "large"})
+    logging.getLogger("ops.roles.watchdog").debug(
+        "restarting %s", "large-stream", extra={"account": "large"}
+    )
     [line] = lines(out)
     doc = json.loads(line)
     assert set(doc) == {"ts", "level", "process", "logger", "message", "account"}
-    assert (doc["level"], doc["process"], doc["logger"]) == ("DEBUG", "watchdog",
-                                                             "ops.roles.watchdog")
+    assert (doc["level"], doc["process"], doc["logger"]) == (
+        "DEBUG",
+        "watchdog",
+        "ops.roles.watchdog",
+    )
     assert doc["message"] == "restarting large-stream"
     assert doc["account"] == "large"
 

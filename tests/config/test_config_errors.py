@@ -92,8 +92,10 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "string for a bool",
-        replaced('data_url = "http://127.0.0.1:8765"\n',
-                 'data_url = "http://127.0.0.1:8765"\npaper = "yes"\n'),
+        replaced(
+            'data_url = "http://127.0.0.1:8765"\n',
+            'data_url = "http://127.0.0.1:8765"\npaper = "yes"\n',
+        ),
         "conf/ops.toml: accounts.solo.paper: expected true or false (got 'yes')",
     ),
     (
@@ -126,8 +128,10 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "http stream url",
-        replaced('stream_url = "ws://127.0.0.1:8765/stream"',
-                 'stream_url = "http://127.0.0.1:8765/stream"'),
+        replaced(
+            'stream_url = "ws://127.0.0.1:8765/stream"',
+            'stream_url = "http://127.0.0.1:8765/stream"',
+        ),
         "conf/ops.toml: accounts.solo.stream_url: must be a URL starting with ws:// or wss:// "
         "(got scheme 'http')",
     ),
@@ -169,8 +173,9 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "duplicate strategy",
-        MINIMAL + ('[[signal_engine.strategies]]\nname = "demo"\n'
-                   'callable = "m:f"\naccounts = ["solo"]\n') * 2,
+        MINIMAL
+        + ('[[signal_engine.strategies]]\nname = "demo"\ncallable = "m:f"\naccounts = ["solo"]\n')
+        * 2,
         "conf/ops.toml: signal_engine.strategies[1].name: duplicate strategy name 'demo'",
     ),
     (
@@ -187,8 +192,7 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "paper account on the live host",
-        replaced('rest_url = "http://127.0.0.1:8765"',
-                 'rest_url = "https://api.alpaca.markets"'),
+        replaced('rest_url = "http://127.0.0.1:8765"', 'rest_url = "https://api.alpaca.markets"'),
         "conf/ops.toml: accounts.solo.rest_url: paper = true but this is the live host "
         "api.alpaca.markets; use paper-api.alpaca.markets",
     ),
@@ -267,8 +271,7 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "strategy without accounts",
-        MINIMAL + '[[signal_engine.strategies]]\nname = "demo"\n'
-        'callable = "m:f"\naccounts = []\n',
+        MINIMAL + '[[signal_engine.strategies]]\nname = "demo"\ncallable = "m:f"\naccounts = []\n',
         "conf/ops.toml: signal_engine.strategies[0].accounts: must not be empty",
     ),
     (

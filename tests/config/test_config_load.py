@@ -21,7 +21,6 @@ from tests.config.samples import MINIMAL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def test_shipped_default_config_runs_the_demo() -> None:
     cfg = load_config(ROOT / "conf" / "ops.toml")
     assert list(cfg.accounts) == ["large", "tiny"]
@@ -102,7 +101,9 @@ def test_partial_gap_bounds_keep_other_defaults() -> None:
 
 
 def test_a_third_account_is_one_more_block() -> None:
-    text = (ROOT / "conf" / "ops.toml").read_text() + """
+    text = (
+        (ROOT / "conf" / "ops.toml").read_text()
+        + """
 [accounts.medium]
 secret_id = "ops-pipeline/alpaca/medium"
 expected_account_number = "PASIM0000003"
@@ -116,6 +117,7 @@ max_open_positions = 5
 daily_loss_limit = 300
 max_qty = 100
 """
+    )
     cfg = load_config_text(text, "three.toml")
     assert list(cfg.accounts) == ["large", "tiny", "medium"]
     assert cfg.accounts["medium"].secret_id == default_secret_id("medium")
@@ -123,19 +125,23 @@ max_qty = 100
 
 
 def test_disabled_account_is_not_enabled() -> None:
-    cfg = load_config_text(MINIMAL.replace("[accounts.solo.risk]", "enabled = false\n"
-                                           "[accounts.solo.risk]"), "m.toml")
+    cfg = load_config_text(
+        MINIMAL.replace("[accounts.solo.risk]", "enabled = false\n[accounts.solo.risk]"), "m.toml"
+    )
     assert cfg.enabled_accounts() == {}
 
 
 def test_strategy_callable_is_not_imported() -> None:
-    text = MINIMAL + """
+    text = (
+        MINIMAL
+        + """
 [[signal_engine.strategies]]
 name = "x"
 callable = "no_such_module_ops_test.sub:make"
 accounts = ["solo"]
 params = { window = 3, symbols = ["AAPL"] }
 """
+    )
     cfg = load_config_text(text, "m.toml")
     assert cfg.signal_engine.strategies[0].params == {"window": 3, "symbols": ["AAPL"]}
     assert "no_such_module_ops_test" not in sys.modules

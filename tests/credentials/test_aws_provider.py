@@ -84,6 +84,7 @@ def test_malformed_json(caplog: pytest.LogCaptureFixture) -> None:
         AwsSecretsProvider(REGION).get(TINY)
     assert str(info.value) == f"secret '{TINY}' is not valid JSON ({WHERE})"
     assert_no_secret_material(*error_texts(info.value), caplog.text)
+    assert info.value.__context__ is None  # JSONDecodeError.doc would hold the secret
 
 
 @pytest.mark.usefixtures("aws")
@@ -110,8 +111,11 @@ def test_missing_field(missing: str, caplog: pytest.LogCaptureFixture) -> None:
 @pytest.mark.usefixtures("aws")
 @pytest.mark.parametrize(
     ("field", "value", "got"),
-    [("api_key", 12345, "a number"), ("api_secret", "", "an empty string"),
-     ("account_name", ["tiny"], "an array")],
+    [
+        ("api_key", 12345, "a number"),
+        ("api_secret", "", "an empty string"),
+        ("account_name", ["tiny"], "an array"),
+    ],
 )
 def test_wrong_type(field: str, value: object, got: str, caplog: pytest.LogCaptureFixture) -> None:
     put_secret(TINY, secret_json(**{field: value}))

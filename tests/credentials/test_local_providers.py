@@ -141,10 +141,9 @@ def test_file_not_json_is_not_echoed(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(CredentialError) as info:
         FileProvider(path).get(TINY)
-    assert str(info.value) == (
-        f"secrets file {path} is not valid JSON (reading secret '{TINY}')"
-    )
+    assert str(info.value) == (f"secrets file {path} is not valid JSON (reading secret '{TINY}')")
     assert API_KEY not in texts(info.value)
+    assert info.value.__context__ is None
 
 
 def test_file_not_a_mapping(tmp_path: Path) -> None:
@@ -154,8 +153,7 @@ def test_file_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(CredentialError) as info:
         FileProvider(path).get(TINY)
     assert str(info.value) == (
-        f"secrets file {path} must hold a JSON object mapping secret id to secret "
-        "(got an array)"
+        f"secrets file {path} must hold a JSON object mapping secret id to secret (got an array)"
     )
 
 
@@ -202,8 +200,9 @@ def test_provider_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert file_provider.path == tmp_path / "secrets.json"
 
     aws = provider_from_config(
-        CredentialsConfig(provider="aws", aws_region="eu-west-1",
-                          aws_endpoint_url="http://127.0.0.1:4566"),
+        CredentialsConfig(
+            provider="aws", aws_region="eu-west-1", aws_endpoint_url="http://127.0.0.1:4566"
+        ),
         env,
     )
     assert isinstance(aws, AwsSecretsProvider)
