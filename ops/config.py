@@ -593,8 +593,8 @@ class WatchdogConfig(_Model):
             problems.append(
                 (
                     "heartbeat_stale_s",
-                    f"must be greater than heartbeat_interval_s ({_num(self.heartbeat_interval_s)}) "
-                    f"(got {_num(self.heartbeat_stale_s)})",
+                    "must be greater than heartbeat_interval_s "
+                    f"({_num(self.heartbeat_interval_s)}) (got {_num(self.heartbeat_stale_s)})",
                 )
             )
         if problems:
@@ -728,8 +728,9 @@ class Config(_Model):
                     problems.append(
                         (
                             f"accounts.{name}.schedule.{key}",
-                            f"must be less than watchdog.gap_bounds_s.{role} ({_num(gaps[role])}), or "
-                            f"the watchdog restarts healthy processes (got {_num(interval)})",
+                            f"must be less than watchdog.gap_bounds_s.{role} "
+                            f"({_num(gaps[role])}), or the watchdog restarts healthy "
+                            f"processes (got {_num(interval)})",
                         )
                     )
         if self.signal_engine.interval_s >= gaps["signal-engine"]:
