@@ -1,0 +1,37 @@
+"""Persistence: Postgres first, a SQLite outage buffer when Postgres is away.
+
+- `store.py`     `Store`: the one write API (Postgres or buffer, drained in order) + reads
+- `ops.py`       typed, idempotent write operations (kind + JSON payload + batch apply)
+- `buffer.py`    the host-wide SQLite buffer (pending writes, latest state, dead rows)
+- `postgres.py`  asyncpg pools/connections, JSON codecs, `is_outage`
+- `embedded.py`  the embedded PostgreSQL under $OPS_HOME/pg (pgserver binaries)
+- `migrate.py`   versioned migrations (`migrations/NNNN_*.sql`) and `ops db migrate`
+"""
+
+from __future__ import annotations
+
+from ops.store.buffer import BufferStatus
+from ops.store.ops import Op
+from ops.store.postgres import is_outage
+from ops.store.store import (
+    AccountState,
+    Control,
+    Incident,
+    Snapshot,
+    Store,
+    StoredPosition,
+    StoreSettings,
+)
+
+__all__ = [
+    "AccountState",
+    "BufferStatus",
+    "Control",
+    "Incident",
+    "Op",
+    "Snapshot",
+    "Store",
+    "StoreSettings",
+    "StoredPosition",
+    "is_outage",
+]

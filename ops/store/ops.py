@@ -1,0 +1,488 @@
+"""Typed write operations: one `Op` per write, replayable idempotently by natural keys.
+
+An `Op` is a kind name plus a JSON-serialisable payload, so the very same object can be
+applied to Postgres now or parked in the SQLite buffer and applied later. Each kind has
+one `apply(conn, payloads) -> int` that runs idempotent SQL for a whole batch (executemany
+or one set-based statement) and returns how many rows were newly stored or changed.
+
+Every SQL parameter is sent as text and cast in SQL (`$1::text::numeric`), so payloads
+never need Python-side re-typing: Decimals and datetimes travel as their exact strings.
+
+Kinds that describe "latest state" (heartbeats, completed runs, positions, account
+summary, controls, open incidents) also yield `LatestEntry`s, which the buffer keeps so
+readers can work through an outage.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
+
+Payload = dict[str, Any]
+ApplyFn = Callable[[asyncpg.Connection, Sequence[Payload]], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One write: `kind` names an entry of KINDS; `payload` is plain JSON data."""
+
+    kind: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class LatestEntry:
+    """Latest-state row for the buffer; payload None deletes the entry (closed incident)."""
+
+    kind: str
+    key: str
+    ts: str
+    payload: Payload | None
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    name: str
+    apply: ApplyFn
+    latest: Callable[[Payload], list[LatestEntry]] | None = None
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def enc(value: Any) -> Any:
+    """A JSON-safe form of a model value. Naive datetimes are refused (ambiguous zone)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value.value if isinstance(value, Enum) else value
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored: add a tz")
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return enc(value.value)
+    if isinstance(value, Mapping):
+        return {str(k): enc(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [enc(v) for v in value]
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+# Column type per SQL cast; "json" values are dumped, the rest sent as str.
+Cols = Sequence[tuple[str, str]]
+
+
+def _placeholders(cols: Cols, start: int = 1) -> str:
+    out = []
+    for i, (_, typ) in enumerate(cols, start):
+        out.append(f"${i}::text" if typ == "text" else f"${i}::text::{typ}")
+    return ", ".join(out)
+
+
+def _arg(value: Any, typ: str) -> str | None:
+    if value is None:
+        return None
+    if typ == "jsonb":
+        return dumps(value)
+    return str(value)
+
+
+def _args(payload: Payload, cols: Cols) -> tuple[str | None, ...]:
+    return tuple(_arg(payload.get(name), typ) for name, typ in cols)
+
+
+def _names(cols: Cols) -> str:
+    return ", ".join(name for name, _ in cols)
+
+
+# --- order events ---------------------------------------------------------------------------
+
+_EVENT_COLS: Cols = (
+    ("account", "text"), ("event_key", "text"), ("order_id", "text"),
+    ("client_order_id", "text"), ("symbol", "text"), ("event", "text"),
+    ("ts", "timestamptz"), ("execution_id", "text"), ("price", "numeric"), ("qty", "numeric"),
+    ("position_qty", "numeric"), ("raw", "jsonb"),
+)
+_EVENT_SQL = f"""
+WITH ins AS (
+    INSERT INTO order_events ({_names(_EVENT_COLS)})
+    SELECT {", ".join(f"c{i}" if t == "text" else f"c{i}::{t}"
+                      for i, (_, t) in enumerate(_EVENT_COLS))}
+    FROM unnest({", ".join(f"${i + 1}::text[]" for i in range(len(_EVENT_COLS)))})
+         WITH ORDINALITY AS u({", ".join(f"c{i}" for i in range(len(_EVENT_COLS)))}, n)
+    ORDER BY n
+    ON CONFLICT (account, event_key) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*) FROM ins
+"""
+
+
+async def _apply_events(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    """One set-based INSERT for the whole batch; ids follow batch order (ORDER BY n)."""
+    columns: list[list[str | None]] = [[] for _ in _EVENT_COLS]
+    for p in payloads:
+        for col, (name, typ) in zip(columns, _EVENT_COLS, strict=True):
+            col.append(_arg(p.get(name), typ))
+    n = await conn.fetchval(_EVENT_SQL, *columns)
+    return int(n)
+
+
+# --- orders ---------------------------------------------------------------------------------
+
+_ORDER_COLS: Cols = (
+    ("id", "text"), ("account", "text"), ("client_order_id", "text"), ("symbol", "text"),
+    ("side", "text"), ("order_type", "text"), ("time_in_force", "text"), ("qty", "numeric"),
+    ("notional", "numeric"), ("filled_qty", "numeric"), ("filled_avg_price", "numeric"),
+    ("limit_price", "numeric"), ("stop_price", "numeric"), ("status", "text"),
+    ("asset_class", "text"), ("created_at", "timestamptz"), ("updated_at", "timestamptz"),
+    ("submitted_at", "timestamptz"), ("filled_at", "timestamptz"),
+    ("canceled_at", "timestamptz"), ("raw", "jsonb"), ("signal_id", "bigint"),
+)
+_ORDER_SQL = f"""
+INSERT INTO orders ({_names(_ORDER_COLS)}) VALUES ({_placeholders(_ORDER_COLS)})
+ON CONFLICT (id) DO UPDATE SET
+    {", ".join(f"{n} = excluded.{n}" for n, _ in _ORDER_COLS if n not in ("id", "signal_id"))},
+    signal_id = coalesce(excluded.signal_id, orders.signal_id)
+WHERE excluded.updated_at >= orders.updated_at
+"""
+
+
+async def _executemany(
+    conn: asyncpg.Connection, sql: str, payloads: Sequence[Payload], cols: Cols
+) -> int:
+    await conn.executemany(sql, [_args(p, cols) for p in payloads])
+    return len(payloads)
+
+
+async def _apply_orders(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _ORDER_SQL, payloads, _ORDER_COLS)
+
+
+# --- heartbeats and runs --------------------------------------------------------------------
+
+_HB_COLS: Cols = (
+    ("process", "text"), ("account", "text"), ("role", "text"), ("pid", "integer"),
+    ("ts", "timestamptz"), ("started_at", "timestamptz"), ("counters", "jsonb"),
+)
+_HB_SQL = f"""
+INSERT INTO heartbeats ({_names(_HB_COLS)}) VALUES ({_placeholders(_HB_COLS)})
+ON CONFLICT (process) DO UPDATE SET
+    {", ".join(f"{n} = excluded.{n}" for n, _ in _HB_COLS if n != "process")}
+WHERE excluded.ts >= heartbeats.ts
+"""
+
+
+async def _apply_heartbeats(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _HB_SQL, payloads, _HB_COLS)
+
+
+def _hb_latest(p: Payload) -> list[LatestEntry]:
+    return [LatestEntry("heartbeat", p["process"], p["ts"], p)]
+
+
+_RUN_COLS: Cols = (
+    ("slot_id", "text"), ("process", "text"), ("account", "text"), ("role", "text"),
+    ("slot_time", "timestamptz"), ("scheduled_at", "timestamptz"),
+    ("started_at", "timestamptz"), ("finished_at", "timestamptz"), ("outcome", "text"),
+    ("lateness_s", "double precision"), ("skipped_before", "integer"), ("error", "text"),
+)
+# A slot moves running -> final outcome once; a final row never changes again.
+_RUN_SQL = f"""
+INSERT INTO runs ({_names(_RUN_COLS)}) VALUES ({_placeholders(_RUN_COLS)})
+ON CONFLICT (slot_id) DO UPDATE SET
+    {", ".join(f"{n} = excluded.{n}" for n, _ in _RUN_COLS if n != "slot_id")}
+WHERE runs.outcome = 'running'
+"""
+
+
+async def _apply_runs(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _RUN_SQL, payloads, _RUN_COLS)
+
+
+def _run_latest(p: Payload) -> list[LatestEntry]:
+    if p.get("finished_at") is None or p.get("outcome") == "running":
+        return []
+    return [LatestEntry("run", p["process"], p["finished_at"], p)]
+
+
+# --- positions ------------------------------------------------------------------------------
+
+_POS_COLS: Cols = (
+    ("account", "text"), ("symbol", "text"), ("qty", "numeric"),
+    ("avg_entry_price", "numeric"), ("cost_basis", "numeric"), ("market_value", "numeric"),
+    ("current_price", "numeric"), ("lastday_price", "numeric"), ("unrealized_pl", "numeric"),
+    ("unrealized_plpc", "numeric"), ("side", "text"), ("asset_class", "text"),
+    ("opened_at", "timestamptz"), ("synced_at", "timestamptz"),
+)
+_POS_SQL = f"""
+INSERT INTO positions ({_names(_POS_COLS)}) VALUES ({_placeholders(_POS_COLS)})
+ON CONFLICT (account, symbol) DO UPDATE SET
+    {", ".join(f"{n} = excluded.{n}" for n, _ in _POS_COLS
+               if n not in ("account", "symbol", "opened_at"))},
+    opened_at = coalesce(positions.opened_at, excluded.opened_at)
+"""
+_HIST_COLS: Cols = (
+    ("account", "text"), ("symbol", "text"), ("synced_at", "timestamptz"), ("qty", "numeric"),
+    ("avg_entry_price", "numeric"), ("cost_basis", "numeric"), ("market_value", "numeric"),
+    ("current_price", "numeric"), ("unrealized_pl", "numeric"), ("side", "text"),
+    ("asset_class", "text"),
+)
+_HIST_SQL = f"""
+INSERT INTO position_history ({_names(_HIST_COLS)}) VALUES ({_placeholders(_HIST_COLS)})
+ON CONFLICT (account, symbol, synced_at) DO NOTHING
+"""
+_SYNC_SQL = """
+INSERT INTO position_syncs (account, synced_at, count) VALUES ($1, $2::text::timestamptz, $3)
+ON CONFLICT (account) DO UPDATE SET synced_at = excluded.synced_at, count = excluded.count
+WHERE excluded.synced_at >= position_syncs.synced_at
+RETURNING 1
+"""
+
+
+async def _apply_position_syncs(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    """Replace each account's set, unless a newer sync is already stored; keep history."""
+    changed = 0
+    for p in payloads:
+        account, synced_at = p["account"], p["synced_at"]
+        rows = [{**pos, "account": account, "synced_at": synced_at} for pos in p["positions"]]
+        await conn.executemany(_HIST_SQL, [_args(r, _HIST_COLS) for r in rows])
+        newer = await conn.fetchval(_SYNC_SQL, account, synced_at, len(rows))
+        if newer is None:
+            continue  # an older replay: history kept, current set untouched
+        symbols = [r["symbol"] for r in rows]
+        await conn.execute(
+            "DELETE FROM positions WHERE account = $1 AND NOT (symbol = ANY($2::text[]))",
+            account, symbols,
+        )
+        for r in rows:
+            r.setdefault("opened_at", synced_at)
+        await conn.executemany(_POS_SQL, [_args(r, _POS_COLS) for r in rows])
+        changed += 1
+    return changed
+
+
+def _pos_latest(p: Payload) -> list[LatestEntry]:
+    return [LatestEntry("positions", p["account"], p["synced_at"], p)]
+
+
+# --- account summary ------------------------------------------------------------------------
+
+_ACCT_SQL = """
+WITH a AS (
+    INSERT INTO accounts (name, account_number, updated_at)
+    VALUES ($1, $2, $7::text::timestamptz)
+    ON CONFLICT (name) DO UPDATE SET account_number = excluded.account_number,
+                                     updated_at = excluded.updated_at
+    WHERE excluded.updated_at >= accounts.updated_at
+)
+INSERT INTO account_state (name, account_number, equity, cash, buying_power, last_equity, as_of)
+VALUES ($1, $2, $3::text::numeric, $4::text::numeric, $5::text::numeric, $6::text::numeric,
+        $7::text::timestamptz)
+ON CONFLICT (name) DO UPDATE SET
+    account_number = excluded.account_number, equity = excluded.equity, cash = excluded.cash,
+    buying_power = excluded.buying_power, last_equity = excluded.last_equity,
+    as_of = excluded.as_of
+WHERE excluded.as_of >= account_state.as_of
+"""
+_ACCT_COLS: Cols = (
+    ("account", "text"), ("account_number", "text"), ("equity", "numeric"),
+    ("cash", "numeric"), ("buying_power", "numeric"), ("last_equity", "numeric"),
+    ("as_of", "timestamptz"),
+)
+
+
+async def _apply_accounts(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _ACCT_SQL, payloads, _ACCT_COLS)
+
+
+def _acct_latest(p: Payload) -> list[LatestEntry]:
+    return [LatestEntry("account", p["account"], p["as_of"], p)]
+
+
+# --- controls -------------------------------------------------------------------------------
+
+_CTRL_COLS: Cols = (
+    ("account", "text"), ("key", "text"), ("value", "jsonb"), ("updated_at", "timestamptz"),
+    ("updated_by", "text"),
+)
+_CTRL_SQL = f"""
+INSERT INTO controls ({_names(_CTRL_COLS)}) VALUES ({_placeholders(_CTRL_COLS)})
+ON CONFLICT (account, key) DO UPDATE SET
+    value = excluded.value, updated_at = excluded.updated_at, updated_by = excluded.updated_by
+WHERE excluded.updated_at >= controls.updated_at
+"""
+
+
+async def _apply_controls(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _CTRL_SQL, payloads, _CTRL_COLS)
+
+
+def control_key(account: str, key: str) -> str:
+    return dumps([account, key])
+
+
+def _ctrl_latest(p: Payload) -> list[LatestEntry]:
+    return [LatestEntry("control", control_key(p["account"], p["key"]), p["updated_at"], p)]
+
+
+# --- incidents ------------------------------------------------------------------------------
+
+_INC_COLS: Cols = (
+    ("id", "uuid"), ("kind", "text"), ("process", "text"), ("account", "text"),
+    ("detail", "text"), ("opened_at", "timestamptz"), ("restarts", "integer"),
+    ("dedupe_key", "text"),
+)
+# No conflict target: a replay (same id) and an already-open dedupe_key are both no-ops.
+_INC_OPEN_SQL = f"""
+INSERT INTO incidents ({_names(_INC_COLS)}) VALUES ({_placeholders(_INC_COLS)})
+ON CONFLICT DO NOTHING
+"""
+_INC_CLOSE_SQL = """
+UPDATE incidents SET closed_at = $3::text::timestamptz
+WHERE closed_at IS NULL AND (id = $1::text::uuid OR dedupe_key = $2)
+"""
+# Counter bumps are not idempotent by nature: applied_ops remembers each bump's op id.
+_INC_BUMP_SQL = """
+WITH fresh AS (
+    INSERT INTO applied_ops (op_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1
+)
+UPDATE incidents SET restarts = restarts + 1, detail = coalesce($4, detail)
+WHERE closed_at IS NULL AND (id = $2::text::uuid OR dedupe_key = $3)
+  AND EXISTS (SELECT 1 FROM fresh)
+"""
+
+
+async def _apply_incident_open(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _INC_OPEN_SQL, payloads, _INC_COLS)
+
+
+async def _apply_incident_close(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    cols: Cols = (("id", "text"), ("dedupe_key", "text"), ("closed_at", "text"))
+    return await _executemany(conn, _INC_CLOSE_SQL, payloads, cols)
+
+
+async def _apply_incident_bump(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    cols: Cols = (("op_id", "text"), ("id", "text"), ("dedupe_key", "text"), ("detail", "text"))
+    return await _executemany(conn, _INC_BUMP_SQL, payloads, cols)
+
+
+def incident_latest_key(p: Payload) -> str:
+    return str(p.get("dedupe_key") or p["id"])
+
+
+def _inc_open_latest(p: Payload) -> list[LatestEntry]:
+    return [LatestEntry("incident", incident_latest_key(p), p["opened_at"], p)]
+
+
+def _inc_close_latest(p: Payload) -> list[LatestEntry]:
+    keys = [k for k in (p.get("dedupe_key"), p.get("id")) if k]
+    return [LatestEntry("incident", str(k), p["closed_at"], None) for k in keys]
+
+
+# --- signals --------------------------------------------------------------------------------
+
+_SIG_COLS: Cols = (
+    ("idempotency_key", "text"), ("account", "text"), ("symbol", "text"), ("side", "text"),
+    ("qty", "numeric"), ("notional", "numeric"), ("order_type", "text"),
+    ("limit_price", "numeric"), ("time_in_force", "text"), ("strategy", "text"),
+    ("created_at", "timestamptz"), ("expires_at", "timestamptz"),
+)
+_SIG_SQL = f"""
+INSERT INTO signals ({_names(_SIG_COLS)}) VALUES ({_placeholders(_SIG_COLS)})
+ON CONFLICT (idempotency_key) DO NOTHING
+"""
+_DECISION_SQL = """
+UPDATE signals SET
+    status = $2, reason = $3,
+    client_order_id = coalesce($4, client_order_id),
+    broker_order_id = coalesce($5, broker_order_id),
+    decided_at = $6::text::timestamptz,
+    attempts = greatest(attempts, coalesce($7::text::integer, attempts))
+WHERE id = $1::text::bigint
+  AND (decided_at IS NULL OR decided_at <= $6::text::timestamptz)
+"""
+_DECISION_COLS: Cols = (
+    ("signal_id", "text"), ("status", "text"), ("reason", "text"),
+    ("client_order_id", "text"), ("broker_order_id", "text"), ("decided_at", "text"),
+    ("attempts", "text"),
+)
+
+
+async def _apply_signals(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _SIG_SQL, payloads, _SIG_COLS)
+
+
+async def _apply_decisions(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _executemany(conn, _DECISION_SQL, payloads, _DECISION_COLS)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("order_event", _apply_events),
+        Kind("order", _apply_orders),
+        Kind("heartbeat", _apply_heartbeats, _hb_latest),
+        Kind("run", _apply_runs, _run_latest),
+        Kind("positions", _apply_position_syncs, _pos_latest),
+        Kind("account", _apply_accounts, _acct_latest),
+        Kind("control", _apply_controls, _ctrl_latest),
+        Kind("incident_open", _apply_incident_open, _inc_open_latest),
+        Kind("incident_close", _apply_incident_close, _inc_close_latest),
+        Kind("incident_bump", _apply_incident_bump),
+        Kind("signal", _apply_signals),
+        Kind("signal_decision", _apply_decisions),
+    )
+}
+
+
+def kind(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown store op kind {name!r} (known: {sorted(KINDS)})") from None
+
+
+async def apply_ops(conn: asyncpg.Connection, ops: Sequence[Op]) -> int:
+    """Apply ops in order, batching each run of consecutive same-kind ops into one call.
+
+    The caller owns the transaction. Batching only consecutive runs keeps the order of
+    writes exactly as given.
+    """
+    total = 0
+    i = 0
+    while i < len(ops):
+        j = i
+        while j < len(ops) and ops[j].kind == ops[i].kind:
+            j += 1
+        total += await kind(ops[i].kind).apply(conn, [op.payload for op in ops[i:j]])
+        i = j
+    return total
+
+
+def latest_entries(ops: Sequence[Op]) -> list[LatestEntry]:
+    out: list[LatestEntry] = []
+    for op in ops:
+        fn = kind(op.kind).latest
+        if fn is not None:
+            out.extend(fn(op.payload))
+    return out
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,798 @@
+"""`Store`: the one API for every write that must survive, and the reads roles need.
+
+Writes are `Op`s (ops/store/ops.py). `write_many` applies them to Postgres in one
+transaction; when Postgres is away (`is_outage`) they go to the SQLite buffer instead.
+Ordering rule: while the buffer holds pending rows (from any process on the host), new
+writes go to the buffer too, so a later write never overtakes an earlier buffered one.
+
+A drainer task runs in every process that opens a Store; an exclusive `flock` on
+`<buffer>.drain.lock` makes exactly one of them replay at a time (the kernel releases it if
+that process dies). It replays pending rows in seq order, a batch per Postgres
+transaction, and deletes them from SQLite after the commit. A crash between commit and
+delete replays the batch again, which the natural keys turn into a no-op: exactly once.
+
+Reads come from Postgres; during an outage they come from the buffer's latest-state table
+and say so (`Snapshot.source == "buffer"`); while replay is still catching up the two are
+merged, newest timestamp per entity winning (`"postgres+buffer"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, Generic, Literal, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
+
+from ops.env import RuntimeEnv
+from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
+from ops.retry import Backoff
+from ops.store import embedded
+from ops.store.buffer import Buffer, BufferStatus, LatestRow, PendingRow
+from ops.store.ops import Op, Payload, apply_ops, control_key, enc, latest_entries, new_op_id
+from ops.store.postgres import close_pool, create_pool, is_outage, redact_url
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Source = Literal["postgres", "buffer", "postgres+buffer"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """Tunables; the defaults suit a role process."""
+
+    drain_batch: int = 2000  # pending rows replayed per Postgres transaction
+    drain_poll_s: float = 0.25  # how often an idle drainer looks at the buffer
+    drain_backoff: Backoff = Backoff(initial_s=0.2, max_s=2.0, max_attempts=0, deadline_s=None)
+    close_grace_s: float = 5.0  # close() lets an in-flight replay batch finish this long
+    pool_max_size: int = 4
+    connect_timeout_s: float = 3.0
+    command_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot(Generic[T]):
+    """Rows read for a caller, and where they came from."""
+
+    rows: list[T]
+    source: Source
+    as_of: datetime  # when Postgres was read, or the newest buffered timestamp
+
+    @property
+    def buffered(self) -> bool:
+        return self.source != "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPosition:
+    account: str
+    synced_at: datetime
+    opened_at: datetime | None
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    name: str
+    account_number: str | None
+    equity: Decimal | None
+    cash: Decimal | None
+    buying_power: Decimal | None
+    last_equity: Decimal | None
+    as_of: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    id: str
+    kind: str
+    process: str | None
+    account: str | None
+    detail: str
+    opened_at: datetime
+    restarts: int
+    dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    account: str
+    key: str
+    value: Any
+    updated_at: datetime
+    updated_by: str
+
+
+class DrainLock:
+    """Host-wide "one drainer at a time": a non-blocking flock on a file beside the buffer."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def try_acquire(self) -> bool:
+        if self._fh is not None:
+            return True
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        # The holder's pid, for operators (and tests) asking "who is draining?".
+        fh.truncate(0)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def _ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _pg_payload(row: asyncpg.Record) -> Payload:
+    """A Postgres row in the buffer's payload form (JSON-safe strings)."""
+    return {k: enc(v) for k, v in row.items()}
+
+
+class Store:
+    """Open with `await Store.open(env, process=...)`; close with `await store.close()`."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        buffer: Buffer,
+        pool: asyncpg.Pool,
+        process: str,
+        settings: StoreSettings,
+    ):
+        self.url = url
+        self.process = process
+        self.settings = settings
+        self._buffer = buffer
+        self._pool = pool
+        self._lock = DrainLock(buffer.path.with_name(buffer.path.name + ".drain.lock"))
+        self._reachable = True
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.replayed = 0  # rows this process replayed (a progress counter for heartbeats)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        env: RuntimeEnv,
+        *,
+        process: str,
+        config: StoreSettings | None = None,
+        url: str | None = None,
+        buffer_path: Path | None = None,
+        start_embedded: bool = False,
+    ) -> Store:
+        """Open the pool (lazily: works during an outage), the buffer, and the drainer.
+
+        The URL is `url`, else OPS_DATABASE_URL, else the embedded server's (started only
+        when `start_embedded`: under supervisord, postgres is its own program).
+        """
+        settings = config or StoreSettings()
+        if url is None:
+            if start_embedded:
+                url = await asyncio.to_thread(embedded.database_url, env)
+            else:
+                url = embedded.database_url(env, start=False)
+        buffer = await Buffer.open(buffer_path or env.buffer_path)
+        try:
+            pool = await create_pool(
+                url,
+                max_size=settings.pool_max_size,
+                connect_timeout=settings.connect_timeout_s,
+                command_timeout=settings.command_timeout_s,
+            )
+        except BaseException:
+            await buffer.close()
+            raise
+        store = cls(url=url, buffer=buffer, pool=pool, process=process, settings=settings)
+        store._drainer = asyncio.create_task(store._drain_loop(), name=f"store-drainer-{process}")
+        return store
+
+    async def close(self) -> None:
+        """Stop the drainer (an in-flight batch gets `close_grace_s`), close pool and buffer."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._drainer is not None:
+            done, _ = await asyncio.wait({self._drainer}, timeout=self.settings.close_grace_s)
+            if not done:
+                self._drainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._drainer
+        self._lock.release()
+        await close_pool(self._pool)
+        await self._buffer.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """Direct Postgres access for work that must not be buffered (claiming signals)."""
+        return self._pool
+
+    @property
+    def database_reachable(self) -> bool:
+        """Whether the last attempt to reach Postgres succeeded."""
+        return self._reachable
+
+    @property
+    def buffer(self) -> Buffer:
+        return self._buffer
+
+    # --- the write path ---------------------------------------------------------------------
+
+    async def write(self, op: Op) -> int:
+        return await self.write_many([op])
+
+    async def write_many(self, ops: Sequence[Op]) -> int:
+        """Apply ops in one Postgres transaction, or buffer them all during an outage.
+
+        Returns the rows newly stored/changed in Postgres, or len(ops) when buffered
+        (duplicates among buffered rows are dropped at replay).
+        """
+        if not ops:
+            return 0
+        latest = latest_entries(ops)
+        if not await self._buffer.has_pending():
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    n = await apply_ops(conn, ops)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._note_outage(exc)
+            else:
+                self._reachable = True
+                await self._mirror(latest)
+                return n
+        await self._buffer.append(ops, self.process, latest)
+        self._wake.set()
+        return len(ops)
+
+    async def _mirror(self, latest: Sequence[Any]) -> None:
+        """Keep the buffer's latest-state current so outage reads start from fresh data."""
+        if not latest:
+            return
+        try:
+            await self._buffer.put_latest(latest)
+        except Exception:  # the write itself succeeded; a stale mirror is not data loss
+            log.exception("could not mirror latest state into the buffer")
+
+    def _note_outage(self, exc: BaseException) -> None:
+        if self._reachable:
+            log.warning("postgres unreachable at %s (%s: %s); buffering writes",
+                        redact_url(self.url), type(exc).__name__, exc)
+        self._reachable = False
+
+    # --- the drainer ------------------------------------------------------------------------
+
+    async def _drain_loop(self) -> None:
+        delays = self.settings.drain_backoff.delays()
+        wait_s = self.settings.drain_poll_s
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                outcome = await self.drain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("buffer drainer failed; retrying")
+                outcome = "outage"
+            if outcome == "outage":
+                wait_s = next(delays)
+            else:
+                delays = self.settings.drain_backoff.delays()
+                wait_s = self.settings.drain_poll_s
+
+    async def drain_once(self) -> Literal["empty", "busy", "drained", "outage"]:
+        """Replay everything pending if this process wins the drain lock."""
+        if not await self._buffer.has_pending():
+            return "empty"
+        if not self._lock.try_acquire():
+            return "busy"
+        try:
+            while not self._stop.is_set():
+                rows = await self._buffer.fetch(self.settings.drain_batch)
+                if not rows:
+                    return "drained"
+                try:
+                    await self._replay(rows)
+                except Exception as exc:
+                    if not is_outage(exc):
+                        raise
+                    self._note_outage(exc)
+                    return "outage"
+                self._reachable = True
+            return "drained"
+        finally:
+            self._lock.release()
+
+    async def _replay(self, rows: Sequence[PendingRow]) -> None:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await apply_ops(conn, [r.op() for r in rows])
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            log.error("replay batch of %d rows refused (%s: %s); isolating the bad row",
+                      len(rows), type(exc).__name__, exc)
+            await self._replay_one_by_one(rows)
+            return
+        # Committed; a crash right here replays this batch again, harmlessly.
+        await self._buffer.delete_through(rows[-1].seq)
+        self.replayed += len(rows)
+
+    async def _replay_one_by_one(self, rows: Sequence[PendingRow]) -> None:
+        """Apply rows singly; quarantine those Postgres refuses for a non-outage reason."""
+        for row in rows:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await apply_ops(conn, [row.op()])
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("quarantining buffered %s row seq=%d: %s", row.kind, row.seq, error)
+                await self._buffer.quarantine(row, error)
+                continue
+            await self._buffer.delete_through(row.seq)
+            self.replayed += 1
+
+    async def buffer_status(self) -> BufferStatus:
+        """Pending rows, age of the oldest, and quarantined rows."""
+        return await self._buffer.status()
+
+    async def wait_drained(self, within_s: float) -> bool:
+        """Poll until the buffer holds no pending rows (True) or `within_s` passes (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while await self._buffer.has_pending():
+            if loop.time() >= deadline:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.05)
+        return True
+
+    # --- typed writes -----------------------------------------------------------------------
+
+    async def record_trade_updates(self, account: str, updates: Iterable[TradeUpdate]) -> int:
+        """Store each event exactly once; returns how many were new (see write_many)."""
+        ops = [Op("order_event", {
+            "account": account, "event_key": u.event_key, "order_id": u.order.id,
+            "client_order_id": u.order.client_order_id, "symbol": u.order.symbol,
+            "event": u.event, "ts": enc(u.timestamp), "execution_id": u.execution_id,
+            "price": enc(u.price), "qty": enc(u.qty), "position_qty": enc(u.position_qty),
+            "raw": enc(dict(u.raw)),
+        }) for u in updates]
+        return await self.write_many(ops)
+
+    async def upsert_orders(
+        self,
+        account: str,
+        orders: Iterable[Order],
+        signal_ids: Mapping[str, int] | None = None,
+    ) -> int:
+        """Upsert orders; an older snapshot never overwrites a newer one (updated_at)."""
+        links = signal_ids or {}
+        ops = []
+        for o in orders:
+            payload = {
+                "id": o.id, "account": account, "client_order_id": o.client_order_id,
+                "symbol": o.symbol, "side": o.side, "order_type": o.order_type,
+                "time_in_force": o.time_in_force, "qty": o.qty, "notional": o.notional,
+                "filled_qty": o.filled_qty, "filled_avg_price": o.filled_avg_price,
+                "limit_price": o.limit_price, "stop_price": o.stop_price, "status": o.status,
+                "asset_class": o.asset_class, "created_at": o.created_at,
+                "updated_at": o.updated_at, "submitted_at": o.submitted_at,
+                "filled_at": o.filled_at, "canceled_at": o.canceled_at, "raw": dict(o.raw),
+                "signal_id": links.get(o.client_order_id),
+            }
+            ops.append(Op("order", enc(payload)))
+        return await self.write_many(ops)
+
+    async def heartbeat(self, hb: Heartbeat) -> None:
+        await self.write(Op("heartbeat", enc({
+            "process": hb.process, "account": hb.account, "role": hb.role, "pid": hb.pid,
+            "ts": hb.ts, "started_at": hb.started_at, "counters": dict(hb.counters),
+        })))
+
+    async def record_run(self, rec: RunRecord) -> None:
+        await self.write(Op("run", run_payload(rec)))
+
+    async def sync_positions(
+        self, account: str, positions: Sequence[Position], as_of: datetime
+    ) -> None:
+        """Replace the account's current set (unless a newer sync is stored); add history."""
+        await self.write(Op("positions", enc({
+            "account": account, "synced_at": as_of,
+            "positions": [position_payload(p) for p in positions],
+        })))
+
+    async def record_account(self, account: str, info: AccountInfo, as_of: datetime) -> None:
+        await self.write(Op("account", enc({
+            "account": account, "account_number": info.account_number, "equity": info.equity,
+            "cash": info.cash, "buying_power": info.buying_power,
+            "last_equity": info.last_equity, "as_of": as_of,
+        })))
+
+    async def set_control(
+        self, account: str, key: str, value: Any, by: str, at: datetime | None = None
+    ) -> None:
+        """Set a control (e.g. key 'kill_switch', value {"mode": "halt"}); newest wins."""
+        await self.write(Op("control", enc({
+            "account": account, "key": key, "value": value, "updated_at": at or _now(),
+            "updated_by": by,
+        })))
+
+    async def open_incident(
+        self,
+        kind: str,
+        *,
+        detail: str,
+        process: str | None = None,
+        account: str | None = None,
+        dedupe_key: str | None = None,
+        at: datetime | None = None,
+    ) -> str:
+        """Open an incident; with a dedupe_key already open, returns the open one's id.
+
+        During an outage the new id is returned; the replay keeps the older open incident
+        if one exists, so prefer closing/bumping by dedupe_key.
+        """
+        new_id = str(uuid.uuid4())
+        await self.write(Op("incident_open", enc({
+            "id": new_id, "kind": kind, "process": process, "account": account,
+            "detail": detail, "opened_at": at or _now(), "restarts": 0,
+            "dedupe_key": dedupe_key,
+        })))
+        if dedupe_key is None or not self._reachable:
+            return new_id
+        try:
+            existing = await self._pool.fetchval(
+                "SELECT id::text FROM incidents WHERE dedupe_key = $1 AND closed_at IS NULL",
+                dedupe_key,
+            )
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return new_id
+        return str(existing or new_id)
+
+    async def bump_incident(
+        self,
+        *,
+        incident_id: str | None = None,
+        dedupe_key: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Count one more restart on an open incident (exactly once, even when replayed)."""
+        if incident_id is None and dedupe_key is None:
+            raise ValueError("bump_incident needs incident_id or dedupe_key")
+        await self.write(Op("incident_bump", {
+            "op_id": new_op_id(), "id": incident_id, "dedupe_key": dedupe_key, "detail": detail,
+        }))
+
+    async def close_incident(
+        self,
+        *,
+        incident_id: str | None = None,
+        dedupe_key: str | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        if incident_id is None and dedupe_key is None:
+            raise ValueError("close_incident needs incident_id or dedupe_key")
+        await self.write(Op("incident_close", enc({
+            "id": incident_id, "dedupe_key": dedupe_key, "closed_at": at or _now(),
+        })))
+
+    async def insert_signal(
+        self,
+        *,
+        account: str,
+        symbol: str,
+        side: str,
+        qty: Decimal | None = None,
+        notional: Decimal | None = None,
+        order_type: str = "market",
+        limit_price: Decimal | None = None,
+        time_in_force: str = "day",
+        strategy: str | None = None,
+        idempotency_key: str | None = None,
+        created_at: datetime | None = None,
+        expires_at: datetime | None = None,
+    ) -> int | None:
+        """Insert a signal once per idempotency_key; its id, or None while buffered."""
+        if (qty is None) == (notional is None):
+            raise ValueError(f"signal for {symbol}: exactly one of qty or notional is needed")
+        key = idempotency_key or f"auto:{uuid.uuid4().hex}"
+        await self.write(Op("signal", enc({
+            "idempotency_key": key, "account": account, "symbol": symbol, "side": side,
+            "qty": qty, "notional": notional, "order_type": order_type,
+            "limit_price": limit_price, "time_in_force": time_in_force, "strategy": strategy,
+            "created_at": created_at or _now(), "expires_at": expires_at,
+        })))
+        if not self._reachable:
+            return None
+        try:
+            sid = await self._pool.fetchval(
+                "SELECT id FROM signals WHERE idempotency_key = $1", key
+            )
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return None
+        return None if sid is None else int(sid)
+
+    async def record_signal_decision(
+        self,
+        signal_id: int,
+        status: str,
+        *,
+        reason: str | None = None,
+        client_order_id: str | None = None,
+        broker_order_id: str | None = None,
+        attempts: int | None = None,
+        decided_at: datetime | None = None,
+    ) -> None:
+        """Record what the dispatcher decided; an older decision never overwrites a newer."""
+        await self.write(Op("signal_decision", enc({
+            "signal_id": signal_id, "status": status, "reason": reason,
+            "client_order_id": client_order_id, "broker_order_id": broker_order_id,
+            "decided_at": decided_at or _now(), "attempts": attempts,
+        })))
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def _read(
+        self,
+        kind: str,
+        query: str | Callable[[asyncpg.Connection], Awaitable[list[Payload]]],
+        args: Sequence[Any],
+        key: Callable[[Payload], str],
+        ts_field: str,
+        decode: Callable[[Payload], T],
+        keep: Callable[[Payload], bool] = lambda p: True,
+    ) -> Snapshot[T]:
+        """Postgres first; the buffer's latest-state during an outage; merged while draining."""
+        pg: list[Payload] | None
+        try:
+            async with self._pool.acquire() as conn:
+                if isinstance(query, str):
+                    pg = [_pg_payload(r) for r in await conn.fetch(query, *args)]
+                else:
+                    pg = await query(conn)
+            self._reachable = True
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._note_outage(exc)
+            pg = None
+        pending = pg is None or await self._buffer.has_pending()
+        if pg is not None and not pending:
+            return Snapshot([decode(p) for p in pg], "postgres", _now())
+        buffered: list[LatestRow] = [r for r in await self._buffer.latest(kind) if keep(r.payload)]
+        merged: dict[str, Payload] = {}
+        for p in pg or []:
+            merged[key(p)] = p
+        newest: datetime | None = None
+        for row in buffered:
+            ts = datetime.fromisoformat(row.ts)
+            newest = ts if newest is None or ts > newest else newest
+            have = merged.get(row.key)
+            if have is None or datetime.fromisoformat(str(have[ts_field])) <= ts:
+                merged[row.key] = row.payload
+        rows = [decode(p) for _, p in sorted(merged.items())]
+        if pg is None:
+            return Snapshot(rows, "buffer", newest or datetime.fromtimestamp(0, UTC))
+        return Snapshot(rows, "postgres+buffer", _now())
+
+    async def heartbeats(self) -> Snapshot[Heartbeat]:
+        return await self._read(
+            "heartbeat", "SELECT * FROM heartbeats ORDER BY process", (),
+            lambda p: str(p["process"]), "ts", decode_heartbeat,
+        )
+
+    async def latest_runs(self) -> Snapshot[RunRecord]:
+        """The last completed run per process."""
+        sql = """
+            SELECT DISTINCT ON (process) * FROM runs
+            WHERE finished_at IS NOT NULL AND outcome <> 'running'
+            ORDER BY process, finished_at DESC
+        """
+        return await self._read(
+            "run", sql, (), lambda p: str(p["process"]), "finished_at", decode_run,
+        )
+
+    async def positions(self, account: str | None = None) -> Snapshot[StoredPosition]:
+
+        async def fetch(conn: asyncpg.Connection) -> list[Payload]:
+            syncs = await conn.fetch(
+                "SELECT account, synced_at FROM position_syncs"
+                " WHERE $1::text IS NULL OR account = $1 ORDER BY account", account)
+            rows = await conn.fetch(
+                "SELECT * FROM positions WHERE $1::text IS NULL OR account = $1"
+                " ORDER BY account, symbol", account)
+            by_account: dict[str, list[Payload]] = {s["account"]: [] for s in syncs}
+            for r in rows:
+                by_account.setdefault(r["account"], []).append(_pg_payload(r))
+            return [{"account": s["account"], "synced_at": enc(s["synced_at"]),
+                     "positions": by_account[s["account"]]} for s in syncs]
+
+        snap = await self._read(
+            "positions", fetch, (), lambda p: str(p["account"]), "synced_at",
+            lambda p: p, keep=lambda p: account is None or p["account"] == account,
+        )
+        rows = [pos for sync in snap.rows for pos in decode_positions(sync)]
+        return Snapshot(rows, snap.source, snap.as_of)
+
+    async def account_states(self) -> Snapshot[AccountState]:
+        sql = "SELECT name AS account, * FROM account_state ORDER BY name"
+        return await self._read(
+            "account", sql, (), lambda p: str(p["account"]), "as_of", decode_account,
+        )
+
+    async def open_incidents(self) -> Snapshot[Incident]:
+        sql = """
+            SELECT id, kind, process, account, detail, opened_at, restarts, dedupe_key
+            FROM incidents WHERE closed_at IS NULL ORDER BY opened_at
+        """
+        return await self._read(
+            "incident", sql, (), lambda p: str(p.get("dedupe_key") or p["id"]), "opened_at",
+            decode_incident,
+        )
+
+    async def controls(self, account: str) -> Snapshot[Control]:
+        sql = "SELECT * FROM controls WHERE account = $1 ORDER BY key"
+        return await self._read(
+            "control", sql, (account,), lambda p: control_key(p["account"], p["key"]),
+            "updated_at", decode_control, keep=lambda p: p["account"] == account,
+        )
+
+
+# --- payload <-> model ------------------------------------------------------------------------
+
+
+def run_payload(rec: RunRecord) -> Payload:
+    return dict(enc({
+        "slot_id": rec.slot_id, "process": rec.process, "account": rec.account,
+        "role": rec.role, "slot_time": rec.slot_time, "scheduled_at": rec.scheduled_at,
+        "started_at": rec.started_at, "finished_at": rec.finished_at, "outcome": rec.outcome,
+        "lateness_s": rec.lateness_s, "skipped_before": rec.skipped_before, "error": rec.error,
+    }))
+
+
+def position_payload(p: Position) -> Payload:
+    return dict(enc({
+        "symbol": p.symbol, "qty": p.qty, "avg_entry_price": p.avg_entry_price,
+        "cost_basis": p.cost_basis, "market_value": p.market_value,
+        "current_price": p.current_price, "lastday_price": p.lastday_price,
+        "unrealized_pl": p.unrealized_pl, "unrealized_plpc": p.unrealized_plpc,
+        "side": p.side, "asset_class": p.asset_class,
+    }))
+
+
+def _req_ts(value: Any) -> datetime:
+    ts = _ts(None if value is None else str(value))
+    if ts is None:
+        raise ValueError("missing timestamp")
+    return ts
+
+
+def decode_heartbeat(p: Payload) -> Heartbeat:
+    counters = p.get("counters") or {}
+    if isinstance(counters, str):
+        counters = json.loads(counters)
+    return Heartbeat(
+        process=p["process"], account=p.get("account"), role=p["role"], pid=int(p["pid"]),
+        ts=_req_ts(p["ts"]), started_at=_req_ts(p["started_at"]), counters=counters,
+    )
+
+
+def decode_run(p: Payload) -> RunRecord:
+    return RunRecord(
+        slot_id=p["slot_id"], process=p["process"], account=p.get("account"), role=p["role"],
+        slot_time=_req_ts(p["slot_time"]), scheduled_at=_req_ts(p["scheduled_at"]),
+        started_at=_ts(p.get("started_at")), finished_at=_ts(p.get("finished_at")),
+        outcome=p["outcome"], lateness_s=float(p.get("lateness_s") or 0.0),
+        skipped_before=int(p.get("skipped_before") or 0), error=p.get("error"),
+    )
+
+
+def decode_positions(sync: Payload) -> list[StoredPosition]:
+    synced_at = _req_ts(sync["synced_at"])
+    items = sync["positions"]
+    if isinstance(items, str):
+        items = json.loads(items)
+    out = []
+    for p in items:
+        pos = Position(
+            symbol=p["symbol"], qty=Decimal(str(p["qty"])),
+            avg_entry_price=Decimal(str(p.get("avg_entry_price") or 0)),
+            cost_basis=Decimal(str(p.get("cost_basis") or 0)),
+            asset_class=p.get("asset_class") or "us_equity", side=p.get("side") or "long",
+            market_value=_dec(p.get("market_value")), current_price=_dec(p.get("current_price")),
+            lastday_price=_dec(p.get("lastday_price")),
+            unrealized_pl=_dec(p.get("unrealized_pl")),
+            unrealized_plpc=_dec(p.get("unrealized_plpc")),
+        )
+        opened = p.get("opened_at")
+        out.append(StoredPosition(sync["account"], synced_at,
+                                  None if opened is None else _req_ts(opened), pos))
+    return out
+
+
+def decode_account(p: Payload) -> AccountState:
+    return AccountState(
+        name=p["account"], account_number=p.get("account_number"), equity=_dec(p.get("equity")),
+        cash=_dec(p.get("cash")), buying_power=_dec(p.get("buying_power")),
+        last_equity=_dec(p.get("last_equity")), as_of=_req_ts(p["as_of"]),
+    )
+
+
+def decode_incident(p: Payload) -> Incident:
+    return Incident(
+        id=str(p["id"]), kind=p["kind"], process=p.get("process"), account=p.get("account"),
+        detail=p.get("detail") or "", opened_at=_req_ts(p["opened_at"]),
+        restarts=int(p.get("restarts") or 0), dedupe_key=p.get("dedupe_key"),
+    )
+
+
+def decode_control(p: Payload) -> Control:
+    value = p["value"]
+    return Control(
+        account=p["account"], key=p["key"], value=value, updated_at=_req_ts(p["updated_at"]),
+        updated_by=p["updated_by"],
+    )
+
+
+__all__ = [
+    "AccountState", "Control", "Incident", "Snapshot", "Store", "StoreSettings",
+    "StoredPosition",
+]

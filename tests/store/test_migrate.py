@@ -1,0 +1,103 @@
+"""Migrations: apply to an empty database, re-apply as a no-op, refuse edited files,
+serialise concurrent migrators; `ops db migrate` on the embedded default with no config."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.env import runtime_env
+from ops.store import embedded
+from ops.store.migrate import MigrationError, apply_migrations, load_migrations, migrate
+from ops.store.postgres import connect
+
+EXPECTED_TABLES = {
+    "accounts", "account_state", "signals", "orders", "order_events", "positions",
+    "position_syncs", "position_history", "runs", "heartbeats", "incidents", "applied_ops",
+    "controls", "alert_outbox", "schema_migrations",
+}
+
+
+async def test_apply_to_empty_then_noop(pg_empty_url: str) -> None:
+    first = await migrate(pg_empty_url)
+    assert first.applied == ["0001_initial"]
+    assert first.version == 1
+    again = await migrate(pg_empty_url)
+    assert again.applied == []
+    assert again.version == 1
+    conn = await connect(pg_empty_url)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+        views = {r["viewname"] for r in await conn.fetch(
+            "SELECT viewname FROM pg_views WHERE schemaname = 'public'")}
+    finally:
+        await conn.close()
+    assert EXPECTED_TABLES <= tables
+    assert "fills" in views
+    assert [(r["version"], r["name"]) for r in rows] == [(1, "0001_initial")]
+    assert rows[0]["checksum"] == load_migrations()[0].checksum
+
+
+async def test_changed_checksum_is_a_clear_error(pg_empty_url: str) -> None:
+    await migrate(pg_empty_url)
+    edited = [dataclasses.replace(m, sql=m.sql + "\n-- edited\n") for m in load_migrations()]
+    conn = await connect(pg_empty_url)
+    try:
+        with pytest.raises(MigrationError, match=r"0001_initial\.sql was changed"):
+            await apply_migrations(conn, edited)
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_migrators_apply_once(pg_empty_url: str) -> None:
+    results = await asyncio.gather(*(migrate(pg_empty_url) for _ in range(4)))
+    applied = [r.applied for r in results]
+    assert sorted(applied) == [[], [], [], ["0001_initial"]]
+
+
+def _ops(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
+    env["OPS_HOME"] = str(home)
+    ops_bin = Path(sys.executable).with_name("ops")
+    return subprocess.run(
+        [str(ops_bin), *args], env=env, capture_output=True, text=True, timeout=90,
+        cwd=home,
+    )
+
+
+def test_ops_db_migrate_embedded_default(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = runtime_env({"OPS_HOME": str(home)})
+    try:
+        first = _ops(home, "db", "migrate")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip() == "applied 0001_initial"
+        second = _ops(home, "db", "migrate")
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.strip() == "schema up to date (version 1)"
+        assert embedded.for_env(env).is_running()
+        assert (home / "pg" / "data" / "PG_VERSION").exists()
+    finally:
+        embedded.stop(env)
+    assert not embedded.for_env(env).is_running()
+
+
+def test_ops_db_migrate_unreachable_exits_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
+    env["OPS_HOME"] = str(tmp_path)
+    env["OPS_DATABASE_URL"] = f"postgresql://ops:hunter2@/ops?host={tmp_path}/nowhere"
+    ops_bin = Path(sys.executable).with_name("ops")
+    out = subprocess.run([str(ops_bin), "db", "migrate"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2
+    assert "database unreachable" in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout
