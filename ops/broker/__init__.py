@@ -9,14 +9,12 @@ Public API (everything else in ops speaks ops.models types):
 - `Broker.bind_account(expected_account_number)` -> AccountMismatchError on a key mix-up.
 
 Layout: _sdk.py (the alpaca-py imports), transport.py (timeouts, retries, rate budget,
-error translation), convert.py (raw JSON -> ops.models), orders.py (order requests),
-client.py (Broker), marketdata.py, stream.py, errors.py.
+error translation), settings.py (endpoints, bounds), convert.py (raw JSON -> ops.models),
+orders.py (order requests), client.py (Broker), marketdata.py, stream.py, errors.py.
 """
 
 from ops.broker.client import (
     Broker,
-    BrokerEndpoints,
-    BrokerSettings,
     BrokerStats,
     CancelResult,
     ClosePositionResult,
@@ -30,6 +28,7 @@ from ops.broker.errors import (
     BrokerError,
     BrokerUnavailable,
 )
+from ops.broker.settings import BrokerEndpoints, BrokerSettings
 from ops.broker.stream import KNOWN_EVENTS, StreamCounters, TradeStream
 
 __all__ = [

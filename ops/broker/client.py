@@ -18,7 +18,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
@@ -40,71 +40,16 @@ from ops.broker.errors import (
 )
 from ops.broker.marketdata import MarketData
 from ops.broker.orders import build_order_request, build_replace_request
+from ops.broker.settings import BrokerEndpoints, BrokerSettings
 from ops.broker.transport import TokenBucket, harden, is_rate_limited, is_transient, translate
 from ops.credentials import Credentials
 from ops.models import AccountInfo, Bar, Clock, Fill, Order, OrderRequest, Position, Quote
-from ops.retry import Backoff, retry
+from ops.retry import retry
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SubmitOutcome = Literal["accepted", "rejected", "unknown"]
-
-
-def _origin(name: str, value: str, schemes: tuple[str, ...]) -> str:
-    url = value.strip().rstrip("/")
-    if not url.startswith(tuple(f"{s}://" for s in schemes)):
-        raise ValueError(f"broker endpoint {name} = {value!r}: must start with "
-                         + " or ".join(f"{s}://" for s in schemes))
-    return url
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerEndpoints:
-    """Where one account's broker lives. REST and data URLs are bare origins (no /v2);
-    the stream URL is used verbatim (e.g. wss://paper-api.alpaca.markets/stream)."""
-
-    rest_url: str
-    stream_url: str
-    data_url: str
-    paper: bool = True
-
-    def __post_init__(self) -> None:
-        rest = _origin("rest_url", self.rest_url, ("http", "https"))
-        data = _origin("data_url", self.data_url, ("http", "https"))
-        for name, url in (("rest_url", rest), ("data_url", data)):
-            if url.endswith(("/v2", "/v1beta1")):
-                raise ValueError(f"broker endpoint {name} = {url!r}: give the bare origin, "
-                                 "without the API version (alpaca-py appends it)")
-        object.__setattr__(self, "rest_url", rest)
-        object.__setattr__(self, "data_url", data)
-        object.__setattr__(self, "stream_url", _origin("stream_url", self.stream_url,
-                                                       ("ws", "wss")))
-
-
-def _default_retry() -> Backoff:
-    return Backoff(initial_s=0.5, max_s=4.0, max_attempts=4, deadline_s=30.0)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerSettings:
-    """Bounds for broker REST calls."""
-
-    rest_timeout_s: float = 10.0
-    """requests' connect and read timeout for every call (alpaca-py sets none)."""
-    retry: Backoff = field(default_factory=_default_retry)
-    """Bounds for retrying reads, cancels and 429s; also for the lookup that settles a submit."""
-    rate_limit_per_min: int = 200
-    """Request budget of this Broker (Alpaca: 200/min per account, shared by all processes
-    of the account, so give each process its share)."""
-    rate_limit_burst: int = 20
-    """Requests that may go out back to back before the budget paces them."""
-    data_feed: str | None = None
-    """Market-data feed (iex, sip, ...); None lets the server pick."""
-
-    def __post_init__(self) -> None:
-        if self.rest_timeout_s <= 0:
-            raise ValueError(f"rest_timeout_s must be > 0, got {self.rest_timeout_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +102,13 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError(f"{name} = {value!r}: give a timezone-aware datetime")
     return value
+
+
+def _check_order_id(order_id: str) -> None:
+    try:
+        uuid.UUID(order_id)
+    except ValueError:
+        raise ValueError(f"order id {order_id!r} is not a UUID") from None
 
 
 def _is_duplicate_cid(err: BrokerApiError) -> bool:
@@ -369,10 +321,7 @@ class Broker:
         )
 
     async def get_order(self, order_id: str) -> Order | None:
-        try:
-            uuid.UUID(order_id)
-        except ValueError:
-            raise ValueError(f"order id {order_id!r} is not a UUID") from None
+        _check_order_id(order_id)
         try:
             raw = await self.read(f"get order {order_id}", self._trading.get_order_by_id,
                                   order_id, sdk.GetOrderByIdRequest(nested=True))
@@ -438,7 +387,12 @@ class Broker:
         return list(found.values())
 
     async def cancel_order(self, order_id: str) -> None:
-        """Request a cancel (204). The outcome arrives on the stream."""
+        """Request a cancel (204). The outcome arrives on the stream.
+
+        Retried like a read: a retry after a lost answer may meet 404/422 (already
+        canceled or filled), which propagates as BrokerApiError.
+        """
+        _check_order_id(order_id)
         await self.read(f"cancel order {order_id}", self._trading.cancel_order_by_id, order_id)
 
     async def cancel_all_orders(self) -> list[CancelResult]:
@@ -461,6 +415,7 @@ class Broker:
         client_order_id: str | None = None,
     ) -> Order:
         """Replace an open order; returns the NEW order. Not retried except on 429."""
+        _check_order_id(order_id)
         body = build_replace_request(qty, limit_price, stop_price, time_in_force,
                                      client_order_id)
         raw = await self._write(f"replace order {order_id}",

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ops.broker import _sdk as sdk
-from ops.broker.client import BrokerEndpoints
 from ops.broker.convert import trade_update_from_raw
 from ops.broker.errors import BrokerDataError
+from ops.broker.settings import BrokerEndpoints
 from ops.credentials import Credentials
 from ops.models import TradeUpdate
 
@@ -152,6 +152,19 @@ class TradeStream:
             except asyncio.CancelledError:
                 pass
             await self._sdk.close()
+
+    async def reconnect(self) -> bool:
+        """Close the current socket so alpaca-py reconnects (and on_connect runs again).
+
+        For a stream that looks connected but has gone quiet (alpaca-wire.md 6.1).
+        Returns False when there is no open socket to close.
+        """
+        ws: Any = self._sdk._ws
+        if ws is None or self._stopped:
+            return False
+        log.warning("%r: forcing a reconnect", self)
+        await ws.close()
+        return True
 
     # -- callbacks from the SDK subclass -------------------------------------------------
 

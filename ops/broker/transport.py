@@ -22,7 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from ops.broker._sdk import APIError, RESTClient
-from ops.broker.errors import BrokerApiError, BrokerError, BrokerUnavailable
+from ops.broker.errors import BrokerApiError, BrokerDataError, BrokerError, BrokerUnavailable
 
 
 class _TimeoutAdapter(HTTPAdapter):
@@ -119,6 +119,11 @@ def translate(exc: BaseException, what: str, timeout_s: float) -> BrokerError | 
     if isinstance(exc, APIError):
         status, code, message = _api_error_fields(exc)
         return BrokerApiError(what, message, http_status=status, code=code)
+    if isinstance(exc, ValueError):
+        # A 2xx body that is not JSON (requests.JSONDecodeError) or that alpaca-py cannot
+        # unpack (e.g. market data without its data key). Inputs are validated before the
+        # call, so a ValueError here is about the response.
+        return BrokerDataError(what, f"unreadable response: {_short(exc)}")
     if isinstance(exc, requests.Timeout | TimeoutError):
         return BrokerUnavailable(what, f"no answer within {timeout_s:g}s (timeout)")
     if isinstance(exc, requests.ConnectionError):

@@ -19,7 +19,7 @@ from ops.broker import (
 from ops.credentials import Credentials
 from ops.models import OPTION_MULTIPLIER, OrderRequest, Side
 from ops.retry import Backoff
-from ops.sim import Simulator
+from ops.sim import SimConfig, Simulator
 
 from .conftest import creds, endpoints, eventually, make_broker
 
@@ -185,3 +185,32 @@ async def test_errors_and_reprs_never_show_keys(sim: Simulator) -> None:
     for t in texts:
         for secret in (spec.key_id, spec.secret, "wrongkey123", "wrongsecret123"):
             assert secret not in t
+
+
+async def test_list_fills_follows_page_tokens() -> None:
+    # fill_lot=1 and a manual market: one order of 130 fills in 130 executions.
+    sim = Simulator(SimConfig(seed=7, clock="open", market_step_s=None, fill_lot=Decimal(1)))
+    await sim.start(host="127.0.0.1", port=0)
+    b = make_broker(sim)
+    try:
+        res = await b.submit_order(OrderRequest("AAPL", Side.BUY, "t-many", qty=Decimal(130)))
+        assert res.outcome == "accepted" and res.order is not None
+        for _ in range(200):
+            sim.market.step()
+        order = await b.get_order(res.order.id)
+        assert order is not None and order.status == "filled"
+        fills = await b.list_fills()
+    finally:
+        b.close()
+        await sim.stop()
+    assert len(fills) == 130 and len({f.id for f in fills}) == 130
+    assert sum(f.qty for f in fills) == 130
+    assert [f.id for f in fills] == sorted(f.id for f in fills)
+    assert fills[-1].cum_qty == 130 and fills[-1].fill_type == "fill"
+
+
+async def test_order_ids_are_checked_before_sending(broker: Broker) -> None:
+    for call in (broker.get_order, broker.cancel_order, broker.replace_order):
+        with pytest.raises(ValueError, match="'not-a-uuid' is not a UUID"):
+            await call("not-a-uuid")
+    assert broker.stats.requests == 0

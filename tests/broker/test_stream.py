@@ -174,4 +174,17 @@ async def test_stop_right_after_start(sim: Simulator) -> None:
     ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message)
     await ts.start()
     await asyncio.wait_for(ts.stop(grace_s=5.0), 10.0)
-    assert ts.task is not None and ts.task.done()
+    # Ended by the stop request, not by the cancel fallback.
+    assert ts.task is not None and ts.task.done() and not ts.task.cancelled()
+
+
+async def test_forced_reconnect_of_a_muted_stream(
+    sim: Simulator, stream: tuple[TradeStream, Recorder], broker: Broker
+) -> None:
+    ts, rec = stream
+    sim.faults.mute("large")  # connected, answering pings, sending nothing (section 6.1)
+    assert await ts.reconnect() is True
+    await eventually(lambda: rec.connects == 2, "on_connect after a forced reconnect")
+    sim.faults.unmute("large")
+    oid = await buy_market(broker, "s-unmuted")
+    await eventually(lambda: "fill" in rec.events(oid), "fill after the forced reconnect")
