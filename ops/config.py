@@ -657,8 +657,13 @@ class BrokerConfig(_Model):
     """Timeout of one REST call (alpaca-py sets none itself)."""
     stream_silence_s: Seconds = 120.0
     """No message on the trade stream for this long: reconnect and backfill over REST."""
-    rate_limit_per_min: Annotated[int, Field(gt=0)] = 200
-    """REST calls per minute per key (Alpaca's limit is 200)."""
+    rate_limit_per_min: Annotated[int, Field(ge=2)] = 200
+    """REST calls per minute per API key (Alpaca allows 200), shared by all processes of
+    the account: each process gets its share."""
+    rate_limit_burst: Annotated[int, Field(gt=0)] = 20
+    """Calls that may go out back to back before the budget paces them."""
+    data_feed: Literal["iex", "sip"] | None = None
+    """Market-data feed; unset lets the server pick."""
     retry: RetryConfig = RetryConfig()
     """Retry bounds of idempotent REST calls."""
 

@@ -74,6 +74,7 @@ def test_defaults_are_present() -> None:
     assert (cfg.watchdog.heartbeat_interval_s, cfg.watchdog.heartbeat_stale_s) == (1, 5)
     assert set(cfg.watchdog.gap_bounds_s) == set(KNOWN_ROLES)
     assert cfg.broker.rest_timeout_s == 10 and cfg.broker.rate_limit_per_min == 200
+    assert (cfg.broker.rate_limit_burst, cfg.broker.data_feed) == (20, None)
     assert cfg.metrics.host == "127.0.0.1" and cfg.metrics.enabled is False
     assert (cfg.sim.port, cfg.sim.clock) == (8765, "open")
     assert cfg.signal_engine.strategies == []
