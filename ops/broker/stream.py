@@ -59,9 +59,11 @@ class StreamCounters:
     bad_messages: int = 0  # reports made to on_bad_message
     connects: int = 0  # successful connect + auth + listen
     connect_hook_errors: int = 0  # on_connect raised
+    connect_failures: int = 0  # connect/auth attempts that failed (alpaca-py retries them)
+    last_connect_error: str | None = None
     last_message_monotonic: float | None = None
 
-    def snapshot(self) -> dict[str, int | float]:
+    def snapshot(self) -> dict[str, int | float | str]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
@@ -72,7 +74,13 @@ class _HookedTradingStream(sdk.TradingStream):
         self._owner = owner
 
     async def _start_ws(self) -> None:
-        await super()._start_ws()  # type: ignore[no-untyped-call]
+        try:
+            await super()._start_ws()  # type: ignore[no-untyped-call]
+        except Exception as e:
+            # alpaca-py logs this and retries with backoff (forever, even for bad keys):
+            # count it so a stream that never connects is visible in the heartbeat.
+            self._owner._connect_failed(e)
+            raise
         await self._owner._connected()
 
     async def _consume(self) -> None:
@@ -183,6 +191,12 @@ class TradeStream:
             # The stream keeps running; the role sees the counter and its own failure.
             self.counters.connect_hook_errors += 1
             log.exception("%r: on_connect failed", self)
+
+    def _connect_failed(self, exc: Exception) -> None:
+        self.counters.connect_failures += 1
+        # alpaca-py's own messages ("failed to authenticate", refused, HTTP 429) hold no keys.
+        self.counters.last_connect_error = f"{type(exc).__name__}: {exc}"[:300]
+        log.warning("%r: connect failed: %s", self, self.counters.last_connect_error)
 
     async def _bad(self, raw: object, error: str) -> None:
         self.counters.bad_messages += 1

@@ -188,3 +188,30 @@ async def test_forced_reconnect_of_a_muted_stream(
     sim.faults.unmute("large")
     oid = await buy_market(broker, "s-unmuted")
     await eventually(lambda: "fill" in rec.events(oid), "fill after the forced reconnect")
+
+
+async def test_simulator_restart_reconnects_and_calls_on_connect(
+    sim: Simulator, stream: tuple[TradeStream, Recorder], broker: Broker
+) -> None:
+    ts, rec = stream
+    await sim.restart(down_s=0.5)
+    await eventually(lambda: rec.connects == 2, "on_connect after the broker came back",
+                     timeout_s=30.0)
+    oid = await buy_market(broker, "s-restart")
+    await eventually(lambda: "fill" in rec.events(oid), "fill after the restart")
+
+
+async def test_bad_keys_never_connect_and_are_counted(sim: Simulator) -> None:
+    from ops.credentials import Credentials
+
+    rec = Recorder()
+    ts = TradeStream(endpoints(sim), Credentials("x", "large", "badkey1234", "badsecret1234"),
+                     rec.on_update, rec.on_bad_message, rec.on_connect)
+    await ts.start()
+    try:
+        await eventually(lambda: ts.counters.connect_failures >= 1, "a failed connect")
+        assert rec.connects == 0 and ts.counters.connects == 0
+        err = ts.counters.last_connect_error or ""
+        assert "authenticate" in err and "badkey1234" not in err and "badsecret" not in err
+    finally:
+        await ts.stop()

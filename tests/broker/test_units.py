@@ -112,3 +112,11 @@ def test_timeframes() -> None:
     assert parse_timeframe("1Day").value == "1Day"
     with pytest.raises(ValueError, match="'5 min'"):
         parse_timeframe("5 min")
+
+
+async def test_token_bucket_acquire_waits_when_empty() -> None:
+    b = TokenBucket(rate_per_min=120, burst=1)
+    await b.acquire()
+    assert b.waited_s == 0.0
+    await b.acquire()  # the single token is spent: this one has to wait for the refill
+    assert b.waited_s > 0.0
