@@ -1,0 +1,202 @@
+"""Exit rules: pure functions of (position, its tracked state, price, rules, now).
+
+What lives here: `ExitRules`, `PositionState` (entry time and water marks),
+`update_water_marks()`, `evaluate_exits()` -> `ExitDecision | None`, and
+`exit_client_order_id()`, which maps the same exit decision to the same client order id
+after any restart, so an exit order is never sent twice. What does not: fetching prices,
+persisting water marks, submitting orders (the position manager does that).
+
+Percentages are percent numbers (5 means 5 %). Rules are checked in this order and the
+first that fires decides; every decision closes the whole position:
+  option_expiry  option within close_options_days_before_expiry days of its expiry
+                 (calendar days, dates in America/New_York)
+  stop_loss      loss from the average entry price >= stop_loss_pct
+  trailing_stop  price has moved against the high-water mark (longs) / low-water mark
+                 (shorts) by >= trailing_stop_pct
+  take_profit    gain from the average entry price >= take_profit_pct
+  max_hold       held for >= max_hold_s
+The comparisons are done by multiplication, not division, so they are exact in Decimal.
+
+About `exit_client_order_id` and the rule in it: the id is per (position, rule), so a
+rejected or cancelled exit under one rule does not make the position impossible to exit
+under another. The caller must therefore not submit a second exit for a position while
+one of its exit orders is still open (it looks them up by the `ops-<account>-exit-` prefix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from ops.models import OptionSymbol, Position, Side
+from ops.risk import check_account_name
+
+NEW_YORK = ZoneInfo("America/New_York")
+_HUNDRED = Decimal(100)
+
+
+class ExitRule(StrEnum):
+    OPTION_EXPIRY = "option_expiry"
+    STOP_LOSS = "stop_loss"
+    TRAILING_STOP = "trailing_stop"
+    TAKE_PROFIT = "take_profit"
+    MAX_HOLD = "max_hold"
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRules:
+    """Which exits apply; None turns a rule off."""
+
+    stop_loss_pct: Decimal | None = None
+    take_profit_pct: Decimal | None = None
+    trailing_stop_pct: Decimal | None = None
+    max_hold_s: float | None = None
+    close_options_days_before_expiry: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("stop_loss_pct", "take_profit_pct", "trailing_stop_pct"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, Decimal) or not v.is_finite() or v <= 0):
+                raise ValueError(f"ExitRules.{name} must be a positive finite Decimal "
+                                 f"percentage or None, got {v!r}")
+        if self.max_hold_s is not None and not self.max_hold_s > 0:
+            raise ValueError(f"ExitRules.max_hold_s must be > 0 or None, got {self.max_hold_s}")
+        days = self.close_options_days_before_expiry
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int)
+                                 or days < 0):
+            raise ValueError(f"ExitRules.close_options_days_before_expiry must be an int "
+                             f">= 0 or None, got {days!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PositionState:
+    """What the position manager tracks per open position, beyond the broker's view."""
+
+    opened_at: datetime
+    high_water: Decimal  # highest price seen since opening (longs' trailing stop)
+    low_water: Decimal  # lowest price seen since opening (shorts' trailing stop)
+
+    @classmethod
+    def opened(cls, opened_at: datetime, entry_price: Decimal) -> PositionState:
+        return cls(opened_at, entry_price, entry_price)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitDecision:
+    rule: ExitRule
+    reason: str
+    symbol: str
+    side: Side  # the closing side: sell a long, buy back a short
+    qty: Decimal  # the whole position, unsigned
+
+
+def _check_price(price: Decimal) -> None:
+    if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+        raise ValueError(f"exit evaluation needs a positive finite price, got {price!r}")
+
+
+def update_water_marks(state: PositionState, price: Decimal) -> PositionState:
+    """The state with `price` folded into the high- and low-water marks."""
+    _check_price(price)
+    if state.low_water <= price <= state.high_water:
+        return state
+    return replace(state, high_water=max(state.high_water, price),
+                   low_water=min(state.low_water, price))
+
+
+def _pct(num: Decimal, den: Decimal) -> str:
+    return f"{num * _HUNDRED / den:,.2f}%"
+
+
+def _p(x: Decimal) -> str:
+    return f"{x:,.2f}" if x.is_finite() else str(x)
+
+
+def evaluate_exits(
+    position: Position, state: PositionState, price: Decimal, rules: ExitRules, now: datetime
+) -> ExitDecision | None:
+    """The first exit rule that fires for `position` at `price` (module order), or None."""
+    _check_price(price)
+    qty = position.qty
+    if qty == 0:
+        return None
+    entry = position.avg_entry_price
+    if not entry.is_finite() or entry <= 0:
+        raise ValueError(f"position {position.symbol}: avg_entry_price must be positive and "
+                         f"finite, got {entry!r}")
+    long = qty > 0
+    close_side = Side.SELL if long else Side.BUY
+    where = f"{position.symbol} {'long' if long else 'short'} {qty.normalize():f}"
+
+    def fire(rule: ExitRule, why: str) -> ExitDecision:
+        return ExitDecision(rule, f"{rule.value}: {where}: {why}", position.symbol, close_side,
+                            abs(qty))
+
+    days = rules.close_options_days_before_expiry
+    option = OptionSymbol.parse(position.symbol)
+    if days is not None and option is not None:
+        today = now.astimezone(NEW_YORK).date()
+        left = (option.expiry - today).days
+        if left <= days:
+            return fire(ExitRule.OPTION_EXPIRY,
+                        f"expires {option.expiry.isoformat()}, {left} day(s) left (New York "
+                        f"date {today.isoformat()}), close_options_days_before_expiry {days}")
+
+    gain = (price - entry) if long else (entry - price)  # per unit, + is profit
+    if rules.stop_loss_pct is not None and -gain * _HUNDRED >= rules.stop_loss_pct * entry:
+        return fire(ExitRule.STOP_LOSS,
+                    f"price {_p(price)} vs entry {_p(entry)} is a loss of {_pct(-gain, entry)}, "
+                    f"stop_loss_pct {rules.stop_loss_pct}%")
+
+    if rules.trailing_stop_pct is not None:
+        if long:
+            mark = max(state.high_water, price)
+            against = mark - price
+        else:
+            mark = min(state.low_water, price)
+            against = price - mark
+        if against * _HUNDRED >= rules.trailing_stop_pct * mark:
+            kind = "high-water" if long else "low-water"
+            return fire(ExitRule.TRAILING_STOP,
+                        f"price {_p(price)} is {_pct(against, mark)} from the {kind} mark "
+                        f"{_p(mark)}, trailing_stop_pct {rules.trailing_stop_pct}%")
+
+    if rules.take_profit_pct is not None and gain * _HUNDRED >= rules.take_profit_pct * entry:
+        return fire(ExitRule.TAKE_PROFIT,
+                    f"price {_p(price)} vs entry {_p(entry)} is a gain of {_pct(gain, entry)}, "
+                    f"take_profit_pct {rules.take_profit_pct}%")
+
+    if rules.max_hold_s is not None:
+        held = (now - state.opened_at).total_seconds()
+        if held >= rules.max_hold_s:
+            return fire(ExitRule.MAX_HOLD,
+                        f"held {held:,.0f}s since {state.opened_at.isoformat()}, "
+                        f"max_hold_s {rules.max_hold_s:,.0f}")
+    return None
+
+
+def exit_client_order_id(
+    account: str, symbol: str, position_opened_at: datetime, rule: ExitRule | str
+) -> str:
+    """Deterministic client order id for closing this position under this rule (<= 128).
+
+    Same inputs -> same id, whatever restarts happen in between; a different position
+    (another opening time) of the same symbol gets another id.
+    """
+    if position_opened_at.tzinfo is None:
+        raise ValueError(f"position_opened_at must be timezone-aware, got {position_opened_at!r}")
+    check_account_name(account)
+    if not symbol:
+        raise ValueError("exit client order id needs a symbol")
+    opened = position_opened_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")
+    rule_text = ExitRule(rule).value
+    cid = f"ops-{account}-exit-{symbol}-{opened}-{rule_text}"
+    if len(cid) <= 128:
+        return cid
+    # Only an absurdly long symbol gets here; keep the account prefix for lookups.
+    digest = hashlib.sha256(f"{symbol}-{opened}".encode()).hexdigest()[:32]
+    return f"ops-{account}-exit-{digest}-{rule_text}"
