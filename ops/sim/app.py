@@ -93,13 +93,14 @@ async def _rest(parts: SimParts, request: web.Request, path: str) -> web.Respons
         await asyncio.sleep(rf.latency_s)
     method = request.method.upper()
     fail = rf.take(rf.fails, method, path)
+    exhausted = headers | {"X-Ratelimit-Remaining": "0"}
     hang = rf.take(rf.hangs, method, path)
     if hang is not None and not hang.after_processing:
         log.info("fault: hanging %s %s", method, path)
         await rf.hang(hang)
     if fail is not None and not fail.after_processing:
         log.info("fault: answering %s to %s %s", fail.status, method, path)
-        return _error(fail_error(fail.status, headers if fail.status == 429 else None))
+        return _error(fail_error(fail.status, exhausted if fail.status == 429 else None))
     try:
         handler, params = rest.resolve(method, path)
         ctx = rest.Ctx(request, st, params, request.query, parts.engine, parts.market,
@@ -114,7 +115,7 @@ async def _rest(parts: SimParts, request: web.Request, path: str) -> web.Respons
         await rf.hang(hang)
     if fail is not None and fail.after_processing:
         log.info("fault: answering %s to %s %s after processing", fail.status, method, path)
-        return _error(fail_error(fail.status, headers if fail.status == 429 else None))
+        return _error(fail_error(fail.status, exhausted if fail.status == 429 else None))
     return response
 
 

@@ -7,12 +7,14 @@ TradingStream runs inside the test's loop via `_run_forever()` (alpaca-wire.md 4
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
 import pytest
+import websockets
 from alpaca.data.historical import OptionHistoricalDataClient, StockHistoricalDataClient
 from alpaca.trading.client import TradingClient
 from alpaca.trading.models import (
@@ -33,6 +35,7 @@ from alpaca.trading.requests import (
     ReplaceOrderRequest,
 )
 from alpaca.trading.stream import TradingStream
+from websockets.asyncio.client import ClientConnection
 
 from ops.sim import SimConfig, Simulator
 
@@ -119,12 +122,14 @@ class Trader:
 
 
 def trading(sim: Simulator, name: str = "large", *, retries: int | None = None,
-            secret: str | None = None) -> Trader:
+            retry_wait: int | None = None, secret: str | None = None) -> Trader:
     spec = sim.account(name)
     client = TradingClient(spec.key_id, secret or spec.secret, paper=True,
                            url_override=sim.rest_url)
     if retries is not None:
         client._retry = retries  # alpaca-py retries 429/504 3x with 3 s sleeps by default
+    if retry_wait is not None:
+        client._retry_wait = retry_wait
     return Trader(client)
 
 
@@ -165,6 +170,8 @@ class Recorder:
 
     async def stop(self) -> None:
         await self.stream.stop_ws()
+        # _consume() polls its stop queue only every 5 s; a server-side close ends the wait.
+        await self.sim.faults.drop_streams(self.name, mode="1000")
         if self._task is not None:
             await asyncio.wait_for(self._task, 15)
 
@@ -185,3 +192,25 @@ async def raw_ws_messages(ws: Any, n: int, within_s: float = 5) -> list[Msg]:
         for _ in range(n):
             out.append(json.loads(await ws.recv()))
     return out
+
+
+@contextlib.asynccontextmanager
+async def listening_ws(sim: Simulator, name: str = "large") -> AsyncIterator[ClientConnection]:
+    """A raw `websockets` client, authenticated and listening to trade_updates."""
+    spec = sim.account(name)
+    async with websockets.connect(sim.stream_url) as ws:
+        await ws.send(json.dumps({"action": "authenticate",
+                                  "data": {"key_id": spec.key_id, "secret_key": spec.secret}}))
+        assert json.loads(await ws.recv())["data"]["status"] == "authorized"
+        await ws.send(json.dumps({"action": "listen", "data": {"streams": ["trade_updates"]}}))
+        assert json.loads(await ws.recv())["stream"] == "listening"
+        yield ws
+
+
+async def poll_until(pred: Callable[[], bool], within_s: float = 10) -> None:
+    """Poll a condition with a deadline (for state that has no event to wait on)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            if pred():
+                return
+            await asyncio.sleep(0.01)

@@ -1,0 +1,122 @@
+"""`ops sim` as a real process: --show-accounts, serving on a port, SIGTERM, --state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, TimeInForce
+from alpaca.trading.models import Order, TradeAccount
+from alpaca.trading.requests import MarketOrderRequest
+
+from ops.sim import default_accounts
+
+
+def ops(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ops.cli", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_show_accounts() -> None:
+    out = subprocess.run(ops("sim", "--show-accounts"), capture_output=True, text=True,
+                         check=True, timeout=60)
+    accounts = json.loads(out.stdout)
+    assert [a["name"] for a in accounts] == ["large", "tiny"]
+    assert [a["account_number"] for a in accounts] == ["PASIM0000001", "PASIM0000002"]
+    assert accounts[0]["key_id"] == "PKSIMLARGE00000000001"
+    assert set(accounts[0]) == {"name", "account_number", "key_id", "secret"}
+    assert accounts[0]["secret"] == default_accounts(7)[0].secret
+    other = subprocess.run(ops("sim", "--show-accounts", "--seed", "8"), capture_output=True,
+                           text=True, check=True, timeout=60)
+    assert json.loads(other.stdout)[0]["secret"] != accounts[0]["secret"]
+
+
+class Served:
+    """`ops sim --port` in a subprocess; the URL comes from its one stdout line."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(ops("sim", "--port", str(self.port), *extra),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.line = self.proc.stdout.readline()
+        m = re.search(r"rest=(\S+) stream=(\S+) data=(\S+)", self.line)
+        assert m, f"unexpected first line {self.line!r}; stderr: {self._stderr()}"
+        self.rest, self.stream, self.data = m.groups()
+
+    def _stderr(self) -> str:
+        if self.proc.poll() is None:
+            return ""
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()
+
+    def client(self) -> TradingClient:
+        spec = default_accounts(7)[0]
+        return TradingClient(spec.key_id, spec.secret, paper=True, url_override=self.rest)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        self.err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code
+
+
+async def test_serves_on_port_and_stops_on_sigterm() -> None:
+    served = await asyncio.to_thread(Served)
+    try:
+        assert served.rest == f"http://127.0.0.1:{served.port}"
+        assert served.stream == f"ws://127.0.0.1:{served.port}/stream"
+        assert served.data == served.rest
+        account = await asyncio.to_thread(served.client().get_account)
+        assert isinstance(account, TradeAccount) and account.account_number == "PASIM0000001"
+    finally:
+        code = await asyncio.to_thread(served.terminate)
+    assert code == 0
+    assert served.proc.returncode == 0
+    assert default_accounts(7)[0].secret not in served.err  # never log secrets
+    with socket.socket() as s:  # the port was released
+        s.bind(("127.0.0.1", served.port))
+
+
+async def test_state_file_across_process_restarts(tmp_path: Path) -> None:
+    state = str(tmp_path / "state.json")
+    served = await asyncio.to_thread(Served, "--state", state, "--clock", "closed")
+    try:
+        order = await asyncio.to_thread(served.client().submit_order, MarketOrderRequest(
+            symbol="AAPL", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+            client_order_id="survives"))
+        assert isinstance(order, Order) and order.status == "accepted"
+    finally:
+        assert await asyncio.to_thread(served.terminate) == 0
+    again = await asyncio.to_thread(Served, "--state", state, "--clock", "open")
+    try:
+        found = await asyncio.to_thread(again.client().get_order_by_client_id, "survives")
+        assert isinstance(found, Order) and found.id == order.id
+    finally:
+        assert await asyncio.to_thread(again.terminate) == 0
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = subprocess.run(ops("sim", "--port", str(port)), capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
