@@ -158,6 +158,12 @@ class Broker:
         self._trading._session.close()
         self.market.close()
 
+    async def __aenter__(self) -> Broker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     # -- plumbing -----------------------------------------------------------------------
 
     async def call(
@@ -248,7 +254,7 @@ class Broker:
         out: list[ClosePositionResult] = []
         for item in _as_list(raw, "close all positions"):
             d = as_mapping(item, "close all positions item")
-            status = int(d.get("status") or 0)
+            status = _status(d.get("status"))
             body = d.get("body")
             symbol = str(d.get("symbol") or "")
             if 200 <= status < 300 and isinstance(body, Mapping):
@@ -289,9 +295,15 @@ class Broker:
                 log.warning("%s: ambiguous answer (%s); settling by client_order_id", what, e)
                 return await self._settle(cid, cause=e)
             return SubmitResult("rejected", None, e.reason, e.http_status, e.code)
-        except BrokerError as e:  # BrokerUnavailable: the request may have been processed
+        except BrokerError as e:  # no (readable) answer: the request may have been processed
             log.warning("%s: no answer (%s); settling by client_order_id", what, e)
             return await self._settle(cid, cause=e)
+        except Exception as e:
+            # Unexpected (an alpaca-py bug?): the POST may have gone out, so settle too.
+            log.exception("%s: unexpected error; settling by client_order_id", what)
+            return await self._settle(
+                cid, cause=BrokerError(what, f"unexpected {type(e).__name__}: {e}")
+            )
         try:
             return SubmitResult("accepted", order_from_raw(raw), None, 200)
         except BrokerDataError as e:
@@ -401,7 +413,7 @@ class Broker:
         for item in _as_list(raw, "cancel all orders"):
             d = as_mapping(item, "cancel all orders item")
             body = d.get("body")
-            out.append(CancelResult(str(d.get("id")), int(d.get("status") or 0),
+            out.append(CancelResult(str(d.get("id")), _status(d.get("status")),
                                     body if isinstance(body, Mapping) else None))
         return out
 
@@ -459,6 +471,13 @@ class Broker:
         self, symbols: Iterable[str], timeframe: str, start: datetime, end: datetime | None = None
     ) -> dict[str, list[Bar]]:
         return await self.market.bars(symbols, timeframe, start, end)
+
+
+def _status(value: object) -> int:
+    """A 207 item's per-item status; 0 when absent or not a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
 
 
 def _as_list(raw: object, what: str) -> list[Any]:

@@ -69,8 +69,12 @@ class StreamCounters:
 
 class _HookedTradingStream(sdk.TradingStream):
     def __init__(self, owner: TradeStream, key: str, secret: str, paper: bool,
-                 url: str) -> None:
-        super().__init__(key, secret, paper=paper, raw_data=True, url_override=url)
+                 url: str, ping_timeout_s: float) -> None:
+        # alpaca-py's default ping timeout is 180 s: a dead TCP path would go unnoticed
+        # for three minutes (alpaca-wire.md 4.4).
+        params = {"ping_interval": 10, "ping_timeout": ping_timeout_s, "max_queue": 1024}
+        super().__init__(key, secret, paper=paper, raw_data=True, url_override=url,
+                         websocket_params=params)
         self._owner = owner
 
     async def _start_ws(self) -> None:
@@ -112,6 +116,8 @@ class TradeStream:
         on_update: OnUpdate,
         on_bad_message: OnBadMessage,
         on_connect: OnConnect | None = None,
+        *,
+        ping_timeout_s: float = 30.0,
     ) -> None:
         self.account_name = creds.account_name
         self.counters = StreamCounters()
@@ -119,7 +125,7 @@ class TradeStream:
         self._on_bad_message = on_bad_message
         self._on_connect = on_connect
         self._sdk = _HookedTradingStream(self, creds.api_key, creds.api_secret,
-                                         endpoints.paper, endpoints.stream_url)
+                                         endpoints.paper, endpoints.stream_url, ping_timeout_s)
         self._endpoint = endpoints.stream_url
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -132,8 +138,8 @@ class TradeStream:
         return self._task
 
     async def start(self) -> None:
-        if self._task is not None:
-            raise RuntimeError(f"{self!r} already started")
+        if self._task is not None or self._stopped:
+            raise RuntimeError(f"{self!r} already started or stopped; build a new one")
         self._sdk.subscribe_trade_updates(self._unused_handler)  # before running: no thread hop
         self._task = asyncio.create_task(self._sdk._run_forever(),  # type: ignore[no-untyped-call]
                                          name=f"trade-stream-{self.account_name}")
@@ -160,6 +166,11 @@ class TradeStream:
             except asyncio.CancelledError:
                 pass
             await self._sdk.close()
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # stop() itself was cancelled
+        except Exception:
+            log.exception("%r: stream task had failed", self)
 
     async def reconnect(self) -> bool:
         """Close the current socket so alpaca-py reconnects (and on_connect runs again).

@@ -85,11 +85,8 @@ async def test_cancel_all_orders(broker: Broker) -> None:
 async def test_rejection_carries_alpaca_message(sim: Simulator) -> None:
     from .conftest import make_broker
 
-    tiny = make_broker(sim, "tiny")
-    try:
+    async with make_broker(sim, "tiny") as tiny:
         res = await tiny.submit_order(OrderRequest("AAPL", Side.BUY, "t-rej", qty=Decimal(1000)))
-    finally:
-        tiny.close()
     assert res.outcome == "rejected" and res.order is None
     assert res.http_status == 403 and res.code == 40310000
     assert res.reason is not None and "buying power" in res.reason

@@ -165,7 +165,7 @@ async def test_stop_is_idempotent_and_ends_the_task(sim: Simulator) -> None:
     await ts2.stop()
     assert ts2.task is not None and ts2.task.done() and not ts2.task.cancelled()
     await eventually(lambda: sim.faults.state()["streams"] == [], "server saw the close")
-    with pytest.raises(RuntimeError, match="already started"):
+    with pytest.raises(RuntimeError, match="already started or stopped"):
         await ts2.start()
 
 
