@@ -355,7 +355,7 @@ class Ticker:
             self._stats,
             in_flight=True,
             last_started=self._to_dt(started),
-            last_lateness_s=started - deadline,
+            last_lateness_s=max(0.0, started - deadline),  # timers may fire a hair early
         )
         await self._write(self._record(slot, deadline, started, None, OUTCOME_RUNNING, None))
         outcome, error = OUTCOME_OK, None
