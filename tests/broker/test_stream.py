@@ -215,3 +215,29 @@ async def test_bad_keys_never_connect_and_are_counted(sim: Simulator) -> None:
         assert "authenticate" in err and "badkey1234" not in err and "badsecret" not in err
     finally:
         await ts.stop()
+
+
+async def test_partial_fills_match_rest_fills(stream: tuple[TradeStream, Recorder],
+                                              broker: Broker) -> None:
+    _, rec = stream
+    oid = await buy_market(broker, "s-partial", qty=250)  # fill_lot=100: 100 + 100 + 50
+    await eventually(lambda: "fill" in rec.events(oid), "final fill")
+    execs = [u for u in rec.updates if u.order.id == oid and u.event in ("partial_fill", "fill")]
+    assert [u.event for u in execs] == ["partial_fill", "partial_fill", "fill"]
+    assert [u.qty for u in execs] == [Decimal(100), Decimal(100), Decimal(50)]
+    assert [u.order.filled_qty for u in execs] == [Decimal(100), Decimal(200), Decimal(250)]
+    rest = [f for f in await broker.list_fills() if f.order_id == oid]
+    assert [(f.id.split("::")[-1], f.qty, f.price) for f in rest] == [
+        (u.execution_id, u.qty, u.price) for u in execs
+    ]
+
+
+async def test_duplicate_delivery_repeats_the_event_key(
+    sim: Simulator, stream: tuple[TradeStream, Recorder], broker: Broker
+) -> None:
+    _, rec = stream
+    sim.faults.duplicate_next_events(2, account="large")
+    oid = await buy_market(broker, "s-dup")
+    await eventually(lambda: rec.events(oid).count("fill") == 2, "duplicated fill")
+    keys = [u.event_key for u in rec.updates if u.order.id == oid]
+    assert len(keys) == 4 and len(set(keys)) == 2  # new x2, fill x2: two distinct keys
