@@ -14,7 +14,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -214,7 +214,3 @@ class Market:
             s: Decimal(p) for s, p in dict(data.get("option_overrides", {})).items()
         }
 
-
-def expiry_of(symbol: str) -> date | None:
-    occ = OptionSymbol.parse(symbol)
-    return None if occ is None else occ.expiry

@@ -163,8 +163,6 @@ class Simulator:
         self._save_state()
         if down_s > 0:
             await asyncio.sleep(down_s)
-        if self._state_path is not None and self._state_path.exists():
-            self._load_state(self._state_path)
         await self._serve(self.port)
 
     def _schedule_restart(self, down_s: float) -> None:

@@ -114,23 +114,30 @@ class StreamHub:
         if conn is None or not conn.listening:
             log.debug("trade update for %s lost: no listening connection", name)
             return
-        frames = [payload]
         f = self.faults
         if faults:
             if f.take(f.drop, name):
                 log.info("fault: dropped a trade update for %s", name)
                 return
             if f.take(f.duplicate, name):
-                frames = [payload, payload]
+                self._send(name, [payload, payload])
+                return
             if f.take(f.reorder, name):
-                held = f.reorder_held.setdefault(name, [])
-                held.append(payload)
-                if f.reorder.get(name, 0) > 0 or f.reorder.get("*", 0) > 0:
-                    return
-                frames = list(reversed(held))
-                held.clear()
-        if name in f.muted or "*" in f.muted:
-            f.muted_buffer.setdefault(name, []).extend(frames)
+                f.reorder_held.setdefault(name, []).append(payload)
+                if f.reorder.get(name, 0) == 0 and f.reorder.get("*", 0) == 0:
+                    # The last held event arrived: release everything held, newest first.
+                    for held_name, held in list(f.reorder_held.items()):
+                        self._send(held_name, list(reversed(held)))
+                    f.reorder_held.clear()
+                return
+        self._send(name, [payload])
+
+    def _send(self, name: str, frames: list[bytes]) -> None:
+        conn = self.conns.get(name)
+        if conn is None:
+            return
+        if name in self.faults.muted or "*" in self.faults.muted:
+            self.faults.muted_buffer.setdefault(name, []).extend(frames)
             return
         for fr in frames:
             conn.queue.put_nowait(fr)

@@ -12,7 +12,7 @@ from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, Repla
 
 from ops.sim import Simulator
 
-from .conftest import Msg, Recorder, poll_until, raw_ws_messages, trading
+from .conftest import Recorder, poll_until, raw_ws_messages, trading
 
 
 def buy(symbol: str, qty: int, cid: str | None = None) -> MarketOrderRequest:
@@ -185,6 +185,3 @@ async def test_events_while_nobody_listens_are_lost(sim: Simulator) -> None:
     finally:
         await rec.stop()
 
-
-def _events(msgs: list[Msg]) -> list[str]:
-    return [m["data"]["event"] for m in msgs]
