@@ -130,6 +130,7 @@ class Broker:
         self.account_name = creds.account_name
         self.settings = settings or BrokerSettings()
         self.stats = BrokerStats()
+        self._refused: AccountMismatchError | None = None
         s = self.settings
         self._trading = sdk.TradingClient(
             creds.api_key, creds.api_secret, paper=endpoints.paper, raw_data=True,
@@ -217,10 +218,18 @@ class Broker:
         if account.account_number != expected_account_number:
             log.error("account binding refused for %r: expected %s, got %s",
                       self.account_name, expected_account_number, account.account_number)
-            raise AccountMismatchError(
+            # From now on this Broker refuses every call that could trade (Invariant 5),
+            # even if a caller ignores the exception.
+            self._refused = AccountMismatchError(
                 self.account_name, expected_account_number, account.account_number
             )
+            raise self._refused
+        self._refused = None
         return account
+
+    def _check_bound(self) -> None:
+        if self._refused is not None:
+            raise self._refused
 
     async def get_clock(self) -> Clock:
         return clock_from_raw(await self.read("get clock", self._trading.get_clock))
@@ -243,12 +252,14 @@ class Broker:
 
     async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
         """Liquidate `symbol` (all of it, or `qty`). Not retried except on 429."""
+        self._check_bound()
         opts = sdk.ClosePositionRequest(qty=str(qty)) if qty is not None else None
         raw = await self._write(f"close position {symbol}", self._trading.close_position,
                                 symbol, opts)
         return order_from_raw(raw)
 
     async def close_all_positions(self, cancel_orders: bool = True) -> list[ClosePositionResult]:
+        self._check_bound()
         raw = await self._write("close all positions", self._trading.close_all_positions,
                                 cancel_orders)
         out: list[ClosePositionResult] = []
@@ -267,7 +278,8 @@ class Broker:
     # -- orders -------------------------------------------------------------------------
 
     async def submit_order(self, req: OrderRequest) -> SubmitResult:
-        """Submit once; never re-sent. Outcomes:
+        """Submit once; never re-sent. Raises AccountMismatchError after a failed
+        bind_account. Outcomes:
 
         - 200 -> accepted;
         - 422 "client_order_id must be unique" -> the order exists: looked up and
@@ -277,6 +289,7 @@ class Broker:
           client_order_id: found -> accepted, else unknown (see SubmitResult).
         """
         cid = req.client_order_id
+        self._check_bound()
         try:
             body = build_order_request(req)
         except ValueError as e:  # pydantic's ValidationError is a ValueError
@@ -427,6 +440,7 @@ class Broker:
         client_order_id: str | None = None,
     ) -> Order:
         """Replace an open order; returns the NEW order. Not retried except on 429."""
+        self._check_bound()
         _check_order_id(order_id)
         body = build_replace_request(qty, limit_price, stop_price, time_in_force,
                                      client_order_id)

@@ -156,6 +156,17 @@ async def test_wrong_account_binding_refuses(sim: Simulator) -> None:
     spec = sim.account("tiny")
     assert spec.key_id not in msg and spec.secret not in msg
 
+    # Even a caller that ignores the exception cannot trade through this Broker.
+    async with Broker(endpoints(sim), tiny_keys) as wrong:
+        with pytest.raises(AccountMismatchError):
+            await wrong.bind_account("PASIM0000001")
+        with pytest.raises(AccountMismatchError):
+            await wrong.submit_order(OrderRequest("AAPL", Side.BUY, "t-wrong", qty=Decimal(1)))
+        with pytest.raises(AccountMismatchError):
+            await wrong.close_all_positions()
+    async with make_broker(sim, "tiny") as tiny:
+        assert await tiny.list_orders(status="all") == []
+
 
 async def test_errors_and_reprs_never_show_keys(sim: Simulator) -> None:
     spec = sim.account("large")
