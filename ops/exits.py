@@ -30,10 +30,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ops.models import OptionSymbol, Position, Side
 from ops.risk import check_account_name
+
+if TYPE_CHECKING:  # only for from_config's signature: deciding needs no config machinery
+    from ops import config
 
 NEW_YORK = ZoneInfo("America/New_York")
 _HUNDRED = Decimal(100)
@@ -56,6 +60,24 @@ class ExitRules:
     trailing_stop_pct: Decimal | None = None
     max_hold_s: float | None = None
     close_options_days_before_expiry: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: config.ExitRules) -> ExitRules:
+        """From the account's configured `ops.config.ExitRules`.
+
+        Config percentages are floats; they become Decimal through their shortest repr
+        (5.1 -> Decimal("5.1"), not the binary float's 5.0999...).
+        """
+        def pct(v: float | None) -> Decimal | None:
+            return None if v is None else Decimal(str(v))
+
+        return cls(
+            stop_loss_pct=pct(cfg.stop_loss_pct),
+            take_profit_pct=pct(cfg.take_profit_pct),
+            trailing_stop_pct=pct(cfg.trailing_stop_pct),
+            max_hold_s=cfg.max_hold_s,
+            close_options_days_before_expiry=cfg.close_options_days_before_expiry,
+        )
 
     def __post_init__(self) -> None:
         for name in ("stop_loss_pct", "take_profit_pct", "trailing_stop_pct"):

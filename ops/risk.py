@@ -42,8 +42,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from ops.models import OPTION_MULTIPLIER, KillSwitch, OptionSymbol, OrderType, Side
+
+if TYPE_CHECKING:  # only for from_config's signature: deciding needs no config machinery
+    from ops import config
 
 GATES = (
     "account", "reconciled", "kill_switch", "drift", "expiry", "market", "sanity", "options",
@@ -128,6 +132,20 @@ class RiskLimits:
     allow_short: bool = False
     allow_options: bool = False
     signal_ttl_s: float = 300.0
+
+    @classmethod
+    def from_config(cls, cfg: config.RiskLimits) -> RiskLimits:
+        """From the account's configured `ops.config.RiskLimits` (same field names)."""
+        return cls(
+            max_order_notional=cfg.max_order_notional,
+            max_symbol_notional=cfg.max_symbol_notional,
+            max_open_positions=cfg.max_open_positions,
+            daily_loss_limit=cfg.daily_loss_limit,
+            max_qty=cfg.max_qty,
+            allow_short=cfg.allow_short,
+            allow_options=cfg.allow_options,
+            signal_ttl_s=cfg.signal_ttl_s,
+        )
 
     def __post_init__(self) -> None:
         for name in ("max_order_notional", "max_symbol_notional", "daily_loss_limit",

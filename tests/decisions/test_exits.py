@@ -212,3 +212,13 @@ def test_exit_client_order_id_example() -> None:
     cid = exit_client_order_id("large", long_sym, opened, "max_hold")
     assert len(cid) <= 128 and cid.startswith("ops-large-exit-") and cid.endswith("-max_hold")
     assert cid == exit_client_order_id("large", long_sym, opened, ExitRule.MAX_HOLD)
+
+
+def test_rules_from_the_config_model() -> None:
+    from ops import config
+
+    cfg = config.ExitRules(stop_loss_pct=5.1, trailing_stop_pct=3, max_hold_s=3600,
+                           close_options_days_before_expiry=1)
+    assert ExitRules.from_config(cfg) == ExitRules(
+        stop_loss_pct=D("5.1"), take_profit_pct=None, trailing_stop_pct=D("3.0"),
+        max_hold_s=3600.0, close_options_days_before_expiry=1)

@@ -233,3 +233,12 @@ def test_signal_client_order_id() -> None:
         signal_client_order_id("a b", 1)
     with pytest.raises(ValueError, match="signal id True unusable"):
         signal_client_order_id("large", True)
+
+
+def test_limits_from_the_config_model() -> None:
+    from ops import config
+
+    cfg = config.RiskLimits(max_order_notional=D(10_000), max_symbol_notional=D(20_000),
+                            max_open_positions=3, daily_loss_limit=D(1_000), max_qty=D(1_000),
+                            signal_ttl_s=60)
+    assert RiskLimits.from_config(cfg) == LIMITS
