@@ -12,7 +12,15 @@ Fixtures (use them from any test folder):
   tests; it is stopped at teardown. Costs an initdb (about a second).
 - `ops_env` (function): a `RuntimeEnv` with OPS_HOME in tmp and OPS_DATABASE_URL = `pg_url`.
 
+- `pg_home` (function): an empty directory for a Postgres-running OPS_HOME, outside
+  pytest's tmp tree (see below), removed after the test.
+
 `TEST_PG_OPTIONS` are the server flags used for every test cluster.
+
+Why clusters live under /tmp/ops-test-* and not in `tmp_path`: as root, postgres runs as
+user `pgserver`, which must traverse every parent directory. pytest resets
+/tmp/pytest-of-root to mode 0700 whenever *any* pytest session starts on the host, which
+would lock a running test cluster out of its own data directory.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,16 +61,31 @@ def _new_db_name(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{next(_counter)}"
 
 
-@pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pgsession") / "pg", options=TEST_PG_OPTIONS)
-    server.start()
+def _outside_pytest_tmp() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ops-test-", dir="/tmp"))
+
+
+@pytest.fixture
+def pg_home() -> Iterator[Path]:
+    home = _outside_pytest_tmp()
     try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    base = _outside_pytest_tmp()
+    server = EmbeddedPostgres(base / "pg", options=TEST_PG_OPTIONS)
+    try:
+        server.start()
         asyncio.run(_admin(server.url(), f"CREATE DATABASE {TEMPLATE_DB}"))
         asyncio.run(migrate(server.url(TEMPLATE_DB)))
         yield server
     finally:
         server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _fresh_db(server: EmbeddedPostgres, template: str, prefix: str) -> Iterator[str]:
@@ -83,10 +108,10 @@ def pg_empty_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
 
 
 @pytest.fixture
-def pg_dedicated(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "pgded", options=TEST_PG_OPTIONS)
-    server.start()
+def pg_dedicated(pg_home: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(pg_home / "pg", options=TEST_PG_OPTIONS)
     try:
+        server.start()
         asyncio.run(migrate(server.url()))
         yield server
     finally:

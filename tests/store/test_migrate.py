@@ -73,8 +73,8 @@ def _ops(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_ops_db_migrate_embedded_default(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+def test_ops_db_migrate_embedded_default(pg_home: Path) -> None:
+    home = pg_home / "home"
     home.mkdir()
     env = runtime_env({"OPS_HOME": str(home)})
     try:

@@ -1,0 +1,192 @@
+"""The outage buffer in one process: buffered reads say so, the ordering rule, replay after
+a crash between commit and delete, and quarantine of rows Postgres refuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from ops.env import RuntimeEnv
+from ops.store import Op, Store, StoreSettings
+from ops.store.buffer import Buffer
+from ops.store.embedded import EmbeddedPostgres
+from ops.store.ops import apply_ops, enc
+from ops.store.postgres import connect
+from ops.store.store import DrainLock
+from tests.store.factories import (
+    T0,
+    account_info,
+    heartbeat,
+    position,
+    run_record,
+    trade_update,
+)
+
+
+def _event_ops(account: str, order_id: str, seqs: range) -> list[Op]:
+    return [Op("order_event", {
+        "account": account, "event_key": f"{order_id}:{i}", "order_id": order_id,
+        "client_order_id": None, "symbol": "AAPL", "event": "fill",
+        "ts": (T0 + timedelta(milliseconds=i)).isoformat(), "execution_id": None,
+        "price": "1.5", "qty": str(i), "position_qty": None, "raw": {"seq": i},
+    }) for i in seqs]
+
+
+@pytest.fixture
+async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
+    b = await Buffer.open(tmp_path / "buffer.sqlite3")
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def _seqs(url: str, order_id: str) -> list[int]:
+    conn = await connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT qty FROM order_events WHERE order_id = $1 ORDER BY id", order_id)
+    finally:
+        await conn.close()
+    return [int(r["qty"]) for r in rows]
+
+
+async def test_reads_during_outage_come_from_buffer_and_say_so(
+    pg_dedicated: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    env = RuntimeEnv(tmp_path / "ops.toml", tmp_path, pg_dedicated.url())
+    store = await Store.open(env, process="large-stream")
+    try:
+        await store.heartbeat(heartbeat("large-stream", T0, n=1))
+        await store.sync_positions("large", [position("AAPL", "10")], T0)
+        await store.record_account("large", account_info("100000"), T0)
+        await store.set_control("large", "kill_switch", {"mode": "halt"}, "ops", at=T0)
+        await store.record_run(run_record("large-stream", T0))
+        await store.open_incident("stale", detail="x", dedupe_key="stale:a")
+        assert (await store.heartbeats()).source == "postgres"
+
+        pg_dedicated.stop(mode="fast")
+        later = T0 + timedelta(seconds=30)
+        await store.heartbeat(heartbeat("large-stream", later, n=2))
+        await store.record_trade_updates("large", [trade_update("o1", 1)])
+        assert not store.database_reachable
+        status = await store.buffer_status()
+        assert status.pending == 2 and status.oldest_age_s is not None
+
+        hbs = await store.heartbeats()
+        assert hbs.source == "buffer" and hbs.buffered
+        assert [(h.ts, h.counters) for h in hbs.rows] == [(later, {"events": 2})]
+        assert hbs.as_of == later
+        pos = await store.positions("large")
+        assert pos.source == "buffer"
+        assert [(p.position.symbol, p.position.qty) for p in pos.rows] == [("AAPL",
+                                                                            Decimal("10"))]
+        accts = await store.account_states()
+        assert accts.source == "buffer" and accts.rows[0].equity == Decimal("100000")
+        ctrls = await store.controls("large")
+        assert ctrls.source == "buffer" and ctrls.rows[0].value == {"mode": "halt"}
+        runs = await store.latest_runs()
+        assert runs.source == "buffer" and runs.rows[0].outcome == "ok"
+        incs = await store.open_incidents()
+        assert incs.source == "buffer" and [i.dedupe_key for i in incs.rows] == ["stale:a"]
+
+        pg_dedicated.start()
+        assert await store.wait_drained(within_s=30)
+        hbs = await store.heartbeats()
+        assert hbs.source == "postgres"
+        assert [h.ts for h in hbs.rows] == [later]
+        assert store.database_reachable
+        assert await _seqs(pg_dedicated.url(), "o1") == [1]
+    finally:
+        await store.close()
+
+
+async def test_pending_rows_keep_later_writes_behind_them(
+    ops_env: RuntimeEnv, pg_url: str, buffer: Buffer
+) -> None:
+    # Another process buffered seq 0..99 and nobody has drained yet (we hold the lock).
+    await buffer.append(_event_ops("large", "o1", range(100)), "other")
+    lock = DrainLock(buffer.path.with_name(buffer.path.name + ".drain.lock"))
+    assert lock.try_acquire()
+    store = await Store.open(ops_env, process="writer", buffer_path=buffer.path)
+    try:
+        # Postgres is up, yet this write must queue behind the pending rows.
+        await store.write_many(_event_ops("large", "o1", range(100, 110)))
+        assert (await store.buffer_status()).pending == 110
+        assert await _seqs(pg_url, "o1") == []
+        lock.release()
+        assert await store.wait_drained(within_s=30)
+        assert await _seqs(pg_url, "o1") == list(range(110))
+        # Buffer empty again: writes go straight to Postgres.
+        await store.write_many(_event_ops("large", "o1", range(110, 111)))
+        assert (await store.buffer_status()).pending == 0
+        assert await _seqs(pg_url, "o1") == list(range(111))
+    finally:
+        lock.release()
+        await store.close()
+
+
+async def test_crash_between_commit_and_delete_replays_once(
+    ops_env: RuntimeEnv, pg_url: str, buffer: Buffer
+) -> None:
+    ops = _event_ops("large", "o1", range(500))
+    ops += [Op("heartbeat", {"process": "p", "account": None, "role": "r", "pid": 1,
+                             "ts": T0.isoformat(), "started_at": T0.isoformat(),
+                             "counters": {}})]
+    await buffer.append(ops, "crashed")
+    # The crashed drainer committed the first 300 rows and died before deleting them.
+    conn = await connect(pg_url)
+    try:
+        rows = await buffer.fetch(300)
+        async with conn.transaction():
+            await apply_ops(conn, [r.op() for r in rows])
+    finally:
+        await conn.close()
+    store = await Store.open(ops_env, process="survivor", buffer_path=buffer.path,
+                             config=StoreSettings(drain_batch=128))
+    try:
+        assert await store.wait_drained(within_s=30)
+        assert store.replayed == 501
+    finally:
+        await store.close()
+    assert await _seqs(pg_url, "o1") == list(range(500))
+
+
+async def test_refused_row_is_quarantined_not_lost_or_blocking(
+    ops_env: RuntimeEnv, pg_url: str, buffer: Buffer
+) -> None:
+    bad = Op("signal", {"idempotency_key": "k", "account": "large", "symbol": "AAPL",
+                        "side": "sideways", "qty": "1", "order_type": "market",
+                        "time_in_force": "day", "created_at": T0.isoformat()})
+    await buffer.append([*_event_ops("large", "o1", range(3)), bad,
+                         *_event_ops("large", "o1", range(3, 6))], "p")
+    store = await Store.open(ops_env, process="drainer", buffer_path=buffer.path)
+    try:
+        assert await store.wait_drained(within_s=30)
+        status = await store.buffer_status()
+        assert (status.pending, status.dead) == (0, 1)
+        ((seq, kind, error),) = await buffer.dead_rows()
+        assert kind == "signal" and "CheckViolation" in error and seq == 4
+    finally:
+        await store.close()
+    assert await _seqs(pg_url, "o1") == list(range(6))
+
+
+def test_naive_datetime_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="naive datetime 2026-01-01T00:00:00"):
+        enc(datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test
+
+
+async def test_unknown_kind_is_a_clear_error(pg_url: str) -> None:
+    conn = await connect(pg_url)
+    try:
+        with pytest.raises(ValueError, match="unknown store op kind 'nope'"):
+            await apply_ops(conn, [Op("nope", {})])
+    finally:
+        await conn.close()
+    assert isinstance(conn, asyncpg.Connection)

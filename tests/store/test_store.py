@@ -1,0 +1,181 @@
+"""Store writes and reads against real Postgres: idempotency, forward-only guards, reads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from ops.env import RuntimeEnv
+from ops.store import Store
+from ops.store.postgres import connect
+from tests.store.factories import (
+    T0,
+    account_info,
+    heartbeat,
+    order,
+    position,
+    run_record,
+    trade_update,
+)
+
+
+@pytest.fixture
+async def store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
+    s = await Store.open(ops_env, process="test")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(pg_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_trade_updates_stored_exactly_once(store: Store, db: asyncpg.Connection) -> None:
+    updates = [trade_update("o1", i, execution_id=f"x{i}") for i in range(5)]
+    updates.append(trade_update("o1", 99, event="new"))
+    assert await store.record_trade_updates("large", updates) == 6
+    # A redelivery (stream reconnect + REST backfill) stores nothing new.
+    assert await store.record_trade_updates("large", updates[2:]) == 0
+    rows = await db.fetch("SELECT event_key, qty, raw FROM order_events ORDER BY id")
+    assert [r["event_key"] for r in rows] == [u.event_key for u in updates]
+    assert rows[0]["qty"] == Decimal("0") and rows[0]["raw"] == {"seq": 0, "event": "fill"}
+    # The same event key under another account is another event.
+    assert await store.record_trade_updates("tiny", updates[:1]) == 1
+    fills = await db.fetchval("SELECT count(*) FROM fills")
+    assert fills == 6
+
+
+async def test_orders_only_move_forward(store: Store, db: asyncpg.Connection) -> None:
+    later = T0 + timedelta(seconds=5)
+    await store.upsert_orders("large", [order("o1", status="filled", updated=later,
+                                              filled_qty="10")])
+    await store.upsert_orders("large", [order("o1", status="new", updated=T0)])
+    row = await db.fetchrow("SELECT status, filled_qty FROM orders WHERE id = 'o1'")
+    assert (row["status"], row["filled_qty"]) == ("filled", Decimal("10"))
+    # A different broker id reusing the client order id is a real error, never buffered.
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await store.upsert_orders("large", [order("o2", client_order_id="c-o1")])
+    assert (await store.buffer_status()).pending == 0
+
+
+async def test_runs_never_go_backwards(store: Store, db: asyncpg.Connection) -> None:
+    await store.record_run(run_record("pm", T0, outcome="running"))
+    await store.record_run(run_record("pm", T0, outcome="ok"))
+    await store.record_run(run_record("pm", T0, outcome="running"))
+    await store.record_run(run_record("pm", T0, outcome="error"))
+    assert await db.fetchval("SELECT outcome FROM runs") == "ok"
+    await store.record_run(run_record("pm", T0 + timedelta(minutes=1), outcome="error"))
+    snap = await store.latest_runs()
+    assert snap.source == "postgres"
+    assert [(r.process, r.outcome, r.slot_time) for r in snap.rows] == [
+        ("pm", "error", T0 + timedelta(minutes=1))]
+
+
+async def test_heartbeats_guarded_by_ts(store: Store) -> None:
+    await store.heartbeat(heartbeat("p1", T0 + timedelta(seconds=2), n=2))
+    await store.heartbeat(heartbeat("p1", T0, n=1))
+    snap = await store.heartbeats()
+    assert [(h.process, h.ts, h.counters) for h in snap.rows] == [
+        ("p1", T0 + timedelta(seconds=2), {"events": 2})]
+
+
+async def test_position_sync_replaces_set_and_ignores_older(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    t1, t2 = T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)
+    await store.sync_positions("large", [position("AAPL", "10"), position("MSFT", "-3")], t1)
+    await store.sync_positions("large", [position("AAPL", "12")], t2)
+    # An older sync replayed late must not bring MSFT back.
+    await store.sync_positions("large", [position("AAPL", "10"), position("MSFT", "-3")], t1)
+    snap = await store.positions("large")
+    assert [(p.position.symbol, p.position.qty, p.synced_at) for p in snap.rows] == [
+        ("AAPL", Decimal("12"), t2)]
+    assert snap.rows[0].position.current_price == Decimal("101.123456789")
+    assert snap.rows[0].opened_at == t1  # first seen, kept across syncs
+    assert await db.fetchval("SELECT count(*) FROM position_history") == 3
+    await store.sync_positions("large", [], t2 + timedelta(minutes=1))
+    assert (await store.positions("large")).rows == []
+    assert (await store.positions("tiny")).rows == []
+
+
+async def test_account_state_and_controls(store: Store) -> None:
+    await store.record_account("large", account_info("100500"), T0 + timedelta(seconds=1))
+    await store.record_account("large", account_info("1"), T0)
+    (state,) = (await store.account_states()).rows
+    assert (state.name, state.equity, state.account_number) == ("large", Decimal("100500"),
+                                                                "PA123")
+    await store.set_control("large", "kill_switch", {"mode": "halt"}, "ops-cli",
+                            at=T0 + timedelta(seconds=1))
+    await store.set_control("large", "kill_switch", {"mode": "off"}, "old", at=T0)
+    (ctrl,) = (await store.controls("large")).rows
+    assert (ctrl.key, ctrl.value, ctrl.updated_by) == ("kill_switch", {"mode": "halt"},
+                                                       "ops-cli")
+    assert (await store.controls("tiny")).rows == []
+
+
+async def test_incidents_dedupe_bump_close(store: Store) -> None:
+    first = await store.open_incident("stale-heartbeat", detail="no heartbeat 30s",
+                                      process="large-stream", dedupe_key="stale:large-stream")
+    again = await store.open_incident("stale-heartbeat", detail="still stale",
+                                      process="large-stream", dedupe_key="stale:large-stream")
+    assert again == first
+    await store.bump_incident(dedupe_key="stale:large-stream")
+    await store.bump_incident(incident_id=first, detail="restarted twice")
+    (inc,) = (await store.open_incidents()).rows
+    assert (inc.id, inc.restarts, inc.detail) == (first, 2, "restarted twice")
+    await store.close_incident(dedupe_key="stale:large-stream")
+    assert (await store.open_incidents()).rows == []
+    reopened = await store.open_incident("stale-heartbeat", detail="again",
+                                         dedupe_key="stale:large-stream")
+    assert reopened != first
+
+
+async def test_signals_insert_once_notify_and_decide(
+    store: Store, pg_url: str
+) -> None:
+    listener = await connect(pg_url)
+    got: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("signals", lambda *a: got.put_nowait(a[3]))
+    try:
+        sid = await store.insert_signal(account="large", symbol="AAPL", side="buy",
+                                        qty=Decimal(5), idempotency_key="strat:1")
+        same = await store.insert_signal(account="large", symbol="AAPL", side="buy",
+                                         qty=Decimal(5), idempotency_key="strat:1")
+        assert sid is not None and same == sid
+        assert await asyncio.wait_for(got.get(), timeout=10) == "large"
+        with pytest.raises(ValueError, match="exactly one of qty or notional"):
+            await store.insert_signal(account="large", symbol="AAPL", side="buy")
+        await store.record_signal_decision(sid, "submitted", client_order_id="coid-1",
+                                           decided_at=T0 + timedelta(seconds=2), attempts=1)
+        await store.record_signal_decision(sid, "rejected", reason="stale",
+                                           decided_at=T0 + timedelta(seconds=1))
+        row = await listener.fetchrow("SELECT status, client_order_id, attempts FROM signals")
+        assert tuple(row) == ("submitted", "coid-1", 1)
+    finally:
+        await listener.close()
+
+
+async def test_bad_write_propagates_not_buffered(store: Store) -> None:
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.insert_signal(account="large", symbol="AAPL", side="sideways",
+                                  qty=Decimal(1))
+    assert (await store.buffer_status()).pending == 0
+    assert store.database_reachable
+
+
+async def test_close_is_idempotent(ops_env: RuntimeEnv) -> None:
+    s = await Store.open(ops_env, process="twice")
+    await s.close()
+    await s.close()
