@@ -73,6 +73,8 @@ class Engine:
                 raise ValueError(f"duplicate simulator account name {spec.name!r}")
             self.states[spec.name] = AccountState(spec, spec.cash, spec.cash, created_at=self.now())
         self.by_key = {st.spec.key_id: st for st in self.states.values()}
+        if len(self.by_key) != len(self.states):
+            raise ValueError("simulator accounts must have distinct key ids")
         market.on_step(self.process)
 
     # -- basics ----------------------------------------------------------------------------

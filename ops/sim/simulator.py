@@ -80,6 +80,8 @@ class Simulator:
         self.faults = FaultController(self.engine, self.hub, self.clock, self._rest_faults,
                                       self.restart)
         self._state_path = Path(cfg.state_path) if cfg.state_path else None
+        if self._state_path is not None and not self._state_path.parent.is_dir():
+            raise ValueError(f"simulator state file {self._state_path}: directory does not exist")
         if self._state_path is not None and self._state_path.exists():
             self._load_state(self._state_path)
         self._runner: web.AppRunner | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +20,7 @@ from alpaca.trading.requests import (
     TrailingStopOrderRequest,
 )
 
-from ops.sim import SimConfig, Simulator
+from ops.sim import SimAccountSpec, SimConfig, Simulator
 
 from .conftest import poll_until, trading
 
@@ -158,3 +160,22 @@ async def test_lifecycle_timer_loopback_and_idempotent_stop() -> None:
         SimConfig(fill_lot=0)
     with pytest.raises(ValueError, match="clock mode"):
         SimConfig(clock="lunch")
+
+
+async def test_bad_configuration_is_named(tmp_path: Any) -> None:
+    dup = SimAccountSpec("b", "PASIM9", "PKSIMSAME", "s2", Decimal(5))
+    same = SimAccountSpec("a", "PASIM8", "PKSIMSAME", "s1", Decimal(5))
+    with pytest.raises(ValueError, match="distinct key ids"):
+        Simulator(SimConfig(accounts=[same, dup]))
+    with pytest.raises(ValueError, match="directory does not exist"):
+        Simulator(SimConfig(state_path=tmp_path / "missing" / "state.json"))
+
+
+def test_simulator_never_imports_alpaca() -> None:
+    code = (
+        "import sys, ops.sim, ops.sim.server, ops.sim.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alpaca'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
