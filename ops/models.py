@@ -291,7 +291,8 @@ class OptionSymbol:
 
     def describe(self) -> str:
         kind = "call" if self.right == "C" else "put"
-        return f"{self.underlying} {self.expiry.isoformat()} {self.strike.normalize()} {kind}"
+        strike = format(self.strike.normalize(), "f")  # 190, not 1.9E+2
+        return f"{self.underlying} {self.expiry.isoformat()} {strike} {kind}"
 
 
 OPTION_MULTIPLIER = Decimal(100)
