@@ -8,6 +8,7 @@ through `_fill`, which also appends the FILL activity, so the stream and
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -99,7 +100,7 @@ class Engine:
 
     def authenticate(self, key: str | None, secret: str | None) -> AccountState | None:
         st = self.by_key.get(key or "")
-        if st is None or secret is None or st.spec.secret != secret:
+        if st is None or secret is None or not hmac.compare_digest(st.spec.secret, secret):
             return None
         return st
 

@@ -30,6 +30,10 @@ def frame(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def error_frame(message: str) -> bytes:
+    return frame({"stream": "error", "data": {"error_message": message}})
+
+
 def auth_reply(status: str, action: str, message: str | None = None) -> bytes:
     data: dict[str, Any] = {"status": status, "action": action}
     if message:
@@ -205,15 +209,14 @@ class StreamHub:
                 try:
                     body = json.loads(msg.data)
                 except (ValueError, UnicodeDecodeError):
-                    await ws.send_bytes(frame({"stream": "error",
-                                               "data": {"error_message": "invalid syntax"}}))
+                    await self._reply(ws, conn, error_frame("invalid syntax"))
                     continue
                 action = body.get("action") if isinstance(body, dict) else None
                 data = body.get("data") if isinstance(body, dict) else None
                 data = data if isinstance(data, dict) else {}
                 if action == "authenticate":
                     if conn is not None:
-                        await ws.send_bytes(auth_reply("authorized", "authenticate"))
+                        await self._reply(ws, conn, auth_reply("authorized", "authenticate"))
                         continue
                     name = self._authenticate(data.get("key_id"), data.get("secret_key"))
                     if name is None:
@@ -242,8 +245,7 @@ class StreamHub:
                     conn.queue.put_nowait(frame(ack))
                     self._changed(conn.name)
                 else:
-                    await ws.send_bytes(frame({"stream": "error",
-                                               "data": {"error_message": "invalid action"}}))
+                    await self._reply(ws, conn, error_frame("invalid action"))
         except ConnectionResetError:
             pass
         finally:
@@ -253,6 +255,14 @@ class StreamHub:
                 with contextlib.suppress(Exception):
                     await ws.close()
         return ws
+
+    @staticmethod
+    async def _reply(ws: web.WebSocketResponse, conn: Connection | None, payload: bytes) -> None:
+        """Answer the client; once authenticated, through the writer so frames never interleave."""
+        if conn is None:
+            await ws.send_bytes(payload)
+        else:
+            conn.queue.put_nowait(payload)
 
     async def _unregister(self, conn: Connection) -> None:
         if self.conns.get(conn.name) is conn:

@@ -89,8 +89,10 @@ async def test_serves_on_port_and_stops_on_sigterm() -> None:
     assert code == 0
     assert served.proc.returncode == 0
     assert default_accounts(7)[0].secret not in served.err  # never log secrets
-    with socket.socket() as s:  # the port was released
+    with socket.socket() as s:  # the listener is gone (REUSEADDR only skips TIME_WAIT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", served.port))
+        s.listen()
 
 
 async def test_state_file_across_process_restarts(tmp_path: Path) -> None:
