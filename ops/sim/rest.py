@@ -16,10 +16,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ops.sim import data, ledger
+from ops.sim import contracts, data, ledger
 from ops.sim.accounts import AccountState
 from ops.sim.clock import SimClock
-from ops.sim.engine import Engine, asset_error
+from ops.sim.engine import Engine
 from ops.sim.market import Market
 from ops.sim.wire import ApiError, not_found, parse_bool, parse_time, stable_uuid, unprocessable
 
@@ -171,21 +171,15 @@ async def option_contract(c: Ctx) -> Reply:
     symbol = c.params["symbol"].upper()
     try:
         kind, occ = c.market.classify(symbol)
-    except ValueError as exc:
-        raise asset_error(symbol, exc) from None
+    except ValueError:
+        raise not_found("option contract not found") from None
     if occ is None:
         raise not_found("option contract not found")
-    return 200, {
-        "id": stable_uuid("asset", symbol), "symbol": symbol,
-        "name": f"{occ.describe()} (simulated)", "status": "active", "tradable": True,
-        "expiration_date": occ.expiry.isoformat(), "root_symbol": occ.underlying,
-        "underlying_symbol": occ.underlying,
-        "underlying_asset_id": stable_uuid("asset", occ.underlying),
-        "type": "call" if occ.right == "C" else "put", "style": "american",
-        "strike_price": str(occ.strike.normalize()), "size": "100", "multiplier": "100",
-        "open_interest": None, "open_interest_date": None,
-        "close_price": str(c.market.price(symbol)), "close_price_date": None,
-    }
+    return 200, contracts.contract_json(c.market, occ)
+
+
+async def option_contracts(c: Ctx) -> Reply:
+    return 200, contracts.list_contracts(c.market, c.query)
 
 
 _ID = r"(?P<id>[^/]+)"
@@ -208,6 +202,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("PATCH", rf"/v2/orders/{_ID}", replace_order),
     ("GET", r"/v2/account/activities", activities),
     ("GET", r"/v2/account/activities/(?P<type>[A-Za-z_]+)", activities_of_type),
+    ("GET", r"/v2/options/contracts", option_contracts),
     ("GET", rf"/v2/options/contracts/{_SYM}", option_contract),
     ("GET", r"/v2/stocks/quotes/latest", stock_quotes),
     ("GET", r"/v2/stocks/trades/latest", stock_trades),

@@ -115,6 +115,11 @@ class Simulator:
                 return spec
         raise KeyError(f"unknown simulator account {name!r}")
 
+    async def wait_stream(self, name: str, within_s: float = 10.0) -> None:
+        """Wait until account `name` has an authenticated stream listening to trade_updates."""
+        self.account(name)
+        await self.hub.wait_listening(name, within_s)
+
     def _auth_name(self, key: str | None, secret: str | None) -> str | None:
         st = self.engine.authenticate(key, secret)
         return None if st is None else st.spec.name

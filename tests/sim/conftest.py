@@ -165,7 +165,7 @@ class Recorder:
         self._task = asyncio.create_task(
             self.stream._run_forever()  # type: ignore[no-untyped-call]
         )
-        await self.sim.hub.wait_listening(self.name, within_s=15)
+        await self.sim.wait_stream(self.name, within_s=15)
         return self
 
     async def stop(self) -> None:

@@ -19,10 +19,13 @@ from alpaca.data.requests import (
     StockLatestTradeRequest,
 )
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
+from alpaca.trading.enums import ContractType
+from alpaca.trading.models import OptionContract, OptionContractsResponse
+from alpaca.trading.requests import GetOptionContractsRequest
 
 from ops.sim import SimConfig, Simulator
 
-from .conftest import options, stocks
+from .conftest import options, stocks, trading
 
 
 def occ(days: int = 20) -> str:
@@ -112,3 +115,25 @@ async def test_option_quotes_and_trades(sim: Simulator) -> None:
     with pytest.raises(APIError):
         await asyncio.to_thread(o.get_option_latest_quote,
                                 OptionLatestQuoteRequest(symbol_or_symbols="AAPL"))
+
+
+async def test_option_contracts(sim: Simulator) -> None:
+    c = trading(sim).client
+    sim.market.set_price("AAPL", Decimal("191.20"))
+    friday = next(datetime.now(UTC).date() + timedelta(days=i) for i in range(3, 10)
+                  if (datetime.now(UTC).date() + timedelta(days=i)).weekday() == 4)
+    req = GetOptionContractsRequest(underlying_symbols=["AAPL"], type=ContractType.CALL,
+                                    expiration_date=friday, strike_price_gte="180",
+                                    strike_price_lte="200", limit=3)
+    first = await asyncio.to_thread(c.get_option_contracts, req)
+    assert isinstance(first, OptionContractsResponse) and first.option_contracts
+    assert len(first.option_contracts) == 3 and first.next_page_token
+    rest = await asyncio.to_thread(c.get_option_contracts, GetOptionContractsRequest(
+        underlying_symbols=["AAPL"], type=ContractType.CALL, expiration_date=friday,
+        strike_price_gte="180", strike_price_lte="200", page_token=first.next_page_token))
+    assert isinstance(rest, OptionContractsResponse) and rest.option_contracts
+    strikes = [k.strike_price for k in first.option_contracts + rest.option_contracts]
+    assert strikes == [180.0, 185.0, 190.0, 195.0, 200.0]
+    one = await asyncio.to_thread(c.get_option_contract, first.option_contracts[0].symbol)
+    assert isinstance(one, OptionContract) and one.expiration_date == friday
+    assert one.underlying_symbol == "AAPL" and one.size == "100"
