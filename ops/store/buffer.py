@@ -17,6 +17,7 @@ transactions use BEGIN IMMEDIATE so they queue for the write lock up front.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -100,6 +101,9 @@ class Buffer:
     def __init__(self, path: Path, conn: aiosqlite.Connection):
         self.path = path
         self._conn = conn
+        # One connection is shared by the writer tasks and the drainer of a process; a
+        # statement of one must never run inside another's transaction or open cursor.
+        self._mutex = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Buffer:
@@ -116,7 +120,8 @@ class Buffer:
         return cls(path, conn)
 
     async def close(self) -> None:
-        await self._conn.close()
+        async with self._mutex:
+            await self._conn.close()
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -133,6 +138,12 @@ class Buffer:
             await self._write([], latest)
 
     async def _write(
+        self, rows: Sequence[tuple[str, str, str, float]], latest: Sequence[LatestEntry]
+    ) -> None:
+        async with self._mutex:
+            await self._write_locked(rows, latest)
+
+    async def _write_locked(
         self, rows: Sequence[tuple[str, str, str, float]], latest: Sequence[LatestEntry]
     ) -> None:
         c = self._conn
@@ -156,58 +167,58 @@ class Buffer:
 
     async def delete_through(self, seq: int) -> None:
         """Drop replayed rows: every pending row with seq <= `seq`."""
-        await self._conn.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
+        async with self._mutex:
+            await self._conn.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
 
     async def quarantine(self, row: PendingRow, error: str) -> None:
         """Move a row Postgres refused into `dead`, atomically."""
-        c = self._conn
-        await c.execute("BEGIN IMMEDIATE")
-        try:
-            await c.execute(
-                "INSERT OR REPLACE INTO dead (seq, kind, payload, process, created_at, error, "
-                "failed_at) VALUES (?,?,?,?,?,?,?)",
-                (row.seq, row.kind, dumps(row.payload), row.process, row.created_at, error,
-                 time.time()),
-            )
-            await c.execute("DELETE FROM pending WHERE seq = ?", (row.seq,))
-            await c.execute("COMMIT")
-        except BaseException:
-            await c.execute("ROLLBACK")
-            raise
+        async with self._mutex:
+            c = self._conn
+            await c.execute("BEGIN IMMEDIATE")
+            try:
+                await c.execute(
+                    "INSERT OR REPLACE INTO dead (seq, kind, payload, process, created_at, "
+                    "error, failed_at) VALUES (?,?,?,?,?,?,?)",
+                    (row.seq, row.kind, dumps(row.payload), row.process, row.created_at,
+                     error, time.time()),
+                )
+                await c.execute("DELETE FROM pending WHERE seq = ?", (row.seq,))
+                await c.execute("COMMIT")
+            except BaseException:
+                await c.execute("ROLLBACK")
+                raise
 
     # --- reads ------------------------------------------------------------------------------
 
+    async def _fetchall(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        async with self._mutex:
+            return list(await self._conn.execute_fetchall(sql, args))
+
     async def has_pending(self) -> bool:
-        async with self._conn.execute("SELECT 1 FROM pending LIMIT 1") as cur:
-            return await cur.fetchone() is not None
+        return bool(await self._fetchall("SELECT 1 FROM pending LIMIT 1"))
 
     async def fetch(self, limit: int) -> list[PendingRow]:
-        async with self._conn.execute(
+        rows = await self._fetchall(
             "SELECT seq, kind, payload, process, created_at FROM pending ORDER BY seq LIMIT ?",
             (limit,),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [PendingRow(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
 
     async def status(self) -> BufferStatus:
-        async with self._conn.execute(
+        (row,) = await self._fetchall(
             "SELECT count(*), min(created_at), (SELECT count(*) FROM dead) FROM pending"
-        ) as cur:
-            row = await cur.fetchone()
-        assert row is not None
+        )
         count, oldest, dead = int(row[0]), row[1], int(row[2])
         age = None if oldest is None else max(0.0, time.time() - float(oldest))
         return BufferStatus(count, age, dead)
 
     async def latest(self, kind: str) -> list[LatestRow]:
-        async with self._conn.execute(
+        rows = await self._fetchall(
             "SELECT key, payload, ts FROM latest WHERE kind = ? ORDER BY key", (kind,)
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [LatestRow(r[0], json.loads(r[1]), r[2]) for r in rows]
 
     async def dead_rows(self) -> list[tuple[int, str, str]]:
         """(seq, kind, error) of quarantined rows, for operators."""
-        async with self._conn.execute("SELECT seq, kind, error FROM dead ORDER BY seq") as cur:
-            rows = await cur.fetchall()
+        rows = await self._fetchall("SELECT seq, kind, error FROM dead ORDER BY seq")
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
