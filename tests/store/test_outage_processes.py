@@ -131,7 +131,8 @@ def verify(url: str, buffer: Path, expected: dict[str, int | None]) -> None:
             assert stored == list(range(count)), f"{name}: {len(stored)} of {count} stored"
     for order_id, seqs in per_entity.items():
         assert seqs == sorted(seqs), f"{order_id}: events stored out of order"
-    runs = dict(asyncio.run(_query(url, "SELECT process, count(*) FROM runs GROUP BY 1")))
+    runs = {str(p): int(str(n)) for p, n in
+            asyncio.run(_query(url, "SELECT process, count(*) FROM runs GROUP BY 1"))}
     hbs = {r[0] for r in asyncio.run(_query(url, "SELECT process FROM heartbeats"))}
     for name, count in expected.items():
         if count is not None:
