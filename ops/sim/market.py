@@ -123,8 +123,10 @@ class Market:
             self._prices[symbol] = max(new, Decimal("0.01"))
 
     def step(self) -> None:
-        """One market step: move prices, then let the engine match orders."""
-        self.advance()
+        """One market step: move prices (only while the market is open, as real prices do),
+        then let the engine route, expire and match orders."""
+        if self.clock.is_open():
+            self.advance()
         for listener in list(self._listeners):
             listener()
 

@@ -253,9 +253,9 @@ async def test_admin_http_endpoints(sim: Simulator) -> None:
     status, body = await admin(sim, "POST", "/_sim/market", {"action": "set_price",
                                                                "symbol": "MSFT", "price": "411"})
     assert status == 200 and sim.market.price("MSFT") == Decimal(411)
+    await admin(sim, "POST", "/_sim/faults", {"action": "set_clock", "mode": "open"})
     status, body = await admin(sim, "POST", "/_sim/market", {"action": "step", "n": 3})
     assert status == 200 and body["steps"] == 3
-    await admin(sim, "POST", "/_sim/faults", {"action": "set_clock", "mode": "open"})
     await trading(sim).submit(buy("MSFT", 2))
     await admin(sim, "POST", "/_sim/faults", {"action": "mute", "account": "tiny"})
     status, state = await admin(sim, "GET", "/_sim/state")

@@ -137,3 +137,15 @@ async def test_option_contracts(sim: Simulator) -> None:
     one = await asyncio.to_thread(c.get_option_contract, first.option_contracts[0].symbol)
     assert isinstance(one, OptionContract) and one.expiration_date == friday
     assert one.underlying_symbol == "AAPL" and one.size == "100"
+
+
+async def test_prices_rest_while_the_market_is_closed(sim: Simulator) -> None:
+    sim.faults.set_clock("closed")
+    before = sim.market.price("NVDA")
+    for _ in range(5):
+        sim.market.step()
+    assert sim.market.price("NVDA") == before
+    sim.faults.set_clock("open")
+    for _ in range(5):
+        sim.market.step()
+    assert sim.market.price("NVDA") != before
