@@ -103,6 +103,7 @@ class OrderState:
     extended_hours: bool = False
     position_intent: str | None = None
     stop_triggered: bool = False
+    reject_pending: bool = False
     filled_at: datetime | None = None
     expired_at: datetime | None = None
     canceled_at: datetime | None = None

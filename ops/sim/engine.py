@@ -69,6 +69,7 @@ class Engine:
         self._was_open = clock.is_open()
         self._day = clock.today()
         self.states: dict[str, AccountState] = {}
+        self.reject_next: dict[str, int] = {}  # fault: account name or "*" -> count
         for spec in specs:
             if spec.name in self.states:
                 raise ValueError(f"duplicate simulator account name {spec.name!r}")
@@ -205,9 +206,25 @@ class Engine:
         log.info("order %s %s %s %s -> %s", st.spec.name, order.side, order.qty or order.notional,
                  order.symbol, order.status)
         self._emit(st, order, order.status, ts)
-        if is_open:
+        if self._take_reject(st.spec.name):
+            order.reject_pending = True  # rejected "downstream" on the next market step
+        elif is_open:
             self._work(st, order, first=True)
         return order
+
+    def _take_reject(self, name: str) -> bool:
+        for key in (name, "*"):
+            if self.reject_next.get(key, 0) > 0:
+                self.reject_next[key] -= 1
+                return True
+        return False
+
+    def _reject(self, st: AccountState, order: OrderState) -> None:
+        ts = self.now()
+        order.status, order.failed_at, order.updated_at = "rejected", ts, ts
+        order.reject_pending = False
+        log.info("order %s rejected (fault)", order.id)
+        self._emit(st, order, "rejected", ts)
 
     # -- matching --------------------------------------------------------------------------
     def process(self) -> None:
@@ -221,11 +238,13 @@ class Engine:
         if self._was_open and not is_open and self.clock.mode == "nyse":
             self._expire_day_orders()
         self._was_open = is_open
-        if not is_open:
-            return
         for st in self.states.values():
             for order in sorted(st.orders.values(), key=lambda o: o.seq):
-                if order.status == "accepted":
+                if order.reject_pending and order.is_open:
+                    self._reject(st, order)
+                elif not is_open:
+                    continue
+                elif order.status == "accepted":
                     order.status = "new"
                     order.updated_at = self.now()
                     self._emit(st, order, "new", order.updated_at)

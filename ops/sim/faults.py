@@ -125,7 +125,8 @@ class FaultController:
 
     ACTIONS = (
         "drop_streams", "mute", "unmute", "drop_next_events", "duplicate_next_events",
-        "reorder_next_events", "emit_unknown_event", "emit_malformed_frame", "hang_next",
+        "reorder_next_events", "reject_next_orders", "emit_unknown_event",
+        "emit_malformed_frame", "hang_next",
         "release_hangs", "fail_next", "set_rest_latency", "set_stream_latency",
         "set_rate_limit", "set_clock", "set_reap_delay", "restart", "clear", "state",
     )
@@ -180,6 +181,11 @@ class FaultController:
     def reorder_next_events(self, n: int = 2, account: str | None = None) -> None:
         """Hold the next n events and then send them in reverse order."""
         self._count(self._hub.faults.reorder, n, account)
+
+    def reject_next_orders(self, n: int = 1, account: str | None = None) -> None:
+        """The next n accepted submits are rejected downstream: POST answers 200, then the
+        next market step sends `rejected` (status rejected, failed_at set)."""
+        self._count(self._engine.reject_next, n, account)
 
     def emit_unknown_event(
         self, account: str, event: str = "order_frozen", order_id: str | None = None
@@ -254,7 +260,7 @@ class FaultController:
         """Lift every fault (queued muted events are dropped)."""
         self._hub.unmute(None, deliver=False)
         f = self._hub.faults
-        for counters in (f.drop, f.duplicate, f.reorder):
+        for counters in (f.drop, f.duplicate, f.reorder, self._engine.reject_next):
             counters.clear()
         f.reorder_held.clear()
         f.latency_s = f.reap_delay_s = 0.0
@@ -270,6 +276,7 @@ class FaultController:
             "muted": sorted(f.muted),
             "drop_next": dict(f.drop), "duplicate_next": dict(f.duplicate),
             "reorder_next": dict(f.reorder),
+            "reject_next_orders": dict(self._engine.reject_next),
             "stream_latency_s": f.latency_s, "reap_delay_s": f.reap_delay_s,
             "rest_latency_s": self.rest.latency_s,
             "rate_limit_per_min": self.rest.rate_limit_per_min,

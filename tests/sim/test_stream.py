@@ -185,3 +185,23 @@ async def test_events_while_nobody_listens_are_lost(sim: Simulator) -> None:
     finally:
         await rec.stop()
 
+
+
+async def test_rejected_downstream_after_a_200(sim: Simulator) -> None:
+    rec = await Recorder(sim).start()
+    try:
+        sim.faults.reject_next_orders(1, account="large")
+        c = trading(sim)
+        order = await c.submit(buy("AAPL", 1))
+        assert order.status == "new"
+        sim.market.step()
+        oid = str(order.id)
+        await rec.wait_for(lambda ms: "rejected" in rec.events(oid))
+        assert rec.events(oid) == ["new", "rejected"]
+        rejected = await c.order(order.id)
+        assert rejected.status == "rejected" and rejected.failed_at is not None
+        assert rejected.filled_qty == "0" and await c.positions() == []
+        later = await c.submit(buy("AAPL", 1))  # only the next one
+        assert later.status == "filled"
+    finally:
+        await rec.stop()
