@@ -186,13 +186,19 @@ class Market:
         return int(1 + digest(self.seed, "trade", symbol, self.steps) % 500)
 
     def historic_price(self, symbol: str, at: datetime, now: datetime) -> Decimal:
-        """A smooth deterministic path that ends at the live price at `now`."""
+        """A smooth deterministic path over absolute time, scaled to end at the live price.
+
+        The shape depends only on (seed, symbol, time), so a bar's relative moves never
+        change between requests; only the level follows the live price.
+        """
         live = float(self.price(symbol))
-        hours = (now - at).total_seconds() / 3600.0
         phase = (digest(self.seed, "phase", symbol) % 1000) / 1000 * 2 * math.pi
-        wiggle = 0.01 * math.sin(hours / 3.0 + phase) + 0.02 * math.sin(hours / 40.0 + 2 * phase)
-        wiggle0 = 0.01 * math.sin(phase) + 0.02 * math.sin(2 * phase)
-        return max(_cents(live * math.exp(wiggle - wiggle0)), CENT)
+
+        def wiggle(ts: datetime) -> float:
+            hours = ts.timestamp() / 3600.0
+            return 0.01 * math.sin(hours / 3.0 + phase) + 0.02 * math.sin(hours / 40.0 + 2 * phase)
+
+        return max(_cents(live * math.exp(wiggle(at) - wiggle(now))), CENT)
 
     # -- persistence -----------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:

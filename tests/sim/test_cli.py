@@ -38,6 +38,7 @@ def test_show_accounts() -> None:
     assert accounts[0]["key_id"] == "PKSIMLARGE00000000001"
     assert set(accounts[0]) == {"name", "account_number", "key_id", "secret"}
     assert accounts[0]["secret"] == default_accounts(7)[0].secret
+    assert accounts[0]["secret"] not in repr(default_accounts(7)[0])  # masked in repr
     other = subprocess.run(ops("sim", "--show-accounts", "--seed", "8"), capture_output=True,
                            text=True, check=True, timeout=60)
     assert json.loads(other.stdout)[0]["secret"] != accounts[0]["secret"]
