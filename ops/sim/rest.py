@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ops.sim import contracts, data, ledger
+from ops.sim import contracts, data, ledger, queries
 from ops.sim.accounts import AccountState
 from ops.sim.clock import SimClock
 from ops.sim.engine import Engine
@@ -107,7 +107,7 @@ async def submit_order(c: Ctx) -> Reply:
 
 
 async def list_orders(c: Ctx) -> Reply:
-    return 200, [o.wire() for o in c.engine.list_orders(c.st, c.query)]
+    return 200, [o.wire() for o in queries.list_orders(c.st, c.query)]
 
 
 async def get_order(c: Ctx) -> Reply:
@@ -136,11 +136,11 @@ async def replace_order(c: Ctx) -> Reply:
 
 async def activities_of_type(c: Ctx) -> Reply:
     kind = c.params["type"].upper()
-    return 200, c.engine.activities(c.st, dict(c.query) | {"activity_types": kind})
+    return 200, queries.activities(c.st, dict(c.query) | {"activity_types": kind})
 
 
 async def activities(c: Ctx) -> Reply:
-    return 200, c.engine.activities(c.st, c.query)
+    return 200, queries.activities(c.st, c.query)
 
 
 async def stock_quotes(c: Ctx) -> Reply:
