@@ -123,3 +123,12 @@ def test_port_in_use_is_a_clear_error() -> None:
                              timeout=60)
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def test_bad_state_file_is_a_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "broken.json"
+    state.write_text("[1, 2")
+    out = subprocess.run(ops("sim", "--port", "0", "--state", str(state)), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2
+    assert "broken.json" in out.stderr and "ops sim:" in out.stderr

@@ -10,7 +10,7 @@ import websockets
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, ReplaceOrderRequest
 
-from ops.sim import Simulator
+from ops.sim import SimConfig, Simulator
 
 from .conftest import Recorder, poll_until, raw_ws_messages, trading
 
@@ -205,3 +205,22 @@ async def test_rejected_downstream_after_a_200(sim: Simulator) -> None:
         assert later.status == "filled"
     finally:
         await rec.stop()
+
+
+async def test_timer_driven_partial_fills_reach_the_stream() -> None:
+    async with Simulator(SimConfig(seed=5, market_step_s=0.01, fill_lot=40)) as s:
+        rec = await Recorder(s).start()
+        try:
+            c = trading(s)
+            order = await c.submit(buy("QQQ", 130))
+            oid = str(order.id)
+            await rec.wait_for(lambda ms: "fill" in rec.events(oid))  # no manual steps
+            fills = [m["data"] for m in rec.messages
+                     if m["data"]["event"] in ("partial_fill", "fill")]
+            assert [f["qty"] for f in fills] == ["40", "40", "40", "10"]
+            activities = await c.get("/account/activities/FILL", {"direction": "asc"})
+            assert [a["id"].split("::")[1] for a in activities] == [
+                f["execution_id"] for f in fills]
+            assert (await c.position("QQQ")).qty == "130"
+        finally:
+            await rec.stop()
