@@ -73,12 +73,12 @@ _LATEST_DELETE = "DELETE FROM latest WHERE kind = ? AND key = ?"
 class PendingRow:
     seq: int
     kind: str
-    payload: dict[str, Any]
+    payload_text: str  # JSON, parsed only when needed (the replay hot path passes it as is)
     process: str
     created_at: float
 
     def op(self) -> Op:
-        return Op(self.kind, self.payload)
+        return Op(self.kind, json.loads(self.payload_text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +179,7 @@ class Buffer:
                 await c.execute(
                     "INSERT OR REPLACE INTO dead (seq, kind, payload, process, created_at, "
                     "error, failed_at) VALUES (?,?,?,?,?,?,?)",
-                    (row.seq, row.kind, dumps(row.payload), row.process, row.created_at,
+                    (row.seq, row.kind, row.payload_text, row.process, row.created_at,
                      error, time.time()),
                 )
                 await c.execute("DELETE FROM pending WHERE seq = ?", (row.seq,))
@@ -197,12 +197,14 @@ class Buffer:
     async def has_pending(self) -> bool:
         return bool(await self._fetchall("SELECT 1 FROM pending LIMIT 1"))
 
-    async def fetch(self, limit: int) -> list[PendingRow]:
+    async def fetch(self, limit: int, after_seq: int = 0) -> list[PendingRow]:
+        """The oldest `limit` pending rows with seq > `after_seq`, in seq order."""
         rows = await self._fetchall(
-            "SELECT seq, kind, payload, process, created_at FROM pending ORDER BY seq LIMIT ?",
-            (limit,),
+            "SELECT seq, kind, payload, process, created_at FROM pending WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, limit),
         )
-        return [PendingRow(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+        return [PendingRow(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def status(self) -> BufferStatus:
         (row,) = await self._fetchall(

@@ -39,7 +39,15 @@ from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, Trade
 from ops.retry import Backoff
 from ops.store import embedded
 from ops.store.buffer import Buffer, BufferStatus, LatestRow, PendingRow
-from ops.store.ops import Op, Payload, apply_ops, control_key, enc, latest_entries, new_op_id
+from ops.store.ops import (
+    Op,
+    Payload,
+    apply_ops,
+    control_key,
+    enc,
+    latest_entries,
+    new_op_id,
+)
 from ops.store.postgres import close_pool, create_pool, is_outage, redact_url
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,7 @@ Source = Literal["postgres", "buffer", "postgres+buffer"]
 class StoreSettings:
     """Tunables; the defaults suit a role process."""
 
-    drain_batch: int = 2000  # pending rows replayed per Postgres transaction
+    drain_batch: int = 5000  # pending rows replayed per Postgres transaction
     drain_poll_s: float = 0.25  # how often an idle drainer looks at the buffer
     drain_backoff: Backoff = Backoff(initial_s=0.2, max_s=2.0, max_attempts=0, deadline_s=None)
     close_grace_s: float = 5.0  # close() lets an in-flight replay batch finish this long
@@ -182,6 +190,7 @@ class Store:
         self._reachable = True
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._draining = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
         self.replayed = 0  # rows this process replayed (a progress counter for heartbeats)
@@ -312,9 +321,12 @@ class Store:
     async def _drain_loop(self) -> None:
         delays = self.settings.drain_backoff.delays()
         wait_s = self.settings.drain_poll_s
+        outage = False
         while not self._stop.is_set():
+            # During an outage, new buffered writes must not cut the back-off short.
+            event = self._stop if outage else self._wake
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+                await asyncio.wait_for(event.wait(), timeout=wait_s)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -325,7 +337,8 @@ class Store:
             except Exception:
                 log.exception("buffer drainer failed; retrying")
                 outcome = "outage"
-            if outcome == "outage":
+            outage = outcome == "outage"
+            if outage:
                 wait_s = next(delays)
             else:
                 delays = self.settings.drain_backoff.delays()
@@ -333,47 +346,73 @@ class Store:
 
     async def drain_once(self) -> Literal["empty", "busy", "drained", "outage"]:
         """Replay everything pending if this process wins the drain lock."""
+        if self._draining.locked():
+            return "busy"  # another task of this process is draining right now
+        async with self._draining:
+            return await self._drain_locked()
+
+    async def _drain_locked(self) -> Literal["empty", "busy", "drained", "outage"]:
         if not await self._buffer.has_pending():
             return "empty"
         if not self._lock.try_acquire():
             return "busy"
         try:
-            while not self._stop.is_set():
-                rows = await self._buffer.fetch(self.settings.drain_batch)
-                if not rows:
-                    return "drained"
-                try:
-                    await self._replay(rows)
-                except Exception as exc:
-                    if not is_outage(exc):
-                        raise
-                    self._note_outage(exc)
-                    return "outage"
-                self._reachable = True
-            return "drained"
+            # Probe with a connection first: during an outage, nothing is read or decoded.
+            async with self._pool.acquire() as conn:
+                return await self._drain_with(conn)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._note_outage(exc)
+            return "outage"
         finally:
             self._lock.release()
 
-    async def _replay(self, rows: Sequence[PendingRow]) -> None:
+    async def _drain_with(self, conn: asyncpg.Connection) -> Literal["drained"]:
+        batch = await self._fetch_ops(after_seq=0)
+        while batch[0] and not self._stop.is_set():
+            rows, ops = batch
+            # Read and decode the next batch while Postgres works on this one.
+            upcoming = asyncio.create_task(self._fetch_ops(after_seq=rows[-1].seq))
+            try:
+                await self._replay(conn, rows, ops)
+            except BaseException:
+                upcoming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await upcoming
+                raise
+            self._reachable = True
+            batch = await upcoming
+        return "drained"
+
+    async def _fetch_ops(self, after_seq: int) -> tuple[list[PendingRow], list[Op]]:
+        rows = await self._buffer.fetch(self.settings.drain_batch, after_seq=after_seq)
+        return rows, [r.op() for r in rows]
+
+    async def _replay(
+        self, conn: asyncpg.Connection, rows: Sequence[PendingRow], ops: Sequence[Op]
+    ) -> None:
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await apply_ops(conn, [r.op() for r in rows])
+            async with conn.transaction():
+                await apply_ops(conn, ops)
         except Exception as exc:
             if is_outage(exc):
                 raise
             log.error("replay batch of %d rows refused (%s: %s); isolating the bad row",
                       len(rows), type(exc).__name__, exc)
-            await self._replay_one_by_one(rows)
+            await self._replay_one_by_one(conn, rows)
             return
         # Committed; a crash right here replays this batch again, harmlessly.
         await self._buffer.delete_through(rows[-1].seq)
         self.replayed += len(rows)
 
-    async def _replay_one_by_one(self, rows: Sequence[PendingRow]) -> None:
+    async def _replay_one_by_one(
+        self, conn: asyncpg.Connection, rows: Sequence[PendingRow]
+    ) -> None:
         """Apply rows singly; quarantine those Postgres refuses for a non-outage reason."""
         for row in rows:
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with conn.transaction():
                     await apply_ops(conn, [row.op()])
             except Exception as exc:
                 if is_outage(exc):
