@@ -168,3 +168,22 @@ def latest_bars(market: Market, q: Mapping[str, str]) -> dict[str, Any]:
             for s in symbols_of(q, market, option=False)
         }
     }
+
+
+def snapshots(market: Market, q: Mapping[str, str]) -> dict[str, Any]:
+    """Top level keyed by symbol (no wrapper key), as Alpaca's stock snapshots."""
+    now = market.clock.now()
+    minute = now.replace(second=0, microsecond=0)
+    local = now.astimezone(EASTERN)
+    day = datetime.combine(local.date(), datetime.min.time(), tzinfo=EASTERN)
+    prev = day - timedelta(days=3 if local.weekday() == 0 else 1)
+    out: dict[str, Any] = {}
+    for s in symbols_of(q, market, option=False):
+        out[s] = {
+            "latestTrade": trade_json(market, s),
+            "latestQuote": quote_json(market, s),
+            "minuteBar": bar_json(market, s, minute, timedelta(minutes=1), now),
+            "dailyBar": bar_json(market, s, day, timedelta(days=1), now),
+            "prevDailyBar": bar_json(market, s, prev, timedelta(days=1), now),
+        }
+    return out

@@ -159,6 +159,10 @@ async def stock_bars(c: Ctx) -> Reply:
     return 200, data.bars(c.market, c.query, nyse=c.clock.mode == "nyse")
 
 
+async def stock_snapshots(c: Ctx) -> Reply:
+    return 200, data.snapshots(c.market, c.query)
+
+
 async def option_quotes(c: Ctx) -> Reply:
     return 200, data.latest_quotes(c.market, c.query, option=True)
 
@@ -208,6 +212,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", r"/v2/stocks/trades/latest", stock_trades),
     ("GET", r"/v2/stocks/bars/latest", stock_latest_bars),
     ("GET", r"/v2/stocks/bars", stock_bars),
+    ("GET", r"/v2/stocks/snapshots", stock_snapshots),
     ("GET", r"/v1beta1/options/quotes/latest", option_quotes),
     ("GET", r"/v1beta1/options/trades/latest", option_trades),
 ]

@@ -9,7 +9,7 @@ from decimal import Decimal
 import aiohttp
 import pytest
 from alpaca.common.exceptions import APIError
-from alpaca.data.models import BarSet
+from alpaca.data.models import BarSet, Snapshot
 from alpaca.data.requests import (
     OptionLatestQuoteRequest,
     OptionLatestTradeRequest,
@@ -17,6 +17,7 @@ from alpaca.data.requests import (
     StockLatestBarRequest,
     StockLatestQuoteRequest,
     StockLatestTradeRequest,
+    StockSnapshotRequest,
 )
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from alpaca.trading.enums import ContractType
@@ -149,3 +150,16 @@ async def test_prices_rest_while_the_market_is_closed(sim: Simulator) -> None:
     for _ in range(5):
         sim.market.step()
     assert sim.market.price("NVDA") != before
+
+
+async def test_stock_snapshots(sim: Simulator) -> None:
+    sim.market.set_price("TSLA", Decimal("222.22"))
+    snaps = await asyncio.to_thread(stocks(sim).get_stock_snapshot,
+                                    StockSnapshotRequest(symbol_or_symbols=["TSLA", "AMD"]))
+    assert isinstance(snaps, dict) and set(snaps) == {"TSLA", "AMD"}
+    tsla = snaps["TSLA"]
+    assert isinstance(tsla, Snapshot)
+    assert tsla.latest_trade is not None and tsla.latest_trade.price == 222.22
+    assert tsla.latest_quote is not None and tsla.latest_quote.bid_price < 222.22
+    assert tsla.daily_bar is not None and tsla.daily_bar.close == 222.22
+    assert tsla.previous_daily_bar is not None and tsla.minute_bar is not None
