@@ -190,3 +190,24 @@ async def test_unknown_kind_is_a_clear_error(pg_url: str) -> None:
     finally:
         await conn.close()
     assert isinstance(conn, asyncpg.Connection)
+
+
+async def test_store_opened_during_outage_buffers_then_catches_up(
+    pg_dedicated: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    pg_dedicated.stop(mode="fast")
+    env = RuntimeEnv(tmp_path / "ops.toml", tmp_path, pg_dedicated.url())
+    store = await Store.open(env, process="early-bird")
+    try:
+        n = await store.record_trade_updates("large", [trade_update("o1", i) for i in range(3)])
+        assert n == 3
+        assert not store.database_reachable
+        assert (await store.buffer_status()).pending == 3
+        await store.heartbeat(heartbeat("early-bird", T0))
+        snap = await store.heartbeats()
+        assert snap.source == "buffer" and [h.process for h in snap.rows] == ["early-bird"]
+        pg_dedicated.start()
+        assert await store.wait_drained(within_s=30)
+    finally:
+        await store.close()
+    assert await _seqs(pg_dedicated.url(), "o1") == [0, 1, 2]
