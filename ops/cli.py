@@ -25,6 +25,91 @@ def _sim(args: argparse.Namespace) -> int:
     return cli_main(args)
 
 
+def _lazy(module: str, func: str) -> Handler:
+    """A handler that imports `module` only when its subcommand runs."""
+
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        fn: Handler = getattr(importlib.import_module(module), func)
+        return fn(args)
+
+    return handler
+
+
+ROLE_CHOICES = ("stream", "dispatcher", "position-manager", "signal-engine")
+KILL_MODES = ("halt", "reduce-only", "flatten")
+
+
+def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser(
+        "up",
+        help="start the whole stack under supervisord; returns once every process has "
+        "reported a heartbeat",
+    )
+    up.add_argument("--demo", action="store_true",
+                    help="also run the bundled simulator and use its throwaway demo keys")
+    up.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="how long to wait for every heartbeat (default 60)")
+    up.add_argument("--foreground", action="store_true",
+                    help="keep supervisord in the foreground (container PID 1)")
+    up.set_defaults(handler=_lazy("ops.stack", "cli_up"))
+
+    down = sub.add_parser("down", help="stop everything `ops up` started, embedded Postgres too")
+    down.set_defaults(handler=_lazy("ops.stack", "cli_down"))
+
+    status = sub.add_parser(
+        "status",
+        help="processes, heartbeats, last-run gaps, accounts, database, incidents "
+        "(exit 0 healthy, 1 degraded, 2 down)",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    status.set_defaults(handler=_lazy("ops.status", "cli_status"))
+
+    doctor = sub.add_parser("doctor", help="check config, credentials, accounts, database, "
+                            "buffer, supervisord, clock skew and disk; one line per check")
+    doctor.set_defaults(handler=_lazy("ops.doctor", "cli_doctor"))
+
+    run = sub.add_parser("run", help="run one role in the foreground (what supervisord runs)")
+    run.add_argument("role", choices=ROLE_CHOICES, help="the role to run")
+    run.add_argument("--account", metavar="TIER",
+                     help="account name from the config (required for per-account roles)")
+    run.set_defaults(handler=_lazy("ops.roles.runtime", "cli_run"))
+
+
+def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    signal = sub.add_parser("signal", help="trading signals")
+    signal_sub = signal.add_subparsers(dest="signal_command", metavar="SIGNAL_COMMAND",
+                                       required=True)
+    add = signal_sub.add_parser("add", help="insert a signal for an account's dispatcher")
+    add.add_argument("--account", required=True, metavar="TIER")
+    add.add_argument("--symbol", required=True)
+    add.add_argument("--side", required=True, choices=("buy", "sell"))
+    size = add.add_mutually_exclusive_group(required=True)
+    size.add_argument("--qty", metavar="N", help="shares or contracts")
+    size.add_argument("--notional", metavar="USD", help="dollar amount (market/day only)")
+    add.add_argument("--type", dest="order_type", default="market",
+                     choices=("market", "limit"))
+    add.add_argument("--limit-price", metavar="PRICE")
+    add.add_argument("--tif", default="day", choices=("day", "gtc"))
+    add.add_argument("--expires-in", type=float, metavar="SECONDS",
+                     help="refuse the signal if not dispatched within this many seconds")
+    add.add_argument("--strategy", default="manual")
+    add.add_argument("--key", metavar="IDEMPOTENCY_KEY",
+                     help="a second `signal add` with the same key is a no-op")
+    add.set_defaults(handler=_lazy("ops.control", "cli_signal_add"))
+
+    pause = sub.add_parser("pause", help="engage an account's kill switch")
+    pause.add_argument("account", metavar="TIER")
+    pause.add_argument("--mode", choices=KILL_MODES, default="halt",
+                       help="halt: no new entries; reduce-only: exits only; "
+                       "flatten: cancel open orders and close every position")
+    pause.set_defaults(handler=_lazy("ops.control", "cli_pause"))
+    resume = sub.add_parser("resume", help="release an account's kill switch")
+    resume.add_argument("account", metavar="TIER")
+    resume.set_defaults(handler=_lazy("ops.control", "cli_resume"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ops",
@@ -65,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the demo accounts (name, account number, key id, secret) as JSON and exit",
     )
     sim.set_defaults(handler=_sim)
+    _add_stack_commands(sub)
+    _add_control_commands(sub)
     return parser
 
 
