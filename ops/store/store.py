@@ -152,6 +152,16 @@ class DrainLock:
             self._fh = None
 
 
+def _row_specific(exc: BaseException) -> bool:
+    """Errors caused by one row's data (quarantine it), as opposed to a missing table or
+    privilege (class 42 and the like: keep every row pending until someone fixes it)."""
+    return isinstance(exc, (
+        asyncpg.exceptions.DataError,  # class 22: bad value for a column
+        asyncpg.exceptions.IntegrityConstraintViolationError,  # class 23
+        ValueError, KeyError, TypeError,  # a payload our own code cannot read
+    ))
+
+
 def _ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -335,7 +345,9 @@ class Store:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("buffer drainer failed; retrying")
+                # Not an outage and not one bad row (e.g. the schema is missing): keep the
+                # rows, say why, and retry with back-off.
+                log.exception("buffer replay failed; rows stay pending, retrying")
                 outcome = "outage"
             outage = outcome == "outage"
             if outage:
@@ -396,8 +408,8 @@ class Store:
             async with conn.transaction():
                 await apply_ops(conn, ops)
         except Exception as exc:
-            if is_outage(exc):
-                raise
+            if is_outage(exc) or not _row_specific(exc):
+                raise  # the drain loop backs off; the rows stay pending
             log.error("replay batch of %d rows refused (%s: %s); isolating the bad row",
                       len(rows), type(exc).__name__, exc)
             await self._replay_one_by_one(conn, rows)
@@ -415,7 +427,7 @@ class Store:
                 async with conn.transaction():
                     await apply_ops(conn, [row.op()])
             except Exception as exc:
-                if is_outage(exc):
+                if is_outage(exc) or not _row_specific(exc):
                     raise
                 error = f"{type(exc).__name__}: {exc}"
                 log.error("quarantining buffered %s row seq=%d: %s", row.kind, row.seq, error)

@@ -15,6 +15,7 @@ from ops.env import RuntimeEnv
 from ops.store import Op, Store, StoreSettings
 from ops.store.buffer import Buffer
 from ops.store.embedded import EmbeddedPostgres
+from ops.store.migrate import migrate
 from ops.store.ops import apply_ops, enc
 from ops.store.postgres import connect
 from ops.store.store import DrainLock
@@ -211,3 +212,24 @@ async def test_store_opened_during_outage_buffers_then_catches_up(
     finally:
         await store.close()
     assert await _seqs(pg_dedicated.url(), "o1") == [0, 1, 2]
+
+
+async def test_missing_schema_keeps_rows_pending_not_quarantined(
+    pg_empty_url: str, tmp_path: Path, buffer: Buffer
+) -> None:
+    await buffer.append(_event_ops("large", "o1", range(5)), "p")
+    env = RuntimeEnv(tmp_path / "ops.toml", tmp_path, pg_empty_url)
+    # A long poll keeps the background drainer asleep: this test drives drain_once itself.
+    store = await Store.open(env, process="d", buffer_path=buffer.path,
+                             config=StoreSettings(drain_poll_s=3600))
+    try:
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await store.drain_once()
+        status = await store.buffer_status()
+        assert (status.pending, status.dead) == (5, 0)
+        await migrate(pg_empty_url)
+        assert await store.drain_once() == "drained"
+        assert (await store.buffer_status()).pending == 0
+    finally:
+        await store.close()
+    assert await _seqs(pg_empty_url, "o1") == list(range(5))
