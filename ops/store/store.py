@@ -34,6 +34,7 @@ from typing import IO, Any, Generic, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
+from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.retry import Backoff
@@ -58,7 +59,7 @@ Source = Literal["postgres", "buffer", "postgres+buffer"]
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """Tunables; the defaults suit a role process."""
+    """Tunables; the defaults suit a role process. `from_config` maps `ops.toml`."""
 
     drain_batch: int = 5000  # pending rows replayed per Postgres transaction
     drain_poll_s: float = 0.25  # how often an idle drainer looks at the buffer
@@ -67,6 +68,21 @@ class StoreSettings:
     pool_max_size: int = 4
     connect_timeout_s: float = 3.0
     command_timeout_s: float = 15.0
+    buffer_path: Path | None = None  # None: RuntimeEnv.buffer_path
+
+    @classmethod
+    def from_config(cls, config: Config, env: RuntimeEnv) -> StoreSettings:
+        db, buf = config.database, config.buffer
+        return cls(
+            drain_batch=buf.drain_batch,
+            drain_poll_s=buf.drain_interval_s,
+            # database.pool_min is not used: the pool connects lazily (min 0), so a process
+            # can open its Store while Postgres is down.
+            pool_max_size=db.pool_max,
+            connect_timeout_s=db.connect_timeout_s,
+            command_timeout_s=db.command_timeout_s,
+            buffer_path=buf.resolved_path(env),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,23 +229,28 @@ class Store:
         env: RuntimeEnv,
         *,
         process: str,
-        config: StoreSettings | None = None,
+        config: Config | StoreSettings | None = None,
         url: str | None = None,
         buffer_path: Path | None = None,
         start_embedded: bool = False,
     ) -> Store:
         """Open the pool (lazily: works during an outage), the buffer, and the drainer.
 
-        The URL is `url`, else OPS_DATABASE_URL, else the embedded server's (started only
-        when `start_embedded`: under supervisord, postgres is its own program).
+        `config` is the loaded `ops.toml` (its [database] and [buffer] tables) or explicit
+        StoreSettings. The URL is `url`, else OPS_DATABASE_URL, else the embedded server's
+        (started only when `start_embedded`: under supervisord, postgres is its own program).
         """
-        settings = config or StoreSettings()
+        if isinstance(config, Config):
+            settings = StoreSettings.from_config(config, env)
+        else:
+            settings = config or StoreSettings()
+        buffer_path = buffer_path or settings.buffer_path or env.buffer_path
         if url is None:
             if start_embedded:
                 url = await asyncio.to_thread(embedded.database_url, env)
             else:
                 url = embedded.database_url(env, start=False)
-        buffer = await Buffer.open(buffer_path or env.buffer_path)
+        buffer = await Buffer.open(buffer_path)
         try:
             pool = await create_pool(
                 url,

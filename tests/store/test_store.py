@@ -6,12 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from ops.config import BufferConfig, DatabaseConfig, load_config
 from ops.env import RuntimeEnv
-from ops.store import Store
+from ops.store import Store, StoreSettings
 from ops.store.postgres import connect
 from tests.store.factories import (
     T0,
@@ -22,6 +24,8 @@ from tests.store.factories import (
     run_record,
     trade_update,
 )
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "ops.toml"
 
 
 @pytest.fixture
@@ -179,3 +183,22 @@ async def test_close_is_idempotent(ops_env: RuntimeEnv) -> None:
     s = await Store.open(ops_env, process="twice")
     await s.close()
     await s.close()
+
+
+async def test_open_with_ops_toml_config(ops_env: RuntimeEnv) -> None:
+    base = load_config(DEMO_CONFIG)
+    cfg = base.model_copy(update={
+        "buffer": BufferConfig(path="${OPS_HOME}/custom.sqlite3", drain_batch=7,
+                               drain_interval_s=0.5),
+        "database": DatabaseConfig(pool_max=2, connect_timeout_s=1.5, command_timeout_s=9),
+    })
+    settings = StoreSettings.from_config(cfg, ops_env)
+    assert (settings.drain_batch, settings.drain_poll_s, settings.pool_max_size) == (7, 0.5, 2)
+    assert (settings.connect_timeout_s, settings.command_timeout_s) == (1.5, 9)
+    s = await Store.open(ops_env, process="configured", config=cfg)
+    try:
+        assert s.buffer.path == ops_env.home / "custom.sqlite3"
+        await s.heartbeat(heartbeat("configured", T0))
+        assert [h.process for h in (await s.heartbeats()).rows] == ["configured"]
+    finally:
+        await s.close()
