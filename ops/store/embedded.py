@@ -45,11 +45,7 @@ with warnings.catch_warnings():
     # XDG_RUNTIME_DIR is unset; we never use that dir, so the warning is noise.
     warnings.simplefilter("ignore")
     from pgserver._commands import POSTGRES_BIN_PATH
-    from pgserver.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    from pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +138,15 @@ class EmbeddedPostgres:
             return
         ensure_user_exists(self.user)
         # The postgres user must traverse every ancestor and read the binaries.
-        ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        _ensure_traversable(self.pgdata)
+        _ensure_traversable(POSTGRES_BIN_PATH)
         ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
         ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
         entry = pwd.getpwnam(self.user)
         for path in (self.root, self.pgdata, sock):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         if sock != self.root:
-            ensure_prefix_permissions(sock)
+            _ensure_traversable(sock)
         self.pgdata.chmod(0o700)
 
     def _run(self, exe: str, args: Sequence[str], timeout: float) -> str:
@@ -243,6 +239,18 @@ class EmbeddedPostgres:
         """argv running postgres in the foreground (for supervisord), logging to stderr."""
         return [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.pgdata),
                 *self._server_args()]
+
+
+def _ensure_traversable(path: Path) -> None:
+    """Give group/others search (x) permission on every ancestor of `path`.
+
+    Only x, never r: pgserver's own helper also makes them listable (e.g. /root), which
+    postgres does not need.
+    """
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
 
 
 def _quote(arg: str) -> str:

@@ -148,7 +148,7 @@ class DrainLock:
     def try_acquire(self) -> bool:
         if self._fh is not None:
             return True
-        fh = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
+        fh = open(self.path, "a+")  # stays open for as long as the lock is held
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
