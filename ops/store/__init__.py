@@ -21,6 +21,8 @@ from ops.store.store import (
     Store,
     StoredPosition,
     StoreSettings,
+    order_op,
+    trade_update_op,
 )
 
 __all__ = [
@@ -34,4 +36,6 @@ __all__ = [
     "StoreSettings",
     "StoredPosition",
     "is_outage",
+    "order_op",
+    "trade_update_op",
 ]

@@ -475,15 +475,12 @@ class Store:
     # --- typed writes -----------------------------------------------------------------------
 
     async def record_trade_updates(self, account: str, updates: Iterable[TradeUpdate]) -> int:
-        """Store each event exactly once; returns how many were new (see write_many)."""
-        ops = [Op("order_event", {
-            "account": account, "event_key": u.event_key, "order_id": u.order.id,
-            "client_order_id": u.order.client_order_id, "symbol": u.order.symbol,
-            "event": u.event, "ts": enc(u.timestamp), "execution_id": u.execution_id,
-            "price": enc(u.price), "qty": enc(u.qty), "position_qty": enc(u.position_qty),
-            "raw": enc(dict(u.raw)),
-        }) for u in updates]
-        return await self.write_many(ops)
+        """Store each event exactly once; returns how many were new (see write_many).
+
+        To keep `orders` current in the same transaction, combine ops yourself:
+        `write_many([trade_update_op(a, u) for u in us] + [order_op(a, u.order) for u in us])`.
+        """
+        return await self.write_many([trade_update_op(account, u) for u in updates])
 
     async def upsert_orders(
         self,
@@ -491,23 +488,14 @@ class Store:
         orders: Iterable[Order],
         signal_ids: Mapping[str, int] | None = None,
     ) -> int:
-        """Upsert orders; an older snapshot never overwrites a newer one (updated_at)."""
+        """Upsert orders; an older snapshot never overwrites a newer one (updated_at).
+
+        `signal_ids` maps client_order_id -> signals.id to link an order to its signal.
+        """
         links = signal_ids or {}
-        ops = []
-        for o in orders:
-            payload = {
-                "id": o.id, "account": account, "client_order_id": o.client_order_id,
-                "symbol": o.symbol, "side": o.side, "order_type": o.order_type,
-                "time_in_force": o.time_in_force, "qty": o.qty, "notional": o.notional,
-                "filled_qty": o.filled_qty, "filled_avg_price": o.filled_avg_price,
-                "limit_price": o.limit_price, "stop_price": o.stop_price, "status": o.status,
-                "asset_class": o.asset_class, "created_at": o.created_at,
-                "updated_at": o.updated_at, "submitted_at": o.submitted_at,
-                "filled_at": o.filled_at, "canceled_at": o.canceled_at, "raw": dict(o.raw),
-                "signal_id": links.get(o.client_order_id),
-            }
-            ops.append(Op("order", enc(payload)))
-        return await self.write_many(ops)
+        return await self.write_many(
+            [order_op(account, o, links.get(o.client_order_id)) for o in orders]
+        )
 
     async def heartbeat(self, hb: Heartbeat) -> None:
         await self.write(Op("heartbeat", enc({
@@ -771,6 +759,31 @@ class Store:
 # --- payload <-> model ------------------------------------------------------------------------
 
 
+def trade_update_op(account: str, u: TradeUpdate) -> Op:
+    """The write storing one trade update exactly once (natural key: account, event_key)."""
+    return Op("order_event", {
+        "account": account, "event_key": u.event_key, "order_id": u.order.id,
+        "client_order_id": u.order.client_order_id, "symbol": u.order.symbol,
+        "event": u.event, "ts": enc(u.timestamp), "execution_id": u.execution_id,
+        "price": enc(u.price), "qty": enc(u.qty), "position_qty": enc(u.position_qty),
+        "raw": enc(dict(u.raw)),
+    })
+
+
+def order_op(account: str, o: Order, signal_id: int | None = None) -> Op:
+    """The forward-only upsert of one order snapshot."""
+    return Op("order", dict(enc({
+        "id": o.id, "account": account, "client_order_id": o.client_order_id,
+        "symbol": o.symbol, "side": o.side, "order_type": o.order_type,
+        "time_in_force": o.time_in_force, "qty": o.qty, "notional": o.notional,
+        "filled_qty": o.filled_qty, "filled_avg_price": o.filled_avg_price,
+        "limit_price": o.limit_price, "stop_price": o.stop_price, "status": o.status,
+        "asset_class": o.asset_class, "created_at": o.created_at, "updated_at": o.updated_at,
+        "submitted_at": o.submitted_at, "filled_at": o.filled_at,
+        "canceled_at": o.canceled_at, "raw": dict(o.raw), "signal_id": signal_id,
+    })))
+
+
 def run_payload(rec: RunRecord) -> Payload:
     return dict(enc({
         "slot_id": rec.slot_id, "process": rec.process, "account": rec.account,
@@ -866,5 +879,5 @@ def decode_control(p: Payload) -> Control:
 
 __all__ = [
     "AccountState", "Control", "Incident", "Snapshot", "Store", "StoreSettings",
-    "StoredPosition",
+    "StoredPosition", "order_op", "trade_update_op",
 ]

@@ -13,7 +13,7 @@ import pytest
 
 from ops.config import BufferConfig, DatabaseConfig, load_config
 from ops.env import RuntimeEnv
-from ops.store import Store, StoreSettings
+from ops.store import Store, StoreSettings, order_op, trade_update_op
 from ops.store.postgres import connect
 from tests.store.factories import (
     T0,
@@ -202,3 +202,20 @@ async def test_open_with_ops_toml_config(ops_env: RuntimeEnv) -> None:
         assert [h.process for h in (await s.heartbeats()).rows] == ["configured"]
     finally:
         await s.close()
+
+
+async def test_events_and_order_snapshots_in_one_transaction(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    us = [trade_update("o9", i, execution_id=f"e{i}") for i in range(3)]
+    ops = [trade_update_op("large", u) for u in us] + [order_op("large", u.order) for u in us]
+    await store.write_many(ops)
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 3
+    assert await db.fetchval("SELECT updated_at FROM orders WHERE id = 'o9'") == \
+        us[-1].order.updated_at
+    # All or nothing: a refused order snapshot takes the new event down with it.
+    clash = order("o10", client_order_id="c-o9")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await store.write_many([trade_update_op("large", trade_update("o10", 1)),
+                                order_op("large", clash)])
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 3
