@@ -11,6 +11,7 @@ Fixtures (use them from any test folder):
   (`.stop(mode="fast")`, `.start()`, `.kill()` = SIGKILL of the postmaster) for outage
   tests; it is stopped at teardown. Costs an initdb (about a second).
 - `ops_env` (function): a `RuntimeEnv` with OPS_HOME in tmp and OPS_DATABASE_URL = `pg_url`.
+- `ops_store` (function, async): `Store.open(ops_env, process="test")`, closed after.
 
 - `pg_home` (function): an empty directory for a Postgres-running OPS_HOME, outside
   pytest's tmp tree (see below), removed after the test.
@@ -30,12 +31,13 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from ops.env import RuntimeEnv
+from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.migrate import migrate
 from ops.store.postgres import connect
@@ -123,3 +125,12 @@ def ops_env(tmp_path: Path, pg_url: str) -> RuntimeEnv:
     home = tmp_path / "ops_home"
     home.mkdir()
     return RuntimeEnv(config_path=tmp_path / "ops.toml", home=home, database_url=pg_url)
+
+
+@pytest.fixture
+async def ops_store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
+    store = await Store.open(ops_env, process="test")
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -29,12 +29,8 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "ops.toml"
 
 
 @pytest.fixture
-async def store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
-    s = await Store.open(ops_env, process="test")
-    try:
-        yield s
-    finally:
-        await s.close()
+def store(ops_store: Store) -> Store:
+    return ops_store
 
 
 @pytest.fixture
