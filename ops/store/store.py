@@ -353,6 +353,7 @@ class Store:
         delays = self.settings.drain_backoff.delays()
         wait_s = self.settings.drain_poll_s
         outage = False
+        last_error: str | None = None
         while not self._stop.is_set():
             # During an outage, new buffered writes must not cut the back-off short.
             event = self._stop if outage else self._wake
@@ -365,11 +366,16 @@ class Store:
                 outcome = await self.drain_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # Not an outage and not one bad row (e.g. the schema is missing): keep the
-                # rows, say why, and retry with back-off.
-                log.exception("buffer replay failed; rows stay pending, retrying")
+                # rows, say why (once per distinct error, not every retry), back off, retry.
+                text = f"{type(exc).__name__}: {exc}"
+                if text != last_error:
+                    log.exception("buffer replay failed; rows stay pending, retrying")
+                last_error = text
                 outcome = "outage"
+            else:
+                last_error = None
             outage = outcome == "outage"
             if outage:
                 wait_s = next(delays)
