@@ -1,0 +1,761 @@
+"""The role runtime: boots one role process (`ops run ROLE --account TIER`) and hands the
+role a `RoleContext` (config, store, bound broker, tickers, incidents, kill switch).
+
+Boot order (`RoleRuntime.run`): config (bad -> stderr, exit 2) -> logging (in `run_role`)
+-> Store (works while Postgres is down: writes buffer) -> a heartbeat task, so the process
+is visibly alive from here on -> for per-account roles: credentials, Broker, and
+`bind_account(expected_account_number)`; a mismatch records incident "account-mismatch"
+and exits 3 without trading; an unreachable broker is retried with back-off (heartbeating)
+-> the singleton advisory lock of (account, role) (`ops.store.locks`) -> the role's
+builder -> `Daemon([*role services, *tickers, heartbeat, lock keeper, control watcher,
+config watcher]).run()`.
+
+Waiting for the lock. When another instance holds it, this copy logs that it waits (and
+who holds it) and writes no heartbeat: the heartbeat row belongs to the process that
+works, and a standby must not overwrite the active one's counters. When Postgres is
+unreachable at start the lock cannot be taken by anybody, so the copy waits, heartbeating
+(the store buffers the beats; the watchdog reads the buffer) and retrying every second.
+
+Run now. SIGUSR1 triggers every ticker of the process. So does a control row: key
+`run_now:<role>` for the account (`*` for shared roles), any value; the control watcher
+polls the account's controls once per second (one indexed read) and triggers when that
+row's `updated_at` moves past what it saw at start. `request_run_now()` writes the row.
+
+Hot reload. The config file's directory is watched (watchfiles `awatch`, plus a poll every
+5 s in case an event is missed); `ConfigReloader` validates. A valid edit swaps
+`ctx.config`, re-sets ticker intervals and calls `on_reload` callbacks; an invalid edit keeps
+the old config and opens incident "config-invalid" (closed by the next valid edit). An edit
+that removes or disables this process's account is refused the same way. URLs, keys and
+account numbers are read at start only: a change to them is logged as needing a restart.
+
+Exit codes: 0 stopped on request, 1 a service failed (supervisord restarts it),
+2 bad config/usage/credentials, 3 account mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ops.broker import AccountMismatchError, Broker, BrokerEndpoints, BrokerError, BrokerSettings
+from ops.config import AccountConfig, Config, ConfigError, ConfigReloader, load_config
+from ops.credentials import CredentialError, Credentials, load_credentials, provider_from_config
+from ops.daemon import Daemon, Service
+from ops.env import RuntimeEnv, runtime_env
+from ops.models import KillSwitch
+from ops.retry import Backoff
+from ops.store import Control, Store
+from ops.store.locks import LockKeeper, LockStatus, SingletonLock
+from ops.supervisor import program_name
+from ops.ticker import CounterValue, HeartbeatTask, MarketClockCache, Slot, Ticker
+
+log = logging.getLogger(__name__)
+
+RoleBuilder = Callable[["RoleContext"], Awaitable[Sequence[Service]]]
+#: role name -> "module:function" of its builder (imported only when that role runs).
+ROLES: dict[str, str] = {
+    "stream": "ops.roles.stream:build",
+    "dispatcher": "ops.roles.dispatcher:build",
+    "position-manager": "ops.roles.position_manager:build",
+    "signal-engine": "ops.roles.signal_engine:build",
+}
+#: Roles that run once per account (the rest are shared and take no --account).
+PER_ACCOUNT_ROLES = frozenset({"stream", "dispatcher", "position-manager"})
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ACCOUNT_MISMATCH = 3
+
+SHARED_ACCOUNT = "*"  # controls.account for run-now requests of shared roles
+KILL_SWITCH_KEY = "kill_switch"
+KILL_SWITCH_CACHE_S = 1.0
+CONTROL_POLL_S = 1.0
+CONFIG_POLL_S = 5.0
+
+IntervalSpec = float | Callable[[Config], float]
+CounterFn = Callable[[], Mapping[str, CounterValue]]
+
+
+def run_now_key(role: str) -> str:
+    """The controls key a run-now request for `role` is written under."""
+    return f"run_now:{role}"
+
+
+async def request_run_now(store: Store, account: str | None, role: str, by: str) -> None:
+    """Ask the running `role` process of `account` (None: a shared role) to run now."""
+    at = datetime.now(UTC)
+    await store.set_control(account or SHARED_ACCOUNT, run_now_key(role),
+                            {"requested_at": at.isoformat()}, by, at)
+
+
+def role_interval(config: Config, role: str, account: str | None) -> float | None:
+    """The configured interval of a role's main ticker, if the role has one."""
+    if role == "signal-engine":
+        return config.signal_engine.interval_s
+    acct = config.accounts.get(account or "")
+    if acct is None:
+        return None
+    return {
+        "stream": acct.schedule.stream_check_s,
+        "dispatcher": acct.schedule.dispatcher_s,
+        "position-manager": acct.schedule.position_manager_s,
+    }.get(role)
+
+
+def kill_switch_from_controls(rows: Sequence[Control]) -> KillSwitch:
+    """The kill switch in a controls snapshot; an unreadable value fails closed (HALT)."""
+    for row in rows:
+        if row.key != KILL_SWITCH_KEY:
+            continue
+        value = row.value
+        mode = value.get("mode") if isinstance(value, dict) else value
+        try:
+            return KillSwitch(str(mode))
+        except ValueError:
+            log.error("kill switch of %s has an unknown value %r; treating it as halt",
+                      row.account, value)
+            return KillSwitch.HALT
+    return KillSwitch.OFF
+
+
+def broker_settings(config: Config) -> BrokerSettings:
+    """Broker bounds from config; the key's REST budget is split among the account's
+    per-account processes (they share one API key)."""
+    b = config.broker
+    share = len(PER_ACCOUNT_ROLES)
+    return BrokerSettings(
+        rest_timeout_s=b.rest_timeout_s,
+        retry=b.retry.to_backoff(),
+        rate_limit_per_min=max(2, b.rate_limit_per_min // share),
+        rate_limit_burst=max(1, b.rate_limit_burst // share),
+        data_feed=b.data_feed,
+    )
+
+
+def endpoints_for(acct: AccountConfig) -> BrokerEndpoints:
+    return BrokerEndpoints(acct.rest_url, acct.stream_url, acct.data_url, acct.paper)
+
+
+class RoleContext:
+    """What a role's builder gets. Create tickers with `ticker()`; read `config` each run
+    (hot reload swaps it); report trouble with `incident()`/`resolve()`."""
+
+    def __init__(
+        self,
+        *,
+        env: RuntimeEnv,
+        role: str,
+        account: str | None,
+        store: Store,
+        config: Config,
+        broker: Broker | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
+        self.env = env
+        self.role = role
+        self.account = account
+        self.process = program_name(role, account)
+        self.store = store
+        self.broker = broker
+        self.credentials = credentials
+        self._config = config
+        self.tickers: list[Ticker] = []
+        self._intervals: list[tuple[Ticker, Callable[[Config], float]]] = []
+        self._counters: list[tuple[str, CounterFn]] = []
+        self._reload_cbs: list[Callable[[Config], None]] = []
+        self._clock = (
+            MarketClockCache(broker.get_clock, refresh_s=60.0) if broker is not None else None
+        )
+        self._ks_cache: dict[str, tuple[float, KillSwitch]] = {}
+        self._sealed = False
+
+    # -- config ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        """The current config (a hot reload swaps it; read it at the start of each run)."""
+        return self._config
+
+    @property
+    def account_cfg(self) -> AccountConfig | None:
+        return self._config.accounts.get(self.account) if self.account else None
+
+    def on_reload(self, cb: Callable[[Config], None]) -> None:
+        """`cb(new_config)` after every accepted reload (exceptions are logged)."""
+        self._reload_cbs.append(cb)
+
+    def _apply_config(self, config: Config) -> None:
+        self._config = config
+        for ticker, interval in self._intervals:
+            try:
+                ticker.set_interval(interval(config))
+            except Exception:
+                log.exception("reload: cannot set the interval of ticker %s", ticker.name)
+        for cb in self._reload_cbs:
+            try:
+                cb(config)
+            except Exception:
+                log.exception("reload callback %r failed", cb)
+
+    # -- incidents ------------------------------------------------------------------------
+
+    def incident_key(self, kind: str) -> str:
+        """The dedupe key `incident(kind, ...)` uses when none is given."""
+        return f"{self.process}:{kind}"
+
+    async def incident(self, kind: str, detail: str, *, dedupe_key: str | None = None) -> None:
+        """Open an incident for this process (one open incident per dedupe key; default
+        `incident_key(kind)`). Never raises: a failing write is logged."""
+        key = dedupe_key or self.incident_key(kind)
+        log.warning("incident %s: %s", kind, detail)
+        try:
+            await self.store.open_incident(kind, detail=detail[:2000], process=self.process,
+                                           account=self.account, dedupe_key=key)
+        except Exception:
+            log.exception("could not record incident %s", kind)
+
+    async def resolve(self, dedupe_key: str) -> None:
+        """Close the open incident with that dedupe key (a no-op if none is open)."""
+        try:
+            await self.store.close_incident(dedupe_key=dedupe_key)
+        except Exception:
+            log.exception("could not close incident %s", dedupe_key)
+
+    # -- controls -------------------------------------------------------------------------
+
+    async def kill_switch(self, account: str | None = None) -> KillSwitch:
+        """The kill switch of `account` (default: this process's), cached ~1 s.
+
+        Read from the `controls` table (the buffer's copy during an outage). If it cannot
+        be read at all, the last known value stays; with none known, HALT (fail closed).
+        """
+        name = account or self.account
+        if name is None:
+            return KillSwitch.OFF
+        cached = self._ks_cache.get(name)
+        if cached is not None and time.monotonic() - cached[0] < KILL_SWITCH_CACHE_S:
+            return cached[1]
+        try:
+            snap = await self.store.controls(name)
+        except Exception:
+            log.exception("kill switch of %s unreadable", name)
+            return cached[1] if cached is not None else KillSwitch.HALT
+        return self._note_controls(name, snap.rows)
+
+    def _note_controls(self, account: str, rows: Sequence[Control]) -> KillSwitch:
+        mode = kill_switch_from_controls(rows)
+        old = self._ks_cache.get(account)
+        if old is not None and old[1] != mode:
+            log.warning("kill switch of %s: %s -> %s", account, old[1], mode)
+        self._ks_cache[account] = (time.monotonic(), mode)
+        return mode
+
+    # -- tickers and counters ---------------------------------------------------------------
+
+    def ticker(
+        self,
+        name: str,
+        interval_s: IntervalSpec,
+        job: Callable[[Slot], Awaitable[None]],
+        *,
+        market_gate: bool = True,
+        job_timeout_s: float | None = None,
+    ) -> Ticker:
+        """A Ticker wired to the run ledger, the broker clock (when `market_gate` and the
+        account's `schedule.market_hours_only`; shared roles have no broker clock and are
+        never gated), run-now and heartbeat counters. The runtime runs it: returning it
+        from the builder too is fine.
+
+        Hot reload of the interval: pass a callable `Config -> seconds` to follow any key;
+        a number equal to this role's configured interval (`role_interval`) follows that
+        key; any other number stays fixed.
+        """
+        if self._sealed:
+            raise RuntimeError("RoleContext.ticker() must be called from the role's builder")
+        if callable(interval_s):
+            interval_fn: Callable[[Config], float] | None = interval_s
+            first = interval_s(self._config)
+        else:
+            first = float(interval_s)
+            configured = role_interval(self._config, self.role, self.account)
+            interval_fn = None
+            if configured is not None and configured == first:
+                role, account = self.role, self.account
+
+                def interval_fn(c: Config) -> float:
+                    return role_interval(c, role, account) or first
+
+        ticker = Ticker(
+            name, first, job, process=self.process, account=self.account, role=self.role,
+            ledger=self.store,
+            market_gate=self._market_gate if market_gate and self._clock is not None else None,
+            job_timeout_s=job_timeout_s,
+        )
+        self.tickers.append(ticker)
+        if interval_fn is not None:
+            self._intervals.append((ticker, interval_fn))
+        return ticker
+
+    async def _market_gate(self) -> bool:
+        acct = self.account_cfg
+        if acct is not None and not acct.schedule.market_hours_only:
+            return True
+        assert self._clock is not None
+        return await self._clock.is_open()
+
+    def add_counters(self, name: str, fn: CounterFn) -> None:
+        """Heartbeat counters `name.key` from `fn()` at every beat (must be cheap, sync)."""
+        self._counters.append((name, fn))
+
+    def run_now(self) -> int:
+        """Trigger every ticker of the process; how many accepted."""
+        return sum(1 for t in self.tickers if t.trigger())
+
+    def counters(self) -> dict[str, CounterValue]:
+        out: dict[str, CounterValue] = {}
+        for t in self.tickers:
+            out.update(t.counters())
+        if self.broker is not None:
+            out["broker.requests"] = self.broker.stats.requests
+            out["broker.errors"] = self.broker.stats.errors
+            out["broker.retries"] = self.broker.stats.retries
+        for name, fn in self._counters:
+            try:
+                out.update({f"{name}.{k}": v for k, v in fn().items()})
+            except Exception as exc:
+                log.exception("counters %s failed", name)
+                out[f"{name}.counters_error"] = f"{type(exc).__name__}: {exc}"[:200]
+        return out
+
+
+class _Heartbeat:
+    """The process's heartbeat: started early in the boot, owned by the daemon later."""
+
+    def __init__(self, runtime: RoleRuntime, interval_s: float) -> None:
+        self.runtime = runtime
+        self.task = HeartbeatTask(runtime.process, runtime.account, runtime.role, self,
+                                  interval_s, runtime.counters)
+        self.name = self.task.name
+        self._running: asyncio.Task[None] | None = None
+
+    async def heartbeat(self, hb: Any) -> None:
+        if not self.runtime.beat_allowed():
+            return
+        assert self.runtime.store is not None
+        await self.runtime.store.heartbeat(hb)
+
+    def start(self) -> None:
+        self._running = asyncio.create_task(self.task.run(), name=self.name)
+
+    async def run(self) -> None:
+        if self._running is None:
+            self.start()
+        assert self._running is not None
+        await self._running
+
+    def request_stop(self) -> None:
+        self.task.request_stop()
+
+
+class _ControlWatcher:
+    """Polls the account's controls: keeps the kill switch cache warm, spots run-now rows."""
+
+    def __init__(self, runtime: RoleRuntime, ctx: RoleContext, poll_s: float) -> None:
+        self.name = "controls"
+        self.runtime = runtime
+        self.ctx = ctx
+        self.poll_s = poll_s
+        self.account = ctx.account or SHARED_ACCOUNT
+        self.key = run_now_key(ctx.role)
+        self._seen: datetime | None = None
+        self._primed = False
+        self._stop = asyncio.Event()
+        self.run_now_requests = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def poll_once(self) -> None:
+        snap = await self.ctx.store.controls(self.account)
+        if self.ctx.account is not None:
+            self.ctx._note_controls(self.ctx.account, snap.rows)
+        row = next((r for r in snap.rows if r.key == self.key), None)
+        stamp = row.updated_at if row is not None else None
+        if not self._primed:
+            self._primed, self._seen = True, stamp  # a request older than this start is done
+            return
+        if stamp is not None and (self._seen is None or stamp > self._seen):
+            self._seen = stamp
+            self.run_now_requests += 1
+            log.info("run-now requested by %s (control %s)", row.updated_by if row else "?",
+                     self.key)
+            self.ctx.run_now()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("control poll failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_s):
+                    await self._stop.wait()
+
+
+class _ConfigWatcher:
+    """Hot reload: watches the config file's directory, validates, applies or refuses."""
+
+    def __init__(self, runtime: RoleRuntime, ctx: RoleContext, reloader: ConfigReloader,
+                 poll_s: float = CONFIG_POLL_S) -> None:
+        self.name = "config-watch"
+        self.runtime = runtime
+        self.ctx = ctx
+        self.reloader = reloader
+        self.poll_s = poll_s
+        self.reloads = 0
+        self.refused = 0
+        self._invalid = False
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def check(self) -> None:
+        """Look at the file now; apply a valid change, refuse a bad one."""
+        new = self.reloader.poll()
+        error = self.reloader.last_error
+        if new is None and error is not None:
+            if not self._invalid:
+                self._invalid = True
+                self.refused += 1
+                await self.ctx.incident("config-invalid", f"config change refused, the "
+                                        f"previous config stays in force:\n{error}")
+            return
+        if new is None:
+            return
+        problem = self._refusal(new)
+        if problem is not None:
+            log.error("config change refused: %s", problem)
+            # Keep refusing this content until it changes again.
+            self.reloader.current = self.ctx.config
+            if not self._invalid:
+                self._invalid = True
+                self.refused += 1
+                await self.ctx.incident("config-invalid", f"{self.reloader.path}: {problem}; "
+                                        "the previous config stays in force")
+            return
+        self._note_restart_only(new)
+        self.reloads += 1
+        self.ctx._apply_config(new)
+        if self._invalid:
+            self._invalid = False
+            await self.ctx.resolve(self.ctx.incident_key("config-invalid"))
+
+    def _refusal(self, new: Config) -> str | None:
+        name = self.ctx.account
+        if name is None:
+            return None
+        acct = new.accounts.get(name)
+        if acct is None:
+            return f"account '{name}' is no longer configured but this process runs it"
+        if not acct.enabled:
+            return f"accounts.{name}.enabled = false: stop this process instead"
+        return None
+
+    def _note_restart_only(self, new: Config) -> None:
+        old, cur = self.ctx.account_cfg, new.accounts.get(self.ctx.account or "")
+        if old is None or cur is None:
+            return
+        for key in ("secret_id", "expected_account_number", "rest_url", "stream_url",
+                    "data_url", "paper"):
+            if getattr(old, key) != getattr(cur, key):
+                log.warning("config: accounts.%s.%s changed; it takes effect at the next "
+                            "restart of %s", self.ctx.account, key, self.ctx.process)
+
+    async def run(self) -> None:
+        from watchfiles import awatch  # imported here: only running roles need it
+
+        path = self.reloader.path.absolute()
+        target = path.name
+
+        def only_config(_change: object, changed: str) -> bool:
+            return Path(changed).name == target
+
+        while not self._stop.is_set():
+            try:
+                # The directory is watched, not the file: editors replace files by rename.
+                async for _ in awatch(path.parent, watch_filter=only_config,
+                                      stop_event=self._stop, debounce=200, step=50,
+                                      rust_timeout=int(self.poll_s * 1000),
+                                      yield_on_timeout=True, recursive=False):
+                    await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # e.g. the directory vanished: fall back to polling until it works again.
+                log.exception("config watch failed; polling %s instead", path)
+                await self.check()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_s):
+                        await self._stop.wait()
+
+
+class RoleRuntime:
+    """One role process. `await run()` -> exit code; `request_stop()` from anywhere in
+    the loop. Tests run it in-process (`install_signal_handlers=False`, own builder)."""
+
+    def __init__(
+        self,
+        role: str,
+        account: str | None,
+        env: RuntimeEnv | None = None,
+        *,
+        config: Config | None = None,
+        builder: RoleBuilder | None = None,
+        install_signal_handlers: bool = True,
+        lock_poll_s: float = 1.0,
+        control_poll_s: float = CONTROL_POLL_S,
+        config_poll_s: float = CONFIG_POLL_S,
+    ) -> None:
+        self.role = role
+        self.account = account
+        self.env = env or runtime_env()
+        self.process = program_name(role, account)
+        self._config = config
+        self._builder = builder
+        self._signals = install_signal_handlers
+        self._lock_poll_s = lock_poll_s
+        self._control_poll_s = control_poll_s
+        self._config_poll_s = config_poll_s
+        self.store: Store | None = None
+        self.broker: Broker | None = None
+        self.ctx: RoleContext | None = None
+        self.lock: SingletonLock | None = None
+        self.lock_status = LockStatus()
+        self.phase = "starting"
+        self.bind_failures = 0
+        self.daemon: Daemon | None = None
+        self.config_watcher: _ConfigWatcher | None = None
+        self.control_watcher: _ControlWatcher | None = None
+        self._stop = asyncio.Event()
+        self._heartbeat: _Heartbeat | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self._stop.set()
+        if self.daemon is not None:
+            self.daemon.request_stop(reason)
+
+    def beat_allowed(self) -> bool:
+        """Whether the heartbeat row may be written now. Before the lock is ours, only
+        while boot is stuck on something other than an active holder (broker or Postgres
+        unreachable): a standby must not overwrite the active instance's heartbeat."""
+        if self.phase in ("building", "running"):
+            return True
+        return self.bind_failures > 0 or self.lock_status.state == "db-unreachable"
+
+    def counters(self) -> dict[str, CounterValue]:
+        out: dict[str, CounterValue] = {"phase": self.phase, "lock": self.lock_status.state}
+        if self.store is not None:
+            out["store.replayed"] = self.store.replayed
+            out["store.db_reachable"] = int(self.store.database_reachable)
+        if self.config_watcher is not None:
+            out["config.reloads"] = self.config_watcher.reloads
+            out["config.refused"] = self.config_watcher.refused
+            out["config.invalid"] = int(self.config_watcher._invalid)
+        if self.control_watcher is not None:
+            out["controls.run_now"] = self.control_watcher.run_now_requests
+        if self.ctx is not None:
+            out.update(self.ctx.counters())
+        return out
+
+    # -- boot -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if self._signals:
+            # Until the daemon installs its own: a stop while binding or waiting is clean.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop, sig.name)
+                installed.append(sig)
+        try:
+            return await self._run()
+        finally:
+            for sig in installed:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self._close()
+
+    async def _run(self) -> int:
+        if self._config is None:
+            try:
+                self._config = load_config(self.env.config_path)
+            except ConfigError as exc:
+                print(f"ops run {self.role}: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
+        config = self._config
+        problem = check_role_account(config, self.role, self.account)
+        if problem is not None:
+            print(f"ops run {self.role}: {problem}", file=sys.stderr)
+            return EXIT_CONFIG
+        self.store = await Store.open(self.env, process=self.process, config=config)
+        self._heartbeat = _Heartbeat(self, config.watchdog.heartbeat_interval_s)
+        self._heartbeat.start()
+
+        creds: Credentials | None = None
+        if self.account is not None:
+            acct = config.accounts[self.account]
+            self.phase = "credentials"
+            try:
+                provider = provider_from_config(config.credentials, self.env)
+                creds = await asyncio.to_thread(load_credentials, self.account, acct, provider)
+            except CredentialError as exc:
+                print(f"ops run {self.role}: {exc}", file=sys.stderr)
+                await self._incident("credentials", str(exc))
+                return EXIT_CONFIG
+            self.broker = Broker(endpoints_for(acct), creds, broker_settings(config))
+            self.phase = "binding"
+            bound = await self._bind(acct)
+            if bound is not None:
+                return bound
+
+        self.phase = "waiting-lock"
+        self.lock = SingletonLock(self.store.url, self.account, self.role, self.process,
+                                  poll_s=self._lock_poll_s)
+        self.lock_status = self.lock.status
+        if not await self.lock.acquire(stop=self._stop):
+            return EXIT_OK
+
+        self.phase = "building"
+        self.ctx = RoleContext(env=self.env, role=self.role, account=self.account,
+                               store=self.store, config=config, broker=self.broker,
+                               credentials=creds)
+        builder = self._builder or load_builder(self.role)
+        services = list(await builder(self.ctx))
+        self.ctx._sealed = True
+        for t in self.ctx.tickers:
+            if not any(s is t for s in services):
+                services.append(t)
+        reloader = ConfigReloader(self.env.config_path, config)
+        self.config_watcher = _ConfigWatcher(self, self.ctx, reloader, self._config_poll_s)
+        self.control_watcher = _ControlWatcher(self, self.ctx, self._control_poll_s)
+        services += [self._heartbeat, LockKeeper(self.lock), self.control_watcher,
+                     self.config_watcher]
+        self.daemon = Daemon(self.process, services, install_signal_handlers=self._signals)
+        self.daemon.on_run_now(self.ctx.run_now)
+        if self._stop.is_set():
+            return EXIT_OK
+        self.phase = "running"
+        log.info("%s running (%d service(s))", self.process, len(services))
+        return await self.daemon.run()
+
+    async def _bind(self, acct: AccountConfig) -> int | None:
+        """Bind the broker to the expected account; retry while the broker is away."""
+        assert self.broker is not None
+        delays = Backoff(initial_s=1.0, max_s=30.0, max_attempts=0, deadline_s=None).delays()
+        while not self._stop.is_set():
+            try:
+                info = await self.broker.bind_account(acct.expected_account_number)
+            except AccountMismatchError as exc:
+                print(f"ops run {self.role}: {exc}", file=sys.stderr)
+                await self._incident("account-mismatch", str(exc))
+                return EXIT_ACCOUNT_MISMATCH
+            except BrokerError as exc:
+                # Not fatal: exiting would let supervisord give up (FATAL) on a broker
+                # outage; waiting here keeps the heartbeat going and says why.
+                delay = next(delays)
+                self.bind_failures += 1
+                log.warning("account binding failed (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                continue
+            log.info("bound to broker account %s", info.account_number)
+            return None
+        return EXIT_OK
+
+    async def _incident(self, kind: str, detail: str) -> None:
+        if self.store is None:
+            return
+        try:
+            await self.store.open_incident(kind, detail=detail[:2000], process=self.process,
+                                           account=self.account,
+                                           dedupe_key=f"{self.process}:{kind}")
+        except Exception:
+            log.exception("could not record incident %s", kind)
+
+    async def _close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.request_stop()
+            running = self._heartbeat._running
+            if running is not None and not running.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(running, 5.0)
+        if self.lock is not None:
+            await self.lock.release()
+        if self.broker is not None:
+            self.broker.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+def check_role_account(config: Config, role: str, account: str | None) -> str | None:
+    """Why this role/account pair cannot run with this config, or None."""
+    if role not in ROLES:
+        return f"unknown role '{role}' (known: {', '.join(ROLES)})"
+    if role not in PER_ACCOUNT_ROLES:
+        if account is not None:
+            return f"role '{role}' is shared by every account: run it without --account"
+        return None
+    if account is None:
+        known = ", ".join(config.accounts)
+        return f"role '{role}' runs per account: give --account (one of {known})"
+    acct = config.accounts.get(account)
+    if acct is None:
+        return f"unknown account '{account}' (configured: {', '.join(config.accounts)})"
+    if not acct.enabled:
+        return f"account '{account}' is disabled (accounts.{account}.enabled = false)"
+    return None
+
+
+def load_builder(role: str) -> RoleBuilder:
+    target = ROLES[role]
+    module, _, attr = target.partition(":")
+    fn: RoleBuilder = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def run_role(role: str, account: str | None, env: RuntimeEnv | None = None) -> int:
+    """Run one role process in the foreground until stopped; the process exit code."""
+    from ops.logs import configure_logging
+
+    env = env or runtime_env()
+    try:
+        config = load_config(env.config_path)
+    except ConfigError as exc:
+        print(f"ops run {role}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    problem = check_role_account(config, role, account)
+    if problem is not None:
+        print(f"ops run {role}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(program_name(role, account))
+    return asyncio.run(RoleRuntime(role, account, env, config=config).run())
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """`ops run ROLE [--account TIER]`."""
+    return run_role(args.role, args.account)

@@ -1,0 +1,185 @@
+"""The role runtime in-process: boot, tickers, heartbeat, run-now, hot reload, the lock.
+
+Real Postgres (tests/conftest.py), the real simulator, real alpaca-py under the Broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ops.daemon import Service
+from ops.models import KillSwitch
+from ops.roles.runtime import (
+    EXIT_OK,
+    RoleContext,
+    RoleRuntime,
+    request_run_now,
+)
+from ops.store.locks import LockLost, SingletonLock
+from ops.store.postgres import connect
+from ops.ticker import Slot
+from tests.roles.conftest import RoleEnv, eventually
+
+
+class _Probe:
+    """A test role: one ticker on the stream's configured interval, counting runs."""
+
+    def __init__(self) -> None:
+        self.ctx: RoleContext | None = None
+        self.slots: list[Slot] = []
+        self.reloads = 0
+
+    async def build(self, ctx: RoleContext) -> Sequence[Service]:
+        self.ctx = ctx
+        cfg = ctx.account_cfg
+        assert cfg is not None
+        ctx.ticker("probe", cfg.schedule.stream_check_s, self.job, market_gate=False)
+        ctx.add_counters("probe", lambda: {"slots": len(self.slots)})
+        ctx.on_reload(lambda c: setattr(self, "reloads", self.reloads + 1))
+        return []
+
+    async def job(self, slot: Slot) -> None:
+        self.slots.append(slot)
+
+
+def _runtime(role_env: RoleEnv, probe: _Probe) -> RoleRuntime:
+    return RoleRuntime("stream", "large", role_env.env, builder=probe.build,
+                       install_signal_handlers=False, lock_poll_s=0.2,
+                       control_poll_s=0.2, config_poll_s=0.5)
+
+
+async def _fetch(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await connect(url)  # with the project's JSON codecs
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+        return rows
+    finally:
+        await conn.close()
+
+
+async def test_boot_heartbeat_run_now_and_hot_reload(role_env: RoleEnv) -> None:
+    probe = _Probe()
+    rt = _runtime(role_env, probe)
+    task = asyncio.create_task(rt.run())
+    try:
+        await eventually(lambda: rt.phase == "running" and len(probe.slots) >= 1,
+                         "the probe ticker runs")
+        ctx = probe.ctx
+        assert ctx is not None and ctx.broker is not None
+        assert rt.lock_status.state == "held"
+
+        async def beat_has_counters() -> bool:
+            rows = await _fetch(role_env.pg_url,
+                                "SELECT counters FROM heartbeats WHERE process = 'large-stream'")
+            return bool(rows) and rows[0]["counters"].get("lock") == "held" \
+                and "probe.slots" in rows[0]["counters"]
+        await eventually(beat_has_counters, "a heartbeat with lock and probe counters")
+
+        # Run now through the control row.
+        ticker = ctx.tickers[0]
+        assert rt.store is not None
+        await request_run_now(rt.store, "large", "stream", by="test")
+        await eventually(lambda: any(s.manual for s in probe.slots), "a manual run")
+        # ... and through the SIGUSR1 callback (Daemon.on_run_now -> ctx.run_now).
+        manual = sum(s.manual for s in probe.slots)
+        assert rt.daemon is not None
+        rt.daemon._on_run_now()
+        await eventually(lambda: sum(s.manual for s in probe.slots) > manual, "SIGUSR1 run")
+
+        # Hot reload: the interval follows schedule.stream_check_s.
+        assert ticker.interval_s == 0.5
+        role_env.write_config(stream_check_s=0.25)
+        await eventually(lambda: ticker.interval_s == 0.25, "the new interval applies")
+        assert probe.reloads == 1
+        assert ctx.account_cfg is not None and ctx.account_cfg.schedule.stream_check_s == 0.25
+
+        # An invalid edit: incident, old config kept, ticker keeps running.
+        role_env.write_config_text(role_env.config_path.read_text().replace(
+            "stream_check_s = 0.25", "stream_check_s = -3", 1))
+
+        async def invalid_open() -> bool:
+            rows = await _fetch(role_env.pg_url, "SELECT detail FROM incidents WHERE "
+                                "kind = 'config-invalid' AND closed_at IS NULL")
+            return len(rows) == 1 and "stream_check_s" in rows[0]["detail"]
+        await eventually(invalid_open, "an open config-invalid incident naming the key")
+        assert ticker.interval_s == 0.25
+        runs = len(probe.slots)
+        await eventually(lambda: len(probe.slots) >= runs + 2, "ticker still running")
+
+        # A valid edit closes the incident and applies.
+        role_env.write_config(stream_check_s=0.5)
+        await eventually(lambda: ticker.interval_s == 0.5, "valid edit applies")
+
+        async def invalid_closed() -> bool:
+            rows = await _fetch(role_env.pg_url, "SELECT closed_at FROM incidents WHERE "
+                                "kind = 'config-invalid'")
+            return len(rows) == 1 and rows[0]["closed_at"] is not None
+        await eventually(invalid_closed, "the config-invalid incident closed")
+
+        # Kill switch from the controls table.
+        assert await ctx.kill_switch() == KillSwitch.OFF
+        await rt.store.set_control("large", "kill_switch", {"mode": "reduce-only"}, "test")
+
+        async def ks_reduce() -> bool:
+            return await ctx.kill_switch() == KillSwitch.REDUCE_ONLY
+        await eventually(ks_reduce, "kill switch becomes reduce-only")
+    finally:
+        rt.request_stop()
+        code = await asyncio.wait_for(task, 20)
+    assert code == EXIT_OK
+    assert rt.lock_status.state == "released"
+
+
+async def test_lock_wait_takeover_and_loss(pg_url: str) -> None:
+    a = SingletonLock(pg_url, "large", "stream", "large-stream", poll_s=0.1)
+    b = SingletonLock(pg_url, "large", "stream", "large-stream", poll_s=0.1)
+    other = SingletonLock(pg_url, "tiny", "stream", "tiny-stream", poll_s=0.1)
+    assert await a.acquire()
+    assert await other.acquire()  # another (account, role) is independent
+    waiter = asyncio.create_task(b.acquire())
+    await eventually(lambda: b.status.state == "waiting", "b waits")
+    assert b.status.holder is not None and "ops-lock large-stream" in b.status.holder
+    assert not waiter.done()
+
+    # The holder's session ends (as when its process is SIGKILLed): b takes over.
+    await _fetch(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE application_name = $1", a.app_name)
+    assert await asyncio.wait_for(waiter, 10)
+    assert b.held
+    # a notices on its next check that someone else holds the lock now.
+    try:
+        await a.check()
+    except LockLost as exc:
+        assert "large:stream" in str(exc)
+    else:
+        raise AssertionError("a.check() should raise LockLost")
+
+    # b's connection drops but nobody else took the lock: b re-takes it and goes on.
+    await _fetch(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE application_name = $1", b.app_name)
+    await b.check()
+    assert b.held and b.status.reacquired == 1
+    await b.release()
+    await other.release()
+    await a.release()
+
+
+async def test_stop_while_waiting_for_the_lock(role_env: RoleEnv, pg_url: str) -> None:
+    holder = SingletonLock(pg_url, "large", "stream", "someone-else", poll_s=0.1)
+    assert await holder.acquire()
+    probe = _Probe()
+    rt = _runtime(role_env, probe)
+    task = asyncio.create_task(rt.run())
+    try:
+        await eventually(lambda: rt.lock_status.state == "waiting", "runtime waits for lock")
+        assert probe.ctx is None  # the role is not built while waiting
+        rows = await _fetch(pg_url, "SELECT 1 FROM heartbeats WHERE process = 'large-stream'")
+        assert rows == []  # a standby does not write the active process's heartbeat
+    finally:
+        rt.request_stop()
+        code = await asyncio.wait_for(task, 10)
+        await holder.release()
+    assert code == EXIT_OK
