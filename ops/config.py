@@ -502,7 +502,7 @@ class BufferConfig(_Model):
 
     path: HomePath | None = None
     """Buffer file; `${OPS_HOME}` is expanded. Default `$OPS_HOME/buffer.sqlite3`."""
-    drain_batch: Annotated[int, Field(gt=0)] = 500
+    drain_batch: Annotated[int, Field(gt=0)] = 5000
     """Rows replayed into Postgres per transaction."""
     drain_interval_s: Seconds = 1.0
     """How often a process tries to drain its buffer while rows remain."""
