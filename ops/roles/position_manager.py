@@ -1,0 +1,448 @@
+"""The position-manager role: position sync, drift guard and exit rules for one account.
+
+What lives here: `PositionManager` (the per-tick work, testable without the role
+runtime: it takes a Store, a bound Broker and getters for the exit rules and the kill
+switch) and `build(ctx)`, which wires it to a ticker (`schedule.position_manager_s`).
+What does not: the exit decisions (ops.exits), the SQL (ops.store.positions), flattening
+(the dispatcher does it under the `flatten` kill switch).
+
+Every tick:
+1. Sync: broker positions -> `store.sync_positions` (current set + history rows), account
+   summary -> `store.record_account`. These go through the store, so they are buffered
+   during a Postgres outage like every other write.
+2. Drift: broker positions vs what the database expects (ops.store.positions module
+   docstring). A mismatch is never overwritten silently: a symbol that stays mismatched
+   for `drift_strikes` consecutive syncs (default 2) opens a "position-drift" incident
+   naming symbol/expected/actual and sets the account's control `drift_block` =
+   {"blocked": true, "reason": ...}, which the dispatcher reads to refuse new entries.
+   Why two strikes: a fill is on the broker's books a moment before its trade_update is
+   stored, so one sync may catch it "in flight"; the next sync, against the same baseline,
+   sees the stored event and agrees. One agreeing sync lifts the block and closes the
+   incident. The check is skipped (and says so in the counters) while Postgres is away or
+   the outage buffer still holds rows: comparing against half-replayed events would
+   raise false alarms. The first baseline of an account is adopted from the broker
+   unconfirmed; until a sync agrees with it, a mismatch re-adopts instead of alarming
+   (at first sight the database has no expectation of its own).
+3. Exits: per position, water marks updated and persisted (table position_exit_state:
+   opened_at, high/low water) so restarts keep them; `ops.exits.evaluate_exits` with
+   the account's configured rules; a decision becomes a market order with
+   `exit_client_order_id(account, symbol, opened_at, rule)`. Never two exits at once:
+   a position with an open order whose client id starts with `ops-<account>-exit-` is
+   skipped, and an exit whose submission ended "unknown" is settled by its id before
+   anything else is sent for that symbol. A restart recomputes the same id (opened_at is
+   persisted before any exit is sent), and the broker refuses a duplicate id, which
+   `Broker.submit_order` turns into "accepted, the existing order". Exits run under the
+   halt and reduce-only kill switches (they reduce risk) and not under flatten (the
+   dispatcher is closing everything then).
+
+How an exit is recorded: the order goes to `orders` through `store.upsert_orders` at
+once (the stream will also store it and its events), and the decision with its rule,
+reason and submit outcome goes to `exit_decisions`. Not as a signal row: the dispatcher
+claims pending signals and would send it a second time under another client id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ops.broker import Broker, BrokerError
+from ops.daemon import Service
+from ops.exits import (
+    ExitDecision,
+    ExitRules,
+    PositionState,
+    evaluate_exits,
+    exit_client_order_id,
+    update_water_marks,
+)
+from ops.models import KillSwitch, OrderRequest, OrderType, Position, TimeInForce
+from ops.store import positions as pq
+from ops.store.postgres import is_outage
+from ops.store.store import Store
+
+if TYPE_CHECKING:
+    from ops.roles.runtime import RoleContext
+    from ops.ticker import Slot
+
+log = logging.getLogger(__name__)
+
+ROLE = "position-manager"
+DRIFT_KIND = "position-drift"
+DRIFT_CONTROL = "drift_block"
+KILL_SWITCH_CONTROL = "kill_switch"
+
+
+def drift_dedupe_key(account: str) -> str:
+    return f"{DRIFT_KIND}:{account}"
+
+
+def exit_prefix(account: str) -> str:
+    return f"ops-{account}-exit-"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def read_kill_switch(store: Store, account: str) -> KillSwitch:
+    """The account's kill switch from `controls` (key "kill_switch", {"mode": ...})."""
+    snap = await store.controls(account)
+    for c in snap.rows:
+        if c.key == KILL_SWITCH_CONTROL and isinstance(c.value, Mapping):
+            try:
+                return KillSwitch(str(c.value.get("mode", "off")))
+            except ValueError:
+                # An unreadable mode must not loosen anything: treat it as the strictest
+                # mode that still lets exits run.
+                log.error("account %s: unknown kill_switch mode %r; treating as halt",
+                          account, c.value.get("mode"))
+                return KillSwitch.HALT
+    return KillSwitch.OFF
+
+
+@dataclass(slots=True)
+class PositionCounters:
+    syncs: int = 0
+    positions: int = 0
+    drift_checks: int = 0
+    drift_skipped: int = 0
+    drift_mismatches: int = 0  # symbols mismatched at the last check
+    drift_blocked: int = 0  # 1 while the account is blocked
+    exits_submitted: int = 0
+    exits_rejected: int = 0
+    exits_unknown: int = 0
+    exits_waiting: int = 0  # decisions not sent because an exit is already open
+    errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class PositionManager:
+    """One account's position sync, drift guard and exits; call `tick()` per slot."""
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        store: Store,
+        broker: Broker,
+        process: str,
+        exit_rules: Callable[[], ExitRules],
+        kill_switch: Callable[[], Awaitable[KillSwitch]] | None = None,
+        drift_strikes: int = 2,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if drift_strikes < 1:
+            raise ValueError(f"drift_strikes must be >= 1, got {drift_strikes}")
+        self.account = account
+        self.store = store
+        self.broker = broker
+        self.process = process
+        self._rules = exit_rules
+        self._kill_switch = kill_switch or (lambda: read_kill_switch(store, account))
+        self.drift_strikes = drift_strikes
+        self._now = now
+        self.counters = PositionCounters()
+        self._strikes: dict[str, int] = {}
+        self._blocked: bool | None = None  # None: not read from controls yet
+        self._tracked: dict[str, pq.TrackedPosition] = {}
+        self._tracked_loaded = False
+        self._unsaved: set[str] = set()  # symbols whose state could not be persisted yet
+        self._unsettled: dict[str, str] = {}  # symbol -> exit cid whose submit was "unknown"
+
+    # -- the tick ----------------------------------------------------------------------------
+
+    async def tick(self, slot: Slot | None = None) -> None:
+        """Sync, check drift, apply exits. Raises at the end if a step failed (the run
+        ledger then shows the error), but a failed step never skips the later ones."""
+        now = self._now()
+        positions = await self.broker.list_positions()
+        info = await self.broker.get_account()
+        await self.store.sync_positions(self.account, positions, now)
+        await self.store.record_account(self.account, info, now)
+        self.counters.syncs += 1
+        self.counters.positions = len(positions)
+        failures: list[str] = []
+        for step in (self._check_drift, self._apply_exits):
+            try:
+                await step(positions, now)
+            except Exception as exc:
+                self.counters.errors += 1
+                log.exception("account %s: %s failed", self.account, step.__name__)
+                failures.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
+        if failures:
+            raise RuntimeError("; ".join(failures))
+
+    # -- drift -------------------------------------------------------------------------------
+
+    async def _blocked_now(self) -> bool:
+        if self._blocked is None:
+            snap = await self.store.controls(self.account)
+            value = next((c.value for c in snap.rows if c.key == DRIFT_CONTROL), None)
+            self._blocked = bool(isinstance(value, Mapping) and value.get("blocked"))
+        return self._blocked
+
+    async def _check_drift(self, positions: Sequence[Position], now: datetime) -> None:
+        actual = {p.symbol: p.qty for p in positions if p.qty != 0}
+        pool = self.store.pool
+        try:
+            if await self.store.buffer.has_pending():
+                self._skip_drift("the outage buffer still holds rows")
+                return
+            blocked = await self._blocked_now()
+            baseline = await pq.load_baseline(pool, self.account)
+            if baseline is None:
+                fill_id = await pq.max_fill_id(pool, self.account)
+                await pq.save_baseline(pool, self.account, actual, fill_id, now,
+                                       confirmed=False)
+                log.info("account %s: drift baseline adopted from the broker (%d positions)",
+                         self.account, len(actual))
+                return
+            expected = await pq.expected_positions(pool, baseline)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._skip_drift(f"postgres unreachable ({type(exc).__name__})")
+            return
+        self.counters.drift_checks += 1
+        if expected.unverifiable:
+            log.warning("account %s: fills with unreadable side/qty for %s; not compared",
+                        self.account, ", ".join(sorted(expected.unverifiable)))
+        mismatches = pq.position_mismatches(expected.positions, actual, expected.unverifiable)
+        self.counters.drift_mismatches = len(mismatches)
+        if not mismatches:
+            self._strikes.clear()
+            if (not baseline.confirmed or expected.fill_id != baseline.fill_id
+                    or baseline.positions != actual):
+                await pq.save_baseline(pool, self.account, actual, expected.fill_id, now,
+                                       confirmed=True)
+            if blocked:
+                await self._unblock(now)
+            return
+        if not baseline.confirmed:
+            fill_id = await pq.max_fill_id(pool, self.account)
+            await pq.save_baseline(pool, self.account, actual, fill_id, now, confirmed=False)
+            log.info("account %s: unconfirmed drift baseline re-adopted (%s)", self.account,
+                     "; ".join(m.describe() for m in mismatches))
+            return
+        seen = {m.symbol for m in mismatches}
+        self._strikes = {s: self._strikes.get(s, 0) + 1 for s in seen}
+        firm = [m for m in mismatches if self._strikes[m.symbol] >= self.drift_strikes]
+        if not firm:
+            log.info("account %s: position mismatch seen once, re-checking next sync: %s",
+                     self.account, "; ".join(m.describe() for m in mismatches))
+            return
+        await self._block(firm, blocked, now)
+
+    def _skip_drift(self, why: str) -> None:
+        self.counters.drift_skipped += 1
+        log.info("account %s: drift check skipped: %s", self.account, why)
+
+    async def _block(self, firm: Sequence[pq.Mismatch], already: bool, now: datetime) -> None:
+        detail = (f"account {self.account}: broker positions differ from the database "
+                  f"(on {self.drift_strikes} consecutive syncs): "
+                  + "; ".join(m.describe() for m in firm)
+                  + ". New entries are blocked until they agree again.")
+        value: dict[str, Any] = {
+            "blocked": True,
+            "reason": detail,
+            "since": now.isoformat(),
+            "symbols": {m.symbol: {"expected": str(m.expected), "actual": str(m.actual)}
+                        for m in firm},
+        }
+        if not already:
+            log.error("%s", detail)
+            await self.store.open_incident(DRIFT_KIND, detail=detail, process=self.process,
+                                           account=self.account,
+                                           dedupe_key=drift_dedupe_key(self.account), at=now)
+            await self.store.set_control(self.account, DRIFT_CONTROL, value, self.process, now)
+            self._blocked = True
+        self.counters.drift_blocked = 1
+
+    async def _unblock(self, now: datetime) -> None:
+        log.warning("account %s: broker and database positions agree again; drift block "
+                    "lifted", self.account)
+        await self.store.set_control(
+            self.account, DRIFT_CONTROL,
+            {"blocked": False, "reason": f"positions agree again at {now.isoformat()}"},
+            self.process, now)
+        await self.store.close_incident(dedupe_key=drift_dedupe_key(self.account), at=now)
+        self._blocked = False
+        self.counters.drift_blocked = 0
+
+    # -- exits -------------------------------------------------------------------------------
+
+    async def _load_tracked(self) -> None:
+        if self._tracked_loaded:
+            return
+        try:
+            stored = await pq.load_exit_states(self.store.pool, self.account)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("account %s: exit state not loadable (postgres away); tracking "
+                        "from now and retrying next tick", self.account)
+            return
+        # What was stored before a restart is the older truth (it wins); positions first
+        # seen while Postgres was away keep their in-memory state and get saved.
+        self._unsaved |= set(self._tracked) - set(stored)
+        self._tracked = {**self._tracked, **stored}
+        self._tracked_loaded = True
+
+    async def _persist(self, symbol: str, tracked: pq.TrackedPosition, now: datetime) -> None:
+        try:
+            await pq.save_exit_state(self.store.pool, self.account, symbol, tracked, now)
+            self._unsaved.discard(symbol)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._unsaved.add(symbol)
+
+    async def _apply_exits(self, positions: Sequence[Position], now: datetime) -> None:
+        await self._load_tracked()
+        held = [p for p in positions if p.qty != 0]
+        symbols = {p.symbol for p in held}
+        for gone in set(self._tracked) - symbols:
+            del self._tracked[gone]
+            self._unsettled.pop(gone, None)
+        if self._tracked_loaded:
+            try:
+                await pq.delete_exit_states(self.store.pool, self.account, symbols)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+        mode = await self._kill_switch()
+        rules = self._rules()
+        open_exits: set[str] | None = None
+        prices = await self._prices(held)
+        for p in held:
+            price = prices.get(p.symbol)
+            if price is None or price <= 0:
+                log.warning("account %s: no price for %s; exit rules not evaluated",
+                            self.account, p.symbol)
+                continue
+            tracked = self._track(p, price, now)
+            if self._tracked.get(p.symbol) != tracked or p.symbol in self._unsaved:
+                self._tracked[p.symbol] = tracked
+                # Before any exit is sent: its client order id is built from opened_at.
+                await self._persist(p.symbol, tracked, now)
+            decision = evaluate_exits(p, tracked.state, price, rules, now)
+            if decision is None:
+                continue
+            if mode is KillSwitch.FLATTEN:
+                log.info("account %s: %s (not sent: kill switch flatten, the dispatcher is "
+                         "closing positions)", self.account, decision.reason)
+                continue
+            if open_exits is None:
+                open_exits = await self._open_exit_symbols()
+            if p.symbol in open_exits or not await self._settled(p.symbol):
+                self.counters.exits_waiting += 1
+                continue
+            await self._submit_exit(decision, tracked.state, now)
+
+    async def _prices(self, held: Sequence[Position]) -> dict[str, Decimal]:
+        """The broker's current price per position; latest trades fill any gap."""
+        prices = {p.symbol: p.current_price for p in held if p.current_price}
+        missing = [p.symbol for p in held if p.symbol not in prices]
+        if missing:
+            try:
+                prices.update(await self.broker.latest_trades(missing))
+            except BrokerError as exc:
+                log.warning("account %s: latest trades for %s failed: %s", self.account,
+                            ", ".join(missing), exc)
+        return {s: Decimal(v) for s, v in prices.items() if v is not None}
+
+    def _track(self, p: Position, price: Decimal, now: datetime) -> pq.TrackedPosition:
+        long = p.qty > 0
+        have = self._tracked.get(p.symbol)
+        if have is None or have.long != long:
+            # First sight, or the position flipped through zero between two syncs: a new
+            # position (new opened_at, hence new exit ids), marks starting at its entry.
+            entry = p.avg_entry_price if p.avg_entry_price > 0 else price
+            have = pq.TrackedPosition(PositionState.opened(now, entry), long)
+        return pq.TrackedPosition(update_water_marks(have.state, price), long)
+
+    async def _open_exit_symbols(self) -> set[str]:
+        prefix = exit_prefix(self.account)
+        orders = await self.broker.list_orders(status="open")
+        return {o.symbol for o in orders if o.client_order_id.startswith(prefix)}
+
+    async def _settled(self, symbol: str) -> bool:
+        """False while an earlier exit of `symbol` is still of unknown fate."""
+        cid = self._unsettled.get(symbol)
+        if cid is None:
+            return True
+        res = await self.broker.settle(cid)
+        if res.outcome == "unknown":
+            log.warning("account %s: exit %s still unknown at the broker; not sending another",
+                        self.account, cid)
+            return False
+        del self._unsettled[symbol]
+        if res.order is not None:
+            await self.store.upsert_orders(self.account, [res.order])
+            return res.order.is_terminal  # open: wait for it; terminal: may exit again
+        return True
+
+    async def _submit_exit(self, d: ExitDecision, state: PositionState, now: datetime) -> None:
+        cid = exit_client_order_id(self.account, d.symbol, state.opened_at, d.rule)
+        req = OrderRequest(symbol=d.symbol, side=d.side, client_order_id=cid, qty=d.qty,
+                           order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY)
+        res = await self.broker.submit_order(req)
+        if res.outcome == "accepted":
+            self.counters.exits_submitted += 1
+            log.warning("account %s: exit order %s sent: %s", self.account, cid, d.reason)
+        elif res.outcome == "rejected":
+            self.counters.exits_rejected += 1
+            log.error("account %s: exit order %s rejected (%s): %s", self.account, cid,
+                      res.reason, d.reason)
+        else:
+            self.counters.exits_unknown += 1
+            self._unsettled[d.symbol] = cid
+            log.error("account %s: exit order %s outcome unknown (%s); settling by id before "
+                      "anything else: %s", self.account, cid, res.reason, d.reason)
+        if res.order is not None:
+            await self.store.upsert_orders(self.account, [res.order])
+        record = pq.ExitRecord(
+            client_order_id=cid, account=self.account, symbol=d.symbol, rule=d.rule.value,
+            side=d.side.value, qty=d.qty, reason=d.reason, outcome=res.outcome,
+            outcome_reason=res.reason, broker_order_id=res.order.id if res.order else None,
+            decided_at=now,
+        )
+        try:
+            await pq.record_exit_decision(self.store.pool, record)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            log.warning("account %s: exit decision %s not recorded (postgres away): %s",
+                        self.account, cid, d.reason)
+
+
+# --- the role -----------------------------------------------------------------------------
+
+
+async def build(ctx: RoleContext) -> Sequence[Service]:
+    """The position manager's services: one ticker at schedule.position_manager_s."""
+    account, broker, acct = ctx.account, ctx.broker, ctx.account_cfg
+    if account is None or broker is None or acct is None:
+        raise ValueError("position-manager runs per account: `ops run position-manager "
+                         "--account NAME` (with a bound broker)")
+
+    initial = ExitRules.from_config(acct.exits)
+
+    def rules() -> ExitRules:
+        # Read at every run: a hot reload of [accounts.NAME.exits] applies at the next tick.
+        cfg = ctx.account_cfg
+        return initial if cfg is None else ExitRules.from_config(cfg.exits)
+
+    pm = PositionManager(account=account, store=ctx.store, broker=broker, process=ctx.process,
+                         exit_rules=rules, kill_switch=ctx.kill_switch)
+    # The interval equals the configured one, so the runtime follows its hot reloads.
+    ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick)
+    ctx.add_counters(ROLE, pm.counters.as_dict)
+    return [ticker]

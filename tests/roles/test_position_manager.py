@@ -1,0 +1,394 @@
+"""PositionManager in-process against the real simulator, real alpaca-py and real Postgres.
+
+A `Rig` is one account (`large`) with a bound Broker, a Store on a fresh database, and a
+real TradeStream recording every trade update into order_events/orders (standing in for
+the stream role). Fills happen at the simulator (market orders fill on submit while its
+clock is open); prices are moved with `sim.market.set_price`; the position manager's
+clock is injectable so max-hold needs no waiting.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
+from ops.credentials import Credentials
+from ops.exits import NEW_YORK, ExitRule, ExitRules, exit_client_order_id
+from ops.models import KillSwitch, OptionSymbol, OrderRequest, Side, TradeUpdate
+from ops.retry import Backoff
+from ops.roles.position_manager import (
+    DRIFT_CONTROL,
+    DRIFT_KIND,
+    PositionManager,
+    drift_dedupe_key,
+    exit_prefix,
+)
+from ops.sim import Simulator
+from ops.store import Store
+from ops.store import positions as pq
+from ops.store.store import order_op, trade_update_op
+from tests.roles.conftest import eventually
+
+ACCOUNT = "large"
+FAST = BrokerSettings(rest_timeout_s=2.0,
+                      retry=Backoff(initial_s=0.05, max_s=0.2, max_attempts=4, deadline_s=10))
+
+
+@dataclass
+class Rig:
+    sim: Simulator
+    store: Store
+    broker: Broker
+    stream: TradeStream
+    rules: ExitRules = field(default_factory=ExitRules)
+    offset: timedelta = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def manager(self, **kw: Any) -> PositionManager:
+        """A fresh PositionManager (a new instance = a restarted process)."""
+        return PositionManager(account=ACCOUNT, store=self.store, broker=self.broker,
+                               process=f"{ACCOUNT}-position-manager",
+                               exit_rules=lambda: self.rules, now=self.now, **kw)
+
+    async def buy(self, symbol: str, qty: int | Decimal, side: Side = Side.BUY) -> None:
+        res = await self.broker.submit_order(OrderRequest(
+            symbol=symbol, side=side, qty=Decimal(qty),
+            client_order_id=f"test-{uuid.uuid4().hex[:12]}"))
+        assert res.outcome == "accepted", res
+
+    async def fills_stored(self) -> int:
+        return int(await self.store.pool.fetchval(
+            "SELECT count(*) FROM fills WHERE account = $1", ACCOUNT))
+
+    async def wait_fills(self, n: int) -> None:
+        async def enough() -> bool:
+            return await self.fills_stored() >= n
+        await eventually(enough, f"{n} fill events stored")
+
+    async def control(self, key: str) -> Any:
+        snap = await self.store.controls(ACCOUNT)
+        return next((c.value for c in snap.rows if c.key == key), None)
+
+    async def open_drift_incidents(self) -> list[str]:
+        snap = await self.store.open_incidents()
+        found = [i for i in snap.rows if i.kind == DRIFT_KIND]
+        assert all(i.dedupe_key == drift_dedupe_key(ACCOUNT) and i.account == ACCOUNT
+                   for i in found)
+        return [i.detail for i in found]
+
+    def sim_exit_orders(self, symbol: str) -> list[str]:
+        st = self.sim.engine.states[ACCOUNT]
+        return [o.client_order_id for o in st.orders.values()
+                if o.symbol == symbol and o.client_order_id.startswith(exit_prefix(ACCOUNT))]
+
+
+@pytest.fixture
+async def rig(sim: Simulator, ops_store: Store) -> AsyncIterator[Rig]:
+    spec = sim.account(ACCOUNT)
+    creds = Credentials("test/large", ACCOUNT, spec.key_id, spec.secret)
+    endpoints = BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url)
+    broker = Broker(endpoints, creds, FAST)
+    await broker.bind_account(spec.account_number)
+
+    async def on_update(u: TradeUpdate) -> None:
+        await ops_store.write_many([trade_update_op(ACCOUNT, u), order_op(ACCOUNT, u.order)])
+
+    async def on_bad(msg: object, why: str) -> None:
+        raise AssertionError(f"bad stream message: {why}")
+
+    stream = TradeStream(endpoints, creds, on_update, on_bad)
+    await stream.start()
+    await sim.wait_stream(ACCOUNT)
+    try:
+        yield Rig(sim, ops_store, broker, stream)
+    finally:
+        await stream.stop()
+        broker.close()
+
+
+def soon_option(underlying: str, days: int, strike: int) -> str:
+    expiry = datetime.now(NEW_YORK).date() + timedelta(days=days)
+    return str(OptionSymbol(underlying, expiry, "C", Decimal(strike)))
+
+
+# --- sync -----------------------------------------------------------------------------------
+
+
+async def test_positions_synced_with_history_for_stock_and_option(rig: Rig) -> None:
+    option = soon_option("AAPL", 20, 190)
+    await rig.buy("AAPL", 5)
+    await rig.buy(option, 2)
+    await rig.wait_fills(2)
+    pm = rig.manager()
+    await pm.tick()
+    await pm.tick()
+
+    snap = await rig.store.positions(ACCOUNT)
+    held = {p.position.symbol: p.position for p in snap.rows}
+    assert held["AAPL"].qty == 5
+    assert held[option].qty == 2 and held[option].asset_class == "us_option"
+    history = await rig.store.pool.fetch(
+        "SELECT symbol, count(*) AS n FROM position_history WHERE account = $1"
+        " GROUP BY symbol", ACCOUNT)
+    assert {r["symbol"]: r["n"] for r in history} == {"AAPL": 2, option: 2}
+    states = await rig.store.account_states()
+    assert [s.account_number for s in states.rows] == [rig.sim.account(ACCOUNT).account_number]
+    assert pm.counters.syncs == 2 and pm.counters.drift_mismatches == 0
+
+    # Closing a position removes it from the current set; history keeps every sync.
+    await rig.buy("AAPL", 5, Side.SELL)
+    await rig.wait_fills(3)
+    await pm.tick()
+    snap = await rig.store.positions(ACCOUNT)
+    assert [p.position.symbol for p in snap.rows] == [option]
+    assert await rig.store.pool.fetchval(
+        "SELECT count(*) FROM position_history WHERE account = $1 AND symbol = $2",
+        ACCOUNT, option) == 3
+    assert await rig.open_drift_incidents() == []
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+async def test_drift_blocks_entries_and_clears_when_the_missing_fill_arrives(rig: Rig) -> None:
+    await rig.buy("AAPL", 5)
+    await rig.wait_fills(1)
+    pm = rig.manager()
+    await pm.tick()  # baseline adopted from the broker (unconfirmed)
+    await pm.tick()  # agrees: confirmed
+    base = await pq.load_baseline(rig.store.pool, ACCOUNT)
+    assert base is not None and base.confirmed and base.positions == {"AAPL": Decimal(5)}
+
+    # Behind our back: the broker fills 3 more, and we never hear of it (stream muted).
+    rig.sim.faults.mute(ACCOUNT)
+    await rig.buy("AAPL", 3)
+    await pm.tick()  # first sighting: could be a fill in flight, so no alarm yet
+    assert await rig.control(DRIFT_CONTROL) is None
+    assert await rig.open_drift_incidents() == []
+    await pm.tick()  # still unexplained: block and incident
+    value = await rig.control(DRIFT_CONTROL)
+    assert value["blocked"] is True
+    assert "AAPL expected 5 actual 8" in value["reason"]
+    assert value["symbols"] == {"AAPL": {"expected": "5", "actual": "8"}}
+    [detail] = await rig.open_drift_incidents()
+    assert "AAPL expected 5 actual 8" in detail
+    # The dispatcher's reading of the control blocks entries.
+    from ops.roles.dispatcher import drift_blocked
+    assert drift_blocked(value)
+    # The positions table shows the broker's truth; the block says it is unexplained.
+    snap = await rig.store.positions(ACCOUNT)
+    assert [p.position.qty for p in snap.rows] == [8]
+    await pm.tick()  # repeated drift: still one incident, control unchanged
+    assert len(await rig.open_drift_incidents()) == 1
+
+    # The missing events arrive (as a stream backfill would bring them): consistent again.
+    assert rig.sim.faults.unmute(ACCOUNT, deliver=True) > 0
+    await rig.wait_fills(2)
+    await pm.tick()
+    value = await rig.control(DRIFT_CONTROL)
+    assert value["blocked"] is False
+    assert await rig.open_drift_incidents() == []
+    base = await pq.load_baseline(rig.store.pool, ACCOUNT)
+    assert base is not None and base.positions == {"AAPL": Decimal(8)}
+
+
+async def test_drift_from_a_trade_we_never_record_clears_once_reversed(rig: Rig) -> None:
+    await rig.buy("MSFT", 2)
+    await rig.wait_fills(1)
+    pm = rig.manager()
+    await pm.tick()
+    await pm.tick()
+    await rig.stream.stop()  # nothing is recorded from here on
+    await rig.buy("SPY", 1)  # a symbol the database never heard of
+    await pm.tick()
+    await pm.tick()
+    assert (await rig.control(DRIFT_CONTROL))["blocked"] is True
+    [detail] = await rig.open_drift_incidents()
+    assert "SPY expected 0 actual 1" in detail
+
+    # A restarted position manager still knows it is blocked (read from controls), and
+    # lifts the block once the broker matches the database again.
+    await rig.buy("SPY", 1, Side.SELL)
+    fresh = rig.manager()
+    await fresh.tick()
+    assert (await rig.control(DRIFT_CONTROL))["blocked"] is False
+    assert await rig.open_drift_incidents() == []
+
+
+async def test_fill_seen_once_before_its_event_is_stored_raises_no_alarm(rig: Rig) -> None:
+    await rig.buy("AAPL", 1)
+    await rig.wait_fills(1)
+    pm = rig.manager()
+    await pm.tick()
+    await pm.tick()
+    rig.sim.faults.mute(ACCOUNT)  # the event is "in flight" during the next sync
+    await rig.buy("AAPL", 2)
+    await pm.tick()
+    assert pm.counters.drift_mismatches == 1
+    rig.sim.faults.unmute(ACCOUNT, deliver=True)
+    await rig.wait_fills(2)
+    await pm.tick()
+    assert pm.counters.drift_mismatches == 0
+    assert await rig.control(DRIFT_CONTROL) is None
+    assert await rig.open_drift_incidents() == []
+
+
+async def test_drift_check_skipped_while_the_outage_buffer_holds_rows(rig: Rig) -> None:
+    pm = rig.manager()
+    await pm.tick()
+    from ops.store.ops import Op
+    # A buffered row (as written during an outage) that Postgres has not seen yet.
+    await rig.store.buffer.append([Op("heartbeat", {
+        "process": "x", "account": None, "role": "r", "pid": 1, "ts": rig.now().isoformat(),
+        "started_at": rig.now().isoformat(), "counters": {}})], "test", [])
+    await pm.tick()
+    assert pm.counters.drift_skipped >= 1
+
+
+# --- exits ----------------------------------------------------------------------------------
+
+
+async def _open_and_track(rig: Rig, symbol: str, qty: int) -> tuple[PositionManager, Decimal]:
+    await rig.buy(symbol, qty)
+    pm = rig.manager()
+    await pm.tick()
+    pos = await rig.broker.get_position(symbol)
+    assert pos is not None
+    return pm, pos.avg_entry_price
+
+
+async def _assert_one_exit(rig: Rig, symbol: str, rule: ExitRule) -> None:
+    orders = rig.sim_exit_orders(symbol)
+    assert len(orders) == 1, orders
+    assert orders[0].endswith(f"-{rule.value}")
+    records = await pq.exit_records(rig.store.pool, ACCOUNT)
+    assert [(r.symbol, r.rule, r.outcome) for r in records] == [(symbol, rule.value, "accepted")]
+    stored = await rig.store.pool.fetchval(
+        "SELECT count(*) FROM orders WHERE account = $1 AND client_order_id = $2",
+        ACCOUNT, orders[0])
+    assert stored == 1
+
+
+@pytest.mark.parametrize("rule", [ExitRule.STOP_LOSS, ExitRule.TAKE_PROFIT])
+async def test_price_exit_fires_once(rig: Rig, rule: ExitRule) -> None:
+    if rule is ExitRule.STOP_LOSS:
+        rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+        factor = Decimal("0.9")
+    else:
+        rig.rules = ExitRules(take_profit_pct=Decimal(5))
+        factor = Decimal("1.1")
+    pm, entry = await _open_and_track(rig, "AAPL", 10)
+    assert rig.sim_exit_orders("AAPL") == []
+    rig.sim.market.set_price("AAPL", entry * factor)
+    await pm.tick()
+    await pm.tick()  # the position is closed by now: nothing more to do
+    await _assert_one_exit(rig, "AAPL", rule)
+    assert await rig.broker.get_position("AAPL") is None
+    await pm.tick()
+    assert await pq.load_exit_states(rig.store.pool, ACCOUNT) == {}
+
+
+async def test_trailing_stop_uses_the_persisted_high_water_mark(rig: Rig) -> None:
+    rig.rules = ExitRules(trailing_stop_pct=Decimal(3))
+    pm, entry = await _open_and_track(rig, "MSFT", 3)
+    rig.sim.market.set_price("MSFT", entry * Decimal("1.05"))
+    await pm.tick()
+    [state] = (await pq.load_exit_states(rig.store.pool, ACCOUNT)).values()
+    assert state.state.high_water >= entry * Decimal("1.04")
+    assert rig.sim_exit_orders("MSFT") == []
+    # A restart in between: the new instance must use the stored mark, not a fresh one.
+    restarted = rig.manager()
+    rig.sim.market.set_price("MSFT", entry * Decimal("1.005"))  # > entry, < high by ~4 %
+    await restarted.tick()
+    await _assert_one_exit(rig, "MSFT", ExitRule.TRAILING_STOP)
+
+
+async def test_max_hold_fires_after_the_holding_time(rig: Rig) -> None:
+    rig.rules = ExitRules(max_hold_s=3600)
+    pm, _ = await _open_and_track(rig, "SPY", 1)
+    await pm.tick()
+    assert rig.sim_exit_orders("SPY") == []
+    rig.offset = timedelta(seconds=3601)
+    await pm.tick()
+    await _assert_one_exit(rig, "SPY", ExitRule.MAX_HOLD)
+
+
+async def test_option_closed_before_expiry(rig: Rig) -> None:
+    rig.rules = ExitRules(close_options_days_before_expiry=1, stop_loss_pct=Decimal(50))
+    later, soon = soon_option("MSFT", 10, 420), soon_option("MSFT", 1, 420)
+    await rig.buy(later, 1)
+    await rig.buy(soon, 1)
+    pm = rig.manager()
+    await pm.tick()
+    await pm.tick()
+    await _assert_one_exit(rig, soon, ExitRule.OPTION_EXPIRY)
+    assert rig.sim_exit_orders(later) == []
+    held = {p.symbol for p in await rig.broker.list_positions()}
+    assert held == {later}
+
+
+async def test_open_exit_is_never_doubled_across_ticks_and_restarts(rig: Rig) -> None:
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+    pm, entry = await _open_and_track(rig, "AAPL", 4)
+    stored = await pq.load_exit_states(rig.store.pool, ACCOUNT)
+    opened_at = stored["AAPL"].state.opened_at
+    rig.sim.faults.set_clock("closed")  # market orders now wait, open, for the next session
+    rig.sim.market.set_price("AAPL", entry * Decimal("0.9"))
+    await pm.tick()
+    cid = exit_client_order_id(ACCOUNT, "AAPL", opened_at, ExitRule.STOP_LOSS)
+    assert rig.sim_exit_orders("AAPL") == [cid]
+    await pm.tick()  # the exit is open: the same decision is not sent again
+    assert pm.counters.exits_waiting == 1
+    # A process restart: state comes back from Postgres, the open exit is found.
+    restarted = rig.manager()
+    await restarted.tick()
+    assert restarted.counters.exits_submitted == 0 and restarted.counters.exits_waiting == 1
+    # Even a restarted process that missed the open order (crash between submit and
+    # record) re-sends under the same id, which the broker refuses as a duplicate.
+    decision_state = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["AAPL"].state
+    assert decision_state.opened_at == opened_at
+    from ops.exits import ExitDecision
+    await restarted._submit_exit(
+        ExitDecision(ExitRule.STOP_LOSS, "stop_loss: retry", "AAPL", Side.SELL, Decimal(4)),
+        decision_state, rig.now())
+    assert rig.sim_exit_orders("AAPL") == [cid]
+    records = await pq.exit_records(rig.store.pool, ACCOUNT)
+    assert [(r.client_order_id, r.attempts) for r in records] == [(cid, 2)]
+    # Market opens: the one exit fills, the position and its state are gone.
+    rig.sim.faults.set_clock("open")
+
+    async def closed() -> bool:
+        return await rig.broker.get_position("AAPL") is None
+    await eventually(closed, "the exit order filled")
+    await restarted.tick()
+    assert await pq.load_exit_states(rig.store.pool, ACCOUNT) == {}
+    assert rig.sim_exit_orders("AAPL") == [cid]
+
+
+async def test_kill_switch_flatten_sends_no_exit_but_halt_does(rig: Rig) -> None:
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+    pm, entry = await _open_and_track(rig, "AAPL", 2)
+    rig.sim.market.set_price("AAPL", entry * Decimal("0.9"))
+    await rig.store.set_control(ACCOUNT, "kill_switch", {"mode": "flatten"}, "test")
+    await pm.tick()
+    assert rig.sim_exit_orders("AAPL") == []
+    await rig.store.set_control(ACCOUNT, "kill_switch", {"mode": KillSwitch.HALT.value},
+                                "test")
+    await pm.tick()
+    await _assert_one_exit(rig, "AAPL", ExitRule.STOP_LOSS)
+
+
+def test_position_mismatches_treats_missing_as_zero() -> None:
+    got = pq.position_mismatches({"A": Decimal(1), "B": Decimal(2)},
+                                 {"B": Decimal(2), "C": Decimal(-1)}, ignore=["Z"])
+    assert [m.describe() for m in got] == ["A expected 1 actual 0", "C expected 0 actual -1"]
+    assert pq.position_mismatches({"A": Decimal(1)}, {"A": Decimal(2)}, ignore=["A"]) == []
