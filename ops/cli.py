@@ -76,6 +76,18 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                      help="account name from the config (required for per-account roles)")
     run.set_defaults(handler=_lazy("ops.roles.runtime", "cli_run"))
 
+    watchdog = sub.add_parser(
+        "watchdog",
+        help="the supervisord event listener that restarts hung processes (run by supervisord)",
+    )
+    watchdog.set_defaults(handler=_lazy("ops.roles.watchdog", "cli_main"))
+
+    gaps = sub.add_parser("gaps", help="past last-run gaps and incidents")
+    gaps.add_argument("--since", default="24h", metavar="DURATION",
+                      help="how far back, e.g. 90m, 24h, 7d (default 24h)")
+    gaps.add_argument("--json", action="store_true", help="JSON on stdout")
+    gaps.set_defaults(handler=_lazy("ops.gaps_report", "cli_gaps"))
+
 
 def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     signal = sub.add_parser("signal", help="trading signals")
