@@ -8,13 +8,15 @@ everything it started, the embedded Postgres included.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,8 @@ from ops.supervisor import (
     program_name,
     write_config,
 )
+
+log = logging.getLogger(__name__)
 
 
 class StackError(Exception):
@@ -104,6 +108,8 @@ def build_spec(env: RuntimeEnv, config: Config, *, demo: bool, nodaemon: bool) -
         embedded_postgres=pg_cmd,
         postgres_user=pg_user,
         simulator_port=config.sim.port if demo else None,
+        simulator_seed=config.sim.seed,
+        simulator_clock=config.sim.clock,
         nodaemon=nodaemon,
     )
 
@@ -117,11 +123,7 @@ def _supervisord_running(env: RuntimeEnv) -> bool:
 
 
 def start_supervisord(env: RuntimeEnv, *, timeout_s: float = 20) -> None:
-    exe = shutil.which("supervisord", path=os.path.dirname(sys.executable)) or shutil.which(
-        "supervisord"
-    )
-    if exe is None:
-        raise StackError("supervisord not found next to this Python or on PATH")
+    exe = _supervisord_exe()
     proc = subprocess.run(
         [exe, "-c", str(conf_path(env))], capture_output=True, text=True, timeout=timeout_s
     )
@@ -146,7 +148,7 @@ async def wait_for_database(url: str, timeout_s: float) -> None:
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
-            conn = await connect(url, timeout=2)
+            conn = await connect(url, connect_timeout=2)
         except Exception as exc:
             if not is_outage(exc):
                 raise
@@ -180,13 +182,267 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def wait_until(
-    check: Callable[[], Sequence[str]], timeout_s: float, interval_s: float = 0.25
-) -> Sequence[str]:
-    """Poll `check()` (the names still missing) until empty or the deadline; returns the rest."""
+def _supervisord_exe() -> str:
+    exe = shutil.which("supervisord", path=os.path.dirname(sys.executable)) or shutil.which(
+        "supervisord"
+    )
+    if exe is None:
+        raise StackError("supervisord not found next to this Python or on PATH")
+    return exe
+
+
+def _pidfile_pid(env: RuntimeEnv) -> int | None:
+    """supervisord's pid from its pid file, if that process is alive."""
+    try:
+        pid = int((env.run_dir / "supervisord.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+# --- migrations before anything starts ----------------------------------------------------
+
+
+def migrate_first(env: RuntimeEnv, timeout_s: float) -> str:
+    """Bring the schema up to date before any role starts; returns what was done.
+
+    Roles must never meet a missing table, and supervisord starts every program at once.
+    So the migration runs *before* supervisord: against OPS_DATABASE_URL (waiting for it
+    to answer), or against the embedded server started briefly with pg_ctl and stopped
+    again, so that supervisord can own it. When supervisord already runs (and owns
+    Postgres), the running server is migrated in place.
+    """
+    from ops.store import embedded
+    from ops.store.migrate import migrate
+
+    if env.database_url:
+        url = env.database_url
+        asyncio.run(wait_for_database(url, timeout_s))
+        result = asyncio.run(migrate(url))
+        return _migrated(result.applied, result.version)
+    if _supervisord_running(env):
+        url = embedded.embedded_url(env)
+        asyncio.run(wait_for_database(url, timeout_s))
+        result = asyncio.run(migrate(url))
+        return _migrated(result.applied, result.version)
+    url = embedded.ensure_running(env)  # reuses one left running by `ops db migrate`
+    try:
+        result = asyncio.run(migrate(url))
+    finally:
+        embedded.stop(env)  # supervisord runs it from now on
+    return _migrated(result.applied, result.version)
+
+
+def _migrated(applied: Sequence[str], version: int) -> str:
+    if applied:
+        return f"applied migrations {', '.join(applied)} (schema version {version})"
+    return f"schema up to date (version {version})"
+
+
+# --- waiting for health -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """A process that has not (yet) reported: its state and why it does not count."""
+
+    expected: Expected
+    state: str
+    why: str
+
+
+async def _heartbeat_times(store: object) -> dict[str, datetime]:
+    from ops.store import Store
+
+    assert isinstance(store, Store)
+    snap = await store.heartbeats()
+    return {h.process: h.ts for h in snap.rows}
+
+
+async def wait_healthy(
+    env: RuntimeEnv, config: Config, expected: Sequence[Expected], since: datetime,
+    timeout_s: float,
+) -> list[Missing]:
+    """Poll supervisord and heartbeats until every expected process is RUNNING and (if it
+    writes heartbeats) has beaten after `since`; returns what is still missing at the
+    deadline. A FATAL process ends the wait at once: supervisord gave up on it."""
+    from ops.status import _quick_settings
+    from ops.store import Store
+
+    client = SupervisorClient.for_env(env, timeout_s=5)
     deadline = time.monotonic() + timeout_s
-    missing = check()
-    while missing and time.monotonic() < deadline:
-        time.sleep(interval_s)
-        missing = check()
-    return missing
+    async with await Store.open(env, process="ops-up", config=_quick_settings(env, config)) \
+            as store:
+        while True:
+            try:
+                infos = {p.qualified: p for p in await asyncio.to_thread(client.processes)}
+            except SupervisorUnavailable as exc:
+                raise StackError(f"supervisord stopped answering: {exc}") from exc
+            beats = await _heartbeat_times(store)
+            missing: list[Missing] = []
+            for exp in expected:
+                info = infos.get(exp.qualified)
+                state = info.state if info else "NOT-CONFIGURED"
+                if state != "RUNNING":
+                    why = info.spawnerr or info.description if info else "not in the config"
+                    missing.append(Missing(exp, state, why or state))
+                elif exp.heartbeats and beats.get(exp.process, since) <= since:
+                    missing.append(Missing(exp, state, "no heartbeat since `ops up` started"))
+            fatal = [m for m in missing if m.state == "FATAL"]
+            if not missing or fatal or time.monotonic() >= deadline:
+                return missing
+            await asyncio.sleep(0.25)
+
+
+def _log_tail(client: SupervisorClient, qualified: str, lines: int = 12) -> str:
+    try:
+        text = client.tail(qualified, 8192)
+    except Exception as exc:  # a tail is a courtesy: never hide the real failure behind it
+        return f"    (log unavailable: {exc})"
+    tail = text.rstrip("\n").splitlines()[-lines:]
+    return "\n".join(f"    | {line}" for line in tail) or "    (log is empty)"
+
+
+def _summary(env: RuntimeEnv, client: SupervisorClient, elapsed_s: float) -> str:
+    conf = conf_path(env)
+    rows = [("PROCESS", "STATE", "PID", "LOG")]
+    for p in sorted(client.processes(), key=lambda p: (p.group != p.name, p.qualified)):
+        rows.append((p.qualified, p.state, str(p.pid or "-"),
+                     str(env.log_dir / f"{p.name}.log")))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = "\n".join(
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    )
+    return (
+        f"ops-pipeline is up ({elapsed_s:.1f}s): every process is RUNNING and reporting.\n\n"
+        f"{table}\n\n"
+        f"  logs      {env.log_dir}/\n"
+        f"  control   supervisorctl -c {conf} status | restart large:* | tail -f NAME\n"
+        f"  watch     ops status   (or: ops dash)\n"
+        f"  stop      ops down"
+    )
+
+
+# --- the commands -------------------------------------------------------------------------
+
+
+def _load(env: RuntimeEnv) -> Config:
+    from ops.config import load_config
+
+    return load_config(env.config_path)
+
+
+def cli_up(args: argparse.Namespace) -> int:
+    """`ops up [--demo] [--timeout S] [--foreground]`: 0 up, 1 not healthy in time, 2 config."""
+    from ops.config import ConfigError
+    from ops.env import runtime_env
+    from ops.logs import configure_logging
+
+    t0 = time.monotonic()
+    since = now_utc()
+    env = runtime_env()
+    try:
+        config = _load(env)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging("ops-up", level="WARNING")
+    try:
+        return _up(env, config, args, t0, since)
+    except StackError as exc:
+        print(f"ops up: {exc}", file=sys.stderr)
+        return 1
+
+
+def _up(env: RuntimeEnv, config: Config, args: argparse.Namespace, t0: float,
+        since: datetime) -> int:
+    from ops.store.embedded import EmbeddedPostgresError
+
+    timeout_s = float(args.timeout)
+    if args.demo:
+        path = write_demo_secrets(env, config)
+        print(f"demo: simulator keys written to {path} (mode 0600)")
+    running = _supervisord_running(env)
+    if running and args.foreground:
+        raise StackError(f"supervisord already runs for {env.home}; `ops down` first")
+    try:
+        print(migrate_first(env, timeout_s))
+    except EmbeddedPostgresError as exc:
+        raise StackError(f"embedded Postgres under {env.embedded_pg_dir}: {exc}") from exc
+    except OSError as exc:
+        raise StackError(f"database: {type(exc).__name__}: {exc}") from exc
+    spec = build_spec(env, config, demo=args.demo, nodaemon=args.foreground)
+    expected = expected_processes(config, spec)
+    if running:
+        # Re-rendering under a live supervisord would change its config behind its back.
+        print(f"supervisord already runs for {env.home}; waiting for every process")
+    else:
+        write_config(env, spec)
+        if args.foreground:
+            exe = _supervisord_exe()
+            sys.stdout.flush()
+            os.execv(exe, [exe, "-n", "-c", str(conf_path(env))])
+        start_supervisord(env)
+        print(f"supervisord started ({conf_path(env)}); waiting for "
+              f"{len(expected)} processes")
+    if not env.database_url:
+        from ops.store.embedded import embedded_url
+
+        asyncio.run(wait_for_database(embedded_url(env), timeout_s))
+    remaining = max(1.0, timeout_s - (time.monotonic() - t0))
+    missing = asyncio.run(wait_healthy(env, config, expected, since, remaining))
+    client = SupervisorClient.for_env(env)
+    if missing:
+        print(f"ops up: {len(missing)} of {len(expected)} processes did not report within "
+              f"{timeout_s:g}s:", file=sys.stderr)
+        for m in missing:
+            print(f"  {m.expected.qualified}: {m.state}: {m.why}", file=sys.stderr)
+            print(_log_tail(client, m.expected.qualified), file=sys.stderr)
+        print(f"The stack is left running for inspection: supervisorctl -c {conf_path(env)} "
+              "status; `ops down` stops it.", file=sys.stderr)
+        return 1
+    print(_summary(env, client, time.monotonic() - t0))
+    return 0
+
+
+def cli_down(args: argparse.Namespace) -> int:
+    """`ops down`: stop supervisord (and so every program), then the embedded Postgres."""
+    from ops.env import runtime_env
+    from ops.logs import configure_logging
+    from ops.store import embedded
+
+    env = runtime_env()
+    configure_logging("ops-down", level="WARNING")
+    did: list[str] = []
+    try:
+        if stop_supervisord(env):
+            did.append("supervisord and its programs stopped")
+        else:
+            pid = _pidfile_pid(env)
+            if pid is not None:  # socket gone but the daemon lives: ask it by signal
+                _terminate(pid, timeout_s=60)
+                did.append(f"supervisord (pid {pid}, socket missing) stopped by SIGTERM")
+        if not env.database_url and embedded.for_env(env).postmaster_pid() is not None:
+            embedded.stop(env)
+            did.append("embedded Postgres stopped")
+    except (StackError, embedded.EmbeddedPostgresError) as exc:
+        print(f"ops down: {exc}", file=sys.stderr)
+        return 1
+    print("; ".join(did) if did else f"nothing running under {env.home}")
+    return 0
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    import signal
+
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise StackError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s of SIGTERM")

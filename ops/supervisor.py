@@ -57,7 +57,8 @@ class StackSpec:
     embedded_postgres: Sequence[str] | None = None  # foreground command, when embedded
     postgres_user: str | None = None  # system user for the embedded server (root only)
     simulator_port: int | None = None  # serve the simulator (demo) on this port
-    watchdog: bool = True
+    simulator_seed: int = 7
+    simulator_clock: str = "open"
     nodaemon: bool = False  # True in the container, where supervisord is PID 1
     python: str = sys.executable
 
@@ -134,6 +135,7 @@ def render(env: RuntimeEnv, spec: StackSpec) -> dict[str, str]:
             _program(
                 "sim",
                 [*ops_cmd, "sim", "--port", str(spec.simulator_port),
+                 "--seed", str(spec.simulator_seed), "--clock", spec.simulator_clock,
                  "--state", str(env.home / "sim-state.json")],
                 env,
                 priority=20,
@@ -249,8 +251,8 @@ class SupervisorClient:
 
     def __init__(self, sock: Path, timeout_s: float = 5.0) -> None:
         self.sock = sock
-        transport = _TimeoutTransport(f"unix://{sock}", timeout_s)
-        self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        self._transport = _TimeoutTransport(f"unix://{sock}", timeout_s)
+        self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=self._transport)
 
     @classmethod
     def for_env(cls, env: RuntimeEnv, timeout_s: float = 5.0) -> SupervisorClient:
@@ -263,6 +265,10 @@ class SupervisorClient:
             return getattr(self._proxy.supervisor, method)(*args)
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             raise SupervisorUnavailable(f"supervisord at {self.sock}: {exc}") from exc
+        finally:
+            # One connection per call: cheap over a unix socket, never left half-used by a
+            # timeout, and nothing to leak when the client is dropped.
+            self._transport.close()
 
     def state(self) -> str:
         return str(self._call("getState")["statename"])

@@ -1,0 +1,493 @@
+"""`ops status`: one report of processes, accounts, database and incidents.
+
+`collect_status(env, config)` gathers it (the dashboard and the watchdog reuse it, so all
+three agree); `cli_status` prints it as a compact table or, with `--json`, as the object
+design.md's Interfaces section promises. Exit code: 0 healthy, 1 degraded, 2 down.
+
+It keeps working when parts are missing: with supervisord down every process reads
+`down` (and the report is `down`); with Postgres down the reads come from the SQLite
+buffer (`database.reachable` false, `database.reads_from` "buffer", report `degraded`)
+and the counts only Postgres knows (orders and fills today) are null.
+Per-process verdicts come from the pure `ops.gaps.gap_status`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from ops.config import Config, ConfigError, load_config
+from ops.env import RuntimeEnv, runtime_env
+from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
+from ops.logs import configure_logging
+from ops.models import Heartbeat, RunRecord
+from ops.supervisor import (
+    ACCOUNT_ROLES,
+    SHARED_ROLES,
+    ProcessInfo,
+    SupervisorClient,
+    SupervisorUnavailable,
+    conf_path,
+    program_name,
+)
+
+log = logging.getLogger(__name__)
+
+Overall = Literal["healthy", "degraded", "down"]
+EXIT_CODES: dict[Overall, int] = {"healthy": 0, "degraded": 1, "down": 2}
+#: Process verdicts that make the whole report degraded (all but ok, paused and idle).
+DEGRADING: frozenset[GapStatus] = frozenset({"starting", "late", "stalled", "down"})
+#: Run outcomes that prove the broker clock said "open" when the run happened.
+_OPEN_OUTCOMES = frozenset({"ok", "error", "timeout"})
+#: Processes that never write heartbeats: RUNNING is all they can show.
+NO_HEARTBEAT = frozenset({"postgres", "sim"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    name: str
+    account: str | None
+    role: str
+    state: str  # supervisord's state name; "NOT-RUNNING" when supervisord itself is down
+    pid: int | None
+    heartbeat_age_s: float | None
+    last_run_age_s: float | None
+    expected_interval_s: float | None
+    status: GapStatus
+    uptime_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    name: str
+    account_number: str | None  # as last reported by the broker
+    expected_account_number: str
+    equity: Decimal | None
+    open_positions: int | None
+    orders_today: int | None  # None: Postgres unreachable
+    fills_today: int | None
+    kill_switch: str  # off | halt | reduce-only | flatten
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStatus:
+    reachable: bool
+    buffered_rows: int | None
+    oldest_buffered_age_s: float | None
+    dead_rows: int | None = None  # quarantined by replay: need a human
+    reads_from: str = "postgres"  # postgres | buffer | postgres+buffer
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentStatus:
+    id: str
+    kind: str
+    account: str | None
+    process: str | None
+    detail: str
+    opened_at: datetime
+    age_s: float
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStatus:
+    reachable: bool
+    pid: int | None
+    config: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    status: Overall
+    as_of: datetime
+    supervisor: SupervisorStatus
+    processes: list[ProcessStatus]
+    accounts: list[AccountStatus]
+    database: DatabaseStatus
+    incidents: list[IncidentStatus]
+    reasons: list[str] = field(default_factory=list)  # why not healthy, one line each
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.status]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = _jsonable(dataclasses.asdict(self))
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, float):
+        return round(value, 3)
+    return value
+
+
+# --- what should be running ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    account: str | None
+    role: str
+
+
+def identities(config: Config) -> dict[str, Identity]:
+    """Program name -> (account, role) for every process the config implies."""
+    out: dict[str, Identity] = {"postgres": Identity(None, "postgres"),
+                                "sim": Identity(None, "sim")}
+    for role in SHARED_ROLES:
+        out[program_name(role, None)] = Identity(None, role)
+    for account in config.enabled_accounts():
+        for role in ACCOUNT_ROLES:
+            out[program_name(role, account)] = Identity(account, role)
+    return out
+
+
+_PROGRAM_RE = re.compile(r"^\[program:([^\]]+)\]", re.MULTILINE)
+
+
+def rendered_programs(env: RuntimeEnv) -> list[str]:
+    """Programs in the supervisord config `ops up` last rendered (empty if never)."""
+    names: list[str] = []
+    for path in sorted((env.home / "supervisor").glob("*.conf")):
+        names.extend(_PROGRAM_RE.findall(path.read_text()))
+    return names
+
+
+def expected_programs(env: RuntimeEnv, config: Config) -> list[str]:
+    """What should run: the rendered config if `ops up` ran, else what the config implies."""
+    rendered = rendered_programs(env)
+    if rendered:
+        return rendered
+    names = ["postgres"] if not env.database_url else []
+    names += [program_name(r, None) for r in SHARED_ROLES]
+    for account in sorted(config.enabled_accounts()):
+        names += [program_name(r, account) for r in ACCOUNT_ROLES]
+    return names
+
+
+def expected_interval(config: Config, ident: Identity) -> float | None:
+    if ident.role == "signal-engine":
+        return config.signal_engine.interval_s
+    acct = config.accounts.get(ident.account or "")
+    if acct is None:
+        return None
+    return {
+        "dispatcher": acct.schedule.dispatcher_s,
+        "position-manager": acct.schedule.position_manager_s,
+        "stream": acct.schedule.stream_check_s,
+    }.get(ident.role)
+
+
+def kill_switch_mode(value: Any) -> str:
+    """The mode stored under controls key 'kill_switch' ({"mode": ...} or a bare string)."""
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return "unreadable"
+    if isinstance(value, Mapping):
+        value = value.get("mode")
+    return str(value) if value else "off"
+
+
+# --- collection --------------------------------------------------------------------------------
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else max(0.0, (now - then).total_seconds())
+
+
+def _supervisor_view(
+    env: RuntimeEnv, client: SupervisorClient | None
+) -> tuple[SupervisorStatus, dict[str, ProcessInfo]]:
+    client = client or SupervisorClient.for_env(env, timeout_s=3)
+    try:
+        pid = client.pid()
+        infos = {p.name: p for p in client.processes()}
+    except SupervisorUnavailable as exc:
+        return SupervisorStatus(False, None, str(conf_path(env)), str(exc)), {}
+    return SupervisorStatus(True, pid, str(conf_path(env))), infos
+
+
+async def collect_status(
+    env: RuntimeEnv,
+    config: Config,
+    *,
+    store: Any | None = None,
+    supervisor: SupervisorClient | None = None,
+    now: datetime | None = None,
+) -> StatusReport:
+    """Gather the report. Pass an open `Store` to reuse it (the watchdog, the dashboard);
+    without one, a short-lived Store is opened (and closed) for the reads."""
+    from ops.store import Store
+
+    if store is None:
+        settings = _quick_settings(env, config)
+        async with await Store.open(env, process="ops-status", config=settings) as own:
+            return await _collect(env, config, own, supervisor, now)
+    assert isinstance(store, Store)
+    return await _collect(env, config, store, supervisor, now)
+
+
+def _quick_settings(env: RuntimeEnv, config: Config) -> Any:
+    """Store settings for a one-shot reader: short timeouts, so an outage costs seconds."""
+    from ops.store import StoreSettings
+
+    s = StoreSettings.from_config(config, env)
+    return dataclasses.replace(s, connect_timeout_s=min(s.connect_timeout_s, 2.0),
+                               command_timeout_s=min(s.command_timeout_s, 5.0),
+                               close_grace_s=1.0, pool_max_size=2)
+
+
+async def _collect(
+    env: RuntimeEnv, config: Config, store: Any, supervisor: SupervisorClient | None,
+    now: datetime | None,
+) -> StatusReport:
+    from ops.store import is_outage
+    from ops.store.status import AccountActivity, account_activity, ping
+
+    sup, infos = await asyncio.to_thread(_supervisor_view, env, supervisor)
+    reachable, db_error = True, None
+    try:
+        await ping(store.pool, timeout_s=3)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        reachable, db_error = False, f"{type(exc).__name__}: {exc}"[:300]
+    hbs = await store.heartbeats()
+    runs = await store.latest_runs()
+    incidents = await store.open_incidents()
+    states = await store.account_states()
+    positions = await store.positions()
+    buf = await store.buffer_status()
+    activity: dict[str, AccountActivity] | None = None
+    if reachable:
+        try:
+            activity = await account_activity(store.pool, now or datetime.now(UTC))
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            reachable = False
+    accounts_cfg = config.enabled_accounts()
+    kill: dict[str, str] = {}
+    for name in accounts_cfg:
+        controls = await store.controls(name)
+        kill[name] = next((kill_switch_mode(c.value) for c in controls.rows
+                           if c.key == "kill_switch"), "off")
+    now = now or datetime.now(UTC)
+    sources = {s.source for s in (hbs, runs, incidents, states, positions)}
+    reads_from = ("buffer" if "buffer" in sources else
+                  "postgres+buffer" if "postgres+buffer" in sources else "postgres")
+    database = DatabaseStatus(
+        reachable=reachable, buffered_rows=buf.pending, oldest_buffered_age_s=buf.oldest_age_s,
+        dead_rows=buf.dead, reads_from=reads_from, error=db_error,
+    )
+    processes = _processes(env, config, sup, infos, {h.process: h for h in hbs.rows},
+                           {r.process: r for r in runs.rows}, kill, now)
+    open_pos: dict[str, int] = {}
+    for p in positions.rows:
+        if p.position.qty != 0:
+            open_pos[p.account] = open_pos.get(p.account, 0) + 1
+    state_by = {s.name: s for s in states.rows}
+    accounts = []
+    for name, acfg in sorted(accounts_cfg.items()):
+        st = state_by.get(name)
+        act = None if activity is None else activity.get(name)
+        accounts.append(AccountStatus(
+            name=name,
+            account_number=st.account_number if st else None,
+            expected_account_number=acfg.expected_account_number,
+            equity=st.equity if st else None,
+            open_positions=open_pos.get(name, 0) if positions.rows or reachable else None,
+            orders_today=None if activity is None else (act.orders_today if act else 0),
+            fills_today=None if activity is None else (act.fills_today if act else 0),
+            kill_switch=kill[name],
+        ))
+    incs = [
+        IncidentStatus(id=i.id, kind=i.kind, account=i.account, process=i.process,
+                       detail=i.detail, opened_at=i.opened_at,
+                       age_s=_age(now, i.opened_at) or 0.0, restarts=i.restarts)
+        for i in incidents.rows
+    ]
+    overall, reasons = _overall(sup, processes, database, incs)
+    return StatusReport(overall, now, sup, processes, accounts, database, incs, reasons)
+
+
+def _processes(
+    env: RuntimeEnv, config: Config, sup: SupervisorStatus, infos: Mapping[str, ProcessInfo],
+    hbs: Mapping[str, Heartbeat], runs: Mapping[str, RunRecord], kill: Mapping[str, str],
+    now: datetime,
+) -> list[ProcessStatus]:
+    ids = identities(config)
+    names = list(dict.fromkeys([*expected_programs(env, config), *infos]))
+    wd = config.watchdog
+    out: list[ProcessStatus] = []
+    for name in names:
+        ident = ids.get(name, Identity(None, name))
+        info = infos.get(name)
+        if info is None:
+            state = "NOT-RUNNING" if not sup.reachable else "NOT-CONFIGURED"
+        else:
+            state = info.state
+        uptime = float(info.uptime_s) if info is not None and info.uptime_s is not None else None
+        hb = hbs.get(name)
+        # A heartbeat written before this incarnation started proves nothing about it.
+        if hb is not None and info is not None and info.start and \
+                hb.ts.timestamp() < info.start - 1:
+            hb = None
+        run = runs.get(name)
+        interval = expected_interval(config, ident)
+        market_open = None
+        if run is not None:
+            market_open = (False if run.outcome == "idle-market-closed"
+                           else True if run.outcome in _OPEN_OUTCOMES else None)
+        gi = GapInput(
+            state=state, uptime_s=uptime, heartbeats=name not in NO_HEARTBEAT,
+            heartbeat_age_s=_age(now, hb.ts) if hb else None,
+            last_run_age_s=_age(now, run.finished_at) if run else None,
+            expected_interval_s=interval, market_open=market_open,
+            paused=ident.account is not None and kill.get(ident.account, "off") != "off",
+        )
+        bounds = GapBounds(wd.heartbeat_stale_s, wd.startup_grace_s,
+                           wd.gap_bounds_s.get(ident.role))
+        out.append(ProcessStatus(
+            name=name, account=ident.account, role=ident.role, state=state,
+            pid=(info.pid or None) if info else None, heartbeat_age_s=gi.heartbeat_age_s,
+            last_run_age_s=gi.last_run_age_s, expected_interval_s=interval,
+            status=gap_status(gi, bounds), uptime_s=uptime,
+        ))
+    return out
+
+
+def _overall(
+    sup: SupervisorStatus, processes: Sequence[ProcessStatus], db: DatabaseStatus,
+    incidents: Sequence[IncidentStatus],
+) -> tuple[Overall, list[str]]:
+    if not sup.reachable:
+        return "down", [f"supervisord is not running ({sup.error})"]
+    if processes and all(p.status == "down" for p in processes):
+        return "down", ["no process is running"]
+    reasons = [f"{p.name}: {p.status} ({p.state})" for p in processes if p.status in DEGRADING]
+    if not db.reachable:
+        reasons.append(f"database unreachable, reading from the {db.reads_from} ({db.error})")
+    if db.dead_rows:
+        reasons.append(f"{db.dead_rows} buffered rows quarantined by replay")
+    reasons += [f"open incident {i.kind}: {i.detail[:80]}" for i in incidents]
+    return ("degraded" if reasons else "healthy"), reasons
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def _fmt_age(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v < 100:
+        return f"{v:.1f}s"
+    if v < 6000:
+        return f"{v / 60:.0f}m"
+    return f"{v / 3600:.0f}h"
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, Decimal):
+        return f"{v:,.2f}"
+    if isinstance(v, float):
+        return f"{v:g}s"
+    return str(v)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows]
+
+
+def render_text(report: StatusReport) -> str:
+    sup = report.supervisor
+    head = (f"ops-pipeline {report.status.upper()}   supervisord "
+            + (f"pid {sup.pid}" if sup.reachable else "NOT RUNNING")
+            + f"   {report.as_of:%Y-%m-%d %H:%M:%S}Z")
+    lines = [head, ""]
+    rows = [["PROCESS", "STATE", "PID", "HEARTBEAT", "LAST RUN", "EVERY", "STATUS"]]
+    rows += [[p.name, p.state, _fmt(p.pid), _fmt_age(p.heartbeat_age_s),
+              _fmt_age(p.last_run_age_s), _fmt(p.expected_interval_s), p.status]
+             for p in report.processes]
+    lines += _table(rows)
+    lines.append("")
+    rows = [["ACCOUNT", "NUMBER", "EQUITY", "POSITIONS", "ORDERS TODAY", "FILLS TODAY",
+             "KILL SWITCH"]]
+    rows += [[a.name, a.account_number or f"({a.expected_account_number})", _fmt(a.equity),
+              _fmt(a.open_positions), _fmt(a.orders_today), _fmt(a.fills_today),
+              a.kill_switch] for a in report.accounts]
+    lines += _table(rows)
+    db = report.database
+    lines.append("")
+    lines.append(
+        "database: " + ("reachable" if db.reachable else f"UNREACHABLE ({db.error})")
+        + f"; reads from {db.reads_from}; buffered rows {_fmt(db.buffered_rows)}"
+        + (f" (oldest {_fmt_age(db.oldest_buffered_age_s)})" if db.buffered_rows else "")
+        + (f"; QUARANTINED {db.dead_rows}" if db.dead_rows else "")
+    )
+    if report.incidents:
+        lines.append("")
+        lines.append(f"open incidents ({len(report.incidents)}):")
+        for i in report.incidents:
+            where = i.process or i.account or "-"
+            lines.append(f"  {i.kind:<20} {where:<24} {_fmt_age(i.age_s):>6}  {i.detail[:70]}")
+    else:
+        lines.append("open incidents: none")
+    if report.reasons:
+        lines.append("")
+        lines += [f"! {r}" for r in report.reasons]
+    return "\n".join(lines)
+
+
+def load_env_config(env: RuntimeEnv | None = None) -> tuple[RuntimeEnv, Config] | str:
+    """The runtime env and config, or the config error's message."""
+    env = env or runtime_env()
+    try:
+        return env, load_config(Path(env.config_path))
+    except ConfigError as exc:
+        return str(exc)
+
+
+def cli_status(args: argparse.Namespace) -> int:
+    loaded = load_env_config()
+    if isinstance(loaded, str):
+        print(loaded, file=sys.stderr)
+        return 2
+    env, config = loaded
+    # The report itself says when Postgres is away; the store's warnings would only repeat it.
+    configure_logging("ops-status", level="ERROR")
+    report = asyncio.run(collect_status(env, config))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(render_text(report))
+    return report.exit_code

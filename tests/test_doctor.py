@@ -1,0 +1,91 @@
+"""`ops doctor` against a real simulator, a real Postgres and a real buffer file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from ops.config import load_config
+from ops.doctor import Check, run_checks
+from ops.env import RuntimeEnv
+from ops.sim import SimConfig, Simulator, default_accounts
+from ops.stack import write_demo_secrets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config_for(port: int, tmp: Path, *, tiny_number: str = "PASIM0000002") -> Path:
+    text = (ROOT / "conf" / "ops.toml").read_text().replace("8765", str(port))
+    text = text.replace('expected_account_number = "PASIM0000002"',
+                        f'expected_account_number = "{tiny_number}"')
+    path = tmp / f"ops-{tiny_number}.toml"
+    path.write_text(text)
+    return path
+
+
+def _by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+async def test_doctor_checks(tmp_path: Path, pg_url: str) -> None:
+    home = tmp_path / "home"
+    async with Simulator(SimConfig(seed=7, market_step_s=None)) as sim:
+        port = int(sim.rest_url.rsplit(":", 1)[1])
+        env = RuntimeEnv(config_path=_config_for(port, tmp_path), home=home,
+                         database_url=pg_url)
+        config = load_config(env.config_path)
+        write_demo_secrets(env, config)
+        lines: list[str] = []
+        checks = _by_name(await run_checks(env, config, lambda c: lines.append(c.render())))
+        for name in ("credentials large", "credentials tiny", "account binding large",
+                     "account binding tiny", "clock skew", "database", "buffer", "disk space"):
+            assert checks[name].ok, checks[name]
+        assert "PASIM0000002" in checks["account binding tiny"].detail
+        assert re.search(r"[+-]\d+\.\d\ds vs broker clock", checks["clock skew"].detail)
+        sup = checks["supervisord"]
+        assert not sup.ok and "does not exist" in sup.detail and "ops up" in sup.fix
+        assert len(lines) == len(checks)
+
+        # Keys for one account configured against another's number: refused, both named.
+        env2 = RuntimeEnv(config_path=_config_for(port, tmp_path, tiny_number="PASIM0000001X"),
+                          home=home, database_url=pg_url)
+        bad = _by_name(await run_checks(env2, load_config(env2.config_path), lambda c: None))
+        binding = bad["account binding tiny"]
+        assert not binding.ok
+        assert "PASIM0000001X" in binding.detail and "PASIM0000002" in binding.detail
+        assert "expected_account_number" in binding.fix
+        assert bad["account binding large"].ok
+
+        # The command: exit 1 (supervisord is not running), secrets never printed.
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "ops", "doctor"], capture_output=True,
+            text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "OPS_HOME": str(home), "OPS_CONFIG": str(env.config_path),
+                 "OPS_DATABASE_URL": pg_url})
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert re.search(r"^ok\s+account binding large", out.stdout, re.MULTILINE)
+        assert re.search(r"^FAIL\s+supervisord", out.stdout, re.MULTILINE)
+        assert out.stdout.rstrip().endswith("1 FAIL")
+        for acct in default_accounts(seed=7):
+            assert acct.secret not in out.stdout + out.stderr
+            assert acct.key_id not in out.stdout + out.stderr
+
+
+async def test_doctor_unreadable_secret_and_dead_database(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    # Nothing listens on this origin and no secrets file exists; the database URL points
+    # at a socket directory with no server.
+    env = RuntimeEnv(config_path=_config_for(9, tmp_path), home=home,
+                     database_url=f"postgresql://postgres@/postgres?host={tmp_path}")
+    checks = _by_name(await run_checks(env, load_config(env.config_path), lambda c: None))
+    cred = checks["credentials large"]
+    assert not cred.ok and "secrets.json" in cred.detail and "ops-pipeline/alpaca" in cred.fix
+    assert "account binding large" not in checks  # nothing to bind with
+    assert not checks["clock skew"].ok
+    db = checks["database"]
+    assert not db.ok and "OPS_DATABASE_URL" in db.fix
+    assert checks["buffer"].ok and checks["disk space"].ok

@@ -1,0 +1,99 @@
+"""`ops status` without supervisord: Postgres down (buffered reads), bad config, the JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ops.config import load_config
+from ops.env import RuntimeEnv
+from ops.models import Heartbeat
+from ops.status import collect_status, kill_switch_mode, render_text
+from ops.store import Store
+from ops.store.embedded import EmbeddedPostgres
+from ops.store.status import start_of_trading_day
+from tests.store.factories import account_info, position
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "conf" / "ops.toml"
+
+
+def _ops(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ops", *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60, cwd=ROOT)
+
+
+def test_postgres_down_reads_from_the_buffer(pg_dedicated: EmbeddedPostgres,
+                                              pg_home: Path) -> None:
+    home = pg_home / "ops"
+    env = RuntimeEnv(config_path=CONFIG, home=home, database_url=pg_dedicated.url())
+    config = load_config(CONFIG)
+
+    async def write() -> None:
+        async with await Store.open(env, process="test") as store:
+            now = datetime.now(UTC)
+            await store.record_account("tiny", replace(account_info("1003.25"),
+                                                       account_number="PASIM0000002"), now)
+            await store.sync_positions("tiny", [position("SPY", "2")], now)
+            await store.heartbeat(Heartbeat(process="tiny-dispatcher", account="tiny",
+                                            role="dispatcher", pid=1, ts=now, started_at=now))
+
+    asyncio.run(write())
+    pg_dedicated.stop(mode="fast")
+    report = asyncio.run(collect_status(env, config))
+    db = report.database
+    assert (db.reachable, db.reads_from, db.buffered_rows) == (False, "buffer", 0)
+    tiny = next(a for a in report.accounts if a.name == "tiny")
+    # What the buffer mirrors is still shown; what only Postgres knows is unknown (null).
+    assert (str(tiny.equity), tiny.account_number, tiny.open_positions) == (
+        "1003.25", "PASIM0000002", 1)
+    assert (tiny.orders_today, tiny.fills_today) == (None, None)
+    assert report.status == "down"  # no supervisord either
+    text = render_text(report)
+    assert "UNREACHABLE" in text and "reads from buffer" in text
+
+    # The same through the command, as a monitor would call it.
+    out = _ops("status", "--json", env={"OPS_HOME": str(home), "OPS_CONFIG": str(CONFIG),
+                                        "OPS_DATABASE_URL": pg_dedicated.url()})
+    assert out.returncode == 2, out.stderr
+    js = json.loads(out.stdout)
+    assert js["status"] == "down"
+    assert js["database"]["reachable"] is False
+    assert js["database"]["reads_from"] == "buffer"
+    assert {p["state"] for p in js["processes"]} == {"NOT-RUNNING"}
+    assert out.stderr == ""  # the report says it; no log noise on stderr
+
+
+def test_bad_config_exits_2_naming_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "ops.toml"
+    bad.write_text("[accounts.large]\nsecret_id = 3\n")
+    for cmd in (["status"], ["status", "--json"], ["up"], ["doctor"]):
+        out = _ops(*cmd, env={"OPS_HOME": str(tmp_path / "home"), "OPS_CONFIG": str(bad)})
+        assert out.returncode == 2, (cmd, out.stdout, out.stderr)
+        assert str(bad) in out.stderr and "accounts.large" in out.stderr
+        if cmd == ["doctor"]:
+            assert out.stdout.startswith("FAIL  config")
+        else:
+            assert out.stdout == ""
+
+
+def test_kill_switch_values() -> None:
+    assert kill_switch_mode({"mode": "flatten"}) == "flatten"
+    assert kill_switch_mode('{"mode": "reduce-only"}') == "reduce-only"
+    assert kill_switch_mode({"mode": "off"}) == "off"
+    assert kill_switch_mode(None) == "off"
+
+
+def test_trading_day_starts_at_new_york_midnight() -> None:
+    # 03:00 UTC on 5 Jan is still 4 Jan in New York (EST, UTC-5).
+    start = start_of_trading_day(datetime(2026, 1, 5, 3, 0, tzinfo=UTC))
+    assert start == datetime(2026, 1, 4, 5, 0, tzinfo=UTC)
+    summer = start_of_trading_day(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
+    assert summer == datetime(2026, 7, 1, 4, 0, tzinfo=UTC)
+    assert summer + timedelta(days=1) > datetime(2026, 7, 1, 23, 59, tzinfo=UTC)

@@ -1,0 +1,195 @@
+"""collect_status / `ops up`'s wait / `ops down` against a REAL supervisord.
+
+The rendered config is the real one (ops.supervisor.render), except that `spec.python`
+is a stand-in script that sleeps, so every program is a real supervised process without
+starting real roles (those are covered by tests/e2e). The test writes the heartbeats,
+runs and account rows a role would write, through the real Store and Postgres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ops.config import Config, load_config
+from ops.env import RuntimeEnv
+from ops.models import Heartbeat, RunRecord
+from ops.stack import (
+    cli_down,
+    expected_processes,
+    start_supervisord,
+    stop_supervisord,
+    wait_healthy,
+)
+from ops.status import collect_status, render_text
+from ops.store import Store
+from ops.supervisor import (
+    ACCOUNT_ROLES,
+    StackSpec,
+    SupervisorClient,
+    program_name,
+    write_config,
+)
+from tests.store.factories import account_info, position, trade_update
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def config() -> Config:
+    return load_config(ROOT / "conf" / "ops.toml")
+
+
+@pytest.fixture
+def stack_home() -> Iterator[Path]:
+    # Short and outside pytest's tmp tree: the unix socket path must stay < 108 bytes.
+    home = Path(tempfile.mkdtemp(prefix="ops-sup-", dir="/tmp"))
+    try:
+        yield home
+    finally:
+        env = RuntimeEnv(config_path=home / "ops.toml", home=home, database_url="x")
+        stop_supervisord(env)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _fake_python(home: Path) -> str:
+    """Stands in for `python -m ops run ...`: a real process that lives until signalled."""
+    script = home / "fake-python"
+    script.write_text("#!/bin/sh\nexec sleep 600\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return str(script)
+
+
+async def _report_like_a_role(store: Store, name: str, account: str | None, role: str,
+                              pid: int, *, run_age_s: float = 0.5) -> None:
+    now = datetime.now(UTC)
+    await store.heartbeat(Heartbeat(process=name, account=account, role=role, pid=pid, ts=now,
+                                    started_at=now))
+    slot = now - timedelta(seconds=run_age_s)
+    await store.record_run(RunRecord(
+        slot_id=RunRecord.make_slot_id(account, role, slot), process=name, account=account,
+        role=role, slot_time=slot, scheduled_at=slot, started_at=slot, finished_at=slot,
+        outcome="ok", lateness_s=0.0,
+    ))
+
+
+async def _report_all(store: Store, client: SupervisorClient, config: Config) -> None:
+    pids = {p.name: p.pid for p in client.processes()}
+    await _report_like_a_role(store, "signal-engine", None, "signal-engine",
+                              pids["signal-engine"])
+    for account in config.enabled_accounts():
+        for role in ACCOUNT_ROLES:
+            name = program_name(role, account)
+            await _report_like_a_role(store, name, account, role, pids[name])
+
+
+def test_status_through_supervisord(stack_home: Path, pg_url: str, config: Config) -> None:
+    env = RuntimeEnv(config_path=ROOT / "conf" / "ops.toml", home=stack_home,
+                     database_url=pg_url)
+    spec = StackSpec(accounts=sorted(config.enabled_accounts()), python=_fake_python(stack_home))
+    write_config(env, spec)
+    since = datetime.now(UTC)
+    start_supervisord(env)
+    client = SupervisorClient.for_env(env)
+    assert oct(env.run_dir.stat().st_mode & 0o777) == "0o700"
+    assert stat.S_IMODE((env.run_dir / "supervisor.sock").stat().st_mode) & 0o077 == 0
+    expected = expected_processes(config, spec)
+
+    async def scenario() -> None:
+        # Nobody has reported yet: `ops up`'s wait names every role, and only the roles.
+        missing = await wait_healthy(env, config, expected, since, timeout_s=0.5)
+        assert {m.expected.process for m in missing} == {e.process for e in expected}
+        async with await Store.open(env, process="test") as store:
+            # Wait for supervisord to call them RUNNING (startsecs), then report like roles.
+            deadline = asyncio.get_running_loop().time() + 30
+            while any(p.state != "RUNNING" for p in client.processes()):
+                assert asyncio.get_running_loop().time() < deadline, client.processes()
+                await asyncio.sleep(0.2)
+            await _report_all(store, client, config)
+            assert await wait_healthy(env, config, expected, since, timeout_s=10) == []
+
+            now = datetime.now(UTC)
+            await store.record_account("large", replace(account_info("100250.5"),
+                                                        account_number="PASIM0000001"), now)
+            fill = trade_update("o-1", 1)
+            fill = replace(fill, order=replace(fill.order, created_at=now, updated_at=now),
+                           timestamp=now)
+            await store.upsert_orders("large", [fill.order])
+            await store.record_trade_updates("large", [fill])
+            await store.sync_positions("large", [position("AAPL", "10"), position("SPY", "0")],
+                                       now)
+
+            report = await collect_status(env, config, store=store)
+            assert report.status == "healthy", render_text(report)
+            assert report.exit_code == 0
+            assert {p.name: p.status for p in report.processes} == {
+                e.process: "ok" for e in expected
+            }
+            large = next(a for a in report.accounts if a.name == "large")
+            assert (large.account_number, large.equity, large.open_positions,
+                    large.orders_today, large.fills_today, large.kill_switch) == (
+                "PASIM0000001", Decimal("100250.5"), 1, 1, 1, "off")
+            tiny = next(a for a in report.accounts if a.name == "tiny")
+            assert (tiny.orders_today, tiny.fills_today, tiny.open_positions) == (0, 0, 0)
+            js = report.to_json()
+            assert set(js) >= {"status", "processes", "accounts", "database", "incidents"}
+            assert set(js["processes"][0]) >= {
+                "name", "account", "role", "state", "pid", "heartbeat_age_s",
+                "last_run_age_s", "expected_interval_s", "status"}
+            assert set(js["accounts"][0]) >= {
+                "name", "account_number", "equity", "open_positions", "orders_today",
+                "fills_today", "kill_switch"}
+            assert set(js["database"]) >= {"reachable", "buffered_rows",
+                                           "oldest_buffered_age_s"}
+
+            # The kill switch shows on every process of the account, and is not an alarm.
+            await store.set_control("tiny", "kill_switch", {"mode": "halt"}, by="test")
+            await _report_all(store, client, config)
+            report = await collect_status(env, config, store=store)
+            assert report.status == "healthy", render_text(report)
+            assert {p.name for p in report.processes if p.status == "paused"} == {
+                program_name(r, "tiny") for r in ACCOUNT_ROLES}
+            assert next(a for a in report.accounts if a.name == "tiny").kill_switch == "halt"
+
+            # An open incident and a stopped process make it degraded, naming both.
+            await store.open_incident("drift", detail="AAPL 10 vs 0", account="large")
+            await asyncio.to_thread(client.stop, "large:large-dispatcher")
+            report = await collect_status(env, config, store=store)
+            assert report.status == "degraded" and report.exit_code == 1
+            by_name = {p.name: p for p in report.processes}
+            assert (by_name["large-dispatcher"].state,
+                    by_name["large-dispatcher"].status) == ("STOPPED", "down")
+            assert [i.kind for i in report.incidents] == ["drift"]
+            assert any("large-dispatcher" in r for r in report.reasons)
+            assert any("drift" in r for r in report.reasons)
+            text = render_text(report)
+            assert "DEGRADED" in text and "large-dispatcher" in text and "drift" in text
+
+            # supervisord gone: every process is down, and so is the report.
+            assert await asyncio.to_thread(stop_supervisord, env)
+            report = await collect_status(env, config, store=store)
+            assert report.status == "down" and report.exit_code == 2
+            assert not report.supervisor.reachable
+            assert {p.state for p in report.processes} == {"NOT-RUNNING"}
+            assert {p.status for p in report.processes} == {"down"}
+
+    asyncio.run(scenario())
+    # `ops down` with nothing running says so and succeeds (idempotent).
+    os.environ["OPS_HOME"] = str(stack_home)
+    os.environ["OPS_DATABASE_URL"] = pg_url
+    try:
+        assert cli_down(argparse.Namespace()) == 0
+    finally:
+        del os.environ["OPS_HOME"], os.environ["OPS_DATABASE_URL"]
