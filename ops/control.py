@@ -1,0 +1,234 @@
+"""Operator commands that write controls and signals: `ops signal add`, `ops pause`,
+`ops resume`; and `read_kill_switch()`, the one decoding of the 'kill_switch' control.
+
+Every argument is validated before anything is written; a bad one exits 2 with a message
+naming the option and the value at fault (invariant 6). Writes go through the Store, so
+they survive a Postgres outage (buffered, replayed when it returns) and say so.
+What does not live here: argument parsing (ops/cli.py) and what the roles do with a
+kill switch (ops/roles/dispatcher.py, ops.risk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ops.config import Config, ConfigError, load_runtime_config
+from ops.env import RuntimeEnv
+from ops.models import KillSwitch, OptionSymbol
+from ops.store.store import Store
+
+log = logging.getLogger(__name__)
+
+KILL_SWITCH_KEY = "kill_switch"
+_TOO_BIG = Decimal(10) ** 12  # no order here is a trillion of anything
+STOCK_SYMBOL = re.compile(r"^[A-Z][A-Z0-9]{0,5}([./][A-Z]{1,2})?$")
+
+
+class UsageError(Exception):
+    """A bad command-line argument; the message names it."""
+
+
+def kill_switch_from_value(value: Any) -> KillSwitch:
+    """The mode of a 'kill_switch' control value ({"mode": ...}); a malformed value halts.
+
+    Halting on garbage is the safe side: someone meant to set the switch.
+    """
+    mode = value.get("mode") if isinstance(value, Mapping) else value
+    try:
+        return KillSwitch(str(mode))
+    except ValueError:
+        log.error("kill_switch control value %r is not one of %s: treating it as halt",
+                  value, [k.value for k in KillSwitch])
+        return KillSwitch.HALT
+
+
+async def read_kill_switch(store: Store, account: str) -> KillSwitch:
+    """The account's kill switch from the controls table (OFF when never set)."""
+    snap = await store.controls(account)
+    for c in snap.rows:
+        if c.key == KILL_SWITCH_KEY:
+            return kill_switch_from_value(c.value)
+    return KillSwitch.OFF
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def _positive(option: str, text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise UsageError(f"{option} {text!r}: not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise UsageError(f"{option} {text!r}: must be a finite number > 0")
+    if value >= _TOO_BIG:
+        raise UsageError(f"{option} {text!r}: must be below {_TOO_BIG:,} (a typo?)")
+    return value
+
+
+def _symbol(text: str) -> str:
+    if STOCK_SYMBOL.match(text) or OptionSymbol.parse(text) is not None:
+        return text
+    hint = f" (did you mean {text.upper()!r}?)" if text.upper() != text else ""
+    raise UsageError(f"--symbol {text!r}: not a stock symbol (A-Z, up to 6 letters, "
+                     f"e.g. AAPL, BRK.B) or an OCC option symbol (e.g. "
+                     f"AAPL240621C00190000){hint}")
+
+
+def _account(config: Config, name: str, option: str) -> str:
+    if name not in config.accounts:
+        known = ", ".join(sorted(config.accounts)) or "none"
+        raise UsageError(f"{option} {name!r}: no such account in the config "
+                         f"(known: {known})")
+    return name
+
+
+def signal_fields(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    """Validated keyword arguments for `Store.insert_signal` (UsageError names the bad one)."""
+    account = _account(config, args.account, "--account")
+    symbol = _symbol(args.symbol)
+    qty = _positive("--qty", args.qty)
+    notional = _positive("--notional", args.notional)
+    if (qty is None) == (notional is None):
+        raise UsageError("give exactly one of --qty or --notional")
+    limit_price = _positive("--limit-price", args.limit_price)
+    if args.order_type == "limit" and limit_price is None:
+        raise UsageError("--limit-price is required with --type limit")
+    if args.order_type != "limit" and limit_price is not None:
+        raise UsageError(f"--limit-price {args.limit_price!r}: only for --type limit "
+                         f"(got --type {args.order_type})")
+    if notional is not None and (args.order_type != "market" or args.tif != "day"):
+        raise UsageError(f"--notional {args.notional!r}: only for --type market --tif day "
+                         f"(got --type {args.order_type} --tif {args.tif})")
+    if notional is not None and OptionSymbol.parse(symbol) is not None:
+        raise UsageError(f"--notional {args.notional!r}: options need --qty (contracts)")
+    expires_at = None
+    if args.expires_in is not None:
+        if not math.isfinite(args.expires_in) or args.expires_in <= 0:
+            raise UsageError(f"--expires-in {args.expires_in!r}: must be a finite number "
+                             "of seconds > 0")
+        expires_at = datetime.now(UTC) + timedelta(seconds=args.expires_in)
+    if not str(args.strategy).strip():
+        raise UsageError("--strategy: must not be empty")
+    if args.key is not None and not str(args.key).strip():
+        raise UsageError("--key: must not be empty")
+    return {
+        "account": account, "symbol": symbol, "side": args.side, "qty": qty,
+        "notional": notional, "order_type": args.order_type, "limit_price": limit_price,
+        "time_in_force": args.tif, "strategy": args.strategy,
+        "idempotency_key": args.key, "expires_at": expires_at,
+    }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        return f"uid{os.getuid()}"
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"ops {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load(command: str) -> tuple[RuntimeEnv, Config] | int:
+    try:
+        return load_runtime_config()
+    except ConfigError as exc:
+        return _fail(command, str(exc))
+
+
+async def _open(env: RuntimeEnv, config: Config) -> Store:
+    return await Store.open(env, process=f"cli:{_user()}", config=config)
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cli_signal_add(args: argparse.Namespace) -> int:
+    loaded = _load("signal add")
+    if isinstance(loaded, int):
+        return loaded
+    env, config = loaded
+    try:
+        fields = signal_fields(args, config)
+    except UsageError as exc:
+        return _fail("signal add", str(exc))
+
+    async def insert() -> tuple[int | None, bool]:
+        store = await _open(env, config)
+        try:
+            sid = await store.insert_signal(**fields)
+            return sid, store.database_reachable
+        finally:
+            await store.close()
+
+    sid, reachable = asyncio.run(insert())
+    size = f"{fields['qty']}" if fields["qty"] is not None else f"${fields['notional']}"
+    what = f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
+    if sid is None:
+        print(f"signal buffered ({what}): Postgres is unreachable; it is inserted when "
+              "Postgres returns" if not reachable else f"signal not found after insert "
+              f"({what})")
+        return 0 if not reachable else 1
+    print(sid)
+    print(f"signal {sid}: {what}", file=sys.stderr)
+    return 0
+
+
+def _set_kill_switch(command: str, args: argparse.Namespace, mode: KillSwitch) -> int:
+    loaded = _load(command)
+    if isinstance(loaded, int):
+        return loaded
+    env, config = loaded
+    try:
+        account = _account(config, args.account, "TIER")
+    except UsageError as exc:
+        return _fail(command, str(exc))
+    by = f"cli:{_user()}"
+
+    async def write() -> tuple[KillSwitch, bool]:
+        store = await _open(env, config)
+        try:
+            before = await read_kill_switch(store, account)
+            await store.set_control(account, KILL_SWITCH_KEY, {"mode": mode.value}, by=by)
+            return before, store.database_reachable
+        finally:
+            await store.close()
+
+    before, reachable = asyncio.run(write())
+    meaning = {
+        KillSwitch.OFF: "trading resumes",
+        KillSwitch.HALT: "no new entries; exits still allowed",
+        KillSwitch.REDUCE_ONLY: "only orders that reduce a position; open entry orders "
+                                "are canceled",
+        KillSwitch.FLATTEN: "open orders are canceled and every position is closed; no "
+                            "new orders",
+    }[mode]
+    print(f"{account}: kill switch {before.value} -> {mode.value} ({meaning}); set by {by}")
+    if not reachable:
+        print("note: Postgres is unreachable; the change is buffered and applies when it "
+              "returns", file=sys.stderr)
+    return 0
+
+
+def cli_pause(args: argparse.Namespace) -> int:
+    return _set_kill_switch("pause", args, KillSwitch(args.mode))
+
+
+def cli_resume(args: argparse.Namespace) -> int:
+    return _set_kill_switch("resume", args, KillSwitch.OFF)

@@ -1,0 +1,592 @@
+"""The dispatcher role: claims an account's signals, gates them, submits their orders.
+
+What lives here: `Dispatcher` (the role's core, testable without the role runtime: it
+takes a Store, a bound Broker, the account name and getters for the risk limits and the
+kill switch), `WakeLoop` (runs a pass whenever a NOTIFY arrives) and `build(ctx)` (wires
+both, the LISTEN connection and the ticker into the role runtime). Decisions are
+`ops.risk.evaluate`; queries are `ops.store.signals`.
+
+One pass (`Dispatcher.run_pass`), serialised by a lock whichever way it was woken:
+1. read the kill switch; flatten -> cancel open orders and close every position
+   (idempotently: a position whose closing order is still working is left alone);
+   reduce-only -> cancel open orders that would not reduce a position;
+2. reconcile, once per process life, before anything is claimed (`reconcile`);
+3. settle leftovers: signals still 'claimed' or 'unknown' are looked up at the broker by
+   their deterministic client_order_id: found -> 'submitted'; definitively not found
+   (HTTP 404) -> back to 'pending' and dispatched again below WITH THE SAME id (the broker
+   refuses a duplicate id, so at most one order can ever exist per signal); lookup failed
+   -> left as it is for the next pass (never re-sent blindly);
+4. claim pending signals (batch), load the account state once (account, clock,
+   positions, open orders, prices: in parallel), `evaluate` each signal, submit the
+   allowed ones and record every outcome with its reason.
+
+Choices:
+- The ticker does not gate on market hours: the dispatcher must flatten, reconcile and
+  settle while the market is closed, and a signal that arrives then is refused with the
+  reason "market closed" rather than left to pile up silently.
+- Under flatten every signal is refused (ops.risk's rule): the flatten itself is the exit
+  of whatever remains, and letting an exit signal race the closing orders could sell the
+  same shares twice and open a short.
+- A pass needs Postgres and an empty outage buffer before it claims: a decision still in
+  the buffer would otherwise look like a leftover and be dispatched again.
+
+Test-only fault point: with the environment variable OPS_FAULT=dispatcher.after_submit
+the process SIGKILLs itself right after the broker accepted an order and before the
+decision is recorded (the crash window of invariant 2). Any other value, or none, is inert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from ops.broker import Broker, BrokerApiError, BrokerError
+from ops.models import (
+    OPTION_MULTIPLIER,
+    KillSwitch,
+    OptionSymbol,
+    Order,
+    OrderRequest,
+    OrderType,
+    Position,
+    Side,
+    TimeInForce,
+)
+from ops.risk import (
+    AccountState,
+    PositionSnapshot,
+    RiskDecision,
+    RiskLimits,
+    SignalIntent,
+    evaluate,
+    position_effect,
+)
+from ops.store import signals as sq
+from ops.store.postgres import is_outage
+from ops.store.signals import SignalListener, SignalRow
+
+if TYPE_CHECKING:
+    from ops.daemon import Service
+    from ops.roles.runtime import RoleContext
+    from ops.store.store import Store
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "OPS_FAULT"
+FAULT_AFTER_SUBMIT = "dispatcher.after_submit"
+RECONCILE_KEY = "reconciliation"  # controls row: {"state": "reconciling"|"reconciled", ...}
+DRIFT_KEY = "drift_block"  # controls row written by the position manager
+
+KillSwitchGetter = Callable[[], Awaitable[KillSwitch]]
+LimitsGetter = Callable[[], RiskLimits]
+
+
+class NotReconciled(RuntimeError):
+    """The account could not be reconciled yet; the dispatcher stays closed."""
+
+
+@dataclass(slots=True)
+class DispatcherCounters:
+    passes: int = 0
+    claimed: int = 0
+    submitted: int = 0
+    rejected: int = 0
+    expired: int = 0
+    unknown: int = 0
+    settled: int = 0
+    requeued: int = 0
+    canceled: int = 0
+    closed: int = 0
+    skipped_buffer: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one signal became in one pass."""
+
+    signal_id: int
+    status: str  # submitted | rejected | expired | unknown
+    reason: str | None
+    broker_order_id: str | None = None
+
+
+@dataclass(slots=True)
+class PassReport:
+    mode: KillSwitch
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped: str | None = None  # why no signal was claimed, when that was deliberate
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def drift_blocked(value: Any) -> bool:
+    """Whether a 'drift_block' control value blocks entries.
+
+    Accepted shapes: a bool, or an object whose "blocked" (default true) says so; a
+    malformed value blocks (the safe side).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        return bool(value.get("blocked", True))
+    return value is not None
+
+
+class Dispatcher:
+    """The dispatcher of one account. Call `run_pass()` on every wake-up."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        broker: Broker,
+        account: str,
+        limits: LimitsGetter,
+        kill_switch: KillSwitchGetter,
+        process: str = "dispatcher",
+        batch: int = 50,
+        fault: str | None = None,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.account = account
+        self.process = process
+        self._limits = limits
+        self._kill_switch = kill_switch
+        self._batch = batch
+        self._fault = fault
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._flatten_orders: dict[str, str] = {}  # symbol -> our closing order id
+        self._cid_re = re.compile(rf"^ops-{re.escape(account)}-sig-(\d+)$")
+        self.reconciled_at: datetime | None = None
+        self.stats = DispatcherCounters()
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask for a pass as soon as possible (a NOTIFY arrived)."""
+        self._wake.set()
+
+    @property
+    def reconciled(self) -> bool:
+        return self.reconciled_at is not None
+
+    def counters(self) -> dict[str, int | float | str]:
+        out: dict[str, int | float | str] = {
+            k: getattr(self.stats, k) for k in DispatcherCounters.__slots__
+        }
+        out["reconciled"] = 1 if self.reconciled else 0
+        return out
+
+    # -- one pass -------------------------------------------------------------------------
+
+    async def run_pass(self) -> PassReport:
+        async with self._lock:
+            self.stats.passes += 1
+            mode = await self._kill_switch()
+            report = PassReport(mode)
+            if mode is KillSwitch.FLATTEN:
+                await self.flatten()
+            else:
+                self._flatten_orders.clear()
+                if mode is KillSwitch.REDUCE_ONLY:
+                    await self.cancel_entry_orders()
+            if not self.reconciled:
+                await self.reconcile()
+            if await self.store.buffer.has_pending():
+                # Decisions may still sit in the buffer: Postgres would show them as
+                # leftovers. Claim nothing until the buffer has drained.
+                self.stats.skipped_buffer += 1
+                report.skipped = "outage buffer not drained yet"
+                return report
+            await self.settle_leftovers()
+            claimed = await sq.claim_pending(self.store.pool, self.account, self._batch)
+            if claimed:
+                self.stats.claimed += len(claimed)
+                report.outcomes = await self._dispatch(claimed, mode)
+            return report
+
+    # -- reconciliation -------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Settle leftovers and sync open orders/positions with the broker; record it.
+
+        Raises NotReconciled (after recording why) when it cannot finish; the dispatcher
+        then stays closed and the next pass tries again.
+        """
+        started = _now()
+        await self._record_reconcile({"state": "reconciling", "since": started.isoformat()})
+        try:
+            if await self.store.buffer.has_pending():
+                raise NotReconciled("outage buffer not drained yet")
+            settled, requeued, unresolved = await self.settle_leftovers()
+            if unresolved:
+                raise NotReconciled(f"{unresolved} signal(s) could not be looked up at the "
+                                    "broker yet")
+            orders, positions = await asyncio.gather(
+                self.broker.list_orders(status="open"), self.broker.list_positions())
+            await self.store.upsert_orders(self.account, orders, self._links(orders))
+            differences = await self._position_differences(positions)
+        except (BrokerError, NotReconciled) as exc:
+            await self._reconcile_failed(started, str(exc))
+            raise NotReconciled(str(exc)) from None
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            await self._reconcile_failed(started, f"database unreachable: {exc}")
+            raise NotReconciled(f"database unreachable: {exc}") from None
+        now = _now()
+        value = {
+            "state": "reconciled", "at": now.isoformat(), "since": started.isoformat(),
+            "open_orders": len(orders), "positions": len(positions),
+            "settled_submitted": settled, "requeued": requeued,
+            "position_differences": differences,
+        }
+        await self._record_reconcile(value)
+        self.reconciled_at = now
+        log.info("%s reconciled: %d open orders, %d positions, %d signals settled as "
+                 "submitted, %d requeued%s", self.account, len(orders), len(positions),
+                 settled, requeued,
+                 f"; positions differ from the database: {differences}" if differences else "")
+
+    async def _reconcile_failed(self, started: datetime, why: str) -> None:
+        log.warning("%s: reconciliation not finished (%s); dispatcher stays closed",
+                    self.account, why)
+        await self._record_reconcile({"state": "reconciling", "since": started.isoformat(),
+                                      "error": why})
+
+    async def _record_reconcile(self, value: dict[str, Any]) -> None:
+        await self.store.set_control(self.account, RECONCILE_KEY,
+                                     {**value, "process": self.process}, by=self.process)
+
+    async def _position_differences(self, broker_positions: Sequence[Position]) -> list[str]:
+        """Broker vs database position quantities, reported (never overwritten here: the
+        position manager owns positions and turns drift into a block and an incident)."""
+        snap = await self.store.positions(self.account)
+        stored = {p.position.symbol: p.position.qty for p in snap.rows}
+        live = {p.symbol: p.qty for p in broker_positions}
+        out = []
+        for sym in sorted(set(stored) | set(live)):
+            a, b = live.get(sym, Decimal(0)), stored.get(sym, Decimal(0))
+            if a != b:
+                out.append(f"{sym}: broker {a}, database {b}")
+        return out
+
+    def _links(self, orders: Sequence[Order]) -> dict[str, int]:
+        links = {}
+        for o in orders:
+            m = self._cid_re.match(o.client_order_id)
+            if m:
+                links[o.client_order_id] = int(m.group(1))
+        return links
+
+    async def settle_leftovers(self) -> tuple[int, int, int]:
+        """(settled as submitted, requeued, still unresolved) for 'claimed'/'unknown' rows."""
+        settled = requeued = unresolved = 0
+        for s in await sq.leftovers(self.store.pool, self.account):
+            try:
+                order = await self.broker.get_order_by_client_id(s.cid)
+            except BrokerError as exc:
+                unresolved += 1
+                log.warning("signal %d (%s): lookup of %s failed, still %s: %s", s.id,
+                            s.status, s.cid, s.status, exc)
+                continue
+            if order is not None:
+                await self._record_submitted(s, order, "settled: the broker has the order")
+                settled += 1
+                self.stats.settled += 1
+                continue
+            why = (f"no broker order with client_order_id {s.cid} (was {s.status}); "
+                   "dispatching again with the same id")
+            if await sq.requeue(self.store.pool, self.account, s.id, why):
+                requeued += 1
+                self.stats.requeued += 1
+                log.info("signal %d: %s", s.id, why)
+        return settled, requeued, unresolved
+
+    # -- kill switch ----------------------------------------------------------------------
+
+    async def flatten(self) -> None:
+        """Cancel every open order and close every position; safe to repeat every pass.
+
+        Our own closing orders are left working (a repeat pass must not cancel and
+        re-close what is already closing); a position whose closing order ended without
+        closing it is closed again.
+        """
+        orders = await self.broker.list_orders(status="open")
+        positions = [p for p in await self.broker.list_positions() if p.qty != 0]
+        ours = set(self._flatten_orders.values())
+        open_ids = {o.id for o in orders}
+        for o in orders:
+            if o.id not in ours:
+                await self._cancel(o, "flatten")
+        for p in positions:
+            working = self._flatten_orders.get(p.symbol)
+            if working is not None and working in open_ids:
+                continue
+            try:
+                order = await self.broker.close_position(p.symbol)
+            except BrokerApiError as exc:
+                # E.g. shares still held by an order whose cancel is pending: next pass.
+                log.warning("flatten %s: close %s refused: %s", self.account, p.symbol, exc)
+                continue
+            self._flatten_orders[p.symbol] = order.id
+            self.stats.closed += 1
+            log.warning("flatten %s: closing %s %s (order %s)", self.account, p.qty,
+                        p.symbol, order.id)
+            await self.store.upsert_orders(self.account, [order])
+
+    async def cancel_entry_orders(self) -> None:
+        """Reduce-only: cancel open orders that would open, grow or flip a position."""
+        orders = await self.broker.list_orders(status="open")
+        if not orders:
+            return
+        held = {p.symbol: p.qty for p in await self.broker.list_positions()}
+        for o in orders:
+            remaining = (o.qty - o.filled_qty) if o.qty is not None else None
+            effect = position_effect(held.get(o.symbol, Decimal(0)), Side(o.side), remaining)
+            if not effect.is_exit:
+                await self._cancel(o, "reduce-only")
+
+    async def _cancel(self, order: Order, why: str) -> None:
+        try:
+            await self.broker.cancel_order(order.id)
+        except BrokerApiError as exc:  # already filled or canceled: nothing to do
+            log.info("%s %s: cancel %s: %s", why, self.account, order.id, exc)
+            return
+        self.stats.canceled += 1
+        log.warning("%s %s: canceled order %s (%s %s %s)", why, self.account, order.id,
+                    order.side, order.qty or order.notional, order.symbol)
+
+    # -- dispatching ----------------------------------------------------------------------
+
+    async def _dispatch(self, claimed: list[SignalRow], mode: KillSwitch) -> list[Outcome]:
+        try:
+            state, prices = await self._load_state(claimed, mode)
+        except BrokerError as exc:
+            # No state, no decision: give the signals back untouched for the next pass.
+            for s in claimed:
+                await sq.requeue(self.store.pool, self.account, s.id,
+                                 f"broker unavailable while loading the account: {exc}")
+            raise
+        limits = self._limits()
+        outcomes = []
+        for s in claimed:
+            outcome = await self._one(s, state, prices, limits)
+            outcomes.append(outcome)
+            if outcome.status == "submitted":
+                state = _after_submit(state, s, prices)
+        return outcomes
+
+    async def _load_state(
+        self, claimed: list[SignalRow], mode: KillSwitch
+    ) -> tuple[AccountState, dict[str, Decimal]]:
+        symbols = sorted({s.symbol for s in claimed})
+        account, clock, positions, orders, prices, controls = await asyncio.gather(
+            self.broker.get_account(), self.broker.get_clock(), self.broker.list_positions(),
+            self.broker.list_orders(status="open"), self._prices(symbols),
+            self.store.controls(self.account),
+        )
+        blocked = any(c.key == DRIFT_KEY and drift_blocked(c.value) for c in controls.rows)
+        snaps = {p.symbol: PositionSnapshot(p.qty, _market_value(p)) for p in positions}
+        open_notional: dict[str, Decimal] = {}
+        for o in orders:
+            value = _order_value(o, prices.get(o.symbol))
+            open_notional[o.symbol] = open_notional.get(o.symbol, Decimal(0)) + value
+        state = AccountState(
+            account=self.account, kill_switch=mode, market_open=clock.is_open,
+            buying_power=account.buying_power, equity=account.equity,
+            last_equity=account.last_equity, positions=snaps,
+            open_order_notional=open_notional, drift_blocked=blocked,
+            reconciled=self.reconciled,
+        )
+        return state, prices
+
+    async def _prices(self, symbols: list[str]) -> dict[str, Decimal]:
+        stocks = [s for s in symbols if OptionSymbol.parse(s) is None]
+        if not stocks:
+            return {}
+        try:
+            return await self.broker.latest_trades(stocks)
+        except BrokerError as exc:
+            # Limit orders are valued at their limit price; market orders without a price
+            # are refused by the sanity gate with a reason naming the missing price.
+            log.warning("%s: latest trades for %s unavailable: %s", self.account, stocks, exc)
+            return {}
+
+    async def _one(
+        self, s: SignalRow, state: AccountState, prices: Mapping[str, Decimal],
+        limits: RiskLimits,
+    ) -> Outcome:
+        try:
+            req = _order_request(s)
+            intent = _intent(s, prices.get(s.symbol))
+        except ValueError as exc:
+            return await self._decide(s, "rejected", f"bad signal: {exc}")
+        decision: RiskDecision = evaluate(intent, state, limits, _now())
+        if not decision.allowed:
+            status = "expired" if decision.gate == "expiry" else "rejected"
+            return await self._decide(s, status, f"{decision.gate}: {decision.reason}")
+        result = await self.broker.submit_order(req)
+        if result.outcome == "accepted":
+            if self._fault == FAULT_AFTER_SUBMIT:
+                log.critical("test fault %s: SIGKILL before recording signal %d",
+                             FAULT_AFTER_SUBMIT, s.id)
+                os.kill(os.getpid(), signal.SIGKILL)
+            if result.order is None:
+                # Accepted but unreadable: the id comes from the next settle.
+                return await self._decide(s, "unknown", result.reason)
+            return await self._record_submitted(s, result.order, decision.reason)
+        if result.outcome == "rejected":
+            return await self._decide(s, "rejected", f"broker: {result.reason}")
+        return await self._decide(s, "unknown", result.reason)
+
+    async def _record_submitted(self, s: SignalRow, order: Order, reason: str) -> Outcome:
+        await self.store.upsert_orders(self.account, [order], {order.client_order_id: s.id})
+        return await self._decide(s, "submitted", reason, order.id)
+
+    async def _decide(
+        self, s: SignalRow, status: str, reason: str | None, broker_order_id: str | None = None
+    ) -> Outcome:
+        await self.store.record_signal_decision(
+            s.id, status, reason=reason, client_order_id=s.cid,
+            broker_order_id=broker_order_id, attempts=s.attempts,
+        )
+        setattr(self.stats, status, getattr(self.stats, status) + 1)
+        level = logging.INFO if status == "submitted" else logging.WARNING
+        log.log(level, "signal %d %s %s %s %s: %s%s", s.id, s.side, s.qty or s.notional,
+                s.symbol, status, reason, f" (order {broker_order_id})" if broker_order_id
+                else "")
+        return Outcome(s.id, status, reason, broker_order_id)
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+def _order_request(s: SignalRow) -> OrderRequest:
+    try:
+        side, otype = Side(s.side), OrderType(s.order_type)
+        tif = TimeInForce(s.time_in_force)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if otype not in (OrderType.MARKET, OrderType.LIMIT):
+        raise ValueError(f"order_type {s.order_type!r} not supported for signals "
+                         "(market or limit)")
+    return OrderRequest(symbol=s.symbol, side=side, client_order_id=s.cid, qty=s.qty,
+                        notional=s.notional, order_type=otype, time_in_force=tif,
+                        limit_price=s.limit_price)
+
+
+def _intent(s: SignalRow, price: Decimal | None) -> SignalIntent:
+    return SignalIntent(
+        signal_id=s.id, account=s.account, symbol=s.symbol, side=Side(s.side),
+        created_at=s.created_at, qty=s.qty, notional=s.notional,
+        order_type=OrderType(s.order_type), limit_price=s.limit_price,
+        reference_price=price, expires_at=s.expires_at,
+    )
+
+
+def _market_value(p: Position) -> Decimal:
+    if p.market_value is not None:
+        return p.market_value
+    mult = OPTION_MULTIPLIER if OptionSymbol.parse(p.symbol) else Decimal(1)
+    return p.qty * (p.current_price or p.avg_entry_price) * mult
+
+
+def _order_value(o: Order, price: Decimal | None) -> Decimal:
+    """What an open order still commits: remaining qty x (limit or last price)."""
+    if o.qty is None:
+        return o.notional or Decimal(0)
+    remaining = max(o.qty - o.filled_qty, Decimal(0))
+    unit = o.limit_price or price or o.stop_price or Decimal(0)
+    mult = OPTION_MULTIPLIER if OptionSymbol.parse(o.symbol) else Decimal(1)
+    return remaining * unit * mult
+
+
+def _after_submit(state: AccountState, s: SignalRow, prices: Mapping[str, Decimal]) -> AccountState:
+    """The state the next signal of the same batch sees: this order is now open."""
+    unit = s.limit_price or prices.get(s.symbol)
+    value = s.notional if s.notional is not None else (
+        (s.qty or Decimal(0)) * (unit or Decimal(0)))
+    if OptionSymbol.parse(s.symbol):
+        value *= OPTION_MULTIPLIER
+    opened = dict(state.open_order_notional)
+    opened[s.symbol] = opened.get(s.symbol, Decimal(0)) + value
+    power = state.buying_power - value if s.side == "buy" else state.buying_power
+    return AccountState(
+        account=state.account, kill_switch=state.kill_switch, market_open=state.market_open,
+        buying_power=power, equity=state.equity, last_equity=state.last_equity,
+        positions=state.positions, open_order_notional=opened,
+        drift_blocked=state.drift_blocked, reconciled=state.reconciled,
+    )
+
+
+# -- services ---------------------------------------------------------------------------
+
+
+class WakeLoop:
+    """Runs a dispatcher pass each time `Dispatcher.wake()` was called (NOTIFY path).
+
+    Errors are logged and the loop goes on: the ticker's passes record failures in the
+    run ledger, and the next signal or tick tries again.
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.name = f"dispatcher-wake-{dispatcher.account}"
+        self._d = dispatcher
+        self._stop = False
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self._d._wake.set()
+
+    async def run(self) -> None:
+        while not self._stop:
+            await self._d._wake.wait()
+            self._d._wake.clear()
+            if self._stop:
+                break
+            try:
+                await self._d.run_pass()
+            except asyncio.CancelledError:
+                raise
+            except NotReconciled as exc:
+                log.info("%s: woken, but not reconciled yet: %s", self._d.account, exc)
+            except Exception:
+                log.exception("%s: dispatcher pass (woken by NOTIFY) failed", self._d.account)
+
+
+async def build(ctx: RoleContext) -> Sequence[Service]:
+    """The dispatcher's services: its ticker, the LISTEN connection and the wake loop."""
+    account, broker, acfg = ctx.account, ctx.broker, ctx.account_cfg
+    if account is None or broker is None or acfg is None:
+        raise ValueError("the dispatcher runs for one account: give --account TIER")
+
+    def limits() -> RiskLimits:
+        cfg = ctx.account_cfg  # current config: hot reload applies to the next signal
+        return RiskLimits.from_config((cfg or acfg).risk)
+
+    d = Dispatcher(store=ctx.store, broker=broker, account=account, limits=limits,
+                   kill_switch=ctx.kill_switch, process=ctx.process,
+                   fault=os.environ.get(FAULT_ENV))
+
+    async def job(slot: object) -> None:
+        await d.run_pass()
+
+    ticker = ctx.ticker("dispatcher", acfg.schedule.dispatcher_s, job, market_gate=False)
+    listener = SignalListener(ctx.store.url, account, d.wake)
+    ctx.add_counters("dispatcher", d.counters)
+    ctx.add_counters("listen", lambda: {"notifications": listener.notifications,
+                                        "connects": listener.connects})
+    return [ticker, listener, WakeLoop(d)]

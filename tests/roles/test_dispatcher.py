@@ -1,0 +1,423 @@
+"""The dispatcher's core against real Postgres, the real simulator and real alpaca-py.
+
+In-process: `Dispatcher` with a Store, a bound Broker, risk limits and the kill switch
+read from the controls table, exactly as `build(ctx)` wires them (minus the runtime).
+The subprocess crash test lives in test_dispatcher_process.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ops.broker import Broker, BrokerEndpoints, BrokerSettings
+from ops.control import KILL_SWITCH_KEY, read_kill_switch
+from ops.credentials import Credentials
+from ops.models import KillSwitch, OrderRequest, OrderType, Side
+from ops.retry import Backoff
+from ops.risk import RiskLimits, signal_client_order_id
+from ops.roles.dispatcher import (
+    DRIFT_KEY,
+    RECONCILE_KEY,
+    Dispatcher,
+    NotReconciled,
+    WakeLoop,
+)
+from ops.sim import SimConfig, Simulator
+from ops.store import signals as sq
+from ops.store.signals import SignalListener
+from ops.store.store import Store
+
+TINY_LIMITS = RiskLimits(
+    max_order_notional=Decimal(500), max_symbol_notional=Decimal(900), max_open_positions=3,
+    daily_loss_limit=Decimal(50), max_qty=Decimal(10), signal_ttl_s=120.0,
+)
+FAST = BrokerSettings(
+    rest_timeout_s=2.0,
+    retry=Backoff(initial_s=0.05, max_s=0.2, max_attempts=3, deadline_s=10.0),
+)
+
+
+async def eventually(pred: Callable[[], Awaitable[bool]], what: str,
+                     timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(SimConfig(seed=7, clock="open", market_step_s=0.1)) as s:
+        yield s
+
+
+@pytest.fixture
+async def store(pg_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    from ops.env import RuntimeEnv
+
+    env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path, database_url=pg_url)
+    s = await Store.open(env, process="test-dispatcher", url=pg_url,
+                         buffer_path=tmp_path / "buffer.sqlite3")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def make_broker(sim: Simulator, account: str) -> Broker:
+    spec = sim.account(account)
+    return Broker(BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url),
+                  Credentials(f"test/{account}", account, spec.key_id, spec.secret), FAST)
+
+
+@dataclass
+class Rig:
+    sim: Simulator
+    store: Store
+    broker: Broker
+    d: Dispatcher
+    account: str
+
+    async def signal(self, symbol: str, side: str, qty: str | None = None, *,
+                     notional: str | None = None, account: str | None = None,
+                     order_type: str = "market", limit_price: str | None = None,
+                     created_at: datetime | None = None) -> int:
+        sid = await self.store.insert_signal(
+            account=account or self.account, symbol=symbol, side=side,
+            qty=Decimal(qty) if qty else None,
+            notional=Decimal(notional) if notional else None, order_type=order_type,
+            limit_price=Decimal(limit_price) if limit_price else None, created_at=created_at)
+        assert sid is not None
+        return sid
+
+    async def row(self, sid: int) -> sq.SignalRow:
+        r = await sq.get_signal(self.store.pool, sid)
+        assert r is not None
+        return r
+
+    async def orders_for(self, sid: int, account: str | None = None) -> int:
+        cid = signal_client_order_id(account or self.account, sid)
+        st = self.sim.engine.states[account or self.account]
+        return sum(1 for o in st.orders.values() if o.client_order_id == cid)
+
+    async def switch(self, mode: KillSwitch) -> None:
+        await self.store.set_control(self.account, KILL_SWITCH_KEY, {"mode": mode.value},
+                                     by="test")
+
+    async def position(self, symbol: str) -> Decimal:
+        p = await self.broker.get_position(symbol)
+        return Decimal(0) if p is None else p.qty
+
+
+def dispatcher(store: Store, broker: Broker, account: str,
+               limits: RiskLimits = TINY_LIMITS) -> Dispatcher:
+    async def ks() -> KillSwitch:
+        return await read_kill_switch(store, account)
+
+    return Dispatcher(store=store, broker=broker, account=account, limits=lambda: limits,
+                      kill_switch=ks, process=f"{account}-dispatcher")
+
+
+@pytest.fixture
+async def rig(sim: Simulator, store: Store) -> AsyncIterator[Rig]:
+    broker = make_broker(sim, "tiny")
+    await broker.bind_account(sim.account("tiny").account_number)
+    try:
+        yield Rig(sim, store, broker, dispatcher(store, broker, "tiny"), "tiny")
+    finally:
+        broker.close()
+
+
+async def test_notify_reaches_the_broker_without_any_tick(rig: Rig) -> None:
+    """No ticker at all: the only wake-ups are the LISTEN connection's (on connect and on
+    NOTIFY), so the order can only have reached the broker through the NOTIFY path."""
+    listener = SignalListener(rig.store.url, "tiny", rig.d.wake)
+    loop = WakeLoop(rig.d)
+    tasks = [asyncio.create_task(listener.run()), asyncio.create_task(loop.run())]
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        await eventually(lambda: _true(rig.d.reconciled), "reconciled after start")
+        passes = rig.d.stats.passes
+        sid = await rig.signal("NVDA", "buy", "1")
+        await eventually(lambda: _gt(rig.orders_for(sid), 0), "order at the broker")
+        await eventually(lambda: _status(rig, sid, "submitted"), "signal recorded submitted")
+        assert listener.notifications >= 1
+        assert rig.d.stats.passes > passes
+        row = await rig.row(sid)
+        assert row.client_order_id == signal_client_order_id("tiny", sid)
+        order = await rig.broker.get_order_by_client_id(row.client_order_id)
+        assert order is not None and row.broker_order_id == order.id
+        linked = await rig.store.pool.fetchval(
+            "SELECT signal_id FROM orders WHERE id = $1", order.id)
+        assert linked == sid
+    finally:
+        listener.request_stop()
+        loop.request_stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+
+async def _true(x: bool) -> bool:
+    return x
+
+
+async def _gt(x: Awaitable[int], n: int) -> bool:
+    return await x > n
+
+
+async def _status(rig: Rig, sid: int, status: str) -> bool:
+    return (await rig.row(sid)).status == status
+
+
+async def test_reconcile_is_required_and_recorded(rig: Rig) -> None:
+    sid = await rig.signal("NVDA", "buy", "1")
+    # The broker cannot list orders: reconciliation cannot finish, nothing is claimed.
+    rig.sim.faults.fail_next(n=50, status=500, path="/v2/orders", method="GET")
+    with pytest.raises(NotReconciled):
+        await rig.d.run_pass()
+    assert not rig.d.reconciled
+    assert (await rig.row(sid)).status == "pending"
+    ctl = {c.key: c.value for c in (await rig.store.controls("tiny")).rows}
+    assert ctl[RECONCILE_KEY]["state"] == "reconciling"
+    assert "500" in ctl[RECONCILE_KEY]["error"] or "list orders" in ctl[RECONCILE_KEY]["error"]
+    assert await rig.orders_for(sid) == 0
+
+    rig.sim.faults.clear()
+    report = await rig.d.run_pass()
+    assert rig.d.reconciled
+    assert [o.status for o in report.outcomes] == ["submitted"]
+    ctl = {c.key: c.value for c in (await rig.store.controls("tiny")).rows}
+    assert ctl[RECONCILE_KEY]["state"] == "reconciled" and "at" in ctl[RECONCILE_KEY]
+
+
+async def test_rejections_have_readable_reasons(rig: Rig) -> None:
+    await rig.d.run_pass()  # reconcile
+    too_big = await rig.signal("AAPL", "buy", "5")  # ~950 > max_order_notional 500
+    old = await rig.signal("NVDA", "buy", "1",
+                           created_at=datetime.now(UTC) - timedelta(seconds=600))
+    bad_limit = await rig.signal("NVDA", "buy", "1", order_type="limit", limit_price="1")
+    await rig.store.pool.execute("UPDATE signals SET order_type = 'stop' WHERE id = $1",
+                                 bad_limit)
+    await rig.d.run_pass()
+    r = await rig.row(too_big)
+    assert r.status == "rejected"
+    assert r.reason is not None and r.reason.startswith("max_order_notional:")
+    assert "exceeds max_order_notional 500.00" in r.reason
+    r = await rig.row(old)
+    assert r.status == "expired" and r.reason is not None and "older than signal_ttl_s" in r.reason
+    r = await rig.row(bad_limit)
+    assert r.status == "rejected" and r.reason is not None
+    assert "bad signal" in r.reason and "'stop'" in r.reason
+
+    rig.sim.faults.set_clock("closed")
+    closed = await rig.signal("NVDA", "buy", "1")
+    await rig.d.run_pass()
+    r = await rig.row(closed)
+    assert r.status == "rejected" and r.reason == "market: market closed"
+
+    rig.sim.faults.set_clock("open")
+    await rig.switch(KillSwitch.HALT)
+    halted = await rig.signal("NVDA", "buy", "1")
+    await rig.d.run_pass()
+    r = await rig.row(halted)
+    assert r.status == "rejected" and r.reason is not None
+    assert r.reason.startswith("kill_switch: kill switch halt: new entries refused")
+
+    await rig.switch(KillSwitch.OFF)
+    await rig.store.set_control("tiny", DRIFT_KEY, {"blocked": True, "reason": "test"},
+                                by="test")
+    drift = await rig.signal("NVDA", "buy", "1")
+    await rig.d.run_pass()
+    r = await rig.row(drift)
+    assert r.status == "rejected" and r.reason is not None and r.reason.startswith("drift:")
+    for sid in (too_big, old, bad_limit, closed, halted, drift):
+        assert await rig.orders_for(sid) == 0, sid
+
+
+async def _fill(rig: Rig, symbol: str, qty: str) -> None:
+    sid = await rig.signal(symbol, "buy", qty)
+    await rig.d.run_pass()
+    assert (await rig.row(sid)).status == "submitted"
+    await eventually(lambda: _eq(rig.position(symbol), Decimal(qty)), f"{symbol} filled")
+
+
+async def _eq(x: Awaitable[Decimal], v: Decimal) -> bool:
+    return await x == v
+
+
+async def test_reduce_only_allows_a_closing_sell_and_refuses_a_buy(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "2")
+    # An open entry order far below the market: reduce-only cancels it.
+    entry = await rig.broker.submit_order(OrderRequest(
+        "AMD", Side.BUY, "manual-entry-1", qty=Decimal(1), order_type=OrderType.LIMIT,
+        limit_price=Decimal("1.00")))
+    assert entry.order is not None
+    await rig.switch(KillSwitch.REDUCE_ONLY)
+    buy = await rig.signal("NVDA", "buy", "1")
+    sell = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    b, s = await rig.row(buy), await rig.row(sell)
+    assert b.status == "rejected" and b.reason is not None
+    assert "reduce-only" in b.reason and "increase" in b.reason
+    assert s.status == "submitted", s.reason
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "position closed")
+    o = await rig.broker.get_order(entry.order.id)
+    assert o is not None and o.status == "canceled"
+
+
+async def test_flatten_cancels_orders_closes_positions_and_stays_flat(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "1")
+    await _fill(rig, "AMD", "1")
+    open_res = await rig.broker.submit_order(OrderRequest(
+        "AAPL", Side.BUY, "manual-open-1", qty=Decimal(1), order_type=OrderType.LIMIT,
+        limit_price=Decimal("1.00")))
+    assert open_res.order is not None
+    await rig.switch(KillSwitch.FLATTEN)
+
+    async def flat() -> bool:
+        await rig.d.run_pass()
+        return (not await rig.broker.list_positions()
+                and not await rig.broker.list_orders(status="open"))
+
+    await eventually(flat, "account flat at the simulator")
+    st = rig.sim.engine.states["tiny"]
+    n_orders = len(st.orders)
+    closes = rig.d.stats.closed
+    assert closes >= 2
+    # Idempotent: more passes while flat send nothing; a signal is refused.
+    sid = await rig.signal("NVDA", "buy", "1")
+    exit_sid = await rig.signal("NVDA", "sell", "1")
+    for _ in range(3):
+        await rig.d.run_pass()
+    assert len(st.orders) == n_orders and rig.d.stats.closed == closes
+    for s in (sid, exit_sid):
+        r = await rig.row(s)
+        assert r.status == "rejected" and r.reason is not None and "flatten" in r.reason
+
+
+async def test_flatten_does_not_close_twice_while_a_close_is_working(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "1")
+    rig.sim.faults.set_clock("closed")  # closing orders are accepted but cannot fill
+    await rig.switch(KillSwitch.FLATTEN)
+    await rig.d.run_pass()
+    await rig.d.run_pass()
+    opened = [o for o in await rig.broker.list_orders(status="open") if o.side == "sell"]
+    assert len(opened) == 1 and rig.d.stats.closed == 1
+    rig.sim.faults.set_clock("open")
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "closed once open")
+    await rig.d.run_pass()
+    assert rig.d.stats.closed == 1
+
+
+async def test_504_after_processing_gives_exactly_one_order(rig: Rig) -> None:
+    await rig.d.run_pass()
+    sid = await rig.signal("NVDA", "buy", "1")
+    rig.sim.faults.fail_next(n=1, status=504, path="/v2/orders", method="POST",
+                             after_processing=True)
+    report = await rig.d.run_pass()
+    assert [o.status for o in report.outcomes] == ["submitted"]
+    assert await rig.orders_for(sid) == 1
+    for _ in range(2):
+        await rig.d.run_pass()
+    assert await rig.orders_for(sid) == 1
+
+
+async def test_unknown_is_settled_later_never_resent_blindly(rig: Rig) -> None:
+    await rig.d.run_pass()
+    # 1) processed, but neither the answer nor the lookup gets through: unknown.
+    sid = await rig.signal("NVDA", "buy", "1")
+    rig.sim.faults.fail_next(n=1, status=500, path="/v2/orders", method="POST",
+                             after_processing=True)
+    rig.sim.faults.fail_next(n=20, status=500, path="/v2/orders:by_client_order_id")
+    report = await rig.d.run_pass()
+    assert [o.status for o in report.outcomes] == ["unknown"]
+    assert await rig.orders_for(sid) == 1
+    # While the lookup keeps failing it stays unknown, and nothing is sent again.
+    await rig.d.run_pass()
+    assert (await rig.row(sid)).status == "unknown" and await rig.orders_for(sid) == 1
+    rig.sim.faults.clear()
+    await rig.d.run_pass()
+    r = await rig.row(sid)
+    assert r.status == "submitted" and r.broker_order_id is not None
+    assert await rig.orders_for(sid) == 1
+
+    # 2) not processed and the lookup says 404: unknown, then re-sent with the SAME id.
+    sid2 = await rig.signal("NVDA", "buy", "1")
+    rig.sim.faults.fail_next(n=1, status=500, path="/v2/orders", method="POST")
+    report = await rig.d.run_pass()
+    assert [o.status for o in report.outcomes] == ["unknown"]
+    assert await rig.orders_for(sid2) == 0
+    await rig.d.run_pass()
+    r = await rig.row(sid2)
+    assert r.status == "submitted" and await rig.orders_for(sid2) == 1
+    assert r.attempts == 2
+
+
+async def test_leftovers_from_a_previous_life_are_settled(rig: Rig) -> None:
+    on_broker = await rig.signal("NVDA", "buy", "1")
+    never_sent = await rig.signal("AMD", "buy", "1")
+    for sid in (on_broker, never_sent):
+        await rig.store.pool.execute(
+            "UPDATE signals SET status = 'claimed', attempts = 1 WHERE id = $1", sid)
+    cid = signal_client_order_id("tiny", on_broker)
+    res = await rig.broker.submit_order(OrderRequest("NVDA", Side.BUY, cid, qty=Decimal(1)))
+    assert res.order is not None
+    report = await rig.d.run_pass()
+    r = await rig.row(on_broker)
+    assert r.status == "submitted" and r.broker_order_id == res.order.id
+    assert [(o.signal_id, o.status) for o in report.outcomes] == [(never_sent, "submitted")]
+    assert await rig.orders_for(on_broker) == 1 and await rig.orders_for(never_sent) == 1
+    ctl = {c.key: c.value for c in (await rig.store.controls("tiny")).rows}
+    assert ctl[RECONCILE_KEY]["settled_submitted"] == 1
+    assert ctl[RECONCILE_KEY]["requeued"] == 1
+
+
+async def test_another_accounts_signals_are_never_touched(rig: Rig, sim: Simulator) -> None:
+    large_broker = make_broker(sim, "large")
+    try:
+        listener = SignalListener(rig.store.url, "tiny", rig.d.wake)
+        task = asyncio.create_task(listener.run())
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        seen = listener.notifications
+        theirs = await rig.signal("NVDA", "buy", "1", account="large")
+        ours = await rig.signal("NVDA", "buy", "1")
+        await eventually(lambda: _true(listener.notifications == seen + 1), "tiny NOTIFY")
+        for _ in range(2):
+            await rig.d.run_pass()
+        assert (await rig.row(ours)).status == "submitted"
+        r = await rig.row(theirs)
+        assert r.status == "pending" and r.client_order_id is None and r.attempts == 0
+        assert await rig.orders_for(theirs, "large") == 0
+        assert listener.notifications == seen + 1  # large's insert did not wake tiny
+        # large's own dispatcher does take it.
+        d_large = dispatcher(rig.store, large_broker, "large")
+        await d_large.run_pass()
+        assert (await rig.row(theirs)).status == "submitted"
+        assert await rig.orders_for(theirs, "large") == 1
+        listener.request_stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        large_broker.close()
+
+
+async def test_claims_skip_locked_rows(rig: Rig) -> None:
+    sids = [await rig.signal("NVDA", "buy", "1") for _ in range(3)]
+    async with rig.store.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT id FROM signals WHERE id = $1 FOR UPDATE", sids[0])
+        claimed = await sq.claim_pending(rig.store.pool, "tiny", 10)
+        assert [s.id for s in claimed] == sids[1:]
+        assert all(s.status == "claimed" and s.attempts == 1 for s in claimed)
+    again = await sq.claim_pending(rig.store.pool, "tiny", 10)
+    assert [s.id for s in again] == sids[:1]
+    assert await sq.claim_pending(rig.store.pool, "large", 10) == []

@@ -1,0 +1,167 @@
+"""`ops signal add`, `ops pause`, `ops resume`: real processes (and the same code in-process
+for the long table of bad arguments), real Postgres, the demo config conf/ops.toml."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops.cli import main
+from ops.store.postgres import connect
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def environ(pg_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
+    env.update(OPS_CONFIG=str(REPO / "conf" / "ops.toml"), OPS_HOME=str(tmp_path / "home"),
+               OPS_DATABASE_URL=pg_url, PYTHONPATH=str(REPO))
+    return env
+
+
+def ops(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ops", *args], env=environ, cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def query(url: str, sql: str, *args: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await connect(url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_signal_add_inserts_and_prints_the_id(environ: dict[str, str], pg_url: str) -> None:
+    out = ops(environ, "signal", "add", "--account", "tiny", "--symbol", "AAPL", "--side",
+              "buy", "--qty", "2", "--expires-in", "60", "--key", "k-1")
+    assert out.returncode == 0, out.stderr
+    sid = int(out.stdout.strip())
+    rows = query(pg_url, "SELECT * FROM signals")
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["id"], r["account"], r["symbol"], r["side"], r["qty"], r["status"]) == (
+        sid, "tiny", "AAPL", "buy", Decimal(2), "pending")
+    assert r["expires_at"] is not None and r["strategy"] == "manual"
+    # Same idempotency key: no second signal, the same id.
+    again = ops(environ, "signal", "add", "--account", "tiny", "--symbol", "AAPL", "--side",
+                "buy", "--qty", "2", "--key", "k-1")
+    assert again.returncode == 0 and int(again.stdout.strip()) == sid
+    assert len(query(pg_url, "SELECT id FROM signals")) == 1
+
+    limit = ops(environ, "signal", "add", "--account", "large", "--symbol", "MSFT", "--side",
+                "sell", "--qty", "1", "--type", "limit", "--limit-price", "421.5",
+                "--tif", "gtc")
+    assert limit.returncode == 0, limit.stderr
+    r = query(pg_url, "SELECT * FROM signals WHERE id = $1", int(limit.stdout))[0]
+    assert (r["order_type"], r["limit_price"], r["time_in_force"]) == (
+        "limit", Decimal("421.5"), "gtc")
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--symbol", "aapl"], "--symbol 'aapl'"),
+    (["--qty", "0"], "--qty '0'"),
+])
+def test_signal_add_bad_arguments_subprocess(
+    environ: dict[str, str], pg_url: str, args: list[str], named: str
+) -> None:
+    base = {"--account": "tiny", "--symbol": "AAPL", "--side": "buy", "--qty": "1"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = [x for kv in base.items() for x in kv]
+    out = ops(environ, "signal", "add", *argv)
+    assert out.returncode == 2, out
+    assert named in out.stderr and out.stderr.startswith("ops signal add: error:")
+    assert query(pg_url, "SELECT id FROM signals") == []
+
+
+BAD = [
+    ({"--account": "nosuch"}, "--account 'nosuch': no such account in the config "
+                              "(known: large, tiny)"),
+    ({"--symbol": "AAPL!"}, "--symbol 'AAPL!'"),
+    ({"--symbol": "TOOLONGNAME"}, "--symbol 'TOOLONGNAME'"),
+    ({"--qty": "-1"}, "--qty '-1': must be a finite number > 0"),
+    ({"--qty": "nan"}, "--qty 'nan'"),
+    ({"--qty": "inf"}, "--qty 'inf'"),
+    ({"--qty": "abc"}, "--qty 'abc': not a number"),
+    ({"--type": "limit"}, "--limit-price is required with --type limit"),
+    ({"--type": "limit", "--limit-price": "0"}, "--limit-price '0'"),
+    ({"--limit-price": "10"}, "--limit-price '10': only for --type limit"),
+    ({"--qty": None, "--notional": "50", "--tif": "gtc"}, "--notional '50': only for"),
+    ({"--qty": None, "--notional": "1e999"}, "--notional '1e999': must be below"),
+    ({"--expires-in": "-5"}, "--expires-in -5.0"),
+    ({"--expires-in": "nan"}, "--expires-in nan"),
+    ({"--strategy": " "}, "--strategy"),
+    ({"--symbol": "AAPL240621C00190000", "--qty": None, "--notional": "50"},
+     "--notional '50': options need --qty"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD)
+def test_signal_add_bad_arguments_in_process(
+    environ: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    pg_url: str, change: dict[str, str | None], message: str,
+) -> None:
+    for k, v in environ.items():
+        if k.startswith("OPS_"):
+            monkeypatch.setenv(k, v)
+    args = {"--account": "tiny", "--symbol": "AAPL", "--side": "buy", "--qty": "1", **change}
+    argv = ["signal", "add"] + [x for k, v in args.items() if v is not None for x in (k, v)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert query(pg_url, "SELECT id FROM signals") == []
+
+
+def test_argparse_level_errors_exit_2(environ: dict[str, str]) -> None:
+    out = ops(environ, "signal", "add", "--account", "tiny", "--symbol", "AAPL", "--side",
+              "hold", "--qty", "1")
+    assert out.returncode == 2 and "--side" in out.stderr
+    out = ops(environ, "pause", "tiny", "--mode", "panic")
+    assert out.returncode == 2 and "--mode" in out.stderr
+
+
+def test_pause_and_resume(environ: dict[str, str], pg_url: str) -> None:
+    def switch(account: str) -> tuple[Any, str] | None:
+        rows = query(pg_url, "SELECT value, updated_by FROM controls "
+                             "WHERE account = $1 AND key = 'kill_switch'", account)
+        return None if not rows else (rows[0]["value"], rows[0]["updated_by"])
+
+    out = ops(environ, "pause", "tiny")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("tiny: kill switch off -> halt (no new entries")
+    value, by = switch("tiny") or (None, "")
+    assert value == {"mode": "halt"} and by.startswith("cli:")
+    assert switch("large") is None
+
+    out = ops(environ, "pause", "tiny", "--mode", "flatten")
+    assert out.returncode == 0 and "halt -> flatten" in out.stdout
+    assert (switch("tiny") or (None,))[0] == {"mode": "flatten"}
+
+    out = ops(environ, "resume", "tiny")
+    assert out.returncode == 0 and "flatten -> off (trading resumes)" in out.stdout
+    assert (switch("tiny") or (None,))[0] == {"mode": "off"}
+
+    bad = ops(environ, "pause", "nosuch", "--mode", "reduce-only")
+    assert bad.returncode == 2
+    assert "ops pause: error: TIER 'nosuch': no such account" in bad.stderr
+    bad = ops(environ, "resume", "Tiny")
+    assert bad.returncode == 2 and "TIER 'Tiny'" in bad.stderr
+    assert switch("nosuch") is None
+
+
+def test_bad_config_exits_2(environ: dict[str, str], tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[accounts.tiny]\nsecret_id = 3\n")
+    out = ops({**environ, "OPS_CONFIG": str(cfg)}, "pause", "tiny")
+    assert out.returncode == 2 and str(cfg) in out.stderr
