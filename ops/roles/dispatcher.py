@@ -67,6 +67,7 @@ from ops.risk import (
     RiskLimits,
     SignalIntent,
     evaluate,
+    order_qty,
     position_effect,
 )
 from ops.store import signals as sq
@@ -178,6 +179,11 @@ class Dispatcher:
         """Ask for a pass as soon as possible (a NOTIFY arrived)."""
         self._wake.set()
 
+    async def woken(self) -> None:
+        """Wait for the next `wake()` and consume it."""
+        await self._wake.wait()
+        self._wake.clear()
+
     @property
     def reconciled(self) -> bool:
         return self.reconciled_at is not None
@@ -187,6 +193,8 @@ class Dispatcher:
             k: getattr(self.stats, k) for k in DispatcherCounters.__slots__
         }
         out["reconciled"] = 1 if self.reconciled else 0
+        out["reconciled_at"] = (self.reconciled_at.isoformat() if self.reconciled_at
+                                else "reconciling")
         return out
 
     # -- one pass -------------------------------------------------------------------------
@@ -399,7 +407,7 @@ class Dispatcher:
             self.store.controls(self.account),
         )
         blocked = any(c.key == DRIFT_KEY and drift_blocked(c.value) for c in controls.rows)
-        snaps = {p.symbol: PositionSnapshot(p.qty, _market_value(p)) for p in positions}
+        snaps = {p.symbol: _snapshot(p) for p in positions}
         open_notional: dict[str, Decimal] = {}
         for o in orders:
             value = _order_value(o, prices.get(o.symbol))
@@ -497,6 +505,17 @@ def _intent(s: SignalRow, price: Decimal | None) -> SignalIntent:
     )
 
 
+def _snapshot(p: Position) -> PositionSnapshot:
+    """The position as the gates see it: only the quantity not already held by open
+    orders (`qty_available`), so an exit signal cannot sell what a working order is
+    already selling (which would open a short)."""
+    value = _market_value(p)
+    qty = p.qty if p.qty_available is None else p.qty_available
+    if p.qty != 0 and qty != p.qty:
+        value = value * qty / p.qty
+    return PositionSnapshot(qty, value)
+
+
 def _market_value(p: Position) -> Decimal:
     if p.market_value is not None:
         return p.market_value
@@ -521,13 +540,26 @@ def _after_submit(state: AccountState, s: SignalRow, prices: Mapping[str, Decima
         (s.qty or Decimal(0)) * (unit or Decimal(0)))
     if OptionSymbol.parse(s.symbol):
         value *= OPTION_MULTIPLIER
+    current = state.positions.get(s.symbol)
+    qty = order_qty(SignalIntent(s.id, s.account, s.symbol, Side(s.side), s.created_at,
+                                 qty=s.qty, notional=s.notional, reference_price=unit))
+    positions = dict(state.positions)
     opened = dict(state.open_order_notional)
-    opened[s.symbol] = opened.get(s.symbol, Decimal(0)) + value
-    power = state.buying_power - value if s.side == "buy" else state.buying_power
+    power = state.buying_power
+    held = current.qty if current is not None else Decimal(0)
+    effect = position_effect(held, Side(s.side), qty)
+    if effect.is_exit and current is not None and qty is not None:
+        # Whatever this order sells is no longer available to the next exit signal.
+        left = held - qty if held > 0 else held + qty
+        positions[s.symbol] = PositionSnapshot(left, current.market_value * left / held)
+    else:
+        opened[s.symbol] = opened.get(s.symbol, Decimal(0)) + value
+        if s.side == "buy":
+            power -= value
     return AccountState(
         account=state.account, kill_switch=state.kill_switch, market_open=state.market_open,
         buying_power=power, equity=state.equity, last_equity=state.last_equity,
-        positions=state.positions, open_order_notional=opened,
+        positions=positions, open_order_notional=opened,
         drift_blocked=state.drift_blocked, reconciled=state.reconciled,
     )
 
@@ -549,12 +581,11 @@ class WakeLoop:
 
     def request_stop(self) -> None:
         self._stop = True
-        self._d._wake.set()
+        self._d.wake()
 
     async def run(self) -> None:
         while not self._stop:
-            await self._d._wake.wait()
-            self._d._wake.clear()
+            await self._d.woken()
             if self._stop:
                 break
             try:

@@ -2,14 +2,14 @@
 
 In-process: `Dispatcher` with a Store, a bound Broker, risk limits and the kill switch
 read from the controls table, exactly as `build(ctx)` wires them (minus the runtime).
-The subprocess crash test lives in test_dispatcher_process.py.
+The subprocess crash test lives in test_dispatcher_process.py. Fixtures: `sim` from
+tests/roles/conftest.py, `pg_url` from tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -30,10 +30,12 @@ from ops.roles.dispatcher import (
     NotReconciled,
     WakeLoop,
 )
-from ops.sim import SimConfig, Simulator
+from ops.sim import Simulator
 from ops.store import signals as sq
 from ops.store.signals import SignalListener
 from ops.store.store import Store
+
+from .conftest import eventually
 
 TINY_LIMITS = RiskLimits(
     max_order_notional=Decimal(500), max_symbol_notional=Decimal(900), max_open_positions=3,
@@ -43,21 +45,6 @@ FAST = BrokerSettings(
     rest_timeout_s=2.0,
     retry=Backoff(initial_s=0.05, max_s=0.2, max_attempts=3, deadline_s=10.0),
 )
-
-
-async def eventually(pred: Callable[[], Awaitable[bool]], what: str,
-                     timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(SimConfig(seed=7, clock="open", market_step_s=0.1)) as s:
-        yield s
 
 
 @pytest.fixture
@@ -145,7 +132,7 @@ async def test_notify_reaches_the_broker_without_any_tick(rig: Rig) -> None:
     tasks = [asyncio.create_task(listener.run()), asyncio.create_task(loop.run())]
     try:
         await asyncio.wait_for(listener.connected.wait(), 10)
-        await eventually(lambda: _true(rig.d.reconciled), "reconciled after start")
+        await eventually(lambda: rig.d.reconciled, "reconciled after start")
         passes = rig.d.stats.passes
         sid = await rig.signal("NVDA", "buy", "1")
         await eventually(lambda: _gt(rig.orders_for(sid), 0), "order at the broker")
@@ -163,10 +150,6 @@ async def test_notify_reaches_the_broker_without_any_tick(rig: Rig) -> None:
         listener.request_stop()
         loop.request_stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
-
-
-async def _true(x: bool) -> bool:
-    return x
 
 
 async def _gt(x: Awaitable[int], n: int) -> bool:
@@ -392,7 +375,7 @@ async def test_another_accounts_signals_are_never_touched(rig: Rig, sim: Simulat
         seen = listener.notifications
         theirs = await rig.signal("NVDA", "buy", "1", account="large")
         ours = await rig.signal("NVDA", "buy", "1")
-        await eventually(lambda: _true(listener.notifications == seen + 1), "tiny NOTIFY")
+        await eventually(lambda: listener.notifications == seen + 1, "tiny NOTIFY")
         for _ in range(2):
             await rig.d.run_pass()
         assert (await rig.row(ours)).status == "submitted"
@@ -421,3 +404,28 @@ async def test_claims_skip_locked_rows(rig: Rig) -> None:
     again = await sq.claim_pending(rig.store.pool, "tiny", 10)
     assert [s.id for s in again] == sids[:1]
     assert await sq.claim_pending(rig.store.pool, "large", 10) == []
+
+
+async def test_exits_never_sell_the_same_shares_twice(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "2")
+    # Two exits for the same shares in one batch: the second would open a short.
+    first = await rig.signal("NVDA", "sell", "2")
+    second = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    assert (await rig.row(first)).status == "submitted"
+    r = await rig.row(second)
+    assert r.status == "rejected" and r.reason is not None and r.reason.startswith("short:")
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "position closed")
+
+    # Across passes: shares held by a working sell order are not available to a signal.
+    await _fill(rig, "NVDA", "2")
+    working = await rig.broker.submit_order(OrderRequest(
+        "NVDA", Side.SELL, "manual-exit-1", qty=Decimal(2), order_type=OrderType.LIMIT,
+        limit_price=Decimal("100000")))
+    assert working.order is not None
+    third = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    r = await rig.row(third)
+    assert r.status == "rejected" and r.reason is not None and r.reason.startswith("short:")
+    assert await rig.orders_for(second) == 0 and await rig.orders_for(third) == 0
