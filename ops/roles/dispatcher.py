@@ -24,9 +24,11 @@ Choices:
 - The ticker does not gate on market hours: the dispatcher must flatten, reconcile and
   settle while the market is closed, and a signal that arrives then is refused with the
   reason "market closed" rather than left to pile up silently.
-- Under flatten every signal is refused (ops.risk's rule): the flatten itself is the exit
-  of whatever remains, and letting an exit signal race the closing orders could sell the
-  same shares twice and open a short.
+- Under flatten, signals are gated as under reduce-only (ops.risk alone would refuse
+  every order): entries are refused, an exit of what remains is allowed. It cannot race
+  the closing orders: the gates see a position's `qty_available`, i.e. without the
+  shares a working order (a closing one included) already sells, so a second sale of
+  the same shares would open a short and is refused.
 - A pass needs Postgres and an empty outage buffer before it claims: a decision still in
   the buffer would otherwise look like a leftover and be dispatched again.
 
@@ -171,6 +173,7 @@ class Dispatcher:
         self._flatten_orders: dict[str, str] = {}  # symbol -> our closing order id
         self._cid_re = re.compile(rf"^ops-{re.escape(account)}-sig-(\d+)$")
         self.reconciled_at: datetime | None = None
+        self._mode = KillSwitch.OFF  # as read at the start of the current pass
         self.stats = DispatcherCounters()
 
     # -- wiring ---------------------------------------------------------------------------
@@ -202,7 +205,7 @@ class Dispatcher:
     async def run_pass(self) -> PassReport:
         async with self._lock:
             self.stats.passes += 1
-            mode = await self._kill_switch()
+            mode = self._mode = await self._kill_switch()
             report = PassReport(mode)
             if mode is KillSwitch.FLATTEN:
                 await self.flatten()
@@ -412,8 +415,9 @@ class Dispatcher:
         for o in orders:
             value = _order_value(o, prices.get(o.symbol))
             open_notional[o.symbol] = open_notional.get(o.symbol, Decimal(0)) + value
+        gate_mode = KillSwitch.REDUCE_ONLY if mode is KillSwitch.FLATTEN else mode
         state = AccountState(
-            account=self.account, kill_switch=mode, market_open=clock.is_open,
+            account=self.account, kill_switch=gate_mode, market_open=clock.is_open,
             buying_power=account.buying_power, equity=account.equity,
             last_equity=account.last_equity, positions=snaps,
             open_order_notional=open_notional, drift_blocked=blocked,
@@ -445,7 +449,10 @@ class Dispatcher:
         decision: RiskDecision = evaluate(intent, state, limits, _now())
         if not decision.allowed:
             status = "expired" if decision.gate == "expiry" else "rejected"
-            return await self._decide(s, status, f"{decision.gate}: {decision.reason}")
+            reason = decision.reason
+            if self._mode is KillSwitch.FLATTEN and decision.gate == "kill_switch":
+                reason = "kill switch flatten (the account is being closed out): " + reason
+            return await self._decide(s, status, f"{decision.gate}: {reason}")
         result = await self.broker.submit_order(req)
         if result.outcome == "accepted":
             if self._fault == FAULT_AFTER_SUBMIT:

@@ -32,6 +32,8 @@ from ops.roles.dispatcher import (
 )
 from ops.sim import Simulator
 from ops.store import signals as sq
+from ops.store.embedded import EmbeddedPostgres
+from ops.store.postgres import connect
 from ops.store.signals import SignalListener
 from ops.store.store import Store
 
@@ -277,7 +279,8 @@ async def test_flatten_cancels_orders_closes_positions_and_stays_flat(rig: Rig) 
     n_orders = len(st.orders)
     closes = rig.d.stats.closed
     assert closes >= 2
-    # Idempotent: more passes while flat send nothing; a signal is refused.
+    # Idempotent: more passes while flat send nothing; entries are refused, and so is a
+    # "sell" that no longer has anything to exit.
     sid = await rig.signal("NVDA", "buy", "1")
     exit_sid = await rig.signal("NVDA", "sell", "1")
     for _ in range(3):
@@ -285,7 +288,8 @@ async def test_flatten_cancels_orders_closes_positions_and_stays_flat(rig: Rig) 
     assert len(st.orders) == n_orders and rig.d.stats.closed == closes
     for s in (sid, exit_sid):
         r = await rig.row(s)
-        assert r.status == "rejected" and r.reason is not None and "flatten" in r.reason
+        assert r.status == "rejected" and r.reason is not None
+        assert r.reason.startswith("kill_switch: kill switch flatten"), r.reason
 
 
 async def test_flatten_does_not_close_twice_while_a_close_is_working(rig: Rig) -> None:
@@ -294,7 +298,15 @@ async def test_flatten_does_not_close_twice_while_a_close_is_working(rig: Rig) -
     rig.sim.faults.set_clock("closed")  # closing orders are accepted but cannot fill
     await rig.switch(KillSwitch.FLATTEN)
     await rig.d.run_pass()
+    # An exit signal for the same share while the closing order works is refused by the
+    # kill switch gate (which comes before the market gate): its share is already being
+    # sold, so the order would open a short, an entry.
+    exit_sid = await rig.signal("NVDA", "sell", "1")
     await rig.d.run_pass()
+    r = await rig.row(exit_sid)
+    assert r.status == "rejected" and r.reason is not None
+    assert r.reason.startswith("kill_switch: kill switch flatten"), r.reason
+    assert "open" in r.reason and await rig.orders_for(exit_sid) == 0
     opened = [o for o in await rig.broker.list_orders(status="open") if o.side == "sell"]
     assert len(opened) == 1 and rig.d.stats.closed == 1
     rig.sim.faults.set_clock("open")
@@ -429,3 +441,48 @@ async def test_exits_never_sell_the_same_shares_twice(rig: Rig) -> None:
     r = await rig.row(third)
     assert r.status == "rejected" and r.reason is not None and r.reason.startswith("short:")
     assert await rig.orders_for(second) == 0 and await rig.orders_for(third) == 0
+
+
+async def test_flatten_allows_an_exit_of_what_remains(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "2")
+    # The broker refuses to close the position: it remains; an exit signal may close it.
+    rig.sim.faults.fail_next(n=100, status=403, path="/v2/positions/NVDA", method="DELETE")
+    await rig.switch(KillSwitch.FLATTEN)
+    await rig.d.run_pass()
+    assert rig.d.stats.closed == 0 and await rig.position("NVDA") == Decimal(2)
+    entry = await rig.signal("AMD", "buy", "1")
+    exit_sid = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    assert (await rig.row(exit_sid)).status == "submitted"
+    r = await rig.row(entry)
+    assert r.status == "rejected" and r.reason is not None and "flatten" in r.reason
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "exited")
+
+
+async def test_listener_reconnects_after_a_postgres_restart(pg_dedicated: EmbeddedPostgres) -> None:
+    url = pg_dedicated.url()
+    woken: list[float] = []
+    listener = SignalListener(url, "tiny", lambda: woken.append(1.0),
+                              backoff=Backoff(initial_s=0.05, max_s=0.2, max_attempts=0,
+                                              deadline_s=None))
+    task = asyncio.create_task(listener.run())
+    try:
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        assert listener.connects == 1 and len(woken) == 1  # the catch-up wake on connect
+        await asyncio.to_thread(pg_dedicated.stop, mode="fast")
+        await eventually(lambda: not listener.connected.is_set(), "connection lost noticed")
+        await asyncio.to_thread(pg_dedicated.start)
+        await eventually(lambda: listener.connects == 2, "reconnected", timeout_s=30)
+        assert len(woken) == 2  # inserts made while disconnected are not missed
+        conn = await connect(url)
+        try:
+            await conn.execute("INSERT INTO signals (account, symbol, side, qty) "
+                               "VALUES ('large', 'NVDA', 'buy', 1), ('tiny', 'NVDA', 'buy', 1)")
+        finally:
+            await conn.close()
+        await eventually(lambda: listener.notifications == 1, "NOTIFY after reconnect")
+        assert len(woken) == 3  # large's row did not wake tiny
+    finally:
+        listener.request_stop()
+        await asyncio.wait_for(task, 10)
