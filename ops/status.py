@@ -50,6 +50,8 @@ EXIT_CODES: dict[Overall, int] = {"healthy": 0, "degraded": 1, "down": 2}
 DEGRADING: frozenset[GapStatus] = frozenset({"starting", "late", "stalled", "down"})
 #: Run outcomes that prove the broker clock said "open" when the run happened.
 _OPEN_OUTCOMES = frozenset({"ok", "error", "timeout"})
+#: Roles whose periodic work the account's kill switch holds back.
+PAUSABLE_ROLES = frozenset({"dispatcher"})
 #: Processes that never write heartbeats: RUNNING is all they can show.
 NO_HEARTBEAT = frozenset({"postgres", "sim"})
 
@@ -369,7 +371,9 @@ def _processes(
             heartbeat_age_s=_age(now, hb.ts) if hb else None,
             last_run_age_s=_age(now, run.finished_at) if run else None,
             expected_interval_s=interval, market_open=market_open,
-            paused=ident.account is not None and kill.get(ident.account, "off") != "off",
+            # Only the dispatcher's work (new entries) stops under the kill switch; the
+            # stream and the position manager keep working and are judged as usual.
+            paused=ident.role in PAUSABLE_ROLES and kill.get(ident.account or "", "off") != "off",
         )
         bounds = GapBounds(wd.heartbeat_stale_s, wd.startup_grace_s,
                            wd.gap_bounds_s.get(ident.role))

@@ -59,6 +59,8 @@ class StackSpec:
     simulator_port: int | None = None  # serve the simulator (demo) on this port
     simulator_seed: int = 7
     simulator_clock: str = "open"
+    # The supervisord event-listener watchdog (ops.roles.watchdog); rendered once it lands.
+    watchdog: bool = False
     nodaemon: bool = False  # True in the container, where supervisord is PID 1
     python: str = sys.executable
 

@@ -1,0 +1,140 @@
+"""The demo stack for end-to-end tests: `ops up --demo` in a subprocess, shared per module.
+
+`demo_stack` gives a tmp OPS_HOME (outside pytest's tmp tree: the embedded Postgres runs as
+user `pgserver` when we are root and must traverse every parent), a copy of conf/ops.toml
+whose simulator port is a free one, and the `ops up` result (exit code, output, seconds).
+Teardown ALWAYS runs `ops down`, then, as a last resort, kills whatever the pid files
+still name, so no supervisord or postgres outlives the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops.env import RuntimeEnv
+from ops.store import embedded
+from ops.store.postgres import connect
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    env: RuntimeEnv
+    environ: dict[str, str]
+    sim_port: int
+    up: subprocess.CompletedProcess[str]
+    up_seconds: float
+
+    def ops(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ops", *args], capture_output=True,
+                              text=True, env=self.environ, timeout=timeout, cwd=ROOT)
+
+    def query(self, sql: str, *args: Any) -> list[Any]:
+        async def run() -> list[Any]:
+            conn = await connect(embedded.embedded_url(self.env))
+            try:
+                return list(await conn.fetch(sql, *args))
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def poll(self, what: str, check: Any, timeout_s: float, interval_s: float = 0.5) -> Any:
+        """Call `check()` until it returns something truthy; fail naming `what`."""
+        deadline = time.monotonic() + timeout_s
+        last = check()
+        while not last:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what}: not within {timeout_s:g}s (last: {last!r})")
+            time.sleep(interval_s)
+            last = check()
+        return last
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _kill_leftovers(env: RuntimeEnv) -> list[str]:
+    """SIGKILL what the pid files still name (checked by command line, so a recycled pid
+    is never hit): supervisord with its children, and the postmaster."""
+    killed: list[str] = []
+    pidfiles: Sequence[tuple[str, Path]] = (
+        ("supervisord", env.run_dir / "supervisord.pid"),
+        ("postgres", env.embedded_pg_dir / "data" / "postmaster.pid"),
+    )
+    for name, path in pidfiles:
+        try:
+            pid = int(path.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if name not in _cmdline(pid):
+            continue
+        for victim in [*_children(pid), pid]:
+            try:
+                os.kill(victim, signal.SIGKILL)
+                killed.append(f"{name} {victim}")
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+@pytest.fixture(scope="module")
+def demo_stack() -> Iterator[Stack]:
+    home = Path(tempfile.mkdtemp(prefix="ops-e2e-", dir="/tmp"))
+    port = free_port()
+    config = home / "ops.toml"
+    config.write_text((ROOT / "conf" / "ops.toml").read_text().replace("8765", str(port)))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
+    environ.update(OPS_HOME=str(home), OPS_CONFIG=str(config))
+    env = RuntimeEnv(config_path=config, home=home, database_url=None)
+    t0 = time.monotonic()
+    try:
+        up = subprocess.run([sys.executable, "-m", "ops", "up", "--demo", "--timeout", "90"],
+                            capture_output=True, text=True, env=environ, timeout=150, cwd=ROOT)
+        stack = Stack(env, environ, port, up, time.monotonic() - t0)
+        print(f"\n`ops up --demo` took {stack.up_seconds:.1f}s (exit {up.returncode})")
+        yield stack
+    finally:
+        down = subprocess.run([sys.executable, "-m", "ops", "down"], capture_output=True,
+                              text=True, env=environ, timeout=120, cwd=ROOT)
+        leftovers = _kill_leftovers(env)
+        shutil.rmtree(home, ignore_errors=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not leftovers, f"`ops down` left these running: {leftovers}"
