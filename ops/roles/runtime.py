@@ -548,6 +548,7 @@ class RoleRuntime:
         self.phase = "starting"
         self.bind_failures = 0
         self.daemon: Daemon | None = None
+        self.services: list[Service] = []  # everything the daemon runs, once built
         self.config_watcher: _ConfigWatcher | None = None
         self.control_watcher: _ControlWatcher | None = None
         self._stop = asyncio.Event()
@@ -654,6 +655,7 @@ class RoleRuntime:
         self.control_watcher = _ControlWatcher(self, self.ctx, self._control_poll_s)
         services += [self._heartbeat, LockKeeper(self.lock), self.control_watcher,
                      self.config_watcher]
+        self.services = services
         self.daemon = Daemon(self.process, services, install_signal_handlers=self._signals)
         self.daemon.on_run_now(self.ctx.run_now)
         if self._stop.is_set():

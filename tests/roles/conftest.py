@@ -15,6 +15,9 @@ Fixtures (plus those of tests/conftest.py: `pg_url`, `ops_env`, ...):
   (stdout+stderr to a log file: `proc.log_text()`), `proc.kill()`/`proc.stop()` end it.
 
 Helpers: `eventually(pred, what, timeout_s)` polls a sync/async predicate;
+`async with running_role(role_env, "stream", "large") as rt:` runs a role in-process
+(`RoleRuntime`, no signal handlers; `builder=` to substitute one) until it is running and
+stops it after (asserting exit 0); `rt.ctx`, `rt.services`, `rt.store` are live;
 `config_text(sim, **kw)` renders the TOML; `order_request(...)` a market order request.
 """
 
@@ -27,6 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -36,6 +40,7 @@ import pytest
 from ops.credentials import write_secrets_file
 from ops.env import RuntimeEnv
 from ops.models import OrderRequest, Side
+from ops.roles.runtime import EXIT_OK, RoleBuilder, RoleRuntime
 from ops.sim import SimConfig, Simulator, default_accounts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,6 +120,9 @@ heartbeat_stale_s = 5
 [broker]
 rest_timeout_s = 2
 stream_silence_s = {stream_silence_s}
+# Tests make REST calls much faster than production (silence bounds under a second).
+rate_limit_per_min = 6000
+rate_limit_burst = 300
 
 [broker.retry]
 initial_s = 0.05
@@ -253,3 +261,25 @@ def order_request(symbol: str = "AAPL", qty: int = 1, side: Side = Side.BUY,
 
     return OrderRequest(symbol=symbol, side=side, qty=Decimal(qty),
                         client_order_id=cid or f"test-{uuid.uuid4().hex[:16]}")
+
+
+@asynccontextmanager
+async def running_role(role_env: RoleEnv, role: str, account: str | None,
+                       builder: RoleBuilder | None = None,
+                       **kw: float) -> AsyncIterator[RoleRuntime]:
+    """Run a role in-process until its phase is "running"; stop it after (exit 0)."""
+    rt = RoleRuntime(role, account, role_env.env, builder=builder,
+                     install_signal_handlers=False, **kw)  # type: ignore[arg-type]
+    task = asyncio.create_task(rt.run())
+
+    def up() -> bool:
+        if task.done():
+            raise AssertionError(f"role {role} ended during boot: {task.result()!r}")
+        return rt.phase == "running"
+    try:
+        await eventually(up, f"role {role} running")
+        yield rt
+    finally:
+        rt.request_stop()
+        code = await asyncio.wait_for(task, 30)
+    assert code == EXIT_OK

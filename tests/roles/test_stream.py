@@ -1,0 +1,229 @@
+"""The stream role in-process against the real simulator and real Postgres: fills lost on
+the stream are backfilled exactly once, duplicates and unknown events, silence detection.
+
+Truth for fills is the simulator's own FILL activity ledger (with execution ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+
+from ops.broker import Broker, BrokerEndpoints, BrokerSettings
+from ops.credentials import Credentials
+from ops.models import OrderRequest, OrderType, Side
+from ops.retry import Backoff
+from ops.roles.runtime import RoleRuntime
+from ops.roles.stream import StreamRole
+from ops.sim import Simulator
+from ops.store.postgres import connect
+from tests.roles.conftest import RoleEnv, eventually, order_request, running_role
+
+
+@pytest.fixture
+async def broker(sim: Simulator) -> AsyncIterator[Broker]:
+    """The test's own broker client for `large` (submits the orders the role observes)."""
+    spec = sim.account("large")
+    b = Broker(BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url),
+               Credentials("test/large", "large", spec.key_id, spec.secret),
+               BrokerSettings(rest_timeout_s=2.0, retry=Backoff(initial_s=0.05, max_s=0.2,
+                                                                  max_attempts=4)))
+    yield b
+    b.close()
+
+
+def role_of(rt: RoleRuntime) -> StreamRole:
+    return next(s for s in rt.services if isinstance(s, StreamRole))
+
+
+async def ready(sim: Simulator, role: StreamRole) -> None:
+    """Connected and the connect backfill done (stream frames wait while it runs)."""
+    await sim.wait_stream("large")
+    await eventually(lambda: role.stats.backfills >= 1, "the connect backfill")
+
+
+def sim_fills(sim: Simulator, account: str = "large") -> dict[str, str]:
+    """execution id -> order id, from the simulator's ledger (the truth)."""
+    return {str(a["execution_id"]): str(a["order_id"])
+            for a in sim.engine.states[account].activities if a["activity_type"] == "FILL"}
+
+
+async def db_fills(url: str, account: str = "large") -> list[tuple[str, str]]:
+    conn = await connect(url)
+    try:
+        rows = await conn.fetch("SELECT execution_id, order_id FROM order_events "
+                                "WHERE account = $1 AND event IN ('fill', 'partial_fill')",
+                                account)
+    finally:
+        await conn.close()
+    return [(r["execution_id"], r["order_id"]) for r in rows]
+
+
+async def query(url: str, sql: str, *args: object) -> list[dict[str, object]]:
+    conn = await connect(url)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+async def fills_match(role_env: RoleEnv) -> bool:
+    rows = await db_fills(role_env.pg_url)
+    return sorted(rows) == sorted(sim_fills(role_env.sim).items())
+
+
+async def test_stream_drop_while_fills_happen_every_fill_stored_once(
+    role_env: RoleEnv, broker: Broker
+) -> None:
+    sim = role_env.sim
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        # 1. Healthy: the stream delivers these fills (150 shares = 2 executions: the
+        #    simulator fills at most 100 per market step).
+        first = await broker.submit_order(order_request("AAPL", 150))
+        assert first.outcome == "accepted"
+        await eventually(lambda: len(sim_fills(sim)) == 2, "two executions at the broker")
+        await eventually(lambda: fills_match(role_env), "stream-delivered fills stored")
+        assert role.stats.stored >= 2 and role.stats.backfilled == 0
+
+        # 2. The stream goes mute while orders fill: every event of this period is lost.
+        sim.faults.mute("large")
+        for qty in (150, 130):
+            assert (await broker.submit_order(order_request("AAPL", qty))).outcome == "accepted"
+        await eventually(lambda: len(sim_fills(sim)) == 6, "all six executions at the broker")
+        assert sim.faults.unmute("large", deliver=False) == 0  # lost, as on the real thing
+        assert not await fills_match(role_env)
+
+        # 3. The socket drops; alpaca-py reconnects; the backfill recovers every fill.
+        connects = role.stream.counters.connects
+        assert await sim.faults.drop_streams("large") == 1
+        await eventually(lambda: role.stream.counters.connects > connects, "reconnected")
+        await eventually(lambda: fills_match(role_env), "every fill stored after reconnect")
+
+        rows = await db_fills(role_env.pg_url)
+        ids = [e for e, _ in rows]
+        assert len(ids) == len(set(ids)) == 6  # each execution exactly once
+        assert role.stats.backfilled == 4  # the four lost ones came from REST
+        # The backfill re-read the two stream-delivered fills too: stored once each.
+        orders = await query(role_env.pg_url, "SELECT id, status, filled_qty FROM orders "
+                             "WHERE account = 'large'")
+        assert sorted((o["status"], o["filled_qty"]) for o in orders) == [
+            ("filled", Decimal(130)), ("filled", Decimal(150)), ("filled", Decimal(150))]
+
+        # 4. Stream and backfill overlapping: fills arriving during another reconnect.
+        sell = order_request("AAPL", 250, side=Side.SELL)
+        assert (await broker.submit_order(sell)).outcome == "accepted"
+        await sim.faults.drop_streams("large")
+        await eventually(lambda: len(sim_fills(sim)) == 9, "three more executions")
+        await eventually(lambda: fills_match(role_env), "all nine stored exactly once")
+        ids = [e for e, _ in await db_fills(role_env.pg_url)]
+        assert len(ids) == len(set(ids)) == 9
+
+
+async def test_duplicated_events_stored_once(role_env: RoleEnv, broker: Broker) -> None:
+    sim = role_env.sim
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        sim.faults.duplicate_next_events(10, "large")
+        res = await broker.submit_order(order_request("AAPL", 250))
+        assert res.outcome == "accepted" and res.order is not None, res
+        await eventually(lambda: len(sim_fills(sim)) == 3, "three executions at the broker")
+        await eventually(lambda: fills_match(role_env), "fills stored")
+        await eventually(lambda: role.stats.duplicates >= 3, "redeliveries seen")
+        events = await query(role_env.pg_url, "SELECT event, count(*) AS n FROM order_events "
+                             "WHERE order_id = $1 GROUP BY event", res.order.id)
+        by_event = {str(r["event"]): r["n"] for r in events}
+        # accepted/new once, two partial fills and one fill, each once.
+        assert by_event.get("partial_fill") == 2 and by_event.get("fill") == 1
+        assert all(n == 1 for e, n in by_event.items() if e not in ("partial_fill",))
+        assert role.stats.updates == role.stats.stored + role.stats.duplicates
+
+
+async def test_unknown_event_and_malformed_frame_are_recorded(
+    role_env: RoleEnv, broker: Broker
+) -> None:
+    sim = role_env.sim
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        res = await broker.submit_order(OrderRequest(
+            "AAPL", Side.BUY, "t-unknown-1", qty=Decimal(1), order_type=OrderType.LIMIT,
+            limit_price=Decimal("1.00")))
+        assert res.order is not None
+        order_id = res.order.id
+        await eventually(lambda: role.stats.stored >= 1, "the order's first event stored")
+        sim.faults.emit_unknown_event("large", "order_frozen", order_id)
+        sim.faults.emit_malformed_frame("large")
+
+        async def recorded() -> bool:
+            ev = await query(role_env.pg_url, "SELECT 1 FROM order_events WHERE "
+                             "event = 'order_frozen' AND order_id = $1", order_id)
+            inc = await query(role_env.pg_url, "SELECT kind, detail FROM incidents "
+                              "WHERE closed_at IS NULL ORDER BY kind")
+            kinds = [str(i["kind"]) for i in inc]
+            return len(ev) == 1 and kinds == ["stream-bad-message", "stream-unknown-event"]
+        await eventually(recorded, "unknown event stored verbatim; both recorded as incidents")
+        inc = await query(role_env.pg_url, "SELECT detail FROM incidents "
+                          "WHERE kind = 'stream-bad-message'")
+        assert "not JSON" in str(inc[0]["detail"])
+        assert role.stats.bad == 2
+
+
+async def test_silence_detection_only_with_open_orders_and_missed_changes(
+    role_env: RoleEnv, broker: Broker
+) -> None:
+    sim = role_env.sim
+    role_env.write_config(stream_check_s=0.2, stream_silence_s=0.6)
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        assert rt.ctx is not None
+        ticker = rt.ctx.tickers[0]
+
+        async def checks_after(n: int) -> None:
+            start = ticker.stats().runs_ok
+            await eventually(lambda: ticker.stats().runs_ok >= start + n, f"{n} more checks")
+
+        # A quiet account with nothing open: well past the bound, no REST check, no alarm.
+        await checks_after(8)  # 8 x 0.2 s > 0.6 s silence bound, at least twice over
+        assert role.stats.silence_checks == 0
+        assert role.stream.counters.connects == 1
+
+        # An open order resting quietly: REST is asked, shows nothing missed, no alarm.
+        rest = await broker.submit_order(OrderRequest(
+            "MSFT", Side.BUY, "t-rest-1", qty=Decimal(1), order_type=OrderType.LIMIT,
+            limit_price=Decimal("1.00")))
+        assert rest.order is not None
+        await eventually(lambda: role.stats.stored >= 1, "resting order's event stored")
+        await eventually(lambda: role.stats.silence_checks >= 2, "REST consulted twice")
+        assert role.stats.silent_reconnects == 0
+        assert role.stream.counters.connects == 1
+        assert not await query(role_env.pg_url, "SELECT 1 FROM incidents "
+                               "WHERE kind = 'stream-silent'")
+
+        # The stream goes silent (socket alive, pings answered) and the order is cancelled.
+        sim.faults.mute("large")
+        await broker.cancel_order(rest.order.id)
+        await eventually(lambda: role.stats.silent_reconnects == 1, "silence detected")
+        await eventually(lambda: role.stream.counters.connects == 2, "forced reconnect")
+        incidents = await query(role_env.pg_url, "SELECT detail FROM incidents "
+                                "WHERE kind = 'stream-silent' AND closed_at IS NULL")
+        assert len(incidents) == 1 and rest.order.id in str(incidents[0]["detail"])
+        orders = await query(role_env.pg_url, "SELECT status FROM orders WHERE id = $1",
+                             rest.order.id)
+        assert orders == [{"status": "canceled"}]  # backfilled while the stream was mute
+
+        # The stream delivers again: the incident closes.
+        sim.faults.unmute("large")
+        await sim.wait_stream("large")
+        assert (await broker.submit_order(order_request("SPY", 1))).outcome == "accepted"
+
+        async def closed() -> bool:
+            rows = await query(role_env.pg_url, "SELECT closed_at FROM incidents "
+                               "WHERE kind = 'stream-silent'")
+            return len(rows) == 1 and rows[0]["closed_at"] is not None
+        await eventually(closed, "stream-silent incident closed once updates flow")
