@@ -1,0 +1,380 @@
+"""The watchdog's decisions: a pure function of what it observed, what it remembers, and now.
+
+Given one `Observed` per supervised process (supervisord state, ages of the heartbeat and
+of the last completed run, market clock, kill switch), the supervisord process-state
+events since the last pass, the `WatchState` carried over from the last pass and the
+`Policy`, `decide` returns the actions to take (kill, start, open/bump/note/close an
+incident) and the next state. No I/O and no clock: the listener (ops/roles/watchdog.py)
+gathers the inputs and carries out the actions.
+
+The verdict per process comes from `ops.gaps.gap_status`, so `ops status`, the dashboard
+and the watchdog never disagree about what "stalled" means. On top of it:
+
+- RUNNING + stalled, heartbeat stale or missing  -> kill (SIGKILL; autorestart acts), "hung"
+- RUNNING + stalled, heartbeat fresh, no run     -> kill, "stalled" (alive but not trading)
+- BACKOFF, or an unexpected EXITED               -> incident ("crash-loop" / "exited")
+- FATAL                                          -> incident noting FATAL; start attempts
+                                                    with a doubling delay
+- idle-market-closed / paused / ok               -> nothing; an open incident closes once
+                                                    the process stayed healthy `settle_s`
+
+A process has at most one watchdog incident open (dedupe key `watchdog:<process>`): a
+restart loop bumps its restart count instead of opening hundreds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Final
+
+from ops.config import WatchdogConfig
+from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
+from ops.models import Heartbeat, RunRecord
+
+#: Statuses under which a process is doing what it should (an open incident may close).
+HEALTHY: Final[frozenset[GapStatus]] = frozenset({"ok", "idle-market-closed", "paused"})
+#: Run outcomes that prove the broker clock said "open" when the run happened.
+_OPEN_OUTCOMES: Final = frozenset({"ok", "error", "timeout"})
+INCIDENT_PREFIX: Final = "watchdog:"
+
+
+def incident_key(process: str) -> str:
+    """The dedupe key of the watchdog's incident for `process`."""
+    return INCIDENT_PREFIX + process
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Bounds of the decisions (from `[watchdog]`); seconds throughout."""
+
+    heartbeat_stale_s: float = 5.0
+    startup_grace_s: float = 15.0
+    gap_bounds_s: Mapping[str, float] = field(default_factory=dict)
+    settle_s: float = 20.0  # healthy this long before an incident closes (flap guard)
+    kill_retry_s: float = 5.0  # the same pid still RUNNING this long after a kill: kill again
+    start_delay_s: float = 30.0  # first start attempt of a FATAL process, then doubling
+    start_delay_max_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, wd: WatchdogConfig) -> Policy:
+        # A flapping process is one incident: it must stay healthy for its startup grace
+        # plus a stale bound before the incident closes.
+        return cls(
+            heartbeat_stale_s=wd.heartbeat_stale_s,
+            startup_grace_s=wd.startup_grace_s,
+            gap_bounds_s=dict(wd.gap_bounds_s),
+            settle_s=wd.startup_grace_s + wd.heartbeat_stale_s,
+        )
+
+    def bounds(self, role: str) -> GapBounds:
+        return GapBounds(self.heartbeat_stale_s, self.startup_grace_s,
+                         self.gap_bounds_s.get(role))
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """One supervised process as seen in this pass."""
+
+    name: str  # program name, also the heartbeat/run `process`
+    qualified: str  # group:name, what XML-RPC wants
+    account: str | None
+    role: str
+    gap: GapInput
+    pid: int = 0
+    exitstatus: int = 0
+    spawnerr: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessEvent:
+    """A supervisord PROCESS_STATE_* event (the listener parses the header/payload)."""
+
+    name: str
+    from_state: str
+    to_state: str  # RUNNING, BACKOFF, EXITED, FATAL, ...
+    expected: bool | None = None  # EXITED only: exit code listed in `exitcodes`
+    pid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentMemo:
+    key: str
+    kind: str
+    opened_at: float
+    restarts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tracked:
+    """What the watchdog remembers about one process between passes."""
+
+    incident: IncidentMemo | None = None
+    healthy_since: float | None = None
+    killed_pid: int | None = None
+    killed_at: float | None = None
+    fatal_seen: bool = False
+    start_attempts: int = 0
+    next_start_at: float | None = None
+
+
+WatchState = Mapping[str, Tracked]
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    process: str
+    qualified: str
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    process: str
+    qualified: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIncident:
+    key: str
+    kind: str
+    process: str
+    account: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class BumpIncident:
+    """One more restart during an open incident (detail replaces the old one)."""
+
+    key: str
+    process: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoteIncident:
+    """New facts about an open incident that are not a restart (e.g. it went FATAL)."""
+
+    key: str
+    process: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseIncident:
+    key: str
+    process: str
+    kind: str
+    duration_s: float
+    restarts: int
+    detail: str
+
+
+Action = Kill | Start | OpenIncident | BumpIncident | NoteIncident | CloseIncident
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    actions: list[Action]
+    state: dict[str, Tracked]
+    statuses: dict[str, GapStatus]
+
+
+def observe(
+    *,
+    name: str,
+    qualified: str,
+    account: str | None,
+    role: str,
+    state: str,
+    pid: int,
+    start: float,
+    exitstatus: int,
+    spawnerr: str,
+    heartbeat: Heartbeat | None,
+    run: RunRecord | None,
+    expected_interval_s: float | None,
+    paused: bool,
+    heartbeats: bool,
+    now: datetime,
+) -> Observed:
+    """Fold supervisord's info, the heartbeat and the last run into an `Observed`.
+
+    A heartbeat written before this incarnation started proves nothing about it (the
+    previous pid wrote it), so it is ignored; the market is judged open or closed from the
+    last run's outcome (the ticker's gate recorded it), unknown without one.
+    """
+    now_s = now.timestamp()
+    if heartbeat is not None and start and heartbeat.ts.timestamp() < start - 1:
+        heartbeat = None
+    market_open: bool | None = None
+    if run is not None:
+        market_open = (False if run.outcome == "idle-market-closed"
+                       else True if run.outcome in _OPEN_OUTCOMES else None)
+    finished = run.finished_at if run is not None else None
+    gap = GapInput(
+        state=state,
+        uptime_s=max(0.0, now_s - start) if state == "RUNNING" and start else None,
+        heartbeats=heartbeats,
+        heartbeat_age_s=None if heartbeat is None else max(0.0, now_s - heartbeat.ts.timestamp()),
+        last_run_age_s=None if finished is None else max(0.0, now_s - finished.timestamp()),
+        expected_interval_s=expected_interval_s,
+        market_open=market_open,
+        paused=paused,
+    )
+    return Observed(name=name, qualified=qualified, account=account, role=role, gap=gap,
+                    pid=pid, exitstatus=exitstatus, spawnerr=spawnerr)
+
+
+def _age(v: float | None) -> str:
+    return "never" if v is None else f"{v:.1f}s"
+
+
+def _stalled_reason(p: Observed, policy: Policy) -> tuple[str, str]:
+    g = p.gap
+    if g.heartbeat_age_s is None or g.heartbeat_age_s > policy.heartbeat_stale_s:
+        return "hung", (f"RUNNING but heartbeat {_age(g.heartbeat_age_s)} old "
+                        f"(bound {policy.heartbeat_stale_s:g}s)")
+    bound = policy.gap_bounds_s.get(p.role)
+    return "stalled", (f"heartbeat fresh but no completed run for {_age(g.last_run_age_s)} "
+                       f"(interval {g.expected_interval_s:g}s"
+                       + (f", bound {bound:g}s)" if bound is not None else ")"))
+
+
+def _fatal_detail(p: Observed) -> str:
+    why = p.spawnerr or "exited too quickly"
+    return f"FATAL: {why} (last exit status {p.exitstatus}); supervisord gave up restarting"
+
+
+def decide(
+    observed: Sequence[Observed],
+    events: Sequence[ProcessEvent],
+    state: WatchState,
+    policy: Policy,
+    now: float,
+) -> Decision:
+    """The actions for this pass and the state to carry to the next one."""
+    actions: list[Action] = []
+    new_state: dict[str, Tracked] = {}
+    statuses: dict[str, GapStatus] = {}
+    by_name = {e.name for e in events}
+    for p in observed:
+        st = state.get(p.name, Tracked())
+        status = gap_status(p.gap, policy.bounds(p.role))
+        statuses[p.name] = status
+        mine = [e for e in events if e.name == p.name] if p.name in by_name else []
+        st = _decide_one(p, status, mine, st, policy, now, actions)
+        new_state[p.name] = st
+    # A process that left supervisord's config (or was renamed) cannot recover: close.
+    seen = {p.name for p in observed}
+    for name, st in state.items():
+        if name in seen or st.incident is None:
+            continue
+        inc = st.incident
+        actions.append(CloseIncident(inc.key, name, inc.kind, now - inc.opened_at,
+                                     inc.restarts, "process no longer supervised"))
+    return Decision(actions, new_state, statuses)
+
+
+def _decide_one(
+    p: Observed,
+    status: GapStatus,
+    events: Sequence[ProcessEvent],
+    st: Tracked,
+    policy: Policy,
+    now: float,
+    actions: list[Action],
+) -> Tracked:
+    key = incident_key(p.name)
+    # Restarts supervisord made on its own since the last pass: each BACKOFF is a failed
+    # start it will retry; an unexpected EXITED is a crash autorestart will undo. Our own
+    # kill's EXITED event is not counted again.
+    backoffs = sum(1 for e in events if e.to_state == "BACKOFF")
+    crashes = [e for e in events if e.to_state == "EXITED" and e.expected is False
+               and not (st.killed_pid is not None and e.pid == st.killed_pid)]
+
+    def trouble(kind: str, detail: str, restarts: int) -> None:
+        nonlocal st
+        inc = st.incident
+        if inc is None:
+            actions.append(OpenIncident(key, kind, p.name, p.account, detail))
+            inc = IncidentMemo(key, kind, now)
+        actions.extend(BumpIncident(key, p.name, detail) for _ in range(restarts))
+        st = replace(st, incident=replace(inc, restarts=inc.restarts + restarts))
+
+    state = p.gap.state
+    if state == "RUNNING" and status == "stalled":
+        kind, detail = _stalled_reason(p, policy)
+        recently = (st.killed_pid == p.pid and st.killed_at is not None
+                    and now - st.killed_at < policy.kill_retry_s)
+        st = replace(st, healthy_since=None)
+        if not recently:
+            detail = f"{detail}; killed pid {p.pid}"
+            actions.append(Kill(p.name, p.qualified, p.pid, detail))
+            st = replace(st, killed_pid=p.pid, killed_at=now)
+            trouble(kind, detail, 1)
+        return st
+    if crashes:
+        e = crashes[-1]
+        trouble("exited", f"exited unexpectedly from {e.from_state} "
+                          f"(exit status {p.exitstatus}); autorestart", len(crashes))
+    if backoffs:
+        trouble("crash-loop", f"BACKOFF: exited before it counted as started "
+                              f"({p.spawnerr or 'exit status ' + str(p.exitstatus)})",
+                backoffs)
+    if state == "BACKOFF" and st.incident is None:
+        trouble("crash-loop", f"BACKOFF ({p.spawnerr or 'exit status ' + str(p.exitstatus)})",
+                0)
+    if state == "FATAL":
+        st = replace(st, healthy_since=None)
+        detail = _fatal_detail(p)
+        if st.incident is None:
+            trouble("fatal", detail, 0)
+            st = replace(st, fatal_seen=True)
+        elif not st.fatal_seen:
+            actions.append(NoteIncident(key, p.name, detail))
+            st = replace(st, fatal_seen=True)
+        if st.next_start_at is None:
+            st = replace(st, next_start_at=now + policy.start_delay_s)
+        elif now >= st.next_start_at:
+            n = st.start_attempts + 1
+            actions.append(Start(p.name, p.qualified, f"start attempt {n} after FATAL"))
+            delay = min(policy.start_delay_max_s, policy.start_delay_s * 2.0 ** n)
+            st = replace(st, start_attempts=n, next_start_at=now + delay)
+            trouble("fatal", f"{detail}; start attempt {n}", 1)
+        return st
+    if status in HEALTHY or state == "STOPPED":
+        # STOPPED is an operator's decision (supervisorctl stop): expected, not an alarm.
+        since = st.healthy_since if st.healthy_since is not None else now
+        st = replace(st, healthy_since=since, fatal_seen=False, start_attempts=0,
+                     next_start_at=None)
+        if st.incident is not None and (now - since >= policy.settle_s
+                                        or state == "STOPPED"):
+            inc = st.incident
+            how = (f"healthy ({status}) for {now - since:.0f}s" if status in HEALTHY
+                   else "STOPPED by an operator")
+            actions.append(CloseIncident(inc.key, p.name, inc.kind, now - inc.opened_at,
+                                         inc.restarts, how))
+            st = replace(st, incident=None)
+        return st
+    # starting / late / transient states: no verdict yet, and not healthy either.
+    return replace(st, healthy_since=None)
+
+
+def adopt_open(state: WatchState, open_keys: Mapping[str, tuple[str, float, int]]) -> dict[
+        str, Tracked]:
+    """Merge incidents found open in the store (key -> kind, opened_at, restarts) into the
+    state, so a restarted watchdog continues (and later closes) the incidents it opened."""
+    out = dict(state)
+    for key, (kind, opened_at, restarts) in open_keys.items():
+        if not key.startswith(INCIDENT_PREFIX):
+            continue
+        name = key[len(INCIDENT_PREFIX):]
+        st = out.get(name, Tracked())
+        if st.incident is None:
+            out[name] = replace(st, incident=IncidentMemo(key, kind, opened_at, restarts))
+    return out

@@ -1,0 +1,276 @@
+"""ops.watchdog.decide: the watchdog's pure decisions, by example and by hypothesis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ops.gaps import GapInput
+from ops.watchdog import (
+    HEALTHY,
+    Action,
+    BumpIncident,
+    CloseIncident,
+    Kill,
+    NoteIncident,
+    Observed,
+    OpenIncident,
+    Policy,
+    ProcessEvent,
+    Start,
+    Tracked,
+    WatchState,
+    adopt_open,
+    decide,
+    incident_key,
+)
+
+POLICY = Policy(heartbeat_stale_s=5.0, startup_grace_s=15.0,
+                gap_bounds_s={"dispatcher": 20.0}, settle_s=20.0)
+
+
+def proc(
+    state: str = "RUNNING", *, hb: float | None = 1.0, run: float | None = 1.0,
+    uptime: float | None = 100.0, market_open: bool | None = True, paused: bool = False,
+    pid: int = 100, name: str = "large-dispatcher", interval: float | None = 2.0,
+    spawnerr: str = "",
+) -> Observed:
+    return Observed(
+        name=name, qualified=f"large:{name}", account="large", role="dispatcher",
+        gap=GapInput(state=state, uptime_s=uptime if state == "RUNNING" else None,
+                     heartbeats=True, heartbeat_age_s=hb, last_run_age_s=run,
+                     expected_interval_s=interval, market_open=market_open, paused=paused),
+        pid=pid, exitstatus=1, spawnerr=spawnerr,
+    )
+
+
+def kinds(actions: Sequence[Action]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_sigstopped_process_is_killed_and_an_incident_opened() -> None:
+    d = decide([proc(hb=6.0)], [], {}, POLICY, now=1000.0)
+    assert kinds(d.actions) == ["Kill", "OpenIncident", "BumpIncident"]
+    kill = d.actions[0]
+    assert isinstance(kill, Kill) and kill.pid == 100 and kill.qualified == "large:large-dispatcher"
+    opened = d.actions[1]
+    assert isinstance(opened, OpenIncident) and opened.kind == "hung"
+    assert opened.key == incident_key("large-dispatcher") and "heartbeat 6.0s" in opened.detail
+    assert d.statuses["large-dispatcher"] == "stalled"
+
+
+def test_fresh_heartbeat_without_runs_is_stalled_not_hung() -> None:
+    d = decide([proc(hb=0.5, run=25.0)], [], {}, POLICY, now=1000.0)
+    assert kinds(d.actions) == ["Kill", "OpenIncident", "BumpIncident"]
+    opened = d.actions[1]
+    assert isinstance(opened, OpenIncident) and opened.kind == "stalled"
+    assert "no completed run for 25.0s" in opened.detail
+
+
+def test_the_same_pid_is_not_killed_twice_within_kill_retry() -> None:
+    d1 = decide([proc(hb=6.0)], [], {}, POLICY, now=1000.0)
+    d2 = decide([proc(hb=7.0)], [], d1.state, POLICY, now=1002.0)
+    assert d2.actions == []
+    d3 = decide([proc(hb=12.0)], [], d2.state, POLICY, now=1006.0)
+    assert kinds(d3.actions) == ["Kill", "BumpIncident"]  # still the same pid: kill again
+
+
+def test_restart_closes_after_settle_with_duration_and_restarts() -> None:
+    d = decide([proc(hb=6.0)], [], {}, POLICY, now=1000.0)
+    # The new incarnation: in grace, then healthy.
+    d = decide([proc(hb=None, uptime=1.0, pid=200)], [], d.state, POLICY, now=1002.0)
+    assert d.actions == [] and d.statuses["large-dispatcher"] == "starting"
+    d = decide([proc(pid=200, uptime=5.0)], [], d.state, POLICY, now=1005.0)
+    assert d.actions == []
+    d = decide([proc(pid=200, uptime=25.0)], [], d.state, POLICY, now=1025.0)
+    assert kinds(d.actions) == ["CloseIncident"]
+    close = d.actions[0]
+    assert isinstance(close, CloseIncident)
+    assert close.duration_s == 25.0 and close.restarts == 1 and close.kind == "hung"
+    assert d.state["large-dispatcher"].incident is None
+
+
+def test_crash_on_start_is_one_incident_and_fatal_is_noted() -> None:
+    state: WatchState = {}
+    actions: list[Action] = []
+    now = 1000.0
+    for _ in range(5):
+        ev = [ProcessEvent("large-dispatcher", "STARTING", "BACKOFF")]
+        d = decide([proc("BACKOFF", spawnerr="Exited too quickly")], ev, state, POLICY, now)
+        actions += d.actions
+        state = d.state
+        now += 2
+    d = decide([proc("FATAL", spawnerr="Exited too quickly")],
+               [ProcessEvent("large-dispatcher", "BACKOFF", "FATAL")], state, POLICY, now)
+    actions += d.actions
+    assert kinds(actions).count("OpenIncident") == 1
+    assert kinds(actions).count("BumpIncident") == 5
+    notes = [a for a in actions if isinstance(a, NoteIncident)]
+    assert len(notes) == 1 and notes[0].detail.startswith("FATAL: Exited too quickly")
+    # FATAL persists: one start attempt after start_delay_s, then a doubled delay.
+    state = d.state
+    d = decide([proc("FATAL")], [], state, POLICY, now + 1)
+    assert d.actions == []
+    d = decide([proc("FATAL")], [], d.state, POLICY, now + POLICY.start_delay_s)
+    assert kinds(d.actions) == ["Start", "BumpIncident"]
+    d = decide([proc("FATAL")], [], d.state, POLICY, now + POLICY.start_delay_s + 30)
+    assert d.actions == []
+
+
+def test_fatal_seen_first_opens_a_fatal_incident() -> None:
+    d = decide([proc("FATAL", spawnerr="can't find command 'nope'")], [], {}, POLICY, 0.0)
+    assert kinds(d.actions) == ["OpenIncident"]
+    opened = d.actions[0]
+    assert isinstance(opened, OpenIncident) and opened.kind == "fatal"
+    assert "can't find command" in opened.detail
+
+
+def test_unexpected_exit_opens_but_our_own_kill_is_not_counted_twice() -> None:
+    d = decide([proc(hb=6.0)], [], {}, POLICY, now=1000.0)
+    ours = ProcessEvent("large-dispatcher", "RUNNING", "EXITED", expected=False, pid=100)
+    d = decide([proc(hb=None, uptime=0.5, pid=200)], [ours], d.state, POLICY, now=1001.0)
+    assert d.actions == []
+    crash = ProcessEvent("large-dispatcher", "RUNNING", "EXITED", expected=False, pid=200)
+    d = decide([proc(hb=None, uptime=0.2, pid=300)], [crash], d.state, POLICY, now=1003.0)
+    assert kinds(d.actions) == ["BumpIncident"]
+    clean = ProcessEvent("other", "RUNNING", "EXITED", expected=True, pid=5)
+    d2 = decide([proc(name="other")], [clean], {}, POLICY, now=1003.0)
+    assert d2.actions == []
+
+
+def test_market_closed_and_paused_are_expected_idle() -> None:
+    for p in (proc(run=3600.0, market_open=False), proc(run=3600.0, paused=True)):
+        d = decide([p], [], {}, POLICY, now=1000.0)
+        assert d.actions == []
+        assert d.statuses["large-dispatcher"] in ("idle-market-closed", "paused")
+
+
+def test_operator_stop_closes_and_disappearance_closes() -> None:
+    d = decide([proc(hb=6.0)], [], {}, POLICY, now=1000.0)
+    d2 = decide([proc("STOPPED")], [], d.state, POLICY, now=1001.0)
+    assert kinds(d2.actions) == ["CloseIncident"]
+    d3 = decide([], [], d.state, POLICY, now=1001.0)
+    assert kinds(d3.actions) == ["CloseIncident"]
+
+
+def test_adopt_open_resumes_incidents_of_a_previous_watchdog() -> None:
+    state = adopt_open({}, {incident_key("large-dispatcher"): ("hung", 900.0, 2),
+                            "drift:large": ("drift", 900.0, 0)})
+    assert set(state) == {"large-dispatcher"}
+    d = decide([proc()], [], state, POLICY, now=1000.0)
+    d = decide([proc()], [], d.state, POLICY, now=1000.0 + POLICY.settle_s)
+    close = d.actions[0]
+    assert isinstance(close, CloseIncident) and close.duration_s == 100.0 + POLICY.settle_s
+    assert close.restarts == 2
+
+
+# --- properties ------------------------------------------------------------------------------
+
+STATES = ["RUNNING", "STARTING", "BACKOFF", "STOPPED", "EXITED", "FATAL", "STOPPING"]
+ages = st.one_of(st.none(), st.floats(min_value=0, max_value=10_000))
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> Observed:
+    return proc(
+        draw(st.sampled_from(STATES)), hb=draw(ages), run=draw(ages),
+        uptime=draw(st.one_of(st.none(), st.floats(min_value=0, max_value=10_000))),
+        market_open=draw(st.one_of(st.none(), st.booleans())), paused=draw(st.booleans()),
+        pid=draw(st.integers(min_value=1, max_value=4)),
+        interval=draw(st.one_of(st.none(), st.sampled_from([1.0, 2.0, 5.0, 60.0]))),
+    )
+
+
+events = st.lists(st.builds(
+    ProcessEvent, name=st.just("large-dispatcher"), from_state=st.sampled_from(STATES),
+    to_state=st.sampled_from(STATES), expected=st.one_of(st.none(), st.booleans()),
+    pid=st.one_of(st.none(), st.integers(min_value=1, max_value=4)),
+), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(observations(), events,
+                          st.floats(min_value=0.1, max_value=30.0)), min_size=1, max_size=25))
+def test_any_history_keeps_the_incident_bookkeeping_consistent(
+    steps: list[tuple[Observed, list[ProcessEvent], float]],
+) -> None:
+    state: WatchState = {}
+    now = 1000.0
+    open_ = False
+    for obs, evs, dt in steps:
+        now += dt
+        d = decide([obs], evs, state, POLICY, now)
+        status = d.statuses[obs.name]
+        for a in d.actions:
+            if isinstance(a, OpenIncident):
+                assert not open_, "a second incident for a process with one open"
+                open_ = True
+            elif isinstance(a, CloseIncident):
+                assert open_, "closing an incident that is not open"
+                open_ = False
+            elif isinstance(a, BumpIncident | NoteIncident):
+                assert open_, "bumping an incident that is not open"
+            elif isinstance(a, Kill):
+                # Only a RUNNING process the verdict calls stalled is ever killed.
+                assert obs.gap.state == "RUNNING" and status == "stalled"
+                assert a.pid == obs.pid
+            elif isinstance(a, Start):
+                assert obs.gap.state == "FATAL"
+        assert (d.state[obs.name].incident is not None) == open_
+        if status in HEALTHY and not evs:
+            assert not any(isinstance(a, Kill | Start | OpenIncident | BumpIncident)
+                           for a in d.actions)
+        state = d.state
+
+
+@settings(max_examples=200, deadline=None)
+@given(hb=st.floats(min_value=5.01, max_value=1000), uptime=st.floats(min_value=15, max_value=1e5),
+       market_open=st.one_of(st.none(), st.booleans()), paused=st.booleans(), run=ages)
+def test_a_stale_heartbeat_past_grace_is_always_killed(
+    hb: float, uptime: float, market_open: bool | None, paused: bool, run: float | None,
+) -> None:
+    # Market closed or paused does not hide a hung process: its loop is not running.
+    d = decide([proc(hb=hb, uptime=uptime, market_open=market_open, paused=paused, run=run)],
+               [], {}, POLICY, now=5000.0)
+    assert kinds(d.actions)[:2] == ["Kill", "OpenIncident"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(hb=st.floats(min_value=0, max_value=5.0), run=ages,
+       uptime=st.floats(min_value=0, max_value=1e5), n=st.integers(min_value=1, max_value=20))
+def test_market_closed_with_a_live_loop_never_alarms(
+    hb: float, run: float | None, uptime: float, n: int,
+) -> None:
+    state: WatchState = {}
+    for i in range(n):
+        d = decide([proc(hb=hb, run=run, uptime=uptime, market_open=False)], [], state, POLICY,
+                   now=1000.0 + i)
+        assert d.actions == []
+        state = d.state
+
+
+@settings(max_examples=200, deadline=None)
+@given(cycles=st.integers(min_value=1, max_value=30),
+       healthy_for=st.floats(min_value=0, max_value=POLICY.settle_s - 0.01))
+def test_a_flapping_process_is_one_incident(cycles: int, healthy_for: float) -> None:
+    """Hang, restart, look healthy for less than settle_s, hang again: one incident."""
+    state: dict[str, Tracked] = {}
+    now = 0.0
+    opened = bumps = 0
+    for c in range(cycles):
+        pid = 10 + c
+        now += 1
+        d = decide([proc(hb=6.0, pid=pid)], [], state, POLICY, now)
+        opened += kinds(d.actions).count("OpenIncident")
+        bumps += kinds(d.actions).count("BumpIncident")
+        now += 1
+        d = decide([proc(pid=pid + 1000, uptime=20.0)], [], d.state, POLICY, now)
+        now += healthy_for
+        d = decide([proc(pid=pid + 1000, uptime=20.0 + healthy_for)], [], d.state, POLICY, now)
+        assert not any(isinstance(a, CloseIncident) for a in d.actions)
+        state = dict(d.state)
+    assert opened == 1 and bumps == cycles
+    assert state["large-dispatcher"].incident is not None
+    assert state["large-dispatcher"].incident.restarts == cycles
