@@ -174,6 +174,7 @@ class Dispatcher:
         self._cid_re = re.compile(rf"^ops-{re.escape(account)}-sig-(\d+)$")
         self.reconciled_at: datetime | None = None
         self._mode = KillSwitch.OFF  # as read at the start of the current pass
+        self._reconcile_since: datetime | None = None  # first attempt of this life
         self.stats = DispatcherCounters()
 
     # -- wiring ---------------------------------------------------------------------------
@@ -236,8 +237,11 @@ class Dispatcher:
         Raises NotReconciled (after recording why) when it cannot finish; the dispatcher
         then stays closed and the next pass tries again.
         """
-        started = _now()
-        await self._record_reconcile({"state": "reconciling", "since": started.isoformat()})
+        if self._reconcile_since is None:
+            self._reconcile_since = _now()
+            await self._record_reconcile({"state": "reconciling",
+                                          "since": self._reconcile_since.isoformat()})
+        started = self._reconcile_since
         try:
             if await self.store.buffer.has_pending():
                 raise NotReconciled("outage buffer not drained yet")
