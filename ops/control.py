@@ -181,10 +181,13 @@ def cli_signal_add(args: argparse.Namespace) -> int:
     size = f"{fields['qty']}" if fields["qty"] is not None else f"${fields['notional']}"
     what = f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
     if sid is None:
-        print(f"signal buffered ({what}): Postgres is unreachable; it is inserted when "
-              "Postgres returns" if not reachable else f"signal not found after insert "
-              f"({what})")
-        return 0 if not reachable else 1
+        # Buffered: Postgres is away, or earlier buffered writes must reach it first
+        # (the store never lets a new write overtake a buffered one).
+        why = ("Postgres is unreachable" if not reachable
+               else "earlier buffered writes are still being replayed")
+        print(f"signal buffered ({what}): {why}; it is inserted once the buffer drains "
+              "(no id yet)")
+        return 0
     print(sid)
     print(f"signal {sid}: {what}", file=sys.stderr)
     return 0

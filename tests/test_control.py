@@ -165,3 +165,28 @@ def test_bad_config_exits_2(environ: dict[str, str], tmp_path: Path) -> None:
     cfg.write_text("[accounts.tiny]\nsecret_id = 3\n")
     out = ops({**environ, "OPS_CONFIG": str(cfg)}, "pause", "tiny")
     assert out.returncode == 2 and str(cfg) in out.stderr
+
+
+def test_signal_add_during_an_outage_is_buffered_then_inserted(
+    environ: dict[str, str], pg_url: str, tmp_path: Path
+) -> None:
+    down = f"postgresql://postgres@/nodb?host={tmp_path / 'no-such-socket-dir'}"
+    out = ops({**environ, "OPS_DATABASE_URL": down}, "signal", "add", "--account", "tiny",
+              "--symbol", "NVDA", "--side", "buy", "--qty", "1", "--key", "outage-1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("signal buffered (buy 1 NVDA for tiny): Postgres is "
+                                 "unreachable")
+    assert query(pg_url, "SELECT id FROM signals") == []
+
+    async def drain() -> None:
+        from ops.env import RuntimeEnv
+        from ops.store.store import Store
+
+        home = Path(environ["OPS_HOME"])
+        env = RuntimeEnv(config_path=tmp_path / "x.toml", home=home, database_url=pg_url)
+        async with await Store.open(env, process="test", url=pg_url) as store:
+            assert await store.wait_drained(20)
+
+    asyncio.run(drain())
+    rows = query(pg_url, "SELECT account, symbol, idempotency_key, status FROM signals")
+    assert [tuple(r) for r in rows] == [("tiny", "NVDA", "outage-1", "pending")]
