@@ -36,6 +36,7 @@ from ops.store.embedded import EmbeddedPostgres
 from ops.store.postgres import connect
 from ops.store.signals import SignalListener
 from ops.store.store import Store
+from ops.ticker import Ticker
 
 from .conftest import eventually
 
@@ -485,4 +486,29 @@ async def test_listener_reconnects_after_a_postgres_restart(pg_dedicated: Embedd
         assert len(woken) == 3  # large's row did not wake tiny
     finally:
         listener.request_stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_the_tick_dispatches_without_notify(rig: Rig) -> None:
+    """No LISTEN connection: the ticker alone picks the signal up, and records its runs."""
+
+    async def job(slot: object) -> None:
+        await rig.d.run_pass()
+
+    ticker = Ticker("dispatcher", 0.2, job, process="tiny-dispatcher", account="tiny",
+                    role="dispatcher", ledger=rig.store)
+    task = asyncio.create_task(ticker.run())
+    try:
+        sid = await rig.signal("NVDA", "buy", "1")
+        await eventually(lambda: _status(rig, sid, "submitted"), "dispatched by a tick")
+        assert await rig.orders_for(sid) == 1
+
+        async def ran() -> bool:
+            n = await rig.store.pool.fetchval("SELECT count(*) FROM runs WHERE process = "
+                                              "'tiny-dispatcher' AND outcome = 'ok'")
+            return bool(n >= 1)
+
+        await eventually(ran, "an 'ok' run in the ledger")
+    finally:
+        ticker.request_stop()
         await asyncio.wait_for(task, 10)
