@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg  # type: ignore[import-untyped]
 
 from ops.daemon import Service
+from ops.env import RuntimeEnv
 from ops.models import KillSwitch
 from ops.roles.runtime import (
     EXIT_OK,
@@ -18,6 +19,7 @@ from ops.roles.runtime import (
     RoleRuntime,
     request_run_now,
 )
+from ops.store.embedded import EmbeddedPostgres
 from ops.store.locks import LockLost, SingletonLock
 from ops.store.postgres import connect
 from ops.ticker import Slot
@@ -182,4 +184,42 @@ async def test_stop_while_waiting_for_the_lock(role_env: RoleEnv, pg_url: str) -
         rt.request_stop()
         code = await asyncio.wait_for(task, 10)
         await holder.release()
+    assert code == EXIT_OK
+
+
+async def test_postgres_down_at_start_waits_heartbeating_then_runs(
+    role_env: RoleEnv, pg_dedicated: EmbeddedPostgres
+) -> None:
+    """Nobody can take the lock while Postgres is down: the role waits (its heartbeat
+    buffered locally, where the watchdog reads it), and starts once Postgres answers."""
+    url = pg_dedicated.url()
+    await asyncio.to_thread(pg_dedicated.stop, "fast")
+    env = RuntimeEnv(role_env.config_path, role_env.home, url)
+    probe = _Probe()
+    rt = RoleRuntime("stream", "large", env, builder=probe.build,
+                     install_signal_handlers=False, lock_poll_s=0.2)
+    task = asyncio.create_task(rt.run())
+    try:
+        await eventually(lambda: rt.lock_status.state == "db-unreachable", "waits for Postgres")
+        assert rt.store is not None
+
+        async def buffered_beat() -> bool:
+            assert rt.store is not None
+            snap = await rt.store.heartbeats()
+            return snap.source == "buffer" and [h.process for h in snap.rows] == ["large-stream"]
+        await eventually(buffered_beat, "a heartbeat in the local buffer")
+        assert probe.ctx is None and not role_env.sim.hub.conns  # nothing runs unlocked
+
+        await asyncio.to_thread(pg_dedicated.start)
+        await eventually(lambda: rt.phase == "running" and len(probe.slots) >= 1,
+                         "the role runs once Postgres is back", timeout_s=30)
+        assert rt.lock_status.state == "held"
+
+        async def beat_in_postgres() -> bool:
+            rows = await _fetch(url, "SELECT pid FROM heartbeats WHERE process = 'large-stream'")
+            return bool(rows)
+        await eventually(beat_in_postgres, "heartbeats reach Postgres", timeout_s=30)
+    finally:
+        rt.request_stop()
+        code = await asyncio.wait_for(task, 20)
     assert code == EXIT_OK
