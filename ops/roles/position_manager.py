@@ -50,6 +50,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
+
 from ops.broker import Broker, BrokerError
 from ops.daemon import Service
 from ops.exits import (
@@ -60,7 +62,7 @@ from ops.exits import (
     exit_client_order_id,
     update_water_marks,
 )
-from ops.models import KillSwitch, OrderRequest, OrderType, Position, TimeInForce
+from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
 from ops.store import positions as pq
 from ops.store.postgres import is_outage
 from ops.store.store import Store
@@ -385,9 +387,21 @@ class PositionManager:
             return False
         del self._unsettled[symbol]
         if res.order is not None:
-            await self.store.upsert_orders(self.account, [res.order])
+            await self._store_order(res.order)
             return res.order.is_terminal  # open: wait for it; terminal: may exit again
         return True
+
+    async def _store_order(self, order: Order) -> None:
+        """Upsert the order; tolerate the stream inserting the same new order meanwhile.
+
+        The orders upsert arbitrates on the order id, so an insert racing the stream's
+        insert of the same order can fail on the other unique key (account,
+        client_order_id) instead of updating; once that insert committed, a retry updates.
+        """
+        try:
+            await self.store.upsert_orders(self.account, [order])
+        except asyncpg.UniqueViolationError:
+            await self.store.upsert_orders(self.account, [order])
 
     async def _submit_exit(self, d: ExitDecision, state: PositionState, now: datetime) -> None:
         cid = exit_client_order_id(self.account, d.symbol, state.opened_at, d.rule)
@@ -407,7 +421,7 @@ class PositionManager:
             log.error("account %s: exit order %s outcome unknown (%s); settling by id before "
                       "anything else: %s", self.account, cid, res.reason, d.reason)
         if res.order is not None:
-            await self.store.upsert_orders(self.account, [res.order])
+            await self._store_order(res.order)
         record = pq.ExitRecord(
             client_order_id=cid, account=self.account, symbol=d.symbol, rule=d.rule.value,
             side=d.side.value, qty=d.qty, reason=d.reason, outcome=res.outcome,

@@ -177,3 +177,30 @@ def test_load_strategy() -> None:
         with pytest.raises(StrategyError, match=why) as err:
             load_strategy(spec, "signal_engine.strategies[3].callable")
         assert str(err.value).startswith(f"signal_engine.strategies[3].callable = {spec!r}")
+
+
+@pytest.mark.parametrize(("account", "limits", "cash"), [("tiny", TINY, Decimal(1000)),
+                                                          ("large", LARGE, Decimal(100000))])
+def test_demo_entries_pass_the_dispatchers_risk_gates(account: str, limits: RiskLimits,
+                                                      cash: Decimal) -> None:
+    """From a flat account, what the demo proposes is allowed by ops.risk.evaluate."""
+    from ops.models import KillSwitch
+    from ops.risk import AccountState, SignalIntent, evaluate
+
+    state = AccountState(account=account, kill_switch=KillSwitch.OFF, market_open=True,
+                         buying_power=cash, equity=cash, last_equity=cash, reconciled=True)
+    checked = 0
+    for i in range(40):
+        slot = T0 + timedelta(seconds=5 * i)
+        for s in generate(ctx(account, limits, slot)):
+            option = OptionSymbol.parse(str(s.symbol))
+            ref = Decimal("6.50") if option else PRICES[str(s.symbol)]
+            intent = SignalIntent(
+                signal_id=i, account=account, symbol=str(s.symbol), side=Side(s.side),
+                created_at=slot, qty=None if s.qty is None else Decimal(s.qty),
+                notional=None if s.notional is None else Decimal(s.notional),
+                reference_price=ref)
+            decision = evaluate(intent, state, limits, slot)
+            assert decision.allowed, (s, decision.reason)
+            checked += 1
+    assert checked >= 40
