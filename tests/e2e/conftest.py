@@ -115,15 +115,34 @@ def _kill_leftovers(env: RuntimeEnv) -> list[str]:
     return killed
 
 
-@pytest.fixture(scope="module")
-def demo_stack() -> Iterator[Stack]:
+def make_home(tweak: Any = None) -> tuple[Path, int, dict[str, str], RuntimeEnv]:
+    """A fresh OPS_HOME with a copy of conf/ops.toml on a free simulator port."""
     home = Path(tempfile.mkdtemp(prefix="ops-e2e-", dir="/tmp"))
     port = free_port()
     config = home / "ops.toml"
-    config.write_text((ROOT / "conf" / "ops.toml").read_text().replace("8765", str(port)))
+    text = (ROOT / "conf" / "ops.toml").read_text().replace("8765", str(port))
+    config.write_text(tweak(text) if tweak else text)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
     environ.update(OPS_HOME=str(home), OPS_CONFIG=str(config))
-    env = RuntimeEnv(config_path=config, home=home, database_url=None)
+    return home, port, environ, RuntimeEnv(config_path=config, home=home, database_url=None)
+
+
+def tear_down(env: RuntimeEnv, environ: dict[str, str]) -> None:
+    """`ops down` (twice: the second must find nothing), then kill any leftovers, then
+    remove the home; fails the test if `ops down` did not leave the host clean."""
+    downs = [subprocess.run([sys.executable, "-m", "ops", "down"], capture_output=True,
+                            text=True, env=environ, timeout=120, cwd=ROOT) for _ in range(2)]
+    leftovers = _kill_leftovers(env)
+    shutil.rmtree(env.home, ignore_errors=True)
+    for down in downs:
+        assert down.returncode == 0, down.stdout + down.stderr
+    assert "nothing running" in downs[1].stdout, downs[1].stdout
+    assert not leftovers, f"`ops down` left these running: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def demo_stack() -> Iterator[Stack]:
+    home, port, environ, env = make_home()
     t0 = time.monotonic()
     try:
         up = subprocess.run([sys.executable, "-m", "ops", "up", "--demo", "--timeout", "90"],
@@ -132,9 +151,4 @@ def demo_stack() -> Iterator[Stack]:
         print(f"\n`ops up --demo` took {stack.up_seconds:.1f}s (exit {up.returncode})")
         yield stack
     finally:
-        down = subprocess.run([sys.executable, "-m", "ops", "down"], capture_output=True,
-                              text=True, env=environ, timeout=120, cwd=ROOT)
-        leftovers = _kill_leftovers(env)
-        shutil.rmtree(home, ignore_errors=True)
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert not leftovers, f"`ops down` left these running: {leftovers}"
+        tear_down(env, environ)
