@@ -592,6 +592,11 @@ class RoleRuntime:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
                 installed.append(sig)
+            # SIGUSR1's default action kills the process: ignore run-now until running.
+            loop.add_signal_handler(signal.SIGUSR1, log.info,
+                                    "SIGUSR1 (run now) ignored: %s is %s", self.process,
+                                    "not running yet")
+            installed.append(signal.SIGUSR1)
         try:
             return await self._run()
         finally:
@@ -608,6 +613,8 @@ class RoleRuntime:
                 print(f"ops run {self.role}: {exc}", file=sys.stderr)
                 return EXIT_CONFIG
         config = self._config
+        # Taken now, so an edit made while booting (or waiting for the lock) is seen.
+        reloader = ConfigReloader(self.env.config_path, config)
         problem = check_role_account(config, self.role, self.account)
         if problem is not None:
             print(f"ops run {self.role}: {problem}", file=sys.stderr)
@@ -650,7 +657,6 @@ class RoleRuntime:
         for t in self.ctx.tickers:
             if not any(s is t for s in services):
                 services.append(t)
-        reloader = ConfigReloader(self.env.config_path, config)
         self.config_watcher = _ConfigWatcher(self, self.ctx, reloader, self._config_poll_s)
         self.control_watcher = _ControlWatcher(self, self.ctx, self._control_poll_s)
         services += [self._heartbeat, LockKeeper(self.lock), self.control_watcher,
@@ -662,7 +668,11 @@ class RoleRuntime:
             return EXIT_OK
         self.phase = "running"
         log.info("%s running (%d service(s))", self.process, len(services))
-        return await self.daemon.run()
+        code = await self.daemon.run()
+        if self.lock.status.state == "lost":
+            await self._incident("lock-lost", f"{self.process} lost its singleton lock to "
+                                 "another instance and stopped")
+        return code
 
     async def _bind(self, acct: AccountConfig) -> int | None:
         """Bind the broker to the expected account; retry while the broker is away."""
