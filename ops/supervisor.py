@@ -96,8 +96,13 @@ def _environment(env: RuntimeEnv) -> str:
     }
     if env.database_url:
         pairs["OPS_DATABASE_URL"] = env.database_url
-    # supervisord's environment syntax: KEY="value",KEY2="value2"; '%' must be doubled.
-    return ",".join(f'{k}="{v.replace("%", "%%")}"' for k, v in pairs.items())
+    for k, v in pairs.items():
+        if '"' in v or "\n" in v:
+            raise ValueError(f"{k} must not contain a double quote or newline (got one)")
+    # supervisord's environment syntax is KEY="value",KEY2="value2", and the value goes
+    # through two rounds of %-expansion (the ini parser, then supervisord's own %(here)s
+    # expansion), so a literal '%' (URL-encoded passwords) is written as '%%%%'.
+    return ",".join(f'{k}="{v.replace("%", "%%%%")}"' for k, v in pairs.items())
 
 
 def render(env: RuntimeEnv, spec: StackSpec) -> dict[str, str]:
@@ -171,7 +176,10 @@ def write_config(env: RuntimeEnv, spec: StackSpec) -> Path:
     for stale in out_dir.glob("*.conf"):
         stale.unlink()
     for name, text in render(env, spec).items():
-        (out_dir / name).write_text(text)
+        path = out_dir / name
+        path.touch(mode=0o600)  # may hold OPS_DATABASE_URL, password included
+        path.chmod(0o600)
+        path.write_text(text)
     main = conf_path(env)
     # supervisorctl does not follow [include], so [supervisorctl] lives in the main file.
     main.write_text(
