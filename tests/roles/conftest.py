@@ -4,6 +4,8 @@ Fixtures (plus those of tests/conftest.py: `pg_url`, `ops_env`, ...):
 - `sim` (async): a started in-process `Simulator` on 127.0.0.1 (random port), clock
   "open", market stepping every 0.1 s, fill lot 100 (bigger orders fill in partials).
   Faults via `sim.faults.*`; cleared at teardown.
+- `large_broker`: a `Broker` of the test's own for `large` on `sim` (to submit the orders
+  a role under test observes); closed after.
 - `role_env`: a `RoleEnv` for the test: OPS_HOME in tmp, OPS_DATABASE_URL = a fresh
   migrated database (`pg_url`), a config TOML written at `role_env.config_path` whose
   accounts `large` and `tiny` point at `sim`, credentials provider "file" with a 0600
@@ -29,7 +31,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,9 +39,11 @@ from pathlib import Path
 
 import pytest
 
-from ops.credentials import write_secrets_file
+from ops.broker import Broker, BrokerEndpoints, BrokerSettings
+from ops.credentials import Credentials, write_secrets_file
 from ops.env import RuntimeEnv
 from ops.models import OrderRequest, Side
+from ops.retry import Backoff
 from ops.roles.runtime import EXIT_OK, RoleBuilder, RoleRuntime
 from ops.sim import SimConfig, Simulator, default_accounts
 
@@ -57,6 +61,19 @@ async def sim() -> AsyncIterator[Simulator]:
     finally:
         s.faults.clear()
         await s.stop()
+
+
+@pytest.fixture
+def large_broker(sim: Simulator) -> Iterator[Broker]:
+    spec = sim.account("large")
+    b = Broker(BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url),
+               Credentials("test/large", "large", spec.key_id, spec.secret),
+               BrokerSettings(rest_timeout_s=2.0,
+                              retry=Backoff(initial_s=0.05, max_s=0.2, max_attempts=4)))
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 def config_text(

@@ -6,32 +6,18 @@ Truth for fills is the simulator's own FILL activity ledger (with execution ids)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
 from decimal import Decimal
 
-import pytest
-
-from ops.broker import Broker, BrokerEndpoints, BrokerSettings
-from ops.credentials import Credentials
+from ops.broker import Broker
+from ops.env import RuntimeEnv
 from ops.models import OrderRequest, OrderType, Side
-from ops.retry import Backoff
 from ops.roles.runtime import RoleRuntime
 from ops.roles.stream import StreamRole
 from ops.sim import Simulator
+from ops.store.embedded import EmbeddedPostgres
 from ops.store.postgres import connect
 from tests.roles.conftest import RoleEnv, eventually, order_request, running_role
-
-
-@pytest.fixture
-async def broker(sim: Simulator) -> AsyncIterator[Broker]:
-    """The test's own broker client for `large` (submits the orders the role observes)."""
-    spec = sim.account("large")
-    b = Broker(BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url),
-               Credentials("test/large", "large", spec.key_id, spec.secret),
-               BrokerSettings(rest_timeout_s=2.0, retry=Backoff(initial_s=0.05, max_s=0.2,
-                                                                  max_attempts=4)))
-    yield b
-    b.close()
 
 
 def role_of(rt: RoleRuntime) -> StreamRole:
@@ -75,7 +61,7 @@ async def fills_match(role_env: RoleEnv) -> bool:
 
 
 async def test_stream_drop_while_fills_happen_every_fill_stored_once(
-    role_env: RoleEnv, broker: Broker
+    role_env: RoleEnv, large_broker: Broker
 ) -> None:
     sim = role_env.sim
     async with running_role(role_env, "stream", "large") as rt:
@@ -83,7 +69,7 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
         await ready(sim, role)
         # 1. Healthy: the stream delivers these fills (150 shares = 2 executions: the
         #    simulator fills at most 100 per market step).
-        first = await broker.submit_order(order_request("AAPL", 150))
+        first = await large_broker.submit_order(order_request("AAPL", 150))
         assert first.outcome == "accepted"
         await eventually(lambda: len(sim_fills(sim)) == 2, "two executions at the broker")
         await eventually(lambda: fills_match(role_env), "stream-delivered fills stored")
@@ -92,7 +78,8 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
         # 2. The stream goes mute while orders fill: every event of this period is lost.
         sim.faults.mute("large")
         for qty in (150, 130):
-            assert (await broker.submit_order(order_request("AAPL", qty))).outcome == "accepted"
+            res = await large_broker.submit_order(order_request("AAPL", qty))
+            assert res.outcome == "accepted"
         await eventually(lambda: len(sim_fills(sim)) == 6, "all six executions at the broker")
         assert sim.faults.unmute("large", deliver=False) == 0  # lost, as on the real thing
         assert not await fills_match(role_env)
@@ -115,7 +102,7 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
 
         # 4. Stream and backfill overlapping: fills arriving during another reconnect.
         sell = order_request("AAPL", 250, side=Side.SELL)
-        assert (await broker.submit_order(sell)).outcome == "accepted"
+        assert (await large_broker.submit_order(sell)).outcome == "accepted"
         await sim.faults.drop_streams("large")
         await eventually(lambda: len(sim_fills(sim)) == 9, "three more executions")
         await eventually(lambda: fills_match(role_env), "all nine stored exactly once")
@@ -123,13 +110,13 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
         assert len(ids) == len(set(ids)) == 9
 
 
-async def test_duplicated_events_stored_once(role_env: RoleEnv, broker: Broker) -> None:
+async def test_duplicated_events_stored_once(role_env: RoleEnv, large_broker: Broker) -> None:
     sim = role_env.sim
     async with running_role(role_env, "stream", "large") as rt:
         role = role_of(rt)
         await ready(sim, role)
         sim.faults.duplicate_next_events(10, "large")
-        res = await broker.submit_order(order_request("AAPL", 250))
+        res = await large_broker.submit_order(order_request("AAPL", 250))
         assert res.outcome == "accepted" and res.order is not None, res
         await eventually(lambda: len(sim_fills(sim)) == 3, "three executions at the broker")
         await eventually(lambda: fills_match(role_env), "fills stored")
@@ -144,13 +131,13 @@ async def test_duplicated_events_stored_once(role_env: RoleEnv, broker: Broker) 
 
 
 async def test_unknown_event_and_malformed_frame_are_recorded(
-    role_env: RoleEnv, broker: Broker
+    role_env: RoleEnv, large_broker: Broker
 ) -> None:
     sim = role_env.sim
     async with running_role(role_env, "stream", "large") as rt:
         role = role_of(rt)
         await ready(sim, role)
-        res = await broker.submit_order(OrderRequest(
+        res = await large_broker.submit_order(OrderRequest(
             "AAPL", Side.BUY, "t-unknown-1", qty=Decimal(1), order_type=OrderType.LIMIT,
             limit_price=Decimal("1.00")))
         assert res.order is not None
@@ -174,7 +161,7 @@ async def test_unknown_event_and_malformed_frame_are_recorded(
 
 
 async def test_silence_detection_only_with_open_orders_and_missed_changes(
-    role_env: RoleEnv, broker: Broker
+    role_env: RoleEnv, large_broker: Broker
 ) -> None:
     sim = role_env.sim
     role_env.write_config(stream_check_s=0.2, stream_silence_s=0.6)
@@ -194,7 +181,7 @@ async def test_silence_detection_only_with_open_orders_and_missed_changes(
         assert role.stream.counters.connects == 1
 
         # An open order resting quietly: REST is asked, shows nothing missed, no alarm.
-        rest = await broker.submit_order(OrderRequest(
+        rest = await large_broker.submit_order(OrderRequest(
             "MSFT", Side.BUY, "t-rest-1", qty=Decimal(1), order_type=OrderType.LIMIT,
             limit_price=Decimal("1.00")))
         assert rest.order is not None
@@ -207,7 +194,7 @@ async def test_silence_detection_only_with_open_orders_and_missed_changes(
 
         # The stream goes silent (socket alive, pings answered) and the order is cancelled.
         sim.faults.mute("large")
-        await broker.cancel_order(rest.order.id)
+        await large_broker.cancel_order(rest.order.id)
         await eventually(lambda: role.stats.silent_reconnects == 1, "silence detected")
         await eventually(lambda: role.stream.counters.connects == 2, "forced reconnect")
         incidents = await query(role_env.pg_url, "SELECT detail FROM incidents "
@@ -220,10 +207,37 @@ async def test_silence_detection_only_with_open_orders_and_missed_changes(
         # The stream delivers again: the incident closes.
         sim.faults.unmute("large")
         await sim.wait_stream("large")
-        assert (await broker.submit_order(order_request("SPY", 1))).outcome == "accepted"
+        assert (await large_broker.submit_order(order_request("SPY", 1))).outcome == "accepted"
 
         async def closed() -> bool:
             rows = await query(role_env.pg_url, "SELECT closed_at FROM incidents "
                                "WHERE kind = 'stream-silent'")
             return len(rows) == 1 and rows[0]["closed_at"] is not None
         await eventually(closed, "stream-silent incident closed once updates flow")
+
+
+async def test_postgres_outage_while_fills_stream_in(
+    role_env: RoleEnv, large_broker: Broker, pg_dedicated: EmbeddedPostgres
+) -> None:
+    """Invariant 1 through a Postgres outage: events received meanwhile are buffered and
+    replayed once; the role keeps its lock (nobody can take it while Postgres is away)."""
+    sim = role_env.sim
+    url = pg_dedicated.url()
+    outage_env = RoleEnv(sim=sim, pg_url=url,
+                         env=RuntimeEnv(role_env.config_path, role_env.home, url))
+    async with running_role(outage_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        await asyncio.to_thread(pg_dedicated.stop, "fast")
+        assert (await large_broker.submit_order(order_request("AAPL", 150))).outcome == "accepted"
+        await eventually(lambda: len(sim_fills(sim)) == 2, "two executions at the broker")
+        await eventually(lambda: role.stats.updates >= 3, "the stream delivered them")
+        assert rt.store is not None
+        assert (await rt.store.buffer_status()).pending > 0  # held locally, not lost
+
+        await asyncio.to_thread(pg_dedicated.start)
+        await eventually(lambda: fills_match(outage_env), "replayed into Postgres", 30)
+        ids = [e for e, _ in await db_fills(url)]
+        assert len(ids) == len(set(ids)) == 2
+        await eventually(lambda: rt.lock_status.state == "held", "lock re-taken", 30)
+        assert rt.phase == "running"
