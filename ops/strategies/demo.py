@@ -8,7 +8,10 @@
   order, so `tiny` (100 per order) and `large` (5,000) both trade within their limits;
 - on accounts with risk.allow_options, on one slot in four: close a held option of
   those underlyings, or buy one contract of a call near the money expiring about 30 days
-  out (the Friday on or after), so option positions appear too.
+  out (the Friday on or after), so option positions appear too. Option orders are
+  marketable limits (10 % through the last price; for a buy, whose option price the
+  context does not carry, through a bound taken from the underlying), which also gives
+  the dispatcher a price to value them by.
 
 Every choice is a function of (slot time, account, positions, prices) only: a re-run of
 the same slot proposes the same signals. Params: `symbols` (list of tickers, required),
@@ -21,13 +24,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 
-from ops.models import OptionSymbol, Side
+from ops.models import OPTION_MULTIPLIER, OptionSymbol, OrderType, Side
 from ops.strategies.base import ProposedSignal, StrategyContext, StrategyError
 
 NEW_YORK_FRIDAY = 4  # date.weekday() of Friday
 _CENT = Decimal("0.01")
+_TICK = Decimal("0.05")
 
 
 def _digest(*parts: object) -> int:
@@ -90,6 +94,15 @@ def _stock_signal(ctx: StrategyContext, symbols: Sequence[str], h: int) -> Propo
     return _entry(ctx, symbol, ctx.prices[symbol], fraction)
 
 
+def _option_limit(price: Decimal, side: Side) -> Decimal:
+    """A marketable limit (options are not sent as market orders): 10 % through the last
+    price, on a 5-cent tick, never below one tick."""
+    factor = Decimal("1.1") if side == Side.BUY else Decimal("0.9")
+    ticks = (price * factor / _TICK).to_integral_value(
+        ROUND_CEILING if side == Side.BUY else ROUND_DOWN)
+    return max(ticks, Decimal(1)) * _TICK
+
+
 def _option_signal(ctx: StrategyContext, symbols: Sequence[str], h: int) -> ProposedSignal | None:
     every = int(_param_number(ctx, "option_every", 4))
     if not ctx.limits.allow_options or every == 0 or (h >> 16) % every != 0:
@@ -97,13 +110,26 @@ def _option_signal(ctx: StrategyContext, symbols: Sequence[str], h: int) -> Prop
     for symbol, pos in sorted(ctx.positions.items()):
         occ = OptionSymbol.parse(symbol)
         if occ is not None and occ.underlying in symbols and pos.qty > 0:
-            return ProposedSignal(symbol, Side.SELL, qty=pos.qty)
+            last = ctx.prices.get(symbol) or pos.current_price
+            if not last:
+                return ProposedSignal(symbol, Side.SELL, qty=pos.qty)
+            return ProposedSignal(symbol, Side.SELL, qty=pos.qty, order_type=OrderType.LIMIT,
+                                  limit_price=_option_limit(last, Side.SELL))
     underlying = symbols[(h >> 24) % len(symbols)]
-    price = ctx.prices.get(underlying)
-    if not price or ctx.limits.max_qty < 1:
+    spot = ctx.prices.get(underlying)
+    if not spot or ctx.limits.max_qty < 1:
         return None
-    day = ctx.slot_time.date()
-    return ProposedSignal(demo_option(underlying, price, day), Side.BUY, qty=Decimal(1))
+    symbol = demo_option(underlying, spot, ctx.slot_time.date())
+    occ = OptionSymbol.parse(symbol)
+    assert occ is not None
+    # No option quote in the context: bound the premium from the underlying instead
+    # (intrinsic value + 5 % of spot is above a ~30-day near-the-money call's price).
+    estimate = max(spot - occ.strike, Decimal(0)) + spot * Decimal("0.05")
+    limit = _option_limit(estimate, Side.BUY)
+    if limit * OPTION_MULTIPLIER > ctx.limits.max_order_notional:
+        return None
+    return ProposedSignal(symbol, Side.BUY, qty=Decimal(1), order_type=OrderType.LIMIT,
+                          limit_price=limit)
 
 
 def generate(ctx: StrategyContext) -> list[ProposedSignal]:

@@ -82,6 +82,10 @@ def test_demo_buys_and_sells_within_limits_over_a_minute(account: str,
     if limits.allow_options:
         assert options, "large should exercise an option within a minute"
         assert all(s.qty == 1 or s.side == Side.SELL for s in options)
+        for s in options:  # marketable limits the dispatcher can value
+            assert s.order_type == OrderType.LIMIT and s.limit_price is not None
+            assert s.side == Side.SELL or s.limit_price * 100 <= limits.max_order_notional
+            assert s.limit_price % Decimal("0.05") == 0
     else:
         assert options == []
 
