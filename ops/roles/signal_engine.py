@@ -1,5 +1,8 @@
 """The signal-engine role (shared by every account): runs strategies, inserts signals.
 
+Hot reload: an accepted config edit re-imports the strategy list (names, callables,
+params, accounts) for the next slot; risk limits are read at every slot.
+
 What lives here: `load_strategies(config)` (imports every enabled configured callable at
 start; a bad "module:attr" is a StrategyError naming the config key and the value),
 `AccountFeed` (one account's positions and prices, through a Broker bound to that
@@ -34,7 +37,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -196,6 +199,17 @@ class SignalEngine:
         self._failing: set[tuple[str, str]] = set()  # (strategy, account) with open incident
         self._refused_reported: set[str] = set()
 
+    def replace_strategies(self, strategies: Sequence[LoadedStrategy],
+                           feeds: Mapping[str, AccountFeed]) -> None:
+        """Hot reload: run `strategies` from the next slot; `feeds` adds accounts not
+        served yet (existing feeds, bound or refused, are kept)."""
+        self.strategies = list(strategies)
+        for account, feed in feeds.items():
+            if account in self.feeds:
+                feed.close()
+            else:
+                self.feeds[account] = feed
+
     async def tick(self, slot: Slot) -> None:
         report = await self.run_slot(slot.slot_time, manual=slot.manual)
         if report.data_errors:
@@ -342,10 +356,15 @@ class SignalEngine:
 def build_feeds(config: Config, env: RuntimeEnv, accounts: Iterable[str]) -> dict[str, AccountFeed]:
     """One unbound Broker per account, from its config and credentials. Credentials that
     cannot be loaded refuse that account (recorded at the first slot), not the process."""
-    from ops.roles.runtime import broker_settings, endpoints_for
+    from ops.roles.runtime import PER_ACCOUNT_ROLES, broker_settings, endpoints_for
 
     provider = provider_from_config(config.credentials, env)
-    settings = broker_settings(config)
+    # The engine is one more user of each account's API key, next to the per-account
+    # roles: it takes one share more of the key's budget (it needs 2 calls per slot).
+    share = len(PER_ACCOUNT_ROLES) + 1
+    settings = replace(broker_settings(config),
+                       rate_limit_per_min=max(2, config.broker.rate_limit_per_min // share),
+                       rate_limit_burst=max(1, config.broker.rate_limit_burst // share))
     feeds = {}
     for name in dict.fromkeys(accounts):
         acct = config.accounts[name]
@@ -403,4 +422,33 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
                           feeds=feeds, limits=limits)
     ticker = ctx.ticker(ROLE, ctx.config.signal_engine.interval_s, engine.tick)
     ctx.add_counters(ROLE, engine.counters.as_dict)
+    pending: set[asyncio.Task[bool]] = set()
+
+    def reloaded(config: Config) -> None:
+        task = asyncio.get_running_loop().create_task(reload_strategies(ctx, engine, config))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    ctx.on_reload(reloaded)
     return [ticker, _Closer(engine)]
+
+
+async def reload_strategies(ctx: RoleContext, engine: SignalEngine, config: Config) -> bool:
+    """Apply a reloaded [signal_engine] (strategies, params, accounts). A callable that no
+    longer imports keeps the running strategies and opens incident "strategy-load" (closed
+    by the next good reload); nothing else stops."""
+    key = ctx.incident_key("strategy-load")
+    try:
+        strategies = load_strategies(config)
+    except StrategyError as exc:
+        await ctx.incident("strategy-load", f"strategies not reloaded, the previous ones keep "
+                           f"running: {exc}", dedupe_key=key)
+        return False
+    enabled = config.enabled_accounts()
+    new_accounts = [a for s in strategies for a in s.accounts
+                    if a in enabled and a not in engine.feeds]
+    feeds = await asyncio.to_thread(build_feeds, config, ctx.env, new_accounts)
+    engine.replace_strategies(strategies, feeds)
+    log.info("strategies reloaded: %s", ", ".join(s.name for s in strategies) or "none")
+    await ctx.resolve(key)
+    return True

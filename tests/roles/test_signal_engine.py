@@ -240,3 +240,28 @@ async def test_role_process_with_a_bad_callable_exits_2_naming_it(role_env: Role
     text = proc.log_text()
     assert "signal_engine.strategies[0].callable = 'ops.strategies.demo:nope'" in text
     assert "Traceback" not in text
+
+
+async def test_hot_reload_swaps_strategies_and_refuses_a_bad_callable(
+    engine_for: Any, role_env: RoleEnv, ops_store: Store
+) -> None:
+    from ops.roles.runtime import RoleContext
+    from ops.roles.signal_engine import reload_strategies
+
+    engine: SignalEngine = engine_for(DEMO)
+    ctx = RoleContext(env=role_env.env, role="signal-engine", account=None, store=ops_store,
+                      config=load_config(role_env.config_path))
+    bad = config_with(role_env, strategy_block("demo", "ops.strategies.demo:gone"))
+    assert await reload_strategies(ctx, engine, bad) is False
+    assert [s.name for s in engine.strategies] == ["demo"]
+    [incident] = (await ops_store.open_incidents()).rows
+    assert incident.kind == "strategy-load"
+    assert "signal_engine.strategies[0].callable = 'ops.strategies.demo:gone'" in incident.detail
+
+    good = config_with(role_env, strategy_block(
+        "only_tiny", "tests.roles.test_signal_engine:async_strategy", accounts='["tiny"]'))
+    assert await reload_strategies(ctx, engine, good) is True
+    assert [(s.name, s.accounts) for s in engine.strategies] == [("only_tiny", ("tiny",))]
+    assert (await ops_store.open_incidents()).rows == []
+    report = await engine.run_slot(SLOT)
+    assert [k.split(":")[:2] for k in report.inserted] == [["only_tiny", "tiny"]]
