@@ -651,8 +651,13 @@ class RoleRuntime:
         self.ctx = RoleContext(env=self.env, role=self.role, account=self.account,
                                store=self.store, config=config, broker=self.broker,
                                credentials=creds)
-        builder = self._builder or load_builder(self.role)
-        services = list(await builder(self.ctx))
+        try:
+            builder = self._builder or load_builder(self.role)
+            services = list(await builder(self.ctx))
+        except Exception as exc:
+            log.exception("%s: building the role failed", self.process)
+            await self._incident("role-build-failed", f"{type(exc).__name__}: {exc}")
+            return EXIT_FAILED
         self.ctx._sealed = True
         for t in self.ctx.tickers:
             if not any(s is t for s in services):

@@ -7,11 +7,12 @@ loses events by design"; alpaca-wire.md 4.4 and 6).
   newest state per order). Unknown event names are stored verbatim like any other; they
   and unreadable frames also open an incident, so nothing is dropped silently.
 - Backfill after EVERY connect and reconnect (`on_connect`): orders submitted since the
-  last seen broker timestamp minus a margin, every open order, orders we believed open,
-  and FILL activities since then -> `upsert_orders` + one synthesized `fill`/`partial_fill`
-  event per execution. The activity id is `<timestamp>::<execution uuid>`; the uuid is the
-  execution id the stream carries, so a backfilled execution gets the same
-  `exec:<execution_id>` event key and an execution seen both ways is stored once.
+  last seen broker timestamp minus a margin, every open order, orders we (or the `orders`
+  table) believed open, and FILL activities since then -> `upsert_orders` + one
+  synthesized `fill`/`partial_fill` event per execution. The activity id is
+  `<timestamp>::<execution uuid>`; the uuid is the execution id the stream carries, so a
+  backfilled execution gets the same `exec:<execution_id>` event key and an execution
+  seen both ways is stored once.
   Non-fill events missed while disconnected (new, canceled, ...) are not synthesized: their
   effect is in the order rows; their stream keys hold a timestamp REST does not give.
 - Silence check (a ticker every `schedule.stream_check_s`, never market-gated): when no
@@ -336,7 +337,10 @@ class StreamRole:
 
     async def _backfill(self, reason: str) -> int:
         since = await self._since()
-        believed_open = [oid for oid, (_, is_open) in self._known.items() if is_open]
+        # Orders believed open (here, or in the table: the dispatcher records its submits,
+        # and rows left open before a restart) are refreshed whatever their age.
+        believed_open = {oid for oid, (_, is_open) in self._known.items() if is_open}
+        believed_open |= set(await self._stored_open())
         orders = await self._rest_orders(since, believed_open)
         fills = await self.broker.list_fills(after=since)
         for oid in sorted({f.order_id for f in fills} - set(orders)):
