@@ -31,7 +31,10 @@ Every tick:
    skipped, and an exit whose submission ended "unknown" is settled by its id before
    anything else is sent for that symbol. A restart recomputes the same id (opened_at is
    persisted before any exit is sent), and the broker refuses a duplicate id, which
-   `Broker.submit_order` turns into "accepted, the existing order". Exits run under the
+   `Broker.submit_order` turns into "accepted, the existing order". If that existing
+   order is already over (filled/canceled) while a position is still there, the position
+   is a new one (reopened between two syncs, or a partial exit's rest): it gets a new
+   opened_at, so the next decision uses a fresh id. Exits run under the
    halt and reduce-only kill switches (they reduce risk) and not under flatten (the
    dispatcher is closing everything then).
 
@@ -119,6 +122,7 @@ class PositionCounters:
     exits_rejected: int = 0
     exits_unknown: int = 0
     exits_waiting: int = 0  # decisions not sent because an exit is already open
+    exits_stale: int = 0  # exit ids found used by a finished order: position re-tracked
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -321,32 +325,40 @@ class PositionManager:
                     raise
         mode = await self._kill_switch()
         rules = self._rules()
-        open_exits: set[str] | None = None
         prices = await self._prices(held)
+        failures: list[str] = []
+        open_exits: set[str] | None = None
         for p in held:
             price = prices.get(p.symbol)
             if price is None or price <= 0:
                 log.warning("account %s: no price for %s; exit rules not evaluated",
                             self.account, p.symbol)
                 continue
-            tracked = self._track(p, price, now)
-            if self._tracked.get(p.symbol) != tracked or p.symbol in self._unsaved:
-                self._tracked[p.symbol] = tracked
-                # Before any exit is sent: its client order id is built from opened_at.
-                await self._persist(p.symbol, tracked, now)
-            decision = evaluate_exits(p, tracked.state, price, rules, now)
-            if decision is None:
-                continue
-            if mode is KillSwitch.FLATTEN:
-                log.info("account %s: %s (not sent: kill switch flatten, the dispatcher is "
-                         "closing positions)", self.account, decision.reason)
-                continue
-            if open_exits is None:
-                open_exits = await self._open_exit_symbols()
-            if p.symbol in open_exits or not await self._settled(p.symbol):
-                self.counters.exits_waiting += 1
-                continue
-            await self._submit_exit(decision, tracked.state, now)
+            try:
+                tracked = self._track(p, price, now)
+                if self._tracked.get(p.symbol) != tracked or p.symbol in self._unsaved:
+                    self._tracked[p.symbol] = tracked
+                    # Before any exit is sent: its client order id is built from opened_at.
+                    await self._persist(p.symbol, tracked, now)
+                decision = evaluate_exits(p, tracked.state, price, rules, now)
+                if decision is None:
+                    continue
+                if mode is KillSwitch.FLATTEN:
+                    log.info("account %s: %s (not sent: kill switch flatten, the dispatcher "
+                             "is closing positions)", self.account, decision.reason)
+                    continue
+                if open_exits is None:
+                    open_exits = await self._open_exit_symbols()
+                if p.symbol in open_exits or not await self._settled(p.symbol):
+                    self.counters.exits_waiting += 1
+                    continue
+                await self._submit_exit(decision, tracked, price, now)
+            except Exception as exc:  # one position's trouble must not stop the others' exits
+                self.counters.errors += 1
+                log.exception("account %s: exit handling of %s failed", self.account, p.symbol)
+                failures.append(f"{p.symbol}: {type(exc).__name__}: {exc}")
+        if failures:
+            raise RuntimeError("exits: " + "; ".join(failures))
 
     async def _prices(self, held: Sequence[Position]) -> dict[str, Decimal]:
         """The broker's current price per position; latest trades fill any gap."""
@@ -403,11 +415,26 @@ class PositionManager:
         except asyncpg.UniqueViolationError:
             await self.store.upsert_orders(self.account, [order])
 
-    async def _submit_exit(self, d: ExitDecision, state: PositionState, now: datetime) -> None:
-        cid = exit_client_order_id(self.account, d.symbol, state.opened_at, d.rule)
+    async def _submit_exit(self, d: ExitDecision, tracked: pq.TrackedPosition, price: Decimal,
+                           now: datetime) -> None:
+        cid = exit_client_order_id(self.account, d.symbol, tracked.state.opened_at, d.rule)
         req = OrderRequest(symbol=d.symbol, side=d.side, client_order_id=cid, qty=d.qty,
                            order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY)
         res = await self.broker.submit_order(req)
+        if (res.outcome == "accepted" and res.http_status == 422 and res.order is not None
+                and res.order.is_terminal):
+            # The broker already had this id, from an exit that is over (filled, canceled)
+            # while a position is still here: a new position in the same direction opened
+            # between two syncs, or the rest after a partial exit. Start a new position
+            # epoch (fresh opened_at, hence fresh ids); the next tick decides again.
+            self.counters.exits_stale += 1
+            fresh = pq.TrackedPosition(PositionState.opened(now, price), tracked.long)
+            self._tracked[d.symbol] = fresh
+            await self._persist(d.symbol, fresh, now)
+            log.warning("account %s: exit id %s belongs to a finished order (%s); %s is "
+                        "tracked as a new position from now", self.account, cid,
+                        res.order.status, d.symbol)
+            return
         if res.outcome == "accepted":
             self.counters.exits_submitted += 1
             log.warning("account %s: exit order %s sent: %s", self.account, cid, d.reason)

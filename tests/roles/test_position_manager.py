@@ -354,12 +354,12 @@ async def test_open_exit_is_never_doubled_across_ticks_and_restarts(rig: Rig) ->
     assert restarted.counters.exits_submitted == 0 and restarted.counters.exits_waiting == 1
     # Even a restarted process that missed the open order (crash between submit and
     # record) re-sends under the same id, which the broker refuses as a duplicate.
-    decision_state = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["AAPL"].state
-    assert decision_state.opened_at == opened_at
+    tracked = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["AAPL"]
+    assert tracked.state.opened_at == opened_at
     from ops.exits import ExitDecision
     await restarted._submit_exit(
         ExitDecision(ExitRule.STOP_LOSS, "stop_loss: retry", "AAPL", Side.SELL, Decimal(4)),
-        decision_state, rig.now())
+        tracked, entry, rig.now())
     assert rig.sim_exit_orders("AAPL") == [cid]
     records = await pq.exit_records(rig.store.pool, ACCOUNT)
     assert [(r.client_order_id, r.attempts) for r in records] == [(cid, 2)]
@@ -372,6 +372,27 @@ async def test_open_exit_is_never_doubled_across_ticks_and_restarts(rig: Rig) ->
     await restarted.tick()
     assert await pq.load_exit_states(rig.store.pool, ACCOUNT) == {}
     assert rig.sim_exit_orders("AAPL") == [cid]
+
+
+async def test_position_reopened_between_syncs_gets_a_fresh_exit_id(rig: Rig) -> None:
+    rig.rules = ExitRules(max_hold_s=3600)
+    pm, _ = await _open_and_track(rig, "SPY", 1)
+    rig.offset = timedelta(seconds=3601)
+    await pm.tick()  # max hold: exit sent and filled
+    [first] = rig.sim_exit_orders("SPY")
+    await rig.buy("SPY", 2)  # a new position, opened before the next sync saw "flat"
+    await pm.tick()  # still held "too long" by the old opened_at: the old id comes back
+    assert rig.sim_exit_orders("SPY") == [first]  # ... and is refused as a duplicate
+    assert pm.counters.exits_stale == 1
+    state = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["SPY"].state
+    assert state.opened_at > rig.now() - timedelta(seconds=60)  # a new epoch from now
+    await pm.tick()
+    assert rig.sim_exit_orders("SPY") == [first]  # the new position is young
+    rig.offset += timedelta(seconds=3601)
+    await pm.tick()
+    exits = rig.sim_exit_orders("SPY")
+    assert len(exits) == 2 and exits[0] == first and exits[1] != first
+    assert await rig.broker.get_position("SPY") is None
 
 
 async def test_kill_switch_flatten_sends_no_exit_but_halt_does(rig: Rig) -> None:
