@@ -16,10 +16,11 @@ works, and a standby must not overwrite the active one's counters. When Postgres
 unreachable at start the lock cannot be taken by anybody, so the copy waits, heartbeating
 (the store buffers the beats; the watchdog reads the buffer) and retrying every second.
 
-Run now. SIGUSR1 triggers every ticker of the process. So does a control row: key
-`run_now:<role>` for the account (`*` for shared roles), any value; the control watcher
-polls the account's controls once per second (one indexed read) and triggers when that
-row's `updated_at` moves past what it saw at start. `request_run_now()` writes the row.
+Run now. SIGUSR1 triggers every ticker of the process. So does a control row of the
+account (`*` for shared roles): key `run_now:<role>` (any value; `request_run_now()`
+writes it), or key `run_now` with value `{"role": R}`, `{"roles": [...]}` or anything else
+for every role. The control watcher polls the account's controls once per second (one
+indexed read) and triggers when such a row's `updated_at` moves past what it last saw.
 
 Hot reload. The config file's directory is watched (watchfiles `awatch`, plus a poll every
 5 s in case an event is missed); `ConfigReloader` validates. A valid edit swaps
@@ -78,6 +79,7 @@ EXIT_CONFIG = 2
 EXIT_ACCOUNT_MISMATCH = 3
 
 SHARED_ACCOUNT = "*"  # controls.account for run-now requests of shared roles
+RUN_NOW_KEY = "run_now"
 KILL_SWITCH_KEY = "kill_switch"
 KILL_SWITCH_CACHE_S = 1.0
 CONTROL_POLL_S = 1.0
@@ -377,29 +379,46 @@ class _ControlWatcher:
         self.ctx = ctx
         self.poll_s = poll_s
         self.account = ctx.account or SHARED_ACCOUNT
-        self.key = run_now_key(ctx.role)
-        self._seen: datetime | None = None
+        self._seen: dict[str, datetime] = {}
         self._primed = False
         self._stop = asyncio.Event()
         self.run_now_requests = 0
+        self.polls = 0
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _for_me(self, row: Control) -> bool:
+        if row.key == run_now_key(self.ctx.role):
+            return True
+        if row.key != RUN_NOW_KEY:
+            return False
+        # The account-wide form: value {"role": R} or {"roles": [...]}; else every role.
+        value = row.value if isinstance(row.value, dict) else {}
+        roles = value.get("roles", value.get("role"))
+        if roles is None:
+            return True
+        return self.ctx.role in ([roles] if isinstance(roles, str) else roles)
 
     async def poll_once(self) -> None:
         snap = await self.ctx.store.controls(self.account)
         if self.ctx.account is not None:
             self.ctx._note_controls(self.ctx.account, snap.rows)
-        row = next((r for r in snap.rows if r.key == self.key), None)
-        stamp = row.updated_at if row is not None else None
-        if not self._primed:
-            self._primed, self._seen = True, stamp  # a request older than this start is done
-            return
-        if stamp is not None and (self._seen is None or stamp > self._seen):
-            self._seen = stamp
+        fresh = []
+        for row in snap.rows:
+            if not self._for_me(row):
+                continue
+            seen = self._seen.get(row.key)
+            self._seen[row.key] = row.updated_at
+            # Requests older than this process's start were for its predecessor.
+            if self._primed and (seen is None or row.updated_at > seen):
+                fresh.append(row)
+        self._primed = True
+        self.polls += 1
+        if fresh:
             self.run_now_requests += 1
-            log.info("run-now requested by %s (control %s)", row.updated_by if row else "?",
-                     self.key)
+            log.info("run-now requested by %s (controls %s)",
+                     ", ".join(r.updated_by for r in fresh), ", ".join(r.key for r in fresh))
             self.ctx.run_now()
 
     async def run(self) -> None:

@@ -85,6 +85,17 @@ async def test_boot_heartbeat_run_now_and_hot_reload(role_env: RoleEnv) -> None:
         assert rt.store is not None
         await request_run_now(rt.store, "large", "stream", by="test")
         await eventually(lambda: any(s.manual for s in probe.slots), "a manual run")
+        # The account-wide form: key "run_now" naming roles; another role's is not ours.
+        watcher = rt.control_watcher
+        assert watcher is not None
+        requests = watcher.run_now_requests
+        await rt.store.set_control("large", "run_now", {"role": "dispatcher"}, "test")
+        polls = watcher.polls
+        await eventually(lambda: watcher.polls >= polls + 2, "two more control polls")
+        assert watcher.run_now_requests == requests
+        await rt.store.set_control("large", "run_now", {"roles": ["dispatcher", "stream"]},
+                                   "test")
+        await eventually(lambda: watcher.run_now_requests == requests + 1, "run-now for us")
         # ... and through the SIGUSR1 callback (Daemon.on_run_now -> ctx.run_now).
         manual = sum(s.manual for s in probe.slots)
         assert rt.daemon is not None
