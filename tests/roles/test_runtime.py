@@ -234,3 +234,26 @@ async def test_postgres_down_at_start_waits_heartbeating_then_runs(
         rt.request_stop()
         code = await asyncio.wait_for(task, 20)
     assert code == EXIT_OK
+
+
+async def test_broker_down_at_start_binding_is_retried(role_env: RoleEnv) -> None:
+    """A broker outage at start is waited out (heartbeating), never a crash loop that
+    supervisord would give up on; the process binds and runs once the broker answers."""
+    role_env.sim.faults.fail_next(n=6, status=503, path="/v2/account")
+    probe = _Probe()
+    rt = _runtime(role_env, probe)
+    task = asyncio.create_task(rt.run())
+    try:
+        await eventually(lambda: rt.bind_failures >= 1, "a failed binding attempt")
+
+        async def beat() -> bool:
+            rows = await _fetch(role_env.pg_url, "SELECT counters FROM heartbeats "
+                                "WHERE process = 'large-stream'")
+            return bool(rows)
+        await eventually(beat, "heartbeats while the broker is away")
+        await eventually(lambda: rt.phase == "running" and len(probe.slots) >= 1,
+                         "binds and runs once the broker answers", timeout_s=30)
+    finally:
+        rt.request_stop()
+        code = await asyncio.wait_for(task, 20)
+    assert code == EXIT_OK
