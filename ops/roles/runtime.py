@@ -546,6 +546,7 @@ class RoleRuntime:
         builder: RoleBuilder | None = None,
         install_signal_handlers: bool = True,
         lock_poll_s: float = 1.0,
+        lock_check_s: float = 2.0,
         control_poll_s: float = CONTROL_POLL_S,
         config_poll_s: float = CONFIG_POLL_S,
     ) -> None:
@@ -557,6 +558,7 @@ class RoleRuntime:
         self._builder = builder
         self._signals = install_signal_handlers
         self._lock_poll_s = lock_poll_s
+        self._lock_check_s = lock_check_s
         self._control_poll_s = control_poll_s
         self._config_poll_s = config_poll_s
         self.store: Store | None = None
@@ -683,8 +685,8 @@ class RoleRuntime:
                 services.append(t)
         self.config_watcher = _ConfigWatcher(self, self.ctx, reloader, self._config_poll_s)
         self.control_watcher = _ControlWatcher(self, self.ctx, self._control_poll_s)
-        services += [self._heartbeat, LockKeeper(self.lock), self.control_watcher,
-                     self.config_watcher]
+        keeper = LockKeeper(self.lock, self._lock_check_s)
+        services += [self._heartbeat, keeper, self.control_watcher, self.config_watcher]
         self.services = services
         self.daemon = Daemon(self.process, services, install_signal_handlers=self._signals)
         self.daemon.on_run_now(self.ctx.run_now)

@@ -257,3 +257,37 @@ async def test_broker_down_at_start_binding_is_retried(role_env: RoleEnv) -> Non
         rt.request_stop()
         code = await asyncio.wait_for(task, 20)
     assert code == EXIT_OK
+
+
+async def test_lock_lost_to_another_instance_stops_the_role(role_env: RoleEnv) -> None:
+    probe = _Probe()
+    rt = RoleRuntime("stream", "large", role_env.env, builder=probe.build,
+                     install_signal_handlers=False, lock_check_s=0.2)
+    task = asyncio.create_task(rt.run())
+    thief = await connect(role_env.pg_url)
+    try:
+        await eventually(lambda: rt.phase == "running", "running")
+        assert rt.lock is not None
+        key = rt.lock.key
+        # Queue behind the holder, then cut the holder's session: Postgres hands the lock
+        # to the waiter on release, before the runtime can re-take it.
+        waiting = asyncio.create_task(thief.fetchval("SELECT pg_advisory_lock($1)", key))
+
+        async def queued() -> bool:
+            rows = await _fetch(role_env.pg_url, "SELECT 1 FROM pg_locks WHERE "
+                                "locktype = 'advisory' AND NOT granted")
+            return bool(rows)
+        await eventually(queued, "the thief waits for the lock")
+        await _fetch(role_env.pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name = $1", rt.lock.app_name)
+        await asyncio.wait_for(waiting, 10)
+        code = await asyncio.wait_for(task, 20)
+        assert code == 1  # a service failed: supervisord restarts it, and it waits
+        rows = await _fetch(role_env.pg_url, "SELECT detail FROM incidents "
+                            "WHERE kind = 'lock-lost'")
+        assert len(rows) == 1 and "large-stream" in str(rows[0]["detail"])
+    finally:
+        rt.request_stop()
+        if not task.done():
+            await asyncio.wait_for(task, 20)
+        await thief.close()
