@@ -39,7 +39,8 @@ async def test_process_syncs_positions_and_takes_profit_once(role_env: RoleEnv) 
     try:
         async def synced() -> bool:
             snap = await store.positions("large")
-            return [(p.position.symbol, p.position.qty) for p in snap.rows] == [("AAPL", 7)]
+            held = [(p.position.symbol, p.position.qty) for p in snap.rows]
+            return held == [("AAPL", Decimal(7))]
         await eventually(synced, "AAPL 7 synced into positions", timeout_s=30)
 
         async def tracked() -> bool:
@@ -59,7 +60,7 @@ async def test_process_syncs_positions_and_takes_profit_once(role_env: RoleEnv) 
         async def forgotten() -> bool:
             n = await store.pool.fetchval(
                 "SELECT count(*) FROM position_exit_state WHERE account = 'large'")
-            return n == 0
+            return bool(n == 0)
         await eventually(forgotten, "exit state dropped after the close", timeout_s=30)
         exits = [o for o in sim.engine.states["large"].orders.values()
                  if o.client_order_id.startswith(exit_prefix("large"))]
