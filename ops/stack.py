@@ -168,14 +168,34 @@ def stop_supervisord(env: RuntimeEnv, *, timeout_s: float = 60) -> bool:
         client.shutdown()
     except SupervisorUnavailable:
         return False
+    if not _wait_exit(pid, timeout_s):
+        raise StackError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s")
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs. A zombie (exited, not yet reaped by its parent, e.g. the
+    shell or test that started `ops up --foreground`) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.1)
-    raise StackError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s")
+    return True
 
 
 def now_utc() -> datetime:
@@ -195,10 +215,9 @@ def _pidfile_pid(env: RuntimeEnv) -> int | None:
     """supervisord's pid from its pid file, if that process is alive."""
     try:
         pid = int((env.run_dir / "supervisord.pid").read_text().strip())
-        os.kill(pid, 0)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if _alive(pid) else None
 
 
 # --- migrations before anything starts ----------------------------------------------------
@@ -438,11 +457,5 @@ def _terminate(pid: int, timeout_s: float) -> None:
     import signal
 
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    raise StackError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s of SIGTERM")
+    if not _wait_exit(pid, timeout_s):
+        raise StackError(f"supervisord (pid {pid}) did not exit within {timeout_s:.0f}s of SIGTERM")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -268,7 +269,7 @@ async def _collect(
     env: RuntimeEnv, config: Config, store: Any, supervisor: SupervisorClient | None,
     now: datetime | None,
 ) -> StatusReport:
-    from ops.store import is_outage
+    from ops.store import Snapshot, is_outage
     from ops.store.status import AccountActivity, account_activity, ping
 
     sup, infos = await asyncio.to_thread(_supervisor_view, env, supervisor)
@@ -279,33 +280,48 @@ async def _collect(
         if not is_outage(exc):
             raise
         reachable, db_error = False, f"{type(exc).__name__}: {exc}"[:300]
-    hbs = await store.heartbeats()
-    runs = await store.latest_runs()
-    incidents = await store.open_incidents()
-    states = await store.account_states()
-    positions = await store.positions()
+    problems: list[str] = []
+    t_now = now or datetime.now(UTC)
+
+    async def read(what: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        """A Store read; outages fall back to the buffer inside Store. Anything else (a
+        schema not migrated yet, a privilege missing) is reported, never raised: status
+        must answer whatever state the stack is in."""
+        try:
+            return await fetch()
+        except Exception as exc:
+            problems.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
+            return Snapshot([], "postgres", t_now)
+
+    hbs = await read("heartbeats", store.heartbeats)
+    runs = await read("runs", store.latest_runs)
+    incidents = await read("incidents", store.open_incidents)
+    states = await read("account state", store.account_states)
+    positions = await read("positions", store.positions)
     buf = await store.buffer_status()
     activity: dict[str, AccountActivity] | None = None
     if reachable:
         try:
-            activity = await account_activity(store.pool, now or datetime.now(UTC))
+            activity = await account_activity(store.pool, t_now)
         except Exception as exc:
-            if not is_outage(exc):
-                raise
-            reachable = False
+            if is_outage(exc):
+                reachable = False
+            else:
+                problems.append(f"orders/fills today: {type(exc).__name__}: {exc}"[:300])
     accounts_cfg = config.enabled_accounts()
     kill: dict[str, str] = {}
     for name in accounts_cfg:
-        controls = await store.controls(name)
+        controls = await read(f"controls of {name}", functools.partial(store.controls, name))
         kill[name] = next((kill_switch_mode(c.value) for c in controls.rows
                            if c.key == "kill_switch"), "off")
-    now = now or datetime.now(UTC)
+    now = t_now
     sources = {s.source for s in (hbs, runs, incidents, states, positions)}
     reads_from = ("buffer" if "buffer" in sources else
                   "postgres+buffer" if "postgres+buffer" in sources else "postgres")
     database = DatabaseStatus(
         reachable=reachable, buffered_rows=buf.pending, oldest_buffered_age_s=buf.oldest_age_s,
-        dead_rows=buf.dead, reads_from=reads_from, error=db_error,
+        dead_rows=buf.dead, reads_from=reads_from,
+        error=db_error or (problems[0] if problems else None),
     )
     processes = _processes(env, config, sup, infos, {h.process: h for h in hbs.rows},
                            {r.process: r for r in runs.rows}, kill, now)
@@ -397,6 +413,8 @@ def _overall(
     reasons = [f"{p.name}: {p.status} ({p.state})" for p in processes if p.status in DEGRADING]
     if not db.reachable:
         reasons.append(f"database unreachable, reading from the {db.reads_from} ({db.error})")
+    elif db.error:
+        reasons.append(f"database reads failing: {db.error}")
     if db.dead_rows:
         reasons.append(f"{db.dead_rows} buffered rows quarantined by replay")
     reasons += [f"open incident {i.kind}: {i.detail[:80]}" for i in incidents]

@@ -97,3 +97,14 @@ def test_trading_day_starts_at_new_york_midnight() -> None:
     summer = start_of_trading_day(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
     assert summer == datetime(2026, 7, 1, 4, 0, tzinfo=UTC)
     assert summer + timedelta(days=1) > datetime(2026, 7, 1, 23, 59, tzinfo=UTC)
+
+
+async def test_unmigrated_database_is_reported_not_raised(tmp_path: Path,
+                                                          pg_empty_url: str) -> None:
+    """`ops status` while `ops up` is still migrating: it answers, and says why."""
+    env = RuntimeEnv(config_path=CONFIG, home=tmp_path, database_url=pg_empty_url)
+    report = await collect_status(env, load_config(CONFIG))
+    assert report.database.reachable is True
+    assert report.database.error is not None and "heartbeats" in report.database.error
+    assert report.status == "down"  # no supervisord here
+    assert [a.orders_today for a in report.accounts] == [None, None]
