@@ -1,0 +1,358 @@
+"""The watchdog under a real supervisord, with real processes, signals and Postgres.
+
+One stack per module (supervisord, an embedded Postgres, a local webhook receiver) runs
+`ops watchdog` as its event listener and four stand-in roles (tests/watchdog/worker.py):
+- large-dispatcher        normal; SIGSTOPped by the tests
+- large-position-manager  normal; its job is made to hang while its heartbeat goes on
+- tiny-dispatcher         crashes on start (FATAL)
+- tiny-position-manager   market closed: an expected idle
+The watchdog runs with the *default* heartbeat bounds (5 s stale, 15 s startup grace).
+The tests run in file order; each states what it proves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from ops.env import RuntimeEnv
+from ops.roles.watchdog import eventlistener_section
+from ops.store import Store
+from ops.store.embedded import EmbeddedPostgres
+from ops.store.migrate import migrate
+from ops.store.postgres import connect
+from ops.supervisor import SupervisorClient, socket_path
+from tests.conftest import TEST_PG_OPTIONS
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+PROGRAMS = {  # name -> (account, role, mode)
+    "large-dispatcher": ("large", "dispatcher", "normal"),
+    "large-position-manager": ("large", "position-manager", "normal"),
+    "tiny-dispatcher": ("tiny", "dispatcher", "crash"),
+    "tiny-position-manager": ("tiny", "position-manager", "closed"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Receiver:
+    """A real HTTP webhook receiver on loopback (a thread in the test process)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                n = int(self.headers.get("Content-Length", "0"))
+                bodies.append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self) -> list[str]:
+        return [str(b["text"]) for b in list(self.bodies)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Stack:
+    env: RuntimeEnv
+    pg: EmbeddedPostgres
+    sup: SupervisorClient
+    receiver: Receiver
+    metrics_port: int
+    proc: subprocess.Popen[bytes]
+
+    def query(self, sql: str, *args: Any) -> list[Any]:
+        async def run() -> list[Any]:
+            conn = await connect(self.pg.url())
+            try:
+                return list(await conn.fetch(sql, *args))
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def incidents(self, process: str) -> list[Any]:
+        return self.query("SELECT * FROM incidents WHERE process = $1 ORDER BY opened_at",
+                          process)
+
+    def pid(self, name: str) -> int:
+        info = self.sup.process(f"{PROGRAMS[name][0]}:{name}")
+        return info.pid if info.state in ("RUNNING", "STARTING") else 0
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """(metric name, process label) -> value, from a real scrape over loopback."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r'^(\w+)(?:\{([^}]*)\})? (\S+)$', line)
+            if m:
+                labels = m.group(2) or ""
+                proc = re.search(r'process="([^"]*)"', labels)
+                status = re.search(r'status="([^"]*)"', labels)
+                key = m.group(1) + (f":{status.group(1)}" if status else "")
+                out[(key, proc.group(1) if proc else "")] = float(m.group(3))
+        return out
+
+    def log(self) -> str:
+        path = self.env.log_dir / "watchdog.log"
+        return path.read_text() if path.exists() else ""
+
+
+def poll(what: str, check: Callable[[], T], timeout_s: float, interval_s: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s:g}s (last: {got!r})")
+        time.sleep(interval_s)
+
+
+def _config(home: Path, webhook: str, metrics_port: int) -> Path:
+    text = (ROOT / "conf" / "ops.toml").read_text()
+    text = re.sub(r"dispatcher_s = \d+", "dispatcher_s = 1", text)
+    text = re.sub(r"position_manager_s = \d+", "position_manager_s = 1", text)
+    text = text.replace("webhook_urls = []", f'webhook_urls = ["{webhook}"]')
+    text = re.sub(r"\[metrics\]\nenabled = false\nhost = \"127.0.0.1\"\nport = 9464",
+                  f'[metrics]\nenabled = true\nhost = "127.0.0.1"\nport = {metrics_port}', text)
+    assert f"port = {metrics_port}" in text and webhook in text
+    path = home / "ops.toml"
+    path.write_text(text)
+    return path
+
+
+def _supervisord_conf(env: RuntimeEnv) -> Path:
+    environment = ",".join(f'{k}="{v}"' for k, v in {
+        "OPS_HOME": str(env.home), "OPS_CONFIG": str(env.config_path),
+        "OPS_DATABASE_URL": str(env.database_url).replace("%", "%%"),
+        "PYTHONUNBUFFERED": "1"}.items())
+    parts = [
+        f"[unix_http_server]\nfile={socket_path(env)}\nchmod=0700\n",
+        f"[supervisord]\nlogfile={env.log_dir / 'supervisord.log'}\n"
+        f"pidfile={env.run_dir / 'supervisord.pid'}\nchildlogdir={env.log_dir}\n"
+        f"nodaemon=true\nenvironment={environment}\n",
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n",
+    ]
+    for name, (account, role, mode) in PROGRAMS.items():
+        cmd = (f"{sys.executable} -m tests.watchdog.worker --process {name} "
+               f"--account {account} --role {role} --interval 1 --mode {mode}")
+        parts.append(
+            f"[program:{name}]\ncommand={cmd}\ndirectory={ROOT}\nautorestart=true\n"
+            f"startsecs={5 if mode == 'crash' else 1}\nstartretries=2\nstopwaitsecs=3\n"
+            "redirect_stderr=true\n"
+            f"stdout_logfile={env.log_dir / name}.log\n")
+    for account in ("large", "tiny"):
+        names = ",".join(n for n, v in PROGRAMS.items() if v[0] == account)
+        parts.append(f"[group:{account}]\nprograms={names}\n")
+    parts.append(eventlistener_section(env, sys.executable).replace(
+        f"directory={Path.cwd()}", f"directory={ROOT}"))
+    path = env.home / "supervisord.conf"
+    path.write_text("\n".join(parts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    home = Path(tempfile.mkdtemp(prefix="ops-test-wd-", dir="/tmp"))
+    pg = EmbeddedPostgres(home / "pg", options=TEST_PG_OPTIONS)
+    receiver = Receiver()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        pg.start()
+        asyncio.run(migrate(pg.url()))
+        metrics_port = free_port()
+        config = _config(home, f"http://127.0.0.1:{receiver.port}/hook/T0K3N", metrics_port)
+        env = RuntimeEnv(config_path=config, home=home, database_url=pg.url())
+        for d in (env.log_dir, env.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        conf = _supervisord_conf(env)
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+                                cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sup = SupervisorClient(socket_path(env), timeout_s=5)
+        poll("supervisord up", lambda: socket_path(env).exists() and sup.state() == "RUNNING",
+             20)
+        yield Stack(env, pg, sup, receiver, metrics_port, proc)
+    finally:
+        if proc is not None:
+            with_timeout = proc.poll() is None
+            if with_timeout:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        receiver.close()
+        pg.stop(mode="immediate")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_eventlistener_section_keeps_stdout_for_the_protocol(tmp_path: Path) -> None:
+    env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path, database_url=None)
+    text = eventlistener_section(env, "/usr/bin/python3")
+    assert text.startswith("[eventlistener:watchdog]\n")
+    assert "events=TICK_5,PROCESS_STATE\n" in text
+    assert "redirect_stderr=false\n" in text and "stdout_logfile=NONE\n" in text
+    assert f"stderr_logfile={tmp_path / 'log' / 'watchdog.log'}\n" in text
+    assert "command=/usr/bin/python3 -m ops watchdog\n" in text
+
+
+def test_process_that_crashes_on_start_is_one_incident_reported_fatal(stack: Stack) -> None:
+    info = poll("tiny-dispatcher FATAL",
+                lambda: (i := stack.sup.process("tiny:tiny-dispatcher")).state == "FATAL" and i,
+                30)
+    assert info
+    rows = poll("a FATAL incident",
+                lambda: [r for r in stack.incidents("tiny-dispatcher")
+                         if "FATAL" in r["detail"]], 15)
+    assert len(stack.incidents("tiny-dispatcher")) == 1, "a crash loop is ONE incident"
+    assert rows[0]["closed_at"] is None and rows[0]["kind"] in ("crash-loop", "fatal")
+    assert rows[0]["dedupe_key"] == "watchdog:tiny-dispatcher"
+    poll("FATAL in the alerts",
+         lambda: any("tiny-dispatcher" in t and "FATAL" in t for t in stack.receiver.texts()), 15)
+
+
+def test_sigstopped_dispatcher_is_restarted_within_10s_and_incident_closes(
+    stack: Stack,
+) -> None:
+    name = "large-dispatcher"
+    # Past the startup grace, and on schedule (with the default bounds).
+    poll("large-dispatcher running past its grace",
+         lambda: (i := stack.sup.process(f"large:{name}")).uptime_s is not None
+         and i.uptime_s > 16, 40)
+    poll("large-dispatcher ok", lambda: stack.metrics().get(
+        ("ops_process_status:ok", name)) == 1.0, 15)
+    old = stack.pid(name)
+    os.kill(old, signal.SIGSTOP)
+    t0 = time.monotonic()
+    new = poll("a new large-dispatcher pid", lambda: (p := stack.pid(name)) != old and p, 10,
+               interval_s=0.05)
+    took = time.monotonic() - t0
+    print(f"\nSIGSTOP -> restarted (new pid) in {took:.2f}s")
+    assert new != old
+    rows = poll("a hung incident", lambda: stack.incidents(name), 5)
+    assert len(rows) == 1 and rows[0]["kind"] == "hung" and rows[0]["restarts"] == 1
+    assert f"killed pid {old}" in rows[0]["detail"]
+    closed = poll("the incident closed", lambda: [r for r in stack.incidents(name)
+                                                  if r["closed_at"] is not None], 45)
+    assert closed[0]["closed_at"] > closed[0]["opened_at"]
+    texts = stack.receiver.texts()
+    assert any(t.startswith("[ops-pipeline") and "INCIDENT OPEN hung on large-dispatcher" in t
+               for t in texts)
+    poll("the close alerted", lambda: any("RESOLVED hung on large-dispatcher" in t
+                                          for t in stack.receiver.texts()), 10)
+    assert "T0K3N" not in stack.log(), "the webhook token must never reach the log"
+
+
+def test_job_hung_with_live_heartbeat_is_restarted_and_its_gap_grows_in_metrics(
+    stack: Stack,
+) -> None:
+    name = "large-position-manager"
+    poll("position-manager ok", lambda: stack.metrics().get(
+        ("ops_process_status:ok", name)) == 1.0, 40)
+    old = stack.pid(name)
+    (stack.env.home / f"hang-{name}").write_text(str(old))
+    # While hung: the heartbeat stays fresh and the gap grows, scrape after scrape.
+    key = ("ops_last_run_age_seconds", name)
+
+    def scrape_when(cond: Callable[[dict[tuple[str, str], float]], bool]) -> Callable[
+            [], dict[tuple[str, str], float]]:
+        return lambda: (m if cond(m := stack.metrics()) else {})
+
+    first = poll("a gap", scrape_when(lambda m: m.get(key, 0.0) > 2.0), 15)
+    second = poll("the gap growing", scrape_when(lambda m: m.get(key, 0.0) >= first[key] + 2), 8)
+    assert second[("ops_heartbeat_age_seconds", name)] < 3.0, "heartbeat stays fresh"
+    assert second[("ops_process_status:stalled", name)] == 0.0  # not yet past the gap bound
+    assert stack.pid(name) == old
+    new = poll("restarted", lambda: (p := stack.pid(name)) != old and p, 40)
+    assert new != old
+    rows = stack.incidents(name)
+    assert len(rows) == 1 and rows[0]["kind"] == "stalled"
+    assert "heartbeat fresh but no completed run" in rows[0]["detail"]
+
+
+def test_market_closed_is_an_expected_idle_not_an_incident(stack: Stack) -> None:
+    name = "tiny-position-manager"
+    info = stack.sup.process(f"tiny:{name}")
+    assert info.state == "RUNNING" and info.uptime_s is not None and info.uptime_s > 30
+    m = stack.metrics()
+    assert m[("ops_process_status:idle-market-closed", name)] == 1.0
+    assert stack.incidents(name) == []
+    outcomes = stack.query("SELECT DISTINCT outcome FROM runs WHERE process = $1", name)
+    assert [r["outcome"] for r in outcomes] == ["idle-market-closed"]
+
+
+def test_postgres_stopped_the_watchdog_works_from_the_buffer(stack: Stack) -> None:
+    name = "large-dispatcher"
+    poll("large-dispatcher past its grace",
+         lambda: (i := stack.sup.process(f"large:{name}")).uptime_s is not None
+         and i.uptime_s > 16, 40)
+    poll("large-dispatcher ok", lambda: stack.metrics().get(
+        ("ops_process_status:ok", name)) == 1.0, 30)
+    before = len(stack.incidents(name))
+    stack.pg.stop(mode="fast")
+    try:
+        poll("the watchdog reads from the buffer",
+             lambda: stack.metrics().get(("ops_database_reachable", "")) == 0.0, 15)
+        old = stack.pid(name)
+        os.kill(old, signal.SIGSTOP)
+        t0 = time.monotonic()
+        poll("restarted during the outage", lambda: (p := stack.pid(name)) != old and p, 10,
+             interval_s=0.05)
+        print(f"\nSIGSTOP -> restarted during a Postgres outage in {time.monotonic() - t0:.2f}s")
+
+        async def buffered() -> list[Any]:
+            async with await Store.open(stack.env, process="test-reader") as store:
+                snap = await store.open_incidents()
+                assert snap.source == "buffer"
+                return [i for i in snap.rows if i.process == name]
+
+        rows = poll("the incident in the buffer", lambda: asyncio.run(buffered()), 10)
+        assert rows[0].kind == "hung"
+        assert "hung on large-dispatcher" in stack.log()
+    finally:
+        stack.pg.start()
+    rows = poll("the incident replayed into Postgres",
+                lambda: r if len(r := stack.incidents(name)) > before else [], 30)
+    assert rows[-1]["kind"] == "hung"
