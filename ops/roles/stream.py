@@ -53,11 +53,10 @@ _OPEN_SQL = f"""
 SELECT id, updated_at FROM orders
 WHERE account = $1 AND status NOT IN ({", ".join(f"'{s}'" for s in TERMINAL_ORDER_STATUSES)})
 """
-_WATERMARK_SQL = """
-SELECT greatest(
-    (SELECT max(ts) FROM order_events WHERE account = $1),
-    (SELECT max(updated_at) FROM orders WHERE account = $1))
-"""
+# Events only: `orders` is also written by the dispatcher and the position manager (from
+# submit answers and reconciliation), so its timestamps say nothing about which fills
+# this role has stored.
+_WATERMARK_SQL = "SELECT max(ts) FROM order_events WHERE account = $1"
 
 
 def fill_execution_id(fill: Fill) -> str:

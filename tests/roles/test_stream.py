@@ -7,6 +7,8 @@ Truth for fills is the simulator's own FILL activity ledger (with execution ids)
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from ops.broker import Broker
@@ -15,6 +17,7 @@ from ops.models import OrderRequest, OrderType, Side
 from ops.roles.runtime import RoleRuntime
 from ops.roles.stream import StreamRole
 from ops.sim import Simulator
+from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.postgres import connect
 from tests.roles.conftest import RoleEnv, eventually, order_request, running_role
@@ -241,3 +244,20 @@ async def test_postgres_outage_while_fills_stream_in(
         assert len(ids) == len(set(ids)) == 2
         await eventually(lambda: rt.lock_status.state == "held", "lock re-taken", 30)
         assert rt.phase == "running"
+
+
+async def test_backfill_window_comes_from_stored_events_not_other_writers(
+    role_env: RoleEnv, large_broker: Broker
+) -> None:
+    """`orders` rows written by other roles (a reconciliation's newer state) must not move
+    the stream's backfill window past fills it never stored."""
+    sim = role_env.sim
+    res = await large_broker.submit_order(order_request("AAPL", 1))  # fills, no stream up
+    assert res.order is not None
+    await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
+    later = replace(res.order, status="filled", updated_at=datetime.now(UTC) + timedelta(hours=1))
+    async with await Store.open(role_env.env, process="test") as store:
+        await store.upsert_orders("large", [later])
+    async with running_role(role_env, "stream", "large") as rt:
+        await ready(sim, role_of(rt))
+        await eventually(lambda: fills_match(role_env), "the fill backfilled")
