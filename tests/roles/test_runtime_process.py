@@ -102,3 +102,13 @@ async def test_bad_config_exits_2_naming_the_key(role_env: RoleEnv) -> None:
     unknown = await role_env.spawn("stream", "nosuch")
     assert await asyncio.wait_for(unknown.proc.wait(), 60) == 2
     assert "unknown account 'nosuch'" in unknown.log_text()
+
+
+async def test_missing_secrets_exit_2_with_an_incident(role_env: RoleEnv) -> None:
+    role_env.secrets_path.unlink()
+    proc = await role_env.spawn("stream", "large")
+    assert await asyncio.wait_for(proc.proc.wait(), 60) == 2
+    assert "secrets.json" in proc.log_text()
+    rows = await query(role_env.pg_url, "SELECT kind, account FROM incidents")
+    assert rows == [{"kind": "credentials", "account": "large"}]
+    assert not role_env.sim.hub.conns
