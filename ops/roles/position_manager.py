@@ -53,8 +53,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
-
 from ops.broker import Broker, BrokerError
 from ops.daemon import Service
 from ops.exits import (
@@ -404,16 +402,8 @@ class PositionManager:
         return True
 
     async def _store_order(self, order: Order) -> None:
-        """Upsert the order; tolerate the stream inserting the same new order meanwhile.
-
-        The orders upsert arbitrates on the order id, so an insert racing the stream's
-        insert of the same order can fail on the other unique key (account,
-        client_order_id) instead of updating; once that insert committed, a retry updates.
-        """
-        try:
-            await self.store.upsert_orders(self.account, [order])
-        except asyncpg.UniqueViolationError:
-            await self.store.upsert_orders(self.account, [order])
+        # Racing the stream's insert of the same new order is safe since migration 0007.
+        await self.store.upsert_orders(self.account, [order])
 
     async def _submit_exit(self, d: ExitDecision, tracked: pq.TrackedPosition, price: Decimal,
                            now: datetime) -> None:

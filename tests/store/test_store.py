@@ -14,6 +14,7 @@ import pytest
 from ops.config import BufferConfig, DatabaseConfig, load_config
 from ops.env import RuntimeEnv
 from ops.store import Store, StoreSettings, order_op, trade_update_op
+from ops.store.ops import Op
 from ops.store.postgres import connect
 from tests.store.factories import (
     T0,
@@ -64,9 +65,11 @@ async def test_orders_only_move_forward(store: Store, db: asyncpg.Connection) ->
     await store.upsert_orders("large", [order("o1", status="new", updated=T0)])
     row = await db.fetchrow("SELECT status, filled_qty FROM orders WHERE id = 'o1'")
     assert (row["status"], row["filled_qty"]) == ("filled", Decimal("10"))
-    # A different broker id reusing the client order id is a real error, never buffered.
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await store.upsert_orders("large", [order("o2", client_order_id="c-o1")])
+    # A write the schema refuses is a real error: it propagates and is never buffered.
+    sid = await store.insert_signal(account="large", symbol="AAPL", side="buy", qty=Decimal(1))
+    assert sid is not None
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.record_signal_decision(sid, "not-a-status")
     assert (await store.buffer_status()).pending == 0
 
 
@@ -209,9 +212,11 @@ async def test_events_and_order_snapshots_in_one_transaction(
     assert await db.fetchval("SELECT count(*) FROM order_events") == 3
     assert await db.fetchval("SELECT updated_at FROM orders WHERE id = 'o9'") == \
         us[-1].order.updated_at
-    # All or nothing: a refused order snapshot takes the new event down with it.
-    clash = order("o10", client_order_id="c-o9")
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await store.write_many([trade_update_op("large", trade_update("o10", 1)),
-                                order_op("large", clash)])
+    # All or nothing: a refused write in the batch takes the new event down with it.
+    sid = await store.insert_signal(account="large", symbol="AAPL", side="buy", qty=Decimal(1))
+    assert sid is not None
+    refused = Op("signal_decision", {"signal_id": sid, "status": "not-a-status",
+                                     "decided_at": "2024-05-01T14:30:00+00:00"})
+    with pytest.raises(asyncpg.CheckViolationError):
+        await store.write_many([trade_update_op("large", trade_update("o10", 1)), refused])
     assert await db.fetchval("SELECT count(*) FROM order_events") == 3
