@@ -46,14 +46,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from ops.broker import AccountMismatchError, Broker, BrokerEndpoints, BrokerError, BrokerSettings
 from ops.config import AccountConfig, Config, ConfigError, ConfigReloader, load_config
 from ops.credentials import CredentialError, Credentials, load_credentials, provider_from_config
 from ops.daemon import Daemon, Service
 from ops.env import RuntimeEnv, runtime_env
-from ops.models import KillSwitch
+from ops.models import Heartbeat, KillSwitch
 from ops.retry import Backoff
 from ops.store import Control, Store
 from ops.store.locks import LockKeeper, LockStatus, SingletonLock
@@ -351,7 +350,7 @@ class _Heartbeat:
         self.name = self.task.name
         self._running: asyncio.Task[None] | None = None
 
-    async def heartbeat(self, hb: Any) -> None:
+    async def heartbeat(self, hb: Heartbeat) -> None:
         if not self.runtime.beat_allowed():
             return
         assert self.runtime.store is not None
@@ -373,9 +372,8 @@ class _Heartbeat:
 class _ControlWatcher:
     """Polls the account's controls: keeps the kill switch cache warm, spots run-now rows."""
 
-    def __init__(self, runtime: RoleRuntime, ctx: RoleContext, poll_s: float) -> None:
+    def __init__(self, ctx: RoleContext, poll_s: float) -> None:
         self.name = "controls"
-        self.runtime = runtime
         self.ctx = ctx
         self.poll_s = poll_s
         self.account = ctx.account or SHARED_ACCOUNT
@@ -437,16 +435,15 @@ class _ControlWatcher:
 class _ConfigWatcher:
     """Hot reload: watches the config file's directory, validates, applies or refuses."""
 
-    def __init__(self, runtime: RoleRuntime, ctx: RoleContext, reloader: ConfigReloader,
+    def __init__(self, ctx: RoleContext, reloader: ConfigReloader,
                  poll_s: float = CONFIG_POLL_S) -> None:
         self.name = "config-watch"
-        self.runtime = runtime
         self.ctx = ctx
         self.reloader = reloader
         self.poll_s = poll_s
         self.reloads = 0
         self.refused = 0
-        self._invalid = False
+        self.invalid = False
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -457,8 +454,8 @@ class _ConfigWatcher:
         new = self.reloader.poll()
         error = self.reloader.last_error
         if new is None and error is not None:
-            if not self._invalid:
-                self._invalid = True
+            if not self.invalid:
+                self.invalid = True
                 self.refused += 1
                 await self.ctx.incident("config-invalid", f"config change refused, the "
                                         f"previous config stays in force:\n{error}")
@@ -470,8 +467,8 @@ class _ConfigWatcher:
             log.error("config change refused: %s", problem)
             # Keep refusing this content until it changes again.
             self.reloader.current = self.ctx.config
-            if not self._invalid:
-                self._invalid = True
+            if not self.invalid:
+                self.invalid = True
                 self.refused += 1
                 await self.ctx.incident("config-invalid", f"{self.reloader.path}: {problem}; "
                                         "the previous config stays in force")
@@ -479,8 +476,8 @@ class _ConfigWatcher:
         self._note_restart_only(new)
         self.reloads += 1
         self.ctx._apply_config(new)
-        if self._invalid:
-            self._invalid = False
+        if self.invalid:
+            self.invalid = False
             await self.ctx.resolve(self.ctx.incident_key("config-invalid"))
 
     def _refusal(self, new: Config) -> str | None:
@@ -596,7 +593,7 @@ class RoleRuntime:
         if self.config_watcher is not None:
             out["config.reloads"] = self.config_watcher.reloads
             out["config.refused"] = self.config_watcher.refused
-            out["config.invalid"] = int(self.config_watcher._invalid)
+            out["config.invalid"] = int(self.config_watcher.invalid)
         if self.control_watcher is not None:
             out["controls.run_now"] = self.control_watcher.run_now_requests
         if self.ctx is not None:
@@ -683,8 +680,8 @@ class RoleRuntime:
         for t in self.ctx.tickers:
             if not any(s is t for s in services):
                 services.append(t)
-        self.config_watcher = _ConfigWatcher(self, self.ctx, reloader, self._config_poll_s)
-        self.control_watcher = _ControlWatcher(self, self.ctx, self._control_poll_s)
+        self.config_watcher = _ConfigWatcher(self.ctx, reloader, self._config_poll_s)
+        self.control_watcher = _ControlWatcher(self.ctx, self._control_poll_s)
         keeper = LockKeeper(self.lock, self._lock_check_s)
         services += [self._heartbeat, keeper, self.control_watcher, self.config_watcher]
         self.services = services
