@@ -26,6 +26,7 @@ from ops.env import RuntimeEnv
 from ops.supervisor import (
     ACCOUNT_ROLES,
     SHARED_ROLES,
+    WATCHDOG,
     StackSpec,
     SupervisorClient,
     SupervisorUnavailable,
@@ -56,6 +57,8 @@ def expected_processes(config: Config, spec: StackSpec) -> list[Expected]:
         out.append(Expected("postgres:postgres", "postgres", heartbeats=False))
     if spec.simulator_port is not None:
         out.append(Expected("sim:sim", "sim", heartbeats=False))
+    if spec.watchdog:
+        out.append(Expected(f"{WATCHDOG}:{WATCHDOG}", WATCHDOG, heartbeats=True))
     for role in SHARED_ROLES:
         out.append(Expected(f"{role}:{role}", role, heartbeats=True))
     for account in spec.accounts:
@@ -110,6 +113,7 @@ def build_spec(env: RuntimeEnv, config: Config, *, demo: bool, nodaemon: bool) -
         simulator_port=config.sim.port if demo else None,
         simulator_seed=config.sim.seed,
         simulator_clock=config.sim.clock,
+        watchdog_tick_event=config.watchdog.tick_event,
         nodaemon=nodaemon,
     )
 

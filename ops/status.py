@@ -36,6 +36,7 @@ from ops.models import Heartbeat, RunRecord
 from ops.supervisor import (
     ACCOUNT_ROLES,
     SHARED_ROLES,
+    WATCHDOG,
     ProcessInfo,
     SupervisorClient,
     SupervisorUnavailable,
@@ -159,7 +160,8 @@ class Identity:
 def identities(config: Config) -> dict[str, Identity]:
     """Program name -> (account, role) for every process the config implies."""
     out: dict[str, Identity] = {"postgres": Identity(None, "postgres"),
-                                "sim": Identity(None, "sim")}
+                                "sim": Identity(None, "sim"),
+                                WATCHDOG: Identity(None, WATCHDOG)}
     for role in SHARED_ROLES:
         out[program_name(role, None)] = Identity(None, role)
     for account in config.enabled_accounts():
@@ -168,7 +170,7 @@ def identities(config: Config) -> dict[str, Identity]:
     return out
 
 
-_PROGRAM_RE = re.compile(r"^\[program:([^\]]+)\]", re.MULTILINE)
+_PROGRAM_RE = re.compile(r"^\[(?:program|eventlistener):([^\]]+)\]", re.MULTILINE)
 
 
 def rendered_programs(env: RuntimeEnv) -> list[str]:
@@ -185,7 +187,7 @@ def expected_programs(env: RuntimeEnv, config: Config) -> list[str]:
     if rendered:
         return rendered
     names = ["postgres"] if not env.database_url else []
-    names += [program_name(r, None) for r in SHARED_ROLES]
+    names += [WATCHDOG, *(program_name(r, None) for r in SHARED_ROLES)]
     for account in sorted(config.enabled_accounts()):
         names += [program_name(r, account) for r in ACCOUNT_ROLES]
     return names

@@ -27,6 +27,8 @@ from ops.env import RuntimeEnv
 ACCOUNT_ROLES = ("stream", "dispatcher", "position-manager")
 #: Roles run once per host.
 SHARED_ROLES = ("signal-engine",)
+#: The supervisord event listener's name (ops.roles.watchdog.PROCESS_NAME).
+WATCHDOG = "watchdog"
 
 
 def program_name(role: str, account: str | None) -> str:
@@ -59,8 +61,8 @@ class StackSpec:
     simulator_port: int | None = None  # serve the simulator (demo) on this port
     simulator_seed: int = 7
     simulator_clock: str = "open"
-    # The supervisord event-listener watchdog (ops.roles.watchdog); rendered once it lands.
-    watchdog: bool = False
+    watchdog: bool = True  # the event listener that restarts hung processes
+    watchdog_tick_event: str = "TICK_5"
     nodaemon: bool = False  # True in the container, where supervisord is PID 1
     python: str = sys.executable
 
@@ -150,6 +152,10 @@ def render(env: RuntimeEnv, spec: StackSpec) -> dict[str, str]:
         )
     for role in SHARED_ROLES:
         infra.append(_program(role, [*ops_cmd, "run", role], env, priority=200))
+    if spec.watchdog:
+        from ops.roles.watchdog import eventlistener_section
+
+        infra.append(eventlistener_section(env, spec.python, spec.watchdog_tick_event))
     files["10-infra.conf"] = "\n".join(infra)
     for account in spec.accounts:
         progs = [

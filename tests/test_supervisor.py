@@ -50,7 +50,10 @@ def test_groups_programs_and_environment(tmp_path: Path) -> None:
     assert main == conf_path(env)
     opts = _parse(main)
     groups = {g.name: {p.name: p for p in g.process_configs} for g in opts.process_group_configs}
-    assert set(groups) == {"postgres", "sim", "signal-engine", "large", "tiny"}
+    assert set(groups) == {"postgres", "sim", "signal-engine", "large", "tiny", "watchdog"}
+    watchdog = groups["watchdog"]["watchdog"]
+    assert watchdog.command == "/venv/bin/python -m ops watchdog"
+    assert watchdog.stderr_logfile == str(env.log_dir / "watchdog.log")
     assert list(groups["large"]) == ["large-stream", "large-dispatcher",
                                      "large-position-manager"]
     stream = groups["tiny"]["tiny-stream"]
@@ -82,7 +85,7 @@ def test_groups_programs_and_environment(tmp_path: Path) -> None:
 def test_rerender_drops_removed_accounts(tmp_path: Path) -> None:
     env = _env(tmp_path)
     write_config(env, StackSpec(accounts=["large", "tiny", "mid"]))
-    write_config(env, StackSpec(accounts=["large"], nodaemon=True))
+    write_config(env, StackSpec(accounts=["large"], nodaemon=True, watchdog=False))
     opts = _parse(conf_path(env))
     assert {g.name for g in opts.process_group_configs} == {"large", "signal-engine"}
     assert opts.nodaemon is True

@@ -30,7 +30,7 @@ def test_up_reports_every_process(demo_stack: Stack) -> None:
     assert up.returncode == 0, f"ops up failed:\n{up.stdout}\n{up.stderr}"
     out = up.stdout
     assert "ops-pipeline is up" in out
-    for name in ("postgres", "sim:sim", "signal-engine", "large:large-stream",
+    for name in ("postgres", "sim:sim", "signal-engine", "watchdog:watchdog", "large:large-stream",
                  "large:large-dispatcher", "large:large-position-manager", "tiny:tiny-stream",
                  "tiny:tiny-dispatcher", "tiny:tiny-position-manager"):
         assert name in out, name
@@ -52,7 +52,7 @@ def test_status_healthy(demo_stack: Stack) -> None:
     js = demo_stack.poll("ops status --json exit 0", healthy, timeout_s=60)
     assert js["status"] == "healthy"
     procs = {p["name"]: p for p in js["processes"]}
-    assert set(procs) == {"postgres", "sim", "signal-engine",
+    assert set(procs) == {"postgres", "sim", "signal-engine", "watchdog",
                           *(f"{a}-{r}" for a in ACCOUNTS
                             for r in ("stream", "dispatcher", "position-manager"))}
     for p in procs.values():
@@ -83,6 +83,7 @@ def test_supervisorctl_lists_the_groups(demo_stack: Stack) -> None:
         for role in ("stream", "dispatcher", "position-manager"):
             assert lines[f"{account}:{account}-{role}"] == "RUNNING"
     assert lines["signal-engine"] == lines["postgres"] == lines["sim"] == "RUNNING"
+    assert lines["watchdog"] == "RUNNING"
 
 
 def _activity(stack: Stack) -> dict[str, tuple[int, int, int]]:
