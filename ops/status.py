@@ -207,15 +207,18 @@ def expected_interval(config: Config, ident: Identity) -> float | None:
 
 
 def kill_switch_mode(value: Any) -> str:
-    """The mode stored under controls key 'kill_switch' ({"mode": ...} or a bare string)."""
+    """The mode stored under controls key 'kill_switch', decoded exactly as the roles decode
+    it (`ops.control.kill_switch_from_value`: a malformed value means halt)."""
+    from ops.control import kill_switch_from_value
+
+    if value is None:
+        return "off"
     if isinstance(value, str) and value.startswith("{"):
         try:
             value = json.loads(value)
         except ValueError:
-            return "unreadable"
-    if isinstance(value, Mapping):
-        value = value.get("mode")
-    return str(value) if value else "off"
+            pass  # decoded below as malformed: halt
+    return kill_switch_from_value(value).value
 
 
 # --- collection --------------------------------------------------------------------------------

@@ -88,6 +88,8 @@ def test_kill_switch_values() -> None:
     assert kill_switch_mode('{"mode": "reduce-only"}') == "reduce-only"
     assert kill_switch_mode({"mode": "off"}) == "off"
     assert kill_switch_mode(None) == "off"
+    assert kill_switch_mode({"mode": "pause-ish"}) == "halt"  # malformed halts, as in roles
+    assert kill_switch_mode("{not json") == "halt"
 
 
 def test_trading_day_starts_at_new_york_midnight() -> None:
