@@ -1,9 +1,13 @@
 """`ops up` and `ops down`: bring the whole stack up under supervisord, and take it down.
 
-`up` renders supervisord's config from ours, starts supervisord, migrates the database
-once it answers, and returns only when every process has reported a fresh heartbeat — or
-fails naming the processes that did not, with the end of their logs. `down` stops
-everything it started, the embedded Postgres included.
+`up`: load the config; with --demo write the simulator's keys; bring the schema up to
+date *before* anything starts (`migrate_first`: roles never meet a missing table); render
+supervisord's config from ours (ops.supervisor) and start it (or, with --foreground, exec
+`supervisord -n`, for a container's PID 1); return only when every process is RUNNING and
+has written a heartbeat since `up` began, or fail (exit 1) naming each one that did not,
+with the end of its log. If supervisord already runs for this OPS_HOME, `up` only waits.
+`down`: XML-RPC shutdown, wait for supervisord to exit, then stop the embedded Postgres
+however it was started; with nothing running it says so and succeeds.
 """
 
 from __future__ import annotations
