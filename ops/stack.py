@@ -294,13 +294,13 @@ async def wait_healthy(
     """Poll supervisord and heartbeats until every expected process is RUNNING and (if it
     writes heartbeats) has beaten after `since`; returns what is still missing at the
     deadline. A FATAL process ends the wait at once: supervisord gave up on it."""
-    from ops.status import _quick_settings
+    from ops.status import oneshot_store_settings
     from ops.store import Store
 
     client = SupervisorClient.for_env(env, timeout_s=5)
     deadline = time.monotonic() + timeout_s
-    async with await Store.open(env, process="ops-up", config=_quick_settings(env, config)) \
-            as store:
+    settings = oneshot_store_settings(env, config)
+    async with await Store.open(env, process="ops-up", config=settings) as store:
         while True:
             try:
                 infos = {p.qualified: p for p in await asyncio.to_thread(client.processes)}

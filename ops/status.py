@@ -253,14 +253,14 @@ async def collect_status(
     from ops.store import Store
 
     if store is None:
-        settings = _quick_settings(env, config)
+        settings = oneshot_store_settings(env, config)
         async with await Store.open(env, process="ops-status", config=settings) as own:
             return await _collect(env, config, own, supervisor, now)
     assert isinstance(store, Store)
     return await _collect(env, config, store, supervisor, now)
 
 
-def _quick_settings(env: RuntimeEnv, config: Config) -> Any:
+def oneshot_store_settings(env: RuntimeEnv, config: Config) -> Any:
     """Store settings for a one-shot reader: short timeouts, so an outage costs seconds."""
     from ops.store import StoreSettings
 
