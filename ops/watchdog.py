@@ -85,6 +85,10 @@ class Observed:
     pid: int = 0
     exitstatus: int = 0
     spawnerr: str = ""
+    # The heartbeat says the process is still booting (runtime phase credentials, binding,
+    # waiting-lock, building): no runs are due yet, e.g. while it waits for its singleton
+    # lock during a Postgres outage. Judged on its heartbeat only, never on runs.
+    booting: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,17 +230,24 @@ def observe(
         market_open=market_open,
         paused=paused,
     )
+    phase = heartbeat.counters.get("phase") if heartbeat is not None else None
     return Observed(name=name, qualified=qualified, account=account, role=role, gap=gap,
-                    pid=pid, exitstatus=exitstatus, spawnerr=spawnerr)
+                    pid=pid, exitstatus=exitstatus, spawnerr=spawnerr,
+                    booting=isinstance(phase, str) and phase != "running")
 
 
 def _age(v: float | None) -> str:
     return "never" if v is None else f"{v:.1f}s"
 
 
+def _heartbeat_fresh(p: Observed, policy: Policy) -> bool:
+    age = p.gap.heartbeat_age_s
+    return age is not None and age <= policy.heartbeat_stale_s
+
+
 def _stalled_reason(p: Observed, policy: Policy) -> tuple[str, str]:
     g = p.gap
-    if g.heartbeat_age_s is None or g.heartbeat_age_s > policy.heartbeat_stale_s:
+    if not _heartbeat_fresh(p, policy):
         return "hung", (f"RUNNING but heartbeat {_age(g.heartbeat_age_s)} old "
                         f"(bound {policy.heartbeat_stale_s:g}s)")
     bound = policy.gap_bounds_s.get(p.role)
@@ -247,7 +258,8 @@ def _stalled_reason(p: Observed, policy: Policy) -> tuple[str, str]:
 
 def _fatal_detail(p: Observed) -> str:
     why = p.spawnerr or "exited too quickly"
-    return f"FATAL: {why} (last exit status {p.exitstatus}); supervisord gave up restarting"
+    status = f" (last exit status {p.exitstatus})" if p.exitstatus else ""
+    return f"FATAL: {why}{status}; supervisord gave up restarting"
 
 
 def decide(
@@ -265,6 +277,8 @@ def decide(
     for p in observed:
         st = state.get(p.name, Tracked())
         status = gap_status(p.gap, policy.bounds(p.role))
+        if status == "stalled" and p.booting and _heartbeat_fresh(p, policy):
+            status = "starting"
         statuses[p.name] = status
         mine = [e for e in events if e.name == p.name] if p.name in by_name else []
         st = _decide_one(p, status, mine, st, policy, now, actions)

@@ -30,8 +30,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
+import select
 import shlex
 import socket
 import sys
@@ -63,7 +65,7 @@ from ops.metrics import (
     serve,
 )
 from ops.models import Heartbeat, RunRecord
-from ops.supervisor import ProcessInfo, SupervisorClient
+from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable
 from ops.watchdog import (
     Action,
     BumpIncident,
@@ -157,16 +159,36 @@ class ListenerProtocol:
         self._in = stdin
         self._out = stdout
         self._on_event = on_event
+        self._stop = threading.Event()
         self.events = 0
+
+    def stop(self) -> None:
+        """Make `serve` return at its next wait (within half a second)."""
+        self._stop.set()
 
     def _write(self, data: bytes) -> None:
         self._out.write(data)
         self._out.flush()
 
+    def _wait_readable(self) -> bool:
+        """True once stdin has data or EOF; False when asked to stop first. (A thread
+        blocked in read() at interpreter exit aborts the process: never block blind.)"""
+        try:
+            fd = self._in.fileno()
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return not self._stop.is_set()  # an in-memory stream (tests): never blocks
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                return True
+        return False
+
     def serve(self) -> None:
-        """Until stdin closes (supervisord went away)."""
+        """Until stdin closes (supervisord went away) or `stop()`."""
         while True:
             self._write(b"READY\n")
+            if not self._wait_readable():
+                return
             line = self._in.readline()
             if not line:
                 return
@@ -202,6 +224,7 @@ class EventFeed:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self.protocol.stop()
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -216,14 +239,15 @@ class EventFeed:
             finally:
                 loop.call_soon_threadsafe(eof.set)
 
-        # A daemon thread: a blocking read on stdin cannot be interrupted, and must not
-        # keep the process alive after the daemon stopped.
-        threading.Thread(target=serve, name="supervisor-events", daemon=True).start()
+        thread = threading.Thread(target=serve, name="supervisor-events", daemon=True)
+        thread.start()
         stop = asyncio.create_task(self._stop.wait())
         ended = asyncio.create_task(eof.wait())
         await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         ended.cancel()
+        self.protocol.stop()
+        await asyncio.to_thread(thread.join, 2.0)
         if eof.is_set() and not self._stop.is_set():
             log.error("watchdog: supervisord closed the event stream; exiting")
 
@@ -319,6 +343,7 @@ class Watchdog:
         self.last_pass_ok: float | None = None  # monotonic
         self.ticks = 0
         self._adopted = False
+        self._skip_reason: str | None = None
         self._others: dict[str, Any] = {}  # role incidents seen open, by id
         self._activity: dict[str, tuple[int, int]] | None = None
         self._activity_at = 0.0
@@ -385,9 +410,19 @@ class Watchdog:
 
     async def pass_once(self) -> None:
         t0 = time.monotonic()
-        if not self._adopted:
-            await self._adopt()
-        inputs = await self._inputs()
+        try:
+            if not self._adopted:
+                await self._adopt()
+            inputs = await self._inputs()
+        except (SupervisorUnavailable, xmlrpc.client.Fault) as exc:
+            # supervisord restarting or shutting down (SHUTDOWN_STATE): nothing to judge or
+            # act on; say so once per distinct reason, not every second.
+            text = str(exc)
+            if text != self._skip_reason:
+                log.warning("watchdog: pass skipped, supervisord unavailable: %s", text)
+            self._skip_reason = text
+            return
+        self._skip_reason = None
         now = datetime.now(UTC)
         observed: list[Observed] = []
         for info in inputs.infos:

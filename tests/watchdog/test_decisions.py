@@ -140,6 +140,16 @@ def test_unexpected_exit_opens_but_our_own_kill_is_not_counted_twice() -> None:
     assert d2.actions == []
 
 
+def test_a_booting_process_is_judged_on_its_heartbeat_only() -> None:
+    import dataclasses
+
+    waiting = dataclasses.replace(proc(hb=0.5, run=500.0), booting=True)
+    d = decide([waiting], [], {}, POLICY, now=1000.0)
+    assert d.actions == [] and d.statuses["large-dispatcher"] == "starting"
+    hung = dataclasses.replace(proc(hb=9.0, run=500.0), booting=True)
+    assert kinds(decide([hung], [], {}, POLICY, now=1000.0).actions)[0] == "Kill"
+
+
 def test_market_closed_and_paused_are_expected_idle() -> None:
     for p in (proc(run=3600.0, market_open=False), proc(run=3600.0, paused=True)):
         d = decide([p], [], {}, POLICY, now=1000.0)
@@ -274,3 +284,32 @@ def test_a_flapping_process_is_one_incident(cycles: int, healthy_for: float) -> 
     assert opened == 1 and bumps == cycles
     assert state["large-dispatcher"].incident is not None
     assert state["large-dispatcher"].incident.restarts == cycles
+
+
+def test_observe_ignores_a_previous_incarnations_heartbeat_and_reads_the_market() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from ops.models import Heartbeat, RunRecord
+    from ops.watchdog import observe
+
+    now = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+    start = (now - timedelta(seconds=30)).timestamp()
+    old_hb = Heartbeat("large-dispatcher", "large", "dispatcher", 1, now - timedelta(seconds=40),
+                       now - timedelta(hours=1), {"phase": "running"})
+    run = RunRecord("s", "large-dispatcher", "large", "dispatcher", now, now, now,
+                    now - timedelta(seconds=3), "idle-market-closed", 0.0)
+
+    def obs(hb: Heartbeat | None, r: RunRecord | None) -> Observed:
+        return observe(name="large-dispatcher", qualified="large:large-dispatcher",
+                       account="large", role="dispatcher", state="RUNNING", pid=2, start=start,
+                       exitstatus=0, spawnerr="", heartbeat=hb, run=r, expected_interval_s=2.0,
+                       paused=False, heartbeats=True, now=now)
+
+    o = obs(old_hb, run)
+    assert o.gap.heartbeat_age_s is None  # written by the pid before this one
+    assert o.gap.uptime_s == 30.0 and o.gap.last_run_age_s == 3.0
+    assert o.gap.market_open is False and not o.booting
+    fresh = Heartbeat("large-dispatcher", "large", "dispatcher", 2, now - timedelta(seconds=1),
+                      now - timedelta(seconds=29), {"phase": "waiting-lock"})
+    o = obs(fresh, None)
+    assert o.gap.heartbeat_age_s == 1.0 and o.booting and o.gap.market_open is None

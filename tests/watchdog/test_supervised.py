@@ -64,12 +64,18 @@ class Receiver:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
-        bodies = self.bodies
+        self.gets: list[float] = []  # dead-man pings (monotonic arrival times)
+        bodies, gets = self.bodies, self.gets
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 n = int(self.headers.get("Content-Length", "0"))
                 bodies.append(json.loads(self.rfile.read(n)))
+                self.send_response(200)
+                self.end_headers()
+
+            def do_GET(self) -> None:  # noqa: N802
+                gets.append(time.monotonic())
                 self.send_response(200)
                 self.end_headers()
 
@@ -152,6 +158,10 @@ def _config(home: Path, webhook: str, metrics_port: int) -> Path:
     text = re.sub(r"dispatcher_s = \d+", "dispatcher_s = 1", text)
     text = re.sub(r"position_manager_s = \d+", "position_manager_s = 1", text)
     text = text.replace("webhook_urls = []", f'webhook_urls = ["{webhook}"]')
+    text = text.replace("deadman_interval_s = 60",
+                        f'deadman_url = "{webhook.rsplit("/hook", 1)[0]}/ping/abc"\n'
+                        "deadman_interval_s = 1")
+    text = text.replace("position-manager = 30", "position-manager = 12")
     text = re.sub(r"\[metrics\]\nenabled = false\nhost = \"127.0.0.1\"\nport = 9464",
                   f'[metrics]\nenabled = true\nhost = "127.0.0.1"\nport = {metrics_port}', text)
     assert f"port = {metrics_port}" in text and webhook in text
@@ -225,7 +235,14 @@ def stack() -> Iterator[Stack]:
                     proc.wait()
         receiver.close()
         pg.stop(mode="immediate")
+        sup_log = home / "log" / "supervisord.log"
+        stopped = [line for line in (sup_log.read_text() if sup_log.exists() else "").splitlines()
+                   if "stopped: watchdog" in line]
+        if os.environ.get("KEEP_WD_LOG"):
+            shutil.copytree(home / "log", os.environ["KEEP_WD_LOG"], dirs_exist_ok=True)
         shutil.rmtree(home, ignore_errors=True)
+    # On supervisord's shutdown the listener stops cleanly (its protocol thread included).
+    assert stopped and stopped[-1].endswith("(exit status 0)"), stopped
 
 
 def test_eventlistener_section_keeps_stdout_for_the_protocol(tmp_path: Path) -> None:
@@ -249,6 +266,7 @@ def test_process_that_crashes_on_start_is_one_incident_reported_fatal(stack: Sta
     assert len(stack.incidents("tiny-dispatcher")) == 1, "a crash loop is ONE incident"
     assert rows[0]["closed_at"] is None and rows[0]["kind"] in ("crash-loop", "fatal")
     assert rows[0]["dedupe_key"] == "watchdog:tiny-dispatcher"
+    assert rows[0]["restarts"] >= 2  # supervisord's own retries, counted on the one incident
     poll("FATAL in the alerts",
          lambda: any("tiny-dispatcher" in t and "FATAL" in t for t in stack.receiver.texts()), 15)
 
@@ -323,6 +341,23 @@ def test_market_closed_is_an_expected_idle_not_an_incident(stack: Stack) -> None
     assert [r["outcome"] for r in outcomes] == ["idle-market-closed"]
 
 
+def test_incidents_opened_by_roles_are_alerted_open_and_closed(stack: Stack) -> None:
+    stack.query("INSERT INTO incidents (id, kind, account, detail, opened_at, dedupe_key)"
+                " VALUES (gen_random_uuid(), 'position-drift', 'large', 'AAPL: broker 10,"
+                " database 12', now(), 'drift:large')")
+    poll("the role's incident alerted", lambda: any(
+        "INCIDENT OPEN position-drift on large: AAPL" in t for t in stack.receiver.texts()), 10)
+    stack.query("UPDATE incidents SET closed_at = now() WHERE dedupe_key = 'drift:large'")
+    poll("its closing alerted", lambda: any(
+        "RESOLVED position-drift on large" in t for t in stack.receiver.texts()), 10)
+
+
+def test_no_deadman_ping_while_anything_is_unhealthy(stack: Stack) -> None:
+    # tiny-dispatcher has been FATAL all along: the outside world must hear silence.
+    assert stack.sup.process("tiny:tiny-dispatcher").state in ("FATAL", "BACKOFF", "STARTING")
+    assert stack.receiver.gets == []
+
+
 def test_postgres_stopped_the_watchdog_works_from_the_buffer(stack: Stack) -> None:
     name = "large-dispatcher"
     poll("large-dispatcher past its grace",
@@ -356,3 +391,16 @@ def test_postgres_stopped_the_watchdog_works_from_the_buffer(stack: Stack) -> No
     rows = poll("the incident replayed into Postgres",
                 lambda: r if len(r := stack.incidents(name)) > before else [], 30)
     assert rows[-1]["kind"] == "hung"
+
+
+def test_deadman_pings_once_everything_is_healthy(stack: Stack) -> None:
+    # Take the crashing group out of supervisord: its incident closes ("no longer
+    # supervised"); once the restarted processes settle, all is healthy and pings flow.
+    stack.sup._call("stopProcessGroup", "tiny", True)
+    stack.sup._call("removeProcessGroup", "tiny")
+    poll("the tiny-dispatcher incident closed", lambda: all(
+        r["closed_at"] is not None for r in stack.incidents("tiny-dispatcher")), 10)
+    poll("dead-man pings", lambda: len(stack.receiver.gets) >= 2, 45)
+    gaps = [b - a for a, b in zip(stack.receiver.gets, stack.receiver.gets[1:], strict=False)]
+    assert all(0.5 < g < 3.0 for g in gaps[-3:]), gaps
+    assert "Traceback" not in stack.log(), "the watchdog logged an unexpected error"
