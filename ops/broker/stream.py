@@ -223,13 +223,16 @@ class TradeStream:
         self.counters.last_message_monotonic = time.monotonic()
         try:
             msg = json.loads(frame) if isinstance(frame, str | bytes) else None
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             await self._bad(frame, f"malformed frame (not JSON): {e}")
             return False
         if not isinstance(msg, dict):
             await self._bad(frame, "frame is not a JSON object")
             return False
         stream = msg.get("stream")
+        if not isinstance(stream, str):  # e.g. a list: unhashable, and no stream name
+            await self._bad(msg, f"unexpected stream {stream!r}")
+            return False
         if stream in _CONTROL_STREAMS:
             return False
         if stream != "trade_updates":

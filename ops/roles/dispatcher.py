@@ -16,7 +16,9 @@ One pass (`Dispatcher.run_pass`), serialised by a lock whichever way it was woke
    (HTTP 404) -> back to 'pending' and dispatched again below WITH THE SAME id (the broker
    refuses a duplicate id, so at most one order can ever exist per signal); lookup failed
    -> left as it is for the next pass (never re-sent blindly);
-4. claim pending signals (batch), load the account state once (account, clock,
+4. reject pending signals of accounts the config does not have (no dispatcher would
+   ever claim them); claim pending signals (batch), refuse malformed rows
+   (`parse_signal`), load the account state once (account, clock,
    positions, open orders, prices: in parallel), `evaluate` each signal, submit the
    allowed ones and record every outcome with its reason.
 
@@ -40,6 +42,7 @@ decision is recorded (the crash window of invariant 2). Any other value, or none
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -90,6 +93,7 @@ DRIFT_KEY = "drift_block"  # controls row written by the position manager
 
 KillSwitchGetter = Callable[[], Awaitable[KillSwitch]]
 LimitsGetter = Callable[[], RiskLimits]
+AccountsGetter = Callable[[], Sequence[str]]  # every configured account name
 
 
 class NotReconciled(RuntimeError):
@@ -159,6 +163,7 @@ class Dispatcher:
         process: str = "dispatcher",
         batch: int = 50,
         fault: str | None = None,
+        accounts: AccountsGetter | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -168,6 +173,7 @@ class Dispatcher:
         self._kill_switch = kill_switch
         self._batch = batch
         self._fault = fault
+        self._accounts = accounts
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flatten_orders: dict[str, str] = {}  # symbol -> our closing order id
@@ -175,6 +181,7 @@ class Dispatcher:
         self.reconciled_at: datetime | None = None
         self._mode = KillSwitch.OFF  # as read at the start of the current pass
         self._reconcile_since: datetime | None = None  # first attempt of this life
+        self._price_errors: dict[str, str] = {}  # symbol -> why it has no latest trade
         self.stats = DispatcherCounters()
 
     # -- wiring ---------------------------------------------------------------------------
@@ -223,6 +230,7 @@ class Dispatcher:
                 report.skipped = "outage buffer not drained yet"
                 return report
             await self.settle_leftovers()
+            await self.reject_unknown_accounts()
             claimed = await sq.claim_pending(self.store.pool, self.account, self._batch)
             if claimed:
                 self.stats.claimed += len(claimed)
@@ -330,6 +338,17 @@ class Dispatcher:
                 log.info("signal %d: %s", s.id, why)
         return settled, requeued, unresolved
 
+    async def reject_unknown_accounts(self) -> None:
+        """Signals for an account the config does not know would wait forever: refuse them
+        with a reason (whichever dispatcher gets there first; see ops.store.signals)."""
+        if self._accounts is None:
+            return
+        for sid, account in await sq.reject_unknown_accounts(
+                self.store.pool, self._accounts(), self._batch):
+            self.stats.rejected += 1
+            log.warning("signal %d rejected: unknown account %r (not in the config)", sid,
+                        account)
+
     # -- kill switch ----------------------------------------------------------------------
 
     async def flatten(self) -> None:
@@ -387,18 +406,29 @@ class Dispatcher:
     # -- dispatching ----------------------------------------------------------------------
 
     async def _dispatch(self, claimed: list[SignalRow], mode: KillSwitch) -> list[Outcome]:
+        # Malformed rows (plain SQL bypasses `ops signal add`) are refused before anything
+        # else, so they can neither reach the broker nor poison the batch's price lookup.
+        outcomes: list[Outcome] = []
+        parsed: list[tuple[SignalRow, ParsedSignal]] = []
+        for s in claimed:
+            p = parse_signal(s)
+            if isinstance(p, str):
+                outcomes.append(await self._decide(s, "rejected", f"bad signal: {p}"))
+            else:
+                parsed.append((s, p))
+        if not parsed:
+            return outcomes
         try:
-            state, prices = await self._load_state(claimed, mode)
+            state, prices = await self._load_state([s for s, _ in parsed], mode)
         except BrokerError as exc:
             # No state, no decision: give the signals back untouched for the next pass.
-            for s in claimed:
+            for s, _ in parsed:
                 await sq.requeue(self.store.pool, self.account, s.id,
                                  f"broker unavailable while loading the account: {exc}")
             raise
         limits = self._limits()
-        outcomes = []
-        for s in claimed:
-            outcome = await self._one(s, state, prices, limits)
+        for s, p in parsed:
+            outcome = await self._one(s, p, state, prices, limits)
             outcomes.append(outcome)
             if outcome.status == "submitted":
                 state = _after_submit(state, s, prices)
@@ -430,32 +460,48 @@ class Dispatcher:
         return state, prices
 
     async def _prices(self, symbols: list[str]) -> dict[str, Decimal]:
+        self._price_errors = {}
         stocks = [s for s in symbols if OptionSymbol.parse(s) is None]
         if not stocks:
             return {}
         try:
             return await self.broker.latest_trades(stocks)
         except BrokerError as exc:
-            # Limit orders are valued at their limit price; market orders without a price
-            # are refused by the sanity gate with a reason naming the missing price.
-            log.warning("%s: latest trades for %s unavailable: %s", self.account, stocks, exc)
-            return {}
+            if len(stocks) == 1:
+                # Limit orders are valued at their limit price; market orders without a
+                # price are refused by the sanity gate with a reason naming the lookup.
+                log.warning("%s: latest trade for %s unavailable: %s", self.account,
+                            stocks[0], exc)
+                self._price_errors[stocks[0]] = str(exc)
+                return {}
+        # One symbol the broker refuses (e.g. HTTP 400 "invalid symbol") fails the whole
+        # batch request: ask per symbol so it cannot cost the other signals their price.
+        prices: dict[str, Decimal] = {}
+        for sym in stocks:
+            try:
+                prices.update(await self.broker.latest_trades([sym]))
+            except BrokerError as exc:
+                log.warning("%s: latest trade for %s unavailable: %s", self.account, sym, exc)
+                self._price_errors[sym] = str(exc)
+        return prices
 
     async def _one(
-        self, s: SignalRow, state: AccountState, prices: Mapping[str, Decimal],
-        limits: RiskLimits,
+        self, s: SignalRow, p: ParsedSignal, state: AccountState,
+        prices: Mapping[str, Decimal], limits: RiskLimits,
     ) -> Outcome:
-        try:
-            req = _order_request(s)
-            intent = _intent(s, prices.get(s.symbol))
-        except ValueError as exc:
-            return await self._decide(s, "rejected", f"bad signal: {exc}")
+        req, price = p.request, prices.get(s.symbol)
+        intent = dataclasses.replace(p.intent, reference_price=price)
         decision: RiskDecision = evaluate(intent, state, limits, _now())
         if not decision.allowed:
             status = "expired" if decision.gate == "expiry" else "rejected"
             reason = decision.reason
             if self._mode is KillSwitch.FLATTEN and decision.gate == "kill_switch":
                 reason = "kill switch flatten (the account is being closed out): " + reason
+            if decision.gate == "sanity" and price is None:
+                why = ("none looked up for options: give them a limit price"
+                       if OptionSymbol.parse(s.symbol) is not None else
+                       self._price_errors.get(s.symbol, "none reported by the broker"))
+                reason += f"; latest trade for {s.symbol!r}: {why}"
             return await self._decide(s, status, f"{decision.gate}: {reason}")
         result = await self.broker.submit_order(req)
         if result.outcome == "accepted":
@@ -492,28 +538,45 @@ class Dispatcher:
 
 # -- pure helpers -----------------------------------------------------------------------
 
+# Tickers ("BRK.B"), crypto pairs ("BTC/USD") and OCC option symbols; anything else (empty,
+# whitespace, control or non-ASCII characters, absurd length) is refused before it is sent.
+_SYMBOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9./-]{0,31}$")
 
-def _order_request(s: SignalRow) -> OrderRequest:
+
+@dataclass(frozen=True, slots=True)
+class ParsedSignal:
+    """A signal row that can become an order: the request, and the intent to gate (its
+    reference_price is filled in from the latest trade just before gating)."""
+
+    request: OrderRequest
+    intent: SignalIntent
+
+
+def parse_signal(s: SignalRow) -> ParsedSignal | str:
+    """The order a signal row asks for, or why the row cannot be one (never raises).
+
+    Only the row's shape is checked here (symbol, side, order type, time in force, exactly
+    one of qty/notional, a limit price for limit orders); the numbers' sanity (positive,
+    finite, within max_qty) and every other gate are `ops.risk.evaluate`'s.
+    """
     try:
+        if not isinstance(s.symbol, str) or not _SYMBOL_RE.match(s.symbol):
+            return f"symbol {s.symbol!r} is not a ticker, crypto pair or option symbol"
         side, otype = Side(s.side), OrderType(s.order_type)
         tif = TimeInForce(s.time_in_force)
+        if otype not in (OrderType.MARKET, OrderType.LIMIT):
+            return f"order_type {s.order_type!r} not supported for signals (market or limit)"
+        req = OrderRequest(symbol=s.symbol, side=side, client_order_id=s.cid, qty=s.qty,
+                           notional=s.notional, order_type=otype, time_in_force=tif,
+                           limit_price=s.limit_price)
+        intent = SignalIntent(
+            signal_id=s.id, account=s.account, symbol=s.symbol, side=side,
+            created_at=s.created_at, qty=s.qty, notional=s.notional, order_type=otype,
+            limit_price=s.limit_price, expires_at=s.expires_at,
+        )
     except ValueError as exc:
-        raise ValueError(str(exc)) from None
-    if otype not in (OrderType.MARKET, OrderType.LIMIT):
-        raise ValueError(f"order_type {s.order_type!r} not supported for signals "
-                         "(market or limit)")
-    return OrderRequest(symbol=s.symbol, side=side, client_order_id=s.cid, qty=s.qty,
-                        notional=s.notional, order_type=otype, time_in_force=tif,
-                        limit_price=s.limit_price)
-
-
-def _intent(s: SignalRow, price: Decimal | None) -> SignalIntent:
-    return SignalIntent(
-        signal_id=s.id, account=s.account, symbol=s.symbol, side=Side(s.side),
-        created_at=s.created_at, qty=s.qty, notional=s.notional,
-        order_type=OrderType(s.order_type), limit_price=s.limit_price,
-        reference_price=price, expires_at=s.expires_at,
-    )
+        return str(exc)
+    return ParsedSignal(req, intent)
 
 
 def _snapshot(p: Position) -> PositionSnapshot:
@@ -621,7 +684,8 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
 
     d = Dispatcher(store=ctx.store, broker=broker, account=account, limits=limits,
                    kill_switch=ctx.kill_switch, process=ctx.process,
-                   fault=os.environ.get(FAULT_ENV))
+                   fault=os.environ.get(FAULT_ENV),
+                   accounts=lambda: list(ctx.config.accounts))
 
     async def job(slot: object) -> None:
         await d.run_pass()

@@ -5,7 +5,9 @@ What lives here:
   LOCKED`, so two claimers never get the same row) and mark them 'claimed' with their
   deterministic client_order_id; `leftovers()`: an account's signals still 'claimed' or
   'unknown' (a previous pass or process life did not finish them); `requeue()`: put such a
-  signal back to 'pending' once the broker said definitively that it has no such order.
+  signal back to 'pending' once the broker said definitively that it has no such order;
+  `reject_unknown_accounts()`: reject pending signals for an account the config does not
+  have (no dispatcher would ever claim them).
 - `SignalListener`: a service holding a dedicated asyncpg connection that LISTENs on
   'signals' (the insert trigger in 0001_initial.sql sends the account name as payload)
   and calls `on_signal()` for its account; reconnects with back-off, and calls it once
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -144,6 +146,31 @@ async def requeue(pool: asyncpg.Pool, account: str, signal_id: int, reason: str)
         signal_id, account, reason, list(UNSETTLED),
     )
     return done is not None
+
+
+async def reject_unknown_accounts(
+    pool: asyncpg.Pool, known: Sequence[str], limit: int = 50
+) -> list[tuple[int, str]]:
+    """Reject pending signals whose account is none of `known` (the configured accounts).
+
+    No dispatcher would ever claim them (each claims only its own account's rows), so
+    without this they would sit 'pending' forever, silently. Any dispatcher may run it:
+    the row lock and the `status = 'pending'` condition make two concurrent runs reject
+    each row once. Returns (id, account) of the rows rejected.
+    """
+    if not known:
+        return []
+    rows = await pool.fetch(
+        """UPDATE signals SET status = 'rejected', decided_at = now(),
+               reason = 'unknown account ' || quote_literal(account)
+                        || ': not an account in the config (known: ' || $2 || ')'
+           WHERE id IN (SELECT id FROM signals
+                        WHERE status = 'pending' AND NOT (account = ANY($1::text[]))
+                        ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+           RETURNING id, account""",
+        list(known), ", ".join(sorted(known)), limit,
+    )
+    return [(int(r["id"]), str(r["account"])) for r in rows]
 
 
 async def get_signal(pool: asyncpg.Pool, signal_id: int) -> SignalRow | None:
