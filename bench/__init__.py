@@ -1,0 +1,1 @@
+"""Benchmarks of ops-pipeline: `python -m bench` runs them all (see bench/run.py)."""
