@@ -67,6 +67,13 @@ class StreamCounters:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def storable_text(raw: str | bytes) -> str:
+    """`raw` as text Postgres can store: invalid UTF-8, lone surrogates and NUL escaped."""
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text.replace("\x00", "\\x00")
+
+
 class _HookedTradingStream(sdk.TradingStream):
     def __init__(self, owner: TradeStream, key: str, secret: str, paper: bool,
                  url: str, ping_timeout_s: float) -> None:
@@ -211,6 +218,11 @@ class TradeStream:
 
     async def _bad(self, raw: object, error: str) -> None:
         self.counters.bad_messages += 1
+        # The report is stored as Postgres text, which refuses NUL and lone surrogates: a
+        # frame holding them would lose its record. Raw frames become escaped text.
+        error = storable_text(error)
+        if isinstance(raw, str | bytes):
+            raw = storable_text(raw)
         log.warning("%r: bad message: %s", self, error)
         try:
             await self._on_bad_message(raw, error)

@@ -25,6 +25,7 @@ from ops.broker.errors import BrokerDataError
 from ops.broker.stream import TradeStream
 from ops.credentials import Credentials
 from ops.models import TradeUpdate
+from ops.store import Store
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
                     st.text(max_size=30), st.sampled_from(["", "NaN", "1e999", "-0",
@@ -104,7 +105,8 @@ def _frames() -> st.SearchStrategy[object]:
         json_values,  # a non-str/bytes frame object
         st.sampled_from(["[" * 5000 + "]" * 5000,  # deeper than json's recursion limit
                          '{"stream": ["trade_updates"]}', '{"stream": {"a": 1}}',
-                         '{"stream": "trade_updates", "data": []}', "NaN", "\udcff"]),
+                         '{"stream": "trade_updates", "data": []}', "NaN", "\udcff",
+                         b"\xff\x00{", "a\x00b"]),
     )
 
 
@@ -129,8 +131,12 @@ def test_every_frame_is_delivered_or_reported_never_raised(frame: object) -> Non
         pass
     if not control:
         assert delivered or reported, f"frame silently dropped: {frame!r:.200}"
-    for _, error in rec.bad:
+    for raw, error in rec.bad:
         assert error.strip()
+        for text in (error, raw if isinstance(raw, str | bytes) else ""):
+            # Stored as Postgres text (incidents): no NUL, valid UTF-8, already str.
+            assert isinstance(text, str) and "\x00" not in text
+            text.encode("utf-8")
 
 
 def test_unknown_event_is_delivered_verbatim_and_reported() -> None:
@@ -146,3 +152,25 @@ def test_missing_order_id_is_reported_naming_the_field() -> None:
                                                                    "order": order}}))
     assert not rec.updates
     assert len(rec.bad) == 1 and "'id'" in rec.bad[0][1] and "missing" in rec.bad[0][1]
+
+
+HOSTILE_FRAMES: list[str | bytes] = ["a\x00b", b"\xff\xfe\x00", "\udcff{", '{"stream": "\u0000"}',
+                                     json.dumps({"stream": "trade_updates", "data": {
+                                         **GOOD_DATA, "order": {**GOOD_ORDER, "id": 7}}})]
+
+
+async def test_bad_message_reports_are_storable_in_postgres(ops_store: Store) -> None:
+    """What the stream role does with a report: an incident whose detail holds the error
+    and the raw frame. Postgres refuses NUL and lone surrogates; the reports carry none."""
+    rec = Recorder()
+    ts = _stream(rec)
+    for frame in HOSTILE_FRAMES:
+        await ts._frame(frame)
+    assert len(rec.bad) == len(HOSTILE_FRAMES) and not rec.updates
+    for i, (raw, error) in enumerate(rec.bad):
+        shown = raw if isinstance(raw, str) else json.dumps(raw)
+        await ops_store.open_incident("stream-bad-message", detail=f"{error}; message: {shown}",
+                                      process="tiny-stream", dedupe_key=f"bad-{i}")
+    snap = await ops_store.open_incidents()
+    assert snap.source == "postgres" and len(snap.rows) == len(HOSTILE_FRAMES)
+    assert not await ops_store.buffer.has_pending()
