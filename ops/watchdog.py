@@ -17,6 +17,8 @@ and the watchdog never disagree about what "stalled" means. On top of it:
                                                     with a doubling delay
 - idle-market-closed / paused / ok               -> nothing; an open incident closes once
                                                     the process stayed healthy `settle_s`
+- most of the fleet stalled at once (>= 3)       -> no kills; one "fleet-stalled" incident
+                                                    (a shared cause: database, broker, host)
 
 A process has at most one watchdog incident open (dedupe key `watchdog:<process>`): a
 restart loop bumps its restart count instead of opening hundreds.
@@ -38,6 +40,10 @@ HEALTHY: Final[frozenset[GapStatus]] = frozenset({"ok", "idle-market-closed", "p
 #: Run outcomes that prove the broker clock said "open" when the run happened.
 _OPEN_OUTCOMES: Final = frozenset({"ok", "error", "timeout"})
 INCIDENT_PREFIX: Final = "watchdog:"
+#: State name and incident kind of "most of the fleet stalled at once" (not a process).
+MASS_STALE: Final = "fleet-stalled"
+#: Fewer RUNNING heartbeating processes than this: every stalled one is judged on its own.
+MASS_STALE_MIN: Final = 3
 
 
 def incident_key(process: str) -> str:
@@ -108,6 +114,7 @@ class IncidentMemo:
     kind: str
     opened_at: float
     restarts: int = 0
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +152,7 @@ class Start:
 class OpenIncident:
     key: str
     kind: str
-    process: str
+    process: str | None  # None: about the host, not one process (mass-stale)
     account: str | None
     detail: str
 
@@ -171,11 +178,12 @@ class NoteIncident:
 @dataclass(frozen=True, slots=True)
 class CloseIncident:
     key: str
-    process: str
+    process: str | None
     kind: str
     duration_s: float
     restarts: int
     detail: str
+    account: str | None = None
 
 
 Action = Kill | Start | OpenIncident | BumpIncident | NoteIncident | CloseIncident
@@ -275,23 +283,85 @@ def decide(
     statuses: dict[str, GapStatus] = {}
     by_name = {e.name for e in events}
     for p in observed:
-        st = state.get(p.name, Tracked())
         status = gap_status(p.gap, policy.bounds(p.role))
         if status == "stalled" and p.booting and _heartbeat_fresh(p, policy):
             status = "starting"
         statuses[p.name] = status
+    mass = _mass_stalled(observed, statuses, policy)
+    for p in observed:
+        st = state.get(p.name, Tracked())
+        status = statuses[p.name]
+        if p in mass:
+            # Held back: see _mass_stalled. No verdict on the process itself this pass.
+            new_state[p.name] = replace(st, healthy_since=None)
+            continue
         mine = [e for e in events if e.name == p.name] if p.name in by_name else []
         st = _decide_one(p, status, mine, st, policy, now, actions)
         new_state[p.name] = st
+    _decide_mass(mass, observed, state.get(MASS_STALE, Tracked()), policy, now, actions,
+                 new_state)
     # A process that left supervisord's config (or was renamed) cannot recover: close.
-    seen = {p.name for p in observed}
+    seen = {p.name for p in observed} | {MASS_STALE}
     for name, st in state.items():
         if name in seen or st.incident is None:
             continue
         inc = st.incident
         actions.append(CloseIncident(inc.key, name, inc.kind, now - inc.opened_at,
-                                     inc.restarts, "process no longer supervised"))
+                                     inc.restarts, "process no longer supervised",
+                                     inc.account))
     return Decision(actions, new_state, statuses)
+
+
+def _mass_stalled(
+    observed: Sequence[Observed], statuses: Mapping[str, GapStatus], policy: Policy,
+) -> list[Observed]:
+    """The stalled processes, when most of the fleet stalled at once (else empty).
+
+    One hung process is that process's fault. Most of them stalled together points at
+    what they share: the database their heartbeats and run records are written to (slow,
+    not down: a down one is buffered), the broker every job waits on, or the host (a
+    paused VM). Killing them all would only add a restart storm to that trouble, so the
+    watchdog raises one incident and restarts nobody while it lasts.
+    """
+    eligible = [p for p in observed
+                if p.gap.state == "RUNNING" and p.gap.heartbeats
+                and p.gap.uptime_s is not None and p.gap.uptime_s >= policy.startup_grace_s]
+    stalled = [p for p in eligible if statuses[p.name] == "stalled"]
+    if len(eligible) >= MASS_STALE_MIN and 2 * len(stalled) > len(eligible):
+        return stalled
+    return []
+
+
+def _decide_mass(
+    mass: Sequence[Observed],
+    observed: Sequence[Observed],
+    st: Tracked,
+    policy: Policy,
+    now: float,
+    actions: list[Action],
+    new_state: dict[str, Tracked],
+) -> None:
+    key = incident_key(MASS_STALE)
+    if mass:
+        if st.incident is None:
+            names = ", ".join(sorted(p.name for p in mass))
+            running = sum(1 for p in observed if p.gap.state == "RUNNING" and p.gap.heartbeats)
+            actions.append(OpenIncident(
+                key, MASS_STALE, None, None,
+                f"{len(mass)} of {running} processes stalled at once ({names}): suspect "
+                "what they share (database, broker, host); no restarts while it lasts"))
+            st = replace(st, incident=IncidentMemo(key, MASS_STALE, now))
+        new_state[MASS_STALE] = replace(st, healthy_since=None)
+        return
+    if st.incident is None:
+        return
+    since = st.healthy_since if st.healthy_since is not None else now
+    if now - since >= policy.settle_s:
+        inc = st.incident
+        actions.append(CloseIncident(key, None, inc.kind, now - inc.opened_at, inc.restarts,
+                                     f"no mass stall for {now - since:.0f}s"))
+        return
+    new_state[MASS_STALE] = replace(st, healthy_since=since)
 
 
 def _decide_one(
@@ -316,7 +386,7 @@ def _decide_one(
         inc = st.incident
         if inc is None:
             actions.append(OpenIncident(key, kind, p.name, p.account, detail))
-            inc = IncidentMemo(key, kind, now)
+            inc = IncidentMemo(key, kind, now, account=p.account)
         actions.extend(BumpIncident(key, p.name, detail) for _ in range(restarts))
         st = replace(st, incident=replace(inc, restarts=inc.restarts + restarts))
 
@@ -372,7 +442,7 @@ def _decide_one(
             how = (f"healthy ({status}) for {now - since:.0f}s" if status in HEALTHY
                    else "STOPPED by an operator")
             actions.append(CloseIncident(inc.key, p.name, inc.kind, now - inc.opened_at,
-                                         inc.restarts, how))
+                                         inc.restarts, how, inc.account))
             st = replace(st, incident=None)
         return st
     # starting / late / transient states: no verdict yet, and not healthy either.

@@ -491,8 +491,9 @@ class Watchdog:
             await self._io("close incident", self.store.close_incident(
                 dedupe_key=action.key, at=now))
             opened = datetime.fromtimestamp(now.timestamp() - action.duration_s, UTC)
-            await self._alert("closed", action.key, action.kind, action.process, None,
-                              action.detail, opened, duration_s=action.duration_s,
+            await self._alert("closed", action.key, action.kind, action.process,
+                              action.account, action.detail, opened,
+                              duration_s=action.duration_s,
                               restarts=action.restarts)
 
     async def _rpc(self, fn: Callable[..., Any], *args: Any) -> None:

@@ -313,3 +313,56 @@ def test_observe_ignores_a_previous_incarnations_heartbeat_and_reads_the_market(
                       now - timedelta(seconds=29), {"phase": "waiting-lock"})
     o = obs(fresh, None)
     assert o.gap.heartbeat_age_s == 1.0 and o.booting and o.gap.market_open is None
+
+
+def fleet(stale: set[str], n: int = 4, *, runs_only: bool = False) -> list[Observed]:
+    """n processes; the `stale` ones hung (or, with runs_only, completing no runs)."""
+    names = [f"p{i}-dispatcher" for i in range(n)]
+    return [proc(name=nm, pid=10 + i,
+                 hb=0.5 if nm not in stale or runs_only else 9.0,
+                 run=500.0 if nm in stale and runs_only else 1.0)
+            for i, nm in enumerate(names)]
+
+
+def test_most_heartbeats_stale_at_once_restarts_nobody_and_raises_one_incident() -> None:
+    stale = {"p0-dispatcher", "p1-dispatcher", "p2-dispatcher"}
+    d = decide(fleet(stale), [], {}, POLICY, now=1000.0)
+    assert kinds(d.actions) == ["OpenIncident"]
+    opened = d.actions[0]
+    assert isinstance(opened, OpenIncident) and opened.kind == "fleet-stalled"
+    assert opened.key == incident_key("fleet-stalled") and opened.process is None
+    assert "3 of 4 processes stalled at once" in opened.detail
+    d = decide(fleet(stale), [], d.state, POLICY, now=1001.0)
+    assert d.actions == []
+    d = decide(fleet(set()), [], d.state, POLICY, now=1002.0)
+    assert d.actions == []
+    d = decide(fleet(set()), [], d.state, POLICY, now=1002.0 + POLICY.settle_s)
+    assert kinds(d.actions) == ["CloseIncident"]
+    assert "fleet-stalled" not in d.state
+    # Alive but not trading, all together (ledger writes failing, broker hung): same.
+    d = decide(fleet(stale, runs_only=True), [], {}, POLICY, now=1000.0)
+    assert kinds(d.actions) == ["OpenIncident"]
+
+
+def test_one_stale_among_many_is_still_killed() -> None:
+    d = decide(fleet({"p2-dispatcher"}), [], {}, POLICY, now=1000.0)
+    assert kinds(d.actions) == ["Kill", "OpenIncident", "BumpIncident"]
+    d = decide(fleet({"p1-dispatcher", "p2-dispatcher"}, runs_only=True), [], {}, POLICY,
+               now=1000.0)
+    assert kinds(d.actions).count("Kill") == 2  # half is not most
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(STATES), ages, ages,
+                          st.floats(min_value=0, max_value=100)), min_size=3, max_size=10))
+def test_never_more_than_half_the_fleet_is_killed_in_one_pass(
+    specs: list[tuple[str, float | None, float | None, float]],
+) -> None:
+    obs = [proc(state, hb=hb, run=run, uptime=up, name=f"p{i}-dispatcher", pid=i + 1)
+           for i, (state, hb, run, up) in enumerate(specs)]
+    d = decide(obs, [], {}, POLICY, now=1000.0)
+    eligible = [o for o in obs if o.gap.state == "RUNNING" and o.gap.uptime_s is not None
+                and o.gap.uptime_s >= POLICY.startup_grace_s]
+    killed = [a for a in d.actions if isinstance(a, Kill)]
+    if len(eligible) >= 3:
+        assert 2 * len(killed) <= len(eligible)
