@@ -51,7 +51,8 @@ def container(name: str, command: list[str], env: dict[str, str]) -> dict[str, A
     }
 
 
-def task(family: str, cont: dict[str, Any], cpu: str = "256", memory: str = "512") -> dict[str, Any]:
+def task(family: str, cont: dict[str, Any], cpu: str = "256",
+         memory: str = "512") -> dict[str, Any]:
     return {
         "family": family,
         "networkMode": "awsvpc",
@@ -75,7 +76,8 @@ def render() -> dict[str, dict[str, Any]]:
             name = f"{tier}-{role}"
             # `exec`: the role becomes PID 1, so ECS's SIGTERM reaches the daemon directly.
             cmd = ["sh", "-c", f'exec ops run {role} --account "$ACCOUNT_TIER"']
-            out[f"ops-{name}"] = task(f"ops-{name}", container(name, cmd, {**base, "ACCOUNT_TIER": tier}))
+            env = {**base, "ACCOUNT_TIER": tier}
+            out[f"ops-{name}"] = task(f"ops-{name}", container(name, cmd, env))
     out["ops-signal-engine"] = task("ops-signal-engine", container(
         "signal-engine", ["ops", "run", "signal-engine"], base))
     out["ops-migrate"] = task("ops-migrate", container("migrate", ["ops", "db", "migrate"], base))
