@@ -122,6 +122,22 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     resume.set_defaults(handler=_lazy("ops.control", "cli_resume"))
 
 
+def _add_dash_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dash = sub.add_parser(
+        "dash",
+        help="the Textual dashboard: positions, heartbeats, last-run gaps, incidents, control",
+    )
+    mode = dash.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="print one text snapshot and exit (no terminal needed)")
+    mode.add_argument("--serve", action="store_true",
+                      help="serve the dashboard in a browser on 127.0.0.1 (textual-serve)")
+    dash.add_argument("--port", type=int, default=8566,
+                      help="port for --serve on 127.0.0.1 (default 8566)")
+    # tui.cli imports textual only when the interactive app runs; ops/ never imports it.
+    dash.set_defaults(handler=_lazy("tui.cli", "cli_dash"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ops",
@@ -164,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(handler=_sim)
     _add_stack_commands(sub)
     _add_control_commands(sub)
+    _add_dash_command(sub)
     return parser
 
 

@@ -1,0 +1,359 @@
+"""`Dashboard`: the Textual app behind `ops dash`.
+
+Data flow (dolphie's, harlequin's): a 1 s timer starts the `poll` worker unless one is
+still running (polls never overlap); the worker reads everything through `DashboardData`
+and posts one `StateLoaded` (latest state replaces older queued ones). A separate 1 s
+clock recomputes ages and gap statuses from stored timestamps, with no I/O. Nothing
+renders while a modal (confirm, help, log) is open; the latest state is applied when it
+closes. One `Worker.StateChanged` handler turns any worker error into a notice and a
+stale marker, so a failing read never takes the dashboard down.
+
+Layout: banner, accounts, then four panels (processes, positions, incidents, orders &
+fills): a 2x2 grid on large terminals, one panel at a time (keys 1-4, Tab strip) on small
+ones; breakpoints set the -wide/-tall screen classes. Colours live in app.tcss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import ClassVar
+
+from textual import events, on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Container
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import Worker, WorkerState
+
+from ops.models import KillSwitch
+from ops.supervisor import SupervisorClient
+from tui import control
+from tui.commands import DashCommands
+from tui.data import DashboardData, DashboardState, ProcessRow, utcnow
+from tui.messages import ActionDone, StateLoaded
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.screens.log_tail import LogTailScreen
+from tui.text import StaleInfo
+from tui.widgets.accounts import AccountsTable
+from tui.widgets.banner import Banner
+from tui.widgets.feed import FeedTable
+from tui.widgets.incidents import IncidentsTable
+from tui.widgets.positions import PositionsTable
+from tui.widgets.processes import ProcessesTable
+
+log = logging.getLogger(__name__)
+
+PANELS: tuple[tuple[str, str], ...] = (
+    ("processes", "Processes"), ("positions", "Positions"), ("incidents", "Incidents"),
+    ("feed", "Orders & fills"),
+)
+DataOpener = Callable[[], Awaitable[DashboardData]]
+
+
+class Dashboard(App[None]):
+    """Positions, heartbeats, last-run gaps, incidents and control, over SSH."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "ops dash"
+    COMMANDS = App.COMMANDS | {DashCommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (140, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "process('restart')", "Restart", id="dash.restart"),
+        Binding("x", "process('stop')", "Stop", id="dash.stop"),
+        Binding("s", "process('start')", "Start", id="dash.start"),
+        Binding("n", "run_now", "Run now", id="dash.run_now"),
+        Binding("p", "pause", "Pause acct", id="dash.pause"),
+        Binding("u", "resume", "Resume acct", id="dash.resume"),
+        Binding("l", "log", "Log", id="dash.log"),
+        Binding("f", "cycle_filter", "Filter", id="dash.filter"),
+        Binding("o", "sort", "Sort", id="dash.sort", show=False),
+        Binding("O", "sort(True)", "Reverse sort", id="dash.sort_reverse", show=False),
+        Binding("1", "panel('processes')", "Processes", id="dash.panel1", show=False),
+        Binding("2", "panel('positions')", "Positions", id="dash.panel2", show=False),
+        Binding("3", "panel('incidents')", "Incidents", id="dash.panel3", show=False),
+        Binding("4", "panel('feed')", "Orders", id="dash.panel4", show=False),
+        Binding("question_mark,f1", "help", "Help", id="dash.help", key_display="?"),
+        Binding("q", "quit", "Quit", id="dash.quit"),
+    ]
+
+    account_filter: reactive[str | None] = reactive(None)
+    panel: reactive[str] = reactive("processes")
+
+    def __init__(self, data: DashboardData | DataOpener, *, refresh_s: float = 1.0,
+                 on_exit: Callable[[DashboardData], Awaitable[None]] | None = None) -> None:
+        super().__init__()
+        self._data: DashboardData | None = data if isinstance(data, DashboardData) else None
+        self._opener = None if isinstance(data, DashboardData) else data
+        self._on_exit = on_exit
+        self.refresh_s = refresh_s
+        self.state: DashboardState | None = None
+        self.stale: StaleInfo | None = None
+        self._dirty = False  # a state arrived while a modal was open
+        self.loads = 0  # completed loads (tests wait on it)
+
+    @property
+    def data(self) -> DashboardData:
+        assert self._data is not None, "data not opened yet"
+        return self._data
+
+    def now(self) -> datetime:
+        return self._data.now() if self._data is not None else utcnow()
+
+    # --- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Banner("loading…", id="banner", markup=False)
+        yield AccountsTable(id="accounts")
+        yield Static("", id="panel-tabs", markup=False)
+        with Container(id="panels"):
+            yield ProcessesTable(id="processes", classes="panel -active")
+            yield PositionsTable(id="positions", classes="panel")
+            yield IncidentsTable(id="incidents", classes="panel")
+            yield FeedTable(id="feed", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.poll()
+        self.set_interval(self.refresh_s, self._poll_tick)
+        self.set_interval(1.0, self._clock_tick)
+
+    async def on_unmount(self) -> None:
+        if self._on_exit is not None and self._data is not None:
+            await self._on_exit(self._data)
+
+    # --- data -------------------------------------------------------------------------------
+
+    @property
+    def modal_open(self) -> bool:
+        return isinstance(self.screen, ModalScreen)
+
+    def _poll_tick(self) -> None:
+        running = any(w.group == "poll" and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+                      for w in self.workers)
+        if not running and not self.modal_open:
+            self.poll()
+
+    @work(exclusive=True, group="poll", exit_on_error=False)
+    async def poll(self) -> None:
+        if self._data is None:
+            assert self._opener is not None
+            self._data = await self._opener()
+        self.post_message(StateLoaded(await self.data.load()))
+
+    def on_state_loaded(self, message: StateLoaded) -> None:
+        self.state = message.state
+        self.stale = None
+        self.loads += 1
+        if self.modal_open:
+            self._dirty = True
+        else:
+            self.render_state()
+
+    def _clock_tick(self) -> None:
+        if self.state is not None and not self.modal_open:
+            self.render_state(data_changed=False)
+
+    def on_screen_resume(self) -> None:
+        if self._dirty and not self.modal_open:
+            self._dirty = False
+            self.render_state()
+
+    def render_state(self, data_changed: bool = True) -> None:
+        """Show `self.state` at the current clock. A clock-only pass skips the tables whose
+        cells do not depend on the time (accounts, feed)."""
+        if self.state is None:
+            return
+        now = self.now()
+        state = self.state.filtered(self.account_filter)
+        self.query_one(Banner).show(state, now, self.account_filter, self.stale)
+        self.query_one(ProcessesTable).show(state.processes, now)
+        self.query_one(PositionsTable).show(state.positions, now)
+        self.query_one(IncidentsTable).show(state.incidents, now)
+        if data_changed:
+            self.query_one(AccountsTable).show(state.accounts)
+            self.query_one(FeedTable).show(state.feed)
+        self._show_tabs(state)
+
+    def _show_tabs(self, state: DashboardState) -> None:
+        n_open = sum(1 for i in state.incidents if i.is_open)
+        labels = {"processes": "Processes", "positions": f"Positions ({len(state.positions)})",
+                  "incidents": f"Incidents ({n_open} open)" if n_open else "Incidents",
+                  "feed": "Orders & fills"}
+        parts = [f"[{i} {labels[k]}]" if k == self.panel else f" {i} {labels[k]} "
+                 for i, (k, _) in enumerate(PANELS, 1)]
+        self.query_one("#panel-tabs", Static).update(" ".join(parts))
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker errors land: a notice, and for the poll a stale marker."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        text = f"{type(error).__name__}: {error}"[:300]
+        log.error("worker %s failed: %s", event.worker.name, text)
+        if event.worker.group == "poll":
+            if self.stale is None:
+                self.stale = StaleInfo(self.now(), text)
+            if self.state is not None and not self.modal_open:
+                self.query_one(Banner).show(self.state.filtered(self.account_filter),
+                                            self.now(), self.account_filter, self.stale)
+            self.notify(f"refresh failed: {text}", severity="error", timeout=4)
+        else:
+            self.notify(f"{event.worker.name} failed: {text}", severity="error", timeout=8)
+
+    def on_action_done(self, message: ActionDone) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error")
+        self.poll()
+
+    # --- selection --------------------------------------------------------------------------
+
+    def selected_process(self) -> ProcessRow | None:
+        return self.query_one(ProcessesTable).selected
+
+    def account_names(self) -> list[str]:
+        return sorted(self.data.config.enabled_accounts()) if self._data else []
+
+    def selected_account(self) -> str | None:
+        """The account the focused row belongs to; else the filter; else the highlighted
+        account row."""
+        focused = self.focused
+        if isinstance(focused, ProcessesTable | PositionsTable) and focused.selected:
+            acct = focused.selected.account
+            if acct:
+                return acct
+        if self.account_filter:
+            return self.account_filter
+        row = self.query_one(AccountsTable).selected
+        return row.name if row else None
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _supervisor(self) -> SupervisorClient:
+        return self.data.supervisor
+
+    def action_process(self, what: control.ProcessAction) -> None:
+        proc = self.selected_process()
+        if proc is None:
+            self.notify("no process selected", severity="warning")
+            return
+        if what == "start":
+            self._process_worker("start", proc.qualified)
+            return
+        detail = {"restart": "It is stopped (SIGTERM, then SIGKILL after stopwaitsecs) "
+                             "and started again.",
+                  "stop": "It stays stopped until started again (supervisord will not "
+                          "restart it)."}[what]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._process_worker(what, proc.qualified)
+
+        self.push_screen(ConfirmScreen(f"{what.capitalize()} {proc.name}?", detail), answered)
+
+    @work(group="control", exit_on_error=False, name="process control")
+    async def _process_worker(self, what: control.ProcessAction, qualified: str) -> None:
+        self.notify(f"{what} {qualified}…", timeout=2)
+        self.post_message(ActionDone(await control.process_action(self._supervisor(), what,
+                                                                  qualified)))
+
+    def action_run_now(self) -> None:
+        proc = self.selected_process()
+        if proc is None or proc.role not in ("dispatcher", "position-manager", "stream",
+                                             "signal-engine"):
+            self.notify("select a role process (dispatcher, position-manager, stream, "
+                        "signal-engine)", severity="warning")
+            return
+        self._run_now_worker(proc.account, proc.role, proc.name)
+
+    @work(group="control", exit_on_error=False, name="run now")
+    async def _run_now_worker(self, account: str | None, role: str, name: str) -> None:
+        await control.run_now(self.data.store, account, role)
+        self.post_message(ActionDone(f"asked {name} to run now"))
+
+    def action_pause(self) -> None:
+        acct = self.selected_account()
+        if acct is None:
+            self.notify("no account selected", severity="warning")
+            return
+        self.pause_account(acct, "halt")
+
+    def action_resume(self) -> None:
+        acct = self.selected_account()
+        if acct is None:
+            self.notify("no account selected", severity="warning")
+            return
+        self.resume_account(acct)
+
+    def pause_account(self, account: str, mode: str) -> None:
+        ks = KillSwitch(mode)
+        meaning = {KillSwitch.HALT: "No new entries; exits still allowed.",
+                   KillSwitch.REDUCE_ONLY: "Only orders that reduce a position; open entry "
+                                           "orders are canceled.",
+                   KillSwitch.FLATTEN: "Open orders are canceled and EVERY POSITION IS "
+                                       "CLOSED."}.get(ks, "")
+        self._confirm_kill(account, ks, f"Pause {account} ({mode})?", meaning)
+
+    def resume_account(self, account: str) -> None:
+        self._confirm_kill(account, KillSwitch.OFF, f"Resume trading on {account}?",
+                           "Releases the kill switch: the dispatcher takes new entries.")
+
+    def _confirm_kill(self, account: str, mode: KillSwitch, question: str, detail: str) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._kill_worker(account, mode)
+
+        self.push_screen(ConfirmScreen(question, detail), answered)
+
+    @work(group="control", exit_on_error=False, name="kill switch")
+    async def _kill_worker(self, account: str, mode: KillSwitch) -> None:
+        before = await control.set_kill_switch(self.data.store, account, mode)
+        self.post_message(ActionDone(f"{account}: kill switch {before.value} -> {mode.value}"))
+
+    def action_log(self) -> None:
+        proc = self.selected_process()
+        if proc is None:
+            self.notify("no process selected", severity="warning")
+            return
+        self.push_screen(LogTailScreen(self._supervisor(), proc.qualified))
+
+    def set_filter(self, account: str | None) -> None:
+        self.account_filter = account
+
+    def action_cycle_filter(self) -> None:
+        names: list[str | None] = [None, *self.account_names()]
+        i = names.index(self.account_filter) if self.account_filter in names else 0
+        self.account_filter = names[(i + 1) % len(names)]
+
+    def watch_account_filter(self) -> None:
+        self.render_state()
+
+    def action_sort(self, reverse: bool = False) -> None:
+        self.panel = "positions"
+        self.query_one(PositionsTable).cycle_sort(reverse)
+
+    def action_panel(self, name: str) -> None:
+        self.panel = name
+
+    def watch_panel(self, name: str) -> None:
+        for key, _ in PANELS:
+            self.query_one(f"#{key}").set_class(key == name, "-active")
+        table = self.query_one(f"#{name}", DataTable)
+        table.focus()
+        if self.state is not None:
+            self._show_tabs(self.state.filtered(self.account_filter))
+
+    def action_help(self) -> None:
+        bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(bindings))
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        # Tab between panels keeps the tab strip (and the compact layout) in step.
+        key = event.widget.id
+        if key in dict(PANELS) and key != self.panel:
+            self.panel = key

@@ -1,0 +1,61 @@
+"""`DashCommands`: the command palette's entries, computed from the current state
+(posting's habit): the highlighted process's controls, every account's pause modes,
+resume and filter, plus the app-wide actions. Each entry runs the same action as its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from tui.app import Dashboard
+
+Entry = tuple[str, str, Callable[[], object]]  # (title, help, callback)
+
+
+def palette_entries(app: Dashboard) -> Iterator[Entry]:
+    proc = app.selected_process()
+    if proc is not None:
+        n = proc.name
+        yield f"Restart {n}", "supervisord restart (asks first)  [r]", \
+            partial(app.action_process, "restart")
+        yield f"Stop {n}", "supervisord stop (asks first)  [x]", \
+            partial(app.action_process, "stop")
+        yield f"Start {n}", "supervisord start  [s]", partial(app.action_process, "start")
+        yield f"Run {n} now", "ask the role to run its job now  [n]", app.action_run_now
+        yield f"Open log of {n}", "tail of its supervisord log  [l]", app.action_log
+    for acct in app.account_names():
+        for mode in ("halt", "reduce-only", "flatten"):
+            yield f"Pause {acct} ({mode})", "engage the kill switch (asks first)", \
+                partial(app.pause_account, acct, mode)
+        yield f"Resume {acct}", "release the kill switch (asks first)", \
+            partial(app.resume_account, acct)
+        yield f"Filter: {acct}", "show only this account", partial(app.set_filter, acct)
+    yield "Filter: all accounts", "show every account", partial(app.set_filter, None)
+    yield "Sort positions by the next column", "[o]; reverse: [O]", app.action_sort
+    yield "Help", "keys and status words  [?]", app.action_help
+    yield "Quit", "leave the dashboard  [q]", app.action_quit
+
+
+class DashCommands(Provider):
+    def _app(self) -> Dashboard:
+        from tui.app import Dashboard
+
+        app = self.app
+        assert isinstance(app, Dashboard)
+        return app
+
+    async def discover(self) -> Hits:
+        for title, help_text, callback in palette_entries(self._app()):
+            yield DiscoveryHit(title, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, help_text, callback in palette_entries(self._app()):
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, help=help_text)

@@ -1,0 +1,441 @@
+"""The dashboard's read path: one `DashboardData.load()` returns a frozen `DashboardState`.
+
+Everything here is plain data (frozen dataclasses) and I/O at the edges: `Store` reads
+(which fall back to the SQLite buffer during a Postgres outage), a few direct Postgres
+queries for what the buffer does not keep (order/fill feed, closed incidents, restarts
+today), and supervisord over XML-RPC in a thread. Rows keep *timestamps*, not ages, so the
+app's 1 s clock can recompute ages and gap status without any I/O (`ProcessRow.status_at`).
+Gap verdicts come from `ops.gaps.gap_status` with the same inputs `ops status` uses
+(`ops.status` helpers), so the dashboard and `ops status` never disagree.
+Nothing here imports textual: `ops dash --once` renders the same state as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ops.config import Config
+from ops.env import RuntimeEnv
+from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
+from ops.models import OptionSymbol
+from ops.status import (
+    NO_HEARTBEAT,
+    PAUSABLE_ROLES,
+    Identity,
+    expected_interval,
+    expected_programs,
+    identities,
+    kill_switch_mode,
+)
+from ops.store import Snapshot, Store, is_outage
+from ops.store.status import start_of_trading_day
+from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+#: Run outcomes that prove the broker clock said "open" (as ops.status judges them).
+OPEN_OUTCOMES = frozenset({"ok", "error", "timeout"})
+RECONCILE_KEY = "reconciliation"  # controls row the dispatcher writes (ops.roles.dispatcher)
+FEED_LIMIT = 40
+CLOSED_INCIDENTS_WINDOW = timedelta(hours=24)
+CLOSED_INCIDENTS_LIMIT = 20
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    name: str
+    account_number: str | None  # as the broker last reported it; never keys
+    expected_account_number: str
+    equity: Decimal | None
+    cash: Decimal | None
+    buying_power: Decimal | None
+    day_pl: Decimal | None  # equity - last_equity (the broker's previous close)
+    open_positions: int
+    kill_switch: str  # off | halt | reduce-only | flatten
+    reconciliation: str  # reconciled | reconciling | unknown
+    as_of: datetime | None
+
+    @property
+    def number_mismatch(self) -> bool:
+        return self.account_number is not None and \
+            self.account_number != self.expected_account_number
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    account: str
+    symbol: str
+    description: str  # "AAPL 2026-06-19 190 call" for options, the symbol otherwise
+    qty: Decimal
+    avg_entry: Decimal
+    last_price: Decimal | None
+    market_value: Decimal | None
+    unrealized_pl: Decimal | None
+    unrealized_pct: Decimal | None  # percent (5 = 5 %)
+    opened_at: datetime | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.account}/{self.symbol}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRow:
+    name: str
+    qualified: str  # group:name, what supervisord's XML-RPC wants
+    account: str | None
+    role: str
+    state: str
+    pid: int | None
+    started_at: datetime | None  # when supervisord last started it (RUNNING only)
+    heartbeat_at: datetime | None
+    last_run_at: datetime | None
+    last_run_outcome: str | None
+    expected_interval_s: float | None
+    market_open: bool | None
+    paused: bool
+    bounds: GapBounds
+    restarts_today: int
+
+    def uptime_s(self, now: datetime) -> float | None:
+        return _age(now, self.started_at)
+
+    def heartbeat_age_s(self, now: datetime) -> float | None:
+        return _age(now, self.heartbeat_at)
+
+    def last_run_age_s(self, now: datetime) -> float | None:
+        return _age(now, self.last_run_at)
+
+    def gap_s(self, now: datetime) -> float | None:
+        """How far past its expected interval the last completed run is (negative: early)."""
+        age = self.last_run_age_s(now)
+        if age is None or self.expected_interval_s is None:
+            return None
+        return age - self.expected_interval_s
+
+    def status_at(self, now: datetime) -> GapStatus:
+        """The gap verdict at `now`, from stored timestamps only (the 1 s clock calls it)."""
+        return gap_status(GapInput(
+            state=self.state, uptime_s=self.uptime_s(now),
+            heartbeats=self.name not in NO_HEARTBEAT,
+            heartbeat_age_s=self.heartbeat_age_s(now),
+            last_run_age_s=self.last_run_age_s(now),
+            expected_interval_s=self.expected_interval_s, market_open=self.market_open,
+            paused=self.paused,
+        ), self.bounds)
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRow:
+    id: str
+    kind: str
+    where: str  # process, else account, else "-"
+    detail: str
+    opened_at: datetime
+    closed_at: datetime | None
+    restarts: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    key: str  # unique: "order:<id>" or "fill:<event key>"
+    ts: datetime
+    account: str
+    kind: str  # "order" | "fill"
+    symbol: str
+    side: str
+    qty: Decimal | None
+    price: Decimal | None
+    status: str  # order status, or fill / partial_fill
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseInfo:
+    reachable: bool
+    source: str  # postgres | buffer | postgres+buffer (Snapshot.source of the reads)
+    buffered_rows: int
+    as_of: datetime | None  # newest buffered timestamp while reading from the buffer
+    unreachable_since: datetime | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorInfo:
+    reachable: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardState:
+    loaded_at: datetime
+    accounts: tuple[AccountRow, ...]
+    positions: tuple[PositionRow, ...]
+    processes: tuple[ProcessRow, ...]
+    incidents: tuple[IncidentRow, ...]  # open first (oldest first), then recently closed
+    feed: tuple[FeedRow, ...]  # newest first
+    database: DatabaseInfo
+    supervisor: SupervisorInfo
+    problems: tuple[str, ...] = ()  # reads that failed for a reason other than an outage
+
+    def filtered(self, account: str | None) -> DashboardState:
+        """Only rows of `account` (None: everything); shared processes always stay."""
+        if account is None:
+            return self
+        from dataclasses import replace
+
+        return replace(
+            self,
+            accounts=tuple(a for a in self.accounts if a.name == account),
+            positions=tuple(p for p in self.positions if p.account == account),
+            processes=tuple(p for p in self.processes if p.account in (account, None)),
+            feed=tuple(f for f in self.feed if f.account == account),
+        )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return None if then is None else max(0.0, (now - then).total_seconds())
+
+
+def describe_symbol(symbol: str) -> str:
+    """Options readable (underlying, expiry, strike, call/put); anything else unchanged."""
+    opt = OptionSymbol.parse(symbol)
+    return opt.describe() if opt is not None else symbol
+
+
+def _dec(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+# --- the loader -------------------------------------------------------------------------------
+
+_FEED_SQL = """
+(SELECT 'order:' || id AS key, updated_at AS ts, account, 'order' AS kind, symbol, side,
+        coalesce(qty, notional) AS qty, coalesce(filled_avg_price, limit_price) AS price,
+        status
+   FROM orders ORDER BY updated_at DESC LIMIT $1)
+UNION ALL
+(SELECT 'fill:' || f.account || ':' || f.event_key, f.ts, f.account, 'fill',
+        coalesce(f.symbol, o.symbol, '?'), coalesce(o.side, ''), f.qty, f.price, f.event
+   FROM fills f LEFT JOIN orders o ON o.id = f.order_id ORDER BY f.ts DESC LIMIT $1)
+ORDER BY ts DESC LIMIT $1
+"""
+_CLOSED_SQL = """
+SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts
+FROM incidents WHERE closed_at IS NOT NULL AND closed_at >= $1
+ORDER BY closed_at DESC LIMIT $2
+"""
+_RESTARTS_SQL = """
+SELECT process, sum(restarts)::int AS n FROM incidents
+WHERE process IS NOT NULL AND (opened_at >= $1 OR closed_at IS NULL OR closed_at >= $1)
+GROUP BY process
+"""
+
+
+class DashboardData:
+    """Loads a `DashboardState`. `now` is injectable so tests freeze the clock."""
+
+    def __init__(self, env: RuntimeEnv, config: Config, store: Store,
+                 supervisor: SupervisorClient, now: Clock = utcnow) -> None:
+        self.env = env
+        self.config = config
+        self.store = store
+        self.supervisor = supervisor
+        self.now = now
+        self._unreachable_since: datetime | None = None
+
+    async def load(self) -> DashboardState:
+        now = self.now()
+        problems: list[str] = []
+
+        async def read(what: str, fetch: Callable[[], Awaitable[Snapshot[Any]]]) -> Snapshot[Any]:
+            # Outages fall back to the buffer inside Store; anything else (schema missing,
+            # a privilege) is shown as a problem, never raised: one bad read must not
+            # blank the whole screen.
+            try:
+                return await fetch()
+            except Exception as exc:
+                problems.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
+                return Snapshot([], "postgres", now)
+
+        sup_info, infos = await asyncio.to_thread(self._supervisor_view)
+        hbs = await read("heartbeats", self.store.heartbeats)
+        runs = await read("runs", self.store.latest_runs)
+        incidents = await read("incidents", self.store.open_incidents)
+        states = await read("accounts", self.store.account_states)
+        positions = await read("positions", self.store.positions)
+        controls: dict[str, dict[str, Any]] = {}
+        for name in self.config.enabled_accounts():
+            snap = await read(f"controls of {name}", functools.partial(self.store.controls, name))
+            controls[name] = {c.key: c.value for c in snap.rows}
+        sources = {s.source for s in (hbs, runs, incidents, states, positions)}
+        source = ("buffer" if "buffer" in sources else
+                  "postgres+buffer" if "postgres+buffer" in sources else "postgres")
+        extra = await self._postgres_only(now, problems) if source != "buffer" else None
+        reachable = extra is not None
+        buf = await self.store.buffer_status()
+        if reachable:
+            self._unreachable_since = None
+        else:
+            # Since when: the oldest write waiting in the buffer, or when we first noticed.
+            since = self._unreachable_since or now
+            if buf.oldest_age_s is not None:
+                since = min(since, now - timedelta(seconds=buf.oldest_age_s))
+            self._unreachable_since = since
+        feed, closed, restarts = extra or ((), (), {})
+        kill = {name: kill_switch_mode(c.get("kill_switch")) for name, c in controls.items()}
+        return DashboardState(
+            loaded_at=now,
+            accounts=self._accounts(states.rows, positions.rows, kill, controls),
+            positions=tuple(_position_row(p) for p in positions.rows if p.position.qty != 0),
+            processes=self._processes(sup_info, infos, hbs.rows, runs.rows, kill, restarts),
+            incidents=tuple(_incident_row(i) for i in incidents.rows) + tuple(closed),
+            feed=tuple(feed),
+            database=DatabaseInfo(
+                reachable=reachable, source=source, buffered_rows=buf.pending,
+                as_of=hbs.as_of if source == "buffer" else None,
+                unreachable_since=self._unreachable_since,
+                error=None if reachable else "Postgres unreachable"),
+            supervisor=sup_info,
+            problems=tuple(problems),
+        )
+
+    def _supervisor_view(self) -> tuple[SupervisorInfo, dict[str, ProcessInfo]]:
+        try:
+            return SupervisorInfo(True), {p.name: p for p in self.supervisor.processes()}
+        except SupervisorUnavailable as exc:
+            return SupervisorInfo(False, str(exc)), {}
+
+    async def _postgres_only(
+        self, now: datetime, problems: list[str],
+    ) -> tuple[list[FeedRow], list[IncidentRow], dict[str, int]] | None:
+        """Feed, recently closed incidents, restarts today: Postgres only (no buffered
+        copy). None when Postgres is unreachable."""
+        try:
+            async with self.store.pool.acquire() as conn:
+                feed = await conn.fetch(_FEED_SQL, FEED_LIMIT)
+                closed = await conn.fetch(_CLOSED_SQL, now - CLOSED_INCIDENTS_WINDOW,
+                                          CLOSED_INCIDENTS_LIMIT)
+                restarts = await conn.fetch(_RESTARTS_SQL, start_of_trading_day(now))
+        except Exception as exc:
+            if is_outage(exc):
+                return None
+            problems.append(f"feed: {type(exc).__name__}: {exc}"[:200])
+            return [], [], {}
+        return (
+            [FeedRow(key=r["key"], ts=r["ts"], account=r["account"], kind=r["kind"],
+                     symbol=r["symbol"], side=r["side"], qty=_dec(r["qty"]),
+                     price=_dec(r["price"]), status=r["status"]) for r in feed],
+            [IncidentRow(id=r["id"], kind=r["kind"],
+                         where=r["process"] or r["account"] or "-", detail=r["detail"],
+                         opened_at=r["opened_at"], closed_at=r["closed_at"],
+                         restarts=r["restarts"]) for r in closed],
+            {r["process"]: int(r["n"] or 0) for r in restarts},
+        )
+
+    def _accounts(self, states: list[Any], positions: list[Any], kill: Mapping[str, str],
+                  controls: Mapping[str, Mapping[str, Any]]) -> tuple[AccountRow, ...]:
+        open_pos: dict[str, int] = {}
+        for p in positions:
+            if p.position.qty != 0:
+                open_pos[p.account] = open_pos.get(p.account, 0) + 1
+        by_name = {s.name: s for s in states}
+        out = []
+        for name, acfg in sorted(self.config.enabled_accounts().items()):
+            st = by_name.get(name)
+            recon = controls.get(name, {}).get(RECONCILE_KEY)
+            recon_state = str(recon.get("state", "unknown")) if isinstance(recon, dict) \
+                else "unknown"
+            day_pl = None
+            if st is not None and st.equity is not None and st.last_equity is not None:
+                day_pl = st.equity - st.last_equity
+            out.append(AccountRow(
+                name=name, account_number=st.account_number if st else None,
+                expected_account_number=acfg.expected_account_number,
+                equity=st.equity if st else None, cash=st.cash if st else None,
+                buying_power=st.buying_power if st else None, day_pl=day_pl,
+                open_positions=open_pos.get(name, 0), kill_switch=kill.get(name, "off"),
+                reconciliation=recon_state, as_of=st.as_of if st else None,
+            ))
+        return tuple(out)
+
+    def _processes(self, sup: SupervisorInfo, infos: Mapping[str, ProcessInfo],
+                   hbs: list[Any], runs: list[Any], kill: Mapping[str, str],
+                   restarts: Mapping[str, int]) -> tuple[ProcessRow, ...]:
+        ids = identities(self.config)
+        hb_by = {h.process: h for h in hbs}
+        run_by = {r.process: r for r in runs}
+        names = list(dict.fromkeys([*expected_programs(self.env, self.config), *infos]))
+        wd = self.config.watchdog
+        out = []
+        for name in names:
+            ident = ids.get(name, Identity(None, name))
+            info = infos.get(name)
+            state = info.state if info else ("NOT-RUNNING" if not sup.reachable
+                                             else "NOT-CONFIGURED")
+            started = (datetime.fromtimestamp(info.start, UTC)
+                       if info is not None and info.state == "RUNNING" and info.start else None)
+            hb = hb_by.get(name)
+            # A heartbeat from before this incarnation started proves nothing about it.
+            hb_at = hb.ts if hb is not None else None
+            if hb_at is not None and started is not None and \
+                    hb_at < started - timedelta(seconds=1):
+                hb_at = None
+            run = run_by.get(name)
+            market_open = None
+            if run is not None:
+                market_open = (False if run.outcome == "idle-market-closed"
+                               else True if run.outcome in OPEN_OUTCOMES else None)
+            out.append(ProcessRow(
+                name=name,
+                qualified=info.qualified if info else qualified_name(ident.role, ident.account),
+                account=ident.account, role=ident.role, state=state,
+                pid=(info.pid or None) if info else None, started_at=started,
+                heartbeat_at=hb_at, last_run_at=run.finished_at if run else None,
+                last_run_outcome=run.outcome if run else None,
+                expected_interval_s=expected_interval(self.config, ident),
+                market_open=market_open,
+                paused=ident.role in PAUSABLE_ROLES
+                and kill.get(ident.account or "", "off") != "off",
+                bounds=GapBounds(wd.heartbeat_stale_s, wd.startup_grace_s,
+                                 wd.gap_bounds_s.get(ident.role)),
+                restarts_today=restarts.get(name, 0),
+            ))
+        return tuple(out)
+
+
+def _position_row(sp: Any) -> PositionRow:
+    p = sp.position
+    pct = None if p.unrealized_plpc is None else p.unrealized_plpc * 100
+    return PositionRow(
+        account=sp.account, symbol=p.symbol, description=describe_symbol(p.symbol), qty=p.qty,
+        avg_entry=p.avg_entry_price, last_price=p.current_price, market_value=p.market_value,
+        unrealized_pl=p.unrealized_pl, unrealized_pct=pct, opened_at=sp.opened_at,
+    )
+
+
+def _incident_row(i: Any) -> IncidentRow:
+    return IncidentRow(id=i.id, kind=i.kind, where=i.process or i.account or "-",
+                       detail=i.detail, opened_at=i.opened_at, closed_at=None,
+                       restarts=i.restarts)

@@ -1,0 +1,31 @@
+"""Typed messages the dashboard's workers post to the app.
+
+`StateLoaded` is "latest state": a newer one replaces an older one still queued
+(`can_replace`), so a slow UI never works through a backlog of stale snapshots.
+"""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from tui.data import DashboardState
+
+
+class StateLoaded(Message):
+    """One complete read of everything the dashboard shows."""
+
+    def __init__(self, state: DashboardState) -> None:
+        super().__init__()
+        self.state = state
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, StateLoaded)
+
+
+class ActionDone(Message):
+    """A control action finished (restart, pause, ...); `ok` False when it failed."""
+
+    def __init__(self, text: str, ok: bool = True) -> None:
+        super().__init__()
+        self.text = text
+        self.ok = ok

@@ -1,0 +1,43 @@
+"""`HelpScreen`: every key of the dashboard, generated from the app's bindings (so it can
+never drift from them), and what the status words mean."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+STATUS_HELP = """\
+Status (a symbol and a word, never colour alone):
+  ✓ ok        on schedule
+  ! LATE      the last completed run is older than its interval allows
+  ✗ STALLED   RUNNING but no heartbeat, or no completed run for too long (hung)
+  ✗ DOWN      not running under supervisord
+  · idle      market closed: an expected idle, not an alarm
+  ‖ paused    the account's kill switch holds its dispatcher
+  … starting  just (re)started, within the grace period
+Gap: age of the last completed run minus the expected interval (+ is overdue).
+Restarts: watchdog restarts today (from incidents).
+Controls act on the highlighted row; pause/resume act on the highlighted row's account
+(or the filtered account). Destructive actions ask first.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss_help", "Close", id="help.close")]
+
+    def __init__(self, bindings: list[Binding]) -> None:
+        super().__init__()
+        self._keys = bindings
+
+    def compose(self) -> ComposeResult:
+        keys = "\n".join(f"  {b.key_display or b.key:<12} {b.description}"
+                         for b in self._keys if b.description)
+        with VerticalScroll(id="help-box"):
+            yield Static("ops dash — keys\n\n" + keys + "\n\n" + STATUS_HELP
+                         + "\nEscape closes this help.", id="help-text")
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)

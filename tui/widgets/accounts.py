@@ -1,0 +1,57 @@
+"""`AccountsTable`: one row per account — money, positions, kill switch, reconciliation,
+and the broker identity (account number; never keys)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import ClassVar
+
+from tui import format as f
+from tui.data import AccountRow
+from tui.widgets.keyed_table import KeyedTable, Row
+
+
+class AccountsTable(KeyedTable):
+    BORDER_TITLE = "Accounts"
+    COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
+        ("name", "Account"), ("kill", "Kill switch"), ("equity", "Equity"),
+        ("day_pl", "Day P&L"), ("cash", "Cash"), ("bp", "Buying power"), ("pos", "Pos"),
+        ("recon", "Reconcile"), ("number", "Broker acct"),
+    )
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "pl--gain", "pl--loss", "kill--on", "recon--pending", "number--mismatch",
+    }
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.items: dict[str, AccountRow] = {}
+
+    def show(self, rows: Sequence[AccountRow]) -> None:
+        self.items = {r.name: r for r in rows}
+        self.sync([self._row(r) for r in rows])
+
+    def _row(self, r: AccountRow) -> Row:
+        pl: Decimal | None = r.day_pl
+        number = r.account_number or f"({r.expected_account_number})"
+        if r.number_mismatch:
+            number = f"{r.account_number} ≠ {r.expected_account_number}"
+        kill = "off" if r.kill_switch == "off" else f"■ {r.kill_switch.upper()}"
+        return (r.name, [
+            self.styled(r.name),
+            self.styled(kill, None if r.kill_switch == "off" else "kill--on"),
+            self.styled(f.money(r.equity)),
+            self.styled(f.money(pl, signed=True),
+                        None if not pl else "pl--gain" if pl > 0 else "pl--loss"),
+            self.styled(f.money(r.cash)),
+            self.styled(f.money(r.buying_power)),
+            self.styled(str(r.open_positions)),
+            self.styled(r.reconciliation,
+                        None if r.reconciliation == "reconciled" else "recon--pending"),
+            self.styled(number, "number--mismatch" if r.number_mismatch else None),
+        ])
+
+    @property
+    def selected(self) -> AccountRow | None:
+        key = self.selected_key
+        return None if key is None else self.items.get(key)

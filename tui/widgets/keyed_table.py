@@ -1,0 +1,90 @@
+"""`KeyedTable`: a DataTable updated in place by row key (dolphie's Processlist habit).
+
+`sync(rows)` adds new rows, removes vanished ones and calls `update_cell` only for
+values that changed, inside one `batch_update()`: the cursor and scroll position survive
+every refresh, and an unchanged table costs no repaint. Styles for cells come from the
+widget's component classes, so colours live in app.tcss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.widgets import DataTable
+
+Cell = Text
+_AS_TEXT: Any = object()
+Row = tuple[str, Sequence[Cell]]  # (row key, cells in column order)
+
+
+class KeyedTable(DataTable[Cell]):
+    COLUMNS: ClassVar[Sequence[tuple[str, str]]] = ()  # (column key, label)
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
+        self._values: dict[str, tuple[Cell, ...]] = {}
+
+    def on_mount(self) -> None:
+        for key, label in self.COLUMNS:
+            self.add_column(label, key=key)
+
+    def style_of(self, component: str) -> Style:
+        """The style app.tcss gives `component` (one of COMPONENT_CLASSES)."""
+        return self.get_component_rich_style(component, partial=True)
+
+    def styled(self, text: str, component: str | None = None,
+               sort_value: Any = _AS_TEXT) -> SortText:
+        """A cell showing `text` in `component`'s style, sorting by `sort_value` (default:
+        the text; None: a missing value, sorted first)."""
+        return SortText(text, text if sort_value is _AS_TEXT else sort_value,
+                        self.style_of(component) if component else "")
+
+    @property
+    def selected_key(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except Exception:  # cursor outside the table (e.g. just emptied)
+            return None
+        return key
+
+    def sync(self, rows: Sequence[Row], sort: tuple[str, bool] | None = None) -> None:
+        """Make the table show `rows` (by key); then, with `sort` = (column key, reverse),
+        order rows by that column's `SortText.sort_value` (in place, no rebuild)."""
+        wanted = {k for k, _ in rows}
+        columns = [c for c, _ in self.COLUMNS]
+        with self.app.batch_update():
+            for gone in [k for k in self._values if k not in wanted]:
+                self.remove_row(gone)
+                del self._values[gone]
+            for key, cells in rows:
+                new = tuple(cells)
+                old = self._values.get(key)
+                if old is None:
+                    self.add_row(*new, key=key)
+                elif old != new:
+                    for col, before, after in zip(columns, old, new, strict=True):
+                        if before != after or _sort_value(before) != _sort_value(after):
+                            self.update_cell(key, col, after, update_width=True)
+                self._values[key] = new
+            if sort is not None and self.row_count > 1:
+                column, reverse = sort
+                self.sort(column, key=_sort_value, reverse=reverse)
+
+
+class SortText(Text):
+    """A cell that sorts by `sort_value` (a number, a time, a tuple) and shows its text."""
+
+    def __init__(self, text: str, sort_value: Any, style: str | Style = "") -> None:
+        super().__init__(text, style=style, end="")
+        self.sort_value = sort_value
+
+
+def _sort_value(cell: Any) -> Any:
+    """Sort key of a cell: SortText's value, else its text; None sorts first either way."""
+    value = cell.sort_value if isinstance(cell, SortText) else str(cell)
+    return (value is not None, value if value is not None else 0)
