@@ -54,7 +54,7 @@ from ops.alerts import (
     default_path,
     sinks_from_config,
 )
-from ops.config import Config, ConfigError, load_config
+from ops.config import Config, ConfigError, ConfigReloader, load_config
 from ops.env import RuntimeEnv, runtime_env
 from ops.metrics import (
     AccountMetrics,
@@ -90,6 +90,7 @@ PASS_INTERVAL_S = 1.0  # see the module docstring: the 10 s restart bound needs 
 PASS_TIMEOUT_S = 20.0  # a pass stuck on I/O is abandoned (recorded as a timeout run)
 IO_TIMEOUT_S = 4.0  # every read/write/RPC of a pass
 ACTIVITY_EVERY_S = 10.0  # orders/fills today (a heavier query) at most this often
+RELOAD_EVERY_S = 5.0  # config file checked for edits this often
 #: Processes without heartbeats: their supervisord state is all there is to judge.
 NO_HEARTBEAT = frozenset({"postgres", "sim"})
 
@@ -347,6 +348,8 @@ class Watchdog:
         self._others: dict[str, Any] = {}  # role incidents seen open, by id
         self._activity: dict[str, tuple[int, int]] | None = None
         self._activity_at = 0.0
+        self._reloader = ConfigReloader(env.config_path, config)
+        self._reload_at = time.monotonic()
         self.trigger: Callable[[], object] = lambda: None
 
     # events arrive on the loop via call_soon_threadsafe
@@ -408,8 +411,28 @@ class Watchdog:
                      sum(1 for k in found if k.startswith("watchdog:")))
         self._adopted = True
 
+    async def maybe_reload(self, *, force: bool = False) -> bool:
+        """Follow config edits (every RELOAD_EVERY_S): the roles hot-reload their intervals,
+        so the watchdog must judge gaps against the same ones. A bad edit keeps the last
+        good config (ConfigReloader logs it). Sinks and the metrics port need a restart."""
+        if not force and time.monotonic() - self._reload_at < RELOAD_EVERY_S:
+            return False
+        self._reload_at = time.monotonic()
+        new = await asyncio.to_thread(self._reloader.poll)
+        if new is None:
+            return False
+        if new.alerts != self.config.alerts or new.metrics != self.config.metrics:
+            log.warning("watchdog: [alerts]/[metrics] changed: restart the watchdog to apply "
+                        "(supervisorctl restart watchdog)")
+        self.config = new
+        self.policy = Policy.from_config(new.watchdog)
+        log.info("watchdog: config reloaded (stale bound %gs, gap bounds %s)",
+                 new.watchdog.heartbeat_stale_s, dict(new.watchdog.gap_bounds_s))
+        return True
+
     async def pass_once(self) -> None:
         t0 = time.monotonic()
+        await self.maybe_reload()
         try:
             if not self._adopted:
                 await self._adopt()
