@@ -4,7 +4,8 @@ of every tick in seconds (actual start minus the tick's scheduled wall time).
 
 KIND: "ticker" (ops.ticker.Ticker), "apscheduler" (APScheduler 3 AsyncIOScheduler
 interval job), "sleep" (a naive `while: await asyncio.sleep(interval)` loop, whose
-scheduled times are t0 + k * interval, so its lateness is its accumulated drift).
+scheduled times are t0 + k * interval, so its lateness is its accumulated drift), "floor"
+(a bare loop sleeping to absolute deadlines: the asyncio timer floor, no scheduler).
 """
 
 from __future__ import annotations
@@ -73,7 +74,19 @@ async def with_sleep(ticks: int, interval_s: float) -> list[float]:
     return out
 
 
-KINDS = {"ticker": with_ticker, "apscheduler": with_apscheduler, "sleep": with_sleep}
+async def with_floor(ticks: int, interval_s: float) -> list[float]:
+    """The best an asyncio loop can do: sleep to absolute deadlines t0 + k * interval."""
+    out: list[float] = []
+    loop = asyncio.get_running_loop()
+    t0_wall, t0 = time.time(), loop.time()
+    for k in range(1, ticks + 1):
+        await asyncio.sleep(t0 + k * interval_s - loop.time())
+        out.append(time.time() - (t0_wall + k * interval_s))
+    return out
+
+
+KINDS = {"ticker": with_ticker, "apscheduler": with_apscheduler, "sleep": with_sleep,
+         "floor": with_floor}
 
 
 def main() -> None:

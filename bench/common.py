@@ -90,18 +90,6 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def slope(ys: Sequence[float]) -> float:
-    """Least-squares slope of ys against their index (0 for fewer than 2 points)."""
-    n = len(ys)
-    if n < 2:
-        return 0.0
-    mx = (n - 1) / 2
-    my = sum(ys) / n
-    num = sum((i - mx) * (y - my) for i, y in enumerate(ys))
-    den = sum((i - mx) ** 2 for i in range(n))
-    return num / den
-
-
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 

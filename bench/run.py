@@ -78,13 +78,13 @@ def _fmt(v: Any) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """The figures as a fixed-width table, one block per benchmark."""
-    head = ("benchmark", "metric", "value", "baseline", "baseline is", "target", "ok")
+    head = ("benchmark", "metric", "value", "baseline", "baseline is", "target", "ok", "note")
     rows: list[tuple[str, ...]] = []
     for r in results:
         load = r.get("load_before")
         load_txt = f"load {load[0]:.2f}" if load else ""
         if r.get("error"):
-            rows.append((r["bench"], "ERROR", "-", "-", "-", "-", r["error"][:80]))
+            rows.append((r["bench"], "ERROR", "-", "-", "-", "-", "", r["error"][:100]))
             continue
         for i, f in enumerate(r["figures"]):
             ok = {True: "yes", False: "NO", None: ""}[f.get("meets")]
@@ -92,7 +92,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 r["bench"] if i == 0 else (load_txt if i == 1 else ""),
                 f["metric"] + (f" ({f['unit']})" if f.get("unit") else ""),
                 _fmt(f["value"]), _fmt(f.get("baseline")), f.get("baseline_name", ""),
-                f.get("target") or "", ok,
+                f.get("target") or "", ok, f.get("note", "")[:70],
             ))
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True))]
