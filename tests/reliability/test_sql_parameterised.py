@@ -105,7 +105,8 @@ def _module_value(rel: str, name: str) -> ast.expr:
     tree = ast.parse((REPO / rel).read_text())
     for node in tree.body:
         if isinstance(node, ast.AnnAssign):
-            targets, value = [node.target], node.value
+            targets: list[ast.expr] = [node.target]
+            value = node.value
         elif isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
         else:
