@@ -63,23 +63,24 @@ class Dashboard(App[None]):
     COMMANDS = App.COMMANDS | {DashCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (140, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    # Footer order = importance: an 80-column footer shows the first ones.
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark,f1", "help", "Help", id="dash.help", key_display="?"),
+        Binding("q", "quit", "Quit", id="dash.quit"),
         Binding("r", "process('restart')", "Restart", id="dash.restart"),
         Binding("x", "process('stop')", "Stop", id="dash.stop"),
         Binding("s", "process('start')", "Start", id="dash.start"),
         Binding("n", "run_now", "Run now", id="dash.run_now"),
-        Binding("p", "pause", "Pause acct", id="dash.pause"),
-        Binding("u", "resume", "Resume acct", id="dash.resume"),
+        Binding("p", "pause", "Pause", id="dash.pause"),
+        Binding("u", "resume", "Resume", id="dash.resume"),
         Binding("l", "log", "Log", id="dash.log"),
         Binding("f", "cycle_filter", "Filter", id="dash.filter"),
-        Binding("o", "sort", "Sort", id="dash.sort", show=False),
+        Binding("o", "sort", "Sort", id="dash.sort"),
         Binding("O", "sort(True)", "Reverse sort", id="dash.sort_reverse", show=False),
         Binding("1", "panel('processes')", "Processes", id="dash.panel1", show=False),
         Binding("2", "panel('positions')", "Positions", id="dash.panel2", show=False),
         Binding("3", "panel('incidents')", "Incidents", id="dash.panel3", show=False),
-        Binding("4", "panel('feed')", "Orders", id="dash.panel4", show=False),
-        Binding("question_mark,f1", "help", "Help", id="dash.help", key_display="?"),
-        Binding("q", "quit", "Quit", id="dash.quit"),
+        Binding("4", "panel('feed')", "Orders & fills", id="dash.panel4", show=False),
     ]
 
     account_filter: reactive[str | None] = reactive(None)
@@ -116,7 +117,7 @@ class Dashboard(App[None]):
             yield PositionsTable(id="positions", classes="panel")
             yield IncidentsTable(id="incidents", classes="panel")
             yield FeedTable(id="feed", classes="panel")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.poll()

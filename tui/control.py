@@ -19,8 +19,10 @@ from ops.control import KILL_SWITCH_KEY, read_kill_switch
 from ops.models import KillSwitch
 from ops.store import Store
 from ops.supervisor import SupervisorClient
+from tui.data import READ_TIMEOUT_S, own_client
 
 ProcessAction = Literal["restart", "stop", "start"]
+ACTION_TIMEOUT_S = 40.0
 
 
 def operator() -> str:
@@ -66,8 +68,10 @@ async def process_action(client: SupervisorClient, action: ProcessAction,
                          qualified: str) -> str:
     """Restart/stop/start one supervisord process; returns a one-line result.
     Raises SupervisorUnavailable or xmlrpc Fault (e.g. NOT_RUNNING) with supervisord's words."""
-    return await asyncio.to_thread(_process_action, client, action, qualified)
+    # stop waits up to stopwaitsecs (10 s), start up to startsecs: a generous timeout.
+    return await asyncio.to_thread(_process_action, own_client(client, ACTION_TIMEOUT_S),
+                                   action, qualified)
 
 
 async def tail_log(client: SupervisorClient, qualified: str, length: int = 32768) -> str:
-    return await asyncio.to_thread(client.tail, qualified, length)
+    return await asyncio.to_thread(own_client(client, READ_TIMEOUT_S).tail, qualified, length)

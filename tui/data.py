@@ -49,6 +49,15 @@ CLOSED_INCIDENTS_WINDOW = timedelta(hours=24)
 CLOSED_INCIDENTS_LIMIT = 20
 
 
+READ_TIMEOUT_S = 3.0
+
+
+def own_client(client: SupervisorClient, timeout_s: float) -> SupervisorClient:
+    """A client of its own for one thread: SupervisorClient shares one transport between
+    calls, so two threads using one client at once break each other's connection."""
+    return SupervisorClient(client.sock, timeout_s)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -323,7 +332,8 @@ class DashboardData:
 
     def _supervisor_view(self) -> tuple[SupervisorInfo, dict[str, ProcessInfo]]:
         try:
-            return SupervisorInfo(True), {p.name: p for p in self.supervisor.processes()}
+            client = own_client(self.supervisor, READ_TIMEOUT_S)
+            return SupervisorInfo(True), {p.name: p for p in client.processes()}
         except SupervisorUnavailable as exc:
             return SupervisorInfo(False, str(exc)), {}
 

@@ -45,6 +45,13 @@ def money(v: Decimal | None, signed: bool = False) -> str:
     return f"{v:+,.2f}" if signed else f"{v:,.2f}"
 
 
+def dollars(v: Decimal | None) -> str:
+    """Balances at a glance: whole dollars from 1,000 up (cents below)."""
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.2f}"
+
+
 def pct(v: Decimal | None) -> str:
     return "-" if v is None else f"{v:+.2f}%"
 

@@ -32,10 +32,10 @@ def summary_line(state: DashboardState, now: datetime, account: str | None) -> s
     last_fill = next((r for r in state.feed if r.kind == "fill"), None)
     fill = "no fills yet" if last_fill is None else \
         f"last fill {f.age(f.since(now, last_fill.ts))} ago"
-    incidents = "no open incidents" if n_open == 0 else \
+    incidents = "no incidents" if n_open == 0 else \
         f"{n_open} OPEN INCIDENT{'S' if n_open > 1 else ''}"
-    where = f"account {account}" if account else "all accounts"
-    return (f"{now:%H:%M:%S}Z │ {where} │ processes {procs or 'none'} │ "
+    where = f"account {account} │ " if account else ""
+    return (f"{now:%H:%M:%S}Z │ {where}{procs or 'no processes'} │ "
             f"{len(state.positions)} positions │ {incidents} │ {fill}")
 
 
@@ -47,13 +47,12 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
         when = "" if since is None else \
             f" since {since:%H:%M:%S}Z ({f.age(f.since(now, since))})"
         as_of = "" if db.as_of is None else f" as of {db.as_of:%H:%M:%S}Z"
-        lines.append(f"⚠ POSTGRES UNREACHABLE{when}: showing buffered data{as_of}; "
-                     f"{db.buffered_rows} rows buffered, replayed when it returns")
+        lines.append(f"⚠ POSTGRES UNREACHABLE{when}: buffered data{as_of}, "
+                     f"{db.buffered_rows} rows waiting")
     elif db.buffered_rows:
         lines.append(f"… replaying {db.buffered_rows} buffered rows into Postgres")
     if not state.supervisor.reachable:
-        lines.append("⚠ SUPERVISORD NOT REACHABLE: process states unknown, controls "
-                     "unavailable (is the stack up? `ops up`)")
+        lines.append("⚠ SUPERVISORD NOT REACHABLE: process states unknown, no control")
     if stale is not None:
         lines.append(f"⚠ STALE: refresh failing for {f.age(f.since(now, stale.since))}: "
                      f"{stale.error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from textual.pilot import Pilot
 from textual.widgets import DataTable
@@ -19,13 +20,13 @@ async def until(pilot: Pilot[None], cond: Callable[[], bool], within_s: float = 
         await pilot.pause(0.02)
 
 
-def cells(table: DataTable[object], row_key: str) -> dict[str, str]:
+def cells(table: DataTable[Any], row_key: str) -> dict[str, str]:
     """Column key -> displayed text of one row."""
     row = table.get_row(row_key)
     keys = [c.value for c in table.columns]
     return {str(k): str(v) for k, v in zip(keys, row, strict=True)}
 
 
-def column(table: DataTable[object], column_key: str) -> list[str]:
+def column(table: DataTable[Any], column_key: str) -> list[str]:
     """Displayed text of one column, top to bottom."""
     return [str(v) for v in table.get_column(column_key)]

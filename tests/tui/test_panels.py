@@ -38,7 +38,7 @@ async def test_every_panel_shows_the_fixture(dash_env: RuntimeEnv, config: Confi
         large = cells(accounts, "large")
         assert (large["equity"], large["day_pl"], large["cash"], large["bp"], large["pos"],
                 large["kill"], large["recon"], large["number"]) == (
-            "100,250.50", "+250.50", "50,125.25", "200,501.00", "3", "off", "reconciled",
+            "100,250", "+250.50", "50,125", "200,501", "3", "off", "✓",
             "PASIM0000001")
         tiny = cells(accounts, "tiny")
         assert (tiny["day_pl"], tiny["kill"], tiny["pos"]) == ("-10.00", "■ HALT", "1")

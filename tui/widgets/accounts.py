@@ -11,13 +11,15 @@ from tui import format as f
 from tui.data import AccountRow
 from tui.widgets.keyed_table import KeyedTable, Row
 
+RECON_MARK = {"reconciled": "✓", "reconciling": "…"}
+
 
 class AccountsTable(KeyedTable):
     BORDER_TITLE = "Accounts"
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
-        ("name", "Account"), ("kill", "Kill switch"), ("equity", "Equity"),
-        ("day_pl", "Day P&L"), ("cash", "Cash"), ("bp", "Buying power"), ("pos", "Pos"),
-        ("recon", "Reconcile"), ("number", "Broker acct"),
+        ("name", "Account"), ("kill", "Kill"), ("equity", "Equity"), ("day_pl", "Day P&L"),
+        ("cash", "Cash"), ("bp", "Buy pwr"), ("pos", "Pos"), ("recon", "Rec"),
+        ("number", "Broker acct"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "pl--gain", "pl--loss", "kill--on", "recon--pending", "number--mismatch",
@@ -40,13 +42,15 @@ class AccountsTable(KeyedTable):
         return (r.name, [
             self.styled(r.name),
             self.styled(kill, None if r.kill_switch == "off" else "kill--on"),
-            self.styled(f.money(r.equity)),
+            self.styled(f.dollars(r.equity)),
             self.styled(f.money(pl, signed=True),
                         None if not pl else "pl--gain" if pl > 0 else "pl--loss"),
-            self.styled(f.money(r.cash)),
-            self.styled(f.money(r.buying_power)),
+            self.styled(f.dollars(r.cash)),
+            self.styled(f.dollars(r.buying_power)),
             self.styled(str(r.open_positions)),
-            self.styled(r.reconciliation,
+            # ✓ reconciled with the broker since the dispatcher started; … not yet (the
+            # dispatcher stays closed); ? never recorded.
+            self.styled(RECON_MARK.get(r.reconciliation, "?"),
                         None if r.reconciliation == "reconciled" else "recon--pending"),
             self.styled(number, "number--mismatch" if r.number_mismatch else None),
         ])

@@ -22,9 +22,10 @@ class ProcessesTable(KeyedTable):
 
     BORDER_TITLE = "Processes"
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
-        ("status", "Status"), ("name", "Process"), ("account", "Account"), ("role", "Role"),
-        ("state", "State"), ("pid", "PID"), ("uptime", "Up"), ("heartbeat", "Beat"),
-        ("last_run", "Last run"), ("gap", "Gap"), ("restarts", "Restarts"),
+        # What answers "running? late?" first, so it survives an 80-column terminal.
+        ("status", "Status"), ("name", "Process"), ("heartbeat", "Beat"),
+        ("last_run", "Last run"), ("gap", "Gap"), ("state", "State"), ("pid", "PID"),
+        ("uptime", "Up"), ("restarts", "Restarts"), ("account", "Account"), ("role", "Role"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "status--ok", "status--late", "status--stalled", "status--idle", "status--paused",
@@ -48,17 +49,17 @@ class ProcessesTable(KeyedTable):
         return (r.name, [
             self.styled(f.status_text(status), component),
             self.styled(r.name),
-            self.styled(r.account or "*"),
-            self.styled(r.role),
-            self.styled(r.state, None if r.state == "RUNNING" else "status--down"),
-            self.styled("-" if r.pid is None else str(r.pid)),
-            self.styled(f.age(r.uptime_s(now))),
             self.styled(f.age(hb), "status--stalled" if status == "stalled" and hb is not None
                         and hb > r.bounds.heartbeat_stale_s else None),
             self.styled(f.age(run) + (f" {r.last_run_outcome}" if r.last_run_outcome
                                       not in (None, "ok") else "")),
             self.styled(f.signed_age(r.gap_s(now)), component if status == "late" else None),
+            self.styled(r.state, None if r.state == "RUNNING" else "status--down"),
+            self.styled("-" if r.pid is None else str(r.pid)),
+            self.styled(f.age(r.uptime_s(now))),
             self.styled(str(r.restarts_today), "status--late" if r.restarts_today else None),
+            self.styled(r.account or "*"),
+            self.styled(r.role),
         ])
 
     @property

@@ -1,0 +1,80 @@
+"""Snapshot tests (pytest-textual-snapshot) at 80x24 and 160x48, fixed data, frozen clock.
+
+The app opens its own Store inside the app's event loop (snap_compare runs the app with
+`App.run`), over the per-test Postgres holding the fixture. No supervisord here, so the
+screens also show how "supervisord unreachable" is said. Update snapshots only after
+looking at the report: `pytest tests/tui --snapshot-update`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from textual.pilot import Pilot
+
+from ops.config import Config
+from ops.env import RuntimeEnv
+from ops.store import Store
+from ops.supervisor import SupervisorClient
+from tests.tui.conftest import T
+from tests.tui.fixtures import write_fixture
+from tests.tui.helpers import until
+from tui.app import Dashboard
+from tui.data import DashboardData
+
+SnapCompare = Callable[..., bool]
+
+
+def _app(env: RuntimeEnv, config: Config) -> Dashboard:
+    async def write() -> None:
+        async with await Store.open(env, process="fixture") as store:
+            await write_fixture(store, T)
+
+    asyncio.run(write())
+
+    async def opener() -> DashboardData:
+        store = await Store.open(env, process="ops-dash")
+        return DashboardData(env, config, store, SupervisorClient.for_env(env, timeout_s=1),
+                             lambda: T)
+
+    async def close(data: DashboardData) -> None:
+        await data.store.close()
+
+    return Dashboard(opener, refresh_s=3600, on_exit=close)
+
+
+def _loaded(*keys: str) -> Callable[[Pilot[Any]], Any]:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        app = pilot.app
+        assert isinstance(app, Dashboard)
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.press(*keys)
+        await pilot.pause()
+
+    return run_before
+
+
+def test_small_terminal_processes(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                  config: Config) -> None:
+    assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
+                        run_before=_loaded())
+
+
+def test_small_terminal_positions(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                  config: Config) -> None:
+    assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
+                        run_before=_loaded("2"))
+
+
+def test_large_terminal_everything(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                   config: Config) -> None:
+    assert snap_compare(_app(dash_env, config), terminal_size=(160, 48),
+                        run_before=_loaded())
+
+
+def test_confirm_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                        config: Config) -> None:
+    assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
+                        run_before=_loaded("p"))
