@@ -71,7 +71,7 @@ class Alert:
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def text(self) -> str:
-        where = self.process or self.account or "-"
+        where = self.process or self.account or "the host"
         head = {"opened": "INCIDENT OPEN", "closed": "RESOLVED", "update": "INCIDENT UPDATE"}
         line = f"[ops-pipeline{' ' + self.host if self.host else ''}] {head[self.event]} "
         line += f"{self.kind} on {where}: {self.detail}"

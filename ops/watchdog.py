@@ -19,6 +19,8 @@ and the watchdog never disagree about what "stalled" means. On top of it:
                                                     the process stayed healthy `settle_s`
 - most of the fleet stalled at once (>= 3)       -> no kills; one "fleet-stalled" incident
                                                     (a shared cause: database, broker, host)
+- Postgres unreachable past the stale bound      -> one "database-unreachable" incident
+                                                    (`decide_database`)
 
 A process has at most one watchdog incident open (dedupe key `watchdog:<process>`): a
 restart loop bumps its restart count instead of opening hundreds.
@@ -42,6 +44,8 @@ _OPEN_OUTCOMES: Final = frozenset({"ok", "error", "timeout"})
 INCIDENT_PREFIX: Final = "watchdog:"
 #: State name and incident kind of "most of the fleet stalled at once" (not a process).
 MASS_STALE: Final = "fleet-stalled"
+#: State name and incident kind of "Postgres unreachable" (not a process either).
+DATABASE: Final = "database-unreachable"
 #: Fewer RUNNING heartbeating processes than this: every stalled one is judged on its own.
 MASS_STALE_MIN: Final = 3
 
@@ -300,8 +304,10 @@ def decide(
         new_state[p.name] = st
     _decide_mass(mass, observed, state.get(MASS_STALE, Tracked()), policy, now, actions,
                  new_state)
+    if DATABASE in state:  # decided by decide_database, carried over untouched
+        new_state[DATABASE] = state[DATABASE]
     # A process that left supervisord's config (or was renamed) cannot recover: close.
-    seen = {p.name for p in observed} | {MASS_STALE}
+    seen = {p.name for p in observed} | {MASS_STALE, DATABASE}
     for name, st in state.items():
         if name in seen or st.incident is None:
             continue
@@ -447,6 +453,37 @@ def _decide_one(
         return st
     # starting / late / transient states: no verdict yet, and not healthy either.
     return replace(st, healthy_since=None)
+
+
+def decide_database(
+    down_since: float | None,
+    st: Tracked,
+    policy: Policy,
+    now: float,
+    pending_rows: int,
+) -> tuple[list[Action], Tracked]:
+    """Postgres unreachable (since `down_since`, None = reachable) longer than the stale
+    bound opens one incident; it closes once Postgres has answered for the stale bound.
+    Nothing is lost meanwhile (writes are buffered), but nobody should learn of an outage
+    from a dashboard by chance."""
+    key = incident_key(DATABASE)
+    if down_since is not None:
+        st = replace(st, healthy_since=None)
+        if st.incident is None and now - down_since > policy.heartbeat_stale_s:
+            detail = (f"Postgres unreachable for {now - down_since:.0f}s; writes are buffered "
+                      f"locally ({pending_rows} rows pending) and replayed when it returns")
+            return ([OpenIncident(key, DATABASE, None, None, detail)],
+                    replace(st, incident=IncidentMemo(key, DATABASE, down_since)))
+        return [], st
+    if st.incident is None:
+        return [], st
+    since = st.healthy_since if st.healthy_since is not None else now
+    if now - since >= policy.heartbeat_stale_s:
+        inc = st.incident
+        return ([CloseIncident(key, None, DATABASE, now - inc.opened_at, 0,
+                               f"Postgres answers again ({pending_rows} rows left to replay)")],
+                Tracked())
+    return [], replace(st, healthy_since=since)
 
 
 def adopt_open(state: WatchState, open_keys: Mapping[str, tuple[str, float, int]]) -> dict[

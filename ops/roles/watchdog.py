@@ -67,6 +67,7 @@ from ops.metrics import (
 from ops.models import Heartbeat, RunRecord
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable
 from ops.watchdog import (
+    DATABASE,
     Action,
     BumpIncident,
     CloseIncident,
@@ -80,6 +81,7 @@ from ops.watchdog import (
     Tracked,
     adopt_open,
     decide,
+    decide_database,
     observe,
 )
 
@@ -345,6 +347,7 @@ class Watchdog:
         self.ticks = 0
         self._adopted = False
         self._skip_reason: str | None = None
+        self._db_down_since: float | None = None
         self._others: dict[str, Any] = {}  # role incidents seen open, by id
         self._activity: dict[str, tuple[int, int]] | None = None
         self._activity_at = 0.0
@@ -466,7 +469,9 @@ class Watchdog:
         decision = decide(observed, events, self.state, self.policy, now.timestamp())
         self.state = decision.state
         self.statuses = dict(decision.statuses)
-        for action in decision.actions:
+        actions = list(decision.actions)
+        actions += await self._database_actions(now.timestamp())
+        for action in actions:
             try:
                 await self._act(action, now)
             except Exception:
@@ -476,6 +481,20 @@ class Watchdog:
         self.last_pass_ok = time.monotonic()
         if self.exporter is not None:
             await self._publish(observed, decision.statuses, inputs, now, time.monotonic() - t0)
+
+    async def _database_actions(self, now: float) -> list[Action]:
+        if self.store.database_reachable:
+            self._db_down_since = None
+        elif self._db_down_since is None:
+            self._db_down_since = now
+        pending = (await self._io("buffer status", self.store.buffer_status())).pending
+        actions, st = decide_database(self._db_down_since, self.state.get(DATABASE, Tracked()),
+                                      self.policy, now, pending)
+        if st.incident is not None or st.healthy_since is not None:
+            self.state[DATABASE] = st
+        else:
+            self.state.pop(DATABASE, None)
+        return actions
 
     # --- actions ---------------------------------------------------------------------------
 
@@ -490,7 +509,8 @@ class Watchdog:
             await self._rpc(self.sup.start, action.qualified, False)
             self.restarts[action.process] = self.restarts.get(action.process, 0) + 1
         elif isinstance(action, OpenIncident):
-            log.error("INCIDENT OPEN %s on %s: %s", action.kind, action.process, action.detail)
+            log.error("INCIDENT OPEN %s on %s: %s", action.kind,
+                      action.process or action.account or "the host", action.detail)
             await self._io("open incident", self.store.open_incident(
                 action.kind, detail=action.detail, process=action.process,
                 account=action.account, dedupe_key=action.key, at=now))
@@ -509,8 +529,8 @@ class Watchdog:
                               action.process, None, action.detail, now)
         elif isinstance(action, CloseIncident):
             log.warning("INCIDENT CLOSED %s on %s after %.0fs, %d restart(s): %s",
-                        action.kind, action.process, action.duration_s, action.restarts,
-                        action.detail)
+                        action.kind, action.process or action.account or "the host",
+                        action.duration_s, action.restarts, action.detail)
             await self._io("close incident", self.store.close_incident(
                 dedupe_key=action.key, at=now))
             opened = datetime.fromtimestamp(now.timestamp() - action.duration_s, UTC)

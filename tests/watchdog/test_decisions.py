@@ -366,3 +366,28 @@ def test_never_more_than_half_the_fleet_is_killed_in_one_pass(
     killed = [a for a in d.actions if isinstance(a, Kill)]
     if len(eligible) >= 3:
         assert 2 * len(killed) <= len(eligible)
+
+
+def test_database_outage_is_one_incident_opened_after_the_stale_bound() -> None:
+    from ops.watchdog import DATABASE, decide_database
+
+    st = Tracked()
+    acts, st = decide_database(1000.0, st, POLICY, 1003.0, 12)
+    assert acts == []  # a blip shorter than the stale bound says nothing
+    acts, st = decide_database(1000.0, st, POLICY, 1006.0, 40)
+    assert kinds(acts) == ["OpenIncident"]
+    opened = acts[0]
+    assert isinstance(opened, OpenIncident) and opened.kind == DATABASE
+    assert "unreachable for 6s" in opened.detail and "40 rows pending" in opened.detail
+    acts, st = decide_database(1000.0, st, POLICY, 1060.0, 900)
+    assert acts == []
+    # decide() carries the entry over untouched.
+    st2 = decide([proc()], [], {DATABASE: st}, POLICY, 1061.0).state[DATABASE]
+    assert st2 == st
+    acts, st = decide_database(None, st, POLICY, 1070.0, 900)
+    assert acts == []
+    acts, st = decide_database(None, st, POLICY, 1075.0, 10)
+    assert kinds(acts) == ["CloseIncident"]
+    close = acts[0]
+    assert isinstance(close, CloseIncident) and close.duration_s == 75.0
+    assert st.incident is None

@@ -386,11 +386,20 @@ def test_postgres_stopped_the_watchdog_works_from_the_buffer(stack: Stack) -> No
         rows = poll("the incident in the buffer", lambda: asyncio.run(buffered()), 10)
         assert rows[0].kind == "hung"
         assert "hung on large-dispatcher" in stack.log()
+        # The outage itself is an incident too, and its alert does not need Postgres.
+        poll("a database incident", lambda: "INCIDENT OPEN database-unreachable" in stack.log(),
+             15)
+        poll("its alert", lambda: any("database-unreachable" in t
+                                      for t in stack.receiver.texts()), 10)
     finally:
         stack.pg.start()
     rows = poll("the incident replayed into Postgres",
                 lambda: r if len(r := stack.incidents(name)) > before else [], 30)
     assert rows[-1]["kind"] == "hung"
+    db = poll("the database incident closed, in Postgres", lambda: [
+        r for r in stack.query("SELECT * FROM incidents WHERE kind = 'database-unreachable'")
+        if r["closed_at"] is not None], 30)
+    assert len(db) == 1 and db[0]["closed_at"] > db[0]["opened_at"]
 
 
 def test_deadman_pings_once_everything_is_healthy(stack: Stack) -> None:
