@@ -61,7 +61,10 @@ class Problem:
     message: str
 
     def render(self, source: str) -> str:
-        where = f"{source}: {self.path}" if self.path else source
+        # A key may hold control or bidi characters (a hostile `[accounts."x\u202e"]`):
+        # shown escaped, so the line cannot hide or reorder what follows it.
+        path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.path)
+        where = f"{source}: {path}" if path else source
         return f"{where}: {self.message}"
 
 
@@ -99,7 +102,9 @@ def _show(value: object) -> str:
 
 def _num(value: object) -> str:
     """Numbers as people write them in TOML: 20.0 -> 20, 0.5 -> 0.5."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
+    return str(value)
 
 
 def _join(loc: Iterable[str | int]) -> str:
@@ -249,6 +254,10 @@ def _home_path_check(value: str) -> str:
             )
     if not value:
         raise PydanticCustomError("string_too_short", "must not be empty")
+    if ".." in re.split(r"[/\\]", value):
+        # `${OPS_HOME}/../x` leaves the runtime dir while reading as if inside it.
+        raise PydanticCustomError(
+            "path_traversal", "must not contain '..' components: write the path it means")
     return value
 
 
@@ -283,7 +292,9 @@ def _loopback_check(value: str) -> str:
     return value
 
 
-Seconds = Annotated[float, Field(gt=0)]
+# 366 days: longer is a typo, and huge values overflow socket timeouts and time_t.
+MAX_SECONDS = 31_622_400
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 Money = Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
 Quantity = Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
 OriginUrl = Annotated[str, _url_check(("http", "https"), origin=True)]
@@ -833,6 +844,9 @@ def load_config_text(text: str, source: str) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [_toml_problem(exc, text)]) from None
+    except RecursionError:  # tomllib recurses per nested array/inline table
+        raise ConfigError(source, [Problem("", "invalid TOML: arrays or inline tables "
+                                               "nested too deeply")]) from None
     return config_from_mapping(data, source)
 
 
