@@ -1,0 +1,44 @@
+"""The watchdog's own read of the last completed runs (index probes, not a ledger scan)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ops.alerts import Outbox
+from ops.config import load_config
+from ops.env import RuntimeEnv
+from ops.models import RunRecord
+from ops.roles.watchdog import Watchdog
+from ops.store import Store
+from ops.supervisor import SupervisorClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rec(process: str, finished: datetime | None, outcome: str = "ok") -> RunRecord:
+    slot = finished or datetime.now(UTC)
+    return RunRecord(RunRecord.make_slot_id("large", process, slot), process, "large",
+                     "dispatcher", slot, slot, slot, finished, outcome, 0.25)
+
+
+async def test_latest_runs_agrees_with_the_store(ops_env: RuntimeEnv, ops_store: Store,
+                                                 tmp_path: Path) -> None:
+    ops_env.config_path.write_text((ROOT / "conf" / "ops.toml").read_text())
+    t0 = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+    for i in range(5):
+        await ops_store.record_run(rec("a", t0 + timedelta(seconds=i)))
+        await ops_store.record_run(rec("b", t0 + timedelta(seconds=2 * i), "idle-market-closed"))
+    await ops_store.record_run(rec("a", None, "running"))  # in flight: not completed
+    outbox = await Outbox.open(tmp_path / "alerts.sqlite3")
+    try:
+        wd = Watchdog(ops_env, load_config(ops_env.config_path), ops_store,
+                      SupervisorClient(tmp_path / "none.sock"), outbox, sinks=[])
+        mine, source = await wd.latest_runs(["a", "b", "never-ran"])
+        assert source == "postgres"
+        theirs = {r.process: r for r in (await ops_store.latest_runs()).rows}
+        assert mine == theirs
+        assert mine["a"].finished_at == t0 + timedelta(seconds=4)
+        assert mine["b"].outcome == "idle-market-closed" and mine["b"].lateness_s == 0.25
+    finally:
+        await outbox.close()
