@@ -86,6 +86,29 @@ async def test_runs_never_go_backwards(store: Store, db: asyncpg.Connection) -> 
         ("pm", "error", T0 + timedelta(minutes=1))]
 
 
+async def test_latest_runs_is_the_last_completed_run_of_every_process(
+    store: Store, db: asyncpg.Connection
+) -> None:
+    # Interleaved processes, an in-flight slot newer than the last completed one, and a
+    # process whose only run is still running: the index-skipping query must agree with
+    # the plain definition (DISTINCT ON over the whole ledger).
+    procs = ["a-dispatcher", "b-stream", "c-pm", "d-only-running"]
+    for k in range(30):
+        for i, proc in enumerate(procs[:3]):
+            slot = T0 + timedelta(seconds=k * 5 + i)
+            await store.record_run(run_record(proc, slot, outcome="error" if k % 7 else "ok"))
+    await store.record_run(run_record("b-stream", T0 + timedelta(hours=1), outcome="running"))
+    await store.record_run(run_record("d-only-running", T0, outcome="running"))
+    snap = await store.latest_runs()
+    expected = await db.fetch("""
+        SELECT DISTINCT ON (process) process, slot_time, outcome FROM runs
+        WHERE finished_at IS NOT NULL AND outcome <> 'running'
+        ORDER BY process, finished_at DESC""")
+    got = sorted((r.process, r.slot_time, r.outcome) for r in snap.rows)
+    assert got == [(r["process"], r["slot_time"], r["outcome"]) for r in expected]
+    assert [p for p, _, _ in got] == procs[:3]
+
+
 async def test_heartbeats_guarded_by_ts(store: Store) -> None:
     await store.heartbeat(heartbeat("p1", T0 + timedelta(seconds=2), n=2))
     await store.heartbeat(heartbeat("p1", T0, n=1))
