@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-async def seed(url: str) -> None:
+async def seed(url: str, now: datetime = NOW) -> None:
+    """Ledger rows relative to `now`; the CLI test passes the real time it runs at."""
+    NOW = now  # noqa: N806 - shadows the module's frozen clock for the rows below
     conn = await connect(url)
     try:
         rows = []
@@ -116,7 +118,8 @@ def test_cli_json_text_and_bad_input(env: RuntimeEnv) -> None:
     import asyncio
 
     assert env.database_url
-    asyncio.run(seed(env.database_url))
+    # The subprocess reads the real clock: seed relative to it, not to the import time.
+    asyncio.run(seed(env.database_url, datetime.now(UTC).replace(microsecond=0)))
     run = subprocess.run([sys.executable, "-m", "ops", "gaps", "--since", "24h", "--json"],
                          capture_output=True, text=True, env=environ(env), cwd=ROOT, timeout=60)
     assert run.returncode == 0, run.stderr
