@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from bench.common import ROOT, BenchResult, Figure, bench_main, free_port, tmp_dir
 from ops.env import RuntimeEnv
@@ -88,7 +88,7 @@ def label(p: psutil.Process) -> str:
     for word in ("signal-engine", "watchdog", " sim "):
         if word in text:
             return word.strip()
-    return p.name()
+    return str(p.name())
 
 
 def stack_processes(env: RuntimeEnv) -> list[psutil.Process]:
