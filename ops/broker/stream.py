@@ -221,8 +221,10 @@ class TradeStream:
         # The report is stored as Postgres text, which refuses NUL and lone surrogates: a
         # frame holding them would lose its record. Raw frames become escaped text.
         error = storable_text(error)
-        if isinstance(raw, str | bytes):
+        if isinstance(raw, str):
             raw = storable_text(raw)
+        elif isinstance(raw, bytes):  # stays bytes, now valid UTF-8 without NUL
+            raw = storable_text(raw).encode()
         log.warning("%r: bad message: %s", self, error)
         try:
             await self._on_bad_message(raw, error)

@@ -133,9 +133,10 @@ def test_every_frame_is_delivered_or_reported_never_raised(frame: object) -> Non
         assert delivered or reported, f"frame silently dropped: {frame!r:.200}"
     for raw, error in rec.bad:
         assert error.strip()
-        for text in (error, raw if isinstance(raw, str | bytes) else ""):
-            # Stored as Postgres text (incidents): no NUL, valid UTF-8, already str.
-            assert isinstance(text, str) and "\x00" not in text
+        shown = raw.decode("utf-8") if isinstance(raw, bytes) else raw  # valid UTF-8
+        for text in (error, shown if isinstance(shown, str) else ""):
+            # Stored as Postgres text (incidents): no NUL, no lone surrogates.
+            assert "\x00" not in text
             text.encode("utf-8")
 
 
@@ -168,7 +169,8 @@ async def test_bad_message_reports_are_storable_in_postgres(ops_store: Store) ->
         await ts._frame(frame)
     assert len(rec.bad) == len(HOSTILE_FRAMES) and not rec.updates
     for i, (raw, error) in enumerate(rec.bad):
-        shown = raw if isinstance(raw, str) else json.dumps(raw)
+        shown = raw if isinstance(raw, str) else (
+            raw.decode() if isinstance(raw, bytes) else json.dumps(raw))
         await ops_store.open_incident("stream-bad-message", detail=f"{error}; message: {shown}",
                                       process="tiny-stream", dedupe_key=f"bad-{i}")
     snap = await ops_store.open_incidents()
