@@ -5,12 +5,15 @@ role) of the example production config has exactly one task definition and nothi
 does; each command is one the `ops` CLI accepts, with ACCOUNT_TIER substituted; the role
 runs as PID 1 (`exec`); the image is the same everywhere; the container is non-root; no
 secret travels as a plain environment value (the database URL comes from Secrets Manager);
-ECS waits longer than the daemon's grace before SIGKILL.
+ECS waits longer than the daemon's grace before SIGKILL. And for the Dockerfile (its lint
+and PID-1/USER/HEALTHCHECK shape are tests/test_dockerfile.py): the default config is one
+whose credentials come from Secrets Manager, and config dir and OPS_HOME are volumes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -21,6 +24,7 @@ from typing import Any
 import pytest
 
 from ops.cli import build_parser
+from ops.config import load_config
 from ops.daemon import DEFAULT_GRACE_S
 from ops.roles.runtime import PER_ACCOUNT_ROLES, ROLES
 
@@ -75,8 +79,10 @@ def test_one_task_per_account_role_and_shared_role() -> None:
         key = (args.account, args.role)
         assert key not in seen, f"two task definitions run {key}"
         seen.add(key)
-    want = {(a, r) for a in production_accounts() for r in PER_ACCOUNT_ROLES}
-    want |= {(None, r) for r in ROLES if r not in PER_ACCOUNT_ROLES}
+    want: set[tuple[str | None, str]] = {
+        (a, r) for a in production_accounts() for r in PER_ACCOUNT_ROLES}
+    shared: set[tuple[str | None, str]] = {(None, r) for r in ROLES if r not in PER_ACCOUNT_ROLES}
+    want |= shared
     assert seen == want
 
 
@@ -99,3 +105,35 @@ def test_container_shape(family: str) -> None:
     assert cont["essential"] is True
     assert {m["containerPath"] for m in cont["mountPoints"]} == {env["OPS_HOME"]}
     assert td["taskRoleArn"].startswith("arn:aws:iam::")
+
+
+def _dockerfile() -> str:
+    """The Dockerfile without comment lines (its comments show other OPS_CONFIG values)."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    return "\n".join(ln for ln in lines if not ln.lstrip().startswith("#"))
+
+
+def test_image_defaults_to_secrets_manager_config() -> None:
+    """The image's default OPS_CONFIG is a COPY of a config whose credentials come from AWS
+    Secrets Manager (the demo's file provider is opt-in)."""
+    text = _dockerfile()
+    config_path = re.search(r"OPS_CONFIG=(\S+)", text)
+    assert config_path, "Dockerfile sets no default OPS_CONFIG"
+    copies = re.findall(r"(?m)^COPY\s+(\S+)\s+(\S+)\s*$", text)
+    sources = [src for src, dest in copies if dest == config_path[1]]
+    assert sources, f"nothing is copied to the default OPS_CONFIG {config_path[1]}"
+    cfg = load_config(ROOT / sources[0])
+    assert cfg.credentials.provider == "aws"
+    cmd = json.loads(re.findall(r"(?m)^CMD\s+(\[.*\])\s*$", text)[-1])
+    assert "--demo" not in cmd, "the default command must not be the demo"
+
+
+def test_config_and_home_are_volumes() -> None:
+    text = _dockerfile()
+    volumes = [v for line in re.findall(r"(?m)^VOLUME\s+(\[.*\])\s*$", text)
+               for v in json.loads(line)]
+    home = re.search(r"OPS_HOME=(\S+)", text)
+    config = re.search(r"OPS_CONFIG=(\S+)", text)
+    assert home and config
+    assert home[1] in volumes
+    assert str(Path(config[1]).parent) in volumes
