@@ -74,7 +74,7 @@ def normalise(name: str, result: dict[str, Any], before: tuple[float, ...]) -> d
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
+    if isinstance(v, int | float) and not isinstance(v, bool):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
 
@@ -104,13 +104,38 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The figures as a Markdown table (for docs/performance.md)."""
+    lines = ["| benchmark | metric | value | baseline (same run) | target | met | load 1 min "
+             "| note |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        load = r.get("load_before")
+        load_txt = f"{load[0]:.2f}" if load else ""
+        if r.get("error"):
+            lines.append(f"| {r['bench']} | ERROR | | | | | {load_txt} | {r['error'][:160]} |")
+            continue
+        for f in r["figures"]:
+            unit = f" {f['unit']}" if f.get("unit") else ""
+            base = (f"{_fmt(f.get('baseline'))} ({f['baseline_name']})"
+                    if f.get("baseline_name") else "")
+            ok = {True: "yes", False: "**no**", None: ""}[f.get("meets")]
+            lines.append(f"| {r['bench']} | {f['metric']} | {_fmt(f['value'])}{unit} | {base} "
+                         f"| {f.get('target') or ''} | {ok} | {load_txt} | {f.get('note', '')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (harness smoke test)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"),
                         metavar="PATH", help="where to write the JSON results")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the table of an existing --json file as Markdown and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.json).read_text())))
+        return 0
     names = [n for n in args.only.split(",") if n] or list(BENCHES)
     unknown = sorted(set(names) - set(BENCHES))
     if unknown:
