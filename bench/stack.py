@@ -260,8 +260,11 @@ def run(quick: bool) -> BenchResult:
             note=f"gap bound position-manager = {PM_GAP_BOUND_S}s (config)"))
         imports = heavy_imports()
         res.params["heavy_imports"] = imports
+        # Every trading role talks to the broker (the signal engine too: positions and
+        # prices per account through a bound Broker); the watchdog, the simulator and
+        # `ops status` have no business loading alpaca-py.
         needless = [r for r, mods in imports.items()
-                    if "alpaca" in mods and r in ("signal-engine", "watchdog", "status")]
+                    if "alpaca" in mods and r in ("watchdog", "sim", "status")]
         res.notes.append("imports alpaca-py: " + ", ".join(r for r, m in imports.items()
                                                              if "alpaca" in m))
         res.figures.append(Figure("roles importing alpaca-py needlessly", "count", len(needless),
