@@ -36,7 +36,7 @@ Bare().run()
 def dashboard_figures(loads: int) -> tuple[dict[str, dict[str, float]], str]:
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "dashboard.py"),
                            "--loads", str(loads)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600)
+                          timeout=1100)
     if proc.returncode != 0:
         raise RuntimeError(f"bench/dashboard.py exited {proc.returncode}: {proc.stderr[-500:]}")
     out: dict[str, dict[str, float]] = {}
@@ -92,7 +92,7 @@ def idle_cpu(argv: list[str], env: dict[str, str], settle_s: float, window_s: fl
 
 def run(quick: bool) -> BenchResult:
     # bench/dashboard.py spends minutes writing 2,000 positions per load on a busy machine.
-    loads, settle_s, window_s = (3, 4.0, 3.0) if quick else (6, 8.0, 20.0)
+    loads, settle_s, window_s = (2, 4.0, 3.0) if quick else (3, 8.0, 20.0)
     res = BenchResult("dashboard", params={"loads": loads, "idle_window_s": window_s})
     figs, headline = dashboard_figures(loads)
     res.notes.append(headline)
