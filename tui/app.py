@@ -10,7 +10,8 @@ stale marker, so a failing read never takes the dashboard down.
 
 Layout: banner, accounts, then four panels (processes, positions, incidents, orders &
 fills): a 2x2 grid on large terminals, one panel at a time (keys 1-4, Tab strip) on small
-ones; breakpoints set the -wide/-tall screen classes. Colours live in app.tcss.
+ones, processes above one other panel on tall narrow ones; breakpoints set the
+-narrow/-wide and -short/-tall screen classes. Colours live in app.tcss.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class Dashboard(App[None]):
         self.stale: StaleInfo | None = None
         self._dirty = False  # a state arrived while a modal was open
         self.loads = 0  # completed loads (tests wait on it)
+        # Tall but narrow terminals show processes above one other panel: this one.
+        self._lower = "positions"
 
     @property
     def data(self) -> DashboardData:
@@ -114,7 +117,7 @@ class Dashboard(App[None]):
         yield Static("", id="panel-tabs", markup=False)
         with Container(id="panels"):
             yield ProcessesTable(id="processes", classes="panel -active")
-            yield PositionsTable(id="positions", classes="panel")
+            yield PositionsTable(id="positions", classes="panel -lower")
             yield IncidentsTable(id="incidents", classes="panel")
             yield FeedTable(id="feed", classes="panel")
         yield Footer(compact=True)
@@ -173,12 +176,21 @@ class Dashboard(App[None]):
         now = self.now()
         state = self.state.filtered(self.account_filter)
         self.query_one(Banner).show(state, now, self.account_filter, self.stale)
-        self.query_one(ProcessesTable).show(state.processes, now)
-        self.query_one(PositionsTable).show(state.positions, now)
-        self.query_one(IncidentsTable).show(state.incidents, now)
+        # Render only what is visible: a hidden panel catches up when it is shown.
+        processes = self.query_one(ProcessesTable)
+        if processes.display:
+            processes.show(state.processes, now)
+        positions = self.query_one(PositionsTable)
+        if positions.display:
+            positions.show(state.positions, now)
+        incidents = self.query_one(IncidentsTable)
+        if incidents.display:
+            incidents.show(state.incidents, now)
         if data_changed:
             self.query_one(AccountsTable).show(state.accounts)
-            self.query_one(FeedTable).show(state.feed)
+        feed = self.query_one(FeedTable)
+        if feed.display and (data_changed or not feed.row_count):
+            feed.show(state.feed)
         self._show_tabs(state)
 
     def _show_tabs(self, state: DashboardState) -> None:
@@ -342,12 +354,16 @@ class Dashboard(App[None]):
         self.panel = name
 
     def watch_panel(self, name: str) -> None:
+        if name != "processes":
+            self._lower = name
         for key, _ in PANELS:
-            self.query_one(f"#{key}").set_class(key == name, "-active")
+            panel = self.query_one(f"#{key}")
+            panel.set_class(key == name, "-active")
+            panel.set_class(key == self._lower, "-lower")
         table = self.query_one(f"#{name}", DataTable)
         table.focus()
-        if self.state is not None:
-            self._show_tabs(self.state.filtered(self.account_filter))
+        # Styles of the newly shown panel apply on the next refresh; render then.
+        self.call_after_refresh(self.render_state)
 
     def action_help(self) -> None:
         bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]

@@ -37,6 +37,7 @@ from ops.status import (
 from ops.store import Snapshot, Store, is_outage
 from ops.store.status import start_of_trading_day
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
+from tui.format import qty as fmt_qty
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +174,16 @@ class FeedRow:
     symbol: str
     side: str
     qty: Decimal | None
+    notional: Decimal | None  # dollar-sized orders (qty None)
     price: Decimal | None
     status: str  # order status, or fill / partial_fill
+
+    @property
+    def size(self) -> str:
+        """Shares/contracts, or "$40" for a dollar-sized order."""
+        if self.qty is None and self.notional is not None:
+            return f"${self.notional:,.2f}".replace(".00", "")
+        return fmt_qty(self.qty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,12 +250,13 @@ def _dec(value: Any) -> Decimal | None:
 
 _FEED_SQL = """
 (SELECT 'order:' || id AS key, updated_at AS ts, account, 'order' AS kind, symbol, side,
-        coalesce(qty, notional) AS qty, coalesce(filled_avg_price, limit_price) AS price,
+        qty, notional, coalesce(filled_avg_price, limit_price) AS price,
         status
    FROM orders ORDER BY updated_at DESC LIMIT $1)
 UNION ALL
 (SELECT 'fill:' || f.account || ':' || f.event_key, f.ts, f.account, 'fill',
-        coalesce(f.symbol, o.symbol, '?'), coalesce(o.side, ''), f.qty, f.price, f.event
+        coalesce(f.symbol, o.symbol, '?'), coalesce(o.side, ''), f.qty, NULL::numeric,
+        f.price, f.event
    FROM fills f LEFT JOIN orders o ON o.id = f.order_id ORDER BY f.ts DESC LIMIT $1)
 ORDER BY ts DESC LIMIT $1
 """
@@ -356,7 +366,8 @@ class DashboardData:
         return (
             [FeedRow(key=r["key"], ts=r["ts"], account=r["account"], kind=r["kind"],
                      symbol=r["symbol"], side=r["side"], qty=_dec(r["qty"]),
-                     price=_dec(r["price"]), status=r["status"]) for r in feed],
+                     notional=_dec(r["notional"]), price=_dec(r["price"]),
+                     status=r["status"]) for r in feed],
             [IncidentRow(id=r["id"], kind=r["kind"],
                          where=r["process"] or r["account"] or "-", detail=r["detail"],
                          opened_at=r["opened_at"], closed_at=r["closed_at"],

@@ -86,6 +86,8 @@ def signed_age(seconds: float | None) -> str:
     """A gap against the interval: +12s late, -3s early."""
     if seconds is None:
         return "-"
+    if abs(seconds) < 1:
+        return "0s"
     return ("+" if seconds >= 0 else "-") + age(abs(seconds))
 
 

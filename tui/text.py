@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from tui import format as f
-from tui.data import DashboardState
+from tui.data import DashboardState, describe_symbol
 
 _ORDER = ("ok", "idle", "paused", "starting", "late", "stalled", "down")
 
@@ -113,7 +113,7 @@ def render_text(state: DashboardState, now: datetime, account: str | None = None
     if st.feed:
         out += _table(
             ["TIME", "ACCOUNT", "WHAT", "SIDE", "SYMBOL", "QTY", "PRICE", "STATUS"],
-            [[f.clock(r.ts), r.account, r.kind, r.side, r.symbol, f.qty(r.qty),
+            [[f.clock(r.ts), r.account, r.kind, r.side, describe_symbol(r.symbol), r.size,
               f.price(r.price), r.status] for r in st.feed[:20]])
     else:
         out.append("none" if state.database.reachable else "unknown (Postgres unreachable)")

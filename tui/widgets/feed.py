@@ -30,7 +30,7 @@ class FeedTable(KeyedTable):
             self.styled(r.kind, "feed--fill" if r.kind == "fill" else None),
             self.styled(r.side, f"side--{r.side}" if r.side in ("buy", "sell") else None),
             self.styled(describe_symbol(r.symbol)),
-            self.styled(f.qty(r.qty)),
+            self.styled(r.size),
             self.styled(f.price(r.price)),
             self.styled(r.status, "feed--rejected" if bad else
                         "feed--fill" if r.kind == "fill" else None),

@@ -11,29 +11,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 from textual.widgets import DataTable
 
-Cell = Text
 _AS_TEXT: Any = object()
-Row = tuple[str, Sequence[Cell]]  # (row key, cells in column order)
+Row = tuple[str, Sequence["SortText"]]  # (row key, cells in column order)
 
 
-class KeyedTable(DataTable[Cell]):
+class KeyedTable(DataTable["SortText"]):
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = ()  # (column key, label)
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes, cursor_type="row", zebra_stripes=True)
-        self._values: dict[str, tuple[Cell, ...]] = {}
+        self._values: dict[str, tuple[SortText, ...]] = {}
+        self._widths: dict[str, int] = {}  # widest cell seen per column
+        self._cell_styles: dict[str, Style] = {}
 
     def on_mount(self) -> None:
         for key, label in self.COLUMNS:
             self.add_column(label, key=key)
 
     def style_of(self, component: str) -> Style:
-        """The style app.tcss gives `component` (one of COMPONENT_CLASSES)."""
-        return self.get_component_rich_style(component, partial=True)
+        """The style app.tcss gives `component` (one of COMPONENT_CLASSES); cached until
+        the stylesheet or theme changes."""
+        style = self._cell_styles.get(component)
+        if style is None:
+            style = self._cell_styles[component] = self.get_component_rich_style(
+                component, partial=True)
+        return style
+
+    def notify_style_update(self) -> None:
+        self._cell_styles = {}
+        super().notify_style_update()
 
     def styled(self, text: str, component: str | None = None,
                sort_value: Any = _AS_TEXT) -> SortText:
@@ -66,22 +79,63 @@ class KeyedTable(DataTable[Cell]):
                 old = self._values.get(key)
                 if old is None:
                     self.add_row(*new, key=key)
+                    for col, cell in zip(columns, new, strict=True):
+                        self._widths[col] = max(self._widths.get(col, 0), cell.cell_len)
                 elif old != new:
                     for col, before, after in zip(columns, old, new, strict=True):
                         if before != after or _sort_value(before) != _sort_value(after):
-                            self.update_cell(key, col, after, update_width=True)
+                            # Columns only grow: asking DataTable to fit a cell that got
+                            # narrower re-measures the whole column (quadratic over
+                            # thousands of rows: see bench/dashboard.py).
+                            grow = after.cell_len > self._widths.get(col, 0)
+                            if grow:
+                                self._widths[col] = after.cell_len
+                            self.update_cell(key, col, after, update_width=grow)
                 self._values[key] = new
             if sort is not None and self.row_count > 1:
                 column, reverse = sort
                 self.sort(column, key=_sort_value, reverse=reverse)
 
 
-class SortText(Text):
-    """A cell that sorts by `sort_value` (a number, a time, a tuple) and shows its text."""
+class SortText:
+    """A one-line cell: text in one style, sorted by `sort_value` (a number, a time...).
 
-    def __init__(self, text: str, sort_value: Any, style: str | Style = "") -> None:
-        super().__init__(text, style=style, end="")
+    A plain slotted object rather than a rich Text: a refresh builds thousands of cells
+    and Text's constructor dominated the cost (bench/dashboard.py); only the rows on
+    screen are ever rendered.
+    """
+
+    __slots__ = ("plain", "sort_value", "style")
+
+    def __init__(self, text: str, sort_value: Any, style: Style | str = "") -> None:
+        self.plain = text
         self.sort_value = sort_value
+        self.style = style
+
+    @property
+    def cell_len(self) -> int:
+        return cell_len(self.plain)
+
+    def __str__(self) -> str:
+        return self.plain
+
+    def __repr__(self) -> str:
+        return f"SortText({self.plain!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SortText) and self.plain == other.plain and \
+            self.style == other.style
+
+    def __hash__(self) -> int:
+        return hash(self.plain)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Segment(self.plain, console.get_style(self.style) if isinstance(self.style, str)
+                      else self.style)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        n = cell_len(self.plain)
+        return Measurement(n, n)
 
 
 def _sort_value(cell: Any) -> Any:

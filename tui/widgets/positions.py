@@ -15,7 +15,7 @@ from textual.reactive import reactive
 
 from tui import format as f
 from tui.data import PositionRow
-from tui.widgets.keyed_table import KeyedTable, Row
+from tui.widgets.keyed_table import KeyedTable, Row, SortText
 
 
 class PositionsTable(KeyedTable):
@@ -36,10 +36,15 @@ class PositionsTable(KeyedTable):
         super().__init__(id=id, classes=classes)
         self.items: dict[str, PositionRow] = {}
         self._now: datetime | None = None
+        self._cells: dict[str, tuple[PositionRow, list[SortText]]] = {}
+        self._held: dict[str, SortText] = {}
 
     def show(self, rows: Sequence[PositionRow], now: datetime) -> None:
         self.items = {r.key: r for r in rows}
         self._now = now
+        for gone in [k for k in self._cells if k not in self.items]:
+            del self._cells[gone]
+            self._held.pop(gone, None)
         self.sync([self._row(r, now) for r in rows], sort=self.sort_by)
         self.border_subtitle = self._subtitle()
 
@@ -60,14 +65,28 @@ class PositionsTable(KeyedTable):
         else:
             self.sort_by = (keys[(keys.index(column) + 1) % len(keys)], False)
 
-    def _pl(self, text: str, v: Decimal | None) -> str | None:
+    def _pl(self, v: Decimal | None) -> str | None:
         if v is None or v == 0:
             return None
         return "pl--gain" if v > 0 else "pl--loss"
 
     def _row(self, r: PositionRow, now: datetime) -> Row:
+        # Cells are built once per distinct row value and reused: with thousands of
+        # positions, building cell objects dominated each refresh (bench/dashboard.py).
+        cached = self._cells.get(r.key)
+        if cached is None or cached[0] != r:
+            cached = (r, self._static_cells(r))
+            self._cells[r.key] = cached
         held = f.since(now, r.opened_at)
-        return (r.key, [
+        text = f.age(held)
+        cell = self._held.get(r.key)
+        if cell is None or cell.plain != text:
+            cell = self.styled(text, sort_value=held)
+            self._held[r.key] = cell
+        return (r.key, [*cached[1], cell])
+
+    def _static_cells(self, r: PositionRow) -> list[SortText]:
+        return [
             self.styled(r.account, sort_value=r.key),
             self.styled(r.description),
             self.styled(f.qty(r.qty), sort_value=r.qty),
@@ -75,11 +94,10 @@ class PositionsTable(KeyedTable):
             self.styled(f.price(r.last_price), sort_value=r.last_price),
             self.styled(f.money(r.market_value), sort_value=r.market_value),
             self.styled(f.money(r.unrealized_pl, signed=True),
-                        self._pl("", r.unrealized_pl), sort_value=r.unrealized_pl),
-            self.styled(f.pct(r.unrealized_pct), self._pl("", r.unrealized_pct),
+                        self._pl(r.unrealized_pl), sort_value=r.unrealized_pl),
+            self.styled(f.pct(r.unrealized_pct), self._pl(r.unrealized_pct),
                         sort_value=r.unrealized_pct),
-            self.styled(f.age(held), sort_value=held),
-        ])
+        ]
 
     @property
     def selected(self) -> PositionRow | None:

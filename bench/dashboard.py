@@ -1,0 +1,166 @@
+"""Benchmark: the dashboard's refresh with 2 accounts x 1,000 positions and 20 processes.
+
+    .venv/bin/python bench/dashboard.py [--loads 20]
+
+Starts a throwaway embedded Postgres, writes the positions (prices move between loads,
+so every refresh changes cells), heartbeats and runs through the real Store, then runs
+the real `Dashboard` headless at 160x48 and measures:
+- load:   `DashboardData.load()` (all reads; runs in the poll worker, off the UI's path),
+- render: applying a new state to every widget (`render_state`, on the UI's path),
+- tick:   the 1 s clock pass (ages and gap status, no I/O),
+- key:    a key press (cursor down) answered while polls run every second.
+Prints the figures and the command. Not a test: machine speed varies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ops.config import Config, load_config  # noqa: E402
+from ops.env import RuntimeEnv  # noqa: E402
+from ops.models import Heartbeat, Position, RunRecord  # noqa: E402
+from ops.store import Store  # noqa: E402
+from ops.store.embedded import EmbeddedPostgres  # noqa: E402
+from ops.store.migrate import migrate  # noqa: E402
+from ops.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
+from tui.app import Dashboard  # noqa: E402
+from tui.data import DashboardData  # noqa: E402
+from tui.widgets.processes import ProcessesTable  # noqa: E402
+
+N_POSITIONS = 1000
+
+
+def bench_config() -> Config:
+    """The demo config plus four accounts: 6 x 3 roles + signal-engine + watchdog = 20
+    processes (positions only in large and tiny)."""
+    base = load_config(ROOT / "conf" / "ops.toml")
+    tiny = base.accounts["tiny"]
+    accounts = dict(base.accounts)
+    for i in range(1, 5):
+        accounts[f"extra{i}"] = tiny.model_copy(
+            update={"expected_account_number": f"PASIM000010{i}"})
+    return base.model_copy(update={"accounts": accounts})
+
+
+def positions(step: int) -> list[Position]:
+    out = []
+    for i in range(N_POSITIONS):
+        avg = Decimal(100 + i % 50)
+        last = avg + Decimal((i * 7 + step * 13) % 21 - 10) / 10
+        qty = Decimal(1 + i % 9)
+        out.append(Position(symbol=f"S{i:04d}", qty=qty, avg_entry_price=avg,
+                            cost_basis=qty * avg, market_value=qty * last, current_price=last,
+                            unrealized_pl=qty * (last - avg),
+                            unrealized_plpc=(last - avg) / avg))
+    return out
+
+
+async def write(store: Store, config: Config, at: datetime, step: int) -> None:
+    for acct in ("large", "tiny"):
+        await store.sync_positions(acct, positions(step), at)
+    names = [("signal-engine", None, "signal-engine"), ("watchdog", None, "watchdog")]
+    names += [(program_name(r, a), a, r) for a in config.enabled_accounts()
+              for r in ACCOUNT_ROLES]
+    for name, acct, role in names:
+        await store.heartbeat(Heartbeat(process=name, account=acct, role=role, pid=1, ts=at,
+                                        started_at=at - timedelta(hours=1)))
+        await store.record_run(RunRecord(
+            slot_id=RunRecord.make_slot_id(acct, role, at), process=name, account=acct,
+            role=role, slot_time=at, scheduled_at=at, started_at=at, finished_at=at,
+            outcome="ok", lateness_s=0.0))
+
+
+def ms(xs: list[float]) -> str:
+    xs = sorted(xs)
+    p95 = xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
+    return (f"mean {statistics.mean(xs) * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  "
+            f"max {xs[-1] * 1000:7.1f} ms  (n={len(xs)})")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+async def run(loads: int, env: RuntimeEnv) -> None:
+    config = bench_config()
+    now = [datetime.now(UTC)]
+    async with await Store.open(env, process="bench") as store:
+        await write(store, config, now[0], 0)
+        data = DashboardData(env, config, store, SupervisorClient.for_env(env, timeout_s=1),
+                             lambda: now[0])
+        app = Dashboard(data, refresh_s=3600)  # the benchmark drives the loads itself
+        load_s: list[float] = []
+        render_s: list[float] = []
+        tick_s: list[float] = []
+        key_s: list[float] = []
+        async with app.run_test(size=(160, 48)) as pilot:
+            while app.loads < 1:
+                await pilot.pause(0.01)
+            state = await data.load()
+            n_proc, n_pos = len(state.processes), len(state.positions)
+            for step in range(1, loads + 1):
+                now[0] += timedelta(seconds=1)
+                await write(store, config, now[0], step)
+                t0 = time.perf_counter()
+                app.state = await data.load()
+                load_s.append(time.perf_counter() - t0)
+                render_s.append(timed(app.render_state))
+                now[0] += timedelta(milliseconds=500)
+                tick_s.append(timed(lambda: app.render_state(data_changed=False)))
+                await pilot.pause()
+            # Key presses while the app polls every second by itself.
+            app.query_one(ProcessesTable).focus()
+            app.set_interval(1.0, app._poll_tick)
+            for _ in range(20):
+                t0 = time.perf_counter()
+                await pilot.press("down")
+                key_s.append(time.perf_counter() - t0)
+                await pilot.pause(0.1)
+    print(f"dashboard refresh: {n_pos} positions (2 accounts x {N_POSITIONS}), "
+          f"{n_proc} processes, 160x48")
+    print(f"  load   (worker, off the UI path)  {ms(load_s)}")
+    print(f"  render (UI, new prices each time) {ms(render_s)}")
+    print(f"  tick   (UI, 1 s clock, no I/O)    {ms(tick_s)}")
+    print(f"  key    (press -> handled, polling) {ms(key_s)}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+
+
+def main() -> None:
+    import faulthandler
+
+    faulthandler.dump_traceback_later(90, exit=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loads", type=int, default=20)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="ops-bench-", dir="/tmp"))
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base / "pg", options=("-c", "fsync=off"))
+    try:
+        server.start()
+        asyncio.run(migrate(server.url()))
+        (base / "home").mkdir()
+        env = RuntimeEnv(config_path=ROOT / "conf" / "ops.toml", home=base / "home",
+                         database_url=server.url())
+        asyncio.run(run(args.loads, env))
+    finally:
+        server.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
