@@ -93,7 +93,7 @@ async def test_sorting_positions(dash_env: RuntimeEnv, config: Config,
         await until(pilot, lambda: app.loads >= 1, what="first load")
         positions = app.query_one(PositionsTable)
         await pilot.press("2")
-        for _ in range(6):  # account -> symbol -> qty -> avg -> last -> value -> pl
+        for _ in range(3):  # account -> symbol -> qty -> pl
             await pilot.press("o")
         assert positions.sort_by == ("pl", False)
         assert column(positions, "pl") == ["-50.00", "-5.00", "+90.00", "+140.00"]

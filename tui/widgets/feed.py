@@ -25,7 +25,7 @@ class FeedTable(KeyedTable):
     def _row(self, r: FeedRow) -> Row:
         bad = r.status in ("rejected", "canceled", "expired")
         return (r.key, [
-            self.styled(f.clock(r.ts), sort_value=r.ts),
+            self.styled(f.clock(r.ts), sort_value=(r.ts, r.kind == "fill")),
             self.styled(r.account),
             self.styled(r.kind, "feed--fill" if r.kind == "fill" else None),
             self.styled(r.side, f"side--{r.side}" if r.side in ("buy", "sell") else None),

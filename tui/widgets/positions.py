@@ -23,8 +23,9 @@ class PositionsTable(KeyedTable):
 
     BORDER_TITLE = "Positions"
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
-        ("account", "Account"), ("symbol", "Symbol"), ("qty", "Qty"), ("avg", "Avg entry"),
-        ("last", "Last"), ("value", "Mkt value"), ("pl", "Unreal P&L"), ("pct", "P&L %"),
+        # P&L right after the symbol: it survives an 80-column terminal.
+        ("account", "Account"), ("symbol", "Symbol"), ("qty", "Qty"), ("pl", "Unreal P&L"),
+        ("pct", "P&L %"), ("last", "Last"), ("avg", "Avg entry"), ("value", "Mkt value"),
         ("held", "Held"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {"pl--gain", "pl--loss"}
@@ -90,13 +91,13 @@ class PositionsTable(KeyedTable):
             self.styled(r.account, sort_value=r.key),
             self.styled(r.description),
             self.styled(f.qty(r.qty), sort_value=r.qty),
-            self.styled(f.price(r.avg_entry), sort_value=r.avg_entry),
-            self.styled(f.price(r.last_price), sort_value=r.last_price),
-            self.styled(f.money(r.market_value), sort_value=r.market_value),
             self.styled(f.money(r.unrealized_pl, signed=True),
                         self._pl(r.unrealized_pl), sort_value=r.unrealized_pl),
             self.styled(f.pct(r.unrealized_pct), self._pl(r.unrealized_pct),
                         sort_value=r.unrealized_pct),
+            self.styled(f.price(r.last_price), sort_value=r.last_price),
+            self.styled(f.price(r.avg_entry), sort_value=r.avg_entry),
+            self.styled(f.money(r.market_value), sort_value=r.market_value),
         ]
 
     @property
