@@ -8,7 +8,8 @@ process) against the simulator, storing into a durable Postgres.
    simulator hands it to the socket until a poller (every 2 ms, separate connection) sees
    it committed; p50/p99. The poll interval bounds the over-estimate.
 Baseline, same run, same simulator, same Postgres: bench/_ingest_baseline.py, the same
-TradeStream with one INSERT (one commit) per event.
+TradeStream with one INSERT (one commit) per event. Also measured: the receive-only
+ceiling, that TradeStream storing nothing, to tell the stream path's cost from storage's.
 Targets: >= 20,000 events/s; p99 <= 10 ms at 1,000 events/s.
 """
 
@@ -18,6 +19,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.common import BenchResult, Figure, bench_main, durable_postgres, percentile, tmp_dir
@@ -70,6 +72,36 @@ async def burst(sim: Simulator, conn: Any, label: str, fills: int) -> tuple[floa
     return len(frames) / (time.perf_counter() - t0), len(frames)
 
 
+def read_count(path: Path) -> int:
+    text = path.read_text() if path.exists() else ""
+    return int(text) if text else 0
+
+
+async def receive_only(sim: Simulator, rig: RoleRig, url: str, fills: int,
+                       count_file: Path) -> float:
+    """Events/s one TradeStream receives and parses when nothing is stored: the ceiling
+    the stream path puts on ingest, measured with the same burst."""
+    spec = sim.account(ACCOUNT)
+    proc = await rig.spawn("-m", "bench._ingest_baseline", url, sim.stream_url, spec.key_id,
+                           spec.secret, str(count_file), name="receive-only")
+    try:
+        await sim.wait_stream(ACCOUNT, within_s=90)
+        frames = make_events(sim, fills)
+        t0 = time.perf_counter()
+        for fr in frames:
+            sim.hub.deliver(ACCOUNT, fr, faults=False)
+        deadline = t0 + 60 + len(frames) / 500
+        while True:
+            got = read_count(count_file)
+            if got >= len(frames):
+                return len(frames) / (time.perf_counter() - t0)
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"receive-only: {got} of {len(frames)} received")
+            await asyncio.sleep(0.01)
+    finally:
+        await proc.stop()
+
+
 async def paced(sim: Simulator, url: str, label: str, events: int, rate: float) -> list[float]:
     """Latencies (ms) of every fill, released at `rate` events/s."""
     frames = make_events(sim, events)
@@ -113,6 +145,13 @@ async def paced(sim: Simulator, url: str, label: str, events: int, rate: float) 
     return [(seen[k] - sent[k]) * 1000 for k in sent]
 
 
+async def disconnected(sim: Simulator) -> None:
+    for _ in range(400):  # the simulator notices the closed socket
+        if not sim.hub.connected(ACCOUNT):
+            return
+        await asyncio.sleep(0.05)
+
+
 async def measure(url: str, quick: bool) -> BenchResult:
     fills, paced_events, rate = (400, 200, 1000.0) if quick else (20_000, 3000, 1000.0)
     res = BenchResult("ingest", params={"burst_fills": fills, "paced_events": paced_events,
@@ -138,10 +177,8 @@ async def measure(url: str, quick: bool) -> BenchResult:
             figures[label] = {"rate": rate_burst, "events": n, "p50": percentile(lat, 50),
                               "p99": percentile(lat, 99), "max": max(lat)}
             await proc.stop()
-            for _ in range(400):  # the simulator notices the closed socket
-                if not sim.hub.connected(ACCOUNT):
-                    break
-                await asyncio.sleep(0.05)
+            await disconnected(sim)
+        ceiling = await receive_only(sim, rig, url, fills, home / "received")
     finally:
         await conn.close()
         await rig.close()
@@ -149,7 +186,9 @@ async def measure(url: str, quick: bool) -> BenchResult:
     role, base = figures["large"], figures["baseline"]
     res.figures += [
         Figure("burst stored", "events/s", round(role["rate"]), round(base["rate"]),
-               "1 INSERT per event", ">= 20000", note=f"{int(role['events'])} events"),
+               "1 INSERT per event", ">= 20000",
+               note=f"{int(role['events'])} events; receive-only ceiling (same stream, no "
+                    f"database) {ceiling:,.0f}/s"),
         Figure("latency p50 @1k/s", "ms", round(role["p50"], 2), round(base["p50"], 2),
                "1 INSERT per event"),
         Figure("latency p99 @1k/s", "ms", round(role["p99"], 2), round(base["p99"], 2),
