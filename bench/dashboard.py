@@ -69,9 +69,10 @@ def positions(step: int) -> list[Position]:
 
 
 async def write(store: Store, config: Config, at: datetime, step: int) -> None:
-    for acct in ("large", "tiny"):
-        await store.sync_positions(acct, positions(step), at)
-    names = [("signal-engine", None, "signal-engine"), ("watchdog", None, "watchdog")]
+    for holder in ("large", "tiny"):
+        await store.sync_positions(holder, positions(step), at)
+    names: list[tuple[str, str | None, str]] = [
+        ("signal-engine", None, "signal-engine"), ("watchdog", None, "watchdog")]
     names += [(program_name(r, a), a, r) for a in config.enabled_accounts()
               for r in ACCOUNT_ROLES]
     for name, acct, role in names:
