@@ -13,6 +13,7 @@ from tests.tui.fixtures import OPTION, write_fixture
 from tests.tui.helpers import cells, column, until
 from tui.app import Dashboard
 from tui.data import DashboardData
+from tui.screens.help import HelpScreen
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.banner import Banner
 from tui.widgets.feed import FeedTable
@@ -119,3 +120,13 @@ async def test_clock_ages_rows_without_io(dash_env: RuntimeEnv, config: Config,
         await until(pilot, lambda: cells(processes, "large-stream")["heartbeat"] == "91s",
                     what="clock tick")
         assert app.loads == 1
+
+        # Nothing renders while a modal is open; the screen catches up when it closes.
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        now[0] = T + timedelta(seconds=100)
+        await pilot.pause(1.5)  # more than one clock tick: the table must not move
+        assert cells(processes, "large-stream")["heartbeat"] == "91s"
+        await pilot.press("escape")
+        await until(pilot, lambda: cells(processes, "large-stream")["heartbeat"] == "101s",
+                    what="catch up after the modal")
