@@ -11,6 +11,7 @@ What does not live here: the benchmarks themselves, and the runner (bench/run.py
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
@@ -162,8 +163,10 @@ def durable_postgres() -> Iterator[Any]:
 
 
 def tmp_dir(prefix: str) -> Path:
+    """A traversable /tmp directory, removed when the benchmark's interpreter exits."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     os.chmod(path, 0o755)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
