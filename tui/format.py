@@ -83,12 +83,13 @@ def age(seconds: float | None) -> str:
 
 
 def signed_age(seconds: float | None) -> str:
-    """A gap against the interval: +12s late, -3s early."""
-    if seconds is None:
+    """How far past due the next run is: "+12s" late; "-" while not due (or unknown).
+
+    A negative "gap" (time left until due) reads like an error on screen; it is not one.
+    """
+    if seconds is None or seconds < 1:
         return "-"
-    if abs(seconds) < 1:
-        return "0s"
-    return ("+" if seconds >= 0 else "-") + age(abs(seconds))
+    return "+" + age(seconds)
 
 
 def since(now: datetime, then: datetime | None) -> float | None:
