@@ -467,12 +467,16 @@ class Dispatcher:
         try:
             return await self.broker.latest_trades(stocks)
         except BrokerError as exc:
-            if len(stocks) == 1:
+            status = exc.http_status if isinstance(exc, BrokerApiError) else None
+            refused = status is not None and 400 <= status < 500 and status != 429
+            if len(stocks) == 1 or not refused:
                 # Limit orders are valued at their limit price; market orders without a
                 # price are refused by the sanity gate with a reason naming the lookup.
-                log.warning("%s: latest trade for %s unavailable: %s", self.account,
-                            stocks[0], exc)
-                self._price_errors[stocks[0]] = str(exc)
+                # (Broker down or rate limited: no per-symbol retries, they would only
+                # multiply the wait.)
+                log.warning("%s: latest trades for %s unavailable: %s", self.account,
+                            stocks, exc)
+                self._price_errors = dict.fromkeys(stocks, str(exc))
                 return {}
         # One symbol the broker refuses (e.g. HTTP 400 "invalid symbol") fails the whole
         # batch request: ask per symbol so it cannot cost the other signals their price.
