@@ -580,6 +580,9 @@ class WatchdogConfig(_Model):
     """How often every process writes its heartbeat."""
     heartbeat_stale_s: Seconds = 5.0
     """A RUNNING process whose heartbeat is older than this is hung: killed and restarted."""
+    heartbeat_stale_by_role_s: dict[str, Seconds] = {}
+    """Per role: a stale bound overriding `heartbeat_stale_s` (e.g. a role whose loop may
+    legitimately block longer). Roles not given use `heartbeat_stale_s`."""
     gap_bounds_s: dict[str, Seconds] = dict(_DEFAULT_GAP_BOUNDS)
     """Per role: longest tolerated time since the last completed run before the process is
     restarted (must exceed the role's interval). Roles not given keep their default."""
@@ -600,6 +603,19 @@ class WatchdogConfig(_Model):
             for role in self.gap_bounds_s
             if role not in KNOWN_ROLES
         ]
+        problems += [
+            (f"heartbeat_stale_by_role_s.{role}",
+             f"unknown role '{role}' (known: {', '.join(KNOWN_ROLES)})")
+            for role in self.heartbeat_stale_by_role_s
+            if role not in KNOWN_ROLES
+        ]
+        problems += [
+            (f"heartbeat_stale_by_role_s.{role}",
+             "must be greater than heartbeat_interval_s "
+             f"({_num(self.heartbeat_interval_s)}) (got {_num(stale)})")
+            for role, stale in self.heartbeat_stale_by_role_s.items()
+            if stale <= self.heartbeat_interval_s
+        ]
         if self.heartbeat_stale_s <= self.heartbeat_interval_s:
             problems.append(
                 (
@@ -611,6 +627,10 @@ class WatchdogConfig(_Model):
         if problems:
             raise _problems(*problems)
         return self
+
+    def heartbeat_stale_for(self, role: str) -> float:
+        """The stale bound of one role: its override, else `heartbeat_stale_s`."""
+        return self.heartbeat_stale_by_role_s.get(role, self.heartbeat_stale_s)
 
 
 class AlertsConfig(_Model):

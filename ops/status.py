@@ -396,7 +396,7 @@ def _processes(
             # stream and the position manager keep working and are judged as usual.
             paused=ident.role in PAUSABLE_ROLES and kill.get(ident.account or "", "off") != "off",
         )
-        bounds = GapBounds(wd.heartbeat_stale_s, wd.startup_grace_s,
+        bounds = GapBounds(wd.heartbeat_stale_for(ident.role), wd.startup_grace_s,
                            wd.gap_bounds_s.get(ident.role))
         out.append(ProcessStatus(
             name=name, account=ident.account, role=ident.role, state=state,

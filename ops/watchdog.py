@@ -62,6 +62,7 @@ class Policy:
     heartbeat_stale_s: float = 5.0
     startup_grace_s: float = 15.0
     gap_bounds_s: Mapping[str, float] = field(default_factory=dict)
+    heartbeat_stale_by_role_s: Mapping[str, float] = field(default_factory=dict)
     settle_s: float = 20.0  # healthy this long before an incident closes (flap guard)
     kill_retry_s: float = 5.0  # the same pid still RUNNING this long after a kill: kill again
     start_delay_s: float = 30.0  # first start attempt of a FATAL process, then doubling
@@ -75,11 +76,15 @@ class Policy:
             heartbeat_stale_s=wd.heartbeat_stale_s,
             startup_grace_s=wd.startup_grace_s,
             gap_bounds_s=dict(wd.gap_bounds_s),
+            heartbeat_stale_by_role_s=dict(wd.heartbeat_stale_by_role_s),
             settle_s=wd.startup_grace_s + wd.heartbeat_stale_s,
         )
 
+    def stale_for(self, role: str) -> float:
+        return self.heartbeat_stale_by_role_s.get(role, self.heartbeat_stale_s)
+
     def bounds(self, role: str) -> GapBounds:
-        return GapBounds(self.heartbeat_stale_s, self.startup_grace_s,
+        return GapBounds(self.stale_for(role), self.startup_grace_s,
                          self.gap_bounds_s.get(role))
 
 
@@ -254,14 +259,14 @@ def _age(v: float | None) -> str:
 
 def _heartbeat_fresh(p: Observed, policy: Policy) -> bool:
     age = p.gap.heartbeat_age_s
-    return age is not None and age <= policy.heartbeat_stale_s
+    return age is not None and age <= policy.stale_for(p.role)
 
 
 def _stalled_reason(p: Observed, policy: Policy) -> tuple[str, str]:
     g = p.gap
     if not _heartbeat_fresh(p, policy):
         return "hung", (f"RUNNING but heartbeat {_age(g.heartbeat_age_s)} old "
-                        f"(bound {policy.heartbeat_stale_s:g}s)")
+                        f"(bound {policy.stale_for(p.role):g}s)")
     bound = policy.gap_bounds_s.get(p.role)
     return "stalled", (f"heartbeat fresh but no completed run for {_age(g.last_run_age_s)} "
                        f"(interval {g.expected_interval_s:g}s"

@@ -439,7 +439,7 @@ class DashboardData:
                 market_open=market_open,
                 paused=ident.role in PAUSABLE_ROLES
                 and kill.get(ident.account or "", "off") != "off",
-                bounds=GapBounds(wd.heartbeat_stale_s, wd.startup_grace_s,
+                bounds=GapBounds(wd.heartbeat_stale_for(ident.role), wd.startup_grace_s,
                                  wd.gap_bounds_s.get(ident.role)),
                 restarts_today=restarts.get(name, 0),
             ))

@@ -216,6 +216,18 @@ CASES: list[tuple[str, str, str]] = [
         "(known: stream, dispatcher, position-manager, signal-engine)",
     ),
     (
+        "unknown role in per-role stale bounds",
+        MINIMAL + "[watchdog.heartbeat_stale_by_role_s]\ndispatch = 9\n",
+        "conf/ops.toml: watchdog.heartbeat_stale_by_role_s.dispatch: unknown role 'dispatch' "
+        "(known: stream, dispatcher, position-manager, signal-engine)",
+    ),
+    (
+        "per-role stale bound below heartbeat interval",
+        MINIMAL + "[watchdog.heartbeat_stale_by_role_s]\nstream = 0.5\n",
+        "conf/ops.toml: watchdog.heartbeat_stale_by_role_s.stream: must be greater than "
+        "heartbeat_interval_s (1) (got 0.5)",
+    ),
+    (
         "stale threshold below heartbeat interval",
         MINIMAL + "[watchdog]\nheartbeat_interval_s = 5\nheartbeat_stale_s = 2\n",
         "conf/ops.toml: watchdog.heartbeat_stale_s: must be greater than "

@@ -101,6 +101,13 @@ def test_partial_gap_bounds_keep_other_defaults() -> None:
     assert cfg.watchdog.gap_bounds_s["stream"] == 60
 
 
+def test_per_role_stale_bound_overrides_the_global_one() -> None:
+    cfg = load_config_text(
+        MINIMAL + "[watchdog.heartbeat_stale_by_role_s]\nsignal-engine = 30\n", "m.toml")
+    assert cfg.watchdog.heartbeat_stale_for("signal-engine") == 30
+    assert cfg.watchdog.heartbeat_stale_for("dispatcher") == cfg.watchdog.heartbeat_stale_s == 5
+
+
 def test_a_third_account_is_one_more_block() -> None:
     text = (
         (ROOT / "conf" / "ops.toml").read_text()

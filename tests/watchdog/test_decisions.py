@@ -391,3 +391,15 @@ def test_database_outage_is_one_incident_opened_after_the_stale_bound() -> None:
     close = acts[0]
     assert isinstance(close, CloseIncident) and close.duration_s == 75.0
     assert st.incident is None
+
+
+def test_a_role_with_its_own_stale_bound_is_judged_on_it() -> None:
+    policy = Policy(heartbeat_stale_s=5.0, startup_grace_s=15.0,
+                    gap_bounds_s={"dispatcher": 20.0},
+                    heartbeat_stale_by_role_s={"dispatcher": 12.0}, settle_s=20.0)
+    # 8 s old: stale by the global bound, fresh by the dispatcher's own.
+    assert kinds(decide([proc(hb=8.0)], [], {}, policy, now=1000.0).actions) == []
+    d = decide([proc(hb=13.0)], [], {}, policy, now=1000.0)
+    assert kinds(d.actions) == ["Kill", "OpenIncident", "BumpIncident"]
+    opened = d.actions[1]
+    assert isinstance(opened, OpenIncident) and "(bound 12s)" in opened.detail
