@@ -235,6 +235,8 @@ class Dispatcher:
             if claimed:
                 self.stats.claimed += len(claimed)
                 report.outcomes = await self._dispatch(claimed, mode)
+            if len(claimed) == self._batch:
+                self.wake()  # a full batch: more may be waiting; the next pass takes them
             return report
 
     # -- reconciliation -------------------------------------------------------------------
@@ -676,6 +678,21 @@ class WakeLoop:
                 log.exception("%s: dispatcher pass (woken by NOTIFY) failed", self._d.account)
 
 
+#: Broker calls a pass spends before its first submit (account, clock, positions, orders).
+STATE_CALLS = 4
+
+
+def batch_for_budget(rate_per_min: int, burst: int, pass_s: float = 5.0) -> int:
+    """Signals one pass claims: what this process's REST budget serves within `pass_s`.
+
+    A pass that claims more than its budget can serve waits on the rate limiter for tens
+    of seconds, and the watchdog rightly sees no completed run. Claiming a budget's worth
+    and waking again at once keeps the same throughput with passes that finish promptly.
+    """
+    calls = burst + rate_per_min / 60.0 * pass_s
+    return max(1, int(calls) - STATE_CALLS)
+
+
 async def build(ctx: RoleContext) -> Sequence[Service]:
     """The dispatcher's services: its ticker, the LISTEN connection and the wake loop."""
     account, broker, acfg = ctx.account, ctx.broker, ctx.account_cfg
@@ -686,8 +703,12 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
         cfg = ctx.account_cfg  # current config: hot reload applies to the next signal
         return RiskLimits.from_config((cfg or acfg).risk)
 
+    from ops.roles.runtime import broker_settings  # runtime imports roles lazily
+
+    budget = broker_settings(ctx.config)
     d = Dispatcher(store=ctx.store, broker=broker, account=account, limits=limits,
                    kill_switch=ctx.kill_switch, process=ctx.process,
+                   batch=batch_for_budget(budget.rate_limit_per_min, budget.rate_limit_burst),
                    fault=os.environ.get(FAULT_ENV),
                    accounts=lambda: list(ctx.config.accounts))
 

@@ -512,3 +512,17 @@ async def test_the_tick_dispatches_without_notify(rig: Rig) -> None:
     finally:
         ticker.request_stop()
         await asyncio.wait_for(task, 10)
+
+
+def test_a_pass_claims_what_its_rest_budget_serves_promptly() -> None:
+    from ops.roles.dispatcher import STATE_CALLS, batch_for_budget
+
+    # The demo's share of one key: 66/min, burst 6 -> 6 + 5.5 calls in 5 s, 4 for state.
+    assert batch_for_budget(66, 6) == 7
+    # Whatever the budget, at least one signal per pass; more budget, bigger batches.
+    assert batch_for_budget(2, 1) == 1
+    assert batch_for_budget(200, 20) > batch_for_budget(66, 6)
+    # A batch never costs more calls than the budget serves within the pass target.
+    for rate, burst in [(66, 6), (200, 20), (600, 50)]:
+        n = batch_for_budget(rate, burst, pass_s=5.0)
+        assert n + STATE_CALLS <= burst + rate / 60 * 5.0 + 1

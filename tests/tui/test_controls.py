@@ -99,7 +99,10 @@ async def test_stalled_row_and_guarded_controls(supervised: RuntimeEnv, config: 
                         what="large-stream stalled")
             assert cells(table, "large-stream")["heartbeat"] == "31s"
             assert cells(table, "large-dispatcher")["status"] == "✓ ok"
-            assert "1 STALLED" in str(app.query_one("#banner").render())
+            # The banner follows the background loads: one may still have read the
+            # heartbeats from before the others reported again; wait for the next.
+            await until(pilot, lambda: "1 STALLED" in str(app.query_one("#banner").render()),
+                        what="banner counting one stalled process")
 
             # Restart asks first; "n" leaves the process alone.
             pid = (await asyncio.to_thread(client.process, "large:large-stream")).pid
