@@ -799,6 +799,20 @@ class Config(_Model):
     def enabled_accounts(self) -> dict[str, AccountConfig]:
         return {n: a for n, a in self.accounts.items() if a.enabled}
 
+    def role_interval(self, role: str, account: str | None) -> float | None:
+        """The interval of a role's main ticker (what its last-run gap is judged
+        against), or None for a role without one or an unknown account."""
+        if role == "signal-engine":
+            return self.signal_engine.interval_s
+        acct = self.accounts.get(account or "")
+        if acct is None:
+            return None
+        return {
+            "stream": acct.schedule.stream_check_s,
+            "dispatcher": acct.schedule.dispatcher_s,
+            "position-manager": acct.schedule.position_manager_s,
+        }.get(role)
+
     def to_public_dict(self) -> dict[str, Any]:
         """A JSON-ready view for `ops doctor`/status. Config holds no API keys, but alert
         URLs often embed tokens, so they are cut down to their origin here."""

@@ -194,16 +194,7 @@ def expected_programs(env: RuntimeEnv, config: Config) -> list[str]:
 
 
 def expected_interval(config: Config, ident: Identity) -> float | None:
-    if ident.role == "signal-engine":
-        return config.signal_engine.interval_s
-    acct = config.accounts.get(ident.account or "")
-    if acct is None:
-        return None
-    return {
-        "dispatcher": acct.schedule.dispatcher_s,
-        "position-manager": acct.schedule.position_manager_s,
-        "stream": acct.schedule.stream_check_s,
-    }.get(ident.role)
+    return config.role_interval(ident.role, ident.account)
 
 
 def kill_switch_mode(value: Any) -> str:

@@ -102,16 +102,7 @@ async def request_run_now(store: Store, account: str | None, role: str, by: str)
 
 def role_interval(config: Config, role: str, account: str | None) -> float | None:
     """The configured interval of a role's main ticker, if the role has one."""
-    if role == "signal-engine":
-        return config.signal_engine.interval_s
-    acct = config.accounts.get(account or "")
-    if acct is None:
-        return None
-    return {
-        "stream": acct.schedule.stream_check_s,
-        "dispatcher": acct.schedule.dispatcher_s,
-        "position-manager": acct.schedule.position_manager_s,
-    }.get(role)
+    return config.role_interval(role, account)
 
 
 def kill_switch_from_controls(rows: Sequence[Control]) -> KillSwitch:

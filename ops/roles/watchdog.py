@@ -267,16 +267,7 @@ class EventFeed:
 
 
 def expected_interval(config: Config, account: str | None, role: str) -> float | None:
-    if role == "signal-engine":
-        return config.signal_engine.interval_s
-    acct = config.accounts.get(account or "")
-    if acct is None:
-        return None
-    return {
-        "dispatcher": acct.schedule.dispatcher_s,
-        "position-manager": acct.schedule.position_manager_s,
-        "stream": acct.schedule.stream_check_s,
-    }.get(role)
+    return config.role_interval(role, account)
 
 
 def _identity(info: ProcessInfo, hb: Heartbeat | None, config: Config) -> tuple[str | None, str]:
