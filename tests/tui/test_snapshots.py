@@ -23,6 +23,7 @@ from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import until
 from tui.app import Dashboard
 from tui.data import DashboardData
+from tui.widgets.positions import PositionsTable
 
 SnapCompare = Callable[..., bool]
 
@@ -45,15 +46,26 @@ def _app(env: RuntimeEnv, config: Config) -> Dashboard:
     return Dashboard(opener, refresh_s=3600, on_exit=close)
 
 
-def _loaded(*keys: str) -> Callable[[Pilot[Any]], Any]:
+def _loaded(*keys: str, ready: Callable[[Dashboard], bool] | None = None,
+            ) -> Callable[[Pilot[Any]], Any]:
+    """Wait for the first load, press `keys`, then wait for `ready` (a panel shown by a
+    key is filled on its next update, which a loaded machine may delay)."""
+
     async def run_before(pilot: Pilot[Any]) -> None:
         app = pilot.app
         assert isinstance(app, Dashboard)
         await until(pilot, lambda: app.loads >= 1, what="first load")
         await pilot.press(*keys)
+        if ready is not None:
+            await until(pilot, lambda: ready(app), what="the shown panel filled")
         await pilot.pause()
 
     return run_before
+
+
+def _positions_filled(app: Dashboard) -> bool:
+    table = app.query_one(PositionsTable)
+    return table.display and table.row_count > 0
 
 
 def test_small_terminal_processes(snap_compare: SnapCompare, dash_env: RuntimeEnv,
@@ -65,7 +77,7 @@ def test_small_terminal_processes(snap_compare: SnapCompare, dash_env: RuntimeEn
 def test_small_terminal_positions(snap_compare: SnapCompare, dash_env: RuntimeEnv,
                                   config: Config) -> None:
     assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
-                        run_before=_loaded("2"))
+                        run_before=_loaded("2", ready=_positions_filled))
 
 
 def test_large_terminal_everything(snap_compare: SnapCompare, dash_env: RuntimeEnv,
