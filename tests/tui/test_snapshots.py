@@ -55,6 +55,10 @@ def _loaded(*keys: str, ready: Callable[[Dashboard], bool] | None = None,
         app = pilot.app
         assert isinstance(app, Dashboard)
         await until(pilot, lambda: app.loads >= 1, what="first load")
+        # Columns only ever grow to fit what they have shown: after a second load every
+        # width has settled, so the picture no longer depends on update timing.
+        app.poll()
+        await until(pilot, lambda: app.loads >= 2, what="second load")
         await pilot.press(*keys)
         if ready is not None:
             await until(pilot, lambda: ready(app), what="the shown panel filled")
