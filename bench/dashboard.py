@@ -7,16 +7,23 @@ so every refresh changes cells), heartbeats and runs through the real Store, the
 the real `Dashboard` headless at 160x48 and measures:
 - load:   `DashboardData.load()` (all reads; runs in the poll worker, off the UI's path),
 - render: applying a new state to every widget (`render_state`, on the UI's path),
+- paint:  then drawing the whole 160x48 frame (Textual's compositor: every widget's
+          changed lines), which a real terminal pays on the next screen update,
 - tick:   the 1 s clock pass (ages and gap status, no I/O),
-- key:    a key press (cursor down) answered while polls run every second.
-Prints the figures and the command. Not a test: machine speed varies.
+- key:    a key press (cursor down) answered while polls run every second, on the
+          processes panel (as before) and on the positions panel (`pos-key`); `idle-key`
+          is the same press with no polls running: what the test pilot itself costs.
+Prints the figures and the command. Not a test: machine speed varies. The embedded
+Postgres is stopped however the run ends (error, --timeout, SIGTERM, Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -25,9 +32,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from textual.pilot import Pilot  # noqa: E402
 
 from ops.config import Config, load_config  # noqa: E402
 from ops.env import RuntimeEnv  # noqa: E402
@@ -38,6 +48,7 @@ from ops.store.migrate import migrate  # noqa: E402
 from ops.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
 from tui.app import Dashboard  # noqa: E402
 from tui.data import DashboardData  # noqa: E402
+from tui.widgets.positions import PositionsTable  # noqa: E402
 from tui.widgets.processes import ProcessesTable  # noqa: E402
 
 N_POSITIONS = 1000
@@ -97,6 +108,16 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+async def presses(pilot: Pilot[None], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await pilot.press("down")
+        out.append(time.perf_counter() - t0)
+        await pilot.pause(0.1)
+    return out
+
+
 async def run(loads: int, env: RuntimeEnv) -> None:
     config = bench_config()
     now = [datetime.now(UTC)]
@@ -107,13 +128,15 @@ async def run(loads: int, env: RuntimeEnv) -> None:
         app = Dashboard(data, refresh_s=3600)  # the benchmark drives the loads itself
         load_s: list[float] = []
         render_s: list[float] = []
+        paint_s: list[float] = []
         tick_s: list[float] = []
-        key_s: list[float] = []
         async with app.run_test(size=(160, 48)) as pilot:
             while app.loads < 1:
                 await pilot.pause(0.01)
             state = await data.load()
             n_proc, n_pos = len(state.processes), len(state.positions)
+            # Private, but the one call that draws a frame synchronously (bench only).
+            compositor = app.screen._compositor
             for step in range(1, loads + 1):
                 now[0] += timedelta(seconds=1)
                 await write(store, config, now[0], step)
@@ -121,33 +144,48 @@ async def run(loads: int, env: RuntimeEnv) -> None:
                 app.state = await data.load()
                 load_s.append(time.perf_counter() - t0)
                 render_s.append(timed(app.render_state))
+                paint_s.append(timed(compositor.render_full_update))
                 now[0] += timedelta(milliseconds=500)
                 tick_s.append(timed(lambda: app.render_state(data_changed=False)))
                 await pilot.pause()
-            # Key presses while the app polls every second by itself.
             app.query_one(ProcessesTable).focus()
+            idle_key_s = await presses(pilot, 10)
+            # Key presses while the app polls every second by itself.
             app.set_interval(1.0, app._poll_tick)
-            for _ in range(20):
-                t0 = time.perf_counter()
-                await pilot.press("down")
-                key_s.append(time.perf_counter() - t0)
-                await pilot.pause(0.1)
+            key_s = await presses(pilot, 20)
+            app.query_one(PositionsTable).focus()
+            pos_key_s = await presses(pilot, 20)
     print(f"dashboard refresh: {n_pos} positions (2 accounts x {N_POSITIONS}), "
           f"{n_proc} processes, 160x48")
     print(f"  load   (worker, off the UI path)  {ms(load_s)}")
     print(f"  render (UI, new prices each time) {ms(render_s)}")
+    print(f"  paint  (UI, the frame after that) {ms(paint_s)}")
     print(f"  tick   (UI, 1 s clock, no I/O)    {ms(tick_s)}")
     print(f"  key    (press -> handled, polling) {ms(key_s)}")
+    print(f"  pos-key (positions panel, polling) {ms(pos_key_s)}")
+    print(f"  idle-key (no polls: pilot's floor) {ms(idle_key_s)}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
 
 
-def main() -> None:
-    import faulthandler
+class Interrupted(Exception):
+    """SIGALRM (--timeout) or SIGTERM: unwinds so that `finally` stops Postgres."""
 
-    faulthandler.dump_traceback_later(90, exit=True)
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--timeout", type=int, default=240, help="seconds before giving up")
     args = parser.parse_args()
+    # Exceptions, not exit: faulthandler's exit and the default SIGTERM skip `finally`
+    # and left the embedded Postgres running.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGALRM, _interrupt)
+    signal.alarm(args.timeout)
+    faulthandler.dump_traceback_later(max(1, args.timeout - 5))  # where it hung
     base = Path(tempfile.mkdtemp(prefix="ops-bench-", dir="/tmp"))
     base.chmod(0o755)
     server = EmbeddedPostgres(base / "pg", options=("-c", "fsync=off"))
@@ -158,9 +196,17 @@ def main() -> None:
         env = RuntimeEnv(config_path=ROOT / "conf" / "ops.toml", home=base / "home",
                          database_url=server.url())
         asyncio.run(run(args.loads, env))
+    except Interrupted as exc:
+        sys.exit(f"bench/dashboard.py interrupted ({exc}); Postgres stopped")
     finally:
-        server.stop(mode="immediate")
-        shutil.rmtree(base, ignore_errors=True)
+        signal.alarm(0)
+        faulthandler.cancel_dump_traceback_later()
+        # No SIGTERM/SIGALRM may cut the cleanup short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            server.stop(mode="immediate")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.reactive import reactive
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Static
+from textual.widget import Widget
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from ops.models import KillSwitch
@@ -43,6 +44,7 @@ from tui.text import StaleInfo
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.banner import Banner
 from tui.widgets.feed import FeedTable
+from tui.widgets.footer import DashFooter
 from tui.widgets.incidents import IncidentsTable
 from tui.widgets.positions import PositionsTable
 from tui.widgets.processes import ProcessesTable
@@ -120,7 +122,7 @@ class Dashboard(App[None]):
             yield PositionsTable(id="positions", classes="panel -lower")
             yield IncidentsTable(id="incidents", classes="panel")
             yield FeedTable(id="feed", classes="panel")
-        yield Footer(compact=True)
+        yield DashFooter(compact=True)
 
     def on_mount(self) -> None:
         self.poll()
@@ -360,7 +362,7 @@ class Dashboard(App[None]):
             panel = self.query_one(f"#{key}")
             panel.set_class(key == name, "-active")
             panel.set_class(key == self._lower, "-lower")
-        table = self.query_one(f"#{name}", DataTable)
+        table = self.query_one(f"#{name}", Widget)
         table.focus()
         # Styles of the newly shown panel apply on the next refresh; render then.
         self.call_after_refresh(self.render_state)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -236,6 +236,7 @@ def _age(now: datetime, then: datetime | None) -> float | None:
     return None if then is None else max(0.0, (now - then).total_seconds())
 
 
+@functools.lru_cache(maxsize=8192)  # every load describes every position again
 def describe_symbol(symbol: str) -> str:
     """Options readable (underlying, expiry, strike, call/put); anything else unchanged."""
     opt = OptionSymbol.parse(symbol)
@@ -259,6 +260,14 @@ UNION ALL
         f.price, f.event
    FROM fills f LEFT JOIN orders o ON o.id = f.order_id ORDER BY f.ts DESC LIMIT $1)
 ORDER BY ts DESC LIMIT $1
+"""
+#: What Store.positions() returns (accounts with a sync row), open positions only.
+_POSITIONS_SQL = """
+SELECT p.account, p.symbol, p.qty, p.avg_entry_price, p.current_price, p.market_value,
+       p.unrealized_pl, p.unrealized_plpc, p.opened_at
+FROM positions p JOIN position_syncs s ON s.account = p.account
+WHERE p.qty <> 0
+ORDER BY p.account, p.symbol
 """
 _CLOSED_SQL = """
 SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts
@@ -299,21 +308,30 @@ class DashboardData:
                 return Snapshot([], "postgres", now)
 
         sup_info, infos = await asyncio.to_thread(self._supervisor_view)
+        buf = await self.store.buffer_status()
         hbs = await read("heartbeats", self.store.heartbeats)
         runs = await read("runs", self.store.latest_runs)
         incidents = await read("incidents", self.store.open_incidents)
         states = await read("accounts", self.store.account_states)
-        positions = await read("positions", self.store.positions)
+        # Thousands of positions: straight from Postgres into rows when nothing waits in
+        # the buffer (Store's generic path encodes every row for the buffer and decodes
+        # it again: most of a load's time, bench/dashboard.py); else Store's merged view.
+        position_rows = await self._positions_direct(problems) if buf.pending == 0 else None
+        positions_source = "postgres"
+        if position_rows is None:
+            positions = await read("positions", self.store.positions)
+            positions_source = positions.source
+            position_rows = tuple(_position_row(p) for p in positions.rows
+                                  if p.position.qty != 0)
         controls: dict[str, dict[str, Any]] = {}
         for name in self.config.enabled_accounts():
             snap = await read(f"controls of {name}", functools.partial(self.store.controls, name))
             controls[name] = {c.key: c.value for c in snap.rows}
-        sources = {s.source for s in (hbs, runs, incidents, states, positions)}
+        sources = {positions_source, *(s.source for s in (hbs, runs, incidents, states))}
         source = ("buffer" if "buffer" in sources else
                   "postgres+buffer" if "postgres+buffer" in sources else "postgres")
         extra = await self._postgres_only(now, problems) if source != "buffer" else None
         reachable = extra is not None
-        buf = await self.store.buffer_status()
         if reachable:
             self._unreachable_since = None
         else:
@@ -326,8 +344,8 @@ class DashboardData:
         kill = {name: kill_switch_mode(c.get("kill_switch")) for name, c in controls.items()}
         return DashboardState(
             loaded_at=now,
-            accounts=self._accounts(states.rows, positions.rows, kill, controls),
-            positions=tuple(_position_row(p) for p in positions.rows if p.position.qty != 0),
+            accounts=self._accounts(states.rows, position_rows, kill, controls),
+            positions=position_rows,
             processes=self._processes(sup_info, infos, hbs.rows, runs.rows, kill, restarts),
             incidents=tuple(_incident_row(i) for i in incidents.rows) + tuple(closed),
             feed=tuple(feed),
@@ -346,6 +364,24 @@ class DashboardData:
             return SupervisorInfo(True), {p.name: p for p in client.processes()}
         except SupervisorUnavailable as exc:
             return SupervisorInfo(False, str(exc)), {}
+
+    async def _positions_direct(self, problems: list[str]) -> tuple[PositionRow, ...] | None:
+        """Open positions of every synced account, read from Postgres; None when it is
+        unreachable (or the read failed: noted in `problems`), so Store's path decides."""
+        try:
+            async with self.store.pool.acquire() as conn:
+                rows = await conn.fetch(_POSITIONS_SQL)
+        except Exception as exc:
+            if not is_outage(exc):
+                problems.append(f"positions: {type(exc).__name__}: {exc}"[:200])
+            return None
+        return tuple(PositionRow(
+            account=r["account"], symbol=r["symbol"], description=describe_symbol(r["symbol"]),
+            qty=r["qty"], avg_entry=r["avg_entry_price"] or Decimal(0),
+            last_price=r["current_price"], market_value=r["market_value"],
+            unrealized_pl=r["unrealized_pl"],
+            unrealized_pct=None if r["unrealized_plpc"] is None else r["unrealized_plpc"] * 100,
+            opened_at=r["opened_at"]) for r in rows)
 
     async def _postgres_only(
         self, now: datetime, problems: list[str],
@@ -375,12 +411,12 @@ class DashboardData:
             {r["process"]: int(r["n"] or 0) for r in restarts},
         )
 
-    def _accounts(self, states: list[Any], positions: list[Any], kill: Mapping[str, str],
-                  controls: Mapping[str, Mapping[str, Any]]) -> tuple[AccountRow, ...]:
+    def _accounts(self, states: list[Any], positions: Sequence[PositionRow],
+                  kill: Mapping[str, str], controls: Mapping[str, Mapping[str, Any]],
+                  ) -> tuple[AccountRow, ...]:
         open_pos: dict[str, int] = {}
-        for p in positions:
-            if p.position.qty != 0:
-                open_pos[p.account] = open_pos.get(p.account, 0) + 1
+        for p in positions:  # open ones only
+            open_pos[p.account] = open_pos.get(p.account, 0) + 1
         by_name = {s.name: s for s in states}
         out = []
         for name, acfg in sorted(self.config.enabled_accounts().items()):

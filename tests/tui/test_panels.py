@@ -53,8 +53,8 @@ async def test_every_panel_shows_the_fixture(dash_env: RuntimeEnv, config: Confi
         msft = cells(positions, "large/MSFT")
         assert (msft["pl"], msft["pct"]) == ("-50.00", "-2.50%")
         # Gains and losses are coloured (by the stylesheet), and differently.
-        pl_cells = {k: positions.get_cell(k, "pl") for k in ("large/AAPL", "large/MSFT")}
-        assert pl_cells["large/AAPL"].style != pl_cells["large/MSFT"].style
+        pl_cells = {k: positions.cell_style(k, "pl") for k in ("large/AAPL", "large/MSFT")}
+        assert pl_cells["large/AAPL"] != pl_cells["large/MSFT"]
 
         processes = app.query_one(ProcessesTable)
         # No supervisord here: every process is down, and the banner says so plainly.
