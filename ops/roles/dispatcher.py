@@ -22,6 +22,12 @@ One pass (`Dispatcher.run_pass`), serialised by a lock whichever way it was woke
    positions, open orders, prices: in parallel), `evaluate` each signal, submit the
    allowed ones and record every outcome with its reason.
 
+A pass is bounded in time (`pass_budget_s`): under a slow or erroring broker each submit
+can cost seconds (rate limiter, settling lookups), and a pass that runs on would look
+stalled to the watchdog. When the budget is spent, the claimed signals not yet sent are
+put back to 'pending' untouched (no broker call was made for them) and the next pass,
+woken at once, takes them with a fresh account state. Every pass sends at least one.
+
 Choices:
 - The ticker does not gate on market hours: the dispatcher must flatten, reconcile and
   settle while the market is closed, and a signal that arrives then is refused with the
@@ -47,6 +53,7 @@ import logging
 import os
 import re
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,6 +120,7 @@ class DispatcherCounters:
     canceled: int = 0
     closed: int = 0
     skipped_buffer: int = 0
+    deferred: int = 0  # claimed signals given back unsent when a pass ran out of time
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +172,10 @@ class Dispatcher:
         batch: int = 50,
         fault: str | None = None,
         accounts: AccountsGetter | None = None,
+        pass_budget_s: float = 5.0,
     ) -> None:
+        if pass_budget_s <= 0:
+            raise ValueError(f"pass_budget_s must be > 0, got {pass_budget_s}")
         self.store = store
         self.broker = broker
         self.account = account
@@ -174,6 +185,8 @@ class Dispatcher:
         self._batch = batch
         self._fault = fault
         self._accounts = accounts
+        self._pass_budget_s = pass_budget_s
+        self._pass_deadline = 0.0  # monotonic; set at the start of each pass
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._flatten_orders: dict[str, str] = {}  # symbol -> our closing order id
@@ -213,6 +226,7 @@ class Dispatcher:
     async def run_pass(self) -> PassReport:
         async with self._lock:
             self.stats.passes += 1
+            self._pass_deadline = time.monotonic() + self._pass_budget_s
             mode = self._mode = await self._kill_switch()
             report = PassReport(mode)
             if mode is KillSwitch.FLATTEN:
@@ -320,6 +334,8 @@ class Dispatcher:
         """(settled as submitted, requeued, still unresolved) for 'claimed'/'unknown' rows."""
         settled = requeued = unresolved = 0
         for s in await sq.leftovers(self.store.pool, self.account):
+            if self._budget_spent():
+                break  # the rest stay as they are: the next pass settles them
             try:
                 order = await self.broker.get_order_by_client_id(s.cid)
             except BrokerError as exc:
@@ -429,12 +445,29 @@ class Dispatcher:
                                  f"broker unavailable while loading the account: {exc}")
             raise
         limits = self._limits()
-        for s, p in parsed:
+        for i, (s, p) in enumerate(parsed):
+            if i and self._budget_spent():  # at least one per pass: progress is certain
+                await self._give_back([row for row, _ in parsed[i:]])
+                break
             outcome = await self._one(s, p, state, prices, limits)
             outcomes.append(outcome)
             if outcome.status == "submitted":
                 state = _after_submit(state, s, prices)
         return outcomes
+
+    def _budget_spent(self) -> bool:
+        return time.monotonic() >= self._pass_deadline
+
+    async def _give_back(self, rows: Sequence[SignalRow]) -> None:
+        """Return claimed, never-sent signals to 'pending' and ask for another pass."""
+        why = (f"not reached within the pass's {self._pass_budget_s:g}s budget (slow "
+               "broker); dispatched by the next pass")
+        for row in rows:
+            if await sq.requeue(self.store.pool, self.account, row.id, why):
+                self.stats.deferred += 1
+        log.info("%s: pass budget %gs spent; %d claimed signal(s) deferred to the next "
+                 "pass", self.account, self._pass_budget_s, len(rows))
+        self.wake()
 
     async def _load_state(
         self, claimed: list[SignalRow], mode: KillSwitch
@@ -705,7 +738,7 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
 
     from ops.roles.runtime import broker_settings  # runtime imports roles lazily
 
-    budget = broker_settings(ctx.config)
+    budget = broker_settings(ctx.config, "dispatcher")
     d = Dispatcher(store=ctx.store, broker=broker, account=account, limits=limits,
                    kill_switch=ctx.kill_switch, process=ctx.process,
                    batch=batch_for_budget(budget.rate_limit_per_min, budget.rate_limit_burst),

@@ -23,9 +23,12 @@ Every tick:
    raise false alarms. The first baseline of an account is adopted from the broker
    unconfirmed; until a sync agrees with it, a mismatch re-adopts instead of alarming
    (at first sight the database has no expectation of its own).
-3. Exits: per position, water marks updated and persisted (table position_exit_state:
-   opened_at, high/low water) so restarts keep them; `ops.exits.evaluate_exits` with
-   the account's configured rules; a decision becomes a market order with
+3. Exits (only while the market is open, when the account keeps market hours; sync and
+   drift run whatever the clock says: positions can change while closed, through
+   assignments or corporate actions, and a drift block must be able to lift): per
+   position, water marks updated and persisted (table position_exit_state: opened_at,
+   high/low water) so restarts keep them; `ops.exits.evaluate_exits` with the account's
+   configured rules; a decision becomes a market order with
    `exit_client_order_id(account, symbol, opened_at, rule)`. Never two exits at once:
    a position with an open order whose client id starts with `ops-<account>-exit-` is
    skipped, and an exit whose submission ended "unknown" is settled by its id before
@@ -121,6 +124,7 @@ class PositionCounters:
     exits_unknown: int = 0
     exits_waiting: int = 0  # decisions not sent because an exit is already open
     exits_stale: int = 0  # exit ids found used by a finished order: position re-tracked
+    exits_idle: int = 0  # ticks that skipped exits: market closed
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -141,6 +145,7 @@ class PositionManager:
         kill_switch: Callable[[], Awaitable[KillSwitch]] | None = None,
         drift_strikes: int = 2,
         now: Callable[[], datetime] = _utcnow,
+        market_open: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         if drift_strikes < 1:
             raise ValueError(f"drift_strikes must be >= 1, got {drift_strikes}")
@@ -152,6 +157,7 @@ class PositionManager:
         self._kill_switch = kill_switch or (lambda: read_kill_switch(store, account))
         self.drift_strikes = drift_strikes
         self._now = now
+        self._market_open = market_open
         self.counters = PositionCounters()
         self._strikes: dict[str, int] = {}
         self._blocked: bool | None = None  # None: not read from controls yet
@@ -173,7 +179,12 @@ class PositionManager:
         self.counters.syncs += 1
         self.counters.positions = len(positions)
         failures: list[str] = []
-        for step in (self._check_drift, self._apply_exits):
+        steps = [self._check_drift]
+        if self._market_open is None or await self._market_open():
+            steps.append(self._apply_exits)
+        else:
+            self.counters.exits_idle += 1
+        for step in steps:
             try:
                 await step(positions, now)
             except Exception as exc:
@@ -472,8 +483,10 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
         return initial if cfg is None else ExitRules.from_config(cfg.exits)
 
     pm = PositionManager(account=account, store=ctx.store, broker=broker, process=ctx.process,
-                         exit_rules=rules, kill_switch=ctx.kill_switch)
-    # The interval equals the configured one, so the runtime follows its hot reloads.
-    ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick)
+                         exit_rules=rules, kill_switch=ctx.kill_switch,
+                         market_open=ctx.market_open)
+    # The interval equals the configured one, so the runtime follows its hot reloads. Not
+    # gated on market hours: only the exits are (see the module docstring).
+    ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick, market_gate=False)
     ctx.add_counters(ROLE, pm.counters.as_dict)
     return [ticker]

@@ -71,6 +71,13 @@ ROLES: dict[str, str] = {
 }
 #: Roles that run once per account (the rest are shared and take no --account).
 PER_ACCOUNT_ROLES = frozenset({"stream", "dispatcher", "position-manager"})
+#: How an API key's REST budget is shared among the processes that use the key: the
+#: dispatcher sends every order (and settles ambiguous ones), the position manager
+#: syncs every few seconds and sends exits, the stream only backfills after a gap, and
+#: the signal engine reads a quote or two per slot. Equal shares starved the dispatcher.
+REST_WEIGHTS: dict[str, int] = {
+    "dispatcher": 3, "position-manager": 2, "stream": 1, "signal-engine": 1,
+}
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -121,16 +128,18 @@ def kill_switch_from_controls(rows: Sequence[Control]) -> KillSwitch:
     return KillSwitch.OFF
 
 
-def broker_settings(config: Config) -> BrokerSettings:
-    """Broker bounds from config; the key's REST budget is split among the account's
-    per-account processes (they share one API key)."""
+def broker_settings(config: Config, role: str) -> BrokerSettings:
+    """Broker bounds from config, with `role`'s share of the key's REST budget (every
+    process using an account's key takes its `REST_WEIGHTS` share; the shares add up to
+    the key's budget)."""
     b = config.broker
-    share = len(PER_ACCOUNT_ROLES)
+    total = sum(REST_WEIGHTS.values())
+    weight = REST_WEIGHTS[role]
     return BrokerSettings(
         rest_timeout_s=b.rest_timeout_s,
         retry=b.retry.to_backoff(),
-        rate_limit_per_min=max(2, b.rate_limit_per_min // share),
-        rate_limit_burst=max(1, b.rate_limit_burst // share),
+        rate_limit_per_min=max(2, b.rate_limit_per_min * weight // total),
+        rate_limit_burst=max(1, b.rate_limit_burst * weight // total),
         data_feed=b.data_feed,
     )
 
@@ -299,11 +308,18 @@ class RoleContext:
             self._intervals.append((ticker, interval_fn))
         return ticker
 
+    async def market_open(self) -> bool:
+        """Whether this role should act as in market hours: always for shared roles and
+        for accounts without `schedule.market_hours_only`, else per the broker clock
+        (cached, refreshed every minute and at the next open/close)."""
+        return await self._market_gate()
+
     async def _market_gate(self) -> bool:
+        if self._clock is None:
+            return True
         acct = self.account_cfg
         if acct is not None and not acct.schedule.market_hours_only:
             return True
-        assert self._clock is not None
         return await self._clock.is_open()
 
     def add_counters(self, name: str, fn: CounterFn) -> None:
@@ -643,7 +659,7 @@ class RoleRuntime:
                 print(f"ops run {self.role}: {exc}", file=sys.stderr)
                 await self._incident("credentials", str(exc))
                 return EXIT_CONFIG
-            self.broker = Broker(endpoints_for(acct), creds, broker_settings(config))
+            self.broker = Broker(endpoints_for(acct), creds, broker_settings(config, self.role))
             self.phase = "binding"
             bound = await self._bind(acct)
             if bound is not None:

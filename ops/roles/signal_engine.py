@@ -37,7 +37,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
@@ -356,15 +356,12 @@ class SignalEngine:
 def build_feeds(config: Config, env: RuntimeEnv, accounts: Iterable[str]) -> dict[str, AccountFeed]:
     """One unbound Broker per account, from its config and credentials. Credentials that
     cannot be loaded refuse that account (recorded at the first slot), not the process."""
-    from ops.roles.runtime import PER_ACCOUNT_ROLES, broker_settings, endpoints_for
+    from ops.roles.runtime import broker_settings, endpoints_for
 
     provider = provider_from_config(config.credentials, env)
     # The engine is one more user of each account's API key, next to the per-account
-    # roles: it takes one share more of the key's budget (it needs 2 calls per slot).
-    share = len(PER_ACCOUNT_ROLES) + 1
-    settings = replace(broker_settings(config),
-                       rate_limit_per_min=max(2, config.broker.rate_limit_per_min // share),
-                       rate_limit_burst=max(1, config.broker.rate_limit_burst // share))
+    # roles: it takes its own share of the key's budget (it needs 2 calls per slot).
+    settings = broker_settings(config, "signal-engine")
     feeds = {}
     for name in dict.fromkeys(accounts):
         acct = config.accounts[name]

@@ -517,7 +517,7 @@ async def test_the_tick_dispatches_without_notify(rig: Rig) -> None:
 def test_a_pass_claims_what_its_rest_budget_serves_promptly() -> None:
     from ops.roles.dispatcher import STATE_CALLS, batch_for_budget
 
-    # The demo's share of one key: 66/min, burst 6 -> 6 + 5.5 calls in 5 s, 4 for state.
+    # A budget of 66/min, burst 6 -> 6 + 5.5 calls in 5 s, 4 of them for state.
     assert batch_for_budget(66, 6) == 7
     # Whatever the budget, at least one signal per pass; more budget, bigger batches.
     assert batch_for_budget(2, 1) == 1
@@ -526,3 +526,45 @@ def test_a_pass_claims_what_its_rest_budget_serves_promptly() -> None:
     for rate, burst in [(66, 6), (200, 20), (600, 50)]:
         n = batch_for_budget(rate, burst, pass_s=5.0)
         assert n + STATE_CALLS <= burst + rate / 60 * 5.0 + 1
+
+
+async def test_a_slow_broker_defers_the_rest_of_a_pass_never_sends_twice(rig: Rig) -> None:
+    # A pass is bounded in time: with every REST call slow, a pass sends what fits in its
+    # budget, gives the other claimed signals back (unsent) and asks for another pass.
+    d = Dispatcher(store=rig.store, broker=rig.broker, account="tiny",
+                   limits=lambda: TINY_LIMITS, kill_switch=rig.d._kill_switch,
+                   process="tiny-dispatcher", pass_budget_s=0.3)
+    await d.run_pass()  # reconcile
+    sids = [await rig.signal("NVDA", "buy", "1") for _ in range(4)]
+    rig.sim.faults.set_rest_latency(0.2)
+    report = await d.run_pass()
+    sent = {o.signal_id for o in report.outcomes}
+    assert 1 <= len(sent) < len(sids), report.outcomes
+    for sid in sorted(set(sids) - sent):
+        r = await rig.row(sid)
+        assert r.status == "pending" and "budget" in (r.reason or ""), r
+        assert await rig.orders_for(sid) == 0
+    assert d.stats.deferred == len(sids) - len(sent)
+    await asyncio.wait_for(d.woken(), 1)  # the next pass was asked for at once
+    for _ in range(len(sids)):
+        if [(await rig.row(s)).status for s in sids] == ["submitted"] * len(sids):
+            break
+        await d.run_pass()
+    rig.sim.faults.set_rest_latency(0)
+    assert [(await rig.row(s)).status for s in sids] == ["submitted"] * len(sids)
+    assert [await rig.orders_for(s) for s in sids] == [1] * len(sids)
+
+
+def test_the_keys_rest_budget_is_shared_by_need_and_never_overspent() -> None:
+    from ops.config import load_config
+    from ops.roles.runtime import REST_WEIGHTS, ROLES, broker_settings
+
+    config = load_config(Path(__file__).resolve().parents[2] / "conf" / "ops.toml")
+    per_min = {r: broker_settings(config, r).rate_limit_per_min for r in ROLES}
+    burst = {r: broker_settings(config, r).rate_limit_burst for r in ROLES}
+    assert set(REST_WEIGHTS) == set(ROLES)
+    # Every process using one key together stays within the key's budget...
+    assert sum(per_min.values()) <= config.broker.rate_limit_per_min
+    assert sum(burst.values()) <= config.broker.rate_limit_burst
+    # ...and the dispatcher, which sends every order, gets the largest share.
+    assert max(per_min, key=lambda r: per_min[r]) == "dispatcher"

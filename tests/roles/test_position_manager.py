@@ -297,6 +297,42 @@ async def test_price_exit_fires_once(rig: Rig, rule: ExitRule) -> None:
     assert await pq.load_exit_states(rig.store.pool, ACCOUNT) == {}
 
 
+async def test_market_closed_syncs_and_lifts_a_drift_block_but_sends_no_exit(
+        rig: Rig) -> None:
+    # Positions and drift are checked whatever the clock says (a block must be able to
+    # lift while closed); exits wait for the open.
+    market = {"open": True}
+
+    async def is_open() -> bool:
+        return market["open"]
+
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+    await rig.buy("AAPL", 5)
+    await rig.wait_fills(1)
+    pm = rig.manager(market_open=is_open)
+    await pm.tick()
+    await pm.tick()
+    rig.sim.faults.mute(ACCOUNT)
+    await rig.buy("AAPL", 3)
+    await pm.tick()
+    await pm.tick()
+    assert (await rig.control(DRIFT_CONTROL))["blocked"] is True
+
+    market["open"] = False
+    pos = await rig.broker.get_position("AAPL")
+    assert pos is not None
+    rig.sim.market.set_price("AAPL", pos.avg_entry_price * Decimal("0.9"))  # stop-loss hit
+    assert rig.sim.faults.unmute(ACCOUNT, deliver=True) > 0
+    await rig.wait_fills(2)
+    await pm.tick()
+    assert (await rig.control(DRIFT_CONTROL))["blocked"] is False
+    assert pm.counters.syncs == 5 and pm.counters.exits_idle == 1
+    assert rig.sim_exit_orders("AAPL") == []  # closed: no exit sent
+    market["open"] = True
+    await pm.tick()
+    await _assert_one_exit(rig, "AAPL", ExitRule.STOP_LOSS)
+
+
 async def test_trailing_stop_uses_the_persisted_high_water_mark(rig: Rig) -> None:
     rig.rules = ExitRules(trailing_stop_pct=Decimal(3))
     pm, entry = await _open_and_track(rig, "MSFT", 3)
