@@ -10,7 +10,8 @@ every role under a real supervisord; `ops down` always runs after). It adds:
 - `truth()`: the invariants counted against the simulator's own ledger (`GET /_sim/state`):
   every fill the simulator made is stored exactly once (per-order fill counts equal, no
   execution id twice), and every signal has at most one broker order, which Postgres
-  records as sent (never 'rejected'/'expired'/'pending' while the broker has it);
+  records as sent (never 'rejected'/'expired'/'pending' while the broker has it), and no
+  account stays drift-blocked (its position manager agrees with the broker again);
 - `settle()`: closes the simulated market (no new fills) and waits until `truth()` holds,
   so the comparison is exact; `reopen()` opens it again;
 - `report(scenario, did, counted)`: one figure line, printed and appended (JSON) to the
@@ -137,6 +138,14 @@ class ChaosRig:
             elif row["broker_order_id"] != orders[cid]:
                 t.problems.append(f"{cid}: signal records order {row['broker_order_id']}, "
                                   f"broker has {orders[cid]}")
+        # Every fill stored and the market closed: the position managers must agree with
+        # the broker again, so a drift block raised while events were late must be lifted.
+        for r in self.stack.query(
+                "SELECT account, value FROM controls WHERE key = 'drift_block'"):
+            value = r["value"]
+            value = json.loads(value) if isinstance(value, str) else value
+            if isinstance(value, dict) and value.get("blocked"):
+                t.problems.append(f"{r['account']}: drift block still on: {value.get('reason')}")
         return t
 
     def settle(self, timeout_s: float = 90) -> Truth:

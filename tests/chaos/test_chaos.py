@@ -223,7 +223,9 @@ def test_5_broker_errors_back_off_without_duplicates(rig: ChaosRig) -> None:
     statuses = Counter(str(r["status"]) for r in rows)
     # Every submit of this scenario met an error, yet each signal ends with one order:
     # 500/429 -> looked up by client_order_id and requeued or settled, never sent twice.
-    assert statuses["submitted"] >= 2 * N_ERRORS, rows
+    assert statuses["submitted"] >= 2 * N_ERRORS, (rows, rig.stack.query(
+        "SELECT kind, process, detail, opened_at, closed_at FROM incidents "
+        "WHERE kind = 'position-drift'"))
     rig.report("broker-errors", f"{3 * N_ERRORS} order submits answered with errors: "
                f"{N_ERRORS} x 500, {N_ERRORS} x 429, {N_ERRORS} x 500 after the order was "
                f"created (ambiguous); {len(ids)} signals inserted meanwhile", {

@@ -133,6 +133,9 @@ def tear_down(env: RuntimeEnv, environ: dict[str, str]) -> None:
     downs = [subprocess.run([sys.executable, "-m", "ops", "down"], capture_output=True,
                             text=True, env=environ, timeout=120, cwd=ROOT) for _ in range(2)]
     leftovers = _kill_leftovers(env)
+    keep = os.environ.get("OPS_TEST_KEEP_LOGS")  # a directory to copy the stack's logs to
+    if keep:
+        shutil.copytree(env.log_dir, Path(keep) / env.home.name, dirs_exist_ok=True)
     shutil.rmtree(env.home, ignore_errors=True)
     for down in downs:
         assert down.returncode == 0, down.stdout + down.stderr
