@@ -151,6 +151,24 @@ async def test_cursor_stays_on_its_row_across_resort_refresh_and_removal() -> No
         assert line_text(table, 1).strip() == ""
 
 
+async def test_the_view_follows_a_cursor_row_that_moves_on_resort() -> None:
+    async with Host().run_test(size=(120, 12)) as pilot:
+        table = await shown(pilot, [row(i) for i in range(60)])
+        table.focus()
+        await pilot.press("end")  # the last row, at the bottom of a scrolled view
+        bottom = table.selected
+        assert bottom is not None and table.scroll_y > 0
+        table.sort_by = ("account", True)  # now the first row
+        await pilot.pause()
+        assert table.selected == bottom and table.cursor_row == 0 and table.scroll_y == 0
+        # A cursor scrolled out of view by hand stays where it is: the view does not jump.
+        table.scroll_to(y=20, animate=False)
+        await pilot.pause()
+        table.sort_by = ("account", False)
+        await pilot.pause()
+        assert table.selected == bottom and table.cursor_row == 59 and table.scroll_y == 20
+
+
 async def test_keyboard_paging() -> None:
     rows = [row(i) for i in range(100)]
     async with Host().run_test(size=(120, 12)) as pilot:
@@ -181,14 +199,15 @@ async def test_a_refresh_formats_only_the_visible_rows() -> None:
         table = await shown(pilot, rows)
         visible = table.page_rows
         assert visible < 30
-        # Setting 2,000 new rows (every price moved) formats none of them...
+        # Setting 2,000 new rows (every price moved) formats the visible ones (to see
+        # whether anything on screen changed)...
         before = table.rows_formatted
         fresh = tuple(row(i, acct, step=3) for acct in ("large", "tiny") for i in range(1000))
         table.show(fresh, T)
-        assert table.rows_formatted == before
-        # ...and a full paint formats exactly the rows on screen.
-        table.render_lines(Region(0, 0, table.size.width, table.size.height))
         assert table.rows_formatted - before == visible
+        # ...and a full paint formats exactly the rows on screen once more.
+        table.render_lines(Region(0, 0, table.size.width, table.size.height))
+        assert table.rows_formatted - before == 2 * visible
         # The clock pass (same rows, later time): no re-sort, only a repaint, new ages.
         shown_rows = table.rows
         assert line_text(table, 2).split()[-1] == "17m"  # large/S0001, opened 17 min ago
@@ -196,8 +215,36 @@ async def test_a_refresh_formats_only_the_visible_rows() -> None:
         table.show(fresh, T + timedelta(minutes=10))
         assert table.rows is shown_rows
         table.render_lines(Region(0, 0, table.size.width, table.size.height))
-        assert table.rows_formatted - before == visible
+        assert table.rows_formatted - before == 2 * visible
         assert line_text(table, 2).split()[-1] == "27m"
+
+
+async def test_an_unchanged_screen_is_not_repainted() -> None:
+    """Idle CPU: a refresh or clock pass that changes nothing on screen paints nothing."""
+    rows = tuple(row(i) for i in range(200))
+    async with Host().run_test(size=(120, 12)) as pilot:
+        t0 = T + timedelta(minutes=10)  # every age in whole minutes from here
+        table = await shown(pilot, rows, t0)
+        await pilot.pause()
+        visible = table.page_rows
+
+        async def formatted_by(rows: Sequence[PositionRow], now: datetime) -> int:
+            before = table.rows_formatted
+            table.show(rows, now)
+            await pilot.pause()
+            await pilot.pause()
+            return table.rows_formatted - before
+
+        # Same rows (another load with equal values, or the clock within the same age).
+        assert await formatted_by(rows, t0 + timedelta(seconds=5)) == visible  # check only
+        assert await formatted_by(tuple(rows), t0 + timedelta(seconds=5)) == visible
+        # An age on screen moves: repainted (the check, then the paint).
+        assert await formatted_by(rows, t0 + timedelta(minutes=1)) == 2 * visible
+        # A price off screen moves: not repainted; on screen: repainted.
+        off = rows[:-1] + (replace(rows[-1], last_price=Decimal(1)),)
+        assert await formatted_by(off, t0 + timedelta(minutes=1)) == visible
+        on = (replace(rows[0], last_price=Decimal(1)),) + off[1:]
+        assert await formatted_by(on, t0 + timedelta(minutes=1)) == 2 * visible
 
 
 async def test_gains_and_losses_read_in_monochrome_and_colour() -> None:

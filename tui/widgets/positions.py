@@ -65,16 +65,18 @@ class PositionsTable(VirtualTable[PositionRow]):
         self._shown_sort: tuple[str, bool] | None = None
 
     def show(self, rows: Sequence[PositionRow], now: datetime) -> None:
-        """Show `rows` at clock `now`. The same rows again (the 1 s clock pass) only
-        repaint the visible lines: the order does not depend on the clock."""
+        """Show `rows` at clock `now`. The same rows again (the 1 s clock pass) are not
+        sorted again (the order does not depend on the clock): only visible ages move."""
         self._now = now
         if rows is self._shown and self.sort_by == self._shown_sort:
-            self.refresh()
+            self.refresh_rows()
             return
         self._shown, self._shown_sort = rows, self.sort_by
         self.items = {r.key: r for r in rows}
         self.set_rows(rows, self.sort_by)
-        self.border_subtitle = self._subtitle()
+        subtitle = self._subtitle()
+        if subtitle != self.border_subtitle:  # setting it repaints, even the same text
+            self.border_subtitle = subtitle
 
     def _subtitle(self) -> str:
         column, reverse = self.sort_by

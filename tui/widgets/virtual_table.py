@@ -93,6 +93,8 @@ class VirtualTable(ScrollView, Generic[R], can_focus=True):
         self._widths = [cell_len(label) for _, label in self.COLUMNS]
         self._styles: dict[str, Style] = {}
         self._frame: dict[int, Sequence[Cell]] = {}  # row index -> cells, this paint
+        self._painted: dict[int, Sequence[Cell]] = {}  # ... as of the last full paint
+        self._painted_view: tuple[object, ...] | None = None
         #: Rows formatted since creation: what a refresh costs (tests, bench).
         self.rows_formatted = 0
 
@@ -141,7 +143,22 @@ class VirtualTable(ScrollView, Generic[R], can_focus=True):
         self._resize()
         if was_visible:
             self._scroll_to_cursor()
-        self.refresh()
+        self.refresh_rows()
+
+    def refresh_rows(self) -> None:
+        """Repaint if what the screen shows would change (new values, new ages, a moved
+        cursor): an idle dashboard repaints nothing."""
+        top = int(self.scroll_y)
+        window = range(top, min(len(self.rows), top + self.page_rows))
+        self.rows_formatted += len(window)
+        if self._view() != self._painted_view or any(
+                self._painted.get(i) != self.cells(self.rows[i]) for i in window):
+            self.refresh()
+
+    def _view(self) -> tuple[object, ...]:
+        """Everything besides the visible rows' cells that a paint depends on."""
+        return (int(self.scroll_y), int(self.scroll_x), self.size, self.cursor_row,
+                self.sorted_by, len(self.rows), tuple(self._widths), self.has_focus)
 
     def row_text(self, key: str) -> dict[str, str]:
         """Column key -> text of row `key` as displayed (formats the row: tests, tools)."""
@@ -236,9 +253,13 @@ class VirtualTable(ScrollView, Generic[R], can_focus=True):
     def render_lines(self, crop: Region) -> list[Strip]:
         # Format the visible rows once for this paint (and only those), widening columns
         # before any line is drawn so that every line of the paint agrees.
+        # `crop` is in the widget's coordinates (border included); lines are content's.
+        gutter_top = self.styles.gutter.top
+        first_line = max(0, crop.y - gutter_top)
+        last_line = min(self.size.height, crop.bottom - gutter_top)
         top = int(self.scroll_y)
-        first = top + max(0, crop.y - 1)
-        last = min(len(self.rows), top + crop.bottom - 1)
+        first = top + max(0, first_line - 1)  # line 0 is the header
+        last = min(len(self.rows), top + last_line - 1)
         self._frame = {}
         grew = False
         for index in range(first, last):
@@ -254,6 +275,9 @@ class VirtualTable(ScrollView, Generic[R], can_focus=True):
             self._resize()
             if crop != self.size.region:
                 self.refresh()  # lines outside this crop were drawn narrower
+        full = first_line == 0 and last_line >= self.size.height
+        self._painted = self._frame if full else {}
+        self._painted_view = self._view() if full else None
         return super().render_lines(crop)
 
     def render_line(self, y: int) -> Strip:
