@@ -43,7 +43,7 @@ import xmlrpc.client
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ops.alerts import (
     Alert,
@@ -84,6 +84,9 @@ from ops.watchdog import (
     decide_database,
     observe,
 )
+
+if TYPE_CHECKING:
+    from ops.store.bufferwatch import BufferWatch
 
 log = logging.getLogger(__name__)
 
@@ -619,6 +622,15 @@ class Watchdog:
         else:
             self._others.update(current)
 
+    async def buffer_health(self, watch: BufferWatch) -> None:
+        """The outage buffer's write probe (`ops.store.bufferwatch.BufferWatch`). A stored
+        incident is alerted by `_role_incidents` like a role's; one that Postgres could not
+        take either (it is down too) is alerted here, so a full disk is never silent."""
+        change = await self._io("buffer probe", watch.check())
+        if change is not None and not change.stored:
+            await self._alert(change.event, watch.key, "buffer-unwritable", None, None,
+                              change.detail, datetime.now(UTC))
+
     # --- metrics ---------------------------------------------------------------------------
 
     async def _publish(self, observed: list[Observed], statuses: Mapping[str, Any],
@@ -722,8 +734,14 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
                                    wd.healthy, config.alerts.timeout_s)
         services.append(wd.deadman)
 
+    from ops.store.bufferwatch import BufferWatch
+    buffer_watch = BufferWatch(store, host=wd.host)
+
     async def job(_slot: object) -> None:
-        await wd.pass_once()
+        try:
+            await wd.pass_once()
+        finally:
+            await wd.buffer_health(buffer_watch)
 
     ticker = Ticker(PROCESS_NAME, PASS_INTERVAL_S, job, process=PROCESS_NAME, account=None,
                     role=PROCESS_NAME, ledger=store, job_timeout_s=PASS_TIMEOUT_S)

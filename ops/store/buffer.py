@@ -9,18 +9,29 @@ Tables:
   per process), upserts guarded by `ts`, so readers keep working through an outage.
 - `dead(seq, kind, payload, process, created_at, error, failed_at)`: rows Postgres refused
   for a reason other than an outage (a bug or bad data); kept, never silently dropped.
+- `meta(key, value)`: `buffer_id` (a uuid naming this file, so Postgres can record how far
+  it was replayed: see Store) and `probe` (the last write probe's time).
 
 Durability: journal_mode=WAL with synchronous=FULL, so a committed append survives a power
 cut; busy_timeout lets several processes write without "database is locked" errors. Write
 transactions use BEGIN IMMEDIATE so they queue for the write lock up front.
+
+Full or read-only disk: every write raises `BufferUnwritable` (ops/store/errors.py) naming
+the file and the cause; reads go on working. `probe()` tells whether the file system has
+room for an outage, before one needs it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
+import os
+import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +39,15 @@ from typing import Any
 
 import aiosqlite
 
+from ops.store.errors import BufferUnwritable, is_unwritable
 from ops.store.ops import LatestEntry, Op, dumps
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 30_000
+#: Free space the probe reserves (and gives back) beside the buffer: an outage must find
+#: room for at least this much, or the buffer counts as unwritable already.
+PROBE_HEADROOM_BYTES = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -57,6 +72,10 @@ CREATE TABLE IF NOT EXISTS dead (
     created_at REAL NOT NULL,
     error      TEXT NOT NULL,
     failed_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -98,9 +117,11 @@ class BufferStatus:
 class Buffer:
     """Async access to the buffer file. One instance per Store; safe across processes."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection):
+    def __init__(self, path: Path, conn: aiosqlite.Connection, buffer_id: str | None = None):
         self.path = path
         self._conn = conn
+        # None only for a pre-meta file opened on a full disk (the id could not be written).
+        self.buffer_id = buffer_id
         # One connection is shared by the writer tasks and the drainer of a process; a
         # statement of one must never run inside another's transaction or open cursor.
         self._mutex = asyncio.Lock()
@@ -114,10 +135,11 @@ class Buffer:
             await conn.execute("PRAGMA journal_mode = WAL")
             await conn.execute("PRAGMA synchronous = FULL")
             await conn.executescript(_SCHEMA)
+            buffer_id = await _buffer_id(conn, path)
         except BaseException:
             await conn.close()
             raise
-        return cls(path, conn)
+        return cls(path, conn, buffer_id)
 
     async def close(self) -> None:
         async with self._mutex:
@@ -147,7 +169,7 @@ class Buffer:
         self, rows: Sequence[tuple[str, str, str, float]], latest: Sequence[LatestEntry]
     ) -> None:
         c = self._conn
-        await c.execute("BEGIN IMMEDIATE")
+        await self._begin()
         try:
             if rows:
                 await c.executemany(
@@ -161,20 +183,43 @@ class Buffer:
             if deletes:
                 await c.executemany(_LATEST_DELETE, deletes)
             await c.execute("COMMIT")
-        except BaseException:
-            await c.execute("ROLLBACK")
+        except BaseException as exc:
+            await self._rollback()
+            if is_unwritable(exc):
+                raise BufferUnwritable.wrap(self.path, exc) from exc
             raise
+
+    async def _begin(self) -> None:
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if is_unwritable(exc):
+                raise BufferUnwritable.wrap(self.path, exc) from exc
+            raise
+
+    async def _rollback(self) -> None:
+        # SQLite rolls back by itself on SQLITE_FULL/IOERR; a second ROLLBACK would then fail
+        # with "no transaction is active" and hide the error that matters.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.execute("ROLLBACK")
 
     async def delete_through(self, seq: int) -> None:
         """Drop replayed rows: every pending row with seq <= `seq`."""
         async with self._mutex:
-            await self._conn.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
+            try:
+                await self._conn.execute("DELETE FROM pending WHERE seq <= ?", (seq,))
+            except sqlite3.Error as exc:
+                await self._rollback()
+                if is_unwritable(exc):
+                    raise BufferUnwritable.wrap(self.path, exc) from exc
+                raise
 
     async def quarantine(self, row: PendingRow, error: str) -> None:
         """Move a row Postgres refused into `dead`, atomically."""
         async with self._mutex:
             c = self._conn
-            await c.execute("BEGIN IMMEDIATE")
+            await self._begin()
             try:
                 await c.execute(
                     "INSERT OR REPLACE INTO dead (seq, kind, payload, process, created_at, "
@@ -184,9 +229,45 @@ class Buffer:
                 )
                 await c.execute("DELETE FROM pending WHERE seq = ?", (row.seq,))
                 await c.execute("COMMIT")
-            except BaseException:
-                await c.execute("ROLLBACK")
+            except BaseException as exc:
+                await self._rollback()
+                if is_unwritable(exc):
+                    raise BufferUnwritable.wrap(self.path, exc) from exc
                 raise
+
+    async def probe(self, headroom_bytes: int = PROBE_HEADROOM_BYTES) -> str | None:
+        """None when the buffer can take writes, else why not (one line, naming the file).
+
+        Two checks: the file system can still allocate `headroom_bytes` beside the buffer
+        (posix_fallocate on a scratch file, removed again: SQLite may keep committing into
+        WAL space it already owns on a full disk, but the next outage needs new room), and a
+        durable SQLite write commits (catches read-only mounts and I/O errors).
+        """
+        try:
+            await asyncio.to_thread(_reserve, self.path.with_name(self.path.name + ".probe"),
+                                    headroom_bytes)
+            async with self._mutex:
+                await self._write_probe_row()
+        except BufferUnwritable as exc:
+            return str(exc)
+        except OSError as exc:
+            if not is_unwritable(exc):
+                raise
+            return str(BufferUnwritable.wrap(self.path, exc))
+        return None
+
+    async def _write_probe_row(self) -> None:
+        await self._begin()
+        try:
+            await self._conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('probe', ?)",
+                (str(time.time()),))
+            await self._conn.execute("COMMIT")
+        except BaseException as exc:
+            await self._rollback()
+            if is_unwritable(exc):
+                raise BufferUnwritable.wrap(self.path, exc) from exc
+            raise
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -196,6 +277,11 @@ class Buffer:
 
     async def has_pending(self) -> bool:
         return bool(await self._fetchall("SELECT 1 FROM pending LIMIT 1"))
+
+    async def last_seq(self) -> int:
+        """The highest pending seq (0 when nothing is pending)."""
+        (row,) = await self._fetchall("SELECT coalesce(max(seq), 0) FROM pending")
+        return int(row[0])
 
     async def fetch(self, limit: int, after_seq: int = 0) -> list[PendingRow]:
         """The oldest `limit` pending rows with seq > `after_seq`, in seq order."""
@@ -224,3 +310,40 @@ class Buffer:
         """(seq, kind, error) of quarantined rows, for operators."""
         rows = await self._fetchall("SELECT seq, kind, error FROM dead ORDER BY seq")
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+
+async def _buffer_id(conn: aiosqlite.Connection, path: Path) -> str | None:
+    """This file's id, created on first open."""
+    rows = list(await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'buffer_id'"))
+    if rows:
+        return str(rows[0][0])
+    new = uuid.uuid4().hex
+    try:
+        await conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('buffer_id', ?)",
+                           (new,))
+    except sqlite3.Error as exc:
+        if not is_unwritable(exc):
+            raise
+        log.error("outage buffer %s: cannot record its id (%s); replay progress will not be "
+                  "shared with other processes until it is writable", path, exc)
+        return None
+    rows = list(await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'buffer_id'"))
+    return str(rows[0][0])
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate `size` bytes at `path` (real blocks, not a sparse file), then remove it."""
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # A file system without fallocate: write the bytes instead.
+            os.write(fd, b"\0" * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
+from ops.store.errors import StorageUnavailable
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
@@ -31,6 +33,9 @@ _CLOSED_MARKERS = ("connection is closed", "connection was closed", "pool is clo
 def is_outage(exc: BaseException) -> bool:
     """True when `exc` means the database is unreachable or unusable right now."""
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return True
+    if isinstance(exc, StorageUnavailable):
+        # Postgres unreachable and the buffer full: keep the write and retry it later.
         return True
     if isinstance(exc, OSError):
         # ConnectionRefusedError, FileNotFoundError (unix socket gone), resets, broken pipes.

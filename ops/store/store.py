@@ -11,6 +11,16 @@ that process dies). It replays pending rows in seq order, a batch per Postgres
 transaction, and deletes them from SQLite after the commit. A crash between commit and
 delete replays the batch again, which the natural keys turn into a no-op: exactly once.
 
+Full or read-only disk (the buffer raises `BufferUnwritable`):
+- Postgres up, nothing pending: writes go to Postgres as always; `probe_buffer()` (run by
+  the watchdog, see ops/store/bufferwatch.py) tells that the safety net is gone.
+- Postgres down: the write is stored nowhere, so it raises `StorageUnavailable` (an
+  outage to `is_outage`: callers keep the write and retry) and the process logs it loudly.
+- Rows pending: the drainer still replays them (reading works on a full disk) and records
+  how far in `buffer_replay` (Postgres, same transaction as the batch), because it may be
+  unable to delete them. Once every pending row is in Postgres, writes skip the buffer;
+  the replayed rows are deleted when the disk has room again.
+
 Reads come from Postgres; during an outage they come from the buffer's latest-state table
 and say so (`Snapshot.source == "buffer"`); while replay is still catching up the two are
 merged, newest timestamp per entity winning (`"postgres+buffer"`).
@@ -30,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
@@ -39,7 +49,8 @@ from ops.env import RuntimeEnv
 from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.retry import Backoff
 from ops.store import embedded
-from ops.store.buffer import Buffer, BufferStatus, LatestRow, PendingRow
+from ops.store.buffer import PROBE_HEADROOM_BYTES, Buffer, BufferStatus, LatestRow, PendingRow
+from ops.store.errors import BufferUnwritable, StorageUnavailable
 from ops.store.ops import (
     Op,
     Payload,
@@ -69,6 +80,8 @@ class StoreSettings:
     connect_timeout_s: float = 3.0
     command_timeout_s: float = 15.0
     buffer_path: Path | None = None  # None: RuntimeEnv.buffer_path
+    probe_headroom_bytes: int = PROBE_HEADROOM_BYTES  # free space probe_buffer() demands
+    refused_log_every_s: float = 10.0  # repeat the "stored nowhere" error at most this often
 
     @classmethod
     def from_config(cls, config: Config, env: RuntimeEnv) -> StoreSettings:
@@ -141,31 +154,50 @@ class Control:
 class DrainLock:
     """Host-wide "one drainer at a time": a non-blocking flock on a file beside the buffer."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fallback: Path | None = None):
         self.path = path
-        self._fh: IO[str] | None = None
+        # Locked instead when `path` cannot be created (read-only file system): every
+        # process of the host sees the same missing file, so they all agree on it.
+        self.fallback = fallback
+        self._fd: int | None = None
 
     def try_acquire(self) -> bool:
-        if self._fh is not None:
+        if self._fd is not None:
             return True
-        fh = open(self.path, "a+")  # stays open for as long as the lock is held
+        # Unbuffered: a pid left in a Python buffer would fail again at close on a full disk.
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # open while held
+        except OSError:
+            # Read-only file system: flock works on a read-only descriptor just as well.
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                if self.fallback is None:
+                    raise
+                fd = os.open(self.fallback, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.close()
+            os.close(fd)
             return False
-        # The holder's pid, for operators (and tests) asking "who is draining?".
-        fh.truncate(0)
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._fh = fh
+        # The holder's pid, for operators (and tests) asking "who is draining?". Only a
+        # hint: on a full or read-only disk it cannot be written, and draining (which only
+        # reads the buffer) must go on all the same.
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            log.debug("drain lock %s: pid not recorded: %s", self.path, exc)
+        self._fd = fd
         return True
 
     def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
 
 def _row_specific(exc: BaseException) -> bool:
@@ -212,7 +244,8 @@ class Store:
         self.settings = settings
         self._buffer = buffer
         self._pool = pool
-        self._lock = DrainLock(buffer.path.with_name(buffer.path.name + ".drain.lock"))
+        self._lock = DrainLock(buffer.path.with_name(buffer.path.name + ".drain.lock"),
+                               fallback=buffer.path)
         self._reachable = True
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -220,6 +253,11 @@ class Store:
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
         self.replayed = 0  # rows this process replayed (a progress counter for heartbeats)
+        self.refused = 0  # writes stored nowhere (StorageUnavailable raised)
+        self._refused_logged_at: float | None = None
+        self._unwritable: str | None = None  # the buffer's last write error, None when fine
+        # Highest seq this process replayed whose rows the buffer could not delete yet.
+        self._replayed_through = 0
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -328,9 +366,72 @@ class Store:
                 self._reachable = True
                 await self._mirror(latest)
                 return n
-        await self._buffer.append(ops, self.process, latest)
+        try:
+            await self._buffer.append(ops, self.process, latest)
+        except BufferUnwritable as exc:
+            self._note_unwritable(exc)
+            return await self._write_unbuffered(ops, exc)
+        self._note_writable()
         self._wake.set()
         return len(ops)
+
+    async def _write_unbuffered(self, ops: Sequence[Op], why: BufferUnwritable) -> int:
+        """The buffer refused `ops`. Postgres may take them only if it is reachable and
+        already holds every pending row (else a later write would overtake an earlier one).
+        Otherwise they are stored nowhere: raise, so the caller keeps and retries them."""
+        if self._reachable:
+            try:
+                if not await self._caught_up():
+                    await self.drain_once()  # replay now rather than wait for the drainer
+                if await self._caught_up():
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        return int(await apply_ops(conn, ops))
+                reason = "Postgres does not hold every buffered row yet"
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._note_outage(exc)
+                reason = f"Postgres unreachable ({type(exc).__name__}: {exc})"
+        else:
+            reason = "Postgres unreachable"
+        self.refused += 1
+        loop_now = asyncio.get_running_loop().time()
+        if (self._refused_logged_at is None
+                or loop_now - self._refused_logged_at >= self.settings.refused_log_every_s):
+            self._refused_logged_at = loop_now
+            log.error("STORAGE UNAVAILABLE: %d write(s) of %s stored nowhere so far (%s, and "
+                      "%s); the writer keeps them and retries", self.refused,
+                      ", ".join(sorted({op.kind for op in ops})), reason, why)
+        raise StorageUnavailable(
+            f"{len(ops)} write(s) ({', '.join(sorted({op.kind for op in ops}))}) not stored: "
+            f"{reason}, and {why}") from why
+
+    async def _caught_up(self) -> bool:
+        """Whether Postgres holds every pending row of the buffer."""
+        last = await self._buffer.last_seq()
+        if last <= self._replayed_through:
+            return True
+        mark = await self._replay_mark(self._pool)
+        self._replayed_through = max(self._replayed_through, mark)
+        return last <= mark
+
+    async def _replay_mark(self, conn: asyncpg.Connection | asyncpg.Pool) -> int:
+        """How far Postgres says this buffer file was replayed (0: unknown)."""
+        if self._buffer.buffer_id is None:
+            return 0
+        mark = await conn.fetchval(
+            "SELECT through_seq FROM buffer_replay WHERE buffer_id = $1", self._buffer.buffer_id)
+        return 0 if mark is None else int(mark)
+
+    def _note_unwritable(self, exc: BufferUnwritable) -> None:
+        if self._unwritable is None:
+            log.error("%s; writes stay possible only while Postgres is up", exc)
+        self._unwritable = str(exc)
+
+    def _note_writable(self) -> None:
+        if self._unwritable is not None:
+            log.warning("outage buffer %s is writable again", self._buffer.path)
+        self._unwritable = None
 
     async def _mirror(self, latest: Sequence[Any]) -> None:
         """Keep the buffer's latest-state current so outage reads start from fresh data."""
@@ -338,8 +439,22 @@ class Store:
             return
         try:
             await self._buffer.put_latest(latest)
+        except BufferUnwritable as exc:
+            # The write itself succeeded; a stale mirror is not data loss. Said once.
+            self._note_unwritable(exc)
         except Exception:  # the write itself succeeded; a stale mirror is not data loss
             log.exception("could not mirror latest state into the buffer")
+        else:
+            self._note_writable()
+
+    @property
+    def buffer_unwritable(self) -> str | None:
+        """Why the buffer refused this process's last write to it (None: it did not)."""
+        return self._unwritable
+
+    async def probe_buffer(self) -> str | None:
+        """None when the buffer can take an outage's writes, else why not (one line)."""
+        return await self._buffer.probe(self.settings.probe_headroom_bytes)
 
     def _note_outage(self, exc: BaseException) -> None:
         if self._reachable:
@@ -408,7 +523,12 @@ class Store:
             self._lock.release()
 
     async def _drain_with(self, conn: asyncpg.Connection) -> Literal["drained"]:
-        batch = await self._fetch_ops(after_seq=0)
+        # Rows up to the mark are in Postgres already (their delete failed, or this
+        # process crashed before it): drop them if the disk allows, never replay them again.
+        mark = max(self._replayed_through, await self._replay_mark(conn))
+        if mark:
+            await self._forget_through(mark)
+        batch = await self._fetch_ops(after_seq=mark)
         while batch[0] and not self._stop.is_set():
             rows, ops = batch
             # Read and decode the next batch while Postgres works on this one.
@@ -432,8 +552,7 @@ class Store:
         self, conn: asyncpg.Connection, rows: Sequence[PendingRow], ops: Sequence[Op]
     ) -> None:
         try:
-            async with conn.transaction():
-                await apply_ops(conn, ops)
+            await self._apply_marked(conn, ops, rows[-1].seq)
         except Exception as exc:
             if is_outage(exc) or not _row_specific(exc):
                 raise  # the drain loop backs off; the rows stay pending
@@ -442,8 +561,31 @@ class Store:
             await self._replay_one_by_one(conn, rows)
             return
         # Committed; a crash right here replays this batch again, harmlessly.
-        await self._buffer.delete_through(rows[-1].seq)
         self.replayed += len(rows)
+        await self._forget_through(rows[-1].seq)
+
+    async def _apply_marked(
+        self, conn: asyncpg.Connection, ops: Sequence[Op], through_seq: int
+    ) -> None:
+        """Apply replayed ops and advance this buffer's replay mark, in one transaction."""
+        async with conn.transaction():
+            await apply_ops(conn, ops)
+            if self._buffer.buffer_id is not None:
+                await conn.execute(
+                    "INSERT INTO buffer_replay (buffer_id, through_seq) VALUES ($1, $2) "
+                    "ON CONFLICT (buffer_id) DO UPDATE SET updated_at = now(), "
+                    "through_seq = greatest(buffer_replay.through_seq, excluded.through_seq)",
+                    self._buffer.buffer_id, through_seq)
+
+    async def _forget_through(self, seq: int) -> None:
+        """Delete replayed rows; on a full/read-only disk keep them and remember the seq."""
+        self._replayed_through = max(self._replayed_through, seq)
+        try:
+            await self._buffer.delete_through(seq)
+        except BufferUnwritable as exc:
+            self._note_unwritable(exc)
+            return
+        self._note_writable()
 
     async def _replay_one_by_one(
         self, conn: asyncpg.Connection, rows: Sequence[PendingRow]
@@ -451,8 +593,7 @@ class Store:
         """Apply rows singly; quarantine those Postgres refuses for a non-outage reason."""
         for row in rows:
             try:
-                async with conn.transaction():
-                    await apply_ops(conn, [row.op()])
+                await self._apply_marked(conn, [row.op()], row.seq)
             except Exception as exc:
                 if is_outage(exc) or not _row_specific(exc):
                     raise
@@ -460,8 +601,8 @@ class Store:
                 log.error("quarantining buffered %s row seq=%d: %s", row.kind, row.seq, error)
                 await self._buffer.quarantine(row, error)
                 continue
-            await self._buffer.delete_through(row.seq)
             self.replayed += 1
+            await self._forget_through(row.seq)
 
     async def buffer_status(self) -> BufferStatus:
         """Pending rows, age of the oldest, and quarantined rows."""
