@@ -307,26 +307,33 @@ class DashboardData:
                 problems.append(f"{what}: {type(exc).__name__}: {exc}"[:200])
                 return Snapshot([], "postgres", now)
 
-        sup_info, infos = await asyncio.to_thread(self._supervisor_view)
+        # Independent reads run concurrently (the pool has a few connections): a load
+        # costs about the slowest read, not the sum of a dozen round trips.
         buf = await self.store.buffer_status()
-        hbs = await read("heartbeats", self.store.heartbeats)
-        runs = await read("runs", self.store.latest_runs)
-        incidents = await read("incidents", self.store.open_incidents)
-        states = await read("accounts", self.store.account_states)
         # Thousands of positions: straight from Postgres into rows when nothing waits in
         # the buffer (Store's generic path encodes every row for the buffer and decodes
         # it again: most of a load's time, bench/dashboard.py); else Store's merged view.
-        position_rows = await self._positions_direct(problems) if buf.pending == 0 else None
+        direct = self._positions_direct(problems) if buf.pending == 0 else _none()
+        names = list(self.config.enabled_accounts())
+        reads = await asyncio.gather(
+            asyncio.to_thread(self._supervisor_view),
+            read("heartbeats", self.store.heartbeats),
+            read("runs", self.store.latest_runs),
+            read("incidents", self.store.open_incidents),
+            read("accounts", self.store.account_states),
+            direct,
+            *(read(f"controls of {name}", functools.partial(self.store.controls, name))
+              for name in names))
+        (sup_info, infos), hbs, runs, incidents, states, position_rows, *control_snaps = reads
         positions_source = "postgres"
         if position_rows is None:
             positions = await read("positions", self.store.positions)
             positions_source = positions.source
             position_rows = tuple(_position_row(p) for p in positions.rows
                                   if p.position.qty != 0)
-        controls: dict[str, dict[str, Any]] = {}
-        for name in self.config.enabled_accounts():
-            snap = await read(f"controls of {name}", functools.partial(self.store.controls, name))
-            controls[name] = {c.key: c.value for c in snap.rows}
+        controls: dict[str, dict[str, Any]] = {
+            name: {c.key: c.value for c in snap.rows}
+            for name, snap in zip(names, control_snaps, strict=True)}
         sources = {positions_source, *(s.source for s in (hbs, runs, incidents, states))}
         source = ("buffer" if "buffer" in sources else
                   "postgres+buffer" if "postgres+buffer" in sources else "postgres")
@@ -355,7 +362,7 @@ class DashboardData:
                 unreachable_since=self._unreachable_since,
                 error=None if reachable else "Postgres unreachable"),
             supervisor=sup_info,
-            problems=tuple(problems),
+            problems=tuple(sorted(problems)),  # reads ran concurrently: a stable order
         )
 
     def _supervisor_view(self) -> tuple[SupervisorInfo, dict[str, ProcessInfo]]:
@@ -480,6 +487,10 @@ class DashboardData:
                 restarts_today=restarts.get(name, 0),
             ))
         return tuple(out)
+
+
+async def _none() -> None:
+    return None
 
 
 def _position_row(sp: Any) -> PositionRow:
