@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import pytest
@@ -56,17 +54,3 @@ def broker(sim: Simulator) -> Iterator[Broker]:
     finally:
         b.close()
 
-
-async def eventually(pred: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout_s: float = 15.0) -> None:
-    """Poll `pred` until true, failing with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = pred()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        await asyncio.sleep(0.05)

@@ -9,8 +9,7 @@ from decimal import Decimal
 from ops.broker import Broker, BrokerApiError
 from ops.models import OrderRequest, OrderType, Side
 from ops.sim import Simulator
-
-from .conftest import eventually
+from tests.support import eventually
 
 
 def limit_buy(cid: str, qty: int = 5, price: str = "1.00", symbol: str = "AAPL") -> OrderRequest:

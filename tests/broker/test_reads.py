@@ -20,8 +20,9 @@ from ops.credentials import Credentials
 from ops.models import OPTION_MULTIPLIER, OrderRequest, Side
 from ops.retry import Backoff
 from ops.sim import SimConfig, Simulator
+from tests.support import eventually
 
-from .conftest import creds, endpoints, eventually, make_broker
+from .conftest import creds, endpoints, make_broker
 
 NO_RETRY = BrokerSettings(rest_timeout_s=1.0, retry=Backoff(max_attempts=1))
 

@@ -13,8 +13,9 @@ import pytest
 from ops.broker import Broker, TradeStream
 from ops.models import OrderRequest, Side, TradeUpdate
 from ops.sim import Simulator
+from tests.support import eventually
 
-from .conftest import creds, endpoints, eventually
+from .conftest import creds, endpoints
 from .test_orders import limit_buy
 
 

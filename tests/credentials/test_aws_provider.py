@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import traceback
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from ops.credentials import AwsSecretsProvider, CredentialError, load_credentials
 from tests.credentials.conftest import API_KEY, API_SECRET, REGION, account
+from tests.support import free_port
 
 TINY = "ops-pipeline/alpaca/tiny"
 WHERE = "provider aws, region us-east-1"
@@ -151,12 +151,6 @@ def test_binary_secret_is_refused() -> None:
     assert str(info.value) == (
         f"secret '{TINY}' has no SecretString (binary secrets are not supported) ({WHERE})"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.usefixtures("fake_aws_env")

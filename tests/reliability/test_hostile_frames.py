@@ -15,8 +15,9 @@ from decimal import Decimal
 
 from ops.broker import Broker
 from ops.models import OrderRequest, Side
-from tests.roles.conftest import RoleEnv, eventually
+from tests.roles.conftest import RoleEnv
 from tests.roles.test_stream import fills_match, query
+from tests.support import eventually
 
 HOSTILE = [
     '{"stream":"trade_updates",',  # truncated JSON

@@ -21,7 +21,8 @@ import pytest
 
 from ops.risk import signal_client_order_id
 from ops.store.postgres import connect
-from tests.roles.conftest import RoleEnv, RoleProc, eventually
+from tests.roles.conftest import RoleEnv, RoleProc
+from tests.support import eventually
 
 WAITS = "another instance is active; this one waits"
 

@@ -30,8 +30,7 @@ import contextlib
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -46,6 +45,7 @@ from ops.models import OrderRequest, Side
 from ops.retry import Backoff
 from ops.roles.runtime import EXIT_OK, RoleBuilder, RoleRuntime
 from ops.sim import SimConfig, Simulator, default_accounts
+from tests.support import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_IDS = {"large": "ops-pipeline/alpaca", "tiny": "ops-pipeline/alpaca/tiny"}
@@ -256,19 +256,6 @@ async def role_env(sim: Simulator, ops_env: RuntimeEnv, pg_url: str) -> AsyncIte
                     await asyncio.wait_for(p.proc.wait(), 10)
 
 
-async def eventually(pred: Callable[[], bool | Awaitable[bool]], what: str,
-                     timeout_s: float = 20.0) -> None:
-    """Poll `pred` (sync or async) until true; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = pred()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}")
-        await asyncio.sleep(0.05)
 
 
 def order_request(symbol: str = "AAPL", qty: int = 1, side: Side = Side.BUY,

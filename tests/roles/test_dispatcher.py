@@ -37,8 +37,7 @@ from ops.store.postgres import connect
 from ops.store.signals import SignalListener
 from ops.store.store import Store
 from ops.ticker import Ticker
-
-from .conftest import eventually
+from tests.support import eventually
 
 TINY_LIMITS = RiskLimits(
     max_order_notional=Decimal(500), max_symbol_notional=Decimal(900), max_open_positions=3,

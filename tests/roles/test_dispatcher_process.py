@@ -17,8 +17,9 @@ from typing import Any
 from ops.risk import signal_client_order_id
 from ops.roles.dispatcher import FAULT_AFTER_SUBMIT, FAULT_ENV, RECONCILE_KEY
 from ops.store.postgres import connect
+from tests.support import eventually
 
-from .conftest import REPO, RoleEnv, RoleProc, eventually
+from .conftest import REPO, RoleEnv, RoleProc
 
 
 async def spawn(role_env: RoleEnv, account: str, **extra_env: str) -> RoleProc:

@@ -34,7 +34,7 @@ from ops.sim import Simulator
 from ops.store import Store
 from ops.store import positions as pq
 from ops.store.store import order_op, trade_update_op
-from tests.roles.conftest import eventually
+from tests.support import eventually
 
 ACCOUNT = "large"
 FAST = BrokerSettings(rest_timeout_s=2.0,

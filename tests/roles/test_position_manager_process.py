@@ -14,7 +14,8 @@ from ops.credentials import Credentials
 from ops.models import OrderRequest, Side
 from ops.roles.position_manager import exit_prefix
 from ops.store import Store
-from tests.roles.conftest import RoleEnv, eventually
+from tests.roles.conftest import RoleEnv
+from tests.support import eventually
 
 EXITS = """
 [accounts.large.exits]

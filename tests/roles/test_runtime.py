@@ -23,7 +23,8 @@ from ops.store.embedded import EmbeddedPostgres
 from ops.store.locks import LockLost, SingletonLock
 from ops.store.postgres import connect
 from ops.ticker import Slot
-from tests.roles.conftest import RoleEnv, eventually
+from tests.roles.conftest import RoleEnv
+from tests.support import eventually
 
 
 class _Probe:

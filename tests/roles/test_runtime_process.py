@@ -7,7 +7,8 @@ import asyncio
 import signal
 
 from ops.store.postgres import connect
-from tests.roles.conftest import RoleEnv, RoleProc, eventually
+from tests.roles.conftest import RoleEnv, RoleProc
+from tests.support import eventually
 
 
 async def query(url: str, sql: str, *args: object) -> list[dict[str, object]]:

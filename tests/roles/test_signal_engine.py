@@ -27,7 +27,8 @@ from ops.roles.signal_engine import (
 from ops.sim import Simulator
 from ops.store import Store
 from ops.strategies import ProposedSignal, StrategyContext, StrategyError
-from tests.roles.conftest import RoleEnv, eventually
+from tests.roles.conftest import RoleEnv
+from tests.support import eventually
 
 FAST = BrokerSettings(rest_timeout_s=2.0,
                       retry=Backoff(initial_s=0.05, max_s=0.2, max_attempts=4, deadline_s=10))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 
 from ops.store import Store
-from tests.roles.conftest import RoleEnv, config_text, eventually
+from tests.roles.conftest import RoleEnv, config_text
+from tests.support import eventually
 
 GENERIC_RISK = """max_order_notional = 50000
 max_symbol_notional = 100000

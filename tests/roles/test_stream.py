@@ -20,7 +20,8 @@ from ops.sim import Simulator
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.postgres import connect
-from tests.roles.conftest import RoleEnv, eventually, order_request, running_role
+from tests.roles.conftest import RoleEnv, order_request, running_role
+from tests.support import eventually
 
 
 def role_of(rt: RoleRuntime) -> StreamRole:

@@ -7,8 +7,9 @@ import asyncio
 import signal
 
 from ops.broker import Broker
-from tests.roles.conftest import RoleEnv, eventually, order_request
+from tests.roles.conftest import RoleEnv, order_request
 from tests.roles.test_stream import db_fills, fills_match, sim_fills
+from tests.support import eventually
 
 
 async def test_kill_9_while_fills_happen_then_restart(

@@ -17,16 +17,11 @@ from alpaca.trading.models import Order, TradeAccount
 from alpaca.trading.requests import MarketOrderRequest
 
 from ops.sim import default_accounts
+from tests.support import free_port
 
 
 def ops(*args: str) -> list[str]:
     return [sys.executable, "-m", "ops.cli", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_show_accounts() -> None:

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from ops.store.migrate import migrate
 from ops.store.postgres import connect
 from ops.supervisor import SupervisorClient, socket_path
 from tests.conftest import TEST_PG_OPTIONS
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -51,12 +51,6 @@ PROGRAMS = {  # name -> (account, role, mode)
     "tiny-dispatcher": ("tiny", "dispatcher", "crash"),
     "tiny-position-manager": ("tiny", "position-manager", "closed"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
