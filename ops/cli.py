@@ -25,6 +25,17 @@ def _sim(args: argparse.Namespace) -> int:
     return cli_main(args)
 
 
+def tcp_port(text: str) -> int:
+    """argparse type: a TCP port number, 0-65535 (0: the OS picks one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
 def _lazy(module: str, func: str) -> Handler:
     """A handler that imports `module` only when its subcommand runs."""
 
@@ -132,7 +143,7 @@ def _add_dash_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       help="print one text snapshot and exit (no terminal needed)")
     mode.add_argument("--serve", action="store_true",
                       help="serve the dashboard in a browser on 127.0.0.1 (textual-serve)")
-    dash.add_argument("--port", type=int, default=8566,
+    dash.add_argument("--port", type=tcp_port, default=8566,
                       help="port for --serve on 127.0.0.1 (default 8566)")
     # tui.cli imports textual only when the interactive app runs; ops/ never imports it.
     dash.set_defaults(handler=_lazy("tui.cli", "cli_dash"))
@@ -159,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve REST (/v2), market data and the trade_updates WebSocket "
         "(/stream) on one 127.0.0.1 origin.",
     )
-    sim.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (0 = any)")
+    sim.add_argument("--port", type=tcp_port, default=8765,
+                     help="TCP port on 127.0.0.1 (0 = any)")
     sim.add_argument("--seed", type=int, default=7, help="seed of the synthetic market")
     sim.add_argument(
         "--clock",

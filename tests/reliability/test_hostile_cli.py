@@ -31,6 +31,8 @@ CASES: list[tuple[list[str], str]] = [
     (["gaps", "--since", "garbage"], "--since 'garbage': expected a positive number"),
     (["gaps", "--since", "1e400h"], "--since '1e400h'"),
     (["nosuch-command"], "invalid choice: 'nosuch-command'"),
+    (["sim", "--port", "70000"], "argument --port: port 70000 is outside 0-65535"),
+    (["dash", "--serve", "--port", "http"], "argument --port: not a port number: 'http'"),
 ]
 
 
