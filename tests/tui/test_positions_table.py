@@ -191,6 +191,14 @@ async def test_keyboard_paging() -> None:
         await pilot.press("up")
         assert table.cursor_row == 0
         assert "S0000" in line_text(table, 1)
+        # A click selects the row under it (line 0 is the header: nothing happens).
+        await pilot.press("pagedown", "pagedown")
+        top = int(table.scroll_y)
+        assert top > 0
+        await pilot.click(PositionsTable, offset=(3, 4))
+        assert table.cursor_row == top + 3
+        await pilot.click(PositionsTable, offset=(3, 0))
+        assert table.cursor_row == top + 3
 
 
 async def test_a_refresh_formats_only_the_visible_rows() -> None:
@@ -199,15 +207,15 @@ async def test_a_refresh_formats_only_the_visible_rows() -> None:
         table = await shown(pilot, rows)
         visible = table.page_rows
         assert visible < 30
-        # Setting 2,000 new rows (every price moved) formats the visible ones (to see
-        # whether anything on screen changed)...
+        # Setting 2,000 new rows (every price moved) formats visible rows only until one
+        # differs from the screen (here the first)...
         before = table.rows_formatted
         fresh = tuple(row(i, acct, step=3) for acct in ("large", "tiny") for i in range(1000))
         table.show(fresh, T)
-        assert table.rows_formatted - before == visible
-        # ...and a full paint formats exactly the rows on screen once more.
+        assert table.rows_formatted - before == 1
+        # ...and a full paint formats exactly the rows on screen.
         table.render_lines(Region(0, 0, table.size.width, table.size.height))
-        assert table.rows_formatted - before == 2 * visible
+        assert table.rows_formatted - before == 1 + visible
         # The clock pass (same rows, later time): no re-sort, only a repaint, new ages.
         shown_rows = table.rows
         assert line_text(table, 2).split()[-1] == "17m"  # large/S0001, opened 17 min ago
@@ -215,7 +223,7 @@ async def test_a_refresh_formats_only_the_visible_rows() -> None:
         table.show(fresh, T + timedelta(minutes=10))
         assert table.rows is shown_rows
         table.render_lines(Region(0, 0, table.size.width, table.size.height))
-        assert table.rows_formatted - before == 2 * visible
+        assert table.rows_formatted - before == 1 + visible
         assert line_text(table, 2).split()[-1] == "27m"
 
 
@@ -235,16 +243,17 @@ async def test_an_unchanged_screen_is_not_repainted() -> None:
             await pilot.pause()
             return table.rows_formatted - before
 
-        # Same rows (another load with equal values, or the clock within the same age).
-        assert await formatted_by(rows, t0 + timedelta(seconds=5)) == visible  # check only
+        # Same rows (another load with equal values, or the clock within the same age):
+        # every visible row is checked against the screen, nothing is painted.
+        assert await formatted_by(rows, t0 + timedelta(seconds=5)) == visible
         assert await formatted_by(tuple(rows), t0 + timedelta(seconds=5)) == visible
-        # An age on screen moves: repainted (the check, then the paint).
-        assert await formatted_by(rows, t0 + timedelta(minutes=1)) == 2 * visible
-        # A price off screen moves: not repainted; on screen: repainted.
+        # The ages on screen move: the check stops at the first row, then the paint.
+        assert await formatted_by(rows, t0 + timedelta(minutes=1)) == 1 + visible
+        # A price off screen moves: not repainted; on screen (5th line): repainted.
         off = rows[:-1] + (replace(rows[-1], last_price=Decimal(1)),)
         assert await formatted_by(off, t0 + timedelta(minutes=1)) == visible
-        on = (replace(rows[0], last_price=Decimal(1)),) + off[1:]
-        assert await formatted_by(on, t0 + timedelta(minutes=1)) == 2 * visible
+        on = off[:4] + (replace(off[4], last_price=Decimal(1)),) + off[5:]
+        assert await formatted_by(on, t0 + timedelta(minutes=1)) == 5 + visible
 
 
 async def test_gains_and_losses_read_in_monochrome_and_colour() -> None:

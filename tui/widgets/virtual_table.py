@@ -148,12 +148,15 @@ class VirtualTable(ScrollView, Generic[R], can_focus=True):
     def refresh_rows(self) -> None:
         """Repaint if what the screen shows would change (new values, new ages, a moved
         cursor): an idle dashboard repaints nothing."""
-        top = int(self.scroll_y)
-        window = range(top, min(len(self.rows), top + self.page_rows))
-        self.rows_formatted += len(window)
-        if self._view() != self._painted_view or any(
-                self._painted.get(i) != self.cells(self.rows[i]) for i in window):
+        if self._view() != self._painted_view:
             self.refresh()
+            return
+        top = int(self.scroll_y)
+        for i in range(top, min(len(self.rows), top + self.page_rows)):
+            self.rows_formatted += 1
+            if self._painted.get(i) != self.cells(self.rows[i]):
+                self.refresh()
+                return
 
     def _view(self) -> tuple[object, ...]:
         """Everything besides the visible rows' cells that a paint depends on."""
