@@ -33,3 +33,39 @@ def test_ops_never_imports_textual() -> None:
         [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "", f"ops imported UI modules: {out.stdout.strip()}"
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                         text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_trading_roles_do_not_load_pandas_until_something_uses_it() -> None:
+    # alpaca-py imports pandas at the top of its trading modules but never uses it on our
+    # paths: ~0.5 s and ~30 MB per role process (ops/broker/_sdk.py defers it).
+    code = (
+        "import sys\n"
+        "import ops.roles.stream, ops.roles.position_manager, ops.roles.dispatcher\n"
+        "from ops.broker import Broker\n"
+        "print('pandas.core' in sys.modules)\n"
+        # What alpaca-py does with its module-level `pd`: works, loading the real pandas.
+        "import alpaca.trading.requests as r\n"
+        "print(r.pd.Timestamp('2026-01-02').year, 'pandas.core' in sys.modules)\n"
+    )
+    assert _run(code).splitlines() == ["False", "2026 True"]
+
+
+def test_market_data_loads_on_first_use() -> None:
+    code = (
+        "import sys\n"
+        "from ops.broker import Broker, BrokerEndpoints\n"
+        "from ops.credentials import Credentials\n"
+        "b = Broker(BrokerEndpoints('http://127.0.0.1:1', 'ws://127.0.0.1:1/stream',\n"
+        "           'http://127.0.0.1:1'), Credentials('t', 'x', 'KEYID', 'SECRET'))\n"
+        "print('alpaca.data.historical' in sys.modules)\n"
+        "b.market\n"
+        "print('alpaca.data.historical' in sys.modules, b.market is b.market)\n"
+        "b.close()\n"
+    )
+    assert _run(code).splitlines() == ["False", "True True"]

@@ -8,7 +8,8 @@ Public API (everything else in ops speaks ops.models types):
   `trade_updates` WebSocket inside the process's event loop.
 - `Broker.bind_account(expected_account_number)` -> AccountMismatchError on a key mix-up.
 
-Layout: _sdk.py (the alpaca-py imports), transport.py (timeouts, retries, rate budget,
+Layout: _sdk.py and _sdk_data.py (the alpaca-py imports: trading; market data, loaded on
+first use), transport.py (timeouts, retries, rate budget,
 error translation), settings.py (endpoints, bounds), convert.py (raw JSON -> ops.models),
 orders.py (order requests), client.py (Broker), marketdata.py, stream.py, errors.py.
 """

@@ -1,13 +1,51 @@
-"""The one file in the project that imports alpaca-py; the rest of ops.broker imports from here.
+"""The trading half of alpaca-py's imports; `_sdk_data` has the market-data half. The rest
+of ops.broker imports alpaca-py only through these two files.
 
 alpaca-py 0.44 imports `websockets.legacy` at import time, which warns on websockets >= 14
 (alpaca-wire.md 6.8). The warning is filtered here, explicitly and only for this import,
 so that `-W error` runs of the project stay clean.
+
+Import cost. alpaca-py's trading modules `import pandas` at the top but use it only in
+code we never run (a corporate-announcements validator; DataFrame views of market data).
+pandas and numpy are ~0.5 s and ~30 MB per process, and every trading role is its own
+process, so until something really uses pandas it is a `_Deferred` placeholder: the first
+attribute anyone reads imports the real module. The market-data clients are imported only
+when a role first asks for data (`Broker.market`), and they do load pandas.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
+import types
 import warnings
+from typing import Any
+
+
+class _Deferred(types.ModuleType):
+    """Stands in `sys.modules` for a module until one of its attributes is read."""
+
+    def __getattr__(self, name: str) -> Any:
+        real = self.__dict__.get("_real")
+        if real is None:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
+            real = self.__dict__["_real"] = importlib.import_module(self.__name__)
+        return getattr(real, name)
+
+
+def _defer(name: str) -> None:
+    spec = None if name in sys.modules else importlib.util.find_spec(name)
+    if spec is not None:
+        placeholder = _Deferred(name)
+        # Tools that scan sys.modules (inspect.getmodule, which pydantic calls for every
+        # model) read __file__: answer it without importing.
+        placeholder.__file__ = spec.origin
+        sys.modules[name] = placeholder
+
+
+_defer("pandas")
 
 with warnings.catch_warnings():
     warnings.filterwarnings(
@@ -16,18 +54,6 @@ with warnings.catch_warnings():
     from alpaca.common.enums import Sort
     from alpaca.common.exceptions import APIError
     from alpaca.common.rest import RESTClient
-    from alpaca.data.enums import DataFeed
-    from alpaca.data.historical.option import OptionHistoricalDataClient
-    from alpaca.data.historical.stock import StockHistoricalDataClient
-    from alpaca.data.requests import (
-        OptionBarsRequest,
-        OptionLatestQuoteRequest,
-        OptionLatestTradeRequest,
-        StockBarsRequest,
-        StockLatestQuoteRequest,
-        StockLatestTradeRequest,
-    )
-    from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
     from alpaca.trading.client import TradingClient
     from alpaca.trading.enums import (
         OrderSide,
@@ -52,15 +78,10 @@ with warnings.catch_warnings():
 __all__ = [
     "APIError",
     "ClosePositionRequest",
-    "DataFeed",
     "GetOrderByIdRequest",
     "GetOrdersRequest",
     "LimitOrderRequest",
     "MarketOrderRequest",
-    "OptionBarsRequest",
-    "OptionHistoricalDataClient",
-    "OptionLatestQuoteRequest",
-    "OptionLatestTradeRequest",
     "OrderSide",
     "OrderType",
     "PositionIntent",
@@ -69,14 +90,8 @@ __all__ = [
     "ReplaceOrderRequest",
     "SdkOrderRequest",
     "Sort",
-    "StockBarsRequest",
-    "StockHistoricalDataClient",
-    "StockLatestQuoteRequest",
-    "StockLatestTradeRequest",
     "StopLimitOrderRequest",
     "StopOrderRequest",
-    "TimeFrame",
-    "TimeFrameUnit",
     "TimeInForce",
     "TradingClient",
     "TradingStream",

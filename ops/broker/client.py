@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ops.broker import _sdk as sdk
 from ops.broker.convert import (
@@ -38,13 +38,15 @@ from ops.broker.errors import (
     BrokerDataError,
     BrokerError,
 )
-from ops.broker.marketdata import MarketData
 from ops.broker.orders import build_order_request, build_replace_request
 from ops.broker.settings import BrokerEndpoints, BrokerSettings
 from ops.broker.transport import TokenBucket, harden, is_rate_limited, is_transient, translate
 from ops.credentials import Credentials
 from ops.models import AccountInfo, Bar, Clock, Fill, Order, OrderRequest, Position, Quote
 from ops.retry import retry
+
+if TYPE_CHECKING:
+    from ops.broker.marketdata import MarketData
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -136,20 +138,32 @@ class Broker:
             creds.api_key, creds.api_secret, paper=endpoints.paper, raw_data=True,
             url_override=endpoints.rest_url,
         )
-        stock = sdk.StockHistoricalDataClient(
-            creds.api_key, creds.api_secret, raw_data=True, url_override=endpoints.data_url
-        )
-        option = sdk.OptionHistoricalDataClient(
-            creds.api_key, creds.api_secret, raw_data=True, url_override=endpoints.data_url
-        )
-        for client in (self._trading, stock, option):
-            harden(client, s.rest_timeout_s)
+        harden(self._trading, s.rest_timeout_s)
+        self._creds = creds  # for the market-data clients, made on first use (`market`)
+        self._market: MarketData | None = None
         self._bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
         self._data_bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
         # Bound on the loop side too: requests' read timeout is per socket read, so a
         # server trickling bytes could otherwise hold a call far longer.
         self._call_bound_s = 2 * s.rest_timeout_s + 1.0
-        self.market = MarketData(self, stock, option, s.data_feed)
+
+    @property
+    def market(self) -> MarketData:
+        """The market-data half, built on first use: its alpaca-py modules load pandas,
+        which roles that never ask for data should not pay for (see `_sdk`)."""
+        if self._market is None:
+            from ops.broker import _sdk_data
+            from ops.broker.marketdata import MarketData
+
+            c, url = self._creds, self.endpoints.data_url
+            stock = _sdk_data.StockHistoricalDataClient(
+                c.api_key, c.api_secret, raw_data=True, url_override=url)
+            option = _sdk_data.OptionHistoricalDataClient(
+                c.api_key, c.api_secret, raw_data=True, url_override=url)
+            for client in (stock, option):
+                harden(client, self.settings.rest_timeout_s)
+            self._market = MarketData(self, stock, option, self.settings.data_feed)
+        return self._market
 
     def __repr__(self) -> str:
         return f"Broker(account={self.account_name!r}, rest_url={self.endpoints.rest_url!r})"
@@ -157,7 +171,8 @@ class Broker:
     def close(self) -> None:
         """Close the HTTP sessions (idempotent)."""
         self._trading._session.close()
-        self.market.close()
+        if self._market is not None:
+            self._market.close()
 
     async def __aenter__(self) -> Broker:
         return self

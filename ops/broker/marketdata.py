@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ops.broker import _sdk as sdk
+from ops.broker import _sdk_data as sdk
 from ops.broker.convert import as_mapping, bar_from_raw, quote_from_raw, trade_price_from_raw
 from ops.models import Bar, OptionSymbol, Quote
 
