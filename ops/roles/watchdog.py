@@ -462,6 +462,17 @@ class Watchdog:
     async def pass_once(self) -> None:
         t0 = time.monotonic()
         await self.maybe_reload()
+        wcfg = self.config.watchdog
+        stale_s = max([wcfg.heartbeat_stale_s, *wcfg.heartbeat_stale_by_role_s.values()])
+        if self.store.refused_within(stale_s + PASS_INTERVAL_S):
+            # Our own writes are stored nowhere (Postgres down, buffer disk full): nobody's
+            # heartbeat can be stored, all go stale together and would be killed one by one
+            # as each crosses the bound. No judging until storage is back for a stale bound.
+            text = "storage unavailable: no heartbeat can be stored (see buffer-unwritable)"
+            if text != self._skip_reason:
+                log.error("watchdog: passes skipped, %s", text)
+            self._skip_reason = text
+            return
         try:
             if not self._adopted:
                 await self._adopt()

@@ -82,6 +82,8 @@ class StoreSettings:
     buffer_path: Path | None = None  # None: RuntimeEnv.buffer_path
     probe_headroom_bytes: int = PROBE_HEADROOM_BYTES  # free space probe_buffer() demands
     refused_log_every_s: float = 10.0  # repeat the "stored nowhere" error at most this often
+    pg_retry_s: float = 1.0  # buffer unwritable, Postgres away: ask it again this often
+    catch_up_wait_s: float = 3.0  # a write waits this long for another process's replay
 
     @classmethod
     def from_config(cls, config: Config, env: RuntimeEnv) -> StoreSettings:
@@ -254,10 +256,12 @@ class Store:
         self._closed = False
         self.replayed = 0  # rows this process replayed (a progress counter for heartbeats)
         self.refused = 0  # writes stored nowhere (StorageUnavailable raised)
+        self._refused_at: float | None = None  # loop time of the last one
         self._refused_logged_at: float | None = None
         self._unwritable: str | None = None  # the buffer's last write error, None when fine
         # Highest seq this process replayed whose rows the buffer could not delete yet.
         self._replayed_through = 0
+        self._pg_retry_at = 0.0  # loop time; see _write_unbuffered
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -379,23 +383,36 @@ class Store:
         """The buffer refused `ops`. Postgres may take them only if it is reachable and
         already holds every pending row (else a later write would overtake an earlier one).
         Otherwise they are stored nowhere: raise, so the caller keeps and retries them."""
-        if self._reachable:
+        loop = asyncio.get_running_loop()
+        reason = "Postgres unreachable"
+        # `_reachable` may be stale (nothing read or replayed since Postgres returned), so
+        # ask Postgres again, though at most every pg_retry_s while it stays away.
+        if self._reachable or loop.time() >= self._pg_retry_at:
+            self._pg_retry_at = loop.time() + self.settings.pg_retry_s
             try:
-                if not await self._caught_up():
-                    await self.drain_once()  # replay now rather than wait for the drainer
-                if await self._caught_up():
+                deadline = loop.time() + self.settings.catch_up_wait_s
+                while not await self._caught_up():
+                    # Replay now rather than wait for the drainer's back-off; "busy":
+                    # another process replays, so wait for its mark.
+                    outcome = await self.drain_once()
+                    if outcome == "outage" or loop.time() >= deadline:
+                        break
+                    if outcome == "busy":
+                        await asyncio.sleep(0.05)
+                else:
                     async with self._pool.acquire() as conn, conn.transaction():
-                        return int(await apply_ops(conn, ops))
-                reason = "Postgres does not hold every buffered row yet"
+                        n = int(await apply_ops(conn, ops))
+                    self._reachable = True
+                    return n
+                reason = ("Postgres does not hold every buffered row yet" if self._reachable
+                          else "Postgres unreachable")
             except Exception as exc:
                 if not is_outage(exc):
                     raise
                 self._note_outage(exc)
                 reason = f"Postgres unreachable ({type(exc).__name__}: {exc})"
-        else:
-            reason = "Postgres unreachable"
         self.refused += 1
-        loop_now = asyncio.get_running_loop().time()
+        loop_now = self._refused_at = loop.time()
         if (self._refused_logged_at is None
                 or loop_now - self._refused_logged_at >= self.settings.refused_log_every_s):
             self._refused_logged_at = loop_now
@@ -404,7 +421,7 @@ class Store:
                       ", ".join(sorted({op.kind for op in ops})), reason, why)
         raise StorageUnavailable(
             f"{len(ops)} write(s) ({', '.join(sorted({op.kind for op in ops}))}) not stored: "
-            f"{reason}, and {why}") from why
+            f"{reason}, and {why}") from None  # the message says it all; no chain
 
     async def _caught_up(self) -> bool:
         """Whether Postgres holds every pending row of the buffer."""
@@ -446,6 +463,11 @@ class Store:
             log.exception("could not mirror latest state into the buffer")
         else:
             self._note_writable()
+
+    def refused_within(self, seconds: float) -> bool:
+        """Whether this process had a write stored nowhere in the last `seconds`."""
+        return (self._refused_at is not None
+                and asyncio.get_running_loop().time() - self._refused_at <= seconds)
 
     @property
     def buffer_unwritable(self) -> str | None:
@@ -525,6 +547,7 @@ class Store:
     async def _drain_with(self, conn: asyncpg.Connection) -> Literal["drained"]:
         # Rows up to the mark are in Postgres already (their delete failed, or this
         # process crashed before it): drop them if the disk allows, never replay them again.
+        self._reachable = True
         mark = max(self._replayed_through, await self._replay_mark(conn))
         if mark:
             await self._forget_through(mark)
