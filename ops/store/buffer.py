@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -117,9 +118,12 @@ class BufferStatus:
 class Buffer:
     """Async access to the buffer file. One instance per Store; safe across processes."""
 
-    def __init__(self, path: Path, conn: aiosqlite.Connection, buffer_id: str | None = None):
+    def __init__(self, path: Path, conn: aiosqlite.Connection, buffer_id: str | None = None,
+                 read_only: str | None = None):
         self.path = path
         self._conn = conn
+        # Why this buffer was opened read-only (see `open(degrade=True)`); None: writable.
+        self.read_only = read_only
         # None only for a pre-meta file opened on a full disk (the id could not be written).
         self.buffer_id = buffer_id
         # One connection is shared by the writer tasks and the drainer of a process; a
@@ -127,7 +131,44 @@ class Buffer:
         self._mutex = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> Buffer:
+    async def open(cls, path: Path, *, degrade: bool = False) -> Buffer:
+        """Open (and create) the buffer. A full or read-only disk raises `BufferUnwritable`;
+        with `degrade` it opens the file read-only instead (or an empty in-memory stand-in
+        when there is no file), so a process can start and write to Postgres meanwhile."""
+        try:
+            return await cls._open(path)
+        except (sqlite3.Error, OSError) as exc:
+            if not is_unwritable(exc):
+                raise
+            err = BufferUnwritable.wrap(path, exc)
+            if not degrade:
+                raise err from exc
+        log.error("%s; opened read-only until it can be written", err)
+        return await cls._open_read_only(path, err.reason)
+
+    @classmethod
+    async def _open_read_only(cls, path: Path, reason: str) -> Buffer:
+        if not await asyncio.to_thread(path.exists):
+            conn = await aiosqlite.connect(":memory:", isolation_level=None)
+            await conn.executescript(_SCHEMA)
+            return cls(path, conn, None, reason)
+        # immutable: no -shm/-wal needed (they cannot be created); nobody else holds the
+        # file open, or the normal open would have worked. Rows in a crashed writer's
+        # leftover WAL show once the file is reopened normally (Store retries that).
+        conn = await aiosqlite.connect(f"file:{quote(str(path))}?mode=ro&immutable=1",
+                                       uri=True, isolation_level=None)
+        try:
+            rows = list(await conn.execute_fetchall(
+                "SELECT value FROM meta WHERE key = 'buffer_id'"))
+        except sqlite3.Error:
+            rows = []  # a file from before the meta table: no id, no shared replay mark
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(path, conn, str(rows[0][0]) if rows else None, reason)
+
+    @classmethod
+    async def _open(cls, path: Path) -> Buffer:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         try:
@@ -189,7 +230,12 @@ class Buffer:
                 raise BufferUnwritable.wrap(self.path, exc) from exc
             raise
 
+    def _check_writable(self) -> None:
+        if self.read_only is not None:
+            raise BufferUnwritable(self.path, f"opened read-only ({self.read_only})")
+
     async def _begin(self) -> None:
+        self._check_writable()
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -206,6 +252,7 @@ class Buffer:
 
     async def delete_through(self, seq: int) -> None:
         """Drop replayed rows: every pending row with seq <= `seq`."""
+        self._check_writable()
         async with self._mutex:
             try:
                 await self._conn.execute("DELETE FROM pending WHERE seq <= ?", (seq,))

@@ -262,6 +262,8 @@ class Store:
         # Highest seq this process replayed whose rows the buffer could not delete yet.
         self._replayed_through = 0
         self._pg_retry_at = 0.0  # loop time; see _write_unbuffered
+        self._reopen_at = 0.0  # loop time; see _reopen_if_read_only
+        self._retired: list[Buffer] = []  # read-only buffers replaced by a writable one
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -292,7 +294,9 @@ class Store:
                 url = await asyncio.to_thread(embedded.database_url, env)
             else:
                 url = embedded.database_url(env, start=False)
-        buffer = await Buffer.open(buffer_path)
+        # degrade: on a full/read-only disk the process still starts (writes go to Postgres
+        # while it is up); the buffer is reopened normally once that works.
+        buffer = await Buffer.open(buffer_path, degrade=True)
         try:
             pool = await create_pool(
                 url,
@@ -322,6 +326,8 @@ class Store:
                     await self._drainer
         self._lock.release()
         await close_pool(self._pool)
+        for old in self._retired:
+            await old.close()
         await self._buffer.close()
 
     async def __aenter__(self) -> Store:
@@ -476,7 +482,27 @@ class Store:
 
     async def probe_buffer(self) -> str | None:
         """None when the buffer can take an outage's writes, else why not (one line)."""
+        await self._reopen_if_read_only(force=True)
         return await self._buffer.probe(self.settings.probe_headroom_bytes)
+
+    async def _reopen_if_read_only(self, *, force: bool = False) -> None:
+        """A buffer opened read-only (the disk was full or read-only at start) is reopened
+        normally as soon as that works: at most every pg_retry_s, unless `force`."""
+        old = self._buffer
+        loop = asyncio.get_running_loop()
+        if old.read_only is None or (loop.time() < self._reopen_at and not force):
+            return
+        self._reopen_at = loop.time() + self.settings.pg_retry_s
+        try:
+            new = await Buffer.open(old.path)
+        except BufferUnwritable:
+            return
+        # The old one stays open until close(): a call already waiting on it must not
+        # find its connection closed (that error would read as a bad row, not an outage).
+        self._retired.append(old)
+        self._buffer = new
+        self._note_writable()
+        log.warning("outage buffer %s can be written again: reopened", old.path)
 
     def _note_outage(self, exc: BaseException) -> None:
         if self._reachable:
@@ -500,6 +526,7 @@ class Store:
             if self._stop.is_set():
                 return
             try:
+                await self._reopen_if_read_only()
                 outcome = await self.drain_once()
             except asyncio.CancelledError:
                 raise

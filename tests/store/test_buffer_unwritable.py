@@ -299,3 +299,46 @@ async def test_read_only_buffer_refuses_during_outage_and_replays_after(
         assert await stored(url) == list(range(21))
     finally:
         await store.close()
+
+
+# --- a process starting while the disk is already full ----------------------------------------
+
+
+async def test_a_process_starts_on_a_full_disk_and_reopens_the_buffer_later(
+    pg_dedicated: EmbeddedPostgres, tmp_path: Path, disk: TmpfsDisk
+) -> None:
+    url, path = pg_dedicated.url(), disk.path / "buffer.sqlite3"
+    env = RuntimeEnv(tmp_path / "ops.toml", tmp_path, url)
+    pg_dedicated.stop(mode="fast")
+    earlier = await Store.open(env, process="large-stream", config=SETTINGS, buffer_path=path)
+    await earlier.write_many(events(range(10)))  # left pending by an earlier run
+    await earlier.close()
+    disk.fill()
+    # Nobody holds the buffer open, so SQLite cannot even create its shared-memory file:
+    # a normal open fails. The process starts all the same, with the buffer read-only.
+    store = await Store.open(env, process="large-stream", config=SETTINGS, buffer_path=path)
+    try:
+        assert store.buffer.read_only is not None and "SQLITE_IOERR" in store.buffer.read_only
+        assert (await store.buffer_status()).pending == 10
+        assert await store.probe_buffer() is not None
+        with pytest.raises(StorageUnavailable):
+            await store.write_many(events([10]))
+
+        pg_dedicated.start()
+
+        async def replayed() -> bool:
+            return await stored(url) == list(range(10))
+        await eventually("rows replayed from the read-only buffer", replayed, 30)
+        await store.write_many(events([10]))
+        disk.free()
+        assert await store.probe_buffer() is None  # reopened normally
+        assert store.buffer.read_only is None
+        assert await store.wait_drained(within_s=30)
+        pg_dedicated.stop(mode="fast")
+        await store.write_many(events([11]))  # an outage is buffered again
+        assert (await store.buffer_status()).pending == 1
+        pg_dedicated.start()
+        assert await store.wait_drained(within_s=30)
+        assert await stored(url) == list(range(12))
+    finally:
+        await store.close()
