@@ -264,6 +264,8 @@ class Store:
         self._pg_retry_at = 0.0  # loop time; see _write_unbuffered
         self._reopen_at = 0.0  # loop time; see _reopen_if_read_only
         self._retired: list[Buffer] = []  # read-only buffers replaced by a writable one
+        self._mark_table = False  # see _has_marks
+        self._mark_warned = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -400,7 +402,16 @@ class Store:
                 while not await self._caught_up():
                     # Replay now rather than wait for the drainer's back-off; "busy":
                     # another process replays, so wait for its mark.
-                    outcome = await self.drain_once()
+                    try:
+                        outcome = await self.drain_once()
+                    except Exception as exc:
+                        if is_outage(exc):
+                            raise
+                        # Not this write's fault (the drainer logs and retries it): the
+                        # write must read as "not stored yet", never as a bad row.
+                        log.warning("replay from the write path failed (%s: %s)",
+                                    type(exc).__name__, exc)
+                        break
                     if outcome == "outage" or loop.time() >= deadline:
                         break
                     if outcome == "busy":
@@ -438,9 +449,22 @@ class Store:
         self._replayed_through = max(self._replayed_through, mark)
         return last <= mark
 
+    async def _has_marks(self, conn: asyncpg.Connection | asyncpg.Pool) -> bool:
+        """Whether Postgres has the buffer_replay table (migration 0008). A database not
+        migrated yet (`ops run` does not migrate) replays as before, just without marks."""
+        if self._mark_table:
+            return True
+        self._mark_table = bool(await conn.fetchval(
+            "SELECT to_regclass('buffer_replay') IS NOT NULL"))
+        if not self._mark_table and not self._mark_warned:
+            self._mark_warned = True
+            log.warning("table buffer_replay missing (run `ops db migrate`): replay progress "
+                        "is not shared; on a full buffer disk writes wait for it to clear")
+        return self._mark_table
+
     async def _replay_mark(self, conn: asyncpg.Connection | asyncpg.Pool) -> int:
         """How far Postgres says this buffer file was replayed (0: unknown)."""
-        if self._buffer.buffer_id is None:
+        if self._buffer.buffer_id is None or not await self._has_marks(conn):
             return 0
         mark = await conn.fetchval(
             "SELECT through_seq FROM buffer_replay WHERE buffer_id = $1", self._buffer.buffer_id)
@@ -620,7 +644,7 @@ class Store:
         """Apply replayed ops and advance this buffer's replay mark, in one transaction."""
         async with conn.transaction():
             await apply_ops(conn, ops)
-            if self._buffer.buffer_id is not None:
+            if self._buffer.buffer_id is not None and self._mark_table:
                 await conn.execute(
                     "INSERT INTO buffer_replay (buffer_id, through_seq) VALUES ($1, $2) "
                     "ON CONFLICT (buffer_id) DO UPDATE SET updated_at = now(), "

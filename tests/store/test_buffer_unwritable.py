@@ -342,3 +342,29 @@ async def test_a_process_starts_on_a_full_disk_and_reopens_the_buffer_later(
         assert await stored(url) == list(range(12))
     finally:
         await store.close()
+
+
+async def test_replay_works_on_a_database_without_the_mark_table(
+    ops_env: RuntimeEnv, pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # New code on a database `ops db migrate` has not reached yet (`ops run` does not
+    # migrate): replay goes on as before, without the mark, and says what to run.
+    from ops.store.buffer import Buffer
+
+    conn = await connect(pg_url)
+    try:
+        await conn.execute("DROP TABLE buffer_replay")
+    finally:
+        await conn.close()
+    path = tmp_path / "buffer.sqlite3"
+    buf = await Buffer.open(path)
+    await buf.append(events(range(5)), "earlier")
+    await buf.close()
+    with caplog.at_level(logging.WARNING, logger="ops.store.store"):
+        store = await Store.open(ops_env, process="t", config=SETTINGS, buffer_path=path)
+        try:
+            assert await store.wait_drained(within_s=30)
+        finally:
+            await store.close()
+    assert await stored(pg_url) == list(range(5))
+    assert "ops db migrate" in caplog.text
