@@ -495,6 +495,9 @@ class DatabaseConfig(_Model):
     """Timeout of one connection attempt; beyond it writes go to the SQLite buffer."""
     command_timeout_s: Seconds = 30.0
     """Timeout of one statement."""
+    history_retention_days: Annotated[float, Field(gt=0)] = 30.0
+    """Run-ledger and position-history rows older than this are deleted (by the watchdog,
+    in small batches). Orders, events, signals and incidents are kept."""
 
     @model_validator(mode="after")
     def _pool_order(self) -> DatabaseConfig:

@@ -41,7 +41,7 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -746,20 +746,27 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
         services.append(wd.deadman)
 
     from ops.store.bufferwatch import BufferWatch
+    from ops.store.retention import Pruner
     buffer_watch = BufferWatch(store, host=wd.host)
+    pruner = Pruner(store.pool, timedelta(days=config.database.history_retention_days))
 
     async def job(_slot: object) -> None:
         try:
             await wd.pass_once()
         finally:
             await wd.buffer_health(buffer_watch)
+        try:  # history retention: a few indexed deletes, hourly (ops/store/retention.py)
+            await pruner.step(datetime.now(UTC))
+        except Exception:
+            log.exception("retention step failed; the next pass tries again")
 
     ticker = Ticker(PROCESS_NAME, PASS_INTERVAL_S, job, process=PROCESS_NAME, account=None,
                     role=PROCESS_NAME, ledger=store, job_timeout_s=PASS_TIMEOUT_S)
     wd.trigger = lambda: ticker.trigger() if not ticker.stats().in_flight else False
     heartbeat = HeartbeatTask(PROCESS_NAME, None, PROCESS_NAME, store,
                               config.watchdog.heartbeat_interval_s,
-                              lambda: {**wd.counters(), **ticker.counters()})
+                              lambda: {**wd.counters(), **ticker.counters(),
+                                       **{f"pruned.{t}": n for t, n in pruner.deleted.items()}})
     services += [ticker, heartbeat, worker]
     if feed_io is not None:
         services.append(EventFeed(feed_io[0], feed_io[1], wd.on_event))

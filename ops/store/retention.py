@@ -1,0 +1,79 @@
+"""Retention of the high-volume history tables, so that the database does not grow forever.
+
+What is pruned: the run ledger (`runs`, one row per scheduled slot of every process: about
+200k rows a day in the demo) and `position_history` (every position at every sync), rows
+older than `[database] history_retention_days`. What never is: orders, order_events,
+signals, incidents, exits, controls — the audit trail of what was traded and why.
+
+`Pruner.step()` is called by the watchdog after each of its passes. It deletes at most
+`batch` expired rows per table per call (an indexed, short transaction: the watchdog's
+pass must stay quick), calls again at once while rows remain, then rests `every_s`.
+After a failure (an outage, or anything else: logged by the caller) it tries again a
+minute later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
+
+from ops.store.postgres import is_outage
+
+log = logging.getLogger(__name__)
+
+#: (table, timestamp column): constants, never input (the SQL below formats them in).
+PRUNED: tuple[tuple[str, str], ...] = (("runs", "slot_time"), ("position_history", "synced_at"))
+_RETRY_AFTER_OUTAGE_S = 60.0
+
+
+def _delete_sql(table: str, column: str) -> str:
+    return (f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+            f"SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2)) RETURNING 1) "
+            "SELECT count(*) FROM gone")
+
+
+class Pruner:
+    def __init__(self, pool: asyncpg.Pool, keep: timedelta, *, batch: int = 5000,
+                 every_s: float = 3600.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        if keep <= timedelta(0) or batch < 1 or every_s < 0:
+            raise ValueError(f"bad retention settings: keep={keep}, batch={batch}, "
+                             f"every_s={every_s}")
+        self._pool = pool
+        self.keep = keep
+        self.batch = batch
+        self.every_s = every_s
+        self._monotonic = monotonic
+        self._next = 0.0
+        self.deleted: dict[str, int] = {t: 0 for t, _ in PRUNED}
+
+    async def step(self, now: datetime) -> int:
+        """Delete up to `batch` expired rows per table (when due); the rows deleted."""
+        if self._monotonic() < self._next:
+            return 0
+        cutoff = now - self.keep
+        total, more = 0, False
+        try:
+            for table, column in PRUNED:
+                n = int(await self._pool.fetchval(_delete_sql(table, column), cutoff,
+                                                  self.batch))
+                self.deleted[table] += n
+                total += n
+                more = more or n == self.batch
+        except Exception as exc:
+            # Outage or not, retry in a minute (a failing delete must not run every pass).
+            self._next = self._monotonic() + _RETRY_AFTER_OUTAGE_S
+            if not is_outage(exc):
+                raise
+            return total
+        if not more:
+            self._next = self._monotonic() + self.every_s
+        if total:
+            log.info("retention: deleted %d row(s) older than %s (%s)", total,
+                     cutoff.isoformat(timespec="seconds"),
+                     ", ".join(f"{t} {n}" for t, n in self.deleted.items()))
+        return total
