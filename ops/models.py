@@ -154,6 +154,9 @@ class TradeUpdate:
     qty: Decimal | None = None
     position_qty: Decimal | None = None
     raw: JsonDict = field(default_factory=dict, compare=False, repr=False)
+    # `raw` as the JSON text it arrived in, when it came off the wire (its data.order is
+    # `order.raw`): stored as is instead of re-encoding `raw`. None when built otherwise.
+    raw_json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def event_key(self) -> str:

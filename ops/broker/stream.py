@@ -12,6 +12,11 @@ two overrides of its private API (alpaca-py is pinned to 0.44.0; tests cover bot
   dropped, alpaca-wire.md 6.3); an exception in `on_update` is reported there too and
   never kills the stream. Stop requests are noticed within a second.
 
+Receive cost (the ingest benchmark, docs/performance.md): no alpaca-py models (raw_data),
+frames already queued in the socket are read without a timeout task each, the frame's
+text is handed on as `TradeUpdate.raw_json` (stored as is, never re-encoded), and
+permessage-deflate is off (inflating each small frame cost more than it saved).
+
 alpaca-py's `run()`/`stop()` are never used: they deadlock inside a running loop (4.5).
 """
 
@@ -48,6 +53,7 @@ KNOWN_EVENTS = frozenset({
 })
 _CONTROL_STREAMS = frozenset({"authorization", "listening"})
 _RECV_POLL_S = 1.0
+_YIELD_EVERY = 32  # frames handled from the socket's backlog between yields to the loop
 
 
 @dataclass(slots=True)
@@ -74,12 +80,29 @@ def storable_text(raw: str | bytes) -> str:
     return text.replace("\x00", "\\x00")
 
 
+def _frame_text(frame: object) -> str | None:
+    """The frame as JSON text to store verbatim (TradeUpdate.raw_json), when it is plain
+    UTF-8; None otherwise (json.loads then decodes the bytes itself, UTF-16/32 or BOM)."""
+    if isinstance(frame, str):
+        return frame
+    if isinstance(frame, bytes):
+        try:
+            text = frame.decode()
+        except UnicodeDecodeError:
+            return None
+        return None if text.startswith("\ufeff") else text
+    return None
+
+
 class _HookedTradingStream(sdk.TradingStream):
     def __init__(self, owner: TradeStream, key: str, secret: str, paper: bool,
                  url: str, ping_timeout_s: float) -> None:
         # alpaca-py's default ping timeout is 180 s: a dead TCP path would go unnoticed
         # for three minutes (alpaca-wire.md 4.4).
-        params = {"ping_interval": 10, "ping_timeout": ping_timeout_s, "max_queue": 1024}
+        # No permessage-deflate: inflating every small frame costs more CPU than the few
+        # bytes a trade update saves on the wire (the server sends plain frames then).
+        params = {"ping_interval": 10, "ping_timeout": ping_timeout_s, "max_queue": 1024,
+                  "compression": None}
         super().__init__(key, secret, paper=paper, raw_data=True, url_override=url,
                          websocket_params=params)
         self._owner = owner
@@ -96,15 +119,27 @@ class _HookedTradingStream(sdk.TradingStream):
 
     async def _consume(self) -> None:
         ws: Any = self._ws
+        unyielded = 0
         while True:
             if not self._stop_stream_queue.empty():
                 self._stop_stream_queue.get(timeout=1)
                 await self.close()
                 break
-            try:
-                frame = await asyncio.wait_for(ws.recv(), _RECV_POLL_S)
-            except TimeoutError:
-                continue
+            if getattr(ws, "messages", None):
+                # Frames already queued (a burst): recv() returns without suspending, so
+                # skip wait_for's task and timer per frame. Yield now and then, or a
+                # backlog would starve the loop (the writer's Postgres replies wait).
+                unyielded += 1
+                if unyielded >= _YIELD_EVERY:
+                    unyielded = 0
+                    await asyncio.sleep(0)
+                frame = await ws.recv()
+            else:
+                unyielded = 0
+                try:
+                    frame = await asyncio.wait_for(ws.recv(), _RECV_POLL_S)
+                except TimeoutError:
+                    continue
             if await self._owner._frame(frame):
                 self._data_received = True  # alpaca-py resets its reconnect backoff on this
 
@@ -235,8 +270,10 @@ class TradeStream:
         """Handle one frame; True if it was a trade_updates message."""
         self.counters.messages += 1
         self.counters.last_message_monotonic = time.monotonic()
+        text = _frame_text(frame)
         try:
-            msg = json.loads(frame) if isinstance(frame, str | bytes) else None
+            msg = (json.loads(text if text is not None else frame)
+                   if isinstance(frame, str | bytes) else None)
         except (ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
             await self._bad(frame, f"malformed frame (not JSON): {e}")
             return False
@@ -253,7 +290,7 @@ class TradeStream:
             await self._bad(msg, f"unexpected stream {stream!r}")
             return False
         try:
-            update = trade_update_from_raw(msg)
+            update = trade_update_from_raw(msg, text)
         except BrokerDataError as e:
             await self._bad(msg, f"unreadable trade update: {e}")
             return True

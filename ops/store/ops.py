@@ -178,6 +178,66 @@ async def _apply_orders(conn: asyncpg.Connection, payloads: Sequence[Payload]) -
     return await _executemany(conn, _ORDER_SQL, payloads, _ORDER_COLS)
 
 
+# --- trade updates: event + order state in one statement ------------------------------------
+
+# One trade update off the stream: its order_events row and its order's state. Every
+# value is text; "raw" is the update's JSON text (stored as is, never re-encoded) and
+# "order_raw" the order's JSON text, or null for the order object inside "raw"
+# (data.order, as on the wire). Built by ops/store/ingest.py.
+TRADE_UPDATE_FIELDS: tuple[str, ...] = (
+    "account", "event_key", "order_id", "client_order_id", "symbol", "event", "ts",
+    "execution_id", "price", "qty", "position_qty", "raw", "order_raw",
+    "side", "order_type", "time_in_force", "order_qty", "notional", "filled_qty",
+    "filled_avg_price", "limit_price", "stop_price", "status", "asset_class", "created_at",
+    "updated_at", "submitted_at", "filled_at", "canceled_at",
+)
+_TU_NUM = ("order_qty", "notional", "filled_qty", "filled_avg_price", "limit_price",
+           "stop_price")
+_TU_TS = ("created_at", "updated_at", "submitted_at", "filled_at", "canceled_at")
+_TU_SET = ("account", "client_order_id", "symbol", "side", "order_type", "time_in_force",
+           "qty", "notional", "filled_qty", "filled_avg_price", "limit_price", "stop_price",
+           "status", "asset_class", "created_at", "updated_at", "submitted_at", "filled_at",
+           "canceled_at", "raw")
+# One round trip per batch: the events in batch order (ids follow it: ORDER BY n), and the
+# newest state per order (DISTINCT ON: ON CONFLICT may touch a row only once per
+# statement; ties go to the later update, like the executemany it replaces), with the
+# same forward-only rule as the "order" kind. signal_id is left alone (the dispatcher's).
+_TRADE_UPDATE_SQL = f"""
+WITH u AS MATERIALIZED (
+    SELECT *, raw::jsonb AS rawj
+    FROM unnest({", ".join(f"${i + 1}::text[]" for i in range(len(TRADE_UPDATE_FIELDS)))})
+         WITH ORDINALITY AS t({", ".join(TRADE_UPDATE_FIELDS)}, n)
+), ins AS (
+    INSERT INTO order_events (account, event_key, order_id, client_order_id, symbol, event,
+                              ts, execution_id, price, qty, position_qty, raw)
+    SELECT account, event_key, order_id, client_order_id, symbol, event, ts::timestamptz,
+           execution_id, price::numeric, qty::numeric, position_qty::numeric, rawj
+    FROM u ORDER BY n
+    ON CONFLICT (account, event_key) DO NOTHING
+    RETURNING 1
+), ord AS (
+    INSERT INTO orders (id, {", ".join(_TU_SET)})
+    SELECT DISTINCT ON (order_id)
+           order_id, account, client_order_id, symbol, side, order_type, time_in_force,
+           {", ".join(f"{c}::numeric" for c in _TU_NUM)}, status, asset_class,
+           {", ".join(f"{c}::timestamptz" for c in _TU_TS)},
+           coalesce(order_raw::jsonb, rawj -> 'data' -> 'order')
+    FROM u ORDER BY order_id, updated_at::timestamptz DESC, n DESC
+    ON CONFLICT (id) DO UPDATE SET
+        {", ".join(f"{c} = excluded.{c}" for c in _TU_SET)}
+    WHERE excluded.updated_at >= orders.updated_at
+)
+SELECT count(*) FROM ins
+"""
+
+
+async def _apply_trade_updates(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    """Events and order states of a batch in one statement; returns the new events."""
+    columns = [[p.get(name) for p in payloads] for name in TRADE_UPDATE_FIELDS]
+    n = await conn.fetchval(_TRADE_UPDATE_SQL, *columns)
+    return int(n)
+
+
 # --- heartbeats and runs --------------------------------------------------------------------
 
 _HB_COLS: Cols = (
@@ -443,6 +503,7 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("order_event", _apply_events),
         Kind("order", _apply_orders),
+        Kind("trade_update", _apply_trade_updates),
         Kind("heartbeat", _apply_heartbeats, _hb_latest),
         Kind("run", _apply_runs, _run_latest),
         Kind("positions", _apply_position_syncs, _pos_latest),

@@ -48,7 +48,12 @@ def test_order_keeps_unknown_status_and_tolerates_missing_optionals() -> None:
     ("patch", "needle"),
     [({"id": None}, "'id'"), ({"qty": "ten"}, "'qty' = 'ten'"),
      ({"created_at": "yesterday"}, "'created_at' = 'yesterday'"),
-     ({"filled_qty": True}, "'filled_qty' = True")],
+     ({"filled_qty": True}, "'filled_qty' = True"),
+     ({"limit_price": "NaN"}, "'limit_price' = 'NaN': expected a finite number"),
+     ({"limit_price": "1.5.0"}, "'limit_price' = '1.5.0': expected a decimal number"),
+     ({"stop_price": [1]}, "'stop_price' = [1]"),
+     ({"filled_at": "soon"}, "'filled_at' = 'soon': expected an ISO-8601 timestamp"),
+     ({"canceled_at": 5}, "'canceled_at' = 5")],
 )
 def test_order_errors_name_field_and_value(patch: dict[str, Any], needle: str) -> None:
     with pytest.raises(BrokerDataError) as ei:
@@ -86,3 +91,15 @@ def test_position_side_from_sign_and_fill_defaults() -> None:
     assert f.cum_qty == 2 and f.leaves_qty == 0
     assert f.transaction_time.utcoffset() == timedelta(hours=-4)
     assert f.transaction_time == datetime(2024, 5, 1, 18, 30, tzinfo=UTC)
+
+
+def test_trade_update_keeps_the_frame_text_it_was_given() -> None:
+    msg = {"stream": "trade_updates", "data": {"event": "new", "order": ORDER}}
+    assert trade_update_from_raw(msg).raw_json is None
+    text = '{"stream": "trade_updates"}'  # kept verbatim, whatever it holds
+    u = trade_update_from_raw(msg, text)
+    assert u.raw_json == text and u.raw == msg
+    # Naive timestamps are UTC on the fast path too; JSON numbers still parse.
+    o = order_from_raw(ORDER | {"filled_at": "2024-05-01T14:31:00", "qty": 3, "notional": 2.5})
+    assert o.filled_at == datetime(2024, 5, 1, 14, 31, tzinfo=UTC)
+    assert o.qty == Decimal(3) and o.notional == Decimal("2.5")

@@ -4,6 +4,7 @@ TradingStream underneath): delivery, tolerant parsing, reconnect hook, clean sto
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -242,3 +243,39 @@ async def test_duplicate_delivery_repeats_the_event_key(
     await eventually(lambda: rec.events(oid).count("fill") == 2, "duplicated fill")
     keys = [u.event_key for u in rec.updates if u.order.id == oid]
     assert len(keys) == 4 and len(set(keys)) == 2  # new x2, fill x2: two distinct keys
+
+
+def burst_frame(i: int) -> bytes:
+    ts = f"2026-01-05T14:30:{i // 1000:02d}.{i % 1000:03d}Z"
+    return json.dumps({"stream": "trade_updates", "data": {
+        "event": "partial_fill", "execution_id": f"burst-{i}", "timestamp": ts,
+        "price": "1.5", "qty": "1", "position_qty": str(i + 1), "order": {
+            "id": "burst-order", "client_order_id": "burst", "created_at": ts,
+            "updated_at": ts, "symbol": "AAPL", "side": "buy", "type": "market",
+            "time_in_force": "day", "qty": "5000", "filled_qty": str(i + 1),
+            "status": "partially_filled"}}}).encode()
+
+
+async def test_a_burst_arrives_whole_in_order_with_each_frames_text(
+    sim: Simulator, stream: tuple[TradeStream, Recorder]
+) -> None:
+    ts, rec = stream
+    n = 3000  # several times the socket's queue (max_queue 1024)
+    frames = [burst_frame(i) for i in range(n)]
+    seen_while_receiving: list[int] = []
+
+    async def other_task() -> None:  # shares the loop with the stream, like the writer
+        while len(rec.updates) < n:
+            seen_while_receiving.append(len(rec.updates))
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_task())
+    for f in frames:
+        sim.hub.deliver("large", f, faults=False)
+    await eventually(lambda: len(rec.updates) == n, "the whole burst", timeout_s=60.0)
+    await other
+    assert [u.execution_id for u in rec.updates] == [f"burst-{i}" for i in range(n)]
+    assert all(u.raw_json == f.decode() for u, f in zip(rec.updates, frames, strict=True))
+    # The loop was never starved: the other task ran while the burst was being received.
+    assert any(0 < k < n for k in seen_while_receiving)
+    assert ts.counters.bad_messages == 0 and ts.counters.updates == n

@@ -7,6 +7,7 @@ Truth for fills is the simulator's own FILL activity ledger (with execution ids)
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -262,3 +263,43 @@ async def test_backfill_window_comes_from_stored_events_not_other_writers(
     async with running_role(role_env, "stream", "large") as rt:
         await ready(sim, role_of(rt))
         await eventually(lambda: fills_match(role_env), "the fill backfilled")
+
+
+def wire_fill(i: int, *, status: str = "partially_filled") -> bytes:
+    """A fill of the (broker-unknown) order 'burst-order'; fill i at T+i ms."""
+    ts = (datetime(2026, 1, 5, 14, 30, tzinfo=UTC) + timedelta(milliseconds=i)).isoformat()
+    return json.dumps({"stream": "trade_updates", "data": {
+        "event": "partial_fill", "execution_id": f"burst-{i}", "timestamp": ts,
+        "price": "1.5", "qty": "1", "position_qty": str(i + 1), "order": {
+            "id": "burst-order", "client_order_id": "burst", "created_at": ts,
+            "updated_at": ts, "symbol": "AAPL", "side": "buy", "type": "market",
+            "time_in_force": "day", "qty": "100000", "filled_qty": str(i + 1),
+            "status": status}}}).encode()
+
+
+async def test_burst_stored_once_in_order_with_the_newest_order_state(
+    role_env: RoleEnv
+) -> None:
+    sim = role_env.sim
+    n = 2500  # more than one writer batch
+    frames = [wire_fill(i) for i in range(n)]
+    frames.insert(1000, frames[10])  # a redelivery inside the burst
+    frames.append(wire_fill(5, status="new"))  # a stale snapshot arriving last
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        for f in frames:
+            sim.hub.deliver("large", f, faults=False)
+        await eventually(lambda: role.stats.updates == len(frames), "the burst received",
+                         timeout_s=60.0)
+        await eventually(lambda: role.stats.stored + role.stats.duplicates == len(frames),
+                         "the burst written", timeout_s=60.0)
+        assert role.stats.duplicates == 2 and role.stats.write_errors == 0
+    rows = await query(role_env.pg_url, "SELECT execution_id, raw FROM order_events WHERE "
+                       "order_id = 'burst-order' ORDER BY id")
+    assert [r["execution_id"] for r in rows] == [f"burst-{i}" for i in range(n)]
+    assert rows[7]["raw"] == json.loads(frames[7])
+    (order,) = await query(role_env.pg_url, "SELECT status, filled_qty, raw FROM orders "
+                           "WHERE id = 'burst-order'")
+    assert order["filled_qty"] == n and order["status"] == "partially_filled"
+    assert order["raw"] == json.loads(frames[-2])["data"]["order"]
