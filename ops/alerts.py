@@ -11,9 +11,10 @@ Deduplication: one row per (alert id, sink), so the same open/close enqueued twi
 sent once. Rate limit: a token bucket per sink; a row over the limit waits (no attempt
 is spent on it).
 
-Why SQLite and not the `alert_outbox` table in Postgres: alerts matter most exactly when
-Postgres is unreachable, and the watchdog is the only producer and consumer, on this
-host. The outbox file survives watchdog restarts.
+Why SQLite and not a Postgres table (the first schema had one, `alert_outbox`, dropped by
+migration 0010): alerts matter most exactly when Postgres is unreachable, and the
+watchdog is the only producer and consumer, on this host. The outbox file survives
+watchdog restarts.
 
 `DeadmanPinger` GETs a healthchecks-style URL every `deadman_interval_s` while the stack is
 healthy, so a dead host (or a dead watchdog) is noticed from outside by the silence.

@@ -20,7 +20,7 @@ from ops.store.postgres import connect
 EXPECTED_TABLES = {
     "accounts", "account_state", "signals", "orders", "order_events", "positions",
     "position_syncs", "position_history", "runs", "heartbeats", "incidents", "applied_ops",
-    "controls", "alert_outbox", "schema_migrations",
+    "controls", "schema_migrations",
 }
 
 
