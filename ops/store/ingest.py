@@ -1,7 +1,7 @@
 """The stream's write: a trade update and its order's state as ONE `trade_update` op.
 
 `write_many([trade_update_row_op(account, u) for u in batch])` stores a whole batch of
-updates in one transaction and one statement (ops/store/ops.py `_TRADE_UPDATE_SQL`):
+updates in one transaction and one statement (ops/store/ops.py `_TU_SQL`):
 each event exactly once by (account, event_key), in batch order, and the newest state of
 each order, forward-only by `updated_at`. It replaces `record_trade_updates` followed by
 `upsert_orders` (two transactions, two looks at the buffer, the raw JSON encoded twice).

@@ -202,10 +202,10 @@ _TU_SET = ("account", "client_order_id", "symbol", "side", "order_type", "time_i
 # newest state per order (DISTINCT ON: ON CONFLICT may touch a row only once per
 # statement; ties go to the later update, like the executemany it replaces), with the
 # same forward-only rule as the "order" kind. signal_id is left alone (the dispatcher's).
-_TRADE_UPDATE_SQL = f"""
+_TU_SQL = f"""
 WITH u AS MATERIALIZED (
     SELECT *, raw::jsonb AS rawj
-    FROM unnest({", ".join(f"${i + 1}::text[]" for i in range(len(TRADE_UPDATE_FIELDS)))})
+    FROM unnest({{columns}})
          WITH ORDINALITY AS t({", ".join(TRADE_UPDATE_FIELDS)}, n)
 ), ins AS (
     INSERT INTO order_events (account, event_key, order_id, client_order_id, symbol, event,
@@ -231,10 +231,35 @@ SELECT count(*) FROM ins
 """
 
 
+# Each column as one text[] parameter, or (cheaper for asyncpg to send: it checks every
+# array element's type in Python) as one string, the values joined by US (0x1f), RS
+# (0x1e) standing for NULL, split again in SQL.
+_TU_ARRAYS_SQL = _TU_SQL.replace("{columns}", ", ".join(
+    f"${i + 1}::text[]" for i in range(len(TRADE_UPDATE_FIELDS))))
+_TU_JOINED_SQL = _TU_SQL.replace("{columns}", ", ".join(
+    f"string_to_array(${i + 1}::text, E'\\x1f', E'\\x1e')"
+    for i in range(len(TRADE_UPDATE_FIELDS))))
+_US, _RS = "\x1f", "\x1e"
+
+
+def _joined(column: list[str | None]) -> str | None:
+    """`column` as one US-joined string, or None when that would not split back exactly
+    (a value holding US or RS, or a lone empty string, which splits to no element)."""
+    text = _US.join(_RS if v is None else v for v in column)
+    if (not text or text.count(_US) != len(column) - 1
+            or text.count(_RS) != column.count(None)):
+        return None
+    return text
+
+
 async def _apply_trade_updates(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
     """Events and order states of a batch in one statement; returns the new events."""
     columns = [[p.get(name) for p in payloads] for name in TRADE_UPDATE_FIELDS]
-    n = await conn.fetchval(_TRADE_UPDATE_SQL, *columns)
+    joined = [_joined(c) for c in columns]
+    if all(j is not None for j in joined):
+        n = await conn.fetchval(_TU_JOINED_SQL, *joined)
+    else:
+        n = await conn.fetchval(_TU_ARRAYS_SQL, *columns)
     return int(n)
 
 

@@ -179,3 +179,23 @@ async def test_outage_buffers_one_row_per_update_and_replays_once_in_order(
         assert order["raw"] == later[-1].raw["data"]["order"]
     finally:
         await conn.close()
+
+
+async def test_values_holding_the_column_separators_are_stored_verbatim(
+    ops_store: Store, db: asyncpg.Connection
+) -> None:
+    """Batches go to Postgres as one joined string per column unless a value could not be
+    split back exactly; then as arrays. Either way, the same rows."""
+    odd = ["sym\x1fbol", "\x1e", "", "a\x1eb"]
+    updates = [from_wire(wire_frame(f"o{i}", i, execution_id=f"x{i}")) for i in range(4)]
+    tricky = [replace(u, order=replace(u.order, symbol=s)) for u, s in zip(updates, odd,
+                                                                           strict=True)]
+    for i, u in enumerate(tricky):  # one at a time: '' alone cannot be joined either
+        await ops_store.write(trade_update_row_op("large", u))
+        await ops_store.write_many([trade_update_row_op("pair", u),
+                                    trade_update_row_op("pair", updates[i])])
+    rows = await db.fetch("SELECT symbol FROM order_events WHERE account = 'large' ORDER BY id")
+    assert [r["symbol"] for r in rows] == odd
+    rows = await db.fetch("SELECT symbol FROM order_events WHERE account = 'pair' ORDER BY id")
+    assert [r["symbol"] for r in rows] == odd  # the second of each pair is a redelivery
+    assert await db.fetchval("SELECT count(*) FROM order_events WHERE symbol IS NULL") == 0
