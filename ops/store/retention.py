@@ -25,15 +25,17 @@ from ops.store.postgres import is_outage
 
 log = logging.getLogger(__name__)
 
-#: (table, timestamp column): constants, never input (the SQL below formats them in).
-PRUNED: tuple[tuple[str, str], ...] = (("runs", "slot_time"), ("position_history", "synced_at"))
+#: table -> the statement deleting at most $2 of its rows older than $1 (indexed column).
+_DELETE: dict[str, str] = {
+    "runs": "WITH gone AS (DELETE FROM runs WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM runs WHERE slot_time < $1 LIMIT $2)) RETURNING 1) "
+            "SELECT count(*) FROM gone",
+    "position_history": "WITH gone AS (DELETE FROM position_history WHERE ctid = ANY(ARRAY("
+                        "SELECT ctid FROM position_history WHERE synced_at < $1 LIMIT $2)) "
+                        "RETURNING 1) SELECT count(*) FROM gone",
+}
+PRUNED: tuple[str, ...] = tuple(_DELETE)
 _RETRY_AFTER_OUTAGE_S = 60.0
-
-
-def _delete_sql(table: str, column: str) -> str:
-    return (f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY("
-            f"SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2)) RETURNING 1) "
-            "SELECT count(*) FROM gone")
 
 
 class Pruner:
@@ -49,7 +51,7 @@ class Pruner:
         self.every_s = every_s
         self._monotonic = monotonic
         self._next = 0.0
-        self.deleted: dict[str, int] = {t: 0 for t, _ in PRUNED}
+        self.deleted: dict[str, int] = {t: 0 for t in PRUNED}
 
     async def step(self, now: datetime) -> int:
         """Delete up to `batch` expired rows per table (when due); the rows deleted."""
@@ -58,9 +60,8 @@ class Pruner:
         cutoff = now - self.keep
         total, more = 0, False
         try:
-            for table, column in PRUNED:
-                n = int(await self._pool.fetchval(_delete_sql(table, column), cutoff,
-                                                  self.batch))
+            for table, sql in _DELETE.items():
+                n = int(await self._pool.fetchval(sql, cutoff, self.batch))
                 self.deleted[table] += n
                 total += n
                 more = more or n == self.batch

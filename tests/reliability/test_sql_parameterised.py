@@ -31,6 +31,8 @@ ALLOWED: dict[str, dict[str, str]] = {
         **{c: "module-level tuple of (column, type) string literals" for c in (
             "_EVENT_COLS", "_ORDER_COLS", "_HB_COLS", "_RUN_COLS", "_POS_COLS",
             "_HIST_COLS", "_CTRL_COLS", "_INC_COLS", "_SIG_COLS")},
+        **{c: "module-level tuple of column-name string literals" for c in (
+            "TRADE_UPDATE_FIELDS", "_TU_SET", "_TU_NUM", "_TU_TS")},
         "_names": "joins the column names of such a tuple",
         "_placeholders": "renders $n::type placeholders for such a tuple",
         "enumerate": "builtin over such a tuple", "range": "builtin", "len": "builtin",
@@ -48,6 +50,8 @@ CONSTANTS = {  # (defining file, name): the literal kind it must be
     ("ops/models.py", "TERMINAL_ORDER_STATUSES"): frozenset,
     **{("ops/store/ops.py", c): tuple for c in ALLOWED["ops/store/ops.py"]
        if c.startswith("_") and c.endswith("_COLS")},
+    **{("ops/store/ops.py", c): tuple for c in (
+        "TRADE_UPDATE_FIELDS", "_TU_SET", "_TU_NUM", "_TU_TS")},
 }
 
 
@@ -125,9 +129,11 @@ def test_whitelisted_names_are_literal_constants() -> None:
             value = value.args[0]
         literal: object = ast.literal_eval(value)  # raises unless built from literals only
         assert isinstance(literal, set if kind is frozenset else kind), (rel, name)
-        if isinstance(literal, tuple):
-            assert all(isinstance(c, str) and isinstance(t, str) and c.isidentifier()
-                       for c, t in literal), (rel, name)
+        if isinstance(literal, tuple):  # column names, or (column name, type) pairs
+            names = [item if isinstance(item, str) else item[0] for item in literal]
+            assert all(isinstance(item, str) or (len(item) == 2 and isinstance(item[1], str))
+                       for item in literal), (rel, name)
+            assert all(isinstance(c, str) and c.isidentifier() for c in names), (rel, name)
 
 
 def test_alerts_where_clause_is_always_a_literal() -> None:
