@@ -74,7 +74,15 @@ def test_thresholds() -> None:
     assert late_after(2.0) == 12.0
     assert late_after(60.0) == 120.0
     assert stalled_after(2.0, 60.0) == 60.0
-    assert stalled_after(60.0, 30.0) == 120.0  # a bound below "late" never makes ok stalled
+    # A bound below "late" is honoured (the operator wants a restart that soon), but never
+    # under one interval: a process on schedule is never stalled.
+    assert stalled_after(5.0, 8.0) == 8.0
+    assert stalled_after(60.0, 30.0) == 60.0
+    long_up = replace(HEALTHY, expected_interval_s=5.0, uptime_s=1000.0)
+    assert gap_status(replace(long_up, last_run_age_s=7.9), replace(BOUNDS, gap_bound_s=8.0)) \
+        == "ok"
+    assert gap_status(replace(long_up, last_run_age_s=8.1), replace(BOUNDS, gap_bound_s=8.0)) \
+        == "stalled"
     assert stalled_after(2.0, None) == 36.0
     assert worst([]) == 0
     assert worst(["ok", "late", "paused"]) == 1
