@@ -199,3 +199,24 @@ async def test_values_holding_the_column_separators_are_stored_verbatim(
     rows = await db.fetch("SELECT symbol FROM order_events WHERE account = 'pair' ORDER BY id")
     assert [r["symbol"] for r in rows] == odd  # the second of each pair is a redelivery
     assert await db.fetchval("SELECT count(*) FROM order_events WHERE symbol IS NULL") == 0
+
+
+async def test_event_ops_with_the_column_separators_are_stored_verbatim(
+    ops_store: Store, db: asyncpg.Connection
+) -> None:
+    """The per-event op (what the buffer replays for older rows and `record_trade_updates`)
+    takes the same joined-string path, and the same fallback to arrays."""
+    odd = ["sym\x1fbol", "\x1e", "", "a\x1eb"]
+    updates = [from_wire(wire_frame(f"e{i}", i, execution_id=f"y{i}")) for i in range(4)]
+    tricky = [replace(u, order=replace(u.order, symbol=s)) for u, s in zip(updates, odd,
+                                                                           strict=True)]
+    for u in tricky:  # one at a time: '' alone cannot be joined either
+        await ops_store.write(trade_update_op("single", u))
+    await ops_store.write_many([trade_update_op("batch", u) for u in tricky])
+    await ops_store.write_many([trade_update_op("plain", u) for u in updates])
+    for account, want in (("single", odd), ("batch", odd),
+                          ("plain", [u.order.symbol for u in updates])):
+        rows = await db.fetch("SELECT symbol, raw FROM order_events WHERE account = $1 "
+                              "ORDER BY id", account)
+        assert [r["symbol"] for r in rows] == want, account
+        assert all(r["raw"] for r in rows)  # the raw payload came through the replay too
