@@ -184,6 +184,7 @@ class Ticker:
         self._paused = paused
         self._job_timeout_s = job_timeout_s
         self._ledger_timeout_s = ledger_timeout_s
+        self._ledger_failing = False  # a run of failed ledger writes: traceback logged once
         self._clock: TickerClock = clock or SystemClock()
         self._stats = TickerStats()
         self._offset: float | None = None  # wall - loop.time(), measured once in run()
@@ -438,11 +439,18 @@ class Ticker:
                 await self._ledger.record_run(rec)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception(
-                "ticker %s: run ledger write failed for %s (%s); schedule goes on",
-                self.name, rec.slot_id, rec.outcome,
-            )
+        except Exception as exc:
+            # During a long fault every slot fails the same way: the first failure gets
+            # the traceback, the rest one line each.
+            log.log(logging.WARNING if self._ledger_failing else logging.ERROR,
+                    "ticker %s: run ledger write failed for %s (%s); schedule goes on: "
+                    "%s: %s", self.name, rec.slot_id, rec.outcome, type(exc).__name__, exc,
+                    exc_info=not self._ledger_failing)
+            self._ledger_failing = True
+        else:
+            if self._ledger_failing:
+                log.info("ticker %s: run ledger writes work again", self.name)
+            self._ledger_failing = False
 
 
 class MarketClockUnavailable(RuntimeError):
@@ -556,6 +564,7 @@ class HeartbeatTask:
         self.started_at = datetime.now(UTC)
         self.beats = 0
         self.failures = 0
+        self._failing = False  # the previous beat's write failed too
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -594,8 +603,15 @@ class HeartbeatTask:
             async with asyncio.timeout(self._sink_timeout_s):
                 await self._sink.heartbeat(hb)
             self.beats += 1
+            if self._failing:
+                log.info("heartbeat %s: sink writes work again", self.process)
+            self._failing = False
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             self.failures += 1
-            log.exception("heartbeat %s: sink write failed; will beat again", self.process)
+            # A run of failures (an outage of every store): the traceback once, then a line.
+            log.log(logging.WARNING if self._failing else logging.ERROR,
+                    "heartbeat %s: sink write failed; will beat again: %s: %s",
+                    self.process, type(exc).__name__, exc, exc_info=not self._failing)
+            self._failing = True

@@ -344,10 +344,11 @@ async def test_cancel_mid_job_records_and_propagates() -> None:
     assert rec.outcome == "error" and rec.error == "CancelledError: job cancelled (shutdown)"
 
 
-async def test_heartbeat_continues_while_job_hangs() -> None:
+async def test_heartbeat_continues_while_job_hangs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ops.ticker")
     ledger = MemoryLedger()
     sink = MemorySink()
-    sink.fail_next = 2  # sink failures are tolerated too
+    sink.fail_next = 3  # sink failures are tolerated too
     entered = asyncio.Event()
 
     async def job(slot: Slot) -> None:
@@ -368,7 +369,13 @@ async def test_heartbeat_continues_while_job_hangs() -> None:
     t_task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await t_task
-    assert hb.failures == 2
+    assert hb.failures == 3
+    # A run of failures logs its traceback once, then one line each, then the recovery.
+    failed = [r for r in caplog.records if "sink write failed" in r.getMessage()]
+    assert [(r.levelno, bool(r.exc_info)) for r in failed] == [
+        (logging.ERROR, True), (logging.WARNING, False), (logging.WARNING, False)]
+    assert "ConnectionError: sink unreachable" in failed[1].getMessage()
+    assert any("sink writes work again" in r.getMessage() for r in caplog.records)
     beat = sink.beats[-1]
     assert beat.process == "test-proc" and beat.role == "unit" and beat.account == "acct"
     assert beat.counters["t.runs_ok"] == 0
