@@ -440,17 +440,21 @@ class Ticker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # During a long fault every slot fails the same way: the first failure gets
-            # the traceback, the rest one line each.
-            log.log(logging.WARNING if self._ledger_failing else logging.ERROR,
-                    "ticker %s: run ledger write failed for %s (%s); schedule goes on: "
-                    "%s: %s", self.name, rec.slot_id, rec.outcome, type(exc).__name__, exc,
-                    exc_info=not self._ledger_failing)
+            _log_write_failure(self._ledger_failing, exc,
+                               "ticker %s: run ledger write failed for %s (%s); schedule "
+                               "goes on", self.name, rec.slot_id, rec.outcome)
             self._ledger_failing = True
         else:
             if self._ledger_failing:
                 log.info("ticker %s: run ledger writes work again", self.name)
             self._ledger_failing = False
+
+
+def _log_write_failure(again: bool, exc: BaseException, msg: str, *args: object) -> None:
+    """A failed ledger/heartbeat write. During a long fault every write fails the same way:
+    the first failure of a run gets the traceback, the rest (`again`) one line each."""
+    log.log(logging.WARNING if again else logging.ERROR, msg + ": %s: %s", *args,
+            type(exc).__name__, exc, exc_info=not again)
 
 
 class MarketClockUnavailable(RuntimeError):
@@ -610,8 +614,6 @@ class HeartbeatTask:
             raise
         except Exception as exc:
             self.failures += 1
-            # A run of failures (an outage of every store): the traceback once, then a line.
-            log.log(logging.WARNING if self._failing else logging.ERROR,
-                    "heartbeat %s: sink write failed; will beat again: %s: %s",
-                    self.process, type(exc).__name__, exc, exc_info=not self._failing)
+            _log_write_failure(self._failing, exc,
+                               "heartbeat %s: sink write failed; will beat again", self.process)
             self._failing = True

@@ -15,11 +15,13 @@ when a role first asks for data (`Broker.market`), and they do load pandas.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -45,12 +47,19 @@ def _defer(name: str) -> None:
         sys.modules[name] = placeholder
 
 
+@contextlib.contextmanager
+def alpaca_imports() -> Iterator[None]:
+    """Around alpaca-py imports: its `websockets.legacy` deprecation warning filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="websockets.legacy is deprecated", category=DeprecationWarning
+        )
+        yield
+
+
 _defer("pandas")
 
-with warnings.catch_warnings():
-    warnings.filterwarnings(
-        "ignore", message="websockets.legacy is deprecated", category=DeprecationWarning
-    )
+with alpaca_imports():
     from alpaca.common.enums import Sort
     from alpaca.common.exceptions import APIError
     from alpaca.common.rest import RESTClient

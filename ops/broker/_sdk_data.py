@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import warnings
+from ops.broker._sdk import alpaca_imports  # its import-time set-up (pandas) comes first
 
-from ops.broker import _sdk  # noqa: F401  (its import-time set-up comes first)
-
-with warnings.catch_warnings():
-    warnings.filterwarnings(
-        "ignore", message="websockets.legacy is deprecated", category=DeprecationWarning
-    )
+with alpaca_imports():
     from alpaca.data.enums import DataFeed
     from alpaca.data.historical.option import OptionHistoricalDataClient
     from alpaca.data.historical.stock import StockHistoricalDataClient

@@ -300,7 +300,7 @@ class RoleContext:
         ticker = Ticker(
             name, first, job, process=self.process, account=self.account, role=self.role,
             ledger=self.store,
-            market_gate=self._market_gate if market_gate and self._clock is not None else None,
+            market_gate=self.market_open if market_gate and self._clock is not None else None,
             job_timeout_s=job_timeout_s,
         )
         self.tickers.append(ticker)
@@ -312,9 +312,6 @@ class RoleContext:
         """Whether this role should act as in market hours: always for shared roles and
         for accounts without `schedule.market_hours_only`, else per the broker clock
         (cached, refreshed every minute and at the next open/close)."""
-        return await self._market_gate()
-
-    async def _market_gate(self) -> bool:
         if self._clock is None:
             return True
         acct = self.account_cfg

@@ -34,7 +34,6 @@ _DELETE: dict[str, str] = {
                         "SELECT ctid FROM position_history WHERE synced_at < $1 LIMIT $2)) "
                         "RETURNING 1) SELECT count(*) FROM gone",
 }
-PRUNED: tuple[str, ...] = tuple(_DELETE)
 _RETRY_AFTER_OUTAGE_S = 60.0
 
 
@@ -51,7 +50,7 @@ class Pruner:
         self.every_s = every_s
         self._monotonic = monotonic
         self._next = 0.0
-        self.deleted: dict[str, int] = {t: 0 for t in PRUNED}
+        self.deleted: dict[str, int] = dict.fromkeys(_DELETE, 0)
 
     async def step(self, now: datetime) -> int:
         """Delete up to `batch` expired rows per table (when due); the rows deleted."""

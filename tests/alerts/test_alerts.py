@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -28,14 +27,9 @@ from ops.alerts import (
     safe_url,
 )
 from ops.retry import Backoff
+from tests.support import free_port
 
 FAST = Backoff(initial_s=0.05, max_s=0.2, max_attempts=0, deadline_s=30.0, jitter=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.rig import ChaosRig
-from tests.e2e.conftest import ROOT, Stack, make_home, tear_down
+from tests.e2e.conftest import make_home, tear_down, up_demo
 from tests.store.disks import TmpfsDisk, free_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -51,12 +49,10 @@ def _buffer_on_its_own_disk(text: str) -> str:
 def disk_rig() -> Iterator[tuple[ChaosRig, TmpfsDisk]]:
     home, port, environ, env = make_home(_buffer_on_its_own_disk)
     disk = TmpfsDisk(BUFFER_MB, path=home / "buf")
-    t0 = time.monotonic()
     try:
-        up = subprocess.run([sys.executable, "-m", "ops", "up", "--demo", "--timeout", "90"],
-                            capture_output=True, text=True, env=environ, timeout=150, cwd=ROOT)
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield ChaosRig(Stack(env, environ, port, up, time.monotonic() - t0)), disk
+        stack = up_demo(env, environ, port)
+        assert stack.up.returncode == 0, stack.up.stdout + stack.up.stderr
+        yield ChaosRig(stack), disk
     finally:
         try:
             disk.free()

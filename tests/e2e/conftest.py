@@ -13,12 +13,12 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,9 @@ import pytest
 from ops.env import RuntimeEnv
 from ops.store import embedded
 from ops.store.postgres import connect
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -143,15 +138,26 @@ def tear_down(env: RuntimeEnv, environ: dict[str, str]) -> None:
     assert not leftovers, f"`ops down` left these running: {leftovers}"
 
 
-@pytest.fixture(scope="module")
-def demo_stack() -> Iterator[Stack]:
-    home, port, environ, env = make_home()
+def up_demo(env: RuntimeEnv, environ: dict[str, str], port: int) -> Stack:
+    """`ops up --demo` in a home from `make_home` (its outcome is in `Stack.up`)."""
     t0 = time.monotonic()
+    up = subprocess.run([sys.executable, "-m", "ops", "up", "--demo", "--timeout", "90"],
+                        capture_output=True, text=True, env=environ, timeout=150, cwd=ROOT)
+    return Stack(env, environ, port, up, time.monotonic() - t0)
+
+
+@contextmanager
+def running_demo() -> Iterator[Stack]:
+    """A demo stack in a fresh home for the `with` block; `tear_down` always runs after."""
+    _, port, environ, env = make_home()
     try:
-        up = subprocess.run([sys.executable, "-m", "ops", "up", "--demo", "--timeout", "90"],
-                            capture_output=True, text=True, env=environ, timeout=150, cwd=ROOT)
-        stack = Stack(env, environ, port, up, time.monotonic() - t0)
-        print(f"\n`ops up --demo` took {stack.up_seconds:.1f}s (exit {up.returncode})")
-        yield stack
+        yield up_demo(env, environ, port)
     finally:
         tear_down(env, environ)
+
+
+@pytest.fixture(scope="module")
+def demo_stack() -> Iterator[Stack]:
+    with running_demo() as stack:
+        print(f"\n`ops up --demo` took {stack.up_seconds:.1f}s (exit {stack.up.returncode})")
+        yield stack

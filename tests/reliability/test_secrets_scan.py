@@ -22,9 +22,6 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,21 +29,15 @@ import pytest
 
 from ops.store.embedded import embedded_url
 from ops.supervisor import SupervisorClient, socket_path
-from tests.e2e.conftest import ROOT, Stack, make_home, tear_down
+from tests.e2e.conftest import Stack, running_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    home, port, environ, env = make_home()
-    t0 = time.monotonic()
-    try:
-        up = subprocess.run([sys.executable, "-m", "ops", "up", "--demo", "--timeout", "90"],
-                            capture_output=True, text=True, env=environ, timeout=150, cwd=ROOT)
-        yield Stack(env, environ, port, up, time.monotonic() - t0)
-    finally:
-        tear_down(env, environ)
+    with running_demo() as stack:
+        yield stack
 
 
 def secret_values(stack: Stack) -> dict[str, str]:

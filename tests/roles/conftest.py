@@ -76,6 +76,16 @@ def large_broker(sim: Simulator) -> Iterator[Broker]:
         b.close()
 
 
+#: The demo strategy for both accounts, as a config block (`extra=` of write_config).
+DEMO = """
+[[signal_engine.strategies]]
+name = "demo"
+callable = "ops.strategies.demo:generate"
+accounts = ["large", "tiny"]
+params = { symbols = ["AAPL", "MSFT", "SPY"] }
+"""
+
+
 def config_text(
     sim: Simulator,
     *,

@@ -27,20 +27,13 @@ from ops.roles.signal_engine import (
 from ops.sim import Simulator
 from ops.store import Store
 from ops.strategies import ProposedSignal, StrategyContext, StrategyError
-from tests.roles.conftest import RoleEnv
+from tests.roles.conftest import DEMO, RoleEnv
 from tests.support import eventually
 
 FAST = BrokerSettings(rest_timeout_s=2.0,
                       retry=Backoff(initial_s=0.05, max_s=0.2, max_attempts=4, deadline_s=10))
 SLOT = datetime(2026, 1, 5, 15, 0, 5, tzinfo=UTC)
 
-DEMO = """
-[[signal_engine.strategies]]
-name = "demo"
-callable = "ops.strategies.demo:generate"
-accounts = ["large", "tiny"]
-params = { symbols = ["AAPL", "MSFT", "SPY"] }
-"""
 
 TINY_RISK = RiskLimits(max_order_notional=Decimal(100), max_symbol_notional=Decimal(250),
                        max_open_positions=3, daily_loss_limit=Decimal(50),

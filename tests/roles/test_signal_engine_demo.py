@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from ops.store import Store
-from tests.roles.conftest import RoleEnv, config_text
+from tests.roles.conftest import DEMO, RoleEnv, config_text
 from tests.support import eventually
 
 GENERIC_RISK = """max_order_notional = 50000
@@ -32,13 +32,6 @@ max_symbol_notional = 250
 max_open_positions = 3
 daily_loss_limit = 50
 max_qty = 10
-"""
-DEMO = """
-[[signal_engine.strategies]]
-name = "demo"
-callable = "ops.strategies.demo:generate"
-accounts = ["large", "tiny"]
-params = { symbols = ["AAPL", "MSFT", "SPY"] }
 """
 
 

@@ -27,6 +27,7 @@ from tests.store.factories import (
     run_record,
     trade_update,
 )
+from tests.store.reads import stored_qtys
 
 
 def _event_ops(account: str, order_id: str, seqs: range) -> list[Op]:
@@ -46,15 +47,6 @@ async def buffer(tmp_path: Path) -> AsyncIterator[Buffer]:
     finally:
         await b.close()
 
-
-async def _seqs(url: str, order_id: str) -> list[int]:
-    conn = await connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT qty FROM order_events WHERE order_id = $1 ORDER BY id", order_id)
-    finally:
-        await conn.close()
-    return [int(r["qty"]) for r in rows]
 
 
 async def test_reads_during_outage_come_from_buffer_and_say_so(
@@ -102,7 +94,7 @@ async def test_reads_during_outage_come_from_buffer_and_say_so(
         assert hbs.source == "postgres"
         assert [h.ts for h in hbs.rows] == [later]
         assert store.database_reachable
-        assert await _seqs(pg_dedicated.url(), "o1") == [1]
+        assert await stored_qtys(pg_dedicated.url(), "o1") == [1]
     finally:
         await store.close()
 
@@ -119,14 +111,14 @@ async def test_pending_rows_keep_later_writes_behind_them(
         # Postgres is up, yet this write must queue behind the pending rows.
         await store.write_many(_event_ops("large", "o1", range(100, 110)))
         assert (await store.buffer_status()).pending == 110
-        assert await _seqs(pg_url, "o1") == []
+        assert await stored_qtys(pg_url, "o1") == []
         lock.release()
         assert await store.wait_drained(within_s=30)
-        assert await _seqs(pg_url, "o1") == list(range(110))
+        assert await stored_qtys(pg_url, "o1") == list(range(110))
         # Buffer empty again: writes go straight to Postgres.
         await store.write_many(_event_ops("large", "o1", range(110, 111)))
         assert (await store.buffer_status()).pending == 0
-        assert await _seqs(pg_url, "o1") == list(range(111))
+        assert await stored_qtys(pg_url, "o1") == list(range(111))
     finally:
         lock.release()
         await store.close()
@@ -155,7 +147,7 @@ async def test_crash_between_commit_and_delete_replays_once(
         assert store.replayed == 501
     finally:
         await store.close()
-    assert await _seqs(pg_url, "o1") == list(range(500))
+    assert await stored_qtys(pg_url, "o1") == list(range(500))
 
 
 async def test_refused_row_is_quarantined_not_lost_or_blocking(
@@ -175,7 +167,7 @@ async def test_refused_row_is_quarantined_not_lost_or_blocking(
         assert kind == "signal" and "CheckViolation" in error and seq == 4
     finally:
         await store.close()
-    assert await _seqs(pg_url, "o1") == list(range(6))
+    assert await stored_qtys(pg_url, "o1") == list(range(6))
 
 
 def test_naive_datetime_is_refused_with_a_clear_error() -> None:
@@ -211,7 +203,7 @@ async def test_store_opened_during_outage_buffers_then_catches_up(
         assert await store.wait_drained(within_s=30)
     finally:
         await store.close()
-    assert await _seqs(pg_dedicated.url(), "o1") == [0, 1, 2]
+    assert await stored_qtys(pg_dedicated.url(), "o1") == [0, 1, 2]
 
 
 async def test_missing_schema_keeps_rows_pending_not_quarantined(
@@ -232,4 +224,4 @@ async def test_missing_schema_keeps_rows_pending_not_quarantined(
         assert (await store.buffer_status()).pending == 0
     finally:
         await store.close()
-    assert await _seqs(pg_empty_url, "o1") == list(range(5))
+    assert await stored_qtys(pg_empty_url, "o1") == list(range(5))

@@ -11,9 +11,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,6 +27,8 @@ from ops.store.errors import StorageUnavailable
 from ops.store.postgres import connect
 from tests.store.disks import Ext4Disk, TmpfsDisk, free_bytes
 from tests.store.factories import T0
+from tests.store.reads import stored_qtys
+from tests.support import eventually
 
 SETTINGS = StoreSettings(
     drain_poll_s=0.05, connect_timeout_s=1.0, command_timeout_s=5.0,
@@ -44,25 +45,6 @@ def events(seqs: range | list[int], order_id: str = "o1") -> list[Op]:
         "price": "1.5", "qty": str(i), "position_qty": None, "raw": {"seq": i, "pad": "x" * 600},
     }) for i in seqs]
 
-
-async def stored(url: str, order_id: str = "o1") -> list[int]:
-    """The seqs Postgres holds for `order_id`, in insertion order (duplicates would show)."""
-    conn = await connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT qty FROM order_events WHERE order_id = $1 ORDER BY id", order_id)
-    finally:
-        await conn.close()
-    return [int(r["qty"]) for r in rows]
-
-
-async def eventually(what: str, check: Callable[[], Awaitable[bool]], within_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {within_s:g}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -127,7 +109,7 @@ async def test_full_disk_postgres_up_writes_go_on_and_the_probe_says_so(
         # Writes and their latest-state mirrors go on: Postgres takes them.
         for i in range(300):
             assert await store.write_many(events([i])) == 1
-        assert await stored(pg_url) == list(range(300))
+        assert await stored_qtys(pg_url) == list(range(300))
         assert (await store.buffer_status()).pending == 0
         disk.free()
         assert await store.probe_buffer() is None
@@ -192,8 +174,8 @@ async def test_outage_on_a_full_disk_refuses_loudly_then_replays_everything_once
     pg_dedicated.start()
 
     async def replayed() -> bool:
-        return await stored(url) == buffered
-    await eventually("buffered rows replayed", replayed, 30)
+        return await stored_qtys(url) == buffered
+    await eventually(replayed, "buffered rows replayed", timeout_s=30)
     assert (await store.buffer_status()).pending == len(buffered)  # kept: undeletable
     conn = await connect(url)
     try:
@@ -212,7 +194,7 @@ async def test_outage_on_a_full_disk_refuses_loudly_then_replays_everything_once
         await other.write_many(events([10_001]))
     finally:
         await other.close()
-    assert await stored(url) == buffered + [10_000, 10_001]
+    assert await stored_qtys(url) == buffered + [10_000, 10_001]
 
     # Replaying all of it again (the mark lost, say) changes nothing: natural keys.
     conn = await connect(url)
@@ -222,13 +204,13 @@ async def test_outage_on_a_full_disk_refuses_loudly_then_replays_everything_once
         await conn.close()
     store._replayed_through = 0  # forget what this process knew, too
     assert await store.drain_once() in ("drained", "busy")
-    await eventually("replayed again", lambda: _marked(url), 30)
-    assert await stored(url) == buffered + [10_000, 10_001]
+    await eventually(lambda: _marked(url), "replayed again", timeout_s=30)
+    assert await stored_qtys(url) == buffered + [10_000, 10_001]
 
     # Room again: the replayed rows are deleted; each event is stored once.
     disk.free()
     assert await store.wait_drained(within_s=30)
-    assert await stored(url) == buffered + [10_000, 10_001]
+    assert await stored_qtys(url) == buffered + [10_000, 10_001]
     assert await store.probe_buffer() is None
 
 
@@ -261,7 +243,7 @@ async def test_buffer_watch_when_the_incident_cannot_be_stored(
         await watch.check()
         rows = (await store.open_incidents()).rows
         return [i.kind for i in rows] == [KIND]
-    await eventually("incident recorded once Postgres is back", recorded, 30)
+    await eventually(recorded, "incident recorded once Postgres is back", timeout_s=30)
     disk.free()
     change = await watch.check()
     assert change is not None and change.event == "closed" and change.stored
@@ -293,10 +275,10 @@ async def test_read_only_buffer_refuses_during_outage_and_replays_after(
         pg_dedicated.start()
 
         async def replayed() -> bool:
-            return await stored(url) == list(range(20))
-        await eventually("rows replayed from a read-only buffer", replayed, 30)
+            return await stored_qtys(url) == list(range(20))
+        await eventually(replayed, "rows replayed from a read-only buffer", timeout_s=30)
         await store.write_many(events([20]))  # Postgres holds them all: straight there
-        assert await stored(url) == list(range(21))
+        assert await stored_qtys(url) == list(range(21))
     finally:
         await store.close()
 
@@ -327,8 +309,8 @@ async def test_a_process_starts_on_a_full_disk_and_reopens_the_buffer_later(
         pg_dedicated.start()
 
         async def replayed() -> bool:
-            return await stored(url) == list(range(10))
-        await eventually("rows replayed from the read-only buffer", replayed, 30)
+            return await stored_qtys(url) == list(range(10))
+        await eventually(replayed, "rows replayed from the read-only buffer", timeout_s=30)
         await store.write_many(events([10]))
         disk.free()
         assert await store.probe_buffer() is None  # reopened normally
@@ -339,7 +321,7 @@ async def test_a_process_starts_on_a_full_disk_and_reopens_the_buffer_later(
         assert (await store.buffer_status()).pending == 1
         pg_dedicated.start()
         assert await store.wait_drained(within_s=30)
-        assert await stored(url) == list(range(12))
+        assert await stored_qtys(url) == list(range(12))
     finally:
         await store.close()
 
@@ -366,5 +348,5 @@ async def test_replay_works_on_a_database_without_the_mark_table(
             assert await store.wait_drained(within_s=30)
         finally:
             await store.close()
-    assert await stored(pg_url) == list(range(5))
+    assert await stored_qtys(pg_url) == list(range(5))
     assert "ops db migrate" in caplog.text

@@ -5,7 +5,6 @@ and the outage buffer's replay."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -56,15 +55,6 @@ def wire_frame(order_id: str, seq: int, *, status: str = "partially_filled",
 
 def from_wire(text: str) -> TradeUpdate:
     return trade_update_from_raw(json.loads(text), text)
-
-
-@pytest.fixture
-async def db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect(pg_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def _events(db: asyncpg.Connection, account: str) -> list[dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -32,15 +31,6 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "ops.toml"
 @pytest.fixture
 def store(ops_store: Store) -> Store:
     return ops_store
-
-
-@pytest.fixture
-async def db(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await connect(pg_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def test_trade_updates_stored_exactly_once(store: Store, db: asyncpg.Connection) -> None:
