@@ -101,6 +101,23 @@ class PendingRow:
         return Op(self.kind, json.loads(self.payload_text))
 
 
+def decode_ops(rows: Sequence[PendingRow]) -> list[Op]:
+    """The rows' ops, decoded as ONE JSON array (a replay batch decodes ~2x faster than
+    row by row: json.loads has a fixed cost per call). Payloads are single JSON objects
+    (`dumps` of a dict); should the joined text not decode to exactly one object per row,
+    each row is decoded on its own, so a damaged row fails as itself."""
+    if not rows:
+        return []
+    try:
+        payloads = json.loads("[" + ",".join(r.payload_text for r in rows) + "]")
+    except ValueError:
+        payloads = None
+    if (not isinstance(payloads, list) or len(payloads) != len(rows)
+            or not all(type(p) is dict for p in payloads)):
+        return [r.op() for r in rows]
+    return [Op(r.kind, p) for r, p in zip(rows, payloads, strict=True)]
+
+
 @dataclass(frozen=True, slots=True)
 class LatestRow:
     key: str

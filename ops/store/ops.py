@@ -28,6 +28,9 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overri
 
 Payload = dict[str, Any]
 ApplyFn = Callable[[asyncpg.Connection, Sequence[Payload]], Awaitable[int]]
+# A whole batch as ONE statement (SQL, its arguments) whose single value is the count.
+Statement = tuple[str, Sequence[Any]]
+StatementFn = Callable[[Sequence[Payload]], Statement]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +53,13 @@ class LatestEntry:
 
 @dataclass(frozen=True, slots=True)
 class Kind:
+    """One op kind. `apply` runs a batch; kinds whose batch is one statement also have
+    `statement`, so a batch can be encoded ahead of its turn (see `plan`)."""
+
     name: str
     apply: ApplyFn
     latest: Callable[[Payload], list[LatestEntry]] | None = None
+    statement: StatementFn | None = None
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -114,7 +121,7 @@ _EVENT_COLS: Cols = (
     ("account", "text"), ("event_key", "text"), ("order_id", "text"),
     ("client_order_id", "text"), ("symbol", "text"), ("event", "text"),
     ("ts", "timestamptz"), ("execution_id", "text"), ("price", "numeric"), ("qty", "numeric"),
-    ("position_qty", "numeric"), ("raw", "jsonb"),
+    ("position_qty", "numeric"), ("raw", "json"),
 )
 # One set-based statement per batch, one text[] per column. (Measured: sending the JSON
 # payload texts and extracting fields in SQL is ~30% slower than this on Postgres 16.)
@@ -138,13 +145,19 @@ _EVENT_JOINED_SQL = _EVENT_SQL_TEMPLATE.replace("{columns}", ", ".join(
     f"string_to_array(${i + 1}::text, E'\\x1f', E'\\x1e')" for i in range(len(_EVENT_COLS))))
 
 
-async def _apply_events(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+async def _run(conn: asyncpg.Connection, statement: Statement) -> int:
+    sql, args = statement
+    return int(await conn.fetchval(sql, *args))
+
+
+def _event_statement(payloads: Sequence[Payload]) -> Statement:
     """One INSERT for the whole batch; ids follow batch order (ORDER BY n)."""
     # Column-wise: the hot loop of the replay, where most values are already str or None.
     columns: list[list[str | None]] = []
     for name, typ in _EVENT_COLS:
-        if typ == "jsonb":
-            columns.append([None if (v := p.get(name)) is None else dumps(v) for p in payloads])
+        if typ == "json":  # "raw": JSON text, or an object in rows buffered before
+            columns.append([v if (v := p.get(name)) is None or type(v) is str else dumps(v)
+                            for p in payloads])
         else:
             columns.append([v if (v := p.get(name)) is None or type(v) is str else str(v)
                             for p in payloads])
@@ -152,10 +165,12 @@ async def _apply_events(conn: asyncpg.Connection, payloads: Sequence[Payload]) -
     # checks every element of a text[] in Python, which dominated the replay's CPU.
     joined = [_joined(c) for c in columns]
     if all(j is not None for j in joined):
-        n = await conn.fetchval(_EVENT_JOINED_SQL, *joined)
-    else:
-        n = await conn.fetchval(_EVENT_SQL, *columns)
-    return int(n)
+        return _EVENT_JOINED_SQL, joined
+    return _EVENT_SQL, columns
+
+
+async def _apply_events(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _run(conn, _event_statement(payloads))
 
 
 # --- orders ---------------------------------------------------------------------------------
@@ -215,7 +230,7 @@ _TU_SET = ("account", "client_order_id", "symbol", "side", "order_type", "time_i
 # same forward-only rule as the "order" kind. signal_id is left alone (the dispatcher's).
 _TU_SQL = f"""
 WITH u AS MATERIALIZED (
-    SELECT *, raw::jsonb AS rawj
+    SELECT *, raw::json AS rawj
     FROM unnest({{columns}})
          WITH ORDINALITY AS t({", ".join(TRADE_UPDATE_FIELDS)}, n)
 ), ins AS (
@@ -232,7 +247,7 @@ WITH u AS MATERIALIZED (
            order_id, account, client_order_id, symbol, side, order_type, time_in_force,
            {", ".join(f"{c}::numeric" for c in _TU_NUM)}, status, asset_class,
            {", ".join(f"{c}::timestamptz" for c in _TU_TS)},
-           coalesce(order_raw::jsonb, rawj -> 'data' -> 'order')
+           coalesce(order_raw::jsonb, (rawj -> 'data' -> 'order')::jsonb)
     FROM u ORDER BY order_id, updated_at::timestamptz DESC, n DESC
     ON CONFLICT (id) DO UPDATE SET
         {", ".join(f"{c} = excluded.{c}" for c in _TU_SET)}
@@ -263,15 +278,17 @@ def _joined(column: list[str | None]) -> str | None:
     return text
 
 
-async def _apply_trade_updates(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
-    """Events and order states of a batch in one statement; returns the new events."""
+def _trade_update_statement(payloads: Sequence[Payload]) -> Statement:
+    """Events and order states of a batch in one statement; counts the new events."""
     columns = [[p.get(name) for p in payloads] for name in TRADE_UPDATE_FIELDS]
     joined = [_joined(c) for c in columns]
     if all(j is not None for j in joined):
-        n = await conn.fetchval(_TU_JOINED_SQL, *joined)
-    else:
-        n = await conn.fetchval(_TU_ARRAYS_SQL, *columns)
-    return int(n)
+        return _TU_JOINED_SQL, joined
+    return _TU_ARRAYS_SQL, columns
+
+
+async def _apply_trade_updates(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    return await _run(conn, _trade_update_statement(payloads))
 
 
 # --- heartbeats and runs --------------------------------------------------------------------
@@ -537,9 +554,9 @@ async def _apply_decisions(conn: asyncpg.Connection, payloads: Sequence[Payload]
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("order_event", _apply_events),
+        Kind("order_event", _apply_events, statement=_event_statement),
         Kind("order", _apply_orders),
-        Kind("trade_update", _apply_trade_updates),
+        Kind("trade_update", _apply_trade_updates, statement=_trade_update_statement),
         Kind("heartbeat", _apply_heartbeats, _hb_latest),
         Kind("run", _apply_runs, _run_latest),
         Kind("positions", _apply_position_syncs, _pos_latest),
@@ -561,21 +578,46 @@ def kind(name: str) -> Kind:
         raise ValueError(f"unknown store op kind {name!r} (known: {sorted(KINDS)})") from None
 
 
-async def apply_ops(conn: asyncpg.Connection, ops: Sequence[Op]) -> int:
-    """Apply ops in order, batching each run of consecutive same-kind ops into one call.
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A run of consecutive same-kind ops; `statement` is its encoded form, when the kind
+    has one (then encoding, pure CPU, can happen while Postgres works on an earlier step)."""
 
-    The caller owns the transaction. Batching only consecutive runs keeps the order of
-    writes exactly as given.
-    """
-    total = 0
+    kind: Kind
+    payloads: Sequence[Payload]
+    statement: Statement | None
+
+
+def plan(ops: Sequence[Op]) -> list[Step]:
+    """Ops as steps: each run of consecutive same-kind ops is one batch. Batching only
+    consecutive runs keeps the order of writes exactly as given."""
+    steps: list[Step] = []
     i = 0
     while i < len(ops):
         j = i
         while j < len(ops) and ops[j].kind == ops[i].kind:
             j += 1
-        total += await kind(ops[i].kind).apply(conn, [op.payload for op in ops[i:j]])
+        k = kind(ops[i].kind)
+        payloads = [op.payload for op in ops[i:j]]
+        steps.append(Step(k, payloads, None if k.statement is None else k.statement(payloads)))
         i = j
+    return steps
+
+
+async def run_steps(conn: asyncpg.Connection, steps: Sequence[Step]) -> int:
+    """Apply planned steps in order; the caller owns the transaction."""
+    total = 0
+    for step in steps:
+        if step.statement is not None:
+            total += await _run(conn, step.statement)
+        else:
+            total += await step.kind.apply(conn, step.payloads)
     return total
+
+
+async def apply_ops(conn: asyncpg.Connection, ops: Sequence[Op]) -> int:
+    """Apply ops in order (see `plan`); the caller owns the transaction."""
+    return await run_steps(conn, plan(ops))
 
 
 def latest_entries(ops: Sequence[Op]) -> list[LatestEntry]:

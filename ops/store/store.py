@@ -49,16 +49,27 @@ from ops.env import RuntimeEnv
 from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.retry import Backoff
 from ops.store import embedded
-from ops.store.buffer import PROBE_HEADROOM_BYTES, Buffer, BufferStatus, LatestRow, PendingRow
+from ops.store.buffer import (
+    PROBE_HEADROOM_BYTES,
+    Buffer,
+    BufferStatus,
+    LatestRow,
+    PendingRow,
+    decode_ops,
+)
 from ops.store.errors import BufferUnwritable, StorageUnavailable
 from ops.store.ops import (
     Op,
     Payload,
+    Step,
     apply_ops,
     control_key,
+    dumps,
     enc,
     latest_entries,
     new_op_id,
+    plan,
+    run_steps,
 )
 from ops.store.postgres import close_pool, create_pool, is_outage, redact_url
 
@@ -603,47 +614,62 @@ class Store:
         if mark:
             await self._forget_through(mark)
         batch = await self._fetch_ops(after_seq=mark)
-        while batch[0] and not self._stop.is_set():
-            rows, ops = batch
-            # Read and decode the next batch while Postgres works on this one.
-            upcoming = asyncio.create_task(self._fetch_ops(after_seq=rows[-1].seq))
-            try:
-                await self._replay(conn, rows, ops)
-            except BaseException:
-                upcoming.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await upcoming
-                raise
-            self._reachable = True
-            batch = await upcoming
+        # Pipelined: while Postgres applies batch k, this process reads and decodes batch
+        # k+1 and deletes batch k-1 from the buffer (both off the critical path).
+        forgetting: asyncio.Task[None] | None = None
+        try:
+            while batch[0] and not self._stop.is_set():
+                rows, steps = batch
+                upcoming = asyncio.create_task(self._fetch_ops(after_seq=rows[-1].seq))
+                try:
+                    replayed = await self._replay(conn, rows, steps)
+                    if forgetting is not None:
+                        done, forgetting = forgetting, None
+                        await done
+                except BaseException:
+                    upcoming.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await upcoming
+                    raise
+                self._reachable = True
+                forgetting = (asyncio.create_task(self._forget_through(replayed))
+                              if replayed is not None else None)
+                batch = await upcoming
+        finally:
+            if forgetting is not None:
+                await forgetting
         return "drained"
 
-    async def _fetch_ops(self, after_seq: int) -> tuple[list[PendingRow], list[Op]]:
+    async def _fetch_ops(self, after_seq: int) -> tuple[list[PendingRow], list[Step]]:
+        """The next replay batch, decoded and encoded for Postgres."""
         rows = await self._buffer.fetch(self.settings.drain_batch, after_seq=after_seq)
-        return rows, [r.op() for r in rows]
+        return rows, plan(decode_ops(rows))
 
     async def _replay(
-        self, conn: asyncpg.Connection, rows: Sequence[PendingRow], ops: Sequence[Op]
-    ) -> None:
+        self, conn: asyncpg.Connection, rows: Sequence[PendingRow], steps: Sequence[Step]
+    ) -> int | None:
+        """Apply one batch; returns the seq through which the caller should now delete
+        (None: already deleted row by row)."""
         try:
-            await self._apply_marked(conn, ops, rows[-1].seq)
+            await self._apply_marked(conn, steps, rows[-1].seq)
         except Exception as exc:
             if is_outage(exc) or not _row_specific(exc):
                 raise  # the drain loop backs off; the rows stay pending
             log.error("replay batch of %d rows refused (%s: %s); isolating the bad row",
                       len(rows), type(exc).__name__, exc)
             await self._replay_one_by_one(conn, rows)
-            return
-        # Committed; a crash right here replays this batch again, harmlessly.
+            return None
+        # Committed; a crash before the delete replays this batch again, harmlessly (the
+        # replay mark, committed with it, even skips it).
         self.replayed += len(rows)
-        await self._forget_through(rows[-1].seq)
+        return rows[-1].seq
 
     async def _apply_marked(
-        self, conn: asyncpg.Connection, ops: Sequence[Op], through_seq: int
+        self, conn: asyncpg.Connection, steps: Sequence[Step], through_seq: int
     ) -> None:
         """Apply replayed ops and advance this buffer's replay mark, in one transaction."""
         async with conn.transaction():
-            await apply_ops(conn, ops)
+            await run_steps(conn, steps)
             if self._buffer.buffer_id is not None and self._mark_table:
                 await conn.execute(
                     "INSERT INTO buffer_replay (buffer_id, through_seq) VALUES ($1, $2) "
@@ -667,7 +693,7 @@ class Store:
         """Apply rows singly; quarantine those Postgres refuses for a non-outage reason."""
         for row in rows:
             try:
-                await self._apply_marked(conn, [row.op()], row.seq)
+                await self._apply_marked(conn, plan([row.op()]), row.seq)
             except Exception as exc:
                 if is_outage(exc) or not _row_specific(exc):
                     raise
@@ -1008,7 +1034,10 @@ def trade_update_op(account: str, u: TradeUpdate) -> Op:
         "client_order_id": u.order.client_order_id, "symbol": u.order.symbol,
         "event": u.event, "ts": enc(u.timestamp), "execution_id": u.execution_id,
         "price": enc(u.price), "qty": enc(u.qty), "position_qty": enc(u.position_qty),
-        "raw": enc(dict(u.raw)),
+        # JSON text, encoded once: the frame as received when there is one. A replay then
+        # decodes one string, not the whole nested object (rows buffered before this was
+        # text hold an object; `_apply_events` takes both).
+        "raw": u.raw_json if u.raw_json is not None else dumps(enc(dict(u.raw))),
     })
 
 

@@ -4,6 +4,7 @@ a crash between commit and delete, and quarantine of rows Postgres refuses."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,8 +13,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from ops.env import RuntimeEnv
-from ops.store import Op, Store, StoreSettings
-from ops.store.buffer import Buffer
+from ops.store import Op, Store, StoreSettings, trade_update_op
+from ops.store.buffer import Buffer, PendingRow, decode_ops
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.migrate import migrate
 from ops.store.ops import apply_ops, enc
@@ -225,3 +226,44 @@ async def test_missing_schema_keeps_rows_pending_not_quarantined(
     finally:
         await store.close()
     assert await stored_qtys(pg_empty_url, "o1") == list(range(5))
+
+
+async def test_replay_stores_raw_verbatim_for_old_and_new_rows(
+    ops_env: RuntimeEnv, pg_url: str, buffer: Buffer
+) -> None:
+    """Rows buffered before the raw event became text (an object) and after (the frame's
+    text as received) replay in one batch; the text is kept byte for byte (type json)."""
+    frame = '{"stream": "trade_updates", "data": {"z": 1, "a": [1.50, 2]}}'
+    new = replace(trade_update("o1", 3), raw_json=frame)
+    await buffer.append([*_event_ops("large", "o1", range(3)),
+                         trade_update_op("large", new)], "p")
+    store = await Store.open(ops_env, process="drainer", buffer_path=buffer.path)
+    try:
+        assert await store.wait_drained(within_s=30)
+    finally:
+        await store.close()
+    conn = await connect(pg_url)
+    try:
+        raws = [r[0] for r in await conn.fetch(
+            "SELECT raw::text FROM order_events WHERE order_id = 'o1' ORDER BY id")]
+    finally:
+        await conn.close()
+    assert raws == ['{"seq":0}', '{"seq":1}', '{"seq":2}', frame]
+
+
+def test_decode_ops_never_misaligns_damaged_rows() -> None:
+    """A batch decodes as one array; a row that is not exactly one JSON object makes the
+    batch decode row by row, so the damaged row fails as itself and no payload shifts."""
+    def row(seq: int, text: str) -> PendingRow:
+        return PendingRow(seq, "heartbeat", text, "p", 0.0)
+
+    good = [row(1, '{"a":1}'), row(2, '{"b":2}')]
+    assert [op.payload for op in decode_ops(good)] == [{"a": 1}, {"b": 2}]
+    two_in_one = [row(1, '{"a":1},{"x":0}'), row(2, '{"b":2}')]
+    with pytest.raises(ValueError, match="Extra data"):
+        decode_ops(two_in_one)
+    not_object = [row(1, "[1]"), row(2, '{"b":2}')]
+    assert [op.payload for op in decode_ops(not_object)] == [[1], {"b": 2}]
+    truncated = [row(1, '{"a":'), row(2, '{"b":2}')]
+    with pytest.raises(ValueError):
+        decode_ops(truncated)
