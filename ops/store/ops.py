@@ -228,27 +228,28 @@ _TU_SET = ("account", "client_order_id", "symbol", "side", "order_type", "time_i
 # newest state per order (DISTINCT ON: ON CONFLICT may touch a row only once per
 # statement; ties go to the later update, like the executemany it replaces), with the
 # same forward-only rule as the "order" kind. signal_id is left alone (the dispatcher's).
+# The order's raw JSON is parsed only for the state kept (one per order, not per event),
+# and the sort that picks it carries only (order_id, updated_at, n), not the ~1 kB rows.
 _TU_SQL = f"""
 WITH u AS MATERIALIZED (
-    SELECT *, raw::json AS rawj
-    FROM unnest({{columns}})
+    SELECT * FROM unnest({{columns}})
          WITH ORDINALITY AS t({", ".join(TRADE_UPDATE_FIELDS)}, n)
 ), ins AS (
     INSERT INTO order_events (account, event_key, order_id, client_order_id, symbol, event,
                               ts, execution_id, price, qty, position_qty, raw)
     SELECT account, event_key, order_id, client_order_id, symbol, event, ts::timestamptz,
-           execution_id, price::numeric, qty::numeric, position_qty::numeric, rawj
+           execution_id, price::numeric, qty::numeric, position_qty::numeric, raw::json
     FROM u ORDER BY n
     ON CONFLICT (account, event_key) DO NOTHING
     RETURNING 1
 ), ord AS (
     INSERT INTO orders (id, {", ".join(_TU_SET)})
-    SELECT DISTINCT ON (order_id)
-           order_id, account, client_order_id, symbol, side, order_type, time_in_force,
+    SELECT order_id, account, client_order_id, symbol, side, order_type, time_in_force,
            {", ".join(f"{c}::numeric" for c in _TU_NUM)}, status, asset_class,
            {", ".join(f"{c}::timestamptz" for c in _TU_TS)},
-           coalesce(order_raw::jsonb, (rawj -> 'data' -> 'order')::jsonb)
-    FROM u ORDER BY order_id, updated_at::timestamptz DESC, n DESC
+           coalesce(order_raw::jsonb, raw::jsonb -> 'data' -> 'order')
+    FROM u JOIN (SELECT DISTINCT ON (order_id) n FROM u
+                 ORDER BY order_id, updated_at::timestamptz DESC, n DESC) AS newest USING (n)
     ON CONFLICT (id) DO UPDATE SET
         {", ".join(f"{c} = excluded.{c}" for c in _TU_SET)}
     WHERE excluded.updated_at >= orders.updated_at
