@@ -76,11 +76,11 @@ def stand_ins(module: str, *names: str) -> Iterator[None]:
     if not isinstance(placeholder, _Deferred) or "_real" in placeholder.__dict__:
         yield  # already imported for real: nothing to save
         return
-    placeholder._stand_ins = {n: _StandIn(module, n) for n in names}
+    placeholder.__dict__["_stand_ins"] = {n: _StandIn(module, n) for n in names}
     try:
         yield
     finally:
-        del placeholder._stand_ins
+        del placeholder.__dict__["_stand_ins"]
 
 
 def _defer(name: str) -> None:
