@@ -103,6 +103,13 @@ async def connect(
 SERVER_SETTINGS = {"work_mem": "32MB"}
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (a round trip per write, under load a loop
+    turn too). Pool connections carry no session state to reset: LISTEN and advisory locks
+    live on dedicated connections (signals.py, locks.py), settings are set at connect, and
+    asyncpg itself still rolls back a transaction left open before calling this."""
+
+
 async def create_pool(
     url: str,
     *,
@@ -122,6 +129,7 @@ async def create_pool(
         # Recycle idle connections so a restarted server is not met with a stale socket.
         max_inactive_connection_lifetime=60.0,
         server_settings=SERVER_SETTINGS,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool

@@ -62,7 +62,6 @@ from ops.store.ops import (
     Op,
     Payload,
     Step,
-    apply_ops,
     control_key,
     dumps,
     enc,
@@ -379,8 +378,8 @@ class Store:
         latest = latest_entries(ops)
         if not await self._buffer.has_pending():
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    n = await apply_ops(conn, ops)
+                async with self._pool.acquire() as conn:
+                    n = await _apply_atomically(conn, ops)
             except Exception as exc:
                 if not is_outage(exc):
                     raise
@@ -428,8 +427,8 @@ class Store:
                     if outcome == "busy":
                         await asyncio.sleep(0.05)
                 else:
-                    async with self._pool.acquire() as conn, conn.transaction():
-                        n = int(await apply_ops(conn, ops))
+                    async with self._pool.acquire() as conn:
+                        n = await _apply_atomically(conn, ops)
                     self._reachable = True
                     return n
                 reason = ("Postgres does not hold every buffered row yet" if self._reachable
@@ -1025,6 +1024,16 @@ class Store:
 
 
 # --- payload <-> model ------------------------------------------------------------------------
+
+
+async def _apply_atomically(conn: asyncpg.Connection, ops: Sequence[Op]) -> int:
+    """Apply `ops` all or nothing. A batch that plans to ONE statement (a stream batch, a
+    run of events) is atomic by itself: sent without BEGIN/COMMIT, one round trip."""
+    steps = plan(ops)
+    if len(steps) == 1 and steps[0].statement is not None:
+        return await run_steps(conn, steps)
+    async with conn.transaction():
+        return await run_steps(conn, steps)
 
 
 def trade_update_op(account: str, u: TradeUpdate) -> Op:

@@ -233,3 +233,22 @@ async def test_events_and_order_snapshots_in_one_transaction(
     with pytest.raises(asyncpg.CheckViolationError):
         await store.write_many([trade_update_op("large", trade_update("o10", 1)), refused])
     assert await db.fetchval("SELECT count(*) FROM order_events") == 3
+
+
+async def test_a_one_statement_batch_is_all_or_nothing(store: Store,
+                                                       db: asyncpg.Connection) -> None:
+    """A batch of events is sent as one statement without BEGIN/COMMIT: a bad row refuses
+    the whole batch, and the pooled connection (released without asyncpg's reset query)
+    comes back clean for the next write."""
+    good = [trade_update_op("large", trade_update("o1", i, execution_id=f"x{i}"))
+            for i in range(3)]
+    bad = trade_update_op("large", trade_update("o1", 3, execution_id="x3"))
+    bad = Op(bad.kind, {**bad.payload, "qty": "not-a-number"})
+    with pytest.raises(asyncpg.InvalidTextRepresentationError):
+        await store.write_many([*good, bad])
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 0
+    for _ in range(store.settings.pool_max_size + 1):  # every pooled connection, and one
+        assert await store.write_many(good) in (0, 3)
+    assert await db.fetchval("SELECT count(*) FROM order_events") == 3
+    assert await db.fetchval("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE state LIKE 'idle in transaction%'") == 0
