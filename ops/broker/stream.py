@@ -53,7 +53,10 @@ KNOWN_EVENTS = frozenset({
 })
 _CONTROL_STREAMS = frozenset({"authorization", "listening"})
 _RECV_POLL_S = 1.0
-_YIELD_EVERY = 32  # frames handled from the socket's backlog between yields to the loop
+# Frames handled from the socket's backlog between yields to the loop. Each of the
+# writer's steps (buffer check, send, reply) waits for the next yield: 32 -> 8 took a
+# 20k burst from ~18.5k to ~20.5k events/s stored (receive-only ceiling -5%).
+_YIELD_EVERY = 8
 
 
 @dataclass(slots=True)
