@@ -639,16 +639,28 @@ class Store:
                 await forgetting
         return "drained"
 
-    async def _fetch_ops(self, after_seq: int) -> tuple[list[PendingRow], list[Step]]:
-        """The next replay batch, decoded and encoded for Postgres."""
+    async def _fetch_ops(self, after_seq: int) -> tuple[list[PendingRow], list[Step] | None]:
+        """The next replay batch, decoded and encoded for Postgres; steps None when a row
+        cannot be read (damaged JSON, unknown kind): `_replay` then isolates it."""
         rows = await self._buffer.fetch(self.settings.drain_batch, after_seq=after_seq)
-        return rows, plan(decode_ops(rows))
+        try:
+            return rows, plan(decode_ops(rows))
+        except Exception as exc:
+            if not _row_specific(exc):
+                raise
+            return rows, None
 
     async def _replay(
-        self, conn: asyncpg.Connection, rows: Sequence[PendingRow], steps: Sequence[Step]
+        self, conn: asyncpg.Connection, rows: Sequence[PendingRow],
+        steps: Sequence[Step] | None,
     ) -> int | None:
         """Apply one batch; returns the seq through which the caller should now delete
         (None: already deleted row by row)."""
+        if steps is None:
+            log.error("replay batch of %d rows has a row that cannot be read; isolating it",
+                      len(rows))
+            await self._replay_one_by_one(conn, rows)
+            return None
         try:
             await self._apply_marked(conn, steps, rows[-1].seq)
         except Exception as exc:

@@ -3,6 +3,7 @@ a crash between commit and delete, and quarantine of rows Postgres refuses."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -267,3 +268,28 @@ def test_decode_ops_never_misaligns_damaged_rows() -> None:
     truncated = [row(1, '{"a":'), row(2, '{"b":2}')]
     with pytest.raises(ValueError):
         decode_ops(truncated)
+
+
+async def test_unreadable_rows_are_quarantined_and_the_rest_replays(
+    ops_env: RuntimeEnv, pg_url: str, buffer: Buffer
+) -> None:
+    """A row whose kind this version does not know, and a row whose JSON is damaged (a
+    torn disk write, a hand edit), fail while the batch is decoded ahead of its turn:
+    they are isolated and quarantined like rows Postgres refuses, never block the rest."""
+    await buffer.append([*_event_ops("large", "o1", range(2)), Op("no_such_kind", {"x": 1}),
+                         *_event_ops("large", "o1", range(2, 4))], "p")
+    with sqlite3.connect(buffer.path) as raw_db:  # a damaged payload, then good rows after it
+        raw_db.execute("INSERT INTO pending (kind, payload, process, created_at) "
+                       "VALUES ('order_event', '{\"account\": \"large\", ', 'p', 0)")
+    await buffer.append(_event_ops("large", "o1", range(4, 6)), "p")
+    store = await Store.open(ops_env, process="drainer", buffer_path=buffer.path)
+    try:
+        assert await store.wait_drained(within_s=30)
+        status = await store.buffer_status()
+        assert (status.pending, status.dead) == (0, 2)
+        dead = await buffer.dead_rows()
+        assert [(seq, kind) for seq, kind, _ in dead] == [(3, "no_such_kind"), (6, "order_event")]
+        assert "unknown store op kind" in dead[0][2] and "JSONDecodeError" in dead[1][2]
+    finally:
+        await store.close()
+    assert await stored_qtys(pg_url, "o1") == list(range(6))
