@@ -83,7 +83,8 @@ def stand_ins(module: str, *names: str) -> Iterator[None]:
         del placeholder.__dict__["_stand_ins"]
 
 
-def _defer(name: str) -> None:
+def defer(name: str) -> None:
+    """Put a `_Deferred` placeholder for module `name` in `sys.modules` (if not imported)."""
     spec = None if name in sys.modules else importlib.util.find_spec(name)
     if spec is not None:
         placeholder = _Deferred(name)
@@ -103,12 +104,7 @@ def alpaca_imports() -> Iterator[None]:
         yield
 
 
-def defer(name: str) -> None:
-    """Put a `_Deferred` placeholder for module `name` in `sys.modules` (if not imported)."""
-    _defer(name)
-
-
-_defer("pandas")
+defer("pandas")
 
 with alpaca_imports():
     from alpaca.common.enums import Sort

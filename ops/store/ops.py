@@ -115,6 +115,57 @@ def _names(cols: Cols) -> str:
     return ", ".join(name for name, _ in cols)
 
 
+# Set-based statements take one parameter per column: as one string, the values joined by
+# US (0x1f), RS (0x1e) standing for NULL, split again in SQL (cheap for asyncpg to send:
+# it checks every element of a text[] in Python), or as a text[] when a value would not
+# split back exactly.
+_US, _RS = "\x1f", "\x1e"
+
+
+def _joined(column: list[str | None]) -> str | None:
+    """`column` as one US-joined string, or None when that would not split back exactly
+    (a value holding US or RS, or a lone empty string, which splits to no element)."""
+    text = _US.join(_RS if v is None else v for v in column)
+    if (not text or text.count(_US) != len(column) - 1
+            or text.count(_RS) != column.count(None)):
+        return None
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _ColumnSql:
+    """A statement whose template reads `{columns}`, in both parameter forms."""
+
+    joined: str
+    arrays: str
+
+    @classmethod
+    def of(cls, template: str, n: int) -> _ColumnSql:
+        return cls(
+            template.replace("{columns}", ", ".join(
+                f"string_to_array(${i + 1}::text, E'\\x1f', E'\\x1e')" for i in range(n))),
+            template.replace("{columns}", ", ".join(f"${i + 1}::text[]" for i in range(n))),
+        )
+
+    def statement(self, columns: list[list[str | None]]) -> Statement:
+        joined = [_joined(c) for c in columns]
+        if all(j is not None for j in joined):
+            return self.joined, joined
+        return self.arrays, columns
+
+
+async def _run(conn: asyncpg.Connection, statement: Statement) -> int:
+    sql, args = statement
+    return int(await conn.fetchval(sql, *args))
+
+
+def _statement_kind(name: str, statement: StatementFn) -> Kind:
+    """A kind whose batch is one statement; `apply` runs it."""
+    async def apply(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+        return await _run(conn, statement(payloads))
+    return Kind(name, apply, statement=statement)
+
+
 # --- order events ---------------------------------------------------------------------------
 
 _EVENT_COLS: Cols = (
@@ -138,16 +189,7 @@ WITH ins AS (
 )
 SELECT count(*) FROM ins
 """
-# The columns as text[] parameters, or each as one joined string (see `_joined`).
-_EVENT_SQL = _EVENT_SQL_TEMPLATE.replace("{columns}", ", ".join(
-    f"${i + 1}::text[]" for i in range(len(_EVENT_COLS))))
-_EVENT_JOINED_SQL = _EVENT_SQL_TEMPLATE.replace("{columns}", ", ".join(
-    f"string_to_array(${i + 1}::text, E'\\x1f', E'\\x1e')" for i in range(len(_EVENT_COLS))))
-
-
-async def _run(conn: asyncpg.Connection, statement: Statement) -> int:
-    sql, args = statement
-    return int(await conn.fetchval(sql, *args))
+_EVENT_SQL = _ColumnSql.of(_EVENT_SQL_TEMPLATE, len(_EVENT_COLS))
 
 
 def _event_statement(payloads: Sequence[Payload]) -> Statement:
@@ -161,16 +203,7 @@ def _event_statement(payloads: Sequence[Payload]) -> Statement:
         else:
             columns.append([v if (v := p.get(name)) is None or type(v) is str else str(v)
                             for p in payloads])
-    # Each column as one joined string when it splits back exactly (see `_joined`): asyncpg
-    # checks every element of a text[] in Python, which dominated the replay's CPU.
-    joined = [_joined(c) for c in columns]
-    if all(j is not None for j in joined):
-        return _EVENT_JOINED_SQL, joined
-    return _EVENT_SQL, columns
-
-
-async def _apply_events(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
-    return await _run(conn, _event_statement(payloads))
+    return _EVENT_SQL.statement(columns)
 
 
 # --- orders ---------------------------------------------------------------------------------
@@ -230,7 +263,7 @@ _TU_SET = ("account", "client_order_id", "symbol", "side", "order_type", "time_i
 # same forward-only rule as the "order" kind. signal_id is left alone (the dispatcher's).
 # The order's raw JSON is parsed only for the state kept (one per order, not per event),
 # and the sort that picks it carries only (order_id, updated_at, n), not the ~1 kB rows.
-_TU_SQL = f"""
+_TU_SQL_TEMPLATE = f"""
 WITH u AS MATERIALIZED (
     SELECT * FROM unnest({{columns}})
          WITH ORDINALITY AS t({", ".join(TRADE_UPDATE_FIELDS)}, n)
@@ -258,38 +291,13 @@ SELECT count(*) FROM ins
 """
 
 
-# Each column as one text[] parameter, or (cheaper for asyncpg to send: it checks every
-# array element's type in Python) as one string, the values joined by US (0x1f), RS
-# (0x1e) standing for NULL, split again in SQL.
-_TU_ARRAYS_SQL = _TU_SQL.replace("{columns}", ", ".join(
-    f"${i + 1}::text[]" for i in range(len(TRADE_UPDATE_FIELDS))))
-_TU_JOINED_SQL = _TU_SQL.replace("{columns}", ", ".join(
-    f"string_to_array(${i + 1}::text, E'\\x1f', E'\\x1e')"
-    for i in range(len(TRADE_UPDATE_FIELDS))))
-_US, _RS = "\x1f", "\x1e"
-
-
-def _joined(column: list[str | None]) -> str | None:
-    """`column` as one US-joined string, or None when that would not split back exactly
-    (a value holding US or RS, or a lone empty string, which splits to no element)."""
-    text = _US.join(_RS if v is None else v for v in column)
-    if (not text or text.count(_US) != len(column) - 1
-            or text.count(_RS) != column.count(None)):
-        return None
-    return text
+_TU_SQL = _ColumnSql.of(_TU_SQL_TEMPLATE, len(TRADE_UPDATE_FIELDS))
 
 
 def _trade_update_statement(payloads: Sequence[Payload]) -> Statement:
     """Events and order states of a batch in one statement; counts the new events."""
-    columns = [[p.get(name) for p in payloads] for name in TRADE_UPDATE_FIELDS]
-    joined = [_joined(c) for c in columns]
-    if all(j is not None for j in joined):
-        return _TU_JOINED_SQL, joined
-    return _TU_ARRAYS_SQL, columns
-
-
-async def _apply_trade_updates(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
-    return await _run(conn, _trade_update_statement(payloads))
+    return _TU_SQL.statement(
+        [[p.get(name) for p in payloads] for name in TRADE_UPDATE_FIELDS])
 
 
 # --- heartbeats and runs --------------------------------------------------------------------
@@ -555,9 +563,9 @@ async def _apply_decisions(conn: asyncpg.Connection, payloads: Sequence[Payload]
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("order_event", _apply_events, statement=_event_statement),
+        _statement_kind("order_event", _event_statement),
         Kind("order", _apply_orders),
-        Kind("trade_update", _apply_trade_updates, statement=_trade_update_statement),
+        _statement_kind("trade_update", _trade_update_statement),
         Kind("heartbeat", _apply_heartbeats, _hb_latest),
         Kind("run", _apply_runs, _run_latest),
         Kind("positions", _apply_position_syncs, _pos_latest),

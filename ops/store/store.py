@@ -1057,7 +1057,7 @@ def trade_update_op(account: str, u: TradeUpdate) -> Op:
         "price": enc(u.price), "qty": enc(u.qty), "position_qty": enc(u.position_qty),
         # JSON text, encoded once: the frame as received when there is one. A replay then
         # decodes one string, not the whole nested object (rows buffered before this was
-        # text hold an object; `_apply_events` takes both).
+        # text hold an object; `_event_statement` takes both).
         "raw": u.raw_json if u.raw_json is not None else dumps(enc(dict(u.raw))),
     })
 

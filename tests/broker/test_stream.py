@@ -4,7 +4,6 @@ TradingStream underneath): delivery, tolerant parsing, reconnect hook, clean sto
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -14,6 +13,7 @@ import pytest
 from ops.broker import Broker, TradeStream
 from ops.models import OrderRequest, Side, TradeUpdate
 from ops.sim import Simulator
+from tests.frames import burst_fill
 from tests.support import eventually
 
 from .conftest import creds, endpoints
@@ -245,23 +245,12 @@ async def test_duplicate_delivery_repeats_the_event_key(
     assert len(keys) == 4 and len(set(keys)) == 2  # new x2, fill x2: two distinct keys
 
 
-def burst_frame(i: int) -> bytes:
-    ts = f"2026-01-05T14:30:{i // 1000:02d}.{i % 1000:03d}Z"
-    return json.dumps({"stream": "trade_updates", "data": {
-        "event": "partial_fill", "execution_id": f"burst-{i}", "timestamp": ts,
-        "price": "1.5", "qty": "1", "position_qty": str(i + 1), "order": {
-            "id": "burst-order", "client_order_id": "burst", "created_at": ts,
-            "updated_at": ts, "symbol": "AAPL", "side": "buy", "type": "market",
-            "time_in_force": "day", "qty": "5000", "filled_qty": str(i + 1),
-            "status": "partially_filled"}}}).encode()
-
-
 async def test_a_burst_arrives_whole_in_order_with_each_frames_text(
     sim: Simulator, stream: tuple[TradeStream, Recorder]
 ) -> None:
     ts, rec = stream
     n = 3000  # several times the socket's queue (max_queue 1024)
-    frames = [burst_frame(i) for i in range(n)]
+    frames = [burst_fill(i) for i in range(n)]
     seen_while_receiving: list[int] = []
 
     async def other_task() -> None:  # shares the loop with the stream, like the writer

@@ -16,11 +16,12 @@ from ops.broker import Broker
 from ops.env import RuntimeEnv
 from ops.models import OrderRequest, OrderType, Side
 from ops.roles.runtime import RoleRuntime
-from ops.roles.stream import StreamRole
+from ops.roles.stream import BATCH_MAX, StreamRole
 from ops.sim import Simulator
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.postgres import connect
+from tests.frames import burst_fill
 from tests.roles.conftest import RoleEnv, order_request, running_role
 from tests.support import eventually
 
@@ -265,26 +266,14 @@ async def test_backfill_window_comes_from_stored_events_not_other_writers(
         await eventually(lambda: fills_match(role_env), "the fill backfilled")
 
 
-def wire_fill(i: int, *, status: str = "partially_filled") -> bytes:
-    """A fill of the (broker-unknown) order 'burst-order'; fill i at T+i ms."""
-    ts = (datetime(2026, 1, 5, 14, 30, tzinfo=UTC) + timedelta(milliseconds=i)).isoformat()
-    return json.dumps({"stream": "trade_updates", "data": {
-        "event": "partial_fill", "execution_id": f"burst-{i}", "timestamp": ts,
-        "price": "1.5", "qty": "1", "position_qty": str(i + 1), "order": {
-            "id": "burst-order", "client_order_id": "burst", "created_at": ts,
-            "updated_at": ts, "symbol": "AAPL", "side": "buy", "type": "market",
-            "time_in_force": "day", "qty": "100000", "filled_qty": str(i + 1),
-            "status": status}}}).encode()
-
-
 async def test_burst_stored_once_in_order_with_the_newest_order_state(
     role_env: RoleEnv
 ) -> None:
     sim = role_env.sim
-    n = 2500  # more than one writer batch
-    frames = [wire_fill(i) for i in range(n)]
+    n = BATCH_MAX + 500  # more than one writer batch, whatever the writer finds queued
+    frames = [burst_fill(i) for i in range(n)]
     frames.insert(1000, frames[10])  # a redelivery inside the burst
-    frames.append(wire_fill(5, status="new"))  # a stale snapshot arriving last
+    frames.append(burst_fill(5, status="new"))  # a stale snapshot arriving last
     async with running_role(role_env, "stream", "large") as rt:
         role = role_of(rt)
         await ready(sim, role)
