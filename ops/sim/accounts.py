@@ -205,7 +205,10 @@ class AccountState:
             order = _from_json(OrderState, o)
             state.orders[order.id] = order
             state.by_client_id[order.client_order_id] = order.id
-        state.activities = list(data.get("activities", []))
+        # State files written before activity ids and execution ids were made independent
+        # carry an internal "execution_id" per activity: not an Alpaca field, dropped.
+        state.activities = [{k: v for k, v in a.items() if k != "execution_id"}
+                            for a in data.get("activities", [])]
         if data.get("created_at"):
             state.created_at = datetime.fromisoformat(str(data["created_at"]))
         return state

@@ -192,8 +192,10 @@ def state_dump(parts: SimParts) -> dict[str, Any]:
             "positions": [ledger.position_wire(st, parts.market, p)
                           for p in st.positions.values()],
             "orders": [o.wire() for o in sorted(st.orders.values(), key=lambda o: o.seq)],
-            "activities": [{k: v for k, v in a.items() if k != "execution_id"}
-                           for a in st.activities],
+            # Ground truth for tests: every FILL activity (order_id, cum_qty, qty, price,
+            # transaction_time). There is no execution id to show: the simulator keeps no
+            # link between an activity and the stream's execution_id (none is documented).
+            "activities": [dict(a) for a in st.activities],
             "stream_connected": parts.hub.connected(name),
         }
     return {

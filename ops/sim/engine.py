@@ -3,7 +3,8 @@
 All state changes happen here, synchronously, and each one publishes the matching
 `trade_updates` event through the `publish` callback (the stream hub queues it). Fills go
 through `_fill`, which also appends the FILL activity, so the stream and
-/v2/account/activities/FILL always tell the same story.
+/v2/account/activities/FILL describe the same executions, in Alpaca's documented terms
+only: no shared id between the two, and the stream's `price` is the order's average.
 """
 
 from __future__ import annotations
@@ -313,21 +314,23 @@ class Engine:
         order.filled_qty = prev + qty
         prev_avg = order.filled_avg_price or Decimal(0)
         avg = (prev_avg * prev + price * qty) / order.filled_qty
-        order.filled_avg_price = avg.quantize(ledger.PRICE_Q).normalize()
+        avg_price = order.filled_avg_price = avg.quantize(ledger.PRICE_Q).normalize()
         done = order.filled_qty >= total
         order.status = "filled" if done else "partially_filled"
         order.updated_at = ts
         if done:
             order.filled_at = ts
         position_qty = ledger.apply_fill(st, order, qty, price)
-        execution_id = str(uuid.uuid4())
         event = "fill" if done else "partial_fill"
+        # Alpaca documents the activity id as "<timestamp>::<uuid>" and the stream's
+        # execution_id as a uuid, and documents no relation between the two: the two
+        # uuids are drawn independently, so nothing downstream can join them.
         st.activities.append({
-            "id": f"{ts.strftime('%Y%m%d%H%M%S')}{ts.microsecond // 1000:03d}::{execution_id}",
+            "id": f"{ts.strftime('%Y%m%d%H%M%S')}{ts.microsecond // 1000:03d}::{uuid.uuid4()}",
             "activity_type": "FILL",
             "transaction_time": iso_z(ts),
             "type": event,
-            "price": dec(price),
+            "price": dec(price),  # this execution's price
             "qty": dec(qty),
             "side": order.side,
             "symbol": order.symbol,
@@ -335,10 +338,14 @@ class Engine:
             "cum_qty": dec(order.filled_qty),
             "order_id": order.id,
             "order_status": order.status,
-            "execution_id": execution_id,
         })
-        self._emit(st, order, event, ts, execution_id=execution_id, price=dec(price),
-                   qty=dec(qty), position_qty=dec(position_qty))
+        # The stream's `price` is documented as "the average price per share at which the
+        # order was filled": the order's average after this execution, not this
+        # execution's price (that one is only in the FILL activity). Our earlier simulator
+        # sent the execution price here; the documentation wins.
+        self._emit(st, order, event, ts, execution_id=str(uuid.uuid4()),
+                   price=dec(avg_price), qty=dec(qty),
+                   position_qty=dec(position_qty))
 
     # -- queries ---------------------------------------------------------------------------
     def order(self, st: AccountState, order_id: str) -> OrderState:

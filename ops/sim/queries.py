@@ -42,7 +42,9 @@ def list_orders(st: AccountState, q: Mapping[str, str]) -> list[OrderState]:
     return out[: max(limit, 0)]
 
 def activities(st: AccountState, q: Mapping[str, str]) -> list[dict[str, Any]]:
-    """FILL activities with after/until/date, direction and page_size/page_token paging."""
+    """FILL activities with order_id, after/until/date, direction and page_size/page_token
+    paging. `order_id` keeps only that order's activities (Alpaca changelog 2026-07-29);
+    an id that names no order of the account gives an empty list."""
     types = q.get("activity_types", "FILL").upper().split(",")
     if "FILL" not in types:
         return []
@@ -57,13 +59,16 @@ def activities(st: AccountState, q: Mapping[str, str]) -> list[dict[str, Any]]:
     except ValueError as exc:
         raise unprocessable(str(exc)) from None
     token = q.get("page_token")
+    order_id = q.get("order_id")
     items = sorted(st.activities, key=lambda a: str(a["id"]), reverse=direction == "desc")
     out = []
     for a in items:
+        if order_id and a["order_id"] != order_id:
+            continue
         ts = parse_time(str(a["transaction_time"]), "transaction_time")
         if (after and ts <= after) or (until and ts >= until) or (day and ts.date() != day):
             continue
         if token and (a["id"] <= token if direction == "asc" else a["id"] >= token):
             continue
-        out.append({k: v for k, v in a.items() if k != "execution_id"})
+        out.append(dict(a))
     return out[: max(page_size, 0)]
