@@ -11,8 +11,9 @@ Python API::
 Modules: clock (market hours), market (synthetic prices), accounts (specs and state),
 orders (request validation), engine (order lifecycle and fills), ledger (account math),
 queries (order list, FILL activities), contracts (option contracts), stream
-(trade_updates WebSocket), faults (fault knobs), data/rest/app (HTTP), simulator
-(lifecycle), server (`ops sim`), wire (JSON encoding). Never imports alpaca-py.
+(trade_updates WebSocket), chaos (random duplicates/reorders), faults (fault knobs),
+data/rest/app (HTTP), simulator (lifecycle), server (`ops sim`), wire (JSON encoding).
+Never imports alpaca-py.
 """
 
 from ops.sim.accounts import SimAccountSpec, default_accounts

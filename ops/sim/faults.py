@@ -3,11 +3,15 @@
 `RestFaults` holds the REST-side state (hangs, forced error statuses, latency, per-key rate
 limit) consulted by the server for every authenticated request; `FaultController` is the
 public surface (`sim.faults.<method>` and `POST /_sim/faults {"action": <method>, ...}`).
+The stream-side state lives in `ops.sim.stream` (`EventFaults`) and `ops.sim.chaos`.
+Timed faults (`drop_every`, `mute(for_s=...)`) are tasks and timers owned by the
+controller: `clear()` cancels them, and the Simulator's `stop()` calls `aclose()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +20,7 @@ from typing import Any
 
 from ops.sim.clock import SimClock
 from ops.sim.engine import Engine
-from ops.sim.stream import StreamHub, frame
+from ops.sim.stream import StreamHub, check_drop_mode, frame
 from ops.sim.wire import ApiError, iso_z
 
 log = logging.getLogger(__name__)
@@ -124,7 +128,8 @@ class FaultController:
     """Every fault knob; methods are also reachable as admin actions by name."""
 
     ACTIONS = (
-        "drop_streams", "mute", "unmute", "drop_next_events", "duplicate_next_events",
+        "drop_streams", "drop_every", "mute", "unmute", "refuse_auth", "set_stream_chaos",
+        "drop_next_events", "duplicate_next_events",
         "reorder_next_events", "reject_next_orders", "emit_unknown_event",
         "emit_malformed_frame", "hang_next",
         "release_hangs", "fail_next", "set_rest_latency", "set_stream_latency",
@@ -144,6 +149,9 @@ class FaultController:
         self._clock = clock
         self.rest = rest
         self._restart = restart
+        self._droppers: dict[str, tuple[asyncio.Task[None], float, str]] = {}
+        # key -> (timer, time.monotonic() when it fires)
+        self._unmute_timers: dict[str, tuple[asyncio.TimerHandle, float]] = {}
 
     def _account(self, account: str | None) -> str | None:
         if account is not None and account not in self._engine.states:
@@ -158,13 +166,89 @@ class FaultController:
         log.info("fault: dropped %d stream connection(s) (%s)", n, mode)
         return n
 
-    def mute(self, account: str | None = None) -> None:
-        """Stop sending updates (pings are still answered): the silent stall of section 6.1."""
-        self._hub.faults.muted.add(self._account(account) or "*")
+    def drop_every(self, seconds: float, account: str | None = None, mode: str = "1011") -> None:
+        """Drop the stream connection(s) of `account` (None = every account) every `seconds`
+        (close code or "reset" as `drop_streams`) until called again with 0."""
+        seconds = _non_negative(seconds, "seconds")
+        check_drop_mode(str(mode))
+        key = self._account(account) or "*"
+        # One schedule for every account replaces the per-account ones (and 0 stops all).
+        for k in list(self._droppers) if account is None else [key]:
+            self._stop_dropper(k)
+        if seconds > 0:
+            task = asyncio.create_task(self._drop_loop(account, seconds, str(mode)),
+                                       name=f"sim-drop-every-{key}")
+            self._droppers[key] = (task, seconds, str(mode))
+
+    def _stop_dropper(self, key: str) -> None:
+        entry = self._droppers.pop(key, None)
+        if entry is not None:
+            entry[0].cancel()
+
+    async def _drop_loop(self, account: str | None, seconds: float, mode: str) -> None:
+        # Deadlines from loop time (no drift); a failed drop is logged and the loop goes on.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += seconds
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            try:
+                n = await self._hub.drop(account, mode)
+                log.info("fault: periodic drop of %d stream connection(s) (%s)", n, mode)
+            except Exception:
+                log.exception("fault: periodic stream drop failed; continuing")
+            if loop.time() - deadline > seconds:  # overran: skip missed drops, don't burst
+                deadline = loop.time()
+
+    def mute(self, account: str | None = None, for_s: float | None = None) -> None:
+        """Stop sending updates (pings are still answered): the silent stall of section 6.1.
+
+        With `for_s`, the stall ends by itself after that many seconds and what was held
+        meanwhile is dropped, as after a real stall (`unmute` can still end it sooner)."""
+        key = self._account(account) or "*"
+        delay = None if for_s is None else _non_negative(for_s, "for_s")
+        self._hub.faults.muted.add(key)
+        self._cancel_unmute(key)
+        if delay is not None:
+            handle = asyncio.get_running_loop().call_later(delay, self._auto_unmute, key)
+            self._unmute_timers[key] = (handle, time.monotonic() + delay)
+
+    def _auto_unmute(self, key: str) -> None:
+        self._unmute_timers.pop(key, None)
+        self._hub.end_mute(key)
+        log.info("fault: mute of %s ended by itself; held events dropped", key)
+
+    def _cancel_unmute(self, key: str | None) -> None:
+        for k in list(self._unmute_timers) if key is None else [key]:
+            entry = self._unmute_timers.pop(k, None)
+            if entry is not None:
+                entry[0].cancel()
 
     def unmute(self, account: str | None = None, deliver: bool = False) -> int:
         """Resume; events queued while mute are lost (default, like the real thing) or sent."""
+        self._cancel_unmute(account)
         return self._hub.unmute(self._account(account), deliver)
+
+    def refuse_auth(self, account: str | None = None, on: bool = True) -> None:
+        """The stream answers `unauthorized` / "access key verification failed" to the
+        account's (None = every account's) valid key and closes, while REST still accepts
+        it. Connections already authenticated are left alone."""
+        key = self._account(account) or "*"
+        if on:
+            self._hub.faults.refuse_auth.add(key)
+        elif account is None:
+            self._hub.faults.refuse_auth.clear()
+        else:
+            self._hub.faults.refuse_auth.discard(key)
+
+    def set_stream_chaos(self, duplicate: float = 0.0, reorder: float = 0.0,
+                         account: str | None = None, seed: int | None = None) -> int:
+        """Persistent random chaos on trade updates (see `ops.sim.chaos`): each event is
+        duplicated with probability `duplicate` (the copy after at least one other frame)
+        and held back past the next event with probability `reorder` (never longer than
+        0.5 s). 0/0 turns it off (held frames go out). Returns the RNG seed in use."""
+        return self._hub.chaos.configure(duplicate, reorder, self._account(account),
+                                         None if seed is None else int(seed))
 
     def _count(self, counters: dict[str, int], n: int, account: str | None) -> None:
         if n < 0:
@@ -257,7 +341,13 @@ class FaultController:
         await self._restart(_non_negative(down_s, "down_s"))
 
     def clear(self) -> None:
-        """Lift every fault (queued muted events are dropped)."""
+        """Lift every fault (queued muted events are dropped; frames held by stream chaos
+        are sent: they are late, not lost)."""
+        self._cancel_unmute(None)
+        for key in list(self._droppers):
+            self._stop_dropper(key)
+        self._hub.faults.refuse_auth.clear()
+        self._hub.chaos.off()
         self._hub.unmute(None, deliver=False)
         f = self._hub.faults
         for counters in (f.drop, f.duplicate, f.reorder, self._engine.reject_next):
@@ -271,6 +361,7 @@ class FaultController:
 
     def state(self) -> dict[str, Any]:
         f = self._hub.faults
+        now = time.monotonic()
         return {
             "clock": self._clock.mode,
             "muted": sorted(f.muted),
@@ -285,7 +376,26 @@ class FaultController:
             "hung_now": self.rest.hung_now,
             "streams": sorted(self._hub.conns),
             "refused_stream_connections": self._hub.refused_upgrades,
+            "mute_for_s": {k: round(max(0.0, until - now), 3)
+                           for k, (_, until) in self._unmute_timers.items()},
+            "drop_every": {k: {"seconds": s, "mode": m}
+                           for k, (_, s, m) in self._droppers.items()},
+            "refuse_auth": sorted(f.refuse_auth),
+            "refused_stream_auths": self._hub.refused_auths,
+            "stream_chaos": self._hub.chaos.state(),
         }
+
+    async def aclose(self) -> None:
+        """Cancel the timed faults' tasks and timers (simulator shutdown)."""
+        self._cancel_unmute(None)
+        tasks = [entry[0] for entry in self._droppers.values()]
+        self._droppers.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._hub.chaos.close()
 
 
 def _non_negative(value: float, name: str) -> float:

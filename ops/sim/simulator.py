@@ -188,6 +188,7 @@ class Simulator:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.faults.aclose()
         await self._close_server()
         self._save_state()
 

@@ -6,6 +6,10 @@ that names an already-connected key in `APCA-API-KEY-ID` is refused with HTTP 42
 alpaca-py sends its key only in the first message, a second authenticated connection for
 a busy key is answered "unauthorized: connection limit exceeded" and closed instead.
 Events published while nobody listens are lost, as on the real service.
+
+Fault state lives here too (`EventFaults`: one-shot drop/duplicate/reorder counters, mute,
+refused authentication; `StreamChaos`: the persistent random mode); `FaultController`
+is the surface that sets it.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ops.sim.chaos import StreamChaos
+
 log = logging.getLogger(__name__)
 Authenticate = Callable[[str | None, str | None], str | None]  # (key, secret) -> account name
+DROP_MODES = ("1011", "reset", "1000", "1001", "1012")
 
 
 def frame(obj: dict[str, Any]) -> bytes:
@@ -61,8 +68,13 @@ class EventFaults:
     reorder_held: dict[str, list[bytes]] = field(default_factory=dict)
     muted: set[str] = field(default_factory=set)
     muted_buffer: dict[str, list[bytes]] = field(default_factory=dict)
+    refuse_auth: set[str] = field(default_factory=set)
     latency_s: float = 0.0
     reap_delay_s: float = 0.0
+
+    @staticmethod
+    def applies(names: set[str], name: str) -> bool:
+        return name in names or "*" in names
 
     @staticmethod
     def take(counters: dict[str, int], name: str) -> bool:
@@ -71,6 +83,11 @@ class EventFaults:
                 counters[k] -= 1
                 return True
         return False
+
+
+def check_drop_mode(mode: str) -> None:
+    if mode not in DROP_MODES:
+        raise ValueError(f"drop mode must be 1011, reset, 1000, 1001 or 1012, got {mode!r}")
 
 
 class StreamHub:
@@ -82,7 +99,9 @@ class StreamHub:
         self.conns: dict[str, Connection] = {}
         self._reserved_until: dict[str, float] = {}
         self.faults = EventFaults()
+        self.chaos = StreamChaos(self._send_to)
         self.refused_upgrades = 0
+        self.refused_auths = 0
         self._conn_events: dict[str, asyncio.Event] = {}
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -134,13 +153,21 @@ class StreamHub:
                         self._send(held_name, list(reversed(held)))
                     f.reorder_held.clear()
                 return
+            if self.chaos.active_for(name) is not None:
+                self.chaos.route(name, conn, payload)
+                return
         self._send(name, [payload])
+
+    def _send_to(self, name: str, conn: object, frames: list[bytes]) -> None:
+        """Send frames meant for one connection; lost if that connection is gone meanwhile."""
+        if self.conns.get(name) is conn:
+            self._send(name, frames)
 
     def _send(self, name: str, frames: list[bytes]) -> None:
         conn = self.conns.get(name)
         if conn is None:
             return
-        if name in self.faults.muted or "*" in self.faults.muted:
+        if self.faults.applies(self.faults.muted, name):
             self.faults.muted_buffer.setdefault(name, []).extend(frames)
             return
         for fr in frames:
@@ -164,10 +191,18 @@ class StreamHub:
                     delivered += len(buffered)
         return delivered
 
+    def end_mute(self, key: str) -> None:
+        """End one mute entry (an account, or "*" for the all-accounts one) and drop the
+        frames it held; accounts still muted by another entry keep theirs."""
+        f = self.faults
+        f.muted.discard(key)
+        for name in list(f.muted_buffer):
+            if (key in ("*", name)) and not f.applies(f.muted, name):
+                del f.muted_buffer[name]
+
     # -- dropping --------------------------------------------------------------------------
     async def drop(self, account: str | None, mode: str) -> int:
-        if mode not in ("1011", "reset", "1000", "1001", "1012"):
-            raise ValueError(f"drop mode must be 1011, reset, 1000, 1001 or 1012, got {mode!r}")
+        check_drop_mode(mode)
         targets = [c for n, c in list(self.conns.items()) if account is None or n == account]
         for conn in targets:
             if mode == "reset":
@@ -220,6 +255,13 @@ class StreamHub:
                         continue
                     name = self._authenticate(data.get("key_id"), data.get("secret_key"))
                     if name is None:
+                        await ws.send_bytes(auth_reply("unauthorized", "authenticate",
+                                                       "access key verification failed"))
+                        break
+                    if self.faults.applies(self.faults.refuse_auth, name):
+                        # Fault: the stream rejects a valid key while REST accepts it.
+                        self.refused_auths += 1
+                        log.info("fault: refused stream authentication for %s", name)
                         await ws.send_bytes(auth_reply("unauthorized", "authenticate",
                                                        "access key verification failed"))
                         break
