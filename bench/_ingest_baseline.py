@@ -24,9 +24,9 @@ from ops.store.postgres import connect
 
 INSERT = """
 INSERT INTO order_events (account, event_key, order_id, client_order_id, symbol, event, ts,
-                          execution_id, price, qty, position_qty, raw)
-VALUES ('baseline', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (account, event_key) DO NOTHING
+                          execution_id, price, qty, position_qty, raw, cum_qty)
+VALUES ('baseline', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT DO NOTHING
 """
 
 
@@ -48,7 +48,7 @@ async def main(url: str, stream_url: str, key: str, secret: str,
             return
         await conn.execute(INSERT, u.event_key, u.order.id, u.order.client_order_id,
                            u.order.symbol, u.event, u.timestamp, u.execution_id, u.price,
-                           u.qty, u.position_qty, dict(u.raw))
+                           u.qty, u.position_qty, dict(u.raw), u.fill_cum)
 
     async def on_bad(raw: object, error: str) -> None:
         print(f"bad message: {error}", file=sys.stderr)

@@ -132,6 +132,17 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     resume.add_argument("account", metavar="TIER")
     resume.set_defaults(handler=_lazy("ops.control", "cli_resume"))
 
+    positions = sub.add_parser("positions", help="an account's positions: accept the broker's")
+    psub = positions.add_subparsers(dest="positions_command", required=True, metavar="COMMAND")
+    accept = psub.add_parser(
+        "accept", help="take the broker's positions as the truth (lifts a drift block); "
+        "recorded with who, when, what the database expected and what was accepted")
+    accept.add_argument("account", metavar="TIER")
+    accept.add_argument("--wait", type=float, default=20.0, metavar="SECONDS",
+                        help="how long to wait for the position manager to apply it "
+                        "(default 20; it applies a pending request at its next sync)")
+    accept.set_defaults(handler=_lazy("ops.control", "cli_positions_accept"))
+
 
 def _add_dash_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dash = sub.add_parser(

@@ -374,7 +374,11 @@ class Schedule(_Model):
     position_manager_s: Seconds = 15.0
     """Interval between position syncs and exit-rule evaluations."""
     stream_check_s: Seconds = 10.0
-    """Interval of the trade stream's health check (silence, reconnect, backfill)."""
+    """Interval of the trade stream's health check (silence, reconnect, retries)."""
+    fill_check_s: Seconds = 60.0
+    """Interval of the fill completeness check: for every order the account touched, the
+    stored fills against the broker's filled_qty, missing ones fetched from the activities
+    API whatever their age. It also runs after every stream (re)connect."""
     market_hours_only: bool = True
     """Skip dispatcher and position-manager runs while the broker clock says closed
     (an expected idle, shown as such)."""

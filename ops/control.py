@@ -1,5 +1,6 @@
 """Operator commands that write controls and signals: `ops signal add`, `ops pause`,
-`ops resume`; and `read_kill_switch()`, the one decoding of the 'kill_switch' control.
+`ops resume`, `ops positions accept`; `read_kill_switch()`, the one decoding of the
+'kill_switch' control; `accept_positions()`, shared with the dashboard.
 
 Every argument is validated before anything is written; a bad one exits 2 with a message
 naming the option and the value at fault (invariant 6). Writes go through the Store, so
@@ -26,6 +27,8 @@ from typing import Any
 from ops.config import Config, ConfigError, load_runtime_config
 from ops.env import RuntimeEnv
 from ops.models import KillSwitch, OptionSymbol
+from ops.store import positions as pq
+from ops.store.postgres import is_outage
 from ops.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -235,3 +238,89 @@ def cli_pause(args: argparse.Namespace) -> int:
 
 def cli_resume(args: argparse.Namespace) -> int:
     return _set_kill_switch("resume", args, KillSwitch.OFF)
+
+
+# -- accepting the broker's positions -------------------------------------------------------
+
+
+class AcceptFailed(Exception):
+    """The request could not be recorded (the message says why)."""
+
+
+async def accept_positions(store: Store, account: str, by: str, within_s: float
+                           ) -> tuple[str, pq.AcceptRecord | None]:
+    """Ask `account`'s position manager to take the broker's positions as the truth and
+    wait up to `within_s` for it to apply the request: (request id, the applied record, or
+    None when it was not applied in time; it stays pending and is applied at the next
+    sync). Needs Postgres: the baseline and the audit row live there."""
+    try:
+        accept_id = await pq.request_accept(store.pool, account, by, datetime.now(UTC))
+    except Exception as exc:
+        if is_outage(exc):
+            raise AcceptFailed("Postgres is unreachable: nothing was requested (the "
+                               "position manager keeps its baseline in Postgres)") from exc
+        raise
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        record = await pq.accept_record(store.pool, accept_id)
+        if record is not None and record.applied_at is not None:
+            return accept_id, record
+        if asyncio.get_running_loop().time() >= deadline:
+            return accept_id, None
+        await asyncio.sleep(0.2)
+
+
+def describe_accept(record: pq.AcceptRecord) -> list[str]:
+    """The audit record as lines: what the database expected, what was accepted."""
+    before, after = record.before or {}, record.after or {}
+    applied = record.applied_at.isoformat(timespec="seconds") if record.applied_at else "-"
+    lines = [f"{record.account}: broker positions accepted (requested by "
+             f"{record.requested_by}, applied by {record.applied_by} at {applied})",
+             f"  {'SYMBOL':<24} {'DATABASE EXPECTED':>18} {'BROKER (ACCEPTED)':>18}"]
+    for symbol in sorted(set(before) | set(after)):
+        b, a = before.get(symbol, Decimal(0)), after.get(symbol, Decimal(0))
+        mark = "" if a == b else "   <- changed"
+        lines.append(f"  {symbol:<24} {_num(b):>18} {_num(a):>18}{mark}")
+    if not before and not after:
+        lines.append("  (no positions on either side)")
+    return lines
+
+
+def _num(x: Decimal) -> str:
+    return format(x.normalize(), "f") if x else "0"
+
+
+def cli_positions_accept(args: argparse.Namespace) -> int:
+    command = "positions accept"
+    loaded = _load(command)
+    if isinstance(loaded, int):
+        return loaded
+    env, config = loaded
+    try:
+        account = _account(config, args.account, "TIER")
+    except UsageError as exc:
+        return _fail(command, str(exc))
+    if not math.isfinite(args.wait) or args.wait < 0:
+        return _fail(command, f"--wait must be a number of seconds >= 0, got {args.wait}")
+    by = f"cli:{_user()}"
+
+    async def run() -> tuple[str, pq.AcceptRecord | None]:
+        store = await _open(env, config)
+        try:
+            return await accept_positions(store, account, by, args.wait)
+        finally:
+            await store.close()
+
+    try:
+        accept_id, record = asyncio.run(run())
+    except AcceptFailed as exc:
+        print(f"ops {command}: {account}: {exc}", file=sys.stderr)
+        return 1
+    if record is None:
+        print(f"{account}: accept requested (id {accept_id}, by {by}); the position manager "
+              f"has not applied it within {args.wait:g}s. Is {account}-position-manager "
+              "running (ops status)? It applies the request at its next sync.",
+              file=sys.stderr)
+        return 1
+    print("\n".join(describe_accept(record)))
+    return 0

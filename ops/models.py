@@ -157,17 +157,43 @@ class TradeUpdate:
     # `raw` as the JSON text it arrived in, when it came off the wire (its data.order is
     # `order.raw`): stored as is instead of re-encoding `raw`. None when built otherwise.
     raw_json: str | None = field(default=None, compare=False, repr=False)
+    # Fills: the order's cumulative filled quantity after this execution, when it is not
+    # `order.filled_qty` (a fill rebuilt from a FILL activity carries the activity's
+    # cum_qty, its order being the order's current state). None: see `fill_cum`.
+    cum_qty: Decimal | None = None
+
+    @property
+    def fill_cum(self) -> Decimal | None:
+        """The fill's identity with the order id: the cumulative filled quantity after it.
+
+        Alpaca documents it on every source (trade_updates: `order.filled_qty` of the order
+        after the event; FILL activity: `cum_qty`), so a fill is recognised whichever way it
+        arrives; never derived from the shape of an id. None for non-fill events and for a
+        fill whose cumulative quantity is missing or not positive (stored verbatim, keyed
+        like other events, and not counted as a fill)."""
+        if self.event not in FILL_EVENTS:
+            return None
+        cum = self.cum_qty if self.cum_qty is not None else self.order.filled_qty
+        return cum if cum > 0 else None
 
     @property
     def event_key(self) -> str:
         """Natural key that makes storing an event idempotent (alpaca-wire.md section 6.4).
 
-        Fills are keyed by execution id; other events by (order, event, timestamp),
-        which a duplicate delivery repeats exactly.
-        """
+        Fills by their identity (`fill_key`: order, cumulative quantity); other events by
+        (order, event, timestamp), which a duplicate delivery repeats exactly. The database
+        enforces the fill identity on its columns as well (migration 0013)."""
+        cum = self.fill_cum
+        if cum is not None:
+            return fill_key(self.order.id, cum)
         if self.execution_id:
             return f"exec:{self.execution_id}"
         return f"{self.order.id}:{self.event}:{self.timestamp.isoformat()}"
+
+
+def fill_key(order_id: str, cum_qty: Decimal) -> str:
+    """`fill:<order id>:<cumulative qty>`, the quantity in plain notation (10, not 1E+1)."""
+    return f"fill:{order_id}:{format(cum_qty.normalize(), 'f')}"
 
 
 @dataclass(frozen=True, slots=True)

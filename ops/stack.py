@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ops.config import Config
 from ops.env import RuntimeEnv
@@ -38,6 +39,9 @@ from ops.supervisor import (
     program_name,
     write_config,
 )
+
+if TYPE_CHECKING:
+    from ops.store.migrate import MigrationResult
 
 log = logging.getLogger(__name__)
 
@@ -247,24 +251,26 @@ def migrate_first(env: RuntimeEnv, timeout_s: float) -> str:
         url = env.database_url
         asyncio.run(wait_for_database(url, timeout_s))
         result = asyncio.run(migrate(url))
-        return _migrated(result.applied, result.version)
+        return _migrated(result)
     if _supervisord_running(env):
         url = embedded.embedded_url(env)
         asyncio.run(wait_for_database(url, timeout_s))
         result = asyncio.run(migrate(url))
-        return _migrated(result.applied, result.version)
+        return _migrated(result)
     url = embedded.ensure_running(env)  # reuses one left running by `ops db migrate`
     try:
         result = asyncio.run(migrate(url))
     finally:
         embedded.stop(env)  # supervisord runs it from now on
-    return _migrated(result.applied, result.version)
+    return _migrated(result)
 
 
-def _migrated(applied: Sequence[str], version: int) -> str:
-    if applied:
-        return f"applied migrations {', '.join(applied)} (schema version {version})"
-    return f"schema up to date (version {version})"
+def _migrated(result: MigrationResult) -> str:
+    if not result.applied:
+        return f"schema up to date (version {result.version})"
+    return "\n".join([f"applied migrations {', '.join(result.applied)} "
+                      f"(schema version {result.version})"]
+                     + [f"  {note}" for note in result.notes])
 
 
 # --- waiting for health -------------------------------------------------------------------

@@ -190,3 +190,21 @@ def test_signal_add_during_an_outage_is_buffered_then_inserted(
     asyncio.run(drain())
     rows = query(pg_url, "SELECT account, symbol, idempotency_key, status FROM signals")
     assert [tuple(r) for r in rows] == [("tiny", "NVDA", "outage-1", "pending")]
+
+
+def test_positions_accept_waits_for_the_position_manager_and_reports(
+    environ: dict[str, str], pg_url: str
+) -> None:
+    """No position manager runs: the request is recorded (who, when) and stays pending;
+    the command says so and exits 1. A bad account or wait is exit 2 naming it."""
+    out = ops(environ, "positions", "accept", "large", "--wait", "0.5")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "has not applied it within 0.5s" in out.stderr
+    assert "large-position-manager" in out.stderr
+    rows = query(pg_url, "SELECT account, requested_by, applied_at FROM position_accepts")
+    assert [(r["account"], r["applied_at"]) for r in rows] == [("large", None)]
+    assert str(rows[0]["requested_by"]).startswith("cli:")
+    bad = ops(environ, "positions", "accept", "nope")
+    assert bad.returncode == 2 and "nope" in bad.stderr
+    bad = ops(environ, "positions", "accept", "large", "--wait", "-1")
+    assert bad.returncode == 2 and "--wait" in bad.stderr

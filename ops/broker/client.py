@@ -466,13 +466,19 @@ class Broker:
     # -- fills --------------------------------------------------------------------------
 
     async def list_fills(
-        self, after: datetime | None = None, until: datetime | None = None
+        self, after: datetime | None = None, until: datetime | None = None,
+        order_id: str | None = None,
     ) -> list[Fill]:
-        """Executions from /v2/account/activities/FILL, oldest first, all pages."""
+        """Executions from /v2/account/activities/FILL, oldest first, all pages; with
+        `order_id`, that order's only (Alpaca's `order_id` filter, changelog 2026-07-29;
+        filtered here too, so a server that ignores the parameter costs pages, not
+        correctness)."""
         base: dict[str, Any] = {"direction": "asc", "page_size": 100}
         for name, value in (("after", _aware("after", after)), ("until", _aware("until", until))):
             if value is not None:
                 base[name] = value.isoformat()
+        if order_id is not None:
+            base["order_id"] = order_id
         fills: list[Fill] = []
         token: str | None = None
         while True:
@@ -482,10 +488,11 @@ class Broker:
                                 params),
                 "fill activities",
             )
-            fills.extend(fill_from_raw(item) for item in raw)
+            page = [fill_from_raw(item) for item in raw]
+            fills.extend(f for f in page if order_id is None or f.order_id == order_id)
             if len(raw) < 100:
                 return fills
-            token = fills[-1].id
+            token = page[-1].id
 
     # -- market data (delegated) --------------------------------------------------------
 

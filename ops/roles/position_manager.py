@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ops import drift
 from ops.broker import Broker, BrokerError
 from ops.daemon import Service
 from ops.exits import (
@@ -67,6 +68,7 @@ from ops.exits import (
     update_water_marks,
 )
 from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
+from ops.store import fills as fq
 from ops.store import positions as pq
 from ops.store.postgres import is_outage
 from ops.store.store import Store
@@ -165,6 +167,7 @@ class PositionManager:
         self._tracked_loaded = False
         self._unsaved: set[str] = set()  # symbols whose state could not be persisted yet
         self._unsettled: dict[str, str] = {}  # symbol -> exit cid whose submit was "unknown"
+        self._snapshot_cut: drift.Cut | None = None  # of the positions read this tick
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class PositionManager:
         ledger then shows the error), but a failed step never skips the later ones."""
         now = self._now()
         positions = await self.broker.list_positions()
+        self._snapshot_cut = drift.Cut.around(now, self._now())
         info = await self.broker.get_account()
         await self.store.sync_positions(self.account, positions, now)
         await self.store.record_account(self.account, info, now)
@@ -204,7 +208,8 @@ class PositionManager:
         return self._blocked
 
     async def _check_drift(self, positions: Sequence[Position], now: datetime) -> None:
-        actual = {p.symbol: p.qty for p in positions if p.qty != 0}
+        actual = drift.nonzero((p.symbol, p.qty) for p in positions)
+        cut = self._snapshot_cut or drift.Cut.around(now, now)
         pool = self.store.pool
         try:
             if await self.store.buffer.has_pending():
@@ -212,58 +217,113 @@ class PositionManager:
                 return
             blocked = await self._blocked_now()
             baseline = await pq.load_baseline(pool, self.account)
+            accepts = await pq.pending_accepts(pool, self.account)
+            if accepts:
+                await self._accept(accepts, actual, cut, baseline, now, blocked)
+                return
             if baseline is None:
-                fill_id = await pq.max_fill_id(pool, self.account)
-                await pq.save_baseline(pool, self.account, actual, fill_id, now,
-                                       confirmed=False)
+                await pq.save_baseline(pool, self.account, actual, cut, now, confirmed=False)
                 log.info("account %s: drift baseline adopted from the broker (%d positions)",
                          self.account, len(actual))
                 return
-            expected = await pq.expected_positions(pool, baseline)
+            deltas = await pq.fill_deltas(pool, self.account, baseline.cut.lo, cut.hi)
         except Exception as exc:
             if not is_outage(exc):
                 raise
             self._skip_drift(f"postgres unreachable ({type(exc).__name__})")
             return
         self.counters.drift_checks += 1
-        if expected.unverifiable:
+        cmp = drift.compare(baseline.positions, baseline.cut, cut, deltas, actual)
+        if cmp.unverifiable:
             log.warning("account %s: fills with unreadable side/qty for %s; not compared",
-                        self.account, ", ".join(sorted(expected.unverifiable)))
-        mismatches = pq.position_mismatches(expected.positions, actual, expected.unverifiable)
-        self.counters.drift_mismatches = len(mismatches)
-        if not mismatches:
+                        self.account, ", ".join(sorted(cmp.unverifiable)))
+        self.counters.drift_mismatches = len(cmp.mismatches)
+        if cmp.agree:
             self._strikes.clear()
-            if (not baseline.confirmed or expected.fill_id != baseline.fill_id
-                    or baseline.positions != actual):
-                await pq.save_baseline(pool, self.account, actual, expected.fill_id, now,
-                                       confirmed=True)
+            assert cmp.cut is not None
+            await pq.save_baseline(pool, self.account, actual, cmp.cut, now, confirmed=True)
             if blocked:
-                await self._unblock(now)
+                await self._unblock(now, f"positions agree again at {now.isoformat()}")
             return
         if not baseline.confirmed:
-            fill_id = await pq.max_fill_id(pool, self.account)
-            await pq.save_baseline(pool, self.account, actual, fill_id, now, confirmed=False)
+            await pq.save_baseline(pool, self.account, actual, cut, now, confirmed=False)
             log.info("account %s: unconfirmed drift baseline re-adopted (%s)", self.account,
-                     "; ".join(m.describe() for m in mismatches))
+                     "; ".join(m.describe() for m in cmp.mismatches))
             return
-        seen = {m.symbol for m in mismatches}
+        seen = {m.symbol for m in cmp.mismatches}
         self._strikes = {s: self._strikes.get(s, 0) + 1 for s in seen}
-        firm = [m for m in mismatches if self._strikes[m.symbol] >= self.drift_strikes]
+        firm = [m for m in cmp.mismatches if self._strikes[m.symbol] >= self.drift_strikes]
         if not firm:
             log.info("account %s: position mismatch seen once, re-checking next sync: %s",
-                     self.account, "; ".join(m.describe() for m in mismatches))
+                     self.account, "; ".join(m.describe() for m in cmp.mismatches))
             return
         await self._block(firm, blocked, now)
+
+    async def _accept(self, accepts: Sequence[pq.AcceptRecord], actual: dict[str, Decimal],
+                      cut: drift.Cut, baseline: pq.Baseline | None, now: datetime,
+                      blocked: bool) -> None:
+        """The operator's `ops positions accept`: the broker's positions become the
+        confirmed baseline; the request row records what the database expected before."""
+        before: dict[str, Decimal] = {}
+        if baseline is not None:
+            deltas = await pq.fill_deltas(self.store.pool, self.account, baseline.cut.lo,
+                                          cut.hi)
+            before = drift.compare(baseline.positions, baseline.cut, cut, deltas,
+                                   actual).expected
+        who = ", ".join(sorted({a.requested_by for a in accepts}))
+        changed = drift.position_mismatches(before, actual)
+        detail = ("accepted the broker's positions"
+                  + (": " + "; ".join(m.describe() for m in changed) if changed
+                     else " (they already agreed)"))
+        await pq.apply_accepts(self.store.pool, self.account, [a.id for a in accepts], actual,
+                               cut, before=before, applied_by=self.process, at=now,
+                               detail=detail)
+        self._strikes.clear()
+        self.counters.drift_mismatches = 0
+        log.warning("account %s: %s, requested by %s", self.account, detail, who)
+        if blocked:
+            await self._unblock(now, f"broker positions accepted by {who} at {now.isoformat()}")
+
+    async def _fills_note(self, now: datetime) -> str:
+        """Why a mismatch may be the pipeline's, not the broker's: the stream role's last
+        completeness check (empty when fills are known complete)."""
+        try:
+            check = await fq.load_check(self.store.pool, self.account)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return ""
+        cut = self._snapshot_cut
+        if check is None:
+            return (" The stream role has not completed a fill check yet: the database may "
+                    "be missing fills (not necessarily a broker-side change).")
+        behind = cut is not None and check.complete_through < cut.lo
+        if not check.incomplete and not behind:
+            return (" Every fill the broker reports is stored (fill check at "
+                    f"{check.checked_at.isoformat()}): the positions changed without a "
+                    "fill the database knows of (an order outside the pipeline, a corporate "
+                    "action, an assignment?).")
+        parts = []
+        if check.incomplete:
+            parts.append(f"{len(check.incomplete)} order(s) still missing fills")
+        if behind:
+            age = (now - check.checked_at).total_seconds()
+            parts.append(f"last complete fill check {age:.0f}s ago")
+        return (" The database may be missing fills (" + ", ".join(parts) + "): the stream "
+                "role recovers them and the block lifts by itself once they are stored.")
 
     def _skip_drift(self, why: str) -> None:
         self.counters.drift_skipped += 1
         log.info("account %s: drift check skipped: %s", self.account, why)
 
-    async def _block(self, firm: Sequence[pq.Mismatch], already: bool, now: datetime) -> None:
+    async def _block(self, firm: Sequence[drift.Mismatch], already: bool,
+                     now: datetime) -> None:
         detail = (f"account {self.account}: broker positions differ from the database "
                   f"(on {self.drift_strikes} consecutive syncs): "
                   + "; ".join(m.describe() for m in firm)
-                  + ". New entries are blocked until they agree again.")
+                  + ". New entries are blocked until they agree again, or until an operator "
+                  f"accepts the broker's positions (ops positions accept {self.account})."
+                  + (await self._fills_note(now) if not already else ""))
         value: dict[str, Any] = {
             "blocked": True,
             "reason": detail,
@@ -280,12 +340,10 @@ class PositionManager:
             self._blocked = True
         self.counters.drift_blocked = 1
 
-    async def _unblock(self, now: datetime) -> None:
-        log.warning("account %s: broker and database positions agree again; drift block "
-                    "lifted", self.account)
+    async def _unblock(self, now: datetime, reason: str) -> None:
+        log.warning("account %s: drift block lifted: %s", self.account, reason)
         await self.store.set_control(
-            self.account, DRIFT_CONTROL,
-            {"blocked": False, "reason": f"positions agree again at {now.isoformat()}"},
+            self.account, DRIFT_CONTROL, {"blocked": False, "reason": reason},
             self.process, now)
         await self.store.close_incident(dedupe_key=drift_dedupe_key(self.account), at=now)
         self._blocked = False

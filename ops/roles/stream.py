@@ -9,21 +9,23 @@ loses events by design"; alpaca-wire.md 4.4 and 6).
   small when the stream is quiet (latency) and large in a burst (throughput). Unknown
   event names are stored verbatim like any other; they and unreadable frames also open an
   incident, so nothing is dropped silently.
-- Backfill after EVERY connect and reconnect (`on_connect`): orders submitted since the
-  last seen broker timestamp minus a margin, every open order, orders we (or the `orders`
-  table) believed open, and FILL activities since then -> `upsert_orders` + one
-  synthesized `fill`/`partial_fill` event per execution. The activity id is
-  `<timestamp>::<execution uuid>`; the uuid is the execution id the stream carries, so a
-  backfilled execution gets the same `exec:<execution_id>` event key and an execution
-  seen both ways is stored once.
-  Non-fill events missed while disconnected (new, canceled, ...) are not synthesized: their
-  effect is in the order rows; their stream keys hold a timestamp REST does not give.
-- Silence check (a ticker every `schedule.stream_check_s`, never market-gated): when no
+- Completeness after EVERY connect and reconnect and every `schedule.fill_check_s`
+  (ops/roles/fill_check.py): for every order the account touched, the stored fills
+  against the broker's `filled_qty`; missing fills fetched from the FILL activities
+  whatever their age, stored under the same identity as the stream's (order + cumulative
+  quantity, `TradeUpdate.fill_cum`), so a fill seen both ways is stored once; the orders
+  written back. Non-fill events missed while disconnected (new, canceled, ...) are not
+  synthesized: their effect is in the order rows; their stream keys hold a timestamp REST
+  does not give. The check runs as a task of its own beside the check ticker: its REST
+  calls never hold up the ticker's slots; `fill_check_age_s` in the heartbeat and a
+  `fill-check-failing` incident say when it stops succeeding.
+- Silence check (the ticker every `schedule.stream_check_s`, never market-gated): when no
   update arrived for `broker.stream_silence_s` and orders are open (in memory, or in the
-  `orders` table, where the dispatcher records what it submits), ask REST whether any order
-  changed beyond what we saw. Only then: incident "stream-silent", backfill, and a forced
-  reconnect. A quiet account with nothing open costs no REST call and never alarms; an
-  open order that is simply resting does not alarm either.
+  `orders` table, where the dispatcher records what it submits), a completeness check
+  runs; if it recovers fills or finds orders changed beyond what the stream delivered:
+  incident "stream-silent" and a forced reconnect. A quiet account with nothing open
+  costs no REST call and never alarms; an open order that is simply resting does not
+  alarm either.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ops.broker import Broker, BrokerError, TradeStream
 from ops.daemon import Service
-from ops.models import TERMINAL_ORDER_STATUSES, Fill, Order, TradeUpdate
+from ops.models import TERMINAL_ORDER_STATUSES, Order, TradeUpdate
+from ops.roles.fill_check import FillChecker, FillCheckResult
 from ops.roles.runtime import RoleContext, endpoints_for
 from ops.store import is_outage
 from ops.store.ingest import trade_update_row_op
@@ -50,45 +53,17 @@ from ops.ticker import Slot
 
 log = logging.getLogger(__name__)
 
-BACKFILL_MARGIN = timedelta(seconds=60)  # clock skew and in-flight events around last_seen
-INITIAL_LOOKBACK = timedelta(days=1)  # first start with nothing stored
 # Updates per write in a burst. Larger batches keep one state per order for more of its
 # events (a burst updates each order several times): 2,000 -> 5,000 took a 20k burst
 # from ~16k to ~19k events/s stored. Quiet streams write much smaller batches.
 BATCH_MAX = 5000
-KNOWN_KEEP = timedelta(hours=1)  # terminal orders remembered this long past the watermark
+KNOWN_KEEP = timedelta(hours=1)  # terminal orders remembered this long
+CHECK_FAILING_AFTER = 3  # fill-check intervals without a successful check: incident
 
 _OPEN_SQL = f"""
 SELECT id, updated_at FROM orders
 WHERE account = $1 AND status NOT IN ({", ".join(f"'{s}'" for s in TERMINAL_ORDER_STATUSES)})
 """
-# Events only: `orders` is also written by the dispatcher and the position manager (from
-# submit answers and reconciliation), so its timestamps say nothing about which fills
-# this role has stored.
-_WATERMARK_SQL = "SELECT max(ts) FROM order_events WHERE account = $1"
-
-
-def fill_execution_id(fill: Fill) -> str:
-    """The execution id inside a FILL activity id `<timestamp>::<uuid>` (the whole id if
-    it has no `::`)."""
-    _, sep, tail = fill.id.partition("::")
-    return tail if sep and tail else fill.id
-
-
-def update_from_fill(fill: Fill, order: Order) -> TradeUpdate:
-    """A fill event synthesized from the REST truth; same event_key as the stream's.
-
-    `order` is the order's current state (it may be past this execution)."""
-    raw = {"source": "rest-backfill", "activity": {
-        "id": fill.id, "type": fill.fill_type, "transaction_time": fill.transaction_time
-        .isoformat(), "price": str(fill.price), "qty": str(fill.qty),
-        "cum_qty": str(fill.cum_qty), "leaves_qty": str(fill.leaves_qty),
-        "order_id": fill.order_id, "symbol": fill.symbol, "side": fill.side,
-        "order_status": fill.order_status,
-    }}
-    return TradeUpdate(event=fill.fill_type, order=order, timestamp=fill.transaction_time,
-                       execution_id=fill_execution_id(fill), price=fill.price, qty=fill.qty,
-                       position_qty=None, raw=raw)
 
 
 @dataclass(slots=True)
@@ -100,11 +75,7 @@ class StreamStats:
     duplicates: int = 0  # stream events already stored (redelivered, or backfilled first)
     bad: int = 0  # bad messages recorded (unknown events included)
     write_errors: int = 0
-    backfills: int = 0
-    backfill_errors: int = 0
-    backfilled: int = 0  # new order_events rows synthesized by backfill
-    backfilled_orders: int = 0
-    silence_checks: int = 0  # REST checks made because the stream was quiet
+    silence_checks: int = 0  # completeness checks made because the stream was quiet
     silent_reconnects: int = 0  # checks that found missed changes
 
 
@@ -118,7 +89,7 @@ def _short(raw: object, limit: int = 1000) -> str:
 
 
 class StreamRole:
-    """The stream service: owns the TradeStream, the writer and the backfill."""
+    """The stream service: owns the TradeStream, the writer and the fill checks."""
 
     name = "trade-stream"
 
@@ -138,10 +109,14 @@ class StreamRole:
         self._queue: list[tuple[TradeUpdate, Op | None]] = []
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._backfill_lock = asyncio.Lock()
-        self._backfill_needed = False
-        self._watermark: datetime | None = None  # newest broker timestamp seen
-        self._watermark_loaded = False
+        self.checker = FillChecker(account=self.account, process=ctx.process, store=ctx.store,
+                                   broker=self.broker, incident=self._incident,
+                                   resolve=ctx.resolve)
+        self._check_task: asyncio.Task[None] | None = None
+        self._check_reasons: set[str] = set()  # checks asked for, run by the next task
+        self._last_check_ok: float | None = None  # monotonic time of the last success
+        self._started_mono = time.monotonic()
+        self._check_failing = False
         self._known: dict[str, tuple[datetime, bool]] = {}  # order id -> (updated_at, open)
         self._last_update_mono: float | None = None
         # Start of the current quiet period: last update, connect, or clean check.
@@ -158,6 +133,9 @@ class StreamRole:
                    open_orders=sum(1 for _, o in self._known.values() if o))
         out["last_event_age_s"] = (-1.0 if self._last_update_mono is None
                                    else round(time.monotonic() - self._last_update_mono, 3))
+        out.update({f"fill_check_{k}": v for k, v in asdict(self.checker.stats).items()})
+        out["fill_check_age_s"] = (-1.0 if self._last_check_ok is None
+                                   else round(time.monotonic() - self._last_check_ok, 3))
         return out
 
     # -- service --------------------------------------------------------------------------
@@ -200,6 +178,10 @@ class StreamRole:
             # The writer flushes what is queued before it returns.
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+            if self._check_task is not None and not self._check_task.done():
+                self._check_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._check_task
         if writer.done() and not writer.cancelled() and writer.exception() is not None:
             raise RuntimeError("stream writer failed") from writer.exception()
         if not requested:
@@ -236,11 +218,7 @@ class StreamRole:
 
     async def _on_connect(self) -> None:
         self._quiet_since = time.monotonic()
-        try:
-            await self.backfill("connect")
-        except Exception:
-            # The check ticker retries; the stream goes on meanwhile.
-            log.exception("backfill after connect failed; will retry on the next check")
+        self.request_check("connect")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -276,7 +254,6 @@ class StreamRole:
             self.stats.duplicates += len(batch) - new
         for u, _ in batch:
             self._note(u.order)
-            self._advance(u.timestamp)
         if self._silent_open:
             self._silent_open = False
             await self.ctx.resolve(self.ctx.incident_key("stream-silent"))
@@ -308,28 +285,6 @@ class StreamRole:
         have = self._known.get(order.id)
         if have is None or order.updated_at >= have[0]:
             self._known[order.id] = (order.updated_at, not order.is_terminal)
-        self._advance(order.updated_at)
-
-    def _advance(self, ts: datetime) -> None:
-        if self._watermark is None or ts > self._watermark:
-            self._watermark = ts
-
-    async def _since(self) -> datetime:
-        if not self._watermark_loaded:
-            self._watermark_loaded = True
-            try:
-                stored = await self.ctx.store.pool.fetchval(_WATERMARK_SQL, self.account)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-                stored = None
-                log.warning("watermark unreadable (Postgres unreachable); backfilling %s",
-                            INITIAL_LOOKBACK)
-            if stored is not None:
-                self._advance(stored)
-        if self._watermark is None:
-            return datetime.now(UTC) - INITIAL_LOOKBACK
-        return self._watermark - BACKFILL_MARGIN
 
     async def _stored_open(self) -> dict[str, datetime]:
         try:
@@ -340,121 +295,115 @@ class StreamRole:
             return {}
         return {r["id"]: r["updated_at"] for r in rows}
 
-    # -- backfill -------------------------------------------------------------------------
-
-    async def _rest_orders(self, since: datetime, also: Iterable[str]) -> dict[str, Order]:
-        """Orders submitted since `since`, every open order, and the orders in `also`."""
-        b = self.broker
-        by_id = {o.id: o for o in await b.list_orders(status="all", after=since,
-                                                      direction="asc", nested=True)}
-        by_id.update((o.id, o) for o in await b.list_orders(status="open", nested=True))
-        for oid in sorted(set(also) - set(by_id)):
-            order = await b.get_order(oid)
-            if order is not None:
-                by_id[oid] = order
-        return by_id
-
-    async def backfill(self, reason: str) -> int:
-        """Store over REST what the stream may have missed; the new event rows."""
-        async with self._backfill_lock:
-            self._backfill_needed = True
-            try:
-                n = await self._backfill(reason)
-            except (BrokerError, OSError) as exc:
-                self.stats.backfill_errors += 1
-                log.warning("backfill (%s) failed: %s; retrying on the next check", reason, exc)
-                raise
-            self._backfill_needed = False
-            return n
-
-    async def _backfill(self, reason: str) -> int:
-        since = await self._since()
-        # Orders believed open (here, or in the table: the dispatcher records its submits,
-        # and rows left open before a restart) are refreshed whatever their age.
-        believed_open = {oid for oid, (_, is_open) in self._known.items() if is_open}
-        believed_open |= set(await self._stored_open())
-        orders = await self._rest_orders(since, believed_open)
-        fills = await self.broker.list_fills(after=since)
-        for oid in sorted({f.order_id for f in fills} - set(orders)):
-            order = await self.broker.get_order(oid)
-            if order is not None:
-                orders[oid] = order
-        updates = []
-        for f in fills:
-            order = orders.get(f.order_id)
-            if order is None:
-                await self.ctx.incident(
-                    "stream-backfill-orphan",
-                    f"fill {f.id} refers to order {f.order_id}, which the broker does not "
-                    "return; the execution is not stored", dedupe_key=None)
-                continue
-            updates.append(update_from_fill(f, order))
-        store = self.ctx.store
-        new = await store.record_trade_updates(self.account, updates) if updates else 0
-        if orders:
-            await store.upsert_orders(self.account, orders.values())
-        for order in orders.values():
-            self._note(order)
-        for f in fills:
-            self._advance(f.transaction_time)
-        self.stats.backfills += 1
-        self.stats.backfilled += new
-        self.stats.backfilled_orders += len(orders)
-        self._prune(since)
-        log.info("backfill (%s) since %s: %d order(s), %d fill(s), %d new event(s)",
-                 reason, since.isoformat(), len(orders), len(fills), new)
-        return new
-
-    def _prune(self, since: datetime) -> None:
-        cutoff = since - KNOWN_KEEP
-        for oid in [k for k, (ts, is_open) in self._known.items() if not is_open and ts < cutoff]:
+    def _prune(self) -> None:
+        if len(self._known) < 1000:
+            return
+        newest = max(ts for ts, _ in self._known.values())
+        for oid in [k for k, (ts, is_open) in self._known.items()
+                    if not is_open and ts < newest - KNOWN_KEEP]:
             del self._known[oid]
 
-    # -- silence --------------------------------------------------------------------------
+    async def _incident(self, kind: str, detail: str, dedupe_key: str) -> None:
+        await self.ctx.incident(kind, detail, dedupe_key=dedupe_key)
 
-    async def check(self, slot: Slot) -> None:
-        """The check ticker's job: retry a failed backfill; detect a silent stream."""
-        if self._backfill_needed and not self._backfill_lock.locked():  # failed earlier
-            await self.backfill("retry")
-        silence_s = self.ctx.config.broker.stream_silence_s
-        quiet_for = time.monotonic() - self._quiet_since
-        if quiet_for < silence_s:
+    # -- fill completeness ----------------------------------------------------------------
+
+    def request_check(self, reason: str) -> None:
+        """Run a completeness check as soon as possible (after the one running, if any)."""
+        self._check_reasons.add(reason)
+        if self._check_task is None or self._check_task.done():
+            self._check_task = asyncio.create_task(self._checks(),
+                                                   name=f"fill-check-{self.account}")
+
+    async def _checks(self) -> None:
+        while self._check_reasons and not self._stop.is_set():
+            reasons, self._check_reasons = self._check_reasons, set()
+            reason = "+".join(sorted(reasons))
+            known = {oid: ts for oid, (ts, _) in self._known.items()}
+            try:
+                result = await self.checker.run(reason)
+            except asyncio.CancelledError:
+                raise
+            except (BrokerError, OSError) as exc:
+                log.warning("fill check (%s) failed: %s; retrying on the next check",
+                            reason, exc)
+                return
+            except Exception as exc:
+                if not is_outage(exc):
+                    log.exception("fill check (%s) failed; retrying on the next check",
+                                  reason)
+                return
+            if result.skipped is not None:
+                return
+            self._last_check_ok = time.monotonic()
+            if self._check_failing:
+                self._check_failing = False
+                await self.ctx.resolve(self.ctx.incident_key("fill-check-failing"))
+            await self._after_check(result, known)
+
+    async def check_fills(self, reason: str) -> FillCheckResult:
+        """One completeness check now, in the caller's task (tests, the silence check)."""
+        result = await self.checker.run(reason)
+        if result.skipped is None:
+            self._last_check_ok = time.monotonic()
+        return result
+
+    async def _after_check(self, result: FillCheckResult,
+                           known: dict[str, datetime]) -> None:
+        stored_open = await self._stored_open() if "silence" in result.reason else {}
+        changed = sorted(
+            oid for oid, o in result.orders.items()
+            if (seen := known.get(oid, stored_open.get(oid))) is not None
+            and o.updated_at > seen)
+        for order in result.orders.values():
+            self._note(order)
+        self._prune()
+        if "silence" not in result.reason:
             return
-        stored_open = await self._stored_open()
-        believed_open = {oid for oid, (_, o) in self._known.items() if o} | set(stored_open)
-        if not believed_open:
-            self._quiet_since = time.monotonic()  # quiet and nothing to expect: fine
-            return
-        self.stats.silence_checks += 1
-        missed = await self._missed(believed_open, stored_open)
         self._quiet_since = time.monotonic()
-        if not missed:
-            log.info("stream quiet for %.0fs with %d open order(s); REST shows no change",
-                     quiet_for, len(believed_open))
+        if not result.fills_added and not changed:
+            log.info("stream quiet with open orders; the fill check shows no missed change")
             return
         self.stats.silent_reconnects += 1
         self._silent_open = True
+        silence_s = self.ctx.config.broker.stream_silence_s
         await self.ctx.incident(
             "stream-silent",
-            f"no trade update for {quiet_for:.0f}s (bound {silence_s:g}s) while "
-            f"{len(believed_open)} order(s) are open; REST shows {len(missed)} change(s) "
-            f"the stream did not deliver (orders {', '.join(sorted(missed)[:5])}); "
-            "backfilling and forcing a reconnect")
-        await self.backfill("silence")
+            f"no trade update for {silence_s:g}s or more while orders are open; REST shows "
+            f"{len(changed)} order change(s) and {result.fills_added} fill(s) the stream did "
+            f"not deliver (orders {', '.join(changed[:5])}); recovered, forcing a reconnect")
         if not await self.stream.reconnect():
             log.warning("no open stream socket to close; alpaca-py is reconnecting already")
 
-    async def _missed(self, believed_open: set[str], stored_open: dict[str, datetime]
-                      ) -> set[str]:
-        since = await self._since()
-        orders = await self._rest_orders(since, believed_open)
-        missed = set()
-        for oid, order in orders.items():
-            seen = self._known.get(oid)
-            seen_at = seen[0] if seen is not None else stored_open.get(oid)
-            if seen_at is None or order.updated_at > seen_at:
-                missed.add(oid)
-        return missed
+    # -- the check ticker -----------------------------------------------------------------
+
+    async def check(self, slot: Slot) -> None:
+        """The check ticker's job: fill checks when due (or failed), silence, and the
+        `fill-check-failing` incident. Never waits for a fill check to finish."""
+        acct = self.ctx.account_cfg
+        every = acct.schedule.fill_check_s if acct is not None else 60.0
+        now = time.monotonic()
+        last = self._last_check_ok if self._last_check_ok is not None else self._started_mono
+        if self._last_check_ok is None or now - self._last_check_ok >= every:
+            self.request_check("periodic")
+        if now - last >= CHECK_FAILING_AFTER * every and not self._check_failing:
+            self._check_failing = True
+            await self.ctx.incident(
+                "fill-check-failing",
+                f"no fill completeness check of {self.account} has succeeded for "
+                f"{now - last:.0f}s (every {every:g}s expected): fills the stream missed "
+                "are not being recovered; see this process's log")
+        silence_s = self.ctx.config.broker.stream_silence_s
+        quiet_for = now - self._quiet_since
+        if quiet_for < silence_s:
+            return
+        believed_open = {oid for oid, (_, o) in self._known.items() if o}
+        believed_open |= set(await self._stored_open())
+        self._quiet_since = now
+        if not believed_open:
+            return  # quiet and nothing to expect: fine
+        self.stats.silence_checks += 1
+        self.request_check("silence")
 
 
 async def build(ctx: RoleContext) -> Sequence[Service]:
@@ -467,4 +416,4 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
     return [role]
 
 
-__all__ = ["StreamRole", "build", "fill_execution_id", "update_from_fill"]
+__all__ = ["StreamRole", "build"]

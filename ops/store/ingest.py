@@ -2,7 +2,8 @@
 
 `write_many([trade_update_row_op(account, u) for u in batch])` stores a whole batch of
 updates in one transaction and one statement (ops/store/ops.py `_TU_SQL`):
-each event exactly once by (account, event_key), in batch order, and the newest state of
+each event exactly once (a fill by its identity, account + order + cumulative quantity;
+any other event by (account, event_key)), in batch order, and the newest state of
 each order, forward-only by `updated_at`. It replaces `record_trade_updates` followed by
 `upsert_orders` (two transactions, two looks at the buffer, the raw JSON encoded twice).
 
@@ -44,7 +45,8 @@ def trade_update_row_op(account: str, u: TradeUpdate) -> Op:
         "account": account, "event_key": u.event_key, "order_id": o.id,
         "client_order_id": o.client_order_id, "symbol": o.symbol, "event": u.event,
         "ts": _ts(u.timestamp), "execution_id": u.execution_id, "price": _num(u.price),
-        "qty": _num(u.qty), "position_qty": _num(u.position_qty), "raw": raw,
+        "qty": _num(u.qty), "position_qty": _num(u.position_qty),
+        "cum_qty": _num(u.fill_cum), "raw": raw,
         "order_raw": order_raw, "side": o.side, "order_type": o.order_type,
         "time_in_force": o.time_in_force, "order_qty": _num(o.qty),
         "notional": _num(o.notional), "filled_qty": _num(o.filled_qty),

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
@@ -48,6 +48,9 @@ class Migration:
 class MigrationResult:
     applied: list[str]
     version: int
+    # What the applied migrations reported (RAISE NOTICE), "<migration>: <message>", e.g.
+    # how many duplicate rows a clean-up removed.
+    notes: list[str] = field(default_factory=list)
 
 
 def load_migrations() -> list[Migration]:
@@ -91,6 +94,15 @@ async def apply_migrations(
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
         applied = {r["version"]: (r["name"], r["checksum"]) for r in rows}
         done: list[str] = []
+        notes: list[str] = []
+        current: list[str] = []
+
+        def listen(_conn: object, message: object) -> None:
+            text = getattr(message, "message", None)
+            if isinstance(text, str) and current:
+                notes.append(f"{current[0]}: {text}")
+
+        conn.add_log_listener(listen)
         for mig in migrations:
             if mig.version in applied:
                 name, checksum = applied[mig.version]
@@ -101,16 +113,21 @@ async def apply_migrations(
                         "never edit an applied migration, add a new one"
                     )
                 continue
+            current[:] = [mig.name]
             async with conn.transaction():
                 await conn.execute(mig.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     mig.version, mig.name, mig.checksum,
                 )
+            current.clear()
             log.info("applied migration %s", mig.name)
             done.append(mig.name)
+        conn.remove_log_listener(listen)
+        for note in notes:
+            log.warning("migration %s", note)
         version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
-        return MigrationResult(applied=done, version=int(version))
+        return MigrationResult(applied=done, version=int(version), notes=notes)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
@@ -151,6 +168,8 @@ def cli_migrate(args: argparse.Namespace) -> int:
         return 1
     for name in result.applied:
         print(f"applied {name}")
+    for note in result.notes:
+        print(f"  {note}")
     if not result.applied:
         print(f"schema up to date (version {result.version})")
     return 0

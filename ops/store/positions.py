@@ -12,21 +12,21 @@ reads that must see the truth (a drift check against buffered, not yet replayed 
 would be wrong), or the position manager's own memory, which it keeps in-process while
 Postgres is away and writes again on the next tick.
 
-Drift model. A baseline is the broker's positions at the last sync that agreed with the
-database, plus `fill_id`, the highest `order_events.id` among the fills accounted for
-then. Expected positions now = baseline + signed quantities of the fill events stored
-with id > fill_id. The baseline only moves forward on agreement, so a fill the database
-never received (lost event, order placed behind our back) stays a mismatch until it is
-explained (the event is backfilled), reversed, or accepted by an operator
-(`accept_broker_positions`). Ids, not timestamps, mark what was counted: the account's
-events are written by one stream process at a time, in order (the store sends every
-write through the buffer while it holds rows), so ids grow in commit order.
+Drift model (ops/drift.py): a baseline is the broker's positions at the last sync that
+agreed with the database (or that was adopted at first sight, or accepted by an operator:
+`request_accept`), with the interval its snapshot's cut lies in. Expected positions now =
+baseline + the fills executed between the baseline's cut and this sync's
+(`fill_deltas`: by execution time, each fill's quantity from its order's cumulative
+quantities). The baseline only moves forward on agreement, so a fill the database never
+received (lost event, order placed behind our back) stays a mismatch until it is
+explained (the completeness check stores it), reversed, or accepted by an operator.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,25 +34,30 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
+from ops.drift import Cut, FillDelta, nonzero
 from ops.exits import PositionState
 
-_ZERO = Decimal(0)
-
+# Every identified fill of the account executed in [$2, $3], with its signed quantity: its
+# order's cumulative quantity minus the order's previous stored one (over all the order's
+# fills, whatever their time), so a fill whose event did not say `qty` still counts.
 _FILLS_SQL = """
-SELECT symbol,
-       sum(CASE side WHEN 'buy' THEN qty WHEN 'sell' THEN -qty END) AS delta,
-       count(*) FILTER (WHERE side IS NULL OR side NOT IN ('buy', 'sell') OR qty IS NULL)
-           AS unknown,
-       count(*) AS fills,
-       max(id) AS max_id
-FROM (
-    SELECT e.id, e.symbol, e.qty,
-           coalesce(o.side, e.raw -> 'data' -> 'order' ->> 'side', e.raw ->> 'side') AS side
+WITH touched AS (
+    SELECT DISTINCT order_id FROM order_events
+    WHERE account = $1 AND cum_qty IS NOT NULL AND ts >= $2 AND ts <= $3
+), f AS (
+    SELECT e.id, e.symbol, e.ts,
+           e.cum_qty - coalesce(lag(e.cum_qty) OVER (PARTITION BY e.order_id
+                                                    ORDER BY e.cum_qty), 0) AS qty,
+           coalesce(o.side, e.raw -> 'data' -> 'order' ->> 'side',
+                    e.raw -> 'activity' ->> 'side') AS side
     FROM order_events e
     LEFT JOIN orders o ON o.id = e.order_id AND o.account = e.account
-    WHERE e.account = $1 AND e.id > $2 AND e.event IN ('fill', 'partial_fill')
-) f
-GROUP BY symbol
+    WHERE e.account = $1 AND e.cum_qty IS NOT NULL
+      AND e.order_id IN (SELECT order_id FROM touched)
+)
+SELECT id, symbol, ts, CASE side WHEN 'buy' THEN qty WHEN 'sell' THEN -qty END AS delta
+FROM f WHERE ts >= $2 AND ts <= $3
+ORDER BY ts, id
 """
 
 
@@ -60,59 +65,24 @@ GROUP BY symbol
 class Baseline:
     account: str
     positions: dict[str, Decimal]  # symbol -> signed qty, non-zero only
-    fill_id: int
-    as_of: datetime
+    cut: Cut  # the interval the snapshot's cut lies in
+    as_of: datetime  # when it was saved
     confirmed: bool  # False: adopted from the broker at first sight, not yet agreed with
 
 
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """What the database expects the broker to hold, and what that rests on."""
-
-    baseline: Baseline
-    positions: dict[str, Decimal]  # symbol -> signed qty, non-zero only
-    fill_id: int  # highest fill event id counted (baseline.fill_id if none since)
-    fills: int  # fill events counted since the baseline
-    unverifiable: frozenset[str]  # symbols with a fill whose side/qty is unreadable
-
-
-@dataclass(frozen=True, slots=True)
-class Mismatch:
-    symbol: str
-    expected: Decimal
-    actual: Decimal
-
-    def describe(self) -> str:
-        return f"{self.symbol} expected {_q(self.expected)} actual {_q(self.actual)}"
-
-
-def _q(x: Decimal) -> str:
-    return format(x.normalize(), "f") if x else "0"
-
-
-def _nonzero(items: Iterable[tuple[str, Decimal]]) -> dict[str, Decimal]:
-    return {s: q for s, q in items if q != 0}
-
-
-def position_mismatches(
-    expected: Mapping[str, Decimal], actual: Mapping[str, Decimal],
-    ignore: Iterable[str] = (),
-) -> list[Mismatch]:
-    """Symbols whose signed quantities differ (a missing symbol counts as 0), sorted."""
-    skip = set(ignore)
-    out = []
-    for symbol in sorted(set(expected) | set(actual)):
-        e, a = expected.get(symbol, _ZERO), actual.get(symbol, _ZERO)
-        if e != a and symbol not in skip:
-            out.append(Mismatch(symbol, e, a))
-    return out
+async def fill_deltas(pool: asyncpg.Pool, account: str, start: datetime,
+                      end: datetime) -> list[FillDelta]:
+    """The account's fills executed in [start, end], oldest first (see `_FILLS_SQL`)."""
+    rows = await pool.fetch(_FILLS_SQL, account, start, end)
+    return [FillDelta(r["symbol"], r["ts"],
+                      None if r["delta"] is None else Decimal(r["delta"])) for r in rows]
 
 
 async def max_fill_id(pool: asyncpg.Pool, account: str) -> int:
     """The highest fill event id stored for `account` (0 when none)."""
     value = await pool.fetchval(
         "SELECT coalesce(max(id), 0) FROM order_events"
-        " WHERE account = $1 AND event IN ('fill', 'partial_fill')", account)
+        " WHERE account = $1 AND cum_qty IS NOT NULL", account)
     return int(value)
 
 
@@ -122,56 +92,104 @@ async def load_baseline(pool: asyncpg.Pool, account: str) -> Baseline | None:
         return None
     raw = row["positions"]
     data: dict[str, Any] = json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return Baseline(account, _nonzero((s, Decimal(str(q))) for s, q in data.items()),
-                    int(row["fill_id"]), row["as_of"], bool(row["confirmed"]))
+    return Baseline(account, nonzero((s, Decimal(str(q))) for s, q in data.items()),
+                    Cut(row["cut_lo"], row["cut_hi"]), row["as_of"], bool(row["confirmed"]))
 
 
 async def save_baseline(
-    pool: asyncpg.Pool, account: str, positions: Mapping[str, Decimal], fill_id: int,
+    pool: asyncpg.Pool, account: str, positions: Mapping[str, Decimal], cut: Cut,
     as_of: datetime, *, confirmed: bool,
 ) -> Baseline:
-    """Store the account's baseline (replacing the previous one) and return it."""
-    clean = _nonzero(positions.items())
+    """Store the account's baseline (replacing the previous one) and return it. `fill_id`
+    (the highest fill id stored then) is kept for people reading the table."""
+    clean = nonzero(positions.items())
     await pool.execute(
         """
-        INSERT INTO position_baselines (account, positions, fill_id, as_of, confirmed)
-        VALUES ($1, $2::text::jsonb, $3, $4, $5)
+        INSERT INTO position_baselines (account, positions, fill_id, as_of, confirmed,
+                                        cut_lo, cut_hi)
+        VALUES ($1, $2::text::jsonb,
+                (SELECT coalesce(max(id), 0) FROM order_events
+                 WHERE account = $1 AND cum_qty IS NOT NULL), $3, $4, $5, $6)
         ON CONFLICT (account) DO UPDATE SET positions = excluded.positions,
-            fill_id = excluded.fill_id, as_of = excluded.as_of, confirmed = excluded.confirmed
+            fill_id = excluded.fill_id, as_of = excluded.as_of, confirmed = excluded.confirmed,
+            cut_lo = excluded.cut_lo, cut_hi = excluded.cut_hi
         """,
-        account, json.dumps({s: str(q) for s, q in clean.items()}), fill_id, as_of, confirmed,
+        account, json.dumps({s: str(q) for s, q in clean.items()}), as_of, confirmed,
+        cut.lo, cut.hi,
     )
-    return Baseline(account, clean, fill_id, as_of, confirmed)
+    return Baseline(account, clean, cut, as_of, confirmed)
 
 
-async def accept_broker_positions(
-    pool: asyncpg.Pool, account: str, positions: Mapping[str, Decimal], as_of: datetime
+# --- accepting the broker's positions ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptRecord:
+    """One `ops positions accept` request; `applied_at` None while it waits."""
+
+    id: str
+    account: str
+    requested_by: str
+    requested_at: datetime
+    applied_at: datetime | None
+    applied_by: str | None
+    before: dict[str, Decimal] | None
+    after: dict[str, Decimal] | None
+    detail: str | None
+
+
+def _qtys(raw: Any) -> dict[str, Decimal] | None:
+    if raw is None:
+        return None
+    data = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    return {str(s): Decimal(str(q)) for s, q in data.items()}
+
+
+def _accept(r: asyncpg.Record) -> AcceptRecord:
+    return AcceptRecord(str(r["id"]), r["account"], r["requested_by"], r["requested_at"],
+                        r["applied_at"], r["applied_by"], _qtys(r["before"]),
+                        _qtys(r["after"]), r["detail"])
+
+
+async def request_accept(pool: asyncpg.Pool, account: str, requested_by: str,
+                         at: datetime) -> str:
+    """Ask `account`'s position manager to accept the broker's positions at its next sync;
+    the request's id (its audit row, `accept_record`)."""
+    accept_id = str(uuid.uuid4())
+    await pool.execute(
+        "INSERT INTO position_accepts (id, account, requested_by, requested_at)"
+        " VALUES ($1::text::uuid, $2, $3, $4)", accept_id, account, requested_by, at)
+    return accept_id
+
+
+async def accept_record(pool: asyncpg.Pool, accept_id: str) -> AcceptRecord | None:
+    r = await pool.fetchrow("SELECT * FROM position_accepts WHERE id = $1::text::uuid",
+                            accept_id)
+    return None if r is None else _accept(r)
+
+
+async def pending_accepts(pool: asyncpg.Pool, account: str) -> list[AcceptRecord]:
+    rows = await pool.fetch("SELECT * FROM position_accepts WHERE account = $1"
+                            " AND applied_at IS NULL ORDER BY requested_at", account)
+    return [_accept(r) for r in rows]
+
+
+async def apply_accepts(
+    pool: asyncpg.Pool, account: str, ids: Sequence[str], positions: Mapping[str, Decimal],
+    cut: Cut, *, before: Mapping[str, Decimal], applied_by: str, at: datetime, detail: str,
 ) -> Baseline:
-    """Operator action: take the broker's positions as the truth from now on.
-
-    Resets the baseline to `positions` with every fill stored so far counted. The next
-    sync then agrees (unless something moves meanwhile) and lifts the drift block.
-    """
-    return await save_baseline(pool, account, positions, await max_fill_id(pool, account),
-                               as_of, confirmed=True)
-
-
-async def expected_positions(pool: asyncpg.Pool, baseline: Baseline) -> Expected:
-    """Baseline + the signed fills stored since it, in one consistent read."""
-    rows = await pool.fetch(_FILLS_SQL, baseline.account, baseline.fill_id)
-    totals = dict(baseline.positions)
-    unverifiable = set()
-    fill_id, fills = baseline.fill_id, 0
-    for r in rows:
-        symbol = r["symbol"]
-        if r["unknown"]:
-            unverifiable.add(symbol)
-        if r["delta"] is not None:
-            totals[symbol] = totals.get(symbol, _ZERO) + Decimal(r["delta"])
-        fill_id = max(fill_id, int(r["max_id"]))
-        fills += int(r["fills"])
-    return Expected(baseline, _nonzero(totals.items()), fill_id, fills,
-                    frozenset(unverifiable))
+    """Take `positions` (the broker's, snapshot `cut`) as the account's confirmed baseline
+    and record the pending requests `ids` as applied, in one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        baseline = await save_baseline(conn, account, positions, cut, at, confirmed=True)
+        await conn.execute(
+            "UPDATE position_accepts SET applied_at = $2, applied_by = $3,"
+            " before = $4::text::jsonb, after = $5::text::jsonb, detail = $6"
+            " WHERE id = ANY($1::text[]::uuid[]) AND applied_at IS NULL",
+            list(ids), at, applied_by,
+            json.dumps({s: str(q) for s, q in nonzero(before.items()).items()}),
+            json.dumps({s: str(q) for s, q in nonzero(positions.items()).items()}), detail)
+    return baseline
 
 
 # --- exit-rule state ------------------------------------------------------------------------

@@ -1049,12 +1049,14 @@ async def _apply_atomically(conn: asyncpg.Connection, ops: Sequence[Op]) -> int:
 
 
 def trade_update_op(account: str, u: TradeUpdate) -> Op:
-    """The write storing one trade update exactly once (natural key: account, event_key)."""
+    """The write storing one trade update exactly once (a fill by its identity, account +
+    order + cumulative quantity; any other event by account + event_key)."""
     return Op("order_event", {
         "account": account, "event_key": u.event_key, "order_id": u.order.id,
         "client_order_id": u.order.client_order_id, "symbol": u.order.symbol,
         "event": u.event, "ts": enc(u.timestamp), "execution_id": u.execution_id,
         "price": enc(u.price), "qty": enc(u.qty), "position_qty": enc(u.position_qty),
+        "cum_qty": enc(u.fill_cum),
         # JSON text, encoded once: the frame as received when there is one. A replay then
         # decodes one string, not the whole nested object (rows buffered before this was
         # text hold an object; `_event_statement` takes both).

@@ -70,7 +70,7 @@ async def test_new_then_fill_as_trade_updates(stream: tuple[TradeStream, Recorde
     events = rec.events(oid)
     assert events.index("new") < events.index("fill")
     fill = next(u for u in rec.updates if u.order.id == oid and u.event == "fill")
-    assert fill.execution_id and fill.event_key == f"exec:{fill.execution_id}"
+    assert fill.execution_id and fill.event_key == f"fill:{oid}:5"  # order + cumulative
     assert fill.qty == Decimal(5) and fill.price is not None and fill.position_qty == Decimal(5)
     assert fill.order.status == "filled" and fill.order.client_order_id == "s-fill"
     new = next(u for u in rec.updates if u.order.id == oid and u.event == "new")
@@ -79,10 +79,12 @@ async def test_new_then_fill_as_trade_updates(stream: tuple[TradeStream, Recorde
     assert c.updates >= 2 and c.messages >= c.updates and c.bad_messages == 0
     assert c.connects == 1 and c.last_message_monotonic is not None
 
-    # The REST truth matches what the stream delivered.
-    stream_execs = {u.execution_id for u in rec.updates if u.event in ("fill", "partial_fill")}
-    rest_execs = {f.id.split("::")[-1] for f in await broker.list_fills()}
-    assert stream_execs == rest_execs and len(rest_execs) == 1
+    # The REST truth matches what the stream delivered, by fill identity (activity ids
+    # and execution ids are unrelated, as on Alpaca).
+    stream_fills = {(u.order.id, u.fill_cum) for u in rec.updates
+                    if u.event in ("fill", "partial_fill")}
+    rest_fills = {(f.order_id, f.cum_qty) for f in await broker.list_fills()}
+    assert stream_fills == rest_fills and len(rest_fills) == 1
 
 
 async def test_unknown_event_and_malformed_frame_are_reported_and_stream_goes_on(
@@ -228,10 +230,14 @@ async def test_partial_fills_match_rest_fills(stream: tuple[TradeStream, Recorde
     assert [u.event for u in execs] == ["partial_fill", "partial_fill", "fill"]
     assert [u.qty for u in execs] == [Decimal(100), Decimal(100), Decimal(50)]
     assert [u.order.filled_qty for u in execs] == [Decimal(100), Decimal(200), Decimal(250)]
-    rest = [f for f in await broker.list_fills() if f.order_id == oid]
-    assert [(f.id.split("::")[-1], f.qty, f.price) for f in rest] == [
-        (u.execution_id, u.qty, u.price) for u in execs
+    rest = await broker.list_fills(order_id=oid)
+    assert [(f.order_id, f.cum_qty, f.qty) for f in rest] == [
+        (u.order.id, u.fill_cum, u.qty) for u in execs
     ]
+    # The stream's price is the order's average after the fill (documented), the
+    # activity's the execution's; the activity ids say nothing of execution ids.
+    assert [u.price for u in execs] == [u.order.filled_avg_price for u in execs]
+    assert not {u.execution_id for u in execs} & {f.id.split("::")[-1] for f in rest}
 
 
 async def test_duplicate_delivery_repeats_the_event_key(

@@ -8,10 +8,11 @@ every role under a real supervisord; `ops down` always runs after). It adds:
 - `fault(action, **kw)`: the simulator's loopback admin API (`POST /_sim/faults`), e.g.
   drop_streams, mute/unmute, fail_next, set_clock;
 - `truth()`: the invariants counted against the simulator's own ledger (`GET /_sim/state`):
-  every fill the simulator made is stored exactly once (per-order fill counts equal, no
-  execution id twice), and every signal has at most one broker order, which Postgres
-  records as sent (never 'rejected'/'expired'/'pending' while the broker has it), and no
-  account stays drift-blocked (its position manager agrees with the broker again);
+  every fill the simulator made is stored exactly once, by identity (order id,
+  cumulative quantity): counted lost / duplicated / phantom; every signal has at most one
+  broker order, which Postgres records as sent (never 'rejected'/'expired'/'pending'
+  while the broker has it), and no account stays drift-blocked (its position manager
+  agrees with the broker again);
 - `settle()`: closes the simulated market (no new fills) and waits until `truth()` holds,
   so the comparison is exact; `reopen()` opens it again;
 - `report(scenario, did, counted)`: one figure line, printed and appended (JSON) to the
@@ -28,6 +29,7 @@ import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from ops.supervisor import ProcessInfo, SupervisorClient
@@ -43,6 +45,9 @@ class Truth:
 
     fills_sim: int = 0
     fills_db: int = 0
+    lost: int = 0  # fills the broker made that are not stored
+    duplicated: int = 0  # stored copies beyond the first of one fill
+    phantom: int = 0  # stored fills the broker never made
     orders: int = 0
     signal_orders: int = 0
     signals: int = 0
@@ -99,23 +104,28 @@ class ChaosRig:
     def truth(self) -> Truth:
         t = Truth()
         state = self.sim_state()
-        sim_fills: set[str] = set()  # execution ids (the activity id ends "::<exec id>")
+        # A fill's identity: (order id, cumulative qty after it), from the simulator's
+        # ledger (ground truth); never from an id's shape (activity and execution ids are
+        # unrelated, as on Alpaca).
+        sim_fills: set[tuple[str, Decimal]] = set()
         cids: Counter[str] = Counter()
         orders: dict[str, str] = {}  # cid -> broker order id
         for acct in state["accounts"].values():
             for a in acct["activities"]:
                 if a.get("activity_type") == "FILL":
-                    sim_fills.add(str(a["id"]).split("::", 1)[1])
+                    sim_fills.add((str(a["order_id"]), Decimal(str(a["cum_qty"]))))
             for o in acct["orders"]:
                 t.orders += 1
                 cids[o["client_order_id"]] += 1
                 orders[o["client_order_id"]] = o["id"]
-        db_fills = Counter(str(r["execution_id"]) for r in self.stack.query(
-            "SELECT execution_id FROM order_events WHERE event IN ('fill', 'partial_fill')"))
+        db_fills = Counter((str(r["order_id"]), r["cum_qty"]) for r in self.stack.query(
+            "SELECT order_id, cum_qty FROM order_events WHERE event IN ('fill', 'partial_fill')"))
         t.fills_sim, t.fills_db = len(sim_fills), sum(db_fills.values())
         missing = sorted(sim_fills - set(db_fills))
-        extra = sorted(set(db_fills) - sim_fills)
+        extra = sorted(set(db_fills) - sim_fills, key=str)
         twice = sorted(e for e, n in db_fills.items() if n > 1)
+        t.lost, t.phantom = len(missing), len(extra)
+        t.duplicated = sum(n - 1 for n in db_fills.values() if n > 1)
         if missing or extra or twice:
             t.problems.append(f"fills: {len(missing)} missing {missing[:5]}, {len(extra)} "
                               f"unknown to the broker {extra[:5]}, {len(twice)} stored "

@@ -90,6 +90,7 @@ def config_text(
     sim: Simulator,
     *,
     stream_check_s: float = 0.5,
+    fill_check_s: float = 60.0,
     stream_silence_s: float = 120.0,
     dispatcher_s: float = 1.0,
     position_manager_s: float = 1.0,
@@ -122,6 +123,7 @@ max_qty = 1000
 dispatcher_s = {dispatcher_s}
 position_manager_s = {position_manager_s}
 stream_check_s = {stream_check_s}
+fill_check_s = {fill_check_s}
 market_hours_only = {str(market_hours_only).lower()}
 """)
     return "\n".join(accounts) + f"""

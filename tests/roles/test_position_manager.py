@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ops import drift
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
 from ops.credentials import Credentials
 from ops.exits import NEW_YORK, ExitRule, ExitRules, exit_client_order_id
@@ -445,10 +446,10 @@ async def test_kill_switch_flatten_sends_no_exit_but_halt_does(rig: Rig) -> None
 
 
 def test_position_mismatches_treats_missing_as_zero() -> None:
-    got = pq.position_mismatches({"A": Decimal(1), "B": Decimal(2)},
-                                 {"B": Decimal(2), "C": Decimal(-1)}, ignore=["Z"])
+    got = drift.position_mismatches({"A": Decimal(1), "B": Decimal(2)},
+                                    {"B": Decimal(2), "C": Decimal(-1)}, ignore=["Z"])
     assert [m.describe() for m in got] == ["A expected 1 actual 0", "C expected 0 actual -1"]
-    assert pq.position_mismatches({"A": Decimal(1)}, {"A": Decimal(2)}, ignore=["A"]) == []
+    assert drift.position_mismatches({"A": Decimal(1)}, {"A": Decimal(2)}, ignore=["A"]) == []
 
 
 # --- Postgres outage ------------------------------------------------------------------------
@@ -509,3 +510,44 @@ async def test_exits_keep_working_through_a_postgres_outage(
         await stream.stop()
         broker.close()
         await store.close()
+
+
+async def test_operator_accepts_the_broker_positions_with_an_audit_row(rig: Rig) -> None:
+    """A drift block the operator resolves by accepting the broker's positions: applied at
+    the next sync, the block lifts at once, and the audit row says who, when, what the
+    database expected and what was accepted."""
+    import asyncio
+
+    from ops.control import accept_positions, describe_accept
+
+    await rig.buy("MSFT", 2)
+    await rig.wait_fills(1)
+    pm = rig.manager()
+    await pm.tick()
+    await pm.tick()
+    await rig.stream.stop()  # nothing is recorded from here on
+    await rig.buy("SPY", 1)
+    await pm.tick()
+    await pm.tick()
+    assert (await rig.control(DRIFT_CONTROL))["blocked"] is True
+
+    waiting = asyncio.create_task(accept_positions(rig.store, ACCOUNT, "cli:tester", 20))
+
+    async def requested() -> bool:
+        return bool(await pq.pending_accepts(rig.store.pool, ACCOUNT))
+    await eventually(requested, "the accept request recorded")
+    await pm.tick()
+    _, record = await waiting
+    assert record is not None and record.applied_at is not None
+    assert record.requested_by == "cli:tester"
+    assert record.applied_by == f"{ACCOUNT}-position-manager"
+    assert record.before == {"MSFT": Decimal(2)}
+    assert record.after == {"MSFT": Decimal(2), "SPY": Decimal(1)}
+    assert "SPY expected 0 actual 1" in str(record.detail)
+    assert any("SPY" in line and "<- changed" in line for line in describe_accept(record))
+    value = await rig.control(DRIFT_CONTROL)
+    assert value["blocked"] is False and "accepted by cli:tester" in value["reason"]
+    assert await rig.open_drift_incidents() == []
+    await pm.tick()  # the accepted positions are the baseline now: no new alarm
+    assert pm.counters.drift_mismatches == 0
+    assert await pq.pending_accepts(rig.store.pool, ACCOUNT) == []

@@ -1,7 +1,10 @@
 """The stream role in-process against the real simulator and real Postgres: fills lost on
-the stream are backfilled exactly once, duplicates and unknown events, silence detection.
+the stream are recovered exactly once by the completeness check (after a reconnect, or
+periodically with no reconnect at all), duplicates and unknown events, silence detection.
 
-Truth for fills is the simulator's own FILL activity ledger (with execution ids).
+Truth for fills is the simulator's own FILL activity ledger, compared by fill identity
+(order id, cumulative quantity): the simulator's activity ids and the stream's execution
+ids are unrelated, as on Alpaca.
 """
 
 from __future__ import annotations
@@ -31,26 +34,26 @@ def role_of(rt: RoleRuntime) -> StreamRole:
 
 
 async def ready(sim: Simulator, role: StreamRole) -> None:
-    """Connected and the connect backfill done (stream frames wait while it runs)."""
+    """Connected and the first completeness check done."""
     await sim.wait_stream("large")
-    await eventually(lambda: role.stats.backfills >= 1, "the connect backfill")
+    await eventually(lambda: role.checker.stats.checks >= 1, "the connect fill check")
 
 
-def sim_fills(sim: Simulator, account: str = "large") -> dict[str, str]:
-    """execution id -> order id, from the simulator's ledger (the truth)."""
-    return {str(a["execution_id"]): str(a["order_id"])
+def sim_fills(sim: Simulator, account: str = "large") -> dict[tuple[str, Decimal], Decimal]:
+    """(order id, cumulative qty) -> execution qty, from the simulator's ledger (the truth)."""
+    return {(str(a["order_id"]), Decimal(str(a["cum_qty"]))): Decimal(str(a["qty"]))
             for a in sim.engine.states[account].activities if a["activity_type"] == "FILL"}
 
 
-async def db_fills(url: str, account: str = "large") -> list[tuple[str, str]]:
+async def db_fills(url: str, account: str = "large") -> list[tuple[str, Decimal]]:
+    """Every stored fill event of `account` by identity (a duplicate shows twice)."""
     conn = await connect(url)
     try:
-        rows = await conn.fetch("SELECT execution_id, order_id FROM order_events "
-                                "WHERE account = $1 AND event IN ('fill', 'partial_fill')",
-                                account)
+        rows = await conn.fetch("SELECT order_id, cum_qty FROM order_events WHERE account = $1"
+                                " AND event IN ('fill', 'partial_fill')", account)
     finally:
         await conn.close()
-    return [(r["execution_id"], r["order_id"]) for r in rows]
+    return [(r["order_id"], r["cum_qty"]) for r in rows]
 
 
 async def query(url: str, sql: str, *args: object) -> list[dict[str, object]]:
@@ -63,7 +66,7 @@ async def query(url: str, sql: str, *args: object) -> list[dict[str, object]]:
 
 async def fills_match(role_env: RoleEnv) -> bool:
     rows = await db_fills(role_env.pg_url)
-    return sorted(rows) == sorted(sim_fills(role_env.sim).items())
+    return sorted(rows) == sorted(sim_fills(role_env.sim))
 
 
 async def test_stream_drop_while_fills_happen_every_fill_stored_once(
@@ -79,7 +82,7 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
         assert first.outcome == "accepted"
         await eventually(lambda: len(sim_fills(sim)) == 2, "two executions at the broker")
         await eventually(lambda: fills_match(role_env), "stream-delivered fills stored")
-        assert role.stats.stored >= 2 and role.stats.backfilled == 0
+        assert role.stats.stored >= 2 and role.checker.stats.fills_recovered == 0
 
         # 2. The stream goes mute while orders fill: every event of this period is lost.
         sim.faults.mute("large")
@@ -90,17 +93,15 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
         assert sim.faults.unmute("large", deliver=False) == 0  # lost, as on the real thing
         assert not await fills_match(role_env)
 
-        # 3. The socket drops; alpaca-py reconnects; the backfill recovers every fill.
+        # 3. The socket drops; alpaca-py reconnects; the check recovers every fill.
         connects = role.stream.counters.connects
         assert await sim.faults.drop_streams("large") == 1
         await eventually(lambda: role.stream.counters.connects > connects, "reconnected")
         await eventually(lambda: fills_match(role_env), "every fill stored after reconnect")
 
         rows = await db_fills(role_env.pg_url)
-        ids = [e for e, _ in rows]
-        assert len(ids) == len(set(ids)) == 6  # each execution exactly once
-        assert role.stats.backfilled == 4  # the four lost ones came from REST
-        # The backfill re-read the two stream-delivered fills too: stored once each.
+        assert len(rows) == len(set(rows)) == 6  # each execution exactly once
+        assert role.checker.stats.fills_recovered == 4  # the four lost ones came from REST
         orders = await query(role_env.pg_url, "SELECT id, status, filled_qty FROM orders "
                              "WHERE account = 'large'")
         assert sorted((o["status"], o["filled_qty"]) for o in orders) == [
@@ -112,8 +113,8 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
         await sim.faults.drop_streams("large")
         await eventually(lambda: len(sim_fills(sim)) == 9, "three more executions")
         await eventually(lambda: fills_match(role_env), "all nine stored exactly once")
-        ids = [e for e, _ in await db_fills(role_env.pg_url)]
-        assert len(ids) == len(set(ids)) == 9
+        rows = await db_fills(role_env.pg_url)
+        assert len(rows) == len(set(rows)) == 9
 
 
 async def test_duplicated_events_stored_once(role_env: RoleEnv, large_broker: Broker) -> None:
@@ -243,17 +244,17 @@ async def test_postgres_outage_while_fills_stream_in(
 
         await asyncio.to_thread(pg_dedicated.start)
         await eventually(lambda: fills_match(outage_env), "replayed into Postgres", 30)
-        ids = [e for e, _ in await db_fills(url)]
-        assert len(ids) == len(set(ids)) == 2
+        rows = await db_fills(url)
+        assert len(rows) == len(set(rows)) == 2
         await eventually(lambda: rt.lock_status.state == "held", "lock re-taken", 30)
         assert rt.phase == "running"
 
 
-async def test_backfill_window_comes_from_stored_events_not_other_writers(
+async def test_fill_made_while_the_role_was_down_is_recovered_whatever_orders_says(
     role_env: RoleEnv, large_broker: Broker
 ) -> None:
-    """`orders` rows written by other roles (a reconciliation's newer state) must not move
-    the stream's backfill window past fills it never stored."""
+    """A fill made while no stream role ran, its order row already written by another role
+    (a reconciliation's newer state): the check compares fills, not timestamps."""
     sim = role_env.sim
     res = await large_broker.submit_order(order_request("AAPL", 1))  # fills, no stream up
     assert res.order is not None
@@ -263,7 +264,8 @@ async def test_backfill_window_comes_from_stored_events_not_other_writers(
         await store.upsert_orders("large", [later])
     async with running_role(role_env, "stream", "large") as rt:
         await ready(sim, role_of(rt))
-        await eventually(lambda: fills_match(role_env), "the fill backfilled")
+        await eventually(lambda: fills_match(role_env), "the fill recovered")
+        assert role_of(rt).checker.stats.fills_recovered == 1
 
 
 async def test_burst_stored_once_in_order_with_the_newest_order_state(
@@ -292,3 +294,56 @@ async def test_burst_stored_once_in_order_with_the_newest_order_state(
                            "WHERE id = 'burst-order'")
     assert order["filled_qty"] == n and order["status"] == "partially_filled"
     assert order["raw"] == json.loads(frames[-2])["data"]["order"]
+
+
+async def test_mute_without_any_reconnect_is_recovered_by_the_periodic_check(
+    role_env: RoleEnv, large_broker: Broker
+) -> None:
+    """The stream stays connected and deaf (no drop, no silence alarm: the bound is 120 s);
+    the periodic completeness check alone finds every fill it did not deliver."""
+    sim = role_env.sim
+    role_env.write_config(stream_check_s=0.2, fill_check_s=0.5)
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        sim.faults.mute("large")
+        for qty in (250, 40):
+            assert (await large_broker.submit_order(order_request("AAPL", qty))).outcome \
+                == "accepted"
+        await eventually(lambda: len(sim_fills(sim)) == 4, "four executions at the broker")
+        await eventually(lambda: fills_match(role_env), "every fill recovered while muted")
+        assert role.checker.stats.fills_recovered == 4
+        assert role.stream.counters.connects == 1  # no reconnect was needed
+        sim.faults.unmute("large", deliver=True)  # late redeliveries of the same fills
+        await eventually(lambda: role.stats.duplicates >= 4, "the late stream copies seen")
+        rows = await db_fills(role_env.pg_url)
+        assert len(rows) == len(set(rows)) == 4
+
+
+async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
+    role_env: RoleEnv, large_broker: Broker
+) -> None:
+    """A stream fill whose qty and time contradict the broker's activity for the same
+    identity: reported as `fill-mismatch`, the stored row stays the only one."""
+    sim = role_env.sim
+    role_env.write_config(stream_check_s=0.2, fill_check_s=0.5)
+    res = await large_broker.submit_order(order_request("AAPL", 50))
+    assert res.order is not None
+    await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
+    filled = await large_broker.get_order(res.order.id)
+    assert filled is not None and filled.filled_qty == 50
+    frame = {"stream": "trade_updates", "data": {
+        "event": "fill", "timestamp": "2020-01-01T00:00:00Z", "price": str(filled.filled_avg_price),
+        "qty": "7", "order": dict(filled.raw)}}
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await sim.wait_stream("large")
+        sim.hub.deliver("large", json.dumps(frame).encode(), faults=False)
+
+        async def reported() -> bool:
+            rows = await query(role_env.pg_url, "SELECT detail FROM incidents "
+                               "WHERE kind = 'fill-mismatch' AND closed_at IS NULL")
+            return len(rows) == 1 and "qty 7 stored, 50 in the activity" in str(rows[0])
+        await eventually(reported, "the disagreement reported")
+        assert await db_fills(role_env.pg_url) == [(res.order.id, Decimal(50))]
+        assert role.checker.stats.disagreements >= 1

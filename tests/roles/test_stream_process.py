@@ -1,5 +1,6 @@
 """The stream role as a real `python -m ops run stream` process: killed with SIGKILL while
-fills happen, a fresh process backfills them on connect, each execution stored once."""
+fills happen, a fresh process recovers them with its connect fill check, each execution
+stored once."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ async def test_kill_9_while_fills_happen_then_restart(
     sim = role_env.sim
     first = await role_env.spawn("stream", "large")
     await sim.wait_stream("large", within_s=30)
-    await eventually(lambda: "backfill (connect)" in first.log_text(), "connect backfill", 30)
+    await eventually(lambda: "fill check (connect" in first.log_text(), "connect fill check", 30)
     assert (await large_broker.submit_order(order_request("AAPL", 150))).outcome == "accepted"
     await eventually(lambda: len(sim_fills(sim)) == 2, "two executions at the broker")
     await eventually(lambda: fills_match(role_env), "stream-delivered fills stored")
@@ -34,6 +35,6 @@ async def test_kill_9_while_fills_happen_then_restart(
 
     second = await role_env.spawn("stream", "large")
     await eventually(lambda: fills_match(role_env), "every fill stored after restart", 30)
-    ids = [e for e, _ in await db_fills(role_env.pg_url)]
-    assert len(ids) == len(set(ids)) == 5
+    rows = await db_fills(role_env.pg_url)
+    assert len(rows) == len(set(rows)) == 5
     assert await asyncio.wait_for(second.stop(), 30) == 0

@@ -23,10 +23,13 @@ def order(order_id: str, *, status: str = "new", updated: datetime = T0,
 
 def trade_update(order_id: str, seq: int, *, event: str = "fill",
                  execution_id: str | None = None) -> TradeUpdate:
-    """An event whose per-entity sequence number is `seq` (kept in raw and in qty)."""
+    """An event whose per-entity sequence number is `seq` (kept in raw and in qty); a fill's
+    order has filled seq + 1 (its identity: order id, cumulative quantity)."""
     ts = T0 + timedelta(milliseconds=seq)
+    filled = str(seq + 1) if event in ("fill", "partial_fill") else "0"
     return TradeUpdate(
-        event=event, order=order(order_id, status="partially_filled", updated=ts),
+        event=event, order=order(order_id, status="partially_filled", updated=ts,
+                                 filled_qty=filled),
         timestamp=ts, execution_id=execution_id, price=Decimal("187.25"),
         qty=Decimal(seq), position_qty=Decimal(seq), raw={"seq": seq, "event": event},
     )

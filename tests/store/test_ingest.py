@@ -100,13 +100,14 @@ async def test_events_once_in_order_and_the_newest_order_state(
     batch = [from_wire(f) for f in frames]
     assert await ops_store.write_many([trade_update_row_op("large", u) for u in batch]) == 4
     assert [e["event_key"] for e in await _events(db, "large")] == \
-        ["exec:x1", "exec:x2", "exec:x3", "exec:x4"]
+        ["fill:o1:1", "fill:o2:2", "fill:o1:3", "fill:o1:4"]
     orders = await _orders(db, "large")
     assert orders["o1"]["updated_at"] == T0 + timedelta(milliseconds=3)
     assert orders["o1"]["filled_qty"] == Decimal(3)
     assert orders["o1"]["raw"] == json.loads(frames[2])["data"]["order"]
-    # A later batch: redeliveries store nothing; an older snapshot changes nothing.
-    again = [from_wire(frames[0]), from_wire(wire_frame("o2", 9, execution_id="x2",
+    # A later batch: redeliveries store nothing, even under another execution id (a fill
+    # is its order and cumulative quantity); an older snapshot changes nothing.
+    again = [from_wire(frames[0]), from_wire(wire_frame("o2", 2, execution_id="x2-again",
                                                         updated_ms=1))]
     assert await ops_store.write_many([trade_update_row_op("large", u) for u in again]) == 0
     assert await _orders(db, "large") == orders
@@ -162,8 +163,9 @@ async def test_outage_buffers_one_row_per_update_and_replays_once_in_order(
         await store.close()
     conn = await connect(pg_dedicated.url())
     try:
+        # x0 has filled_qty 0: not an identifiable fill, kept under its execution id.
         assert [e["event_key"] for e in await _events(conn, "large")] == \
-            [f"exec:x{i}" for i in range(5)]
+            ["exec:x0"] + [f"fill:o1:{i}" for i in range(1, 5)]
         order = (await _orders(conn, "large"))["o1"]
         assert order["updated_at"] == T0 + timedelta(milliseconds=4)
         assert order["raw"] == later[-1].raw["data"]["order"]

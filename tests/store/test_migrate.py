@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from ops.env import runtime_env
@@ -107,3 +108,44 @@ def test_ops_db_migrate_unreachable_exits_2(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "database unreachable" in out.stderr
     assert "hunter2" not in out.stderr + out.stdout
+
+
+async def test_fill_identity_removes_duplicates_keeping_the_first(pg_empty_url: str) -> None:
+    """0013 on a database in use: the same fill stored twice (the stream's event and the
+    REST backfill's copy under another key) keeps the first-stored row; the count is
+    reported; from then on the database refuses a second copy of an identity."""
+    before = [m for m in load_migrations() if m.version < 13]
+    conn = await connect(pg_empty_url)
+    try:
+        await apply_migrations(conn, before)
+        insert = ("INSERT INTO order_events (account, event_key, order_id, event, ts, raw)"
+                  " VALUES ('large', $1, $2, $3, now(), $4::text::json)")
+        stream = '{"stream":"trade_updates","data":{"order":{"filled_qty":"%s"}}}'
+        backfill = '{"source":"rest-backfill","activity":{"cum_qty":"%s"}}'
+        rows = [("exec:a", "o1", "partial_fill", stream % "4"),
+                ("exec:b", "o1", "fill", stream % "10"),
+                ("exec:zz", "o1", "partial_fill", backfill % "4"),  # the same fill again
+                ("exec:c", "o2", "fill", backfill % "3"),
+                ("exec:d", "o2", "fill", stream % "3"),  # again, the other way round
+                ("exec:e", "o3", "fill", stream % "junk"),  # unreadable: kept, unidentified
+                ("o1:new:t", "o1", "new", "{}")]
+        for r in rows:
+            await conn.execute(insert, *r)
+        ids = {r["event_key"]: r["id"] for r in await conn.fetch(
+            "SELECT id, event_key FROM order_events")}
+        result = await apply_migrations(conn)
+        assert result.notes == ["0013_fill_identity: fill identity: 6 fill row(s) checked, "
+                                "2 duplicate(s) removed (the first-stored copy of each fill "
+                                "kept)"]
+        kept = {r["event_key"]: (r["id"], r["cum_qty"]) for r in await conn.fetch(
+            "SELECT id, event_key, cum_qty FROM order_events")}
+        assert set(kept) == {"exec:a", "exec:b", "exec:c", "exec:e", "o1:new:t"}
+        assert all(kept[k][0] == ids[k] for k in kept)
+        assert kept["exec:a"][1] == 4 and kept["exec:e"][1] is None
+        assert await conn.fetchval("SELECT count(*) FROM fills") == 3
+        with pytest.raises(asyncpg.UniqueViolationError, match="order_events_fill_uq"):
+            await conn.execute("INSERT INTO order_events (account, event_key, order_id, event,"
+                               " ts, cum_qty) VALUES ('large', 'other', 'o1', 'fill', now(),"
+                               " 10.000)")
+    finally:
+        await conn.close()
