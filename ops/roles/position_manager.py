@@ -10,15 +10,20 @@ Every tick:
 1. Sync: broker positions -> `store.sync_positions` (current set + history rows), account
    summary -> `store.record_account`. These go through the store, so they are buffered
    during a Postgres outage like every other write.
-2. Drift: broker positions vs what the database expects (ops.store.positions module
-   docstring). A mismatch is never overwritten silently: a symbol that stays mismatched
-   for `drift_strikes` consecutive syncs (default 2) opens a "position-drift" incident
-   naming symbol/expected/actual and sets the account's control `drift_block` =
-   {"blocked": true, "reason": ...}, which the dispatcher reads to refuse new entries.
-   Why two strikes: a fill is on the broker's books a moment before its trade_update is
-   stored, so one sync may catch it "in flight"; the next sync, against the same baseline,
-   sees the stored event and agrees. One agreeing sync lifts the block and closes the
-   incident. The check is skipped (and says so in the counters) while Postgres is away or
+2. Drift: broker positions vs what the stored fills say (ops/drift.py: baseline + fills
+   placed by execution time; ops.store.positions). A mismatch is never overwritten
+   silently, and never blamed on the broker before the pipeline's own fills are known
+   complete: at the first sighting the position manager asks the stream role for a fill
+   completeness check (`fill_check_requests`); a symbol still mismatched after
+   `drift_strikes` consecutive syncs (default 2) AND a completeness check that started
+   after the first sighting (or after `drift_strikes_max` syncs, 6, when no check runs:
+   the stream role is down) opens a "position-drift" incident naming symbol / expected /
+   actual and whose the gap is (fills missing, or a change no fill explains), and sets
+   the account's control `drift_block` = {"blocked": true, "reason": ...}, which the
+   dispatcher reads to refuse new entries. One agreeing sync lifts the block and closes
+   the incident; so does the operator accepting the broker's positions (`ops positions
+   accept TIER`, or the dashboard; a `position_accepts` row records who, when, before and
+   after). The check is skipped (and says so in the counters) while Postgres is away or
    the outage buffer still holds rows: comparing against half-replayed events would
    raise false alarms. The first baseline of an account is adopted from the broker
    unconfirmed; until a sync agrees with it, a mismatch re-adopts instead of alarming
@@ -146,6 +151,7 @@ class PositionManager:
         exit_rules: Callable[[], ExitRules],
         kill_switch: Callable[[], Awaitable[KillSwitch]] | None = None,
         drift_strikes: int = 2,
+        drift_strikes_max: int = 6,
         now: Callable[[], datetime] = _utcnow,
         market_open: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
@@ -158,6 +164,9 @@ class PositionManager:
         self._rules = exit_rules
         self._kill_switch = kill_switch or (lambda: read_kill_switch(store, account))
         self.drift_strikes = drift_strikes
+        # Syncs a mismatch may last before blocking when no fill check has run since it
+        # was first seen (the stream role is down or failing).
+        self.drift_strikes_max = max(drift_strikes, drift_strikes_max)
         self._now = now
         self._market_open = market_open
         self.counters = PositionCounters()
@@ -168,6 +177,8 @@ class PositionManager:
         self._unsaved: set[str] = set()  # symbols whose state could not be persisted yet
         self._unsettled: dict[str, str] = {}  # symbol -> exit cid whose submit was "unknown"
         self._snapshot_cut: drift.Cut | None = None  # of the positions read this tick
+        self._snapshot_answered: datetime | None = None  # when the broker answered
+        self._mismatch_seen: datetime | None = None  # the first mismatching snapshot's
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -176,7 +187,8 @@ class PositionManager:
         ledger then shows the error), but a failed step never skips the later ones."""
         now = self._now()
         positions = await self.broker.list_positions()
-        self._snapshot_cut = drift.Cut.around(now, self._now())
+        self._snapshot_answered = self._now()
+        self._snapshot_cut = drift.Cut.around(now, self._snapshot_answered)
         info = await self.broker.get_account()
         await self.store.sync_positions(self.account, positions, now)
         await self.store.record_account(self.account, info, now)
@@ -251,13 +263,25 @@ class PositionManager:
                      "; ".join(m.describe() for m in cmp.mismatches))
             return
         seen = {m.symbol for m in cmp.mismatches}
+        if not self._strikes:
+            # First sighting: perhaps fills the stream missed. Ask the stream role for a
+            # completeness check now, and blame nobody until one has run since.
+            self._mismatch_seen = self._snapshot_answered or now
         self._strikes = {s: self._strikes.get(s, 0) + 1 for s in seen}
         firm = [m for m in cmp.mismatches if self._strikes[m.symbol] >= self.drift_strikes]
+        checked = await self._checked_since_mismatch()
+        if checked is None:
+            await self._request_fill_check(now)
+        if firm and not checked and max(self._strikes.values()) < self.drift_strikes_max:
+            log.info("account %s: positions differ (%s); waiting for the stream role's fill "
+                     "check before blocking", self.account,
+                     "; ".join(m.describe() for m in cmp.mismatches))
+            return
         if not firm:
             log.info("account %s: position mismatch seen once, re-checking next sync: %s",
                      self.account, "; ".join(m.describe() for m in cmp.mismatches))
             return
-        await self._block(firm, blocked, now)
+        await self._block(firm, blocked, now, checked)
 
     async def _accept(self, accepts: Sequence[pq.AcceptRecord], actual: dict[str, Decimal],
                       cut: drift.Cut, baseline: pq.Baseline | None, now: datetime,
@@ -284,46 +308,55 @@ class PositionManager:
         if blocked:
             await self._unblock(now, f"broker positions accepted by {who} at {now.isoformat()}")
 
-    async def _fills_note(self, now: datetime) -> str:
-        """Why a mismatch may be the pipeline's, not the broker's: the stream role's last
-        completeness check (empty when fills are known complete)."""
+    async def _request_fill_check(self, now: datetime) -> None:
+        try:
+            await fq.request_check(self.store.pool, self.account, self.process, now)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+
+    async def _checked_since_mismatch(self) -> fq.FillCheck | None:
+        """The stream role's last completeness check, if it started after the broker
+        answered the first mismatching snapshot (so every fill in it had its chance)."""
         try:
             check = await fq.load_check(self.store.pool, self.account)
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            return ""
-        cut = self._snapshot_cut
+            return None
+        seen = self._mismatch_seen
+        if check is None or seen is None or check.complete_through < seen:
+            return None
+        return check
+
+    def _fills_note(self, check: fq.FillCheck | None) -> str:
+        """Whose the mismatch is: the pipeline's (fills not known complete) or the
+        broker's (every fill it reports is stored)."""
         if check is None:
-            return (" The stream role has not completed a fill check yet: the database may "
-                    "be missing fills (not necessarily a broker-side change).")
-        behind = cut is not None and check.complete_through < cut.lo
-        if not check.incomplete and not behind:
-            return (" Every fill the broker reports is stored (fill check at "
-                    f"{check.checked_at.isoformat()}): the positions changed without a "
-                    "fill the database knows of (an order outside the pipeline, a corporate "
-                    "action, an assignment?).")
-        parts = []
+            return (" No fill check of the stream role has completed since the mismatch "
+                    f"was first seen (is {self.account}-stream running?): the database may "
+                    "be missing fills; the block lifts by itself once they are stored.")
         if check.incomplete:
-            parts.append(f"{len(check.incomplete)} order(s) still missing fills")
-        if behind:
-            age = (now - check.checked_at).total_seconds()
-            parts.append(f"last complete fill check {age:.0f}s ago")
-        return (" The database may be missing fills (" + ", ".join(parts) + "): the stream "
-                "role recovers them and the block lifts by itself once they are stored.")
+            return (f" {len(check.incomplete)} order(s) still have fills the database lacks "
+                    "(the stream role keeps fetching them): the block lifts by itself once "
+                    "they are stored.")
+        return (" Every fill the broker reports is stored (fill check at "
+                f"{check.checked_at.isoformat(timespec='seconds')}): the positions changed "
+                "without a fill the database knows of (an order outside the pipeline, a "
+                "corporate action, an assignment?).")
 
     def _skip_drift(self, why: str) -> None:
         self.counters.drift_skipped += 1
         log.info("account %s: drift check skipped: %s", self.account, why)
 
     async def _block(self, firm: Sequence[drift.Mismatch], already: bool,
-                     now: datetime) -> None:
+                     now: datetime, check: fq.FillCheck | None) -> None:
         detail = (f"account {self.account}: broker positions differ from the database "
                   f"(on {self.drift_strikes} consecutive syncs): "
                   + "; ".join(m.describe() for m in firm)
                   + ". New entries are blocked until they agree again, or until an operator "
                   f"accepts the broker's positions (ops positions accept {self.account})."
-                  + (await self._fills_note(now) if not already else ""))
+                  + self._fills_note(check))
         value: dict[str, Any] = {
             "blocked": True,
             "reason": detail,

@@ -19,6 +19,9 @@ loses events by design"; alpaca-wire.md 4.4 and 6).
   does not give. The check runs as a task of its own beside the check ticker: its REST
   calls never hold up the ticker's slots; `fill_check_age_s` in the heartbeat and a
   `fill-check-failing` incident say when it stops succeeding.
+- A check the position manager asks for (`fill_check_requests`, read every stream check)
+  when it sees positions the stored fills do not explain: missing fills are recovered
+  before a mismatch is blamed on the broker.
 - Silence check (the ticker every `schedule.stream_check_s`, never market-gated): when no
   update arrived for `broker.stream_silence_s` and orders are open (in memory, or in the
   `orders` table, where the dispatcher records what it submits), a completeness check
@@ -39,13 +42,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from ops.broker import Broker, BrokerError, TradeStream
 from ops.daemon import Service
 from ops.models import TERMINAL_ORDER_STATUSES, Order, TradeUpdate
 from ops.roles.fill_check import FillChecker, FillCheckResult
 from ops.roles.runtime import RoleContext, endpoints_for
+from ops.store import fills as fq
 from ops.store import is_outage
 from ops.store.ingest import trade_update_row_op
 from ops.store.ops import Op
@@ -59,6 +63,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 5000
 KNOWN_KEEP = timedelta(hours=1)  # terminal orders remembered this long
 CHECK_FAILING_AFTER = 3  # fill-check intervals without a successful check: incident
+REQUEST_FRESH = timedelta(minutes=2)  # at start, an older request is taken as answered
 
 _OPEN_SQL = f"""
 SELECT id, updated_at FROM orders
@@ -117,6 +122,7 @@ class StreamRole:
         self._last_check_ok: float | None = None  # monotonic time of the last success
         self._started_mono = time.monotonic()
         self._check_failing = False
+        self._request_seen: datetime | None = None  # newest fill_check_requests row acted on
         self._known: dict[str, tuple[datetime, bool]] = {}  # order id -> (updated_at, open)
         self._last_update_mono: float | None = None
         # Start of the current quiet period: last update, connect, or clean check.
@@ -375,6 +381,20 @@ class StreamRole:
         if not await self.stream.reconnect():
             log.warning("no open stream socket to close; alpaca-py is reconnecting already")
 
+    async def _requested_check(self) -> None:
+        """A check the position manager asked for (positions it cannot explain)."""
+        try:
+            at = await fq.check_requested_at(self.ctx.store.pool, self.account)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return
+        if at is not None and (self._request_seen is None or at > self._request_seen):
+            first = self._request_seen is None
+            self._request_seen = at
+            if not first or datetime.now(UTC) - at < REQUEST_FRESH:
+                self.request_check("requested")
+
     # -- the check ticker -----------------------------------------------------------------
 
     async def check(self, slot: Slot) -> None:
@@ -386,6 +406,7 @@ class StreamRole:
         last = self._last_check_ok if self._last_check_ok is not None else self._started_mono
         if self._last_check_ok is None or now - self._last_check_ok >= every:
             self.request_check("periodic")
+        await self._requested_check()
         if now - last >= CHECK_FAILING_AFTER * every and not self._check_failing:
             self._check_failing = True
             await self.ctx.incident(

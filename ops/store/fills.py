@@ -2,9 +2,10 @@
 to look at, and the per-account record of the last completeness check.
 
 What lives here: the SQL behind `ops.roles.stream`'s completeness check (`stored_fills`,
-`orders_to_check`, `fill_in_qty`) and the `fill_checks` table (migration 0014):
-`load_check` / `save_check`. What does not: the decisions (ops.fills), storing fills
-(they go through the store's `trade_update` op like the stream's own events).
+`orders_to_check`, `fill_in_qty`), the `fill_checks` table (migration 0014):
+`load_check` / `save_check`, and the position manager's `request_check`. What does not:
+the decisions (ops.fills), storing fills (they go through the store's `trade_update` op
+like the stream's own events).
 
 These read and write Postgres directly, never the outage buffer: a completeness check is
 only meaningful against the truth, so it does not run while Postgres is away or the
@@ -117,5 +118,21 @@ async def save_check(pool: asyncpg.Pool, check: FillCheck) -> None:
         check.fills_added, json.dumps(list(check.incomplete)), check.failed_checks)
 
 
-__all__ = ["FillCheck", "fill_in_qty", "load_check", "orders_to_check", "save_check",
-           "stored_fills"]
+async def request_check(pool: asyncpg.Pool, account: str, by: str, at: datetime) -> None:
+    """Ask the account's stream role for a completeness check now (it looks every
+    `schedule.stream_check_s`)."""
+    await pool.execute(
+        "INSERT INTO fill_check_requests (account, requested_at, requested_by)"
+        " VALUES ($1, $2, $3) ON CONFLICT (account) DO UPDATE SET"
+        " requested_at = excluded.requested_at, requested_by = excluded.requested_by",
+        account, at, by)
+
+
+async def check_requested_at(pool: asyncpg.Pool, account: str) -> datetime | None:
+    value = await pool.fetchval(
+        "SELECT requested_at FROM fill_check_requests WHERE account = $1", account)
+    return value if isinstance(value, datetime) else None
+
+
+__all__ = ["FillCheck", "check_requested_at", "fill_in_qty", "load_check", "orders_to_check",
+           "request_check", "save_check", "stored_fills"]

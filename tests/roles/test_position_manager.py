@@ -33,6 +33,7 @@ from ops.roles.position_manager import (
 )
 from ops.sim import Simulator
 from ops.store import Store
+from ops.store import fills as fq
 from ops.store import positions as pq
 from ops.store.store import order_op, trade_update_op
 from tests.support import eventually
@@ -161,9 +162,11 @@ async def test_positions_synced_with_history_for_stock_and_option(rig: Rig) -> N
 
 
 async def test_drift_blocks_entries_and_clears_when_the_missing_fill_arrives(rig: Rig) -> None:
+    """No stream role runs here, so no fill check answers the position manager's request:
+    it blocks after `drift_strikes_max` syncs and says the database may be missing fills."""
     await rig.buy("AAPL", 5)
     await rig.wait_fills(1)
-    pm = rig.manager()
+    pm = rig.manager(drift_strikes_max=3)
     await pm.tick()  # baseline adopted from the broker (unconfirmed)
     await pm.tick()  # agrees: confirmed
     base = await pq.load_baseline(rig.store.pool, ACCOUNT)
@@ -175,10 +178,17 @@ async def test_drift_blocks_entries_and_clears_when_the_missing_fill_arrives(rig
     await pm.tick()  # first sighting: could be a fill in flight, so no alarm yet
     assert await rig.control(DRIFT_CONTROL) is None
     assert await rig.open_drift_incidents() == []
-    await pm.tick()  # still unexplained: block and incident
+    # ... and the stream role is asked for a fill completeness check right away.
+    assert await rig.store.pool.fetchval(
+        "SELECT requested_by FROM fill_check_requests WHERE account = $1", ACCOUNT) \
+        == f"{ACCOUNT}-position-manager"
+    await pm.tick()  # unexplained, but no fill check has run since: not blamed yet
+    assert await rig.control(DRIFT_CONTROL) is None
+    await pm.tick()  # drift_strikes_max reached with no check: block and incident
     value = await rig.control(DRIFT_CONTROL)
     assert value["blocked"] is True
     assert "AAPL expected 5 actual 8" in value["reason"]
+    assert "may be missing fills" in value["reason"]
     assert value["symbols"] == {"AAPL": {"expected": "5", "actual": "8"}}
     [detail] = await rig.open_drift_incidents()
     assert "AAPL expected 5 actual 8" in detail
@@ -202,6 +212,12 @@ async def test_drift_blocks_entries_and_clears_when_the_missing_fill_arrives(rig
     assert base is not None and base.positions == {"AAPL": Decimal(8)}
 
 
+async def complete_fill_check(rig: Rig) -> None:
+    """What the stream role records after a completeness check that found every fill."""
+    now = datetime.now(UTC)
+    await fq.save_check(rig.store.pool, fq.FillCheck(ACCOUNT, now, now, 1, 0, (), 0))
+
+
 async def test_drift_from_a_trade_we_never_record_clears_once_reversed(rig: Rig) -> None:
     await rig.buy("MSFT", 2)
     await rig.wait_fills(1)
@@ -209,12 +225,14 @@ async def test_drift_from_a_trade_we_never_record_clears_once_reversed(rig: Rig)
     await pm.tick()
     await pm.tick()
     await rig.stream.stop()  # nothing is recorded from here on
-    await rig.buy("SPY", 1)  # a symbol the database never heard of
+    await rig.buy("SPY", 1)  # a symbol the database never heard of (bought by hand)
     await pm.tick()
+    await complete_fill_check(rig)  # the stream role's check: every broker fill stored
     await pm.tick()
     assert (await rig.control(DRIFT_CONTROL))["blocked"] is True
     [detail] = await rig.open_drift_incidents()
     assert "SPY expected 0 actual 1" in detail
+    assert "without a fill the database knows of" in detail  # not the pipeline's gap
 
     # A restarted position manager still knows it is blocked (read from controls), and
     # lifts the block once the broker matches the database again.
@@ -310,7 +328,7 @@ async def test_market_closed_syncs_and_lifts_a_drift_block_but_sends_no_exit(
     rig.rules = ExitRules(stop_loss_pct=Decimal(5))
     await rig.buy("AAPL", 5)
     await rig.wait_fills(1)
-    pm = rig.manager(market_open=is_open)
+    pm = rig.manager(market_open=is_open, drift_strikes_max=2)  # no stream role here
     await pm.tick()
     await pm.tick()
     rig.sim.faults.mute(ACCOUNT)
@@ -528,6 +546,7 @@ async def test_operator_accepts_the_broker_positions_with_an_audit_row(rig: Rig)
     await rig.stream.stop()  # nothing is recorded from here on
     await rig.buy("SPY", 1)
     await pm.tick()
+    await complete_fill_check(rig)
     await pm.tick()
     assert (await rig.control(DRIFT_CONTROL))["blocked"] is True
 

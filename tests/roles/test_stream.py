@@ -347,3 +347,29 @@ async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
         await eventually(reported, "the disagreement reported")
         assert await db_fills(role_env.pg_url) == [(res.order.id, Decimal(50))]
         assert role.checker.stats.disagreements >= 1
+
+
+async def test_a_position_managers_request_runs_a_check_at_once(
+    role_env: RoleEnv, large_broker: Broker
+) -> None:
+    """Fills missed while muted; the periodic check is a minute away; the position
+    manager's request (positions it cannot explain) has them recovered within a stream
+    check or two."""
+    from ops.store import fills as fq
+
+    sim = role_env.sim
+    role_env.write_config(stream_check_s=0.2, fill_check_s=60)
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        sim.faults.mute("large")
+        assert (await large_broker.submit_order(order_request("AAPL", 30))).outcome \
+            == "accepted"
+        await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
+        checks = role.checker.stats.checks
+        assert rt.store is not None
+        await fq.request_check(rt.store.pool, "large", "large-position-manager",
+                               datetime.now(UTC))
+        await eventually(lambda: fills_match(role_env), "the fill recovered on request")
+        assert role.checker.stats.checks == checks + 1
+        assert role.stream.counters.connects == 1

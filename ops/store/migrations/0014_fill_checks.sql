@@ -13,3 +13,12 @@ CREATE TABLE fill_checks (
     incomplete       jsonb NOT NULL DEFAULT '[]',
     failed_checks    integer NOT NULL DEFAULT 0
 );
+
+-- A position manager that sees positions it cannot explain asks for a check right away
+-- (the stream role reads this at every stream check), so missing fills are recovered
+-- before a mismatch is blamed on the broker.
+CREATE TABLE fill_check_requests (
+    account       text PRIMARY KEY,
+    requested_at  timestamptz NOT NULL,
+    requested_by  text NOT NULL
+);
