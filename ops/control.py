@@ -136,7 +136,9 @@ def signal_fields(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     }
 
 
-def _user() -> str:
+def current_user() -> str:
+    """Who runs this command: the login name, `uid<N>` without a passwd entry. The CLI
+    records `cli:<user>`, the dashboard `dash:<user>`."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry (containers)
@@ -156,7 +158,7 @@ def _load(command: str) -> tuple[RuntimeEnv, Config] | int:
 
 
 async def _open(env: RuntimeEnv, config: Config) -> Store:
-    return await Store.open(env, process=f"cli:{_user()}", config=config)
+    return await Store.open(env, process=f"cli:{current_user()}", config=config)
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def _set_kill_switch(command: str, args: argparse.Namespace, mode: KillSwitch) -
         account = _account(config, args.account, "TIER")
     except UsageError as exc:
         return _fail(command, str(exc))
-    by = f"cli:{_user()}"
+    by = f"cli:{current_user()}"
 
     async def write() -> tuple[KillSwitch, bool]:
         store = await _open(env, config)
@@ -302,7 +304,7 @@ def cli_positions_accept(args: argparse.Namespace) -> int:
         return _fail(command, str(exc))
     if not math.isfinite(args.wait) or args.wait < 0:
         return _fail(command, f"--wait must be a number of seconds >= 0, got {args.wait}")
-    by = f"cli:{_user()}"
+    by = f"cli:{current_user()}"
 
     async def run() -> tuple[str, pq.AcceptRecord | None]:
         store = await _open(env, config)

@@ -32,12 +32,14 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
+from ops.control import AcceptFailed
 from ops.models import KillSwitch
-from ops.supervisor import SupervisorClient
+from ops.supervisor import SupervisorClient, program_name
 from tui import control
 from tui.commands import DashCommands
 from tui.data import DashboardData, DashboardState, ProcessRow, utcnow
-from tui.messages import ActionDone, StateLoaded
+from tui.messages import ActionDone, PositionsAccepted, StateLoaded
+from tui.screens.accept import AcceptPositionsScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.screens.log_tail import LogTailScreen
@@ -80,6 +82,7 @@ class Dashboard(App[None]):
         Binding("l", "log", "Log", id="dash.log"),
         Binding("f", "cycle_filter", "Filter", id="dash.filter"),
         Binding("o", "sort", "Sort", id="dash.sort"),
+        Binding("a", "accept_positions", "Accept positions", id="dash.accept_positions"),
         Binding("O", "sort(True)", "Reverse sort", id="dash.sort_reverse", show=False),
         Binding("1", "panel('processes')", "Processes", id="dash.panel1", show=False),
         Binding("2", "panel('positions')", "Positions", id="dash.panel2", show=False),
@@ -232,6 +235,16 @@ class Dashboard(App[None]):
         self.notify(message.text, severity="information" if message.ok else "error")
         self.poll()
 
+    def on_positions_accepted(self, message: PositionsAccepted) -> None:
+        if message.record is not None:
+            self.notify(control.accept_summary(message.record), timeout=10)
+        else:
+            manager = program_name("position-manager", message.account)
+            self.notify(f"{message.account}: requested; the position manager has not applied "
+                        f"it within {message.waited_s:g}s — is {manager} running? It applies "
+                        "the request at its next sync.", severity="warning", timeout=15)
+        self.poll()  # the drift block it lifts shows at once
+
     # --- selection --------------------------------------------------------------------------
 
     def selected_process(self) -> ProcessRow | None:
@@ -335,6 +348,39 @@ class Dashboard(App[None]):
     async def _kill_worker(self, account: str, mode: KillSwitch) -> None:
         before = await control.set_kill_switch(self.data.store, account, mode)
         self.post_message(ActionDone(f"{account}: kill switch {before.value} -> {mode.value}"))
+
+    def action_accept_positions(self) -> None:
+        acct = self.selected_account()
+        if acct is None:
+            self.notify("no account selected", severity="warning")
+            return
+        self.accept_account(acct)
+
+    def accept_account(self, account: str) -> None:
+        """Ask first, showing the drift block as last read; then accept the broker's
+        positions (as `ops positions accept`)."""
+        state = self.state
+        row = next((a for a in state.accounts if a.name == account), None) if state else None
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._accept_worker(account)
+
+        self.push_screen(AcceptPositionsScreen(
+            account, row, database_reachable=state is None or state.database.reachable),
+            answered)
+
+    @work(group="control", exit_on_error=False, name="accept positions")
+    async def _accept_worker(self, account: str) -> None:
+        wait = control.ACCEPT_WAIT_S
+        self.notify(f"{account}: accepting the broker's positions…", timeout=2)
+        try:
+            request_id, record = await control.accept_positions(self.data.store, account,
+                                                                within_s=wait)
+        except AcceptFailed as exc:
+            self.post_message(ActionDone(f"{account}: {exc}", ok=False))
+            return
+        self.post_message(PositionsAccepted(account, request_id, record, wait))
 
     def action_log(self) -> None:
         proc = self.selected_process()

@@ -1,6 +1,7 @@
 """`DashCommands`: the command palette's entries, computed from the current state
 (posting's habit): the highlighted process's controls, every account's pause modes,
-resume and filter, plus the app-wide actions. Each entry runs the same action as its key.
+resume, accept of the broker's positions and filter, plus the app-wide actions. Each
+entry runs the same action as its key.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def palette_entries(app: Dashboard) -> Iterator[Entry]:
                 partial(app.pause_account, acct, mode)
         yield f"Resume {acct}", "release the kill switch (asks first)", \
             partial(app.resume_account, acct)
+        yield f"Accept broker positions for {acct}", \
+            "take them as the truth, lifting a drift block (asks first)", \
+            partial(app.accept_account, acct)
         yield f"Filter: {acct}", "show only this account", partial(app.set_filter, acct)
     yield "Filter: all accounts", "show every account", partial(app.set_filter, None)
     yield "Sort positions by the next column", "[o]; reverse: [O]", app.action_sort

@@ -1,37 +1,39 @@
-"""What the dashboard *does*: supervisord process control, kill switch, run-now.
+"""What the dashboard *does*: supervisord process control, kill switch, run-now, accepting
+the broker's positions.
 
 Thin async wrappers over the core, so the dashboard writes exactly what the CLI writes:
 the kill switch through `Store.set_control(account, "kill_switch", {"mode": ...})` like
 `ops pause/resume` (ops.control), run-now through `ops.roles.runtime.request_run_now`,
-process control through `SupervisorClient` (sync XML-RPC, run in a thread).
-Confirmation lives in the UI (tui/screens/confirm.py), not here.
+an accept through `ops.control.accept_positions` like `ops positions accept`, process
+control through `SupervisorClient` (sync XML-RPC, run in a thread).
+Confirmation lives in the UI (tui/screens/), not here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import getpass
 import importlib
-import os
+from decimal import Decimal
 from typing import Literal
 
+from ops import control as core
 from ops.control import KILL_SWITCH_KEY, read_kill_switch
 from ops.models import KillSwitch
 from ops.store import Store
+from ops.store.positions import AcceptRecord
 from ops.supervisor import SupervisorClient
 from tui.data import READ_TIMEOUT_S, own_client
 
 ProcessAction = Literal["restart", "stop", "start"]
 ACTION_TIMEOUT_S = 40.0
+#: How long an accept waits for the position manager to apply it (it syncs every few
+#: seconds); read at call time, so tests can shorten it.
+ACCEPT_WAIT_S = 20.0
 
 
 def operator() -> str:
     """`dash:<user>`: who the controls row says made the change."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers)
-        user = f"uid{os.getuid()}"
-    return f"dash:{user}"
+    return f"dash:{core.current_user()}"
 
 
 async def set_kill_switch(store: Store, account: str, mode: KillSwitch,
@@ -75,3 +77,28 @@ async def process_action(client: SupervisorClient, action: ProcessAction,
 
 async def tail_log(client: SupervisorClient, qualified: str, length: int = 32768) -> str:
     return await asyncio.to_thread(own_client(client, READ_TIMEOUT_S).tail, qualified, length)
+
+
+async def accept_positions(store: Store, account: str, by: str | None = None,
+                           within_s: float | None = None) -> tuple[str, AcceptRecord | None]:
+    """Ask `account`'s position manager to take the broker's positions as the truth and
+    wait for it (`ACCEPT_WAIT_S`): (request id, the applied record or None when not applied
+    in time). Raises `ops.control.AcceptFailed` when Postgres is unreachable."""
+    wait = ACCEPT_WAIT_S if within_s is None else within_s
+    return await core.accept_positions(store, account, by=by or operator(), within_s=wait)
+
+
+def accept_summary(record: AcceptRecord) -> str:
+    """`describe_accept` in one line for a notice: "large: broker positions accepted
+    (AAPL 5 -> 8)"; the symbols that changed, or that nothing did."""
+    before, after = record.before or {}, record.after or {}
+    changed = [f"{sym} {_num(before.get(sym))} -> {_num(after.get(sym))}"
+               for sym in sorted(set(before) | set(after))
+               if before.get(sym, Decimal(0)) != after.get(sym, Decimal(0))]
+    what = "; ".join(changed) if changed else "no change: they already agreed"
+    by = f" by {record.applied_by}" if record.applied_by else ""
+    return f"{record.account}: broker positions accepted{by} ({what})"
+
+
+def _num(x: Decimal | None) -> str:
+    return format(x.normalize(), "f") if x else "0"

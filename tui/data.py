@@ -45,6 +45,7 @@ Clock = Callable[[], datetime]
 #: Run outcomes that prove the broker clock said "open" (as ops.status judges them).
 OPEN_OUTCOMES = frozenset({"ok", "error", "timeout"})
 RECONCILE_KEY = "reconciliation"  # controls row the dispatcher writes (ops.roles.dispatcher)
+DRIFT_KEY = "drift_block"  # controls row the position manager writes
 FEED_LIMIT = 40
 CLOSED_INCIDENTS_WINDOW = timedelta(hours=24)
 CLOSED_INCIDENTS_LIMIT = 20
@@ -67,6 +68,23 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class DriftSymbol:
+    symbol: str
+    expected: str  # what the stored fills say (the database)
+    actual: str  # what the broker holds
+
+
+@dataclass(frozen=True, slots=True)
+class DriftBlock:
+    """The account's 'drift_block' control as the position manager last wrote it."""
+
+    blocked: bool
+    reason: str
+    since: datetime | None
+    symbols: tuple[DriftSymbol, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AccountRow:
     name: str
     account_number: str | None  # as the broker last reported it; never keys
@@ -79,6 +97,11 @@ class AccountRow:
     kill_switch: str  # off | halt | reduce-only | flatten
     reconciliation: str  # reconciled | reconciling | unknown
     as_of: datetime | None
+    drift: DriftBlock | None = None  # None: the position manager never wrote one
+
+    @property
+    def drift_blocked(self) -> bool:
+        return self.drift is not None and self.drift.blocked
 
     @property
     def number_mismatch(self) -> bool:
@@ -245,6 +268,30 @@ def describe_symbol(symbol: str) -> str:
 
 def _dec(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
+
+
+def drift_block(value: Any) -> DriftBlock | None:
+    """Decode a 'drift_block' control value. Blocked as the dispatcher judges it
+    (ops.roles.dispatcher.drift_blocked, not imported: it pulls in the broker stack): a
+    bool, or an object whose "blocked" defaults to true; anything else blocks."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return DriftBlock(value, "", None, ())
+    if not isinstance(value, Mapping):
+        return DriftBlock(True, f"unreadable drift_block value: {value!r}"[:200], None, ())
+    since = None
+    try:
+        since = datetime.fromisoformat(str(value["since"])) if value.get("since") else None
+    except ValueError:
+        pass
+    raw = value.get("symbols")
+    symbols = tuple(
+        DriftSymbol(str(sym), str(q.get("expected", "?")), str(q.get("actual", "?")))
+        if isinstance(q, Mapping) else DriftSymbol(str(sym), "?", "?")
+        for sym, q in sorted((raw if isinstance(raw, Mapping) else {}).items()))
+    return DriftBlock(bool(value.get("blocked", True)), str(value.get("reason") or ""),
+                      since, symbols)
 
 
 # --- the loader -------------------------------------------------------------------------------
@@ -441,6 +488,7 @@ class DashboardData:
                 buying_power=st.buying_power if st else None, day_pl=day_pl,
                 open_positions=open_pos.get(name, 0), kill_switch=kill.get(name, "off"),
                 reconciliation=recon_state, as_of=st.as_of if st else None,
+                drift=drift_block(controls.get(name, {}).get(DRIFT_KEY)),
             ))
         return tuple(out)
 

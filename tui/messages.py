@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from ops.store.positions import AcceptRecord
 from tui.data import DashboardState
 
 
@@ -29,3 +30,17 @@ class ActionDone(Message):
         super().__init__()
         self.text = text
         self.ok = ok
+
+
+class PositionsAccepted(Message):
+    """An accept of the broker's positions was recorded for `account`; `record` is the
+    applied audit row, or None when the position manager had not applied it within
+    `waited_s` (it stays pending until its next sync)."""
+
+    def __init__(self, account: str, request_id: str, record: AcceptRecord | None,
+                 waited_s: float) -> None:
+        super().__init__()
+        self.account = account
+        self.request_id = request_id
+        self.record = record
+        self.waited_s = waited_s

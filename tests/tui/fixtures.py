@@ -4,6 +4,7 @@ Everything is relative to a frozen instant `T` the test chooses, so ages, gaps a
 are exact. `write_fixture(store, T)` writes two accounts (large, tiny) with positions
 (stocks and one option), heartbeats and runs for every role process, an open and a
 closed incident, orders and fills, a kill switch on tiny and the reconciliation rows.
+`write_drift_block(store)` adds the position manager's drift block on large.
 """
 
 from __future__ import annotations
@@ -98,3 +99,14 @@ async def write_fixture(store: Store, t: datetime) -> None:
                               at=t - timedelta(hours=2))
     await store.close_incident(dedupe_key="stalled:tiny-stream",
                                at=t - timedelta(hours=2) + timedelta(minutes=5))
+
+
+#: The position manager's 'drift_block' control for large (ops.roles.position_manager).
+DRIFT_BLOCK = {"blocked": True, "since": "2026-03-02T15:28:00+00:00",
+               "reason": "account large: broker positions differ from the database",
+               "symbols": {"AAPL": {"expected": "5", "actual": "8"},
+                           "MSFT": {"expected": "4", "actual": "5"}}}
+
+
+async def write_drift_block(store: Store) -> None:
+    await store.set_control("large", "drift_block", DRIFT_BLOCK, by="large-position-manager")

@@ -289,7 +289,7 @@ async def _check_footer(data: DashboardData, width: int) -> None:
         if width == 80:
             # What does not fit is hidden whole, from the end (least important).
             assert [k.description for k in all_keys if not k.display] == [
-                "Log", "Filter", "Sort"]
+                "Log", "Filter", "Sort", "Accept positions"]
         else:
             assert all(k.display for k in all_keys)
         # Every shown key sits fully left of the palette key.

@@ -9,7 +9,7 @@ looking at the report: `pytest tests/tui --snapshot-update`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from textual.pilot import Pilot
@@ -19,7 +19,7 @@ from ops.env import RuntimeEnv
 from ops.store import Store
 from ops.supervisor import SupervisorClient
 from tests.tui.conftest import T
-from tests.tui.fixtures import write_fixture
+from tests.tui.fixtures import write_drift_block, write_fixture
 from tests.tui.helpers import until
 from tui.app import Dashboard
 from tui.data import DashboardData
@@ -28,10 +28,13 @@ from tui.widgets.positions import PositionsTable
 SnapCompare = Callable[..., bool]
 
 
-def _app(env: RuntimeEnv, config: Config) -> Dashboard:
+def _app(env: RuntimeEnv, config: Config,
+         extra: Callable[[Store], Awaitable[None]] | None = None) -> Dashboard:
     async def write() -> None:
         async with await Store.open(env, process="fixture") as store:
             await write_fixture(store, T)
+            if extra is not None:
+                await extra(store)
 
     asyncio.run(write())
 
@@ -94,3 +97,11 @@ def test_confirm_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv,
                         config: Config) -> None:
     assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
                         run_before=_loaded("p"))
+
+
+def test_accept_positions_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                 config: Config) -> None:
+    """large drift-blocked: the marker on its row, and behind "a" the dialog with the
+    database's and the broker's quantities."""
+    assert snap_compare(_app(dash_env, config, write_drift_block), terminal_size=(80, 24),
+                        run_before=_loaded("a"))

@@ -1,7 +1,8 @@
 """`ConfirmScreen`: a yes/no question guarding a destructive action.
 
 Dismisses with True only on an explicit "y" / Enter on Yes; Escape, "n" and No answer
-False, so a stray key never restarts a process.
+False, so a stray key never restarts a process. The buttons may say what they do
+(`yes_label`, `no_label`); the keys stay y and n.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
 
-    def __init__(self, question: str, detail: str = "") -> None:
+    def __init__(self, question: str, detail: str = "", *, yes_label: str = "Yes",
+                 no_label: str = "No") -> None:
         super().__init__()
         self.question = question
         self.detail = detail
+        self.yes_label = yes_label
+        self.no_label = no_label
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box"):
@@ -30,8 +34,8 @@ class ConfirmScreen(ModalScreen[bool]):
             if self.detail:
                 yield Label(self.detail, id="confirm-detail")
             with Horizontal(id="confirm-buttons"):
-                yield Button("No (n)", id="no", variant="primary")
-                yield Button("Yes (y)", id="yes", variant="error")
+                yield Button(f"{self.no_label} (n)", id="no", variant="primary")
+                yield Button(f"{self.yes_label} (y)", id="yes", variant="error")
 
     def on_mount(self) -> None:
         # The safe answer has the focus: Enter alone never confirms.

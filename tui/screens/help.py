@@ -20,8 +20,10 @@ Status (a symbol and a word, never colour alone):
   … starting  just (re)started, within the grace period
 Gap: age of the last completed run minus the expected interval (+ is overdue).
 Restarts: watchdog restarts today (from incidents).
-Controls act on the highlighted row; pause/resume act on the highlighted row's account
-(or the filtered account). Destructive actions ask first.
+Accounts, Pos "DRIFT": the broker's positions differ from the database's; the position
+manager blocks new entries until they agree again or you accept the broker's (a).
+Controls act on the highlighted row; pause/resume/accept act on the highlighted row's
+account (or the filtered account). Destructive actions ask first.
 """
 
 

@@ -1,5 +1,7 @@
 """`AccountsTable`: one row per account — money, positions, kill switch, reconciliation,
-and the broker identity (account number; never keys)."""
+and the broker identity (account number; never keys). A drift block (the broker's positions
+differ from the database's; entries blocked) shows as DRIFT in place of the position count:
+80 columns leave no room for both (the positions panel still counts them)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class AccountsTable(KeyedTable):
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "pl--gain", "pl--loss", "kill--on", "recon--pending", "number--mismatch",
+        "drift--on",
     }
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
@@ -47,7 +50,8 @@ class AccountsTable(KeyedTable):
                         None if not pl else "pl--gain" if pl > 0 else "pl--loss"),
             self.styled(f.dollars(r.cash)),
             self.styled(f.dollars(r.buying_power)),
-            self.styled(str(r.open_positions)),
+            self.styled("DRIFT", "drift--on") if r.drift_blocked
+            else self.styled(str(r.open_positions)),
             # ✓ reconciled with the broker since the dispatcher started; … not yet (the
             # dispatcher stays closed); ? never recorded.
             self.styled(RECON_MARK.get(r.reconciliation, "?"),
