@@ -86,6 +86,7 @@ class FillCheckStats:
     errors: int = 0
     fills_recovered: int = 0  # fills stored by checks (the stream had not delivered them)
     qty_filled_in: int = 0
+    activity_queries: int = 0  # FILL-activity fetches (one per order, or one window)
     disagreements: int = 0
     incomplete_orders: int = 0  # at the last check
 
@@ -193,8 +194,10 @@ class FillChecker:
                      or submitted(o) < now - OLD_ORDER]
         windowed = [o for o in need if o not in per_order]
         for o in per_order:
+            self.stats.activity_queries += 1
             out[o.id] = await self.broker.list_fills(order_id=o.id)
         if windowed:
+            self.stats.activity_queries += 1
             start = min(submitted(o) for o in windowed) - MARGIN
             for f in await self.broker.list_fills(after=start):
                 if f.order_id in out:

@@ -373,3 +373,31 @@ async def test_a_position_managers_request_runs_a_check_at_once(
         await eventually(lambda: fills_match(role_env), "the fill recovered on request")
         assert role.checker.stats.checks == checks + 1
         assert role.stream.counters.connects == 1
+
+
+async def test_many_orders_missed_are_fetched_in_one_time_window(
+    role_env: RoleEnv, large_broker: Broker
+) -> None:
+    """More incomplete orders than PER_ORDER_MAX: their activities come from one paged
+    time window (filtered by order), not one query per order; every fill stored once."""
+    from ops.roles.fill_check import PER_ORDER_MAX
+
+    sim = role_env.sim
+    role_env.write_config(stream_check_s=0.2, fill_check_s=0.5)
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        sim.faults.mute("large")
+        n = PER_ORDER_MAX + 3
+        for i in range(n):
+            res = await large_broker.submit_order(order_request("AAPL", 10 + i))
+            assert res.outcome == "accepted"
+        await eventually(lambda: len(sim_fills(sim)) == n, f"{n} executions at the broker")
+        queries = role.checker.stats.activity_queries
+        await eventually(lambda: fills_match(role_env), "every fill recovered")
+        assert role.checker.stats.fills_recovered == n
+        # One window query for all of them (a check that started while some were still
+        # filling may add one more): never one activities query per order.
+        assert role.checker.stats.activity_queries - queries <= 2
+        rows = await db_fills(role_env.pg_url)
+        assert len(rows) == len(set(rows)) == n
