@@ -56,6 +56,10 @@ max_qty = 100000
 dispatcher_s = {dispatcher_s}
 position_manager_s = 5
 stream_check_s = 5
+# The fill completeness check must not race the burst either: the benchmark mutes the
+# stream on purpose, and a check in the middle would store the muted fills from the
+# activities API itself. The burst measures the stream's write path alone.
+fill_check_s = 3600
 market_hours_only = false
 
 [credentials]

@@ -136,7 +136,11 @@ def compare(base: Mapping[str, Decimal], base_cut: Cut, snapshot_cut: Cut,
     if agreeing:
         js = [j for _, j in agreeing]
         i, j = agreeing[0]
-        return Comparison(True, Cut(c2s[min(js)], c2s[max(js)]), (),
+        # Candidate j stands for every instant with its prefix: (c2s[j-1], c2s[j]]. The
+        # new baseline's cut spans all of them, so a fill stored later inside that span
+        # (it was not known now) is tried both ways next time, never assumed.
+        lo = c2s[0] if min(js) == 0 else c2s[min(js) - 1] + _TICK
+        return Comparison(True, Cut(lo, c2s[max(js)]), (),
                           _expected(base, p1[i], p2[j]), unverifiable, n2[j] - n1[i])
     # Not agreeing: report the reading with the fewest mismatches; among equals, the one
     # whose snapshots hold the most fills (an ambiguous fill executed just before a
