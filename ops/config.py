@@ -597,6 +597,18 @@ class WatchdogConfig(_Model):
     """supervisord TICK event the watchdog evaluates on."""
     startup_grace_s: Seconds = 15.0
     """A process younger than this is not judged on gaps yet."""
+    failing_after_runs: Annotated[int, Field(ge=1, le=1000)] = 3
+    """A process whose last this many runs failed is `failing` (alive, but not doing its
+    work): the report is degraded, an incident opens and an alert goes out."""
+    failing_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Also `failing`: more than this share of its recent runs (the last 20 that did work,
+    at least 5) failed, the latest one included."""
+    failing_restarts: Annotated[int, Field(ge=0, le=100)] = 2
+    """How many times the watchdog restarts a failing process within
+    `failing_restart_window_s`; then it stops restarting, keeps the incident open and
+    escalates the alert (never a crash loop)."""
+    failing_restart_window_s: Seconds = 600.0
+    """The window `failing_restarts` is counted over."""
 
     @field_validator("gap_bounds_s", mode="before")
     @classmethod

@@ -8,6 +8,8 @@ state, the heartbeat age, the market clock and the account's kill switch into on
     starting            just (re)started: no fresh heartbeat or run yet, within the grace
     stalled             RUNNING but the heartbeat is stale, or no completed run for longer
                         than the gap bound: hung or "alive but not trading"
+    failing             RUNNING and on schedule, but its runs fail (ops.health): alive and
+                        useless, as plainly an alarm as a crash
     paused              the account's kill switch is engaged (an operator decision)
     idle-market-closed  the market is closed: an expected idle, never an alarm
     late                runs complete, but later than the interval allows
@@ -22,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-GapStatus = Literal["ok", "late", "stalled", "idle-market-closed", "paused", "starting", "down"]
+GapStatus = Literal["ok", "late", "stalled", "failing", "idle-market-closed", "paused",
+                   "starting", "down"]
 
 #: How bad each status is: 0 fine, 1 needs watching, 2 needs action.
 SEVERITY: Final[dict[GapStatus, int]] = {
@@ -32,6 +35,7 @@ SEVERITY: Final[dict[GapStatus, int]] = {
     "starting": 1,
     "late": 1,
     "stalled": 2,
+    "failing": 2,
     "down": 2,
 }
 
@@ -51,6 +55,7 @@ class GapInput:
     expected_interval_s: float | None  # None: no periodic job to judge
     market_open: bool | None  # None: unknown (treated as open: never hide a gap)
     paused: bool  # the account's kill switch is engaged
+    failing: bool = False  # its runs fail (ops.health.failing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,8 @@ def gap_status(inp: GapInput, bounds: GapBounds) -> GapStatus:
     hb_fresh = inp.heartbeat_age_s is not None and inp.heartbeat_age_s <= bounds.heartbeat_stale_s
     if not hb_fresh:
         return "starting" if in_grace else "stalled"
+    if inp.failing:
+        return "failing"
     if inp.paused:
         return "paused"
     if inp.expected_interval_s is None:

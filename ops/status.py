@@ -31,6 +31,7 @@ from typing import Any, Literal
 from ops.config import Config, ConfigError, load_config
 from ops.env import RuntimeEnv, runtime_env
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
+from ops.health import process_failure
 from ops.logs import configure_logging
 from ops.models import Heartbeat, RunRecord
 from ops.supervisor import (
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 Overall = Literal["healthy", "degraded", "down"]
 EXIT_CODES: dict[Overall, int] = {"healthy": 0, "degraded": 1, "down": 2}
 #: Process verdicts that make the whole report degraded (all but ok, paused and idle).
-DEGRADING: frozenset[GapStatus] = frozenset({"starting", "late", "stalled", "down"})
+DEGRADING: frozenset[GapStatus] = frozenset({"starting", "late", "stalled", "failing",
+                                             "down"})
 #: Run outcomes that prove the broker clock said "open" when the run happened.
 _OPEN_OUTCOMES = frozenset({"ok", "error", "timeout"})
 #: Roles whose periodic work the account's kill switch holds back.
@@ -70,6 +72,7 @@ class ProcessStatus:
     expected_interval_s: float | None
     status: GapStatus
     uptime_s: float | None = None
+    failure: str | None = None  # when failing: the cause and the last error (ops.health)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +381,7 @@ def _processes(
         if run is not None:
             market_open = (False if run.outcome == "idle-market-closed"
                            else True if run.outcome in _OPEN_OUTCOMES else None)
+        fail = process_failure(config, hb.counters, ident.account) if hb is not None else None
         gi = GapInput(
             state=state, uptime_s=uptime, heartbeats=name not in NO_HEARTBEAT,
             heartbeat_age_s=_age(now, hb.ts) if hb else None,
@@ -386,6 +390,7 @@ def _processes(
             # Only the dispatcher's work (new entries) stops under the kill switch; the
             # stream and the position manager keep working and are judged as usual.
             paused=ident.role in PAUSABLE_ROLES and kill.get(ident.account or "", "off") != "off",
+            failing=fail is not None,
         )
         bounds = GapBounds(wd.heartbeat_stale_for(ident.role), wd.startup_grace_s,
                            wd.gap_bounds_s.get(ident.role))
@@ -393,7 +398,7 @@ def _processes(
             name=name, account=ident.account, role=ident.role, state=state,
             pid=(info.pid or None) if info else None, heartbeat_age_s=gi.heartbeat_age_s,
             last_run_age_s=gi.last_run_age_s, expected_interval_s=interval,
-            status=gap_status(gi, bounds), uptime_s=uptime,
+            status=gap_status(gi, bounds), uptime_s=uptime, failure=fail,
         ))
     return out
 
@@ -406,7 +411,9 @@ def _overall(
         return "down", [f"supervisord is not running ({sup.error})"]
     if processes and all(p.status == "down" for p in processes):
         return "down", ["no process is running"]
-    reasons = [f"{p.name}: {p.status} ({p.state})" for p in processes if p.status in DEGRADING]
+    reasons = [f"{p.name}: failing: {p.failure}" if p.failure and p.status == "failing"
+               else f"{p.name}: {p.status} ({p.state})"
+               for p in processes if p.status in DEGRADING]
     if not db.reachable:
         reasons.append(f"database unreachable, reading from the {db.reads_from} ({db.error})")
     elif db.error:

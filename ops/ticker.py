@@ -96,6 +96,10 @@ class Slot:
     skipped_before: int = 0
 
 
+#: Runs that did work (ok or failed) kept for the failure share (ops.health).
+RECENT_RUNS = 20
+
+
 @dataclass(frozen=True, slots=True)
 class TickerStats:
     """Progress counters for heartbeats and the dashboard."""
@@ -110,6 +114,12 @@ class TickerStats:
     last_outcome: str | None = None
     last_lateness_s: float | None = None
     in_flight: bool = False
+    # Outcome health (ops.health): failed runs in a row (ok resets it; idle and paused
+    # runs do no work and leave it), the last RECENT_RUNS runs that did work and how many
+    # of them failed, and the last failure's text.
+    errors_in_row: int = 0
+    recent: tuple[bool, ...] = ()  # True = failed, oldest first
+    last_error: str | None = None
 
     def counters(self, prefix: str) -> dict[str, CounterValue]:
         """Flat `{prefix.key: value}` for `Heartbeat.counters` (datetimes as ISO text)."""
@@ -124,6 +134,10 @@ class TickerStats:
             "last_outcome": self.last_outcome or "",
             "last_lateness_s": -1.0 if self.last_lateness_s is None else self.last_lateness_s,
             "in_flight": int(self.in_flight),
+            "errors_in_row": self.errors_in_row,
+            "recent_runs": len(self.recent),
+            "recent_errors": sum(self.recent),
+            "last_error": (self.last_error or "")[:300],
         }
         return {f"{prefix}.{k}": v for k, v in out.items()}
 
@@ -393,14 +407,20 @@ class Ticker:
 
     def _account_outcome(self, rec: RunRecord) -> None:
         s = self._stats
+        failed = rec.outcome in (OUTCOME_ERROR, OUTCOME_TIMEOUT)
+        worked = failed or rec.outcome == OUTCOME_OK
         self._stats = replace(
             s,
             in_flight=False,
             last_finished=rec.finished_at,
             last_outcome=rec.outcome,
             runs_ok=s.runs_ok + (rec.outcome == OUTCOME_OK),
-            runs_error=s.runs_error + (rec.outcome in (OUTCOME_ERROR, OUTCOME_TIMEOUT)),
+            runs_error=s.runs_error + failed,
             runs_idle=s.runs_idle + (rec.outcome in (OUTCOME_IDLE, OUTCOME_PAUSED)),
+            errors_in_row=(s.errors_in_row + 1 if failed
+                           else 0 if worked else s.errors_in_row),
+            recent=(s.recent + (failed,))[-RECENT_RUNS:] if worked else s.recent,
+            last_error=rec.error if failed else s.last_error,
         )
 
     def _to_dt(self, mono: float) -> datetime:

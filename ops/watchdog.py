@@ -12,6 +12,12 @@ and the watchdog never disagree about what "stalled" means. On top of it:
 
 - RUNNING + stalled, heartbeat stale or missing  -> kill (SIGKILL; autorestart acts), "hung"
 - RUNNING + stalled, heartbeat fresh, no run     -> kill, "stalled" (alive but not trading)
+- RUNNING + failing (its runs fail: ops.health)  -> incident "failing" naming the cause;
+                                                    graceful restart (SIGTERM) at most
+                                                    `failing_restarts` times within
+                                                    `failing_restart_window_s`, then no more
+                                                    restarts and an escalated alert: never
+                                                    a crash loop
 - BACKOFF, or an unexpected EXITED               -> incident ("crash-loop" / "exited")
 - FATAL                                          -> incident noting FATAL; start attempts
                                                     with a doubling delay
@@ -67,6 +73,8 @@ class Policy:
     kill_retry_s: float = 5.0  # the same pid still RUNNING this long after a kill: kill again
     start_delay_s: float = 30.0  # first start attempt of a FATAL process, then doubling
     start_delay_max_s: float = 600.0
+    failing_restarts: int = 2  # restarts of a failing process within the window, then none
+    failing_window_s: float = 600.0
 
     @classmethod
     def from_config(cls, wd: WatchdogConfig) -> Policy:
@@ -78,6 +86,8 @@ class Policy:
             gap_bounds_s=dict(wd.gap_bounds_s),
             heartbeat_stale_by_role_s=dict(wd.heartbeat_stale_by_role_s),
             settle_s=wd.startup_grace_s + wd.heartbeat_stale_s,
+            failing_restarts=wd.failing_restarts,
+            failing_window_s=wd.failing_restart_window_s,
         )
 
     def stale_for(self, role: str) -> float:
@@ -104,6 +114,7 @@ class Observed:
     # waiting-lock, building): no runs are due yet, e.g. while it waits for its singleton
     # lock during a Postgres outage. Judged on its heartbeat only, never on runs.
     booting: bool = False
+    failure: str | None = None  # failing (ops.health.describe): the cause, the last error
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +148,8 @@ class Tracked:
     fatal_seen: bool = False
     start_attempts: int = 0
     next_start_at: float | None = None
+    failing_restarts: tuple[float, ...] = ()  # when it was restarted for failing
+    escalated: bool = False  # failing past its restarts: the alert escalated once
 
 
 WatchState = Mapping[str, Tracked]
@@ -144,6 +157,16 @@ WatchState = Mapping[str, Tracked]
 
 @dataclass(frozen=True, slots=True)
 class Kill:
+    process: str
+    qualified: str
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """A graceful restart (SIGTERM; supervisord's autorestart starts it again)."""
+
     process: str
     qualified: str
     pid: int
@@ -195,7 +218,7 @@ class CloseIncident:
     account: str | None = None
 
 
-Action = Kill | Start | OpenIncident | BumpIncident | NoteIncident | CloseIncident
+Action = Kill | Restart | Start | OpenIncident | BumpIncident | NoteIncident | CloseIncident
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +245,7 @@ def observe(
     paused: bool,
     heartbeats: bool,
     now: datetime,
+    failure: str | None = None,
 ) -> Observed:
     """Fold supervisord's info, the heartbeat and the last run into an `Observed`.
 
@@ -246,11 +270,13 @@ def observe(
         expected_interval_s=expected_interval_s,
         market_open=market_open,
         paused=paused,
+        failing=heartbeat is not None and failure is not None,
     )
     phase = heartbeat.counters.get("phase") if heartbeat is not None else None
     return Observed(name=name, qualified=qualified, account=account, role=role, gap=gap,
                     pid=pid, exitstatus=exitstatus, spawnerr=spawnerr,
-                    booting=isinstance(phase, str) and phase != "running")
+                    booting=isinstance(phase, str) and phase != "running",
+                    failure=failure if heartbeat is not None else None)
 
 
 def _age(v: float | None) -> str:
@@ -413,6 +439,8 @@ def _decide_one(
             st = replace(st, killed_pid=p.pid, killed_at=now)
             trouble(kind, detail, 1)
         return st
+    if state == "RUNNING" and status == "failing":
+        return _decide_failing(p, st, policy, now, actions)
     if crashes:
         e = crashes[-1]
         trouble("exited", f"exited unexpectedly from {e.from_state} "
@@ -446,7 +474,7 @@ def _decide_one(
         # STOPPED is an operator's decision (supervisorctl stop): expected, not an alarm.
         since = st.healthy_since if st.healthy_since is not None else now
         st = replace(st, healthy_since=since, fatal_seen=False, start_attempts=0,
-                     next_start_at=None)
+                     next_start_at=None, escalated=False)
         if st.incident is not None and (now - since >= policy.settle_s
                                         or state == "STOPPED"):
             inc = st.incident
@@ -458,6 +486,48 @@ def _decide_one(
         return st
     # starting / late / transient states: no verdict yet, and not healthy either.
     return replace(st, healthy_since=None)
+
+
+def _decide_failing(
+    p: Observed, st: Tracked, policy: Policy, now: float, actions: list[Action],
+) -> Tracked:
+    """Alive but failing its runs: one incident naming the cause; a graceful restart (a
+    stuck pool or session may be the cause) at most `failing_restarts` times within the
+    window; after that no more restarts, and the alert escalates once."""
+    key = incident_key(p.name)
+    detail = f"failing: {p.failure or 'its runs fail'}"
+    st = replace(st, healthy_since=None)
+    if st.incident is None:
+        actions.append(OpenIncident(key, "failing", p.name, p.account, detail))
+        st = replace(st, incident=IncidentMemo(key, "failing", now, account=p.account))
+    elif st.incident.kind != "failing":
+        # Already open for something else (an exit, a hang): say what it is now, once.
+        actions.append(NoteIncident(key, p.name, detail))
+        st = replace(st, incident=replace(st.incident, kind="failing"))
+    recent = tuple(t for t in st.failing_restarts if now - t < policy.failing_window_s)
+    just_restarted = (st.killed_pid == p.pid and st.killed_at is not None
+                      and now - st.killed_at < policy.kill_retry_s)
+    if just_restarted:
+        return replace(st, failing_restarts=recent)
+    if len(recent) < policy.failing_restarts:
+        n = len(recent) + 1
+        why = (f"{detail}; restarted pid {p.pid} (restart {n} of {policy.failing_restarts} "
+               f"within {policy.failing_window_s:.0f}s)")
+        actions.append(Restart(p.name, p.qualified, p.pid, why))
+        actions.append(BumpIncident(key, p.name, why))
+        memo = st.incident
+        return replace(st, killed_pid=p.pid, killed_at=now, failing_restarts=(*recent, now),
+                       incident=None if memo is None else replace(memo,
+                                                                  restarts=memo.restarts + 1))
+    if not st.escalated:
+        actions.append(NoteIncident(
+            key, p.name,
+            f"ESCALATED: {p.name} still failing after {len(recent)} restart(s) within "
+            f"{policy.failing_window_s:.0f}s; the watchdog no longer restarts it (a restart "
+            f"does not fix this) and keeps the incident open until it recovers: "
+            f"{p.failure or 'its runs fail'}"))
+        return replace(st, escalated=True, failing_restarts=recent)
+    return replace(st, failing_restarts=recent)
 
 
 def decide_database(

@@ -166,6 +166,32 @@ def test_status_through_supervisord(stack_home: Path, pg_url: str, config: Confi
                 "tiny-dispatcher"}
             assert next(a for a in report.accounts if a.name == "tiny").kill_switch == "halt"
 
+            # Alive, on schedule, every run failing: `failing`, the cause in words.
+            pid = next(p.pid for p in client.processes() if p.name == "large-position-manager")
+            err = ("BrokerApiError: list positions: request is not authorized "
+                   "(HTTP 401, code 40110000)")
+            await store.heartbeat(Heartbeat(
+                process="large-position-manager", account="large", role="position-manager",
+                pid=pid, ts=datetime.now(UTC), started_at=datetime.now(UTC), counters={
+                    "position-manager.errors_in_row": 3, "position-manager.recent_runs": 3,
+                    "position-manager.recent_errors": 3,
+                    "position-manager.last_error": err}))
+            report = await collect_status(env, config, store=store)
+            assert report.status == "degraded", render_text(report)
+            failing = next(p for p in report.processes if p.name == "large-position-manager")
+            assert failing.status == "failing" and failing.state == "RUNNING"
+            assert failing.failure is not None and failing.failure.startswith(
+                "the broker rejected large's API key (401): rotate the secret "
+                "ops-pipeline/alpaca")
+            assert any(r.startswith("large-position-manager: failing: the broker rejected")
+                       for r in report.reasons)
+            assert report.to_json()["processes"][
+                [p.name for p in report.processes].index("large-position-manager")
+            ]["status"] == "failing"
+            await _report_all(store, client, config)  # a good run: healthy at once
+            report = await collect_status(env, config, store=store)
+            assert report.status == "healthy", render_text(report)
+
             # An open incident and a stopped process make it degraded, naming both.
             await store.open_incident("drift", detail="AAPL 10 vs 0", account="large")
             await asyncio.to_thread(client.stop, "large:large-dispatcher")

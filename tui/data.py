@@ -24,6 +24,7 @@ from typing import Any
 from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
+from ops.health import process_failure
 from ops.models import OptionSymbol
 from ops.status import (
     NO_HEARTBEAT,
@@ -144,6 +145,7 @@ class ProcessRow:
     paused: bool
     bounds: GapBounds
     restarts_today: int
+    failure: str | None = None  # failing (ops.health): the cause and the last error
 
     def uptime_s(self, now: datetime) -> float | None:
         return _age(now, self.started_at)
@@ -169,7 +171,7 @@ class ProcessRow:
             heartbeat_age_s=self.heartbeat_age_s(now),
             last_run_age_s=self.last_run_age_s(now),
             expected_interval_s=self.expected_interval_s, market_open=self.market_open,
-            paused=self.paused,
+            paused=self.paused, failing=self.failure is not None,
         ), self.bounds)
 
 
@@ -533,12 +535,18 @@ class DashboardData:
                 bounds=GapBounds(wd.heartbeat_stale_for(ident.role), wd.startup_grace_s,
                                  wd.gap_bounds_s.get(ident.role)),
                 restarts_today=restarts.get(name, 0),
+                failure=_failure(self.config, ident, hb if hb_at is not None else None),
             ))
         return tuple(out)
 
 
 async def _none() -> None:
     return None
+
+
+def _failure(config: Config, ident: Identity, hb: Any) -> str | None:
+    """The process's failure from its heartbeat counters, as `ops status` judges it."""
+    return None if hb is None else process_failure(config, hb.counters, ident.account)
 
 
 def _position_row(sp: Any) -> PositionRow:

@@ -16,6 +16,7 @@ STATUS_WORD: dict[GapStatus, str] = {
     "ok": "ok",
     "late": "late",
     "stalled": "stalled",
+    "failing": "failing",
     "idle-market-closed": "idle",
     "paused": "paused",
     "starting": "starting",
@@ -25,13 +26,14 @@ STATUS_SYMBOL: dict[GapStatus, str] = {
     "ok": "✓",
     "late": "!",
     "stalled": "✗",
+    "failing": "✗",
     "idle-market-closed": "·",
     "paused": "‖",
     "starting": "…",
     "down": "✗",
 }
 #: Statuses that need a human: shown in capitals so monochrome terminals shout too.
-ALARMING: frozenset[GapStatus] = frozenset({"late", "stalled", "down"})
+ALARMING: frozenset[GapStatus] = frozenset({"late", "stalled", "failing", "down"})
 
 
 def status_text(status: GapStatus) -> str:

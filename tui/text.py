@@ -14,7 +14,7 @@ from datetime import datetime
 from tui import format as f
 from tui.data import DashboardState, describe_symbol
 
-_ORDER = ("ok", "idle", "paused", "starting", "late", "stalled", "down")
+_ORDER = ("ok", "idle", "paused", "starting", "late", "stalled", "failing", "down")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,8 @@ class StaleInfo:
 
 def summary_line(state: DashboardState, now: datetime, account: str | None) -> str:
     statuses = Counter(f.STATUS_WORD[p.status_at(now)] for p in state.processes)
-    procs = " · ".join(f"{n} {word.upper() if word in ('late', 'stalled', 'down') else word}"
+    loud = ("late", "stalled", "failing", "down")
+    procs = " · ".join(f"{n} {word.upper() if word in loud else word}"
                        for word, n in sorted(statuses.items(),
                                              key=lambda kv: _ORDER.index(kv[0])))
     n_open = sum(1 for i in state.incidents if i.is_open)
@@ -56,6 +57,8 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
     if stale is not None:
         lines.append(f"⚠ STALE: refresh failing for {f.age(f.since(now, stale.since))}: "
                      f"{stale.error}")
+    lines += [f"✗ {p.name} FAILING: {p.failure}" for p in state.processes
+              if p.failure is not None and p.status_at(now) == "failing"]
     lines += [f"! {p}" for p in state.problems]
     return lines
 

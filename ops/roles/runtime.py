@@ -569,6 +569,7 @@ class RoleRuntime:
         self.lock_status = LockStatus()
         self.phase = "starting"
         self.bind_failures = 0
+        self.bind_error = ""
         self.daemon: Daemon | None = None
         self.services: list[Service] = []  # everything the daemon runs, once built
         self.config_watcher: _ConfigWatcher | None = None
@@ -591,6 +592,11 @@ class RoleRuntime:
 
     def counters(self) -> dict[str, CounterValue]:
         out: dict[str, CounterValue] = {"phase": self.phase, "lock": self.lock_status.state}
+        if self.phase == "binding":
+            # Outcome health (ops.health): each failed binding attempt counts as a failed
+            # run (a revoked key keeps a restarted process here, heartbeating).
+            out["binding.errors_in_row"] = self.bind_failures
+            out["binding.last_error"] = self.bind_error[:300]
         if self.store is not None:
             out["store.replayed"] = self.store.replayed
             out["store.db_reachable"] = int(self.store.database_reachable)
@@ -717,6 +723,7 @@ class RoleRuntime:
                 # outage; waiting here keeps the heartbeat going and says why.
                 delay = next(delays)
                 self.bind_failures += 1
+                self.bind_error = f"{type(exc).__name__}: {exc}"
                 log.warning("account binding failed (%s); retrying in %.1fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):

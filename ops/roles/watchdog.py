@@ -56,6 +56,7 @@ from ops.alerts import (
 )
 from ops.config import Config, ConfigError, ConfigReloader, load_config
 from ops.env import RuntimeEnv, runtime_env
+from ops.health import process_failure
 from ops.metrics import (
     AccountMetrics,
     MetricsExporter,
@@ -77,6 +78,7 @@ from ops.watchdog import (
     OpenIncident,
     Policy,
     ProcessEvent,
+    Restart,
     Start,
     Tracked,
     adopt_open,
@@ -375,10 +377,11 @@ class Watchdog:
         self.trigger()
 
     def healthy(self) -> bool:
-        """For the dead-man ping: a recent pass, nothing stalled or down, no own incident."""
+        """For the dead-man ping: a recent pass, nothing stalled, failing or down, no own
+        incident."""
         if self.last_pass_ok is None or time.monotonic() - self.last_pass_ok > 10.0:
             return False
-        if any(s in ("stalled", "down") for s in self.statuses.values()):
+        if any(s in ("stalled", "failing", "down") for s in self.statuses.values()):
             return False
         return not any(t.incident is not None for t in self.state.values())
 
@@ -501,6 +504,7 @@ class Watchdog:
                 expected_interval_s=expected_interval(self.config, account, role),
                 paused=bool(account and inputs.paused.get(account)),
                 heartbeats=info.name not in NO_HEARTBEAT, now=now,
+                failure=self._failure(hb, account),
             ))
         events, self.events = self.events, []
         decision = decide(observed, events, self.state, self.policy, now.timestamp())
@@ -533,6 +537,10 @@ class Watchdog:
             self.state.pop(DATABASE, None)
         return actions
 
+    def _failure(self, hb: Heartbeat | None, account: str | None) -> str | None:
+        """Failing, as `ops status` judges it (ops.health), with the cause in words."""
+        return None if hb is None else process_failure(self.config, hb.counters, account)
+
     # --- actions ---------------------------------------------------------------------------
 
     async def _act(self, action: Action, now: datetime) -> None:
@@ -540,6 +548,11 @@ class Watchdog:
             log.warning("watchdog: SIGKILL %s (pid %d): %s", action.qualified, action.pid,
                         action.reason)
             await self._rpc(self.sup.signal, action.qualified, "KILL")
+            self.restarts[action.process] = self.restarts.get(action.process, 0) + 1
+        elif isinstance(action, Restart):
+            log.warning("watchdog: restarting %s (SIGTERM pid %d): %s", action.qualified,
+                        action.pid, action.reason)
+            await self._rpc(self.sup.signal, action.qualified, "TERM")
             self.restarts[action.process] = self.restarts.get(action.process, 0) + 1
         elif isinstance(action, Start):
             log.warning("watchdog: starting %s: %s", action.qualified, action.reason)

@@ -128,6 +128,32 @@ async def test_job_error_recorded_and_next_slot_runs(caplog: pytest.LogCaptureFi
     assert ticker.stats().runs_error == 1
 
 
+async def test_outcome_health_counters_for_the_failing_verdict() -> None:
+    """errors_in_row counts failed runs in a row and a good run resets it; the recent
+    window keeps how many of the last runs failed; the heartbeat carries all of it."""
+    ledger = MemoryLedger()
+    calls = 0
+    seen: list[tuple[int, int, int]] = []
+    ticker: Ticker
+
+    async def job(slot: Slot) -> None:
+        nonlocal calls
+        calls += 1
+        s = ticker.stats()
+        seen.append((s.errors_in_row, len(s.recent), sum(s.recent)))
+        if calls in (1, 2, 3, 5):
+            raise RuntimeError(f"failure {calls}")
+
+    ticker = make(job, 0.02, ledger)
+    async with running(ticker):
+        await wait_until(lambda: len(ledger.finals()) >= 6)
+    # What each run saw of the runs before it.
+    assert seen[:6] == [(0, 0, 0), (1, 1, 1), (2, 2, 2), (3, 3, 3), (0, 4, 3), (1, 5, 4)]
+    c = ticker.counters()
+    assert c["t.errors_in_row"] == 0 and c["t.recent_errors"] == 4
+    assert c["t.last_error"] == "RuntimeError: failure 5"
+
+
 async def test_running_record_then_final() -> None:
     ledger = MemoryLedger()
     ticker = make(lambda s: asyncio.sleep(0), 0.02, ledger)

@@ -19,6 +19,7 @@ from ops.watchdog import (
     OpenIncident,
     Policy,
     ProcessEvent,
+    Restart,
     Start,
     Tracked,
     WatchState,
@@ -403,3 +404,77 @@ def test_a_role_with_its_own_stale_bound_is_judged_on_it() -> None:
     assert kinds(d.actions) == ["Kill", "OpenIncident", "BumpIncident"]
     opened = d.actions[1]
     assert isinstance(opened, OpenIncident) and "(bound 12s)" in opened.detail
+
+
+# --- failing: alive, on schedule, every run failing ----------------------------------------
+
+FAILURE = ("the broker rejected large's API key (401): rotate the secret ops-pipeline/alpaca "
+           "(its last 3 dispatcher run(s) failed; last error: BrokerApiError: ...)")
+FAILING_POLICY = Policy(heartbeat_stale_s=5.0, startup_grace_s=15.0, settle_s=20.0,
+                        failing_restarts=2, failing_window_s=600.0)
+
+
+def failing_proc(pid: int = 100, failure: str | None = FAILURE) -> Observed:
+    return Observed(name="large-dispatcher", qualified="large:large-dispatcher",
+                    account="large", role="dispatcher", gap=_gap(failing=failure is not None),
+                    pid=pid, exitstatus=0, failure=failure)
+
+
+def _gap(*, failing: bool) -> GapInput:
+    return GapInput(state="RUNNING", uptime_s=100.0, heartbeats=True, heartbeat_age_s=1.0,
+                    last_run_age_s=1.0, expected_interval_s=2.0, market_open=True,
+                    paused=False, failing=failing)
+
+
+def test_a_failing_process_opens_one_incident_naming_the_cause_and_is_restarted() -> None:
+    d = decide([failing_proc()], [], {}, FAILING_POLICY, now=1000.0)
+    assert d.statuses["large-dispatcher"] == "failing"
+    assert kinds(d.actions) == ["OpenIncident", "Restart", "BumpIncident"]
+    opened = d.actions[0]
+    assert isinstance(opened, OpenIncident) and opened.kind == "failing"
+    assert "rotate the secret ops-pipeline/alpaca" in opened.detail
+    restart = d.actions[1]
+    assert isinstance(restart, Restart) and restart.pid == 100
+    assert "restart 1 of 2" in restart.reason
+
+
+def test_failing_restarts_are_bounded_then_the_alert_escalates_no_crash_loop() -> None:
+    """Five minutes of a process that fails whatever happens, observed every 5 s: at most
+    `failing_restarts` restarts, one escalation, the incident stays open throughout."""
+    state: WatchState = {}
+    restarts = escalations = opened = 0
+    pid = 100
+    for i in range(60):  # 300 s
+        d = decide([failing_proc(pid=pid)], [], state, FAILING_POLICY, now=1000.0 + 5 * i)
+        state = d.state
+        for a in d.actions:
+            if isinstance(a, Restart):
+                restarts += 1
+                pid += 1  # supervisord starts a new pid
+            elif isinstance(a, NoteIncident) and a.detail.startswith("ESCALATED"):
+                escalations += 1
+            elif isinstance(a, OpenIncident):
+                opened += 1
+            assert not isinstance(a, CloseIncident | Kill)
+    assert (restarts, escalations, opened) == (2, 1, 1)
+    assert state["large-dispatcher"].incident is not None
+
+
+def test_a_fixed_process_closes_its_failing_incident_after_settling() -> None:
+    d = decide([failing_proc()], [], {}, FAILING_POLICY, now=1000.0)
+    d = decide([failing_proc(pid=101, failure=None)], [], d.state, FAILING_POLICY, now=1010.0)
+    assert d.statuses["large-dispatcher"] == "ok" and d.actions == []
+    d = decide([failing_proc(pid=101, failure=None)], [], d.state, FAILING_POLICY, now=1031.0)
+    assert kinds(d.actions) == ["CloseIncident"]
+    closed = d.actions[0]
+    assert isinstance(closed, CloseIncident) and closed.kind == "failing"
+    assert closed.restarts == 1
+
+
+def test_failing_on_top_of_an_open_incident_says_so_once() -> None:
+    d = decide([proc(hb=6.0)], [], {}, FAILING_POLICY, now=1000.0)  # hung: killed
+    d = decide([failing_proc(pid=101)], [], d.state, FAILING_POLICY, now=1010.0)
+    notes = [a for a in d.actions if isinstance(a, NoteIncident)]
+    assert len(notes) == 1 and notes[0].detail.startswith("failing: the broker rejected")
+    d = decide([failing_proc(pid=101)], [], d.state, FAILING_POLICY, now=1015.0)
+    assert not [a for a in d.actions if isinstance(a, NoteIncident)]

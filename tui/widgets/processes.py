@@ -28,8 +28,8 @@ class ProcessesTable(KeyedTable):
         ("uptime", "Up"), ("restarts", "Restarts"), ("account", "Account"), ("role", "Role"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "status--ok", "status--late", "status--stalled", "status--idle", "status--paused",
-        "status--starting", "status--down",
+        "status--ok", "status--late", "status--stalled", "status--failing", "status--idle",
+        "status--paused", "status--starting", "status--down",
     }
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
