@@ -1,9 +1,13 @@
 """TradeStream against the real simulator's trade_updates WebSocket (alpaca-py's
-TradingStream underneath): delivery, tolerant parsing, reconnect hook, clean stop."""
+TradingStream underneath): delivery, tolerant parsing, reconnect hook, clean stop, and
+the connectivity state machine (connecting / authenticating / connected / refused /
+disconnected) as it really happens: drops, refused authentication, the one-connection-
+per-key limit, forced reconnects, the backoff reset of a lasting connection."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -11,6 +15,13 @@ from decimal import Decimal
 import pytest
 
 from ops.broker import Broker, TradeStream
+from ops.broker.stream import (
+    Connectivity,
+    StreamRefused,
+    StreamState,
+    classify_failure,
+    refusal_kind,
+)
 from ops.models import OrderRequest, Side, TradeUpdate
 from ops.sim import Simulator
 from tests.frames import burst_fill
@@ -189,6 +200,9 @@ async def test_forced_reconnect_of_a_muted_stream(
     sim.faults.mute("large")  # connected, answering pings, sending nothing (section 6.1)
     assert await ts.reconnect() is True
     await eventually(lambda: rec.connects == 2, "on_connect after a forced reconnect")
+    snap = ts.connectivity()
+    assert snap.forced_reconnects == 1 and snap.drops == 0  # ours, not the broker's
+    assert snap.connected and snap.drop_times == ()
     sim.faults.unmute("large")
     oid = await buy_market(broker, "s-unmuted")
     await eventually(lambda: "fill" in rec.events(oid), "fill after the forced reconnect")
@@ -217,6 +231,9 @@ async def test_bad_keys_never_connect_and_are_counted(sim: Simulator) -> None:
         assert rec.connects == 0 and ts.counters.connects == 0
         err = ts.counters.last_connect_error or ""
         assert "authenticate" in err and "badkey1234" not in err and "badsecret" not in err
+        snap = ts.connectivity()
+        assert snap.state is StreamState.REFUSED and snap.refusal_kind == "auth"
+        assert snap.refusal == "unauthorized: access key verification failed"
     finally:
         await ts.stop()
 
@@ -274,3 +291,146 @@ async def test_a_burst_arrives_whole_in_order_with_each_frames_text(
     # The loop was never starved: the other task ran while the burst was being received.
     assert any(0 < k < n for k in seen_while_receiving)
     assert ts.counters.bad_messages == 0 and ts.counters.updates == n
+
+
+@dataclass
+class States:
+    seen: list[Connectivity] = field(default_factory=list)
+
+    def __call__(self, snap: Connectivity) -> None:
+        self.seen.append(snap)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.state.value for c in self.seen]
+
+
+async def test_connectivity_follows_connect_drop_and_reconnect(
+    sim: Simulator, broker: Broker
+) -> None:
+    rec, states = Recorder(), States()
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                     rec.on_connect, on_state=states)
+    assert ts.connectivity().state is StreamState.DISCONNECTED  # not started
+    await ts.start()
+    try:
+        await eventually(lambda: rec.connects == 1, "connected")
+        assert states.names == ["connecting", "authenticating", "connected"]
+        up = ts.connectivity()
+        assert up.connected and up.down_since is None and up.down_for(time.monotonic()) == 0
+        assert up.error is None and up.refusal is None and up.connects == 1
+
+        assert await sim.faults.drop_streams("large") == 1
+        await eventually(lambda: rec.connects == 2, "reconnected after the drop")
+        assert states.names[3:] == ["disconnected", "connecting", "authenticating",
+                                    "connected"]
+        dropped = states.seen[3]
+        assert dropped.down_since is not None and dropped.drops == 1
+        assert dropped.error is not None and "1011" in dropped.error
+        snap = ts.connectivity()
+        assert snap.connected and snap.drops == 1 and snap.connects == 2
+        assert snap.last_drop is not None and "1011" in snap.last_drop
+        assert snap.drops_within(60, time.monotonic()) == 1
+        assert snap.drops_within(60, time.monotonic() + 120) == 0
+        assert snap.failures == snap.refusals == snap.forced_reconnects == 0
+    finally:
+        await ts.stop()
+    assert ts.connectivity().state is StreamState.DISCONNECTED
+    assert ts.connectivity().drops == 1  # stopping is not a drop
+
+
+async def test_refused_authentication_is_a_state_that_keeps_the_brokers_reason(
+    sim: Simulator
+) -> None:
+    spec = sim.account("large")
+    sim.faults.refuse_auth("large")  # the stream refuses the key REST still accepts
+    rec, states = Recorder(), States()
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                     rec.on_connect, on_state=states)
+    await ts.start()
+    try:
+        await eventually(lambda: ts.connectivity().refusals >= 1, "a refusal")
+        snap = ts.connectivity()
+        assert snap.state is StreamState.REFUSED and snap.refusal_kind == "auth"
+        assert snap.refusal == snap.last_refusal == (
+            "unauthorized: access key verification failed")
+        assert snap.down_since is not None and snap.connects == 0
+        assert states.names[:3] == ["connecting", "authenticating", "refused"]
+        texts = [snap.refusal, snap.error, ts.counters.last_connect_error]
+        assert not any(spec.key_id in (t or "") or spec.secret in (t or "") for t in texts)
+
+        sim.faults.refuse_auth("large", on=False)
+        # alpaca-py retries with backoff (0.5..1 s, then 1..2 s, ...).
+        await eventually(lambda: rec.connects == 1, "connected once the refusal is lifted")
+        snap = ts.connectivity()
+        assert snap.connected and snap.refusal is None and snap.refusal_kind is None
+        assert snap.last_refusal == "unauthorized: access key verification failed"
+        assert snap.drops == 0  # refusals are not drops
+    finally:
+        await ts.stop()
+
+
+async def test_a_second_connection_for_the_key_is_refused_by_the_connection_limit(
+    sim: Simulator, stream: tuple[TradeStream, Recorder]
+) -> None:
+    first, _ = stream
+    rec = Recorder()
+    second = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update,
+                         rec.on_bad_message, rec.on_connect)
+    await second.start()
+    try:
+        await eventually(lambda: second.connectivity().refusals >= 1, "the second refused")
+        snap = second.connectivity()
+        assert snap.state is StreamState.REFUSED
+        assert snap.refusal_kind == "connection-limit"
+        assert snap.refusal is not None and "connection limit exceeded" in snap.refusal
+        assert first.connectivity().connected and rec.connects == 0
+    finally:
+        await second.stop()
+
+
+async def test_a_lasting_connection_resets_the_reconnect_backoff(
+    sim: Simulator
+) -> None:
+    """alpaca-py resets its backoff only when a trade update arrived: a quiet account's
+    stream would wait longer after every drop (1, 2, 4, ... 30 s) however long each
+    connection lasted. With `stable_s`, a connection up that long counts as a success."""
+    rec = Recorder()
+    ts = TradeStream(endpoints(sim), creds(sim, "large"), rec.on_update, rec.on_bad_message,
+                     rec.on_connect, stable_s=0.3)
+    await ts.start()
+    try:
+        await eventually(lambda: rec.connects == 1, "connected")
+        for n in range(2, 6):
+            await eventually(lambda: ts.connectivity().state_age(time.monotonic()) > 1.5,
+                             "up longer than stable_s and the 1 s read poll")
+            await sim.faults.drop_streams("large")
+            dropped = time.monotonic()
+            await eventually(lambda n=n: rec.connects == n, f"reconnect #{n}")  # type: ignore[misc]
+            # First-retry backoff is 0.5..1 s; without the reset the 4th would be 4..8 s.
+            assert time.monotonic() - dropped < 1.6, n
+        assert ts.connectivity().drops == 4
+    finally:
+        await ts.stop()
+
+
+class _Status(Exception):
+    def __init__(self, status_code: int) -> None:
+        super().__init__(f"server rejected WebSocket connection: HTTP {status_code}")
+        self.status_code = status_code
+
+
+def test_failures_are_classified_refused_or_disconnected() -> None:
+    assert classify_failure(_Status(429)) == (
+        StreamState.REFUSED, "connection limit exceeded (HTTP 429 at upgrade)")
+    assert classify_failure(_Status(401)) == (
+        StreamState.REFUSED, "HTTP 401 at upgrade (key refused)")
+    assert classify_failure(_Status(503)) == (StreamState.DISCONNECTED, "HTTP 503 at upgrade")
+    assert classify_failure(ConnectionRefusedError(111, "Connect call failed")) == (
+        StreamState.DISCONNECTED, "ConnectionRefusedError: [Errno 111] Connect call failed")
+    assert classify_failure(StreamRefused("unauthorized")) == (
+        StreamState.REFUSED, "unauthorized")
+    assert refusal_kind("connection limit exceeded (HTTP 429 at upgrade)") == "connection-limit"
+    assert refusal_kind("your connection is rejected while another connection is open "
+                        "under the same account") == "connection-limit"
+    assert refusal_kind("unauthorized: access key verification failed") == "auth"
