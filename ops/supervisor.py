@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shlex
 import sys
 import xmlrpc.client
@@ -312,8 +313,20 @@ class SupervisorClient:
         text, _offset, _overflow = self._call("tailProcessStdoutLog", name, 0, length)
         return str(text)
 
+    def exit_causes(self, length: int = 32768) -> dict[str, str]:
+        """How each process last exited, from supervisord's own log (its `exited: NAME
+        (terminated by SIGKILL; not expected)` lines, newest wins): name -> "terminated by
+        SIGKILL" / "exit status 1". The EXITED event carries no status, and by the time it
+        is read the restarted process's info says nothing of the exit."""
+        text = str(self._call("readLog", -length, 0))
+        return {m["name"]: m["how"] for m in _EXITED.finditer(text)}
+
     def shutdown(self) -> bool:
         return bool(self._call("shutdown"))
+
+
+_EXITED = re.compile(r"exited: (?P<name>\S+) \((?P<how>[^;()]+(?:\([^)]*\))?)"
+                     r"; (?:not )?expected\)")
 
 
 def running_as_root() -> bool:

@@ -126,6 +126,9 @@ class ProcessEvent:
     to_state: str  # RUNNING, BACKOFF, EXITED, FATAL, ...
     expected: bool | None = None  # EXITED only: exit code listed in `exitcodes`
     pid: int | None = None
+    # EXITED only: how, from supervisord's log ("terminated by SIGKILL", "exit status 1");
+    # the event itself carries no status (SupervisorClient.exit_causes).
+    how: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,8 +446,10 @@ def _decide_one(
         return _decide_failing(p, st, policy, now, actions)
     if crashes:
         e = crashes[-1]
-        trouble("exited", f"exited unexpectedly from {e.from_state} "
-                          f"(exit status {p.exitstatus}); autorestart", len(crashes))
+        how = e.how or "how unknown: supervisord's log does not say"
+        trouble("exited", f"exited unexpectedly from {e.from_state} ({how}"
+                          f"{'' if e.pid is None else f', pid {e.pid}'}); autorestart",
+                len(crashes))
     if backoffs:
         trouble("crash-loop", f"BACKOFF: exited before it counted as started "
                               f"({p.spawnerr or 'exit status ' + str(p.exitstatus)})",

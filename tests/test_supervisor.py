@@ -101,3 +101,19 @@ def test_no_embedded_helpers_in_production(tmp_path: Path) -> None:
 def test_env_values_with_quotes_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="OPS_DATABASE_URL must not contain a double quote"):
         render(_env(tmp_path, 'postgresql://u:"x@db/ops'), StackSpec(accounts=[]))
+
+
+def test_exit_causes_are_read_from_supervisords_own_log_lines() -> None:
+    from ops.supervisor import _EXITED
+
+    log = "\n".join([
+        "2026-12-05 07:00:01,001 INFO exited: large-stream (terminated by SIGKILL; not "
+        "expected)",
+        "2026-12-05 07:00:02,001 INFO exited: tiny-dispatcher (exit status 1; not expected)",
+        "2026-12-05 07:00:03,001 INFO exited: large-stream (exit status 0; expected)",
+        "2026-12-05 07:00:04,001 INFO exited: sim (terminated by SIGSEGV (core dumped); not "
+        "expected)",
+    ])
+    causes = {m["name"]: m["how"] for m in _EXITED.finditer(log)}
+    assert causes == {"large-stream": "exit status 0", "tiny-dispatcher": "exit status 1",
+                      "sim": "terminated by SIGSEGV (core dumped)"}

@@ -226,10 +226,11 @@ class RoleContext:
         except Exception:
             log.exception("could not record incident %s", kind)
 
-    async def resolve(self, dedupe_key: str) -> None:
-        """Close the open incident with that dedupe key (a no-op if none is open)."""
+    async def resolve(self, dedupe_key: str, reason: str | None = None) -> None:
+        """Close the open incident with that dedupe key (a no-op if none is open), saying
+        why its condition cleared."""
         try:
-            await self.store.close_incident(dedupe_key=dedupe_key)
+            await self.store.close_incident(dedupe_key=dedupe_key, reason=reason)
         except Exception:
             log.exception("could not close incident %s", dedupe_key)
 
@@ -436,6 +437,12 @@ class _ControlWatcher:
                     await self._stop.wait()
 
 
+def config_invalid_key(path: Path | str) -> str:
+    """One `config-invalid` incident per config file, whichever processes refuse it (they
+    are listed in the incident's `seen_by`)."""
+    return f"config-invalid:{Path(path).resolve()}"
+
+
 class _ConfigWatcher:
     """Hot reload: watches the config file's directory, validates, applies or refuses."""
 
@@ -462,7 +469,8 @@ class _ConfigWatcher:
                 self.invalid = True
                 self.refused += 1
                 await self.ctx.incident("config-invalid", f"config change refused, the "
-                                        f"previous config stays in force:\n{error}")
+                                        f"previous config stays in force:\n{error}",
+                                        dedupe_key=config_invalid_key(self.reloader.path))
             return
         if new is None:
             return
@@ -475,14 +483,16 @@ class _ConfigWatcher:
                 self.invalid = True
                 self.refused += 1
                 await self.ctx.incident("config-invalid", f"{self.reloader.path}: {problem}; "
-                                        "the previous config stays in force")
+                                        "the previous config stays in force",
+                                        dedupe_key=config_invalid_key(self.reloader.path))
             return
         self._note_restart_only(new)
         self.reloads += 1
         self.ctx._apply_config(new)
         if self.invalid:
             self.invalid = False
-            await self.ctx.resolve(self.ctx.incident_key("config-invalid"))
+            await self.ctx.resolve(config_invalid_key(self.reloader.path),
+                                   f"a valid config was loaded by {self.ctx.process}")
 
     def _refusal(self, new: Config) -> str | None:
         name = self.ctx.account
@@ -662,11 +672,13 @@ class RoleRuntime:
                 print(f"ops run {self.role}: {exc}", file=sys.stderr)
                 await self._incident("credentials", str(exc))
                 return EXIT_CONFIG
+            await self._cleared("credentials", "credentials loaded at start")
             self.broker = Broker(endpoints_for(acct), creds, broker_settings(config, self.role))
             self.phase = "binding"
             bound = await self._bind(acct)
             if bound is not None:
                 return bound
+            await self._cleared("account-mismatch", "bound to the expected broker account")
 
         self.phase = "waiting-lock"
         self.lock = SingletonLock(self.store.url, self.account, self.role, self.process,
@@ -674,6 +686,7 @@ class RoleRuntime:
         self.lock_status = self.lock.status
         if not await self.lock.acquire(stop=self._stop):
             return EXIT_OK
+        await self._cleared("lock-lost", "the singleton lock is held again")
 
         self.phase = "building"
         self.ctx = RoleContext(env=self.env, role=self.role, account=self.account,
@@ -687,6 +700,10 @@ class RoleRuntime:
             await self._incident("role-build-failed", f"{type(exc).__name__}: {exc}")
             return EXIT_FAILED
         self.ctx._sealed = True
+        await self._cleared("role-build-failed", "the role was built")
+        # The file on disk is valid now (this start read it): an invalid edit is fixed.
+        await self.ctx.resolve(config_invalid_key(self.env.config_path),
+                               f"{self.process} started with a valid config")
         for t in self.ctx.tickers:
             if not any(s is t for s in services):
                 services.append(t)
@@ -732,6 +749,16 @@ class RoleRuntime:
             log.info("bound to broker account %s", info.account_number)
             return None
         return EXIT_OK
+
+    async def _cleared(self, kind: str, reason: str) -> None:
+        """This process got past what once raised its `kind` boot incident: close it."""
+        if self.store is None:
+            return
+        try:
+            await self.store.close_incident(dedupe_key=f"{self.process}:{kind}",
+                                            reason=reason)
+        except Exception:
+            log.exception("could not close incident %s", kind)
 
     async def _incident(self, kind: str, detail: str) -> None:
         if self.store is None:

@@ -57,6 +57,7 @@ from ops.alerts import (
 from ops.config import Config, ConfigError, ConfigReloader, load_config
 from ops.env import RuntimeEnv, runtime_env
 from ops.health import process_failure
+from ops.incidents import SweepPolicy, sweep
 from ops.metrics import (
     AccountMetrics,
     MetricsExporter,
@@ -66,6 +67,7 @@ from ops.metrics import (
     serve,
 )
 from ops.models import Heartbeat, RunRecord
+from ops.store.incidents import open_records
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable
 from ops.watchdog import (
     DATABASE,
@@ -96,6 +98,7 @@ PROCESS_NAME = "watchdog"
 PASS_INTERVAL_S = 1.0  # see the module docstring: the 10 s restart bound needs it
 PASS_TIMEOUT_S = 20.0  # a pass stuck on I/O is abandoned (recorded as a timeout run)
 IO_TIMEOUT_S = 4.0  # every read/write/RPC of a pass
+SWEEP_EVERY_S = 15.0  # the incident sweep (ops/incidents.py) at most this often
 ACTIVITY_EVERY_S = 10.0  # orders/fills today (a heavier query) at most this often
 RELOAD_EVERY_S = 5.0  # config file checked for edits this often
 _LATEST_RUNS_SQL = """
@@ -287,6 +290,16 @@ def _identity(info: ProcessInfo, hb: Heartbeat | None, config: Config) -> tuple[
     return None, info.name
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
 def _kill_switch_on(value: Any) -> bool:
     from ops.status import kill_switch_mode
 
@@ -353,6 +366,7 @@ class Watchdog:
         self._skip_reason: str | None = None
         self._db_down_since: float | None = None
         self._others: dict[str, Any] = {}  # role incidents seen open, by id
+        self._swept_at: float | None = None  # monotonic time of the last incident sweep
         self._activity: dict[str, tuple[int, int]] | None = None
         self._activity_at = 0.0
         self._reloader = ConfigReloader(env.config_path, config)
@@ -507,6 +521,7 @@ class Watchdog:
                 failure=self._failure(hb, account),
             ))
         events, self.events = self.events, []
+        events = await self._exit_causes(events)
         decision = decide(observed, events, self.state, self.policy, now.timestamp())
         self.state = decision.state
         self.statuses = dict(decision.statuses)
@@ -517,6 +532,7 @@ class Watchdog:
                 await self._act(action, now)
             except Exception:
                 log.exception("watchdog: action %s failed", action)
+        await self._sweep(now)
         await self._role_incidents(now)
         self.passes += 1
         self.last_pass_ok = time.monotonic()
@@ -536,6 +552,19 @@ class Watchdog:
         else:
             self.state.pop(DATABASE, None)
         return actions
+
+    async def _exit_causes(self, events: list[ProcessEvent]) -> list[ProcessEvent]:
+        """Unexpected exits with how they ended (a signal, an exit code) from supervisord's
+        log; the events as they are when the log cannot be read."""
+        if not any(e.to_state == "EXITED" and e.expected is False for e in events):
+            return events
+        try:
+            causes = await self._io("supervisord log", asyncio.to_thread(self.sup.exit_causes))
+        except Exception as exc:
+            log.warning("watchdog: cannot read supervisord's log for exit causes: %s", exc)
+            return events
+        return [dataclasses.replace(e, how=causes.get(e.name))
+                if e.to_state == "EXITED" and e.expected is False else e for e in events]
 
     def _failure(self, hb: Heartbeat | None, account: str | None) -> str | None:
         """Failing, as `ops status` judges it (ops.health), with the cause in words."""
@@ -621,6 +650,28 @@ class Watchdog:
                       account=account, detail=detail, opened_at=opened_at,
                       duration_s=duration_s, restarts=restarts, host=self.host)
         await self._io("alert outbox", self.outbox.enqueue(alert, self.sink_names))
+
+    async def _sweep(self, now: datetime) -> None:
+        """Close the incidents whose condition cleared and that nobody else closes
+        (ops/incidents.py): events not seen again, raisers gone. Postgres only, at most
+        every SWEEP_EVERY_S."""
+        from ops.store import is_outage
+
+        if (self._swept_at is not None
+                and time.monotonic() - self._swept_at < SWEEP_EVERY_S):
+            return
+        self._swept_at = time.monotonic()
+        try:
+            records = await self._io("incidents", open_records(self.store.pool))
+        except Exception as exc:
+            if not is_outage(exc):
+                log.exception("watchdog: incident sweep failed")
+            return
+        for s in sweep(records, now=now, host=socket.gethostname(), alive=_pid_alive,
+                       policy=SweepPolicy()):
+            log.warning("INCIDENT CLEARED %s: %s", s.incident_id, s.reason)
+            await self._io("close incident", self.store.close_incident(
+                incident_id=s.incident_id, at=now, reason=s.reason, by=PROCESS_NAME))
 
     async def _role_incidents(self, now: datetime) -> None:
         """Alert on incidents other processes opened (and on their closing)."""

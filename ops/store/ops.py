@@ -502,15 +502,25 @@ def _ctrl_latest(p: Payload) -> list[LatestEntry]:
 _INC_COLS: Cols = (
     ("id", "uuid"), ("kind", "text"), ("process", "text"), ("account", "text"),
     ("detail", "text"), ("opened_at", "timestamptz"), ("restarts", "integer"),
-    ("dedupe_key", "text"),
+    ("dedupe_key", "text"), ("opened_pid", "integer"), ("opened_host", "text"),
+    ("supervised", "boolean"),
 )
-# No conflict target: a replay (same id) and an already-open dedupe_key are both no-ops.
+# A replay (same id) is a no-op. A report of an incident already open under the same
+# dedupe key (one incident per kind and subject) adds its process to `seen_by` and moves
+# `last_seen_at`; the first report's detail stays.
 _INC_OPEN_SQL = f"""
-INSERT INTO incidents ({_names(_INC_COLS)}) VALUES ({_placeholders(_INC_COLS)})
-ON CONFLICT DO NOTHING
+INSERT INTO incidents ({_names(_INC_COLS)}, seen_by, last_seen_at)
+SELECT {_placeholders(_INC_COLS)},
+       CASE WHEN $3::text IS NULL THEN '{{}}'::text[] ELSE ARRAY[$3::text] END,
+       $6::text::timestamptz
+WHERE NOT EXISTS (SELECT 1 FROM incidents WHERE id = $1::text::uuid)
+ON CONFLICT (dedupe_key) WHERE closed_at IS NULL DO UPDATE SET
+    last_seen_at = greatest(incidents.last_seen_at, excluded.last_seen_at),
+    seen_by = CASE WHEN excluded.process IS NULL OR excluded.process = ANY(incidents.seen_by)
+                   THEN incidents.seen_by ELSE incidents.seen_by || excluded.process END
 """
 _INC_CLOSE_SQL = """
-UPDATE incidents SET closed_at = $3::text::timestamptz
+UPDATE incidents SET closed_at = $3::text::timestamptz, close_reason = $4, closed_by = $5
 WHERE closed_at IS NULL AND (id = $1::text::uuid OR dedupe_key = $2)
 """
 # Counter bumps are not idempotent by nature: applied_ops remembers each bump's op id.
@@ -529,7 +539,8 @@ async def _apply_incident_open(conn: asyncpg.Connection, payloads: Sequence[Payl
 
 
 async def _apply_incident_close(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
-    cols: Cols = (("id", "text"), ("dedupe_key", "text"), ("closed_at", "text"))
+    cols: Cols = (("id", "text"), ("dedupe_key", "text"), ("closed_at", "text"),
+                  ("reason", "text"), ("closed_by", "text"))
     return await _executemany(conn, _INC_CLOSE_SQL, payloads, cols)
 
 

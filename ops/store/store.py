@@ -34,6 +34,7 @@ import fcntl
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -808,7 +809,12 @@ class Store:
         await self.write(Op("incident_open", enc({
             "id": new_id, "kind": kind, "process": process, "account": account,
             "detail": detail, "opened_at": at or _now(), "restarts": 0,
-            "dedupe_key": dedupe_key,
+            "dedupe_key": dedupe_key, "opened_pid": os.getpid(),
+            "opened_host": socket.gethostname(),
+            # supervisord sets this in its children's environment: an incident raised by
+            # a process it does not supervise (a hand-run `ops run`) is closed by the
+            # watchdog once that process is gone (ops/incidents.py).
+            "supervised": os.environ.get("SUPERVISOR_ENABLED") == "1",
         })))
         if dedupe_key is None or not self._reachable:
             return new_id
@@ -843,11 +849,16 @@ class Store:
         incident_id: str | None = None,
         dedupe_key: str | None = None,
         at: datetime | None = None,
+        reason: str | None = None,
+        by: str | None = None,
     ) -> None:
+        """Close the open incident; `reason` says why (its condition cleared, an operator
+        closed it), `by` who (default: this store's process)."""
         if incident_id is None and dedupe_key is None:
             raise ValueError("close_incident needs incident_id or dedupe_key")
         await self.write(Op("incident_close", enc({
             "id": incident_id, "dedupe_key": dedupe_key, "closed_at": at or _now(),
+            "reason": reason, "closed_by": by or self.process,
         })))
 
     async def insert_signal(

@@ -478,3 +478,16 @@ def test_failing_on_top_of_an_open_incident_says_so_once() -> None:
     assert len(notes) == 1 and notes[0].detail.startswith("failing: the broker rejected")
     d = decide([failing_proc(pid=101)], [], d.state, FAILING_POLICY, now=1015.0)
     assert not [a for a in d.actions if isinstance(a, NoteIncident)]
+
+
+def test_an_unexpected_exit_says_how_it_ended_from_supervisords_log() -> None:
+    ev = ProcessEvent("large-dispatcher", "RUNNING", "EXITED", expected=False, pid=77,
+                      how="terminated by SIGKILL")
+    d = decide([proc(pid=78, uptime=1.0)], [ev], {}, POLICY, now=1000.0)
+    opened = [a for a in d.actions if isinstance(a, OpenIncident)]
+    assert len(opened) == 1 and opened[0].kind == "exited"
+    assert "(terminated by SIGKILL, pid 77)" in opened[0].detail
+    assert "exit status" not in opened[0].detail  # not the restarted pid's status
+    unknown = ProcessEvent("large-dispatcher", "RUNNING", "EXITED", expected=False, pid=77)
+    d = decide([proc(pid=78, uptime=1.0)], [unknown], {}, POLICY, now=1000.0)
+    assert "how unknown" in [a for a in d.actions if isinstance(a, OpenIncident)][0].detail
