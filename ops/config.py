@@ -16,10 +16,12 @@ import ast
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -943,6 +945,50 @@ def load_runtime_config(env: RuntimeEnv | None = None) -> tuple[RuntimeEnv, Conf
     return env, load_config(env.config_path)
 
 
+#: The last config a process of the stack loaded cleanly, kept under `$OPS_HOME/run`, so
+#: `ops status` and `ops dash` can report the running stack (which keeps its last good
+#: config) while the file on disk is invalid, instead of refusing to start.
+LAST_GOOD_NAME = "last-good-config.toml"
+
+
+def save_last_good(run_dir: Path, text: str) -> None:
+    """Remember `text` (a config that loaded cleanly); atomic, 0600 (it names secret ids
+    and URLs, never keys). Best effort: a failure is logged, never raised."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LAST_GOOD_NAME
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            return
+        tmp = run_dir / f".{LAST_GOOD_NAME}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot keep the last good config under %s: %s", run_dir, exc)
+
+
+def remember_if_good(path: Path, run_dir: Path) -> None:
+    """Keep the config file's current text as the last good one if it loads cleanly."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        load_config_text(text, str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return
+    save_last_good(run_dir, text)
+
+
+def load_last_good(run_dir: Path) -> tuple[Config, datetime] | None:
+    """The last good config and when it was saved, or None (never saved, or unreadable)."""
+    path = run_dir / LAST_GOOD_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+        saved = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        return load_config_text(text, str(path)), saved
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None
+
+
 class ConfigReloader:
     """Hot reload by polling: `poll()` returns the new Config when the file's content
     changed and is valid. A bad edit is logged once (with every problem) and the last good
@@ -952,6 +998,7 @@ class ConfigReloader:
         self.path = path
         self.current = current
         self.last_error: ConfigError | None = None
+        self.text: str | None = text  # of `current`, when known
         self._digest = self._hash(text.encode()) if text is not None else self._read_digest()
 
     @staticmethod
@@ -985,6 +1032,7 @@ class ConfigReloader:
             self._fail(digest, exc)
             return None
         self._digest, self.current, self.last_error = digest, config, None
+        self.text = data.decode("utf-8")
         log.info("config reloaded from %s", self.path)
         return config
 

@@ -362,9 +362,11 @@ def _summary(env: RuntimeEnv, client: SupervisorClient, elapsed_s: float) -> str
 
 
 def _load(env: RuntimeEnv) -> Config:
-    from ops.config import load_config
+    from ops.config import load_config, remember_if_good
 
-    return load_config(env.config_path)
+    config = load_config(env.config_path)
+    remember_if_good(env.config_path, env.run_dir)
+    return config
 
 
 def cli_up(args: argparse.Namespace) -> int:

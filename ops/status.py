@@ -28,7 +28,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from ops.config import Config, ConfigError, load_config
+from ops.config import Config, ConfigError, load_config, load_last_good
 from ops.env import RuntimeEnv, runtime_env
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import process_failure
@@ -350,6 +350,11 @@ async def _collect(
         for i in incidents.rows
     ]
     overall, reasons = _overall(sup, processes, database, incs)
+    cfg_problem = await asyncio.to_thread(config_problem, env)
+    if cfg_problem is not None:
+        reasons.append(cfg_problem)
+        if overall == "healthy":
+            overall = "degraded"
     return StatusReport(overall, now, sup, processes, accounts, database, incs, reasons)
 
 
@@ -494,12 +499,31 @@ def render_text(report: StatusReport) -> str:
 
 
 def load_env_config(env: RuntimeEnv | None = None) -> tuple[RuntimeEnv, Config] | str:
-    """The runtime env and config, or the config error's message."""
+    """The runtime env and config, or the config error's message. With the file on disk
+    invalid but a stack that ran (it keeps its last good config, saved under
+    `$OPS_HOME/run`), that last good config: the report then names the file's problem
+    (`config_problem`) instead of refusing to say anything about the running stack."""
     env = env or runtime_env()
     try:
         return env, load_config(Path(env.config_path))
     except ConfigError as exc:
-        return str(exc)
+        last = load_last_good(env.run_dir)
+        if last is None:
+            return str(exc)
+        return env, last[0]
+
+
+def config_problem(env: RuntimeEnv) -> str | None:
+    """Why the config file on disk does not load, or None when it does."""
+    try:
+        load_config(Path(env.config_path))
+    except ConfigError as exc:
+        last = load_last_good(env.run_dir)
+        kept = ("" if last is None else
+                f"; the running stack keeps its last good config (as of "
+                f"{last[1]:%Y-%m-%d %H:%M:%S}Z), which this report uses")
+        return f"config file is invalid{kept}: {exc}"
+    return None
 
 
 def cli_status(args: argparse.Namespace) -> int:

@@ -110,3 +110,27 @@ async def test_unmigrated_database_is_reported_not_raised(tmp_path: Path,
     assert report.database.error is not None and "heartbeats" in report.database.error
     assert report.status == "down"  # no supervisord here
     assert [a.orders_today for a in report.accounts] == [None, None]
+
+
+def test_an_invalid_config_on_disk_still_reports_the_running_stack(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The stack ran with a good config (kept under $OPS_HOME/run); the file on disk is
+    then broken: `ops status` reports the stack with the last good config and names the
+    file's problem, instead of refusing to start."""
+    from ops.config import LAST_GOOD_NAME, remember_if_good
+
+    home = tmp_path / "home"
+    conf = tmp_path / "ops.toml"
+    conf.write_text(CONFIG.read_text())
+    remember_if_good(conf, home / "run")
+    assert (home / "run" / LAST_GOOD_NAME).read_text() == CONFIG.read_text()
+    conf.write_text(CONFIG.read_text().replace("stream_check_s = 5", "stream_check_s = -5", 1))
+    out = _ops("status", "--json", env={"OPS_HOME": str(home), "OPS_CONFIG": str(conf),
+                                        "OPS_DATABASE_URL": pg_url})
+    js = json.loads(out.stdout)  # a report, not a refusal
+    assert {p["name"] for p in js["processes"]} >= {"large-dispatcher", "tiny-stream"}
+    problem = next(r for r in js["reasons"] if r.startswith("config file is invalid"))
+    assert "keeps its last good config" in problem and "stream_check_s" in problem
+    assert str(conf) in problem
+    assert out.returncode == 2  # no supervisord here: down, config problem named besides

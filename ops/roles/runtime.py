@@ -48,7 +48,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ops.broker import AccountMismatchError, Broker, BrokerEndpoints, BrokerError, BrokerSettings
-from ops.config import AccountConfig, Config, ConfigError, ConfigReloader, load_config
+from ops.config import (
+    AccountConfig,
+    Config,
+    ConfigError,
+    ConfigReloader,
+    load_config,
+    remember_if_good,
+    save_last_good,
+)
 from ops.credentials import CredentialError, Credentials, load_credentials, provider_from_config
 from ops.daemon import Daemon, Service
 from ops.env import RuntimeEnv, runtime_env
@@ -489,6 +497,8 @@ class _ConfigWatcher:
         self._note_restart_only(new)
         self.reloads += 1
         self.ctx._apply_config(new)
+        if self.reloader.text is not None:
+            await asyncio.to_thread(save_last_good, self.ctx.env.run_dir, self.reloader.text)
         if self.invalid:
             self.invalid = False
             await self.ctx.resolve(config_invalid_key(self.reloader.path),
@@ -701,6 +711,7 @@ class RoleRuntime:
             return EXIT_FAILED
         self.ctx._sealed = True
         await self._cleared("role-build-failed", "the role was built")
+        await asyncio.to_thread(remember_if_good, self.env.config_path, self.env.run_dir)
         # The file on disk is valid now (this start read it): an invalid edit is fixed.
         await self.ctx.resolve(config_invalid_key(self.env.config_path),
                                f"{self.process} started with a valid config")
