@@ -124,14 +124,18 @@ def make_home(tweak: Any = None) -> tuple[Path, int, dict[str, str], RuntimeEnv]
 
 def tear_down(env: RuntimeEnv, environ: dict[str, str]) -> None:
     """`ops down` (twice: the second must find nothing), then kill any leftovers, then
-    remove the home; fails the test if `ops down` did not leave the host clean."""
+    remove the home (kept when $OPS_TEST_KEEP_HOME is set, to inspect a failure); fails
+    the test if `ops down` did not leave the host clean."""
     downs = [subprocess.run([sys.executable, "-m", "ops", "down"], capture_output=True,
                             text=True, env=environ, timeout=120, cwd=ROOT) for _ in range(2)]
     leftovers = _kill_leftovers(env)
     keep = os.environ.get("OPS_TEST_KEEP_LOGS")  # a directory to copy the stack's logs to
     if keep:
         shutil.copytree(env.log_dir, Path(keep) / env.home.name, dirs_exist_ok=True)
-    shutil.rmtree(env.home, ignore_errors=True)
+    if os.environ.get("OPS_TEST_KEEP_HOME"):  # the whole home (Postgres data dir too) stays
+        print(f"\nkept OPS_HOME {env.home}")
+    else:
+        shutil.rmtree(env.home, ignore_errors=True)
     for down in downs:
         assert down.returncode == 0, down.stdout + down.stderr
     assert "nothing running" in downs[1].stdout, downs[1].stdout
