@@ -611,7 +611,7 @@ class Watchdog:
                         action.kind, action.process or action.account or "the host",
                         action.duration_s, action.restarts, action.detail)
             await self._io("close incident", self.store.close_incident(
-                dedupe_key=action.key, at=now))
+                dedupe_key=action.key, at=now, reason=action.detail, by=PROCESS_NAME))
             opened = datetime.fromtimestamp(now.timestamp() - action.duration_s, UTC)
             await self._alert("closed", action.key, action.kind, action.process,
                               action.account, action.detail, opened,

@@ -79,7 +79,7 @@ class BufferWatch:
         stored = True
         if self._stored:
             try:
-                await self.store.close_incident(dedupe_key=self.key)
+                await self.store.close_incident(dedupe_key=self.key, reason=detail)
             except Exception as exc:
                 log.error("%s: cannot record the close yet (%s: %s); retrying", self.key,
                           type(exc).__name__, exc)

@@ -1,0 +1,115 @@
+"""Green must mean "the account is being managed" (issue 13.1), through a real supervisord,
+the real watchdog and the simulator: revoke an account's API key at the broker and its
+processes go `failing` (alive, heartbeating, every run refused) with the 401 named, one
+incident per process and an alert; restore it and everything closes by itself and the
+report is healthy again, with no operator action. Meanwhile a failing process is
+restarted at most `failing_restarts` times and the alert escalates: never a crash loop.
+
+Durations: $OPS_E2E_REVOKED_S (how long the key stays revoked, default 90 s; the issue's
+5-minute count: 300). The pure decision over a simulated 5 minutes is in
+tests/watchdog/test_decisions.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Stack, make_home, tear_down, up_demo
+from tests.watchdog.test_supervised import Receiver
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REVOKED_S = float(os.environ.get("OPS_E2E_REVOKED_S", "90"))
+FAILING_BOUND_S = 30.0  # revoke -> failing + incident + alert (issue 13's "done when")
+HEALTHY_BOUND_S = 60.0  # restore -> every incident closed, report healthy
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+@pytest.fixture(scope="module")
+def stack(receiver: Receiver) -> Iterator[Stack]:
+    hook = f'webhook_urls = ["http://127.0.0.1:{receiver.port}/hook"]'
+    _, port, environ, env = make_home(lambda t: t.replace("webhook_urls = []", hook))
+    try:
+        s = up_demo(env, environ, port)
+        assert s.up.returncode == 0, s.up.stdout + s.up.stderr
+        yield s
+    finally:
+        tear_down(env, environ)
+
+
+def fault(stack: Stack, action: str, **kw: Any) -> Any:
+    req = urllib.request.Request(f"http://127.0.0.1:{stack.sim_port}/_sim/faults",
+                                 data=json.dumps({"action": action, **kw}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())["result"]
+
+
+def status(stack: Stack) -> tuple[int, dict[str, Any]]:
+    out = stack.ops("status", "--json", timeout=60)
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_a_revoked_key_is_failing_named_and_alerted_then_clears_by_itself(
+    stack: Stack, receiver: Receiver
+) -> None:
+    stack.poll("the stack healthy before the fault", lambda: status(stack)[0] == 0, 90)
+    t0 = time.monotonic()
+    fault(stack, "revoke_key", account="tiny")
+
+    def failing_named() -> list[dict[str, Any]]:
+        _, js = status(stack)
+        return [p for p in js["processes"] if p["status"] == "failing"
+                and "rotate the secret ops-pipeline/alpaca/tiny" in (p.get("failure") or "")]
+    procs = stack.poll("a tiny process failing with the 401 named", failing_named,
+                       FAILING_BOUND_S)
+    assert all(p["account"] == "tiny" for p in procs)
+
+    def incident_and_alert() -> bool:
+        rows = stack.query("SELECT kind, detail FROM incidents WHERE closed_at IS NULL "
+                           "AND kind = 'failing' AND detail LIKE '%(401)%'")
+        alerted = any("failing" in t and "401" in t for t in receiver.texts())
+        return bool(rows) and alerted
+    stack.poll("a failing incident and its alert", incident_and_alert,
+               FAILING_BOUND_S - (time.monotonic() - t0))
+    detected_s = time.monotonic() - t0
+
+    # Keep it revoked: restarts stay bounded, then the alert escalates.
+    observe_until = t0 + REVOKED_S
+    restarts: dict[str, int] = {}
+    while time.monotonic() < observe_until:
+        for r in stack.query("SELECT process, restarts FROM incidents WHERE kind = 'failing'"):
+            restarts[r["process"]] = max(restarts.get(r["process"], 0), int(r["restarts"]))
+        time.sleep(2)
+    assert restarts and max(restarts.values()) <= 2, restarts  # failing_restarts default 2
+    escalated = [t for t in receiver.texts() if "ESCALATED" in t]
+    assert escalated, receiver.texts()[-5:]
+
+    t1 = time.monotonic()
+    fault(stack, "revoke_key", account="tiny", on=False)
+
+    def healthy() -> bool:
+        code, js = status(stack)
+        return code == 0 and not js["incidents"]
+    stack.poll("every incident closed by itself and the report healthy", healthy,
+               HEALTHY_BOUND_S)
+    cleared_s = time.monotonic() - t1
+    closed = stack.query("SELECT kind, close_reason FROM incidents WHERE kind = 'failing'")
+    assert closed and all(r["close_reason"] for r in closed)
+    print(f"\nFAILING detected in {detected_s:.1f}s (bound {FAILING_BOUND_S:g}); restarts "
+          f"{restarts}; cleared in {cleared_s:.1f}s (bound {HEALTHY_BOUND_S:g})")
