@@ -70,6 +70,7 @@ class Engine:
         self._day = clock.today()
         self.states: dict[str, AccountState] = {}
         self.reject_next: dict[str, int] = {}  # fault: account name or "*" -> count
+        self.revoked: set[str] = set()  # fault: accounts whose API key the broker rejects
         for spec in specs:
             if spec.name in self.states:
                 raise ValueError(f"duplicate simulator account name {spec.name!r}")
@@ -103,7 +104,7 @@ class Engine:
         st = self.by_key.get(key or "")
         if st is None or secret is None or not hmac.compare_digest(st.spec.secret, secret):
             return None
-        return st
+        return None if st.spec.name in self.revoked else st
 
     def _emit(self, st: AccountState, order: OrderState, event: str, ts: datetime,
               **extra: Any) -> None:

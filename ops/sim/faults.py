@@ -133,7 +133,8 @@ class FaultController:
         "reorder_next_events", "reject_next_orders", "emit_unknown_event",
         "emit_malformed_frame", "hang_next",
         "release_hangs", "fail_next", "set_rest_latency", "set_stream_latency",
-        "set_rate_limit", "set_clock", "set_reap_delay", "restart", "clear", "state",
+        "set_rate_limit", "set_clock", "set_reap_delay", "revoke_key", "restart", "clear",
+        "state",
     )
 
     def __init__(
@@ -238,6 +239,7 @@ class FaultController:
             self._hub.faults.refuse_auth.add(key)
         elif account is None:
             self._hub.faults.refuse_auth.clear()
+        self._engine.revoked.clear()
         else:
             self._hub.faults.refuse_auth.discard(key)
 
@@ -325,6 +327,19 @@ class FaultController:
     def set_rest_latency(self, seconds: float) -> None:
         self.rest.latency_s = _non_negative(seconds, "seconds")
 
+    def revoke_key(self, account: str, on: bool = True) -> None:
+        """The account's API key is rejected from now on (a rotated or revoked key):
+        REST answers 401 `request is not authorized`, stream authentication is refused.
+        Connections already authenticated are left open (Alpaca documents nothing about
+        them; the least convenient legal reading: the socket looks healthy)."""
+        name = self._account(account)
+        if name is None:
+            raise ValueError("revoke_key needs an account")
+        if on:
+            self._engine.revoked.add(name)
+        else:
+            self._engine.revoked.discard(name)
+
     def set_rate_limit(self, per_minute: int) -> None:
         if int(per_minute) < 1:
             raise ValueError(f"per_minute must be >= 1, got {per_minute}")
@@ -364,6 +379,7 @@ class FaultController:
         now = time.monotonic()
         return {
             "clock": self._clock.mode,
+            "revoked_keys": sorted(self._engine.revoked),
             "muted": sorted(f.muted),
             "drop_next": dict(f.drop), "duplicate_next": dict(f.duplicate),
             "reorder_next": dict(f.reorder),
