@@ -239,7 +239,6 @@ class FaultController:
             self._hub.faults.refuse_auth.add(key)
         elif account is None:
             self._hub.faults.refuse_auth.clear()
-        self._engine.revoked.clear()
         else:
             self._hub.faults.refuse_auth.discard(key)
 
@@ -362,6 +361,7 @@ class FaultController:
         for key in list(self._droppers):
             self._stop_dropper(key)
         self._hub.faults.refuse_auth.clear()
+        self._engine.revoked.clear()
         self._hub.chaos.off()
         self._hub.unmute(None, deliver=False)
         f = self._hub.faults
