@@ -707,8 +707,23 @@ class BrokerConfig(_Model):
 
     rest_timeout_s: Seconds = 10.0
     """Timeout of one REST call (alpaca-py sets none itself)."""
-    stream_silence_s: Seconds = 120.0
-    """No message on the trade stream for this long: reconnect and backfill over REST."""
+    stream_silence_s: Seconds = 60.0
+    """A mute stream (socket alive, no trade updates): an order change the REST API shows
+    (the completeness check lists the orders), older than this and made while the stream
+    was connected, that the stream did not deliver opens `stream-silent` and forces a
+    reconnect + completeness check. Also: quiet this long while orders are open asks REST
+    at once. A quiet account with nothing open never alarms."""
+    stream_disconnected_s: Seconds = 30.0
+    """The trade stream not connected (disconnected, or refused by the broker) for this
+    long opens `stream-disconnected` / `stream-refused`, whether or not orders are open."""
+    stream_settle_s: Seconds = 5.0
+    """Connected again for this long closes `stream-disconnected` / `stream-refused`."""
+    stream_flap_drops: Annotated[int, Field(ge=2, le=10_000)] = 5
+    """This many drops of a connected stream within `stream_flap_window_s` (each reconnect
+    quick, so it is never down long) opens `stream-flapping`."""
+    stream_flap_window_s: Seconds = 300.0
+    """The window `stream_flap_drops` is counted over; `stream-flapping` closes once the
+    stream is connected and has not dropped for this long."""
     rate_limit_per_min: Annotated[int, Field(ge=2)] = 200
     """REST calls per minute per API key (Alpaca allows 200), shared by all processes of
     the account: each process gets its share."""

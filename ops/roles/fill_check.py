@@ -16,7 +16,9 @@ one time window) and reconciled (`ops.fills.reconcile`): new fills are stored wi
 stream's own `trade_update` op (identity: order + cumulative quantity, so a fill that
 arrives both ways is stored once), missing execution quantities filled in, and two sources
 of one fill that disagree reported as a `fill-mismatch` incident, never stored twice.
-Every looked-at order is written back (order refresh, forward-only by `updated_at`).
+Every looked-at order is written back (order refresh, forward-only by `updated_at`), and
+returned with the check's start time: the stream role compares them with what the stream
+delivered (mute detection, ops/roles/stream.py) without REST calls of its own.
 An order still incomplete for `INCOMPLETE_ALERT_CHECKS` checks in a row opens
 `fills-incomplete`; it closes when none is left. The result is kept in `fill_checks`.
 
@@ -77,6 +79,8 @@ class FillCheckResult:
     fills_added: int = 0
     incomplete: tuple[str, ...] = ()
     disagreements: int = 0
+    # When the check began: the broker's orders are as of (about) this time.
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 @dataclass(slots=True)
@@ -181,7 +185,8 @@ class FillChecker:
                 "%d fill(s) recovered, %d incomplete, %d disagreement(s)", reason,
                 since.isoformat(), len(orders), len(need), added, len(incomplete),
                 disagreements)
-        return FillCheckResult(reason, None, orders, added, incomplete, disagreements)
+        return FillCheckResult(reason, None, orders, added, incomplete, disagreements,
+                               started)
 
     async def _activities(self, need: Sequence[Order], now: datetime
                           ) -> dict[str, list[Fill]]:

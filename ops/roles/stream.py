@@ -22,13 +22,31 @@ loses events by design"; alpaca-wire.md 4.4 and 6).
 - A check the position manager asks for (`fill_check_requests`, read every stream check)
   when it sees positions the stored fills do not explain: missing fills are recovered
   before a mismatch is blamed on the broker.
-- Silence check (the ticker every `schedule.stream_check_s`, never market-gated): when no
-  update arrived for `broker.stream_silence_s` and orders are open (in memory, or in the
-  `orders` table, where the dispatcher records what it submits), a completeness check
-  runs; if it recovers fills or finds orders changed beyond what the stream delivered:
-  incident "stream-silent" and a forced reconnect. A quiet account with nothing open
-  costs no REST call and never alarms; an open order that is simply resting does not
-  alarm either.
+- Connectivity (`TradeStream.connectivity()`: connecting / authenticating / connected /
+  refused / disconnected) is in the heartbeat (`stream.state`, `stream.down_s`,
+  `stream.refusal`, ...: `StreamRole.counters`) and watched by a task of its own, woken at
+  every change of state and at the next instant a verdict can change
+  (`judge_connectivity`, pure): not connected for `broker.stream_disconnected_s` opens
+  `stream-refused` (the broker refused the authentication or the one-per-key connection:
+  names the secret id and the broker's reason, never key material) or
+  `stream-disconnected`, whether or not orders are open; connected again for
+  `broker.stream_settle_s` closes it. `broker.stream_flap_drops` drops within
+  `broker.stream_flap_window_s` (quick reconnects, so never down long) opens
+  `stream-flapping`, closed once connected with no drop for a window.
+- Mute detection by cross-checking REST (alpaca-wire.md 6.1: a socket that answers pings
+  and delivers nothing): every completeness check lists the account's orders anyway. An
+  order the broker changed while this connection was up whose change the stream has not
+  delivered (nothing delivered for it as new, and a different status or filled qty) is
+  held against the stream once the change is `broker.stream_silence_s` old: at once if
+  it already is, else at that time by the check ticker, from memory, with no REST call.
+  Then `stream-silent` opens and a reconnect is forced (its connect check recovers the
+  rest). It closes when the stream delivers an update again, or when a check covering a
+  full bound of the new connection finds nothing undelivered. To see changes sooner,
+  when the stream has been quiet for the bound while orders are open (in memory, or in
+  the `orders` table, where the dispatcher records what it submits) a check runs at once
+  (the ticker every `schedule.stream_check_s`, never market-gated). A quiet account with
+  nothing open costs no extra REST call and never alarms; an open order that is simply
+  resting does not alarm either.
 """
 
 from __future__ import annotations
@@ -40,11 +58,14 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from ops.broker import Broker, BrokerError, TradeStream
+from ops.broker.stream import Connectivity, StreamState
+from ops.config import BrokerConfig
 from ops.daemon import Service
 from ops.models import TERMINAL_ORDER_STATUSES, Order, TradeUpdate
 from ops.roles.fill_check import FillChecker, FillCheckResult
@@ -64,6 +85,11 @@ BATCH_MAX = 5000
 KNOWN_KEEP = timedelta(hours=1)  # terminal orders remembered this long
 CHECK_FAILING_AFTER = 3  # fill-check intervals without a successful check: incident
 REQUEST_FRESH = timedelta(minutes=2)  # at start, an older request is taken as answered
+# Mute detection: a change this close after the connection opened may predate it on the
+# broker's clock (skew, the listen round trip): not held against the stream.
+CLOCK_SKEW = timedelta(seconds=1)
+WATCH_MAX_S = 5.0  # the connectivity watch re-reads its bounds (hot reload) at least this often
+_UNKNOWN = "unknown"  # a connectivity incident a previous run of this process may have left
 
 _OPEN_SQL = f"""
 SELECT id, updated_at FROM orders
@@ -80,8 +106,43 @@ class StreamStats:
     duplicates: int = 0  # stream events already stored (redelivered, or backfilled first)
     bad: int = 0  # bad messages recorded (unknown events included)
     write_errors: int = 0
-    silence_checks: int = 0  # completeness checks made because the stream was quiet
-    silent_reconnects: int = 0  # checks that found missed changes
+    silence_checks: int = 0  # completeness checks asked for: quiet for the bound, orders open
+    silent_reconnects: int = 0  # checks that found undelivered changes: reconnect forced
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityVerdict:
+    """What the stream's connectivity calls for now (`judge_connectivity`)."""
+
+    down: str | None  # "stream-refused" / "stream-disconnected": should be open
+    settled: bool  # connected for the settle time: a down incident may close
+    flapping: bool  # too many drops within the window
+    flap_quiet: bool  # connected, no drop within the window: stream-flapping may close
+    recent_drops: int  # drops within the window
+    recheck_s: float | None  # when the verdict next changes on its own (None: never)
+
+
+def judge_connectivity(snap: Connectivity, now: float, b: BrokerConfig) -> ConnectivityVerdict:
+    """The verdict on `snap` at monotonic `now` under the [broker] bounds."""
+    waits: list[float] = []
+    down = None
+    if not snap.connected:
+        down_for = snap.down_for(now)
+        if down_for >= b.stream_disconnected_s:
+            down = "stream-refused" if snap.refusal is not None else "stream-disconnected"
+        else:
+            waits.append(b.stream_disconnected_s - down_for)
+    settled = snap.connected and snap.state_age(now) >= b.stream_settle_s
+    if snap.connected and not settled:
+        waits.append(b.stream_settle_s - snap.state_age(now))
+    window = b.stream_flap_window_s
+    recent = snap.drops_within(window, now)
+    if recent:  # the verdict changes when the newest drop leaves the window
+        waits.append(window - (now - snap.drop_times[-1]))
+    return ConnectivityVerdict(
+        down=down, settled=settled, flapping=recent >= b.stream_flap_drops,
+        flap_quiet=snap.connected and recent == 0, recent_drops=recent,
+        recheck_s=max(0.0, min(waits)) if waits else None)
 
 
 def _short(raw: object, limit: int = 1000) -> str:
@@ -108,7 +169,8 @@ class StreamRole:
         self.broker: Broker = ctx.broker
         self.stats = StreamStats()
         self.stream = TradeStream(endpoints_for(acct), ctx.credentials, self._on_update,
-                                  self._on_bad_message, self._on_connect)
+                                  self._on_bad_message, self._on_connect,
+                                  on_state=self._stream_changed)
         # Each update with its write, built on arrival: that work then overlaps the
         # writer's wait on Postgres instead of adding to it (None: built by the writer).
         self._queue: list[tuple[TradeUpdate, Op | None]] = []
@@ -127,7 +189,16 @@ class StreamRole:
         self._last_update_mono: float | None = None
         # Start of the current quiet period: last update, connect, or clean check.
         self._quiet_since = time.monotonic()
-        self._silent_open = False
+        # Open incidents of this process (a previous run may have left some: closed once
+        # their condition is seen clear).
+        self._silent_open = True
+        self._down_open: str | None = _UNKNOWN
+        self._flap_open: bool | None = None
+        # What the stream itself delivered, per order: (updated_at, status, filled_qty).
+        self._streamed: dict[str, tuple[datetime, str, Decimal]] = {}
+        self._connected_wall: datetime | None = None  # when the current connection opened
+        self._pending: dict[str, Order] = {}  # changes REST showed, not delivered yet
+        self._state_changed = asyncio.Event()
 
     # -- heartbeat ------------------------------------------------------------------------
 
@@ -142,7 +213,24 @@ class StreamRole:
         out.update({f"fill_check_{k}": v for k, v in asdict(self.checker.stats).items()})
         out["fill_check_age_s"] = (-1.0 if self._last_check_ok is None
                                    else round(time.monotonic() - self._last_check_ok, 3))
+        out.update(self.connectivity_counters())
         return out
+
+    def connectivity_counters(self) -> dict[str, int | float | str]:
+        """The `stream.*` connectivity counters (names and meanings: docs/architecture.md)."""
+        snap = self.stream.connectivity()
+        now = time.monotonic()
+        return {
+            "state": snap.state.value,
+            "state_age_s": round(snap.state_age(now), 3),
+            "down_s": round(snap.down_for(now), 3),
+            "refusal": (snap.refusal or "")[:120],
+            "last_error": "" if snap.connected else (snap.error or "")[:200],
+            "refusals": snap.refusals,
+            "drops": snap.drops,
+            "drops_recent": snap.drops_within(self.ctx.config.broker.stream_flap_window_s, now),
+            "forced_reconnects": snap.forced_reconnects,
+        }
 
     # -- service --------------------------------------------------------------------------
 
@@ -169,15 +257,21 @@ class StreamRole:
     async def _run(self) -> None:
         await self.stream.start()
         writer = asyncio.create_task(self._writer(), name=f"stream-writer-{self.account}")
+        watch = asyncio.create_task(self._watch_connectivity(),
+                                    name=f"stream-connectivity-{self.account}")
         stream_task = self.stream.task
         assert stream_task is not None
         stopper = asyncio.create_task(self._stop.wait())
         requested = False
         try:
-            await asyncio.wait({stream_task, writer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stream_task, writer, watch, stopper},
+                               return_when=asyncio.FIRST_COMPLETED)
             requested = self._stop.is_set()
         finally:
             stopper.cancel()
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             await self.stream.stop()
             self._stop.set()
             self._wake.set()
@@ -198,6 +292,10 @@ class StreamRole:
     async def _on_update(self, update: TradeUpdate) -> None:
         self.stats.updates += 1
         self._last_update_mono = self._quiet_since = time.monotonic()
+        o = update.order
+        seen = self._streamed.get(o.id)
+        if seen is None or o.updated_at >= seen[0]:
+            self._streamed[o.id] = (o.updated_at, o.status, o.filled_qty)
         try:
             op: Op | None = trade_update_row_op(self.account, update)
         except Exception:
@@ -225,6 +323,82 @@ class StreamRole:
     async def _on_connect(self) -> None:
         self._quiet_since = time.monotonic()
         self.request_check("connect")
+
+    def _stream_changed(self, snap: Connectivity) -> None:
+        """TradeStream's `on_state`: note when the connection opened, wake the watch."""
+        if snap.state is StreamState.CONNECTED:
+            self._connected_wall = datetime.now(UTC)
+        else:
+            self._connected_wall = None
+            self._pending.clear()
+        self._state_changed.set()
+
+    # -- connectivity -----------------------------------------------------------------------
+
+    async def _watch_connectivity(self) -> None:
+        """Judge connectivity at every change of state and whenever the verdict can next
+        change on its own; open and close the connectivity incidents."""
+        while True:
+            self._state_changed.clear()
+            try:
+                wait = await self._judge(time.monotonic())
+            except Exception:
+                log.exception("stream connectivity check failed; trying again")
+                wait = 1.0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(WATCH_MAX_S, max(0.05, wait))):
+                    await self._state_changed.wait()
+
+    async def _judge(self, now: float) -> float:
+        snap = self.stream.connectivity()
+        b = self.ctx.config.broker
+        v = judge_connectivity(snap, now, b)
+        key = f"{self.ctx.process}:stream-connectivity"
+        if v.down is not None and v.down != self._down_open:
+            if self._down_open is not None:  # its cause changed, or a previous run's
+                await self.ctx.resolve(key, f"the cause changed: now {v.down}")
+            await self.ctx.incident(v.down, self._down_text(snap, now), dedupe_key=key)
+            self._down_open = v.down
+        elif v.settled and self._down_open is not None:
+            log.info("stream connected again for %gs: closing %s", b.stream_settle_s,
+                     self._down_open)
+            await self.ctx.resolve(key, f"the trade stream has been connected again for "
+                                        f"{b.stream_settle_s:g}s")
+            self._down_open = None
+        flap_key = f"{self.ctx.process}:stream-flapping"
+        if v.flapping and not self._flap_open:
+            await self.ctx.incident(
+                "stream-flapping",
+                f"{self.account}'s trade stream dropped {v.recent_drops} times in the last "
+                f"{b.stream_flap_window_s:g}s (bound {b.stream_flap_drops}); it reconnects "
+                "each time, but events sent in the gaps depend on the completeness check "
+                f"after every reconnect. Latest drop: {snap.last_drop or 'unknown'}",
+                dedupe_key=flap_key)
+            self._flap_open = True
+        elif v.flap_quiet and self._flap_open is not False:
+            await self.ctx.resolve(flap_key, f"connected, no drop for "
+                                             f"{b.stream_flap_window_s:g}s")
+            self._flap_open = False
+        return WATCH_MAX_S if v.recheck_s is None else v.recheck_s
+
+    def _down_text(self, snap: Connectivity, now: float) -> str:
+        acct = self.ctx.account_cfg
+        secret = acct.secret_id if acct is not None else "?"
+        down = f"{snap.down_for(now):.0f}s"
+        if snap.refusal is not None and snap.refusal_kind == "connection-limit":
+            return (f"the broker refused {self.account}'s stream connection: "
+                    f"{snap.refusal!r}. Alpaca allows one stream connection per key: another "
+                    f"process or program uses the key of secret {secret} (a second stream "
+                    "role for this account?), or a closed socket is not reaped yet (~90 s). "
+                    f"Not connected for {down}; retrying with backoff")
+        if snap.refusal is not None:
+            return (f"the broker refused {self.account}'s stream authentication: check the "
+                    f"secret {secret} (broker: {snap.refusal!r}; REST may still accept the "
+                    f"key). Not connected for {down}, {snap.refusals} refusal(s) since start; "
+                    "retrying with backoff")
+        return (f"{self.account}'s trade stream has been disconnected for {down} (last "
+                f"error: {snap.error or 'none yet'}); retrying with backoff. Fills made "
+                "meanwhile are recovered by the completeness check once it reconnects")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -262,7 +436,8 @@ class StreamRole:
             self._note(u.order)
         if self._silent_open:
             self._silent_open = False
-            await self.ctx.resolve(self.ctx.incident_key("stream-silent"))
+            await self.ctx.resolve(self.ctx.incident_key("stream-silent"),
+                                   "the trade stream delivers updates again")
 
     async def _write_failed(self, batch: Sequence[tuple[TradeUpdate, Op | None]],
                             exc: Exception) -> None:
@@ -302,6 +477,10 @@ class StreamRole:
         return {r["id"]: r["updated_at"] for r in rows}
 
     def _prune(self) -> None:
+        # Mute detection never looks further back than KNOWN_KEEP (`_after_check`).
+        horizon = datetime.now(UTC) - KNOWN_KEEP - CLOCK_SKEW
+        for oid in [k for k, (ts, _, _) in self._streamed.items() if ts < horizon]:
+            del self._streamed[oid]
         if len(self._known) < 1000:
             return
         newest = max(ts for ts, _ in self._known.values())
@@ -325,7 +504,6 @@ class StreamRole:
         while self._check_reasons and not self._stop.is_set():
             reasons, self._check_reasons = self._check_reasons, set()
             reason = "+".join(sorted(reasons))
-            known = {oid: ts for oid, (ts, _) in self._known.items()}
             try:
                 result = await self.checker.run(reason)
             except asyncio.CancelledError:
@@ -344,8 +522,9 @@ class StreamRole:
             self._last_check_ok = time.monotonic()
             if self._check_failing:
                 self._check_failing = False
-                await self.ctx.resolve(self.ctx.incident_key("fill-check-failing"))
-            await self._after_check(result, known)
+                await self.ctx.resolve(self.ctx.incident_key("fill-check-failing"),
+                                       "a completeness check succeeded again")
+            await self._after_check(result)
 
     async def check_fills(self, reason: str) -> FillCheckResult:
         """One completeness check now, in the caller's task (tests, the silence check)."""
@@ -354,32 +533,86 @@ class StreamRole:
             self._last_check_ok = time.monotonic()
         return result
 
-    async def _after_check(self, result: FillCheckResult,
-                           known: dict[str, datetime]) -> None:
-        stored_open = await self._stored_open() if "silence" in result.reason else {}
-        changed = sorted(
-            oid for oid, o in result.orders.items()
-            if (seen := known.get(oid, stored_open.get(oid))) is not None
-            and o.updated_at > seen)
+    async def _after_check(self, result: FillCheckResult) -> None:
+        """Note what the check learnt; then the mute cross-check (module docstring)."""
         for order in result.orders.values():
             self._note(order)
         self._prune()
-        if "silence" not in result.reason:
+        opened = self._connected_wall
+        if opened is None or not self.stream.connectivity().connected:
+            return  # no connection to judge (the connect check comes after reconnecting)
+        silence = timedelta(seconds=self.ctx.config.broker.stream_silence_s)
+        lo = max(opened + CLOCK_SKEW, result.started - KNOWN_KEEP)
+        hi = result.started - silence
+        # Changes not delivered yet: held against the stream once older than the bound
+        # (now if they are; else at that time, by the check ticker, without asking REST
+        # again: `_pending_due`).
+        undelivered = self._undelivered(result.orders.values(), lo, result.started)
+        missed = [o for o in undelivered if o.updated_at <= hi]
+        self._pending.update((o.id, o) for o in undelivered if o.updated_at > hi)
+        if missed:
+            await self._silent(missed, result.fills_added)
+        elif self._silent_open and hi - lo >= silence and not self._pending:
+            log.info("a full %gs of the stream's connection checked: nothing undelivered",
+                     silence.total_seconds())
+            self._silent_open = False
+            await self.ctx.resolve(
+                self.ctx.incident_key("stream-silent"),
+                f"a completeness check covering {(hi - lo).total_seconds():.0f}s of the "
+                "stream's new connection "
+                "found every order change delivered")
+
+    async def _pending_due(self) -> None:
+        """Changes a check saw that the stream had not delivered yet, now older than the
+        bound: still undelivered on the same connection -> the stream is mute."""
+        if not self._pending:
             return
-        self._quiet_since = time.monotonic()
-        if not result.fills_added and not changed:
-            log.info("stream quiet with open orders; the fill check shows no missed change")
+        opened = self._connected_wall
+        if opened is None or not self.stream.connectivity().connected:
+            self._pending.clear()  # the connect check after reconnecting looks again
             return
+        silence = timedelta(seconds=self.ctx.config.broker.stream_silence_s)
+        hi = datetime.now(UTC) - silence
+        due = [o for o in self._pending.values() if o.updated_at <= hi]
+        for o in due:
+            del self._pending[o.id]
+        missed = self._undelivered(due, opened + CLOCK_SKEW, hi)
+        if missed:
+            await self._silent(missed, None)
+
+    async def _silent(self, missed: Sequence[Order], recovered: int | None) -> None:
         self.stats.silent_reconnects += 1
         self._silent_open = True
-        silence_s = self.ctx.config.broker.stream_silence_s
+        self._pending.clear()  # the reconnect's check looks again
+        silence = self.ctx.config.broker.stream_silence_s
+        shown = "; ".join(
+            f"{o.id} ({o.symbol} {o.status}, filled {o.filled_qty}, at "
+            f"{o.updated_at.astimezone(UTC):%H:%M:%S}Z)" for o in missed[:5])
+        done = ("the completeness check already wrote the orders back" if recovered is None
+                else f"the completeness check recovered {recovered} fill(s) and wrote the "
+                     "orders back")
         await self.ctx.incident(
             "stream-silent",
-            f"no trade update for {silence_s:g}s or more while orders are open; REST shows "
-            f"{len(changed)} order change(s) and {result.fills_added} fill(s) the stream did "
-            f"not deliver (orders {', '.join(changed[:5])}); recovered, forcing a reconnect")
+            f"{self.account}'s trade stream is connected but did not deliver "
+            f"{len(missed)} order change(s) the REST API shows, older than {silence:g}s: "
+            f"{shown}. {done}; forcing a reconnect (and another completeness check)")
         if not await self.stream.reconnect():
-            log.warning("no open stream socket to close; alpaca-py is reconnecting already")
+            log.warning("no connected stream socket to close; alpaca-py is reconnecting already")
+
+    def _undelivered(self, orders: Iterable[Order], lo: datetime, hi: datetime) -> list[Order]:
+        """Orders the broker changed within [lo, hi] whose change the stream did not
+        deliver: nothing as new delivered for them, and what was delivered differs in
+        status or filled qty (an `updated_at` that moved alone is not held against it)."""
+        out = []
+        for o in orders:
+            if not lo <= o.updated_at <= hi:
+                continue
+            seen = self._streamed.get(o.id)
+            if seen is not None and (seen[0] >= o.updated_at
+                                     or (seen[1], seen[2]) == (o.status, o.filled_qty)):
+                continue
+            out.append(o)
+        return sorted(out, key=lambda o: o.updated_at)
 
     async def _requested_check(self) -> None:
         """A check the position manager asked for (positions it cannot explain)."""
@@ -398,8 +631,9 @@ class StreamRole:
     # -- the check ticker -----------------------------------------------------------------
 
     async def check(self, slot: Slot) -> None:
-        """The check ticker's job: fill checks when due (or failed), silence, and the
-        `fill-check-failing` incident. Never waits for a fill check to finish."""
+        """The check ticker's job: fill checks when due (or failed), undelivered changes
+        now past the bound, silence, and the `fill-check-failing` incident. Never waits
+        for a fill check to finish."""
         acct = self.ctx.account_cfg
         every = acct.schedule.fill_check_s if acct is not None else 60.0
         now = time.monotonic()
@@ -414,6 +648,7 @@ class StreamRole:
                 f"no fill completeness check of {self.account} has succeeded for "
                 f"{now - last:.0f}s (every {every:g}s expected): fills the stream missed "
                 "are not being recovered; see this process's log")
+        await self._pending_due()
         silence_s = self.ctx.config.broker.stream_silence_s
         quiet_for = now - self._quiet_since
         if quiet_for < silence_s:
