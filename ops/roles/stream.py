@@ -36,8 +36,9 @@ loses events by design"; alpaca-wire.md 4.4 and 6).
 - Mute detection by cross-checking REST (alpaca-wire.md 6.1: a socket that answers pings
   and delivers nothing): every completeness check lists the account's orders anyway. An
   order the broker changed while this connection was up whose change the stream has not
-  delivered (nothing delivered for it as new, and a different status or filled qty) is
-  held against the stream once the change is `broker.stream_silence_s` old: at once if
+  delivered (nothing delivered for it as new, and a different status or filled qty; a
+  change into a state Alpaca promises no event for, such as `accepted`, never) is held
+  against the stream once the change is `broker.stream_silence_s` old: at once if
   it already is, else at that time by the check ticker, from memory, with no REST call.
   Then `stream-silent` opens and a reconnect is forced (its connect check recovers the
   rest). It closes when the stream delivers an update again, or when a check covering a
@@ -58,7 +59,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -90,6 +91,13 @@ REQUEST_FRESH = timedelta(minutes=2)  # at start, an older request is taken as a
 CLOCK_SKEW = timedelta(seconds=1)
 WATCH_MAX_S = 5.0  # the connectivity watch re-reads its bounds (hot reload) at least this often
 _UNKNOWN = "unknown"  # a connectivity incident a previous run of this process may have left
+# Order states Alpaca documents no dependable trade_updates event for: `accepted` (an
+# order queued while the market is closed; the event exists only since 2026-07-30),
+# `pending_new`, `held` (bracket legs waiting on their parent), `accepted_for_bidding`,
+# and the transient `pending_cancel`/`pending_replace` (alpaca-wire.md 4.3).
+NO_EVENT_PROMISED = frozenset({"accepted", "pending_new", "held", "accepted_for_bidding",
+                               "pending_cancel", "pending_replace"})
+Streamed = tuple[datetime, str, Decimal]  # what the stream delivered: updated_at, status, qty
 
 _OPEN_SQL = f"""
 SELECT id, updated_at FROM orders
@@ -108,6 +116,25 @@ class StreamStats:
     write_errors: int = 0
     silence_checks: int = 0  # completeness checks asked for: quiet for the bound, orders open
     silent_reconnects: int = 0  # checks that found undelivered changes: reconnect forced
+
+
+def undelivered(orders: Iterable[Order], streamed: Mapping[str, Streamed], lo: datetime,
+                hi: datetime) -> list[Order]:
+    """The orders (as the broker lists them) changed within [lo, hi] whose change the
+    stream did not deliver (`streamed`: the newest state it delivered per order): nothing
+    as new delivered, and what was delivered differs in status or filled qty (an
+    `updated_at` that moved alone is not held against the stream). A change into a state
+    Alpaca promises no event for (NO_EVENT_PROMISED) is not held against it either."""
+    out = []
+    for o in orders:
+        if not lo <= o.updated_at <= hi or o.status in NO_EVENT_PROMISED:
+            continue
+        seen = streamed.get(o.id)
+        if seen is not None and (seen[0] >= o.updated_at
+                                 or (seen[1], seen[2]) == (o.status, o.filled_qty)):
+            continue
+        out.append(o)
+    return sorted(out, key=lambda o: o.updated_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +222,7 @@ class StreamRole:
         self._down_open: str | None = _UNKNOWN
         self._flap_open: bool | None = None
         # What the stream itself delivered, per order: (updated_at, status, filled_qty).
-        self._streamed: dict[str, tuple[datetime, str, Decimal]] = {}
+        self._streamed: dict[str, Streamed] = {}
         self._connected_wall: datetime | None = None  # when the current connection opened
         self._pending: dict[str, Order] = {}  # changes REST showed, not delivered yet
         self._state_changed = asyncio.Event()
@@ -356,7 +383,9 @@ class StreamRole:
         key = f"{self.ctx.process}:stream-connectivity"
         if v.down is not None and v.down != self._down_open:
             if self._down_open is not None:  # its cause changed, or a previous run's
-                await self.ctx.resolve(key, f"the cause changed: now {v.down}")
+                await self.ctx.resolve(key, (
+                    f"the cause changed: now {v.down}" if self._down_open != _UNKNOWN
+                    else f"superseded by a new {v.down} report of this process"))
             await self.ctx.incident(v.down, self._down_text(snap, now), dedupe_key=key)
             self._down_open = v.down
         elif v.settled and self._down_open is not None:
@@ -600,19 +629,7 @@ class StreamRole:
             log.warning("no connected stream socket to close; alpaca-py is reconnecting already")
 
     def _undelivered(self, orders: Iterable[Order], lo: datetime, hi: datetime) -> list[Order]:
-        """Orders the broker changed within [lo, hi] whose change the stream did not
-        deliver: nothing as new delivered for them, and what was delivered differs in
-        status or filled qty (an `updated_at` that moved alone is not held against it)."""
-        out = []
-        for o in orders:
-            if not lo <= o.updated_at <= hi:
-                continue
-            seen = self._streamed.get(o.id)
-            if seen is not None and (seen[0] >= o.updated_at
-                                     or (seen[1], seen[2]) == (o.status, o.filled_qty)):
-                continue
-            out.append(o)
-        return sorted(out, key=lambda o: o.updated_at)
+        return undelivered(orders, self._streamed, lo, hi)
 
     async def _requested_check(self) -> None:
         """A check the position manager asked for (positions it cannot explain)."""
@@ -672,4 +689,4 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
     return [role]
 
 
-__all__ = ["StreamRole", "build"]
+__all__ = ["ConnectivityVerdict", "StreamRole", "build", "judge_connectivity", "undelivered"]

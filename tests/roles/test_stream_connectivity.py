@@ -10,19 +10,23 @@ against the real simulator and Postgres, with short configured bounds:
   fills recovered; closed once the stream delivers again;
 - a quiet account with nothing open, muted far past the bound -> no incident at all.
 
-Plus `judge_connectivity`, the pure verdict the role's connectivity watch acts on.
+Plus the pure decisions: `judge_connectivity` (what the role's connectivity watch acts
+on) and `undelivered` (which order changes the REST API shows are held against the stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 from ops.broker import Broker
 from ops.broker.stream import Connectivity, StreamState
 from ops.config import BrokerConfig
+from ops.models import Order
 from ops.roles.runtime import RoleRuntime
-from ops.roles.stream import judge_connectivity
+from ops.roles.stream import judge_connectivity, undelivered
 from tests.roles.conftest import SECRET_IDS, RoleEnv, config_text, order_request, running_role
 from tests.roles.test_stream import fills_match, query, ready, role_of, sim_fills
 from tests.support import eventually
@@ -272,3 +276,39 @@ def test_flapping_from_drops_within_the_window_and_quiet_after_it() -> None:
     assert v.recent_drops == 0 and v.flap_quiet
     v = judge_connectivity(snap(StreamState.DISCONNECTED, 95, down_since=95), 96, B)
     assert not v.flap_quiet  # quiet only counts while connected
+
+
+# -- undelivered: which order changes the REST API shows are held against the stream ------
+
+T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+
+
+def order(oid: str, status: str, at_s: float, filled: int = 0) -> Order:
+    return Order(id=oid, client_order_id=f"c-{oid}", symbol="AAPL", side="buy",
+                 order_type="market", time_in_force="day", status=status, created_at=T0,
+                 updated_at=T0 + timedelta(seconds=at_s), filled_qty=Decimal(filled))
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def test_undelivered_changes_within_the_window() -> None:
+    lo, hi = at(10), at(100)
+    streamed = {
+        "delivered": (at(50), "filled", Decimal(5)),  # the stream saw this very change
+        "older": (at(20), "new", Decimal(0)),  # saw the order, not its fill
+        "same-state": (at(20), "filled", Decimal(5)),  # updated_at moved alone
+    }
+    orders = [
+        order("delivered", "filled", 50, 5),
+        order("older", "filled", 60, 5),
+        order("same-state", "filled", 60, 5),
+        order("never-seen", "canceled", 30),
+        order("too-young", "filled", 101, 5),  # not yet older than the bound
+        order("before-connect", "filled", 9, 5),  # changed before this connection
+        order("queued", "accepted", 40),  # no event promised for accepted
+        order("leg", "held", 40),
+    ]
+    got = undelivered(orders, streamed, lo, hi)
+    assert [o.id for o in got] == ["never-seen", "older"]  # oldest change first
