@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -144,6 +145,48 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     accept.set_defaults(handler=_lazy("ops.control", "cli_positions_accept"))
 
 
+def _list_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """`ops incidents [list]`'s options. On the `list` subparser (`suppress`) an option not
+    given sets nothing, so `ops incidents --json list` keeps what the parent parsed."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    span = parser.add_mutually_exclusive_group()
+    span.add_argument("--all", action="store_true", default=default(False),
+                      help="closed incidents too, however old")
+    span.add_argument("--since", metavar="DURATION", default=default(None),
+                      help="also those closed within DURATION, e.g. 90m, 24h, 7d")
+    parser.add_argument("--limit", type=int, metavar="N", default=default(200),
+                        help="at most N incidents, open ones first (default 200)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="JSON on stdout: every field of each incident")
+
+
+def _add_incidents_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    incidents = sub.add_parser(
+        "incidents", help="list, show, acknowledge and close incidents (ID: the first "
+        "characters of the id, as `ops incidents` lists it)")
+    _list_options(incidents, suppress=False)
+    isub = incidents.add_subparsers(dest="incidents_command", metavar="COMMAND")
+    listing = isub.add_parser("list", help="open incidents (the default command)")
+    _list_options(listing, suppress=True)
+    show = isub.add_parser("show", help="every field of one incident, its full detail "
+                           "and how it ended")
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="one JSON object on stdout")
+    ack = isub.add_parser("ack", help="acknowledge an open incident: it stays listed but "
+                          "no longer makes `ops status` degraded (recorded as cli:<user>)")
+    ack.add_argument("id", metavar="ID")
+    close = isub.add_parser("close", help="close an open incident, saying why (recorded "
+                            "with the reason and cli:<user>)")
+    close.add_argument("id", metavar="ID")
+    close.add_argument("--reason", required=True, metavar="TEXT",
+                       help="why it is closed (required)")
+    incidents.set_defaults(handler=_lazy("ops.incidents_cli", "cli_incidents"))
+
+
 def _add_dash_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dash = sub.add_parser(
         "dash",
@@ -203,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(handler=_sim)
     _add_stack_commands(sub)
     _add_control_commands(sub)
+    _add_incidents_command(sub)
     _add_dash_command(sub)
     return parser
 

@@ -107,6 +107,9 @@ class IncidentStatus:
     opened_at: datetime
     age_s: float
     restarts: int
+    # Who acknowledged it (`ops incidents ack`, the dashboard's `a`), None when nobody has:
+    # an acknowledged incident stays listed but no longer makes the report degraded.
+    acked_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +349,8 @@ async def _collect(
     incs = [
         IncidentStatus(id=i.id, kind=i.kind, account=i.account, process=i.process,
                        detail=i.detail, opened_at=i.opened_at,
-                       age_s=_age(now, i.opened_at) or 0.0, restarts=i.restarts)
+                       age_s=_age(now, i.opened_at) or 0.0, restarts=i.restarts,
+                       acked_by=(i.acked_by or "?") if i.acked else None)
         for i in incidents.rows
     ]
     overall, reasons = _overall(sup, processes, database, incs)
@@ -425,7 +429,9 @@ def _overall(
         reasons.append(f"database reads failing: {db.error}")
     if db.dead_rows:
         reasons.append(f"{db.dead_rows} buffered rows quarantined by replay")
-    reasons += [f"open incident {i.kind}: {i.detail[:80]}" for i in incidents]
+    # Acknowledged incidents stay listed (render_text, JSON) but a human has taken them on.
+    reasons += [f"open incident {i.kind}: {i.detail[:80]}" for i in incidents
+                if i.acked_by is None]
     return ("degraded" if reasons else "healthy"), reasons
 
 
@@ -485,11 +491,15 @@ def render_text(report: StatusReport) -> str:
         + (f"; QUARANTINED {db.dead_rows}" if db.dead_rows else "")
     )
     if report.incidents:
+        acked = sum(1 for i in report.incidents if i.acked_by is not None)
         lines.append("")
-        lines.append(f"open incidents ({len(report.incidents)}):")
+        lines.append(f"open incidents ({len(report.incidents)}"
+                     + (f", {acked} acked" if acked else "") + "):")
         for i in report.incidents:
             where = i.process or i.account or "-"
-            lines.append(f"  {i.kind:<20} {where:<24} {_fmt_age(i.age_s):>6}  {i.detail[:70]}")
+            mark = f"ACKED by {i.acked_by}: " if i.acked_by is not None else ""
+            lines.append(f"  {i.kind:<20} {where:<24} {_fmt_age(i.age_s):>6}  "
+                         f"{mark}{i.detail[:70]}")
     else:
         lines.append("open incidents: none")
     if report.reasons:

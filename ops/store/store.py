@@ -153,6 +153,15 @@ class Incident:
     opened_at: datetime
     restarts: int
     dedupe_key: str | None
+    # Acknowledged by an operator (`ops incidents ack`, the dashboard): still open, but no
+    # longer degrading the report. Payloads buffered during an outage carry neither (an
+    # acknowledgement goes straight to Postgres), so they read as not acknowledged.
+    acked_by: str | None = None
+    acked_at: datetime | None = None
+
+    @property
+    def acked(self) -> bool:
+        return self.acked_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1030,7 +1039,8 @@ class Store:
 
     async def open_incidents(self) -> Snapshot[Incident]:
         sql = """
-            SELECT id, kind, process, account, detail, opened_at, restarts, dedupe_key
+            SELECT id, kind, process, account, detail, opened_at, restarts, dedupe_key,
+                   acked_by, acked_at
             FROM incidents WHERE closed_at IS NULL ORDER BY opened_at
         """
         return await self._read(
@@ -1171,6 +1181,7 @@ def decode_incident(p: Payload) -> Incident:
         id=str(p["id"]), kind=p["kind"], process=p.get("process"), account=p.get("account"),
         detail=p.get("detail") or "", opened_at=_req_ts(p["opened_at"]),
         restarts=int(p.get("restarts") or 0), dedupe_key=p.get("dedupe_key"),
+        acked_by=p.get("acked_by"), acked_at=_ts(p.get("acked_at")),
     )
 
 
