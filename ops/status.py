@@ -73,6 +73,10 @@ class ProcessStatus:
     status: GapStatus
     uptime_s: float | None = None
     failure: str | None = None  # when failing: the cause and the last error (ops.health)
+    # Stream roles: the trade stream's connectivity from the heartbeat (ops.broker.stream):
+    # {"state": connected|connecting|authenticating|refused|disconnected, "for_s": ...,
+    #  "refusal": the broker's reason or "", "drops_recent": drops in the flap window}
+    stream: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,8 +412,23 @@ def _processes(
             pid=(info.pid or None) if info else None, heartbeat_age_s=gi.heartbeat_age_s,
             last_run_age_s=gi.last_run_age_s, expected_interval_s=interval,
             status=gap_status(gi, bounds), uptime_s=uptime, failure=fail,
+            stream=stream_connectivity(hb.counters) if hb is not None
+            and ident.role == "stream" else None,
         ))
     return out
+
+
+def stream_connectivity(counters: Mapping[str, object]) -> dict[str, Any] | None:
+    """The trade stream's state from a stream role's heartbeat counters (None if absent)."""
+    state = counters.get("stream.state")
+    if not isinstance(state, str):
+        return None
+    age = counters.get("stream.state_age_s")
+    drops = counters.get("stream.drops_recent")
+    refusal = counters.get("stream.refusal")
+    return {"state": state, "for_s": age if isinstance(age, int | float) else None,
+            "refusal": refusal if isinstance(refusal, str) else "",
+            "drops_recent": drops if isinstance(drops, int) else 0}
 
 
 def _overall(
@@ -475,6 +494,15 @@ def render_text(report: StatusReport) -> str:
               _fmt_age(p.last_run_age_s), _fmt(p.expected_interval_s), p.status]
              for p in report.processes]
     lines += _table(rows)
+    for p in report.processes:
+        st = p.stream
+        if st is not None and st["state"] != "connected":
+            why = f": {st['refusal']}" if st["refusal"] else ""
+            lines.append(f"  {p.name}: trade stream {st['state'].upper()} for "
+                         f"{_fmt_age(st['for_s'])}{why}")
+        elif st is not None and st["drops_recent"]:
+            lines.append(f"  {p.name}: trade stream connected; {st['drops_recent']} "
+                         "drop(s) recently")
     lines.append("")
     rows = [["ACCOUNT", "NUMBER", "EQUITY", "POSITIONS", "ORDERS TODAY", "FILLS TODAY",
              "KILL SWITCH"]]

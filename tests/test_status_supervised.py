@@ -188,6 +188,20 @@ def test_status_through_supervisord(stack_home: Path, pg_url: str, config: Confi
             assert report.to_json()["processes"][
                 [p.name for p in report.processes].index("large-position-manager")
             ]["status"] == "failing"
+            # The trade stream's connectivity is shown from the stream role's heartbeat.
+            spid = next(p.pid for p in client.processes() if p.name == "large-stream")
+            await store.heartbeat(Heartbeat(
+                process="large-stream", account="large", role="stream", pid=spid,
+                ts=datetime.now(UTC), started_at=datetime.now(UTC), counters={
+                    "stream.state": "refused", "stream.state_age_s": 42.0,
+                    "stream.refusal": "access key verification failed",
+                    "stream.drops_recent": 0}))
+            report = await collect_status(env, config, store=store)
+            stream = next(p for p in report.processes if p.name == "large-stream").stream
+            assert stream == {"state": "refused", "for_s": 42.0,
+                              "refusal": "access key verification failed", "drops_recent": 0}
+            assert ("large-stream: trade stream REFUSED for 42.0s: access key verification "
+                    "failed") in render_text(report)
             await _report_all(store, client, config)  # a good run: healthy at once
             report = await collect_status(env, config, store=store)
             assert report.status == "healthy", render_text(report)
