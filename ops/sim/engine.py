@@ -21,7 +21,13 @@ from ops.sim import ledger
 from ops.sim.accounts import AccountState, OrderState, SimAccountSpec
 from ops.sim.clock import SimClock
 from ops.sim.market import InactiveSymbol, Market
-from ops.sim.orders import NewOrder, not_replaceable, parse_new_order, parse_replace
+from ops.sim.orders import (
+    NewOrder,
+    OrderRefusal,
+    not_replaceable,
+    parse_new_order,
+    parse_replace,
+)
 from ops.sim.wire import (
     ApiError,
     dec,
@@ -71,6 +77,7 @@ class Engine:
         self.states: dict[str, AccountState] = {}
         self.reject_next: dict[str, int] = {}  # fault: account name or "*" -> count
         self.revoked: set[str] = set()  # fault: accounts whose API key the broker rejects
+        self.refuse_next: list[OrderRefusal] = []  # fault: REST-level refusals, in order
         for spec in specs:
             if spec.name in self.states:
                 raise ValueError(f"duplicate simulator account name {spec.name!r}")
@@ -126,8 +133,20 @@ class Engine:
         req = parse_new_order(dict(body) | {"symbol": symbol}, option=asset_class == "us_option")
         if req.client_order_id is not None and req.client_order_id in st.by_client_id:
             raise unprocessable("client_order_id must be unique")
+        self._refuse_if_armed(st, req.side, symbol)
         self._check_account(st, req, asset_class)
         return self._create(st, req, asset_class)
+
+    def _refuse_if_armed(self, st: AccountState, side: str, symbol: str) -> None:
+        """The `refuse_next_orders` fault: raise the first matching refusal, if any."""
+        for rule in self.refuse_next:
+            if rule.matches(st.spec.name, side, symbol):
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self.refuse_next.remove(rule)
+                log.info("order %s %s for %s refused (fault): %s %s", side, symbol,
+                         st.spec.name, rule.status, rule.message)
+                raise rule.error()
 
     def _check_account(self, st: AccountState, req: NewOrder, asset_class: str,
                        replacing: str | None = None) -> None:
@@ -480,6 +499,7 @@ class Engine:
         if qty <= 0:
             raise unprocessable("qty must be > 0")
         side = "sell" if pos.qty > 0 else "buy"
+        self._refuse_if_armed(st, side, symbol)
         held = ledger.held_for_orders(st, symbol, side)
         available = max(Decimal(0), abs(pos.qty) - held)
         if qty > available:

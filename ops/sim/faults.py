@@ -20,6 +20,7 @@ from typing import Any
 
 from ops.sim.clock import SimClock
 from ops.sim.engine import Engine
+from ops.sim.orders import PDT_MESSAGE, OrderRefusal
 from ops.sim.stream import StreamHub, check_drop_mode, frame
 from ops.sim.wire import ApiError, iso_z
 
@@ -130,7 +131,8 @@ class FaultController:
     ACTIONS = (
         "drop_streams", "drop_every", "mute", "unmute", "refuse_auth", "set_stream_chaos",
         "drop_next_events", "duplicate_next_events",
-        "reorder_next_events", "reject_next_orders", "emit_unknown_event",
+        "reorder_next_events", "reject_next_orders", "refuse_next_orders",
+        "emit_unknown_event",
         "emit_malformed_frame", "hang_next",
         "release_hangs", "fail_next", "set_rest_latency", "set_stream_latency",
         "set_rate_limit", "set_clock", "set_reap_delay", "revoke_key", "restart", "clear",
@@ -272,6 +274,25 @@ class FaultController:
         next market step sends `rejected` (status rejected, failed_at set)."""
         self._count(self._engine.reject_next, n, account)
 
+    def refuse_next_orders(
+        self, n: int = 1, status: int = 403, code: int | None = 40310100,
+        message: str = PDT_MESSAGE, account: str | None = None, side: str | None = None,
+        symbol: str | None = None, extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Refuse the next n matching orders at the REST level (nothing is created): POST
+        /v2/orders and DELETE /v2/positions/{symbol} (also inside DELETE /v2/positions)
+        answer `status` with `{"code": code, "message": message, **extra}` (section 5).
+        The default is pattern-day-trading protection (403 40310100); e.g. status=401,
+        code=40110000, message="request is not authorized" for a rejected key, or 403
+        40310000 "insufficient qty available for order (...)". account/side/symbol narrow
+        it (None = any); rules apply in the order armed. Returns the rule armed."""
+        rule = OrderRefusal(int(n), int(status), None if code is None else int(code),
+                            str(message), self._account(account),
+                            None if side is None else str(side).lower(),
+                            None if symbol is None else str(symbol), dict(extra or {}))
+        self._engine.refuse_next.append(rule)
+        return dict(vars(rule))
+
     def emit_unknown_event(
         self, account: str, event: str = "order_frozen", order_id: str | None = None
     ) -> None:
@@ -367,6 +388,7 @@ class FaultController:
         f = self._hub.faults
         for counters in (f.drop, f.duplicate, f.reorder, self._engine.reject_next):
             counters.clear()
+        self._engine.refuse_next.clear()
         f.reorder_held.clear()
         f.latency_s = f.reap_delay_s = 0.0
         self.rest.hangs.clear()
@@ -384,6 +406,7 @@ class FaultController:
             "drop_next": dict(f.drop), "duplicate_next": dict(f.duplicate),
             "reorder_next": dict(f.reorder),
             "reject_next_orders": dict(self._engine.reject_next),
+            "refuse_next_orders": [dict(vars(r)) for r in self._engine.refuse_next],
             "stream_latency_s": f.latency_s, "reap_delay_s": f.reap_delay_s,
             "rest_latency_s": self.rest.latency_s,
             "rate_limit_per_min": self.rest.rate_limit_per_min,

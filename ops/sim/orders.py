@@ -7,7 +7,7 @@ dependent checks (buying power, held quantity) are the engine's job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +18,44 @@ TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
 TIFS = ("day", "gtc", "opg", "cls", "ioc", "fok")
 INTENTS = ("buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close")
 MAX_CLIENT_ID = 128
+
+
+PDT_MESSAGE = "trade denied due to pattern day trading protection"
+
+
+@dataclass
+class OrderRefusal:
+    """Fault: refuse the next `remaining` orders matching account/side/symbol (None = any)
+    at the REST level, as the broker does (alpaca-wire.md section 5): nothing is created,
+    the answer is `status` with body `{"code": code, "message": message, **extra}`.
+    Consulted by order submission and by closing a position (`DELETE /v2/positions/...`).
+    """
+
+    remaining: int
+    status: int = 403
+    code: int | None = 40310100
+    message: str = PDT_MESSAGE
+    account: str | None = None
+    side: str | None = None
+    symbol: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.remaining < 1:
+            raise ValueError(f"n must be >= 1, got {self.remaining}")
+        if not 400 <= self.status <= 599:
+            raise ValueError(f"status must be 4xx or 5xx, got {self.status}")
+        if self.side is not None and self.side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES} or null, got {self.side!r}")
+        if self.symbol is not None:
+            self.symbol = self.symbol.upper()
+
+    def matches(self, account: str, side: str, symbol: str) -> bool:
+        return (self.remaining > 0 and self.account in (None, account)
+                and self.side in (None, side) and self.symbol in (None, symbol.upper()))
+
+    def error(self) -> ApiError:
+        return ApiError(self.status, self.code, self.message, dict(self.extra))
 
 
 @dataclass(frozen=True, slots=True)
