@@ -50,7 +50,13 @@ def _err(exc: BaseException) -> str:
 async def check_account(env: RuntimeEnv, config: Config, name: str,
                         acct: AccountConfig) -> tuple[list[Check], float | None]:
     """Credentials and binding for one account; also returns the broker clock skew (s)."""
-    from ops.broker import AccountMismatchError, Broker, BrokerEndpoints, BrokerSettings
+    from ops.broker import (
+        AccountMismatchError,
+        Broker,
+        BrokerApiError,
+        BrokerEndpoints,
+        BrokerSettings,
+    )
     from ops.credentials import CredentialError, load_credentials, provider_from_config
 
     where = f"{config.credentials.provider} provider, secret '{acct.secret_id}'"
@@ -78,10 +84,14 @@ async def check_account(env: RuntimeEnv, config: Config, name: str,
                                 f"these keys belong to another account: fix secret "
                                 f"'{acct.secret_id}' or accounts.{name}.expected_account_number"))
         except Exception as exc:
+            fix = (f"is the broker reachable? check accounts.{name}.rest_url "
+                   "(the demo simulator runs under `ops up --demo`)")
+            if isinstance(exc, BrokerApiError) and exc.http_status == 401:
+                # The broker answered: it is reachable, it refused the key.
+                fix = (f"the broker rejected {name}'s API key (401): rotate secret "
+                       f"'{acct.secret_id}' (store a valid key pair under it)")
             checks.append(Check(f"account binding {name}", False,
-                                f"{acct.rest_url}: {_err(exc)}",
-                                f"is the broker reachable? check accounts.{name}.rest_url "
-                                "(the demo simulator runs under `ops up --demo`)"))
+                                f"{acct.rest_url}: {_err(exc)}", fix))
             return checks, None
         try:
             before = time.time()

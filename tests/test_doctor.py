@@ -89,3 +89,29 @@ async def test_doctor_unreadable_secret_and_dead_database(tmp_path: Path) -> Non
     db = checks["database"]
     assert not db.ok and "OPS_DATABASE_URL" in db.fix
     assert checks["buffer"].ok and checks["disk space"].ok
+
+
+async def test_doctor_names_the_secret_of_a_rejected_key(tmp_path: Path) -> None:
+    """A 401 means the broker was reached and refused the key: the fix names the secret to
+    rotate, not the network (issue 13)."""
+    import json
+
+    from ops.credentials import write_secrets_file
+
+    home = tmp_path / "home"
+    async with Simulator(SimConfig(seed=7, market_step_s=None)) as sim:
+        port = int(sim.rest_url.rsplit(":", 1)[1])
+        env = RuntimeEnv(config_path=_config_for(port, tmp_path), home=home,
+                         database_url=f"postgresql://postgres@/postgres?host={tmp_path}")
+        config = load_config(env.config_path)
+        path = write_demo_secrets(env, config)
+        secrets = json.loads(path.read_text())
+        secrets["ops-pipeline/alpaca/tiny"]["api_secret"] = "revoked-" + "x" * 24
+        write_secrets_file(path, secrets)
+        checks = _by_name(await run_checks(env, config, lambda c: None))
+    binding = checks["account binding tiny"]
+    assert not binding.ok and "401" in binding.detail
+    assert "rotate secret 'ops-pipeline/alpaca/tiny'" in binding.fix
+    assert "reachable" not in binding.fix
+    assert checks["account binding large"].ok
+    assert "revoked-" not in binding.detail + binding.fix

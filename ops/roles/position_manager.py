@@ -50,6 +50,16 @@ How an exit is recorded: the order goes to `orders` through `store.upsert_orders
 once (the stream will also store it and its events), and the decision with its rule,
 reason and submit outcome goes to `exit_decisions`. Not as a signal row: the dispatcher
 claims pending signals and would send it a second time under another client id.
+
+A refused exit is an incident, not only a log line (issue 13.3): the broker's refusal
+(pattern-day-trading protection, a rejected key, shares held by other orders, ...) becomes
+incident `exit-refused` with dedupe key `exit-refused:<account>:<symbol>`, opened in the
+tick that was refused and worded by ops.refusals (account, symbol, order, quantity, side,
+the broker's message and what to do). The same refusal again keeps that one incident
+(seen again: its text is refreshed). It closes itself, recording why (close_reason), when
+a later exit of the symbol is accepted or when the position is gone at the broker
+(checked at every sync, whatever the clock says; open ones are read back from the store,
+so a restart's or another process's incident of the same kind is closed too).
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ops import drift
+from ops import drift, refusals
 from ops.broker import Broker, BrokerError
 from ops.daemon import Service
 from ops.exits import (
@@ -73,6 +83,7 @@ from ops.exits import (
     update_water_marks,
 )
 from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
+from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store import fills as fq
 from ops.store import positions as pq
 from ops.store.postgres import is_outage
@@ -132,6 +143,7 @@ class PositionCounters:
     exits_waiting: int = 0  # decisions not sent because an exit is already open
     exits_stale: int = 0  # exit ids found used by a finished order: position re-tracked
     exits_idle: int = 0  # ticks that skipped exits: market closed
+    exits_refused_open: int = 0  # symbols with an open exit-refused incident
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -154,6 +166,7 @@ class PositionManager:
         drift_strikes_max: int = 6,
         now: Callable[[], datetime] = _utcnow,
         market_open: Callable[[], Awaitable[bool]] | None = None,
+        secret_id: str | None = None,
     ) -> None:
         if drift_strikes < 1:
             raise ValueError(f"drift_strikes must be >= 1, got {drift_strikes}")
@@ -179,6 +192,9 @@ class PositionManager:
         self._snapshot_cut: drift.Cut | None = None  # of the positions read this tick
         self._snapshot_answered: datetime | None = None  # when the broker answered
         self._mismatch_seen: datetime | None = None  # the first mismatching snapshot's
+        self.secret_id = secret_id  # named (never read) when the broker rejects the key
+        self.refusals = RefusalIncidents(store, kind=refusals.EXIT_REFUSED, account=account,
+                                         process=process)
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -195,7 +211,7 @@ class PositionManager:
         self.counters.syncs += 1
         self.counters.positions = len(positions)
         failures: list[str] = []
-        steps = [self._check_drift]
+        steps = [self._check_drift, self._clear_refusals]
         if self._market_open is None or await self._market_open():
             steps.append(self._apply_exits)
         else:
@@ -209,6 +225,17 @@ class PositionManager:
                 failures.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
         if failures:
             raise RuntimeError("; ".join(failures))
+
+    # -- refused exits -----------------------------------------------------------------------
+
+    async def _clear_refusals(self, positions: Sequence[Position], now: datetime) -> None:
+        """Close the exit-refused incidents of positions the broker no longer has."""
+        held = {p.symbol for p in positions if p.qty != 0}
+        await self.refusals.sync()
+        await self.refusals.close_all_but(
+            held, lambda s: f"the position in {s} is gone at the broker (nothing left to "
+                            "exit)", now)
+        self.counters.exits_refused_open = len(self.refusals.open_symbols)
 
     # -- drift -------------------------------------------------------------------------------
 
@@ -531,9 +558,7 @@ class PositionManager:
             self.counters.exits_submitted += 1
             log.warning("account %s: exit order %s sent: %s", self.account, cid, d.reason)
         elif res.outcome == "rejected":
-            self.counters.exits_rejected += 1
-            log.error("account %s: exit order %s rejected (%s): %s", self.account, cid,
-                      res.reason, d.reason)
+            self.counters.exits_rejected += 1  # logged (once per cause) by self.refusals
         else:
             self.counters.exits_unknown += 1
             self._unsettled[d.symbol] = cid
@@ -554,7 +579,18 @@ class PositionManager:
                 raise
             log.warning("account %s: exit decision %s not recorded (postgres away): %s",
                         self.account, cid, d.reason)
-
+        if res.outcome == "accepted":
+            await self.refusals.accepted(
+                d.symbol, f"exit order {cid} ({d.side.value} {d.qty}) accepted by the broker",
+                now)
+        elif res.outcome == "rejected":
+            refusal = refusals.Refusal(res.http_status, res.code, res.reason or "")
+            detail = refusals.describe(
+                refusal, what=f"the {d.rule.value} exit", account=self.account,
+                symbol=d.symbol, qty=d.qty, side=d.side.value, order=cid,
+                secret_id=self.secret_id)
+            await self.refusals.refused(d.symbol, f"{detail} (exit rule: {d.reason})", now)
+        self.counters.exits_refused_open = len(self.refusals.open_symbols)
 
 # --- the role -----------------------------------------------------------------------------
 
@@ -575,7 +611,7 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
 
     pm = PositionManager(account=account, store=ctx.store, broker=broker, process=ctx.process,
                          exit_rules=rules, kill_switch=ctx.kill_switch,
-                         market_open=ctx.market_open)
+                         market_open=ctx.market_open, secret_id=acct.secret_id)
     # The interval equals the configured one, so the runtime follows its hot reloads. Not
     # gated on market hours: only the exits are (see the module docstring).
     ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick, market_gate=False)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ops import drift
+from ops import drift, refusals
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
 from ops.credentials import Credentials
 from ops.exits import NEW_YORK, ExitRule, ExitRules, exit_client_order_id
@@ -570,3 +570,97 @@ async def test_operator_accepts_the_broker_positions_with_an_audit_row(rig: Rig)
     await pm.tick()  # the accepted positions are the baseline now: no new alarm
     assert pm.counters.drift_mismatches == 0
     assert await pq.pending_accepts(rig.store.pool, ACCOUNT) == []
+
+
+# --- refused exits (issue 13.3) ---------------------------------------------------------------
+
+
+async def refusal_incidents(rig: Rig, symbol: str) -> list[dict[str, Any]]:
+    """Every incident (open or closed) of the exit refusal of `symbol`."""
+    rows = await rig.store.pool.fetch(
+        "SELECT kind, account, process, detail, closed_at, close_reason, closed_by, "
+        "seen_by FROM incidents "
+        "WHERE dedupe_key = $1 ORDER BY opened_at",
+        refusals.dedupe_key(refusals.EXIT_REFUSED, ACCOUNT, symbol))
+    return [dict(r) for r in rows]
+
+
+async def test_refused_exit_is_one_incident_until_the_position_is_gone(rig: Rig) -> None:
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+    pm, entry = await _open_and_track(rig, "AAPL", 10)
+    # The 1k account's pattern-day-trading protection, on the next two AAPL sells only.
+    rig.sim.faults.refuse_next_orders(n=2, account=ACCOUNT, symbol="AAPL", side="sell")
+    rig.sim.market.set_price("AAPL", entry * Decimal("0.9"))
+    await pm.tick()  # the stop loss fires and is refused: an incident within this tick
+    [inc] = await refusal_incidents(rig, "AAPL")
+    assert inc["kind"] == "exit-refused" and inc["account"] == ACCOUNT
+    assert inc["process"] == f"{ACCOUNT}-position-manager" and inc["closed_at"] is None
+    detail = inc["detail"]
+    stored = await pq.load_exit_states(rig.store.pool, ACCOUNT)
+    cid = exit_client_order_id(ACCOUNT, "AAPL", stored["AAPL"].state.opened_at,
+                               ExitRule.STOP_LOSS)
+    for needle in ("the broker refused the stop_loss exit of 10 AAPL (sell) on large",
+                   f"(order {cid})", "pattern-day-trading protection (403 40310100)",
+                   "4th day trade in 5 days; close it by hand or wait"):
+        assert needle in detail, (needle, detail)
+    assert pm.counters.exits_rejected == 1 and pm.counters.exits_refused_open == 1
+    assert rig.sim_exit_orders("AAPL") == []
+
+    await pm.tick()  # refused again: still that one incident
+    incs = await refusal_incidents(rig, "AAPL")
+    assert len(incs) == 1 and incs[0]["closed_at"] is None
+    assert pm.counters.exits_rejected == 2 and pm.refusals.repeats == 1
+    # A restarted position manager knows of the open incident and adds no second one.
+    pm = rig.manager()
+    rig.sim.faults.refuse_next_orders(n=1, account=ACCOUNT, symbol="AAPL", side="sell")
+    await pm.tick()
+    assert len(await refusal_incidents(rig, "AAPL")) == 1
+
+    # The operator closes the position by hand: the next sync closes the incident.
+    await rig.broker.close_position("AAPL")
+
+    async def gone() -> bool:
+        return await rig.broker.get_position("AAPL") is None
+    await eventually(gone, "AAPL closed by hand")
+    await pm.tick()
+    [inc] = await refusal_incidents(rig, "AAPL")
+    assert inc["closed_at"] is not None
+    assert "position in AAPL is gone" in inc["close_reason"]
+    assert inc["closed_by"] == f"{ACCOUNT}-position-manager"
+    assert pm.counters.exits_refused_open == 0
+    assert [i.kind for i in (await rig.store.open_incidents()).rows] == []
+
+
+async def test_refused_exit_closes_when_a_later_exit_is_accepted(rig: Rig) -> None:
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+    pm, entry = await _open_and_track(rig, "MSFT", 3)
+    rig.sim.faults.refuse_next_orders(
+        n=1, account=ACCOUNT, symbol="MSFT", status=403, code=40310000,
+        message="insufficient qty available for order (requested: 3, available: 1)")
+    rig.sim.market.set_price("MSFT", entry * Decimal("0.9"))
+    await pm.tick()
+    [inc] = await refusal_incidents(rig, "MSFT")
+    assert "held by open orders (3 requested, 1 available)" in inc["detail"]
+    await pm.tick()  # the refusal is over: this exit is accepted
+    [inc] = await refusal_incidents(rig, "MSFT")
+    assert inc["closed_at"] is not None and "accepted by the broker" in inc["close_reason"]
+    assert len(rig.sim_exit_orders("MSFT")) == 1
+
+
+async def test_a_rejected_key_names_the_secret_to_rotate(rig: Rig) -> None:
+    rig.rules = ExitRules(take_profit_pct=Decimal(5))
+    pm = rig.manager(secret_id="ops-pipeline/alpaca")
+    await rig.buy("SPY", 2)
+    await pm.tick()
+    pos = await rig.broker.get_position("SPY")
+    assert pos is not None
+    rig.sim.faults.refuse_next_orders(n=1, status=401, code=40110000,
+                                      message="request is not authorized", symbol="SPY")
+    rig.sim.market.set_price("SPY", pos.avg_entry_price * Decimal("1.2"))
+    await pm.tick()
+    [inc] = await refusal_incidents(rig, "SPY")
+    assert "rejected the account's API key (401 40110000)" in inc["detail"]
+    assert "rotate secret ops-pipeline/alpaca " in inc["detail"]
+    assert "reachable" not in inc["detail"]
+    spec = rig.sim.account(ACCOUNT)
+    assert spec.key_id not in inc["detail"] and spec.secret not in inc["detail"]
