@@ -38,7 +38,32 @@ Choices:
   shares a working order (a closing one included) already sells, so a second sale of
   the same shares would open a short and is refused.
 - A pass needs Postgres and an empty outage buffer before it claims: a decision still in
-  the buffer would otherwise look like a leftover and be dispatched again.
+  the buffer would otherwise look like a leftover and be dispatched again. Until then
+  dispatch is *paused*, and says so in the heartbeat counters (issue 13.5):
+  `dispatch_paused` (1/0), `dispatch_paused_since` (epoch s), `dispatch_paused_for_s`,
+  `dispatch_paused_reason` ("database unreachable" | "outage buffer not drained yet"),
+  `signals_waiting` (this account's signals in the outage buffer, counted from the file
+  every paused pass) and, once it resumed, `last_pause_s`. A paused pass is a completed
+  run (nothing failed: the dispatcher did all it could), not an error; reconciliation
+  waits for Postgres too.
+- After an outage the waiting signals go through the same gates as any other, against a
+  fresh broker snapshot: TTL (`signal_ttl_s`, `expires_at`) first, so a signal that waited
+  too long is expired with a reason saying it was held back by the pause, never sent.
+  No two signals size against one snapshot: within a pass each submitted order is
+  folded into the state the next signal sees (`_after_submit`); across passes the
+  snapshot is read open orders first, then positions, so an order filling between the two
+  reads is counted twice at worst (the safe side) and never missed; and the orders this
+  dispatcher submitted (`_inflight`) that the open-orders listing does not show are
+  looked up by id, so one the listing has not caught up with still counts as open.
+- Refusals: a flatten close the broker refuses opens incident `flatten-refused`
+  (dedupe key `flatten-refused:<account>:<symbol>`, text from ops.refusals); it closes
+  itself when a later close is accepted, when the position is gone, or when the kill
+  switch leaves flatten. "Shares held by orders" just after this pass canceled orders in
+  the symbol is a cancel still pending: an incident only if it lasts
+  `FLATTEN_HELD_GRACE_S`. An exit *signal* (one that reduces a position) the broker
+  refuses opens `exit-refused:<account>:<symbol>` (the position manager's kind; either
+  role's accepted exit or the position being gone closes it). Entries the broker or a
+  gate refuses stay signal rejections with their reason.
 
 Test-only fault point: with the environment variable OPS_FAULT=dispatcher.after_submit
 the process SIGKILLs itself right after the broker accepted an order and before the
@@ -56,10 +81,11 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from ops import refusals
 from ops.broker import Broker, BrokerApiError, BrokerError
 from ops.models import (
     OPTION_MULTIPLIER,
@@ -82,6 +108,7 @@ from ops.risk import (
     order_qty,
     position_effect,
 )
+from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store import signals as sq
 from ops.store.postgres import is_outage
 from ops.store.signals import SignalListener, SignalRow
@@ -97,6 +124,18 @@ FAULT_ENV = "OPS_FAULT"
 FAULT_AFTER_SUBMIT = "dispatcher.after_submit"
 RECONCILE_KEY = "reconciliation"  # controls row: {"state": "reconciling"|"reconciled", ...}
 DRIFT_KEY = "drift_block"  # controls row written by the position manager
+#: How long "insufficient qty" on a flatten close may last while this dispatcher's own
+#: cancels of that symbol's orders are pending, before it is an incident.
+FLATTEN_HELD_GRACE_S = 10.0
+#: How long an order this dispatcher submitted may be unknown to the broker's listings
+#: (404 on lookup) and still count as in flight.
+INFLIGHT_GRACE_S = 30.0
+INFLIGHT_MAX = 1000
+#: From this many in-flight orders missing from the open listing, one listing of recent
+#: orders settles them instead of one lookup each.
+INFLIGHT_BATCH = 3
+PAUSE_DB = "database unreachable"
+PAUSE_BUFFER = "outage buffer not drained yet"
 
 KillSwitchGetter = Callable[[], Awaitable[KillSwitch]]
 LimitsGetter = Callable[[], RiskLimits]
@@ -105,6 +144,11 @@ AccountsGetter = Callable[[], Sequence[str]]  # every configured account name
 
 class NotReconciled(RuntimeError):
     """The account could not be reconciled yet; the dispatcher stays closed."""
+
+
+class ReconcileWaitsForDatabase(NotReconciled):
+    """Not reconciled because Postgres is away or the outage buffer is still draining:
+    dispatch is paused, nothing failed."""
 
 
 @dataclass(slots=True)
@@ -121,6 +165,30 @@ class DispatcherCounters:
     closed: int = 0
     skipped_buffer: int = 0
     deferred: int = 0  # claimed signals given back unsent when a pass ran out of time
+    inflight_lookups: int = 0  # in-flight orders looked up by id (not in the open listing)
+    flatten_refused: int = 0  # flatten closes the broker refused
+    exits_refused: int = 0  # exit signals the broker refused
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """An order this dispatcher submitted, until the broker shows it finished."""
+
+    order: Order
+    submitted: float  # time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A span during which the dispatcher could not claim signals."""
+
+    since: datetime
+    until: datetime
+    reason: str
+
+    @property
+    def seconds(self) -> float:
+        return (self.until - self.since).total_seconds()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +241,7 @@ class Dispatcher:
         fault: str | None = None,
         accounts: AccountsGetter | None = None,
         pass_budget_s: float = 5.0,
+        secret_id: str | None = None,
     ) -> None:
         if pass_budget_s <= 0:
             raise ValueError(f"pass_budget_s must be > 0, got {pass_budget_s}")
@@ -196,6 +265,18 @@ class Dispatcher:
         self._reconcile_since: datetime | None = None  # first attempt of this life
         self._price_errors: dict[str, str] = {}  # symbol -> why it has no latest trade
         self.stats = DispatcherCounters()
+        self.secret_id = secret_id  # named (never read) when the broker rejects the key
+        self.flatten_refusals = RefusalIncidents(store, kind=refusals.FLATTEN_REFUSED,
+                                                 account=account, process=process)
+        self.exit_refusals = RefusalIncidents(store, kind=refusals.EXIT_REFUSED,
+                                              account=account, process=process)
+        self._flatten_refusals_unknown = True  # may some be open (a previous life's)?
+        self._held_since: dict[str, float] = {}  # symbol -> first "qty held" close refusal
+        self._inflight: dict[str, InFlight] = {}  # broker order id -> what we submitted
+        self._paused_since: datetime | None = None
+        self._paused_reason = ""
+        self._waiting = 0  # this account's signals in the outage buffer (while paused)
+        self.last_pause: Pause | None = None
 
     # -- wiring ---------------------------------------------------------------------------
 
@@ -219,6 +300,16 @@ class Dispatcher:
         out["reconciled"] = 1 if self.reconciled else 0
         out["reconciled_at"] = (self.reconciled_at.isoformat() if self.reconciled_at
                                 else "reconciling")
+        since = self._paused_since
+        out["dispatch_paused"] = 0 if since is None else 1
+        out["dispatch_paused_since"] = 0.0 if since is None else round(since.timestamp(), 3)
+        out["dispatch_paused_for_s"] = (
+            0.0 if since is None else round((_now() - since).total_seconds(), 1))
+        out["dispatch_paused_reason"] = self._paused_reason
+        out["signals_waiting"] = self._waiting
+        out["last_pause_s"] = round(self.last_pause.seconds, 1) if self.last_pause else 0.0
+        out["inflight"] = len(self._inflight)
+        out["flatten_refused_open"] = len(self.flatten_refusals.open_symbols)
         return out
 
     # -- one pass -------------------------------------------------------------------------
@@ -233,25 +324,67 @@ class Dispatcher:
                 await self.flatten()
             else:
                 self._flatten_orders.clear()
+                await self._flatten_ended(mode)
                 if mode is KillSwitch.REDUCE_ONLY:
                     await self.cancel_entry_orders()
-            if not self.reconciled:
-                await self.reconcile()
             if await self.store.buffer.has_pending():
                 # Decisions may still sit in the buffer: Postgres would show them as
-                # leftovers. Claim nothing until the buffer has drained.
+                # leftovers. Claim (and reconcile) nothing until the buffer has drained.
                 self.stats.skipped_buffer += 1
-                report.skipped = "outage buffer not drained yet"
+                report.skipped = PAUSE_BUFFER if self.store.database_reachable else PAUSE_DB
+                await self._paused(report.skipped)
                 return report
-            await self.settle_leftovers()
-            await self.reject_unknown_accounts()
-            claimed = await sq.claim_pending(self.store.pool, self.account, self._batch)
+            try:
+                if not self.reconciled:
+                    await self.reconcile()
+                await self.settle_leftovers()
+                await self.reject_unknown_accounts()
+                claimed = await sq.claim_pending(self.store.pool, self.account, self._batch)
+            except ReconcileWaitsForDatabase as exc:
+                report.skipped = PAUSE_BUFFER if str(exc) == PAUSE_BUFFER else PAUSE_DB
+                await self._paused(report.skipped)
+                return report
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                report.skipped = PAUSE_DB
+                await self._paused(PAUSE_DB)
+                return report
+            self._resumed()
             if claimed:
                 self.stats.claimed += len(claimed)
                 report.outcomes = await self._dispatch(claimed, mode)
             if len(claimed) == self._batch:
                 self.wake()  # a full batch: more may be waiting; the next pass takes them
             return report
+
+    # -- outage pauses --------------------------------------------------------------------
+
+    async def _paused(self, reason: str) -> None:
+        """This pass could not claim: note since when and why, and count what waits."""
+        if self._paused_since is None:
+            self._paused_since = _now()
+            log.warning("%s: dispatch paused: %s; signals wait until Postgres answers and "
+                        "the outage buffer has drained", self.account, reason)
+        elif reason != self._paused_reason:
+            log.info("%s: dispatch still paused: %s", self.account, reason)
+        self._paused_reason = reason
+        counts = await sq.buffered_signal_counts(self.store.buffer.path)
+        if counts is not None:
+            self._waiting = counts.get(self.account, 0)
+
+    def _resumed(self) -> None:
+        if self._paused_since is None:
+            return
+        self.last_pause = Pause(self._paused_since, _now(), self._paused_reason)
+        log.warning("%s: dispatch resumed after %.1fs paused (%s); %d signal(s) had waited "
+                    "in the outage buffer: each is gated again against the broker's "
+                    "current positions and open orders, and expired if past its TTL",
+                    self.account, self.last_pause.seconds, self._paused_reason,
+                    self._waiting)
+        self._paused_since = None
+        self._paused_reason = ""
+        self._waiting = 0
 
     # -- reconciliation -------------------------------------------------------------------
 
@@ -268,7 +401,7 @@ class Dispatcher:
         started = self._reconcile_since
         try:
             if await self.store.buffer.has_pending():
-                raise NotReconciled("outage buffer not drained yet")
+                raise ReconcileWaitsForDatabase(PAUSE_BUFFER)
             settled, requeued, unresolved = await self.settle_leftovers()
             if unresolved:
                 raise NotReconciled(f"{unresolved} signal(s) could not be looked up at the "
@@ -279,12 +412,14 @@ class Dispatcher:
             differences = await self._position_differences(positions)
         except (BrokerError, NotReconciled) as exc:
             await self._reconcile_failed(started, str(exc))
+            if isinstance(exc, ReconcileWaitsForDatabase):
+                raise
             raise NotReconciled(str(exc)) from None
         except Exception as exc:
             if not is_outage(exc):
                 raise
             await self._reconcile_failed(started, f"database unreachable: {exc}")
-            raise NotReconciled(f"database unreachable: {exc}") from None
+            raise ReconcileWaitsForDatabase(f"{PAUSE_DB}: {exc}") from None
         now = _now()
         value = {
             "state": "reconciled", "at": now.isoformat(), "since": started.isoformat(),
@@ -380,9 +515,19 @@ class Dispatcher:
         positions = [p for p in await self.broker.list_positions() if p.qty != 0]
         ours = set(self._flatten_orders.values())
         open_ids = {o.id for o in orders}
+        canceling: set[str] = set()  # symbols whose orders this pass is canceling
         for o in orders:
             if o.id not in ours:
+                canceling.add(o.symbol)
                 await self._cancel(o, "flatten")
+        now = _now()
+        held = {p.symbol for p in positions}
+        self._flatten_refusals_unknown = False
+        await self.flatten_refusals.sync()
+        await self.flatten_refusals.close_all_but(
+            held, lambda s: f"the position in {s} is gone at the broker", now)
+        for gone in set(self._held_since) - held:
+            del self._held_since[gone]
         for p in positions:
             working = self._flatten_orders.get(p.symbol)
             if working is not None and working in open_ids:
@@ -390,14 +535,51 @@ class Dispatcher:
             try:
                 order = await self.broker.close_position(p.symbol)
             except BrokerApiError as exc:
-                # E.g. shares still held by an order whose cancel is pending: next pass.
-                log.warning("flatten %s: close %s refused: %s", self.account, p.symbol, exc)
+                await self._close_refused(p, exc, p.symbol in canceling)
                 continue
             self._flatten_orders[p.symbol] = order.id
+            self._held_since.pop(p.symbol, None)
             self.stats.closed += 1
             log.warning("flatten %s: closing %s %s (order %s)", self.account, p.qty,
                         p.symbol, order.id)
             await self.store.upsert_orders(self.account, [order])
+            await self.flatten_refusals.accepted(
+                p.symbol, f"the close of {p.qty} {p.symbol} was accepted (order {order.id})",
+                now)
+
+    async def _close_refused(self, p: Position, exc: BrokerApiError, canceling: bool) -> None:
+        """A flatten close the broker refused: an incident, unless it is the expected
+        echo of this pass's own cancels (shares still held by an order being canceled)."""
+        refusal = refusals.Refusal(exc.http_status, exc.code, exc.reason)
+        cause = refusals.classify(refusal)
+        if cause is refusals.Cause.NO_POSITION:
+            log.info("flatten %s: %s is closed already (%s)", self.account, p.symbol, exc)
+            return
+        if cause is refusals.Cause.QTY_HELD:
+            first = self._held_since.setdefault(p.symbol, time.monotonic())
+            if canceling and time.monotonic() - first < FLATTEN_HELD_GRACE_S:
+                log.warning("flatten %s: close %s refused while its orders are being "
+                            "canceled (%s); next pass", self.account, p.symbol, exc)
+                return
+        self.stats.flatten_refused += 1
+        detail = refusals.describe(
+            refusal, what="the flatten close", account=self.account, symbol=p.symbol,
+            qty=p.qty, side="sell" if p.qty > 0 else "buy",
+            order=f"close-position request DELETE /v2/positions/{p.symbol}",
+            secret_id=self.secret_id)
+        await self.flatten_refusals.refused(
+            p.symbol, f"{detail} (kill switch flatten: the dispatcher retries every pass)")
+
+    async def _flatten_ended(self, mode: KillSwitch) -> None:
+        """Not flattening (any more): flatten-refused incidents have no cause left."""
+        self._held_since.clear()
+        if not self._flatten_refusals_unknown and not self.flatten_refusals.open_symbols:
+            return
+        self._flatten_refusals_unknown = False
+        await self.flatten_refusals.sync()
+        await self.flatten_refusals.close_all_but(
+            (), lambda s: f"the kill switch is no longer flatten (now {mode.value}): no "
+                          f"close of {s} is attempted any more")
 
     async def cancel_entry_orders(self) -> None:
         """Reduce-only: cancel open orders that would open, grow or flip a position."""
@@ -473,10 +655,16 @@ class Dispatcher:
         self, claimed: list[SignalRow], mode: KillSwitch
     ) -> tuple[AccountState, dict[str, Decimal]]:
         symbols = sorted({s.symbol for s in claimed})
-        account, clock, positions, orders, prices, controls = await asyncio.gather(
-            self.broker.get_account(), self.broker.get_clock(), self.broker.list_positions(),
-            self.broker.list_orders(status="open"), self._prices(symbols),
-            self.store.controls(self.account),
+
+        async def book() -> tuple[list[Order], list[Position]]:
+            # Open orders first, then positions: an order that fills between the two
+            # reads is counted twice (the safe side), never missed by both.
+            orders = await self._with_inflight(await self.broker.list_orders(status="open"))
+            return orders, await self.broker.list_positions()
+
+        (orders, positions), (account, clock, prices, controls) = await asyncio.gather(
+            book(), asyncio.gather(self.broker.get_account(), self.broker.get_clock(),
+                                   self._prices(symbols), self.store.controls(self.account)),
         )
         blocked = any(c.key == DRIFT_KEY and drift_blocked(c.value) for c in controls.rows)
         snaps = {p.symbol: _snapshot(p) for p in positions}
@@ -493,6 +681,55 @@ class Dispatcher:
             reconciled=self.reconciled,
         )
         return state, prices
+
+    async def _with_inflight(self, listed: list[Order]) -> list[Order]:
+        """`listed` plus the orders this dispatcher submitted that the listing does not
+        show but that are not finished either (a listing that lags behind a submit)."""
+        shown = {o.id for o in listed}
+        missing = {oid: f for oid, f in self._inflight.items() if oid not in shown}
+        if not missing:
+            return listed
+        found: dict[str, Order] = {}
+        if len(missing) >= INFLIGHT_BATCH:
+            # After a burst: one listing of the recent orders instead of a lookup each.
+            oldest = min(f.order.created_at for f in missing.values())
+            try:
+                recent = await self.broker.list_orders(
+                    status="all", after=oldest - timedelta(seconds=1),
+                    symbols=sorted({f.order.symbol for f in missing.values()}))
+                found = {o.id: o for o in recent if o.id in missing}
+            except BrokerError as exc:
+                log.info("%s: recent orders not listed (%s); looking up one by one",
+                         self.account, exc)
+        extra: list[Order] = []
+        for oid, f in missing.items():
+            order = found.get(oid)
+            if order is None:
+                try:
+                    order = await self.broker.get_order(oid)
+                except BrokerError as exc:
+                    log.info("%s: in-flight order %s not looked up (%s); counted as open",
+                             self.account, oid, exc)
+                    extra.append(f.order)
+                    continue
+                self.stats.inflight_lookups += 1
+            if order is None:
+                if time.monotonic() - f.submitted < INFLIGHT_GRACE_S:
+                    extra.append(f.order)  # not visible at the broker yet: still ours
+                else:
+                    del self._inflight[oid]
+            elif order.is_terminal:
+                del self._inflight[oid]  # filled: the positions read after this show it
+            else:
+                extra.append(order)
+        return [*listed, *extra]
+
+    def _track(self, order: Order) -> None:
+        if order.is_terminal:
+            return
+        self._inflight[order.id] = InFlight(order, time.monotonic())
+        while len(self._inflight) > INFLIGHT_MAX:
+            del self._inflight[next(iter(self._inflight))]
 
     async def _prices(self, symbols: list[str]) -> dict[str, Decimal]:
         self._price_errors = {}
@@ -534,6 +771,11 @@ class Dispatcher:
         if not decision.allowed:
             status = "expired" if decision.gate == "expiry" else "rejected"
             reason = decision.reason
+            pause = self.last_pause
+            if status == "expired" and pause is not None and s.created_at < pause.until:
+                reason += (f"; it waited while dispatch was paused ({pause.reason}, "
+                           f"{pause.seconds:,.0f}s from "
+                           f"{pause.since.isoformat(timespec='seconds')})")
             if self._mode is KillSwitch.FLATTEN and decision.gate == "kill_switch":
                 reason = "kill switch flatten (the account is being closed out): " + reason
             if decision.gate == "sanity" and price is None:
@@ -551,12 +793,36 @@ class Dispatcher:
             if result.order is None:
                 # Accepted but unreadable: the id comes from the next settle.
                 return await self._decide(s, "unknown", result.reason)
-            return await self._record_submitted(s, result.order, decision.reason)
+            outcome = await self._record_submitted(s, result.order, decision.reason)
+            if decision.effect.is_exit:
+                await self.exit_refusals.accepted(
+                    s.symbol, f"exit signal {s.id} ({s.side} {p.request.qty or s.notional}) "
+                              f"accepted by the broker (order {result.order.id})")
+            return outcome
         if result.outcome == "rejected":
-            return await self._decide(s, "rejected", f"broker: {result.reason}")
+            outcome = await self._decide(s, "rejected", f"broker: {result.reason}")
+            if decision.effect.is_exit and result.http_status is not None:
+                await self._exit_refused(s, p, result.http_status, result.code,
+                                         result.reason or "")
+            return outcome
         return await self._decide(s, "unknown", result.reason)
 
+    async def _exit_refused(self, s: SignalRow, p: ParsedSignal, status: int,
+                            code: int | None, message: str) -> None:
+        """An exit signal (it reduces a position) the broker refused: an incident, since
+        the risk stays on; an entry the broker refuses stays a signal rejection."""
+        self.stats.exits_refused += 1
+        qty = p.request.qty
+        detail = refusals.describe(
+            refusals.Refusal(status, code, message), what=f"exit signal {s.id}",
+            account=self.account, symbol=s.symbol, qty=qty, side=s.side, order=s.cid,
+            secret_id=self.secret_id)
+        if qty is None and s.notional is not None:
+            detail += f" (notional {s.notional})"
+        await self.exit_refusals.refused(s.symbol, detail)
+
     async def _record_submitted(self, s: SignalRow, order: Order, reason: str) -> Outcome:
+        self._track(order)
         await self.store.upsert_orders(self.account, [order], {order.client_order_id: s.id})
         return await self._decide(s, "submitted", reason, order.id)
 
@@ -743,7 +1009,7 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
                    kill_switch=ctx.kill_switch, process=ctx.process,
                    batch=batch_for_budget(budget.rate_limit_per_min, budget.rate_limit_burst),
                    fault=os.environ.get(FAULT_ENV),
-                   accounts=lambda: list(ctx.config.accounts))
+                   accounts=lambda: list(ctx.config.accounts), secret_id=acfg.secret_id)
 
     async def job(slot: object) -> None:
         await d.run_pass()

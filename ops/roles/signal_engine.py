@@ -22,6 +22,13 @@ of that strategy's proposals still go in. An account whose data cannot be read t
 is skipped; the slot then ends as an error in the run ledger (the engine did not do its
 whole job), after every other account was served.
 
+Postgres outage: signals are still computed and inserted; the store buffers them and
+replays them (once, by idempotency key) when Postgres answers. The heartbeat says how many
+wait that way: `signals_buffered` (this engine's signals written to the outage buffer and
+not replayed yet: back to 0 at the first slot that finds the buffer empty) and
+`signals_buffered.<account>` per account. The dispatchers, which cannot claim them
+meanwhile, count what waits for their account from the buffer file (`signals_waiting`).
+
 Market data: the runtime gives brokers only to per-account roles, so the engine builds
 one Broker per account it serves, from that account's config and credentials, and binds
 it (`bind_account(expected_account_number)`) before using it. A mismatch opens incident
@@ -162,9 +169,24 @@ class EngineCounters:
     duplicates: int = 0  # already stored under the same idempotency key
     data_errors: int = 0  # account data (positions/prices) unreadable this slot
     accounts_refused: int = 0
+    signals_buffered: int = 0  # written to the outage buffer, not known replayed yet
+    buffered_total: int = 0  # ever written to the outage buffer by this process
+    buffered_by_account: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "buffered_by_account"}
+        out.update({f"signals_buffered.{a}": n for a, n in self.buffered_by_account.items()})
+        return out
+
+    def note_buffered(self, account: str) -> None:
+        self.signals_buffered += 1
+        self.buffered_total += 1
+        self.buffered_by_account[account] = self.buffered_by_account.get(account, 0) + 1
+
+    def note_replayed(self) -> None:
+        self.signals_buffered = 0
+        self.buffered_by_account = dict.fromkeys(self.buffered_by_account, 0)
 
 
 @dataclass(slots=True)
@@ -218,6 +240,11 @@ class SignalEngine:
     async def run_slot(self, slot_time: datetime, *, manual: bool = False) -> SlotReport:
         report = SlotReport()
         self.counters.slots += 1
+        if self.counters.signals_buffered and not await self.store.buffer.has_pending():
+            # An empty buffer: everything in it went to Postgres (or to its dead rows).
+            log.info("the %d signal(s) buffered during the outage are in Postgres now",
+                     self.counters.signals_buffered)
+            self.counters.note_replayed()
         by_account: dict[str, list[LoadedStrategy]] = {}
         for s in self.strategies:
             for account in s.accounts:
@@ -324,12 +351,14 @@ class SignalEngine:
                 self.counters.duplicates += 1
                 report.duplicates.append(key)
                 continue
-            await self.store.insert_signal(
+            sid = await self.store.insert_signal(
                 account=ctx.account, symbol=sig.symbol, side=sig.side.value, qty=sig.qty,
                 notional=sig.notional, order_type=sig.order_type.value,
                 limit_price=sig.limit_price, strategy=strategy, idempotency_key=key,
                 created_at=ctx.now, expires_at=sig.expires_at,
             )
+            if sid is None:  # in the outage buffer: no dispatcher can see it yet
+                self.counters.note_buffered(ctx.account)
             self.counters.inserted += 1
             report.inserted.append(key)
             log.info("signal %s: %s %s %s", key, sig.side.value,

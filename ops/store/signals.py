@@ -8,6 +8,9 @@ What lives here:
   signal back to 'pending' once the broker said definitively that it has no such order;
   `reject_unknown_accounts()`: reject pending signals for an account the config does not
   have (no dispatcher would ever claim them).
+- `buffered_signal_counts()`: how many signals per account wait in the host's outage
+  buffer (written while Postgres was away, not replayed yet): what a dispatcher holds
+  back during an outage. Read-only, over its own short-lived SQLite connection.
 - `SignalListener`: a service holding a dedicated asyncpg connection that LISTENs on
   'signals' (the insert trigger in 0001_initial.sql sends the account name as payload)
   and calls `on_signal()` for its account; reconnects with back-off, and calls it once
@@ -25,11 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
@@ -171,6 +177,31 @@ async def reject_unknown_accounts(
         list(known), ", ".join(sorted(known)), limit,
     )
     return [(int(r["id"]), str(r["account"])) for r in rows]
+
+
+def _count_buffered(path: Path) -> dict[str, int]:
+    # Read-only and separate from the Store's own connection: a count must never queue
+    # behind (or hold up) the buffer's writers and its drainer.
+    if not path.exists():
+        return {}
+    con = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=2.0)
+    try:
+        rows = con.execute(
+            "SELECT json_extract(payload, '$.account'), count(*) FROM pending "
+            "WHERE kind = 'signal' GROUP BY 1").fetchall()
+    finally:
+        con.close()
+    return {str(account): int(n) for account, n in rows if account is not None}
+
+
+async def buffered_signal_counts(path: Path) -> dict[str, int] | None:
+    """Signals per account in the outage buffer at `path` (the Store's `buffer.path`),
+    not yet replayed into Postgres; None when the file cannot be read."""
+    try:
+        return await asyncio.to_thread(_count_buffered, path)
+    except sqlite3.Error as exc:
+        log.warning("buffered signals in %s not countable: %s", path, exc)
+        return None
 
 
 async def get_signal(pool: asyncpg.Pool, signal_id: int) -> SignalRow | None:

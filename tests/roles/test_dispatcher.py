@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ops import refusals
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings
 from ops.control import KILL_SWITCH_KEY, read_kill_switch
 from ops.credentials import Credentials
@@ -567,3 +569,205 @@ def test_the_keys_rest_budget_is_shared_by_need_and_never_overspent() -> None:
     assert sum(burst.values()) <= config.broker.rate_limit_burst
     # ...and the dispatcher, which sends every order, gets the largest share.
     assert max(per_min, key=lambda r: per_min[r]) == "dispatcher"
+
+
+async def test_an_order_filling_between_two_reads_is_never_missed(store: Store) -> None:
+    """Two signals in two passes never size against one snapshot (issue 13.5): the first
+    order fills while the second pass reads the account. The pass reads the open orders
+    before the positions, so the fill is in one of the two reads (here: the positions),
+    never in neither. The simulator steps only when told, and the open-orders read hangs
+    until the fill is done, so the interleaving is exact."""
+    from ops.sim import SimConfig, default_accounts
+
+    sim = Simulator(SimConfig(seed=7, clock="open", accounts=default_accounts(seed=7),
+                              market_step_s=None, fill_lot=Decimal(100)))
+    await sim.start(host="127.0.0.1", port=0)
+    broker = make_broker(sim, "large")
+    try:
+        await broker.bind_account(sim.account("large").account_number)
+        spy = sim.market.price("SPY")
+        limit = (spy * Decimal("0.95")).quantize(Decimal("0.01"))  # rests below the market
+        limits = RiskLimits(max_order_notional=spy * 4,
+                            max_symbol_notional=limit * Decimal("4.5"),
+                            max_open_positions=5, daily_loss_limit=Decimal(5000),
+                            max_qty=Decimal(10))
+
+        async def ks() -> KillSwitch:
+            return KillSwitch.OFF
+
+        d = Dispatcher(store=store, broker=broker, account="large", limits=lambda: limits,
+                       kill_switch=ks, process="large-dispatcher", batch=1)
+        rig = Rig(sim, store, broker, d, "large")
+        await d.run_pass()  # reconcile
+        first = await rig.signal("SPY", "buy", "3", order_type="limit",
+                                 limit_price=str(limit))
+        second = await rig.signal("SPY", "buy", "3", order_type="limit",
+                                  limit_price=str(limit))
+        await d.run_pass()
+        assert (await rig.row(first)).status == "submitted"
+        assert (await rig.row(second)).status == "pending"
+        assert [o.status for o in await broker.list_orders(status="open")] == ["new"]
+
+        sim.faults.hang_next(n=1, path="/v2/orders", method="GET")
+        second_pass = asyncio.create_task(d.run_pass())
+        await eventually(lambda: sim.faults.rest.hung_now == 1, "the open-orders read held")
+        sim.market.set_price("SPY", limit * Decimal("0.98"))
+        sim.engine.process()  # the resting buy fills now, between the two reads
+        assert sim.engine.states["large"].positions["SPY"].qty == 3
+        sim.faults.release_hangs()
+        await asyncio.wait_for(second_pass, 15)
+
+        r = await rig.row(second)
+        assert r.status == "rejected", r
+        assert r.reason is not None and r.reason.startswith("max_symbol_notional:"), r.reason
+        assert "position" in r.reason
+        assert await rig.orders_for(first) == 1 and await rig.orders_for(second) == 0
+        assert d.stats.inflight_lookups >= 1  # the first order, gone from the listing
+        assert d.counters()["inflight"] == 0  # ... and seen filled: no longer in flight
+    finally:
+        broker.close()
+        await sim.stop()
+
+
+# --- refused closes and exits (issue 13.3) -----------------------------------------------------
+
+
+async def _incidents(rig: Rig, kind: str, symbol: str) -> list[dict[str, Any]]:
+    rows = await rig.store.pool.fetch(
+        "SELECT kind, account, process, detail, closed_at, close_reason, closed_by, "
+        "seen_by FROM incidents "
+        "WHERE dedupe_key = $1 ORDER BY opened_at",
+        refusals.dedupe_key(kind, rig.account, symbol))
+    return [dict(r) for r in rows]
+
+
+async def test_refused_flatten_close_is_one_incident_until_a_close_is_accepted(
+        rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "1")
+    rig.sim.faults.refuse_next_orders(n=2, account="tiny", symbol="NVDA")  # PDT, twice
+    await rig.switch(KillSwitch.FLATTEN)
+    await rig.d.run_pass()  # refused: the incident is there after this one pass
+    [inc] = await _incidents(rig, refusals.FLATTEN_REFUSED, "NVDA")
+    assert inc["closed_at"] is None and inc["account"] == "tiny"
+    assert inc["process"] == "tiny-dispatcher"
+    for needle in ("the broker refused the flatten close of 1 NVDA (sell) on tiny",
+                   "DELETE /v2/positions/NVDA",
+                   "pattern-day-trading protection (403 40310100)",
+                   "close it by hand or wait"):
+        assert needle in inc["detail"], (needle, inc["detail"])
+    assert rig.d.stats.flatten_refused == 1 and rig.d.counters()["flatten_refused_open"] == 1
+    await rig.d.run_pass()  # refused again: the same incident, still one
+    incs = await _incidents(rig, refusals.FLATTEN_REFUSED, "NVDA")
+    assert len(incs) == 1 and incs[0]["closed_at"] is None
+    assert rig.d.stats.flatten_refused == 2
+    await rig.d.run_pass()  # the refusal is over: the close is accepted
+    [inc] = await _incidents(rig, refusals.FLATTEN_REFUSED, "NVDA")
+    assert inc["closed_at"] is not None and "was accepted" in inc["close_reason"]
+    assert inc["closed_by"] == "tiny-dispatcher"
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "closed")
+    assert rig.d.counters()["flatten_refused_open"] == 0
+
+
+async def test_refused_flatten_close_clears_when_gone_or_flatten_ends(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "1")
+    await _fill(rig, "AMD", "1")
+    rig.sim.faults.refuse_next_orders(n=100, account="tiny", side="sell",
+                                      status=401, code=40110000,
+                                      message="request is not authorized")
+    rig.d.secret_id = "ops-pipeline/alpaca/tiny"
+    await rig.switch(KillSwitch.FLATTEN)
+    await rig.d.run_pass()
+    for sym in ("NVDA", "AMD"):
+        [inc] = await _incidents(rig, refusals.FLATTEN_REFUSED, sym)
+        assert "rotate secret ops-pipeline/alpaca/tiny" in inc["detail"]
+    # NVDA goes away by other means: its incident closes at the next pass.
+    rig.sim.faults.clear()
+    sold = await rig.broker.submit_order(OrderRequest("NVDA", Side.SELL, "by-hand-1",
+                                                      qty=Decimal(1)))
+    assert sold.outcome == "accepted"
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "NVDA sold by hand")
+    rig.sim.faults.refuse_next_orders(n=100, account="tiny", side="sell")
+    await rig.d.run_pass()
+    [nvda] = await _incidents(rig, refusals.FLATTEN_REFUSED, "NVDA")
+    assert nvda["closed_at"] is not None and "NVDA is gone at the broker" in nvda["close_reason"]
+    [amd] = await _incidents(rig, refusals.FLATTEN_REFUSED, "AMD")
+    assert amd["closed_at"] is None  # still refused (now PDT): the same incident
+    assert "pattern-day-trading" in amd["detail"]
+    # The operator lifts flatten: no close is attempted, the incident has no cause left.
+    await rig.switch(KillSwitch.HALT)
+    await rig.d.run_pass()
+    [amd] = await _incidents(rig, refusals.FLATTEN_REFUSED, "AMD")
+    assert amd["closed_at"] is not None and "no longer flatten (now halt)" in amd["close_reason"]
+    assert await rig.position("AMD") == Decimal(1)
+
+
+async def test_shares_held_by_an_order_being_canceled_are_not_an_incident(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "1")
+    working = await rig.broker.submit_order(OrderRequest(
+        "NVDA", Side.SELL, "manual-exit-2", qty=Decimal(1), order_type=OrderType.LIMIT,
+        limit_price=Decimal("100000")))
+    assert working.order is not None
+    # A real broker answers the close "insufficient qty" while the cancel is pending.
+    rig.sim.faults.refuse_next_orders(
+        n=1, account="tiny", symbol="NVDA", code=40310000,
+        message="insufficient qty available for order (requested: 1, available: 0)")
+    await rig.switch(KillSwitch.FLATTEN)
+    await rig.d.run_pass()
+    assert rig.d.stats.canceled == 1 and rig.d.stats.closed == 0
+    await rig.d.run_pass()
+    assert rig.d.stats.closed == 1
+    assert await _incidents(rig, refusals.FLATTEN_REFUSED, "NVDA") == []
+
+
+async def test_a_refused_exit_signal_is_an_incident_a_refused_entry_is_not(rig: Rig) -> None:
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "2")
+    rig.sim.faults.refuse_next_orders(n=1, account="tiny", side="sell")
+    exit_sid = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    r = await rig.row(exit_sid)
+    assert r.status == "rejected" and r.reason is not None
+    assert r.reason.startswith("broker: trade denied due to pattern day trading protection")
+    [inc] = await _incidents(rig, refusals.EXIT_REFUSED, "NVDA")
+    assert inc["closed_at"] is None
+    assert (f"the broker refused exit signal {exit_sid} of 2 NVDA (sell) on tiny "
+            f"(order {signal_client_order_id('tiny', exit_sid)})") in inc["detail"]
+    # An entry the broker refuses stays a signal rejection.
+    rig.sim.faults.refuse_next_orders(n=1, account="tiny", side="buy")
+    entry = await rig.signal("AMD", "buy", "1")
+    await rig.d.run_pass()
+    assert (await rig.row(entry)).status == "rejected"
+    assert await _incidents(rig, refusals.EXIT_REFUSED, "AMD") == []
+    # A later exit of NVDA is accepted: the incident closes.
+    again = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    assert (await rig.row(again)).status == "submitted"
+    [inc] = await _incidents(rig, refusals.EXIT_REFUSED, "NVDA")
+    assert inc["closed_at"] is not None and "accepted by the broker" in inc["close_reason"]
+
+
+async def test_orders_in_flight_are_settled_by_one_listing_after_a_burst(rig: Rig) -> None:
+    await rig.d.run_pass()
+    symbols = ("NVDA", "AMD", "AAPL")
+    limits = {sym: (rig.sim.market.price(sym) * Decimal("0.9")).quantize(Decimal("0.01"))
+              for sym in symbols}
+    sids = [await rig.signal(sym, "buy", "1", order_type="limit",
+                             limit_price=str(limits[sym])) for sym in symbols]
+    await rig.d.run_pass()
+    assert [(await rig.row(s)).status for s in sids] == ["submitted"] * 3
+    assert rig.d.counters()["inflight"] == 3  # resting below the market
+    for sym in symbols:  # all three fill: they leave the open listing
+        rig.sim.market.set_price(sym, limits[sym] * Decimal("0.98"))
+    rig.sim.engine.process()
+    async def all_filled() -> bool:
+        return all([await rig.position(sym) == Decimal(1) for sym in symbols])
+    await eventually(all_filled, "the three limit buys filled")
+    later = await rig.signal("NVDA", "sell", "1")
+    await rig.d.run_pass()
+    assert (await rig.row(later)).status == "submitted"
+    # One listing of recent orders showed the three finished, without a lookup each.
+    assert rig.d.stats.inflight_lookups == 0
+    assert rig.d.counters()["inflight"] == 0
