@@ -92,7 +92,7 @@ def stamp(t: datetime, now: datetime | None = None) -> str:
 
 
 def _supervision(supervised: bool | None) -> str:
-    return {True: "under supervision", False: "not under supervision (a hand-run process)",
+    return {True: "supervised", False: "not supervised (hand-run)",
             None: "supervision unknown"}[supervised]
 
 

@@ -114,7 +114,7 @@ def test_list_show_ack_close(environ: dict[str, str], pg_url: str, tmp_path: Pat
                      "account:      -", "seen by:      large-dispatcher, large-stream, "
                      "tiny-stream", "dedupe key:   config-invalid:/etc/ops/ops.toml",
                      "acknowledged: no", "ended:        still open (for 12m)",
-                     "not under supervision", "\ndetail:\n  config file /etc/ops/ops.toml is "
+                     "not supervised (hand-run)", "\ndetail:\n  config file /etc/ops/ops.toml is "
                      "invalid", "\n  line 2 of the detail: the processes keep"):
         assert expected in text, (expected, text)
 

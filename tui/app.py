@@ -8,6 +8,10 @@ renders while a modal (confirm, help, log) is open; the latest state is applied 
 closes. One `Worker.StateChanged` handler turns any worker error into a notice and a
 stale marker, so a failing read never takes the dashboard down.
 
+Keys: the app's BINDINGS, plus the incidents panel's own (Enter: the incident in full; a:
+acknowledge it), which take precedence while that panel has the focus; everywhere else `a`
+accepts the broker's positions.
+
 Layout: banner, accounts, then four panels (processes, positions, incidents, orders &
 fills): a 2x2 grid on large terminals, one panel at a time (keys 1-4, Tab strip) on small
 ones, processes above one other panel on tall narrow ones; breakpoints set the
@@ -37,11 +41,12 @@ from ops.models import KillSwitch
 from ops.supervisor import SupervisorClient, program_name
 from tui import control
 from tui.commands import DashCommands
-from tui.data import DashboardData, DashboardState, ProcessRow, utcnow
-from tui.messages import ActionDone, PositionsAccepted, StateLoaded
+from tui.data import DashboardData, DashboardState, IncidentRow, ProcessRow, utcnow
+from tui.messages import ActionDone, IncidentAcknowledged, PositionsAccepted, StateLoaded
 from tui.screens.accept import AcceptPositionsScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
+from tui.screens.incident import IncidentScreen
 from tui.screens.log_tail import LogTailScreen
 from tui.text import StaleInfo
 from tui.widgets.accounts import AccountsTable
@@ -205,9 +210,12 @@ class Dashboard(App[None]):
         self._show_tabs(state)
 
     def _show_tabs(self, state: DashboardState) -> None:
-        n_open = sum(1 for i in state.incidents if i.is_open)
+        n_open = sum(1 for i in state.incidents if i.alarming)
+        n_acked = sum(1 for i in state.incidents if i.is_open and i.acked)
+        counts = ", ".join(([f"{n_open} open"] if n_open else [])
+                           + ([f"{n_acked} acked"] if n_acked else []))
         labels = {"processes": "Processes", "positions": f"Positions ({len(state.positions)})",
-                  "incidents": f"Incidents ({n_open} open)" if n_open else "Incidents",
+                  "incidents": f"Incidents ({counts})" if counts else "Incidents",
                   "feed": "Orders & fills"}
         parts = [f"[{i} {labels[k]}]" if k == self.panel else f" {i} {labels[k]} "
                  for i, (k, _) in enumerate(PANELS, 1)]
@@ -245,10 +253,18 @@ class Dashboard(App[None]):
                         "the request at its next sync.", severity="warning", timeout=15)
         self.poll()  # the drift block it lifts shows at once
 
+    def on_incident_acknowledged(self, message: IncidentAcknowledged) -> None:
+        self.notify(message.text, severity="information" if message.acked else "warning",
+                    timeout=8)
+        self.poll()  # the row turns acked and the header's alarm count drops at once
+
     # --- selection --------------------------------------------------------------------------
 
     def selected_process(self) -> ProcessRow | None:
         return self.query_one(ProcessesTable).selected
+
+    def selected_incident(self) -> IncidentRow | None:
+        return self.query_one(IncidentsTable).selected
 
     def account_names(self) -> list[str]:
         return sorted(self.data.config.enabled_accounts()) if self._data else []
@@ -382,6 +398,52 @@ class Dashboard(App[None]):
             return
         self.post_message(PositionsAccepted(account, request_id, record, wait))
 
+    def action_show_incident(self) -> None:
+        """Enter on the incidents panel: the highlighted incident in full."""
+        row = self.selected_incident()
+        if row is None:
+            self.notify("no incident selected", severity="warning")
+            return
+        self.show_incident(row)
+
+    def show_incident(self, row: IncidentRow) -> None:
+        self.push_screen(IncidentScreen(row, self.data.incident, self.now))
+
+    def action_ack_incident(self) -> None:
+        """`a` on the incidents panel: acknowledge the highlighted incident (asks first)."""
+        row = self.selected_incident()
+        if row is None:
+            self.notify("no incident selected", severity="warning")
+            return
+        self.acknowledge_incident(row)
+
+    def acknowledge_incident(self, row: IncidentRow) -> None:
+        if not row.is_open:
+            self.notify(f"{row.kind} on {row.where} is closed: nothing to acknowledge",
+                        severity="warning")
+            return
+        if row.acked:
+            self.notify(f"{row.kind} on {row.where} is already acknowledged by "
+                        f"{row.acked_by or '?'}", severity="warning")
+            return
+        first = row.detail.splitlines()[0] if row.detail else ""
+        detail = (f"{first[:180]}\n\nIt stays listed, marked acked by {control.operator()}, "
+                  "but no longer counts as an open incident in the header or makes `ops "
+                  "status` degraded. It still closes by itself when its condition clears.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._ack_worker(row.id)
+
+        self.push_screen(ConfirmScreen(f"Acknowledge {row.kind} on {row.where}?", detail,
+                                       yes_label="Acknowledge", no_label="Cancel"), answered)
+
+    @work(group="control", exit_on_error=False, name="acknowledge incident")
+    async def _ack_worker(self, incident_id: str) -> None:
+        acked, text = await control.acknowledge_incident(self.data.store, incident_id,
+                                                         at=self.now())
+        self.post_message(IncidentAcknowledged(incident_id, acked, text))
+
     def action_log(self) -> None:
         proc = self.selected_process()
         if proc is None:
@@ -421,7 +483,8 @@ class Dashboard(App[None]):
 
     def action_help(self) -> None:
         bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(bindings))
+        panel = [b for b in IncidentsTable.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(bindings, {"On the incidents panel (3)": panel}))
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         # Tab between panels keeps the tab strip (and the compact layout) in step.

@@ -1,7 +1,7 @@
 """`DashCommands`: the command palette's entries, computed from the current state
-(posting's habit): the highlighted process's controls, every account's pause modes,
-resume, accept of the broker's positions and filter, plus the app-wide actions. Each
-entry runs the same action as its key.
+(posting's habit): the highlighted process's controls, the highlighted incident (show,
+acknowledge), every account's pause modes, resume, accept of the broker's positions and
+filter, plus the app-wide actions. Each entry runs the same action as its key.
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ def palette_entries(app: Dashboard) -> Iterator[Entry]:
         yield f"Start {n}", "supervisord start  [s]", partial(app.action_process, "start")
         yield f"Run {n} now", "ask the role to run its job now  [n]", app.action_run_now
         yield f"Open log of {n}", "tail of its supervisord log  [l]", app.action_log
+    inc = app.selected_incident()
+    if inc is not None:
+        what = f"incident {inc.kind} ({inc.where})"
+        yield f"Show {what}", "every field and the full text  [Enter on incidents]", \
+            partial(app.show_incident, inc)
+        if inc.alarming:
+            yield f"Acknowledge {what}", "stays listed, no longer an alarm (asks first)  " \
+                "[a on incidents]", partial(app.acknowledge_incident, inc)
     for acct in app.account_names():
         for mode in ("halt", "reduce-only", "flatten"):
             yield f"Pause {acct} ({mode})", "engage the kill switch (asks first)", \

@@ -1,10 +1,11 @@
 """What the dashboard *does*: supervisord process control, kill switch, run-now, accepting
-the broker's positions.
+the broker's positions, acknowledging an incident.
 
 Thin async wrappers over the core, so the dashboard writes exactly what the CLI writes:
 the kill switch through `Store.set_control(account, "kill_switch", {"mode": ...})` like
 `ops pause/resume` (ops.control), run-now through `ops.roles.runtime.request_run_now`,
-an accept through `ops.control.accept_positions` like `ops positions accept`, process
+an accept through `ops.control.accept_positions` like `ops positions accept`, an
+acknowledgement through `ops.store.incidents.ack_incident` like `ops incidents ack`, process
 control through `SupervisorClient` (sync XML-RPC, run in a thread).
 Confirmation lives in the UI (tui/screens/), not here.
 """
@@ -13,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
 from ops import control as core
 from ops.control import KILL_SWITCH_KEY, read_kill_switch
+from ops.incidents_cli import ending, short_id, where_of
 from ops.models import KillSwitch
-from ops.store import Store
+from ops.store import Store, is_outage
+from ops.store.incidents import ack_incident, find_incident
 from ops.store.positions import AcceptRecord
 from ops.supervisor import SupervisorClient
-from tui.data import READ_TIMEOUT_S, own_client
+from tui.data import READ_TIMEOUT_S, own_client, utcnow
 
 ProcessAction = Literal["restart", "stop", "start"]
 ACTION_TIMEOUT_S = 40.0
@@ -102,3 +106,29 @@ def accept_summary(record: AcceptRecord) -> str:
 
 def _num(x: Decimal | None) -> str:
     return format(x.normalize(), "f") if x else "0"
+
+
+async def acknowledge_incident(store: Store, incident_id: str, by: str | None = None,
+                               at: datetime | None = None) -> tuple[bool, str]:
+    """Acknowledge the open incident (as `ops incidents ack`): it stays listed, but no
+    longer counts as an alarm. (acknowledged now, or already; what happened in words).
+    Needs Postgres: an acknowledgement is never buffered, it is the operator's word on the
+    incident as it stands."""
+    who = by or operator()
+    now = at or utcnow()
+    try:
+        if await ack_incident(store.pool, incident_id, who, now):
+            return True, (f"incident {short_id(incident_id)} acknowledged by {who}: it stays "
+                          "listed, no longer an alarm")
+        rec = await find_incident(store.pool, incident_id)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return False, ("Postgres is unreachable: not acknowledged (acknowledgements are "
+                       "recorded there)")
+    if rec is None:
+        return False, f"incident {short_id(incident_id)} no longer exists"
+    name = f"incident {short_id(rec.id)} ({rec.kind}, {where_of(rec.process, rec.account)})"
+    if not rec.is_open:
+        return False, f"{name} is already {ending(rec, now)}: nothing to acknowledge"
+    return True, f"{name} was already acknowledged by {rec.acked_by or '?'}"

@@ -3,8 +3,9 @@
 Everything here is plain data (frozen dataclasses) and I/O at the edges: `Store` reads
 (which fall back to the SQLite buffer during a Postgres outage), a few direct Postgres
 queries for what the buffer does not keep (order/fill feed, closed incidents, restarts
-today), and supervisord over XML-RPC in a thread. Rows keep *timestamps*, not ages, so the
-app's 1 s clock can recompute ages and gap status without any I/O (`ProcessRow.status_at`).
+today, every field of one incident), and supervisord over XML-RPC in a thread. Rows keep
+*timestamps*, not ages, so the app's 1 s clock can recompute ages and gap status without
+any I/O (`ProcessRow.status_at`).
 Gap verdicts come from `ops.gaps.gap_status` with the same inputs `ops status` uses
 (`ops.status` helpers), so the dashboard and `ops status` never disagree.
 Nothing here imports textual: `ops dash --once` renders the same state as text.
@@ -36,6 +37,7 @@ from ops.status import (
     kill_switch_mode,
 )
 from ops.store import Snapshot, Store, is_outage
+from ops.store.incidents import IncidentRecord, find_incident
 from ops.store.status import start_of_trading_day
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
 from tui.format import qty as fmt_qty
@@ -184,10 +186,21 @@ class IncidentRow:
     opened_at: datetime
     closed_at: datetime | None
     restarts: int
+    acked_by: str | None = None  # acknowledged by an operator (`a`, `ops incidents ack`)
+    acked_at: datetime | None = None
 
     @property
     def is_open(self) -> bool:
         return self.closed_at is None
+
+    @property
+    def acked(self) -> bool:
+        return self.acked_at is not None
+
+    @property
+    def alarming(self) -> bool:
+        """Open and nobody has acknowledged it: what the header's alarm counts."""
+        return self.is_open and not self.acked
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +332,8 @@ WHERE p.qty <> 0
 ORDER BY p.account, p.symbol
 """
 _CLOSED_SQL = """
-SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts
+SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts, acked_by,
+       acked_at
 FROM incidents WHERE closed_at IS NOT NULL AND closed_at >= $1
 ORDER BY closed_at DESC LIMIT $2
 """
@@ -414,6 +428,11 @@ class DashboardData:
             problems=tuple(sorted(problems)),  # reads ran concurrently: a stable order
         )
 
+    async def incident(self, incident_id: str) -> IncidentRecord | None:
+        """Every field of one incident (the detail screen), straight from Postgres: the
+        buffer keeps only what the panel shows. Raises on an outage (the screen says so)."""
+        return await find_incident(self.store.pool, incident_id)
+
     def _supervisor_view(self) -> tuple[SupervisorInfo, dict[str, ProcessInfo]]:
         try:
             client = own_client(self.supervisor, READ_TIMEOUT_S)
@@ -463,7 +482,8 @@ class DashboardData:
             [IncidentRow(id=r["id"], kind=r["kind"],
                          where=r["process"] or r["account"] or "-", detail=r["detail"],
                          opened_at=r["opened_at"], closed_at=r["closed_at"],
-                         restarts=r["restarts"]) for r in closed],
+                         restarts=r["restarts"], acked_by=r["acked_by"],
+                         acked_at=r["acked_at"]) for r in closed],
             {r["process"]: int(r["n"] or 0) for r in restarts},
         )
 
@@ -562,4 +582,4 @@ def _position_row(sp: Any) -> PositionRow:
 def _incident_row(i: Any) -> IncidentRow:
     return IncidentRow(id=i.id, kind=i.kind, where=i.process or i.account or "-",
                        detail=i.detail, opened_at=i.opened_at, closed_at=None,
-                       restarts=i.restarts)
+                       restarts=i.restarts, acked_by=i.acked_by, acked_at=i.acked_at)

@@ -44,3 +44,24 @@ class PositionsAccepted(Message):
         self.request_id = request_id
         self.record = record
         self.waited_s = waited_s
+
+
+class IncidentAcknowledged(Message):
+    """An acknowledgement of incident `incident_id` finished: `acked` True when it is now
+    acknowledged (by this dashboard, or someone before), `text` says what happened."""
+
+    def __init__(self, incident_id: str, acked: bool, text: str) -> None:
+        super().__init__()
+        self.incident_id = incident_id
+        self.acked = acked
+        self.text = text
+
+
+class IncidentDetailLoaded(Message):
+    """The detail screen's read of one incident: its lines, or `error` (the screen then
+    keeps what the dashboard last read and says why)."""
+
+    def __init__(self, lines: list[str] | None, error: str | None = None) -> None:
+        super().__init__()
+        self.lines = lines
+        self.error = error

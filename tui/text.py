@@ -29,15 +29,27 @@ def summary_line(state: DashboardState, now: datetime, account: str | None) -> s
     procs = " · ".join(f"{n} {word.upper() if word in loud else word}"
                        for word, n in sorted(statuses.items(),
                                              key=lambda kv: _ORDER.index(kv[0])))
-    n_open = sum(1 for i in state.incidents if i.is_open)
     last_fill = next((r for r in state.feed if r.kind == "fill"), None)
     fill = "no fills yet" if last_fill is None else \
         f"last fill {f.age(f.since(now, last_fill.ts))} ago"
-    incidents = "no incidents" if n_open == 0 else \
-        f"{n_open} OPEN INCIDENT{'S' if n_open > 1 else ''}"
+    incidents = incidents_words(state)
     where = f"account {account} │ " if account else ""
     return (f"{now:%H:%M:%S}Z │ {where}{procs or 'no processes'} │ "
             f"{len(state.positions)} positions │ {incidents} │ {fill}")
+
+
+def incidents_words(state: DashboardState) -> str:
+    """The banner's incident count: only unacknowledged ones shout ("2 OPEN INCIDENTS,
+    1 acked"); acknowledged ones are said quietly ("1 open incident, acked")."""
+    n_open = sum(1 for i in state.incidents if i.alarming)
+    n_acked = sum(1 for i in state.incidents if i.is_open and i.acked)
+    if n_open:
+        return (f"{n_open} OPEN INCIDENT{'S' if n_open > 1 else ''}"
+                + (f", {n_acked} acked" if n_acked else ""))
+    if n_acked:
+        return f"{n_acked} open incident{'s' if n_acked > 1 else ''}, " + \
+            ("acked" if n_acked == 1 else "all acked")
+    return "no incidents"
 
 
 def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -> list[str]:
@@ -107,9 +119,11 @@ def render_text(state: DashboardState, now: datetime, account: str | None = None
     if st.incidents:
         out += _table(
             ["STATE", "KIND", "WHERE", "OPENED", "LASTED", "RESTARTS", "DETAIL"],
-            [["OPEN" if i.is_open else "closed", i.kind, i.where, f.clock(i.opened_at),
+            [["closed" if not i.is_open else "acked" if i.acked else "OPEN", i.kind, i.where,
+              f.clock(i.opened_at),
               f.age(((i.closed_at or now) - i.opened_at).total_seconds()), str(i.restarts),
-              i.detail[:70]] for i in st.incidents])
+              (f"acked by {i.acked_by or '?'} · " if i.is_open and i.acked else "")
+              + i.detail[:70]] for i in st.incidents])
     else:
         out.append("none open, none closed in the last 24h")
     out += ["", "ORDERS & FILLS"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from textual.pilot import Pilot
@@ -23,6 +24,8 @@ from tests.tui.fixtures import write_drift_block, write_fixture
 from tests.tui.helpers import until
 from tui.app import Dashboard
 from tui.data import DashboardData
+from tui.screens.incident import IncidentScreen
+from tui.widgets.incidents import IncidentsTable
 from tui.widgets.positions import PositionsTable
 
 SnapCompare = Callable[..., bool]
@@ -105,3 +108,53 @@ def test_accept_positions_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv
     database's and the broker's quantities."""
     assert snap_compare(_app(dash_env, config, write_drift_block), terminal_size=(80, 24),
                         run_before=_loaded("a"))
+
+
+#: The open incident's id, pid and host, fixed so the detail screen's picture is stable.
+DRIFT_ID = "d21f7000-0000-4000-8000-000000000001"
+
+
+async def _fixed_drift_incident(store: Store) -> None:
+    await store.pool.execute(
+        "UPDATE incidents SET id = $1::text::uuid, opened_pid = 4242,"
+        " opened_host = 'ops-host' WHERE dedupe_key = 'drift:large'", DRIFT_ID)
+
+
+async def _acked_drift_incident(store: Store) -> None:
+    await _fixed_drift_incident(store)
+    await store.pool.execute(
+        "UPDATE incidents SET acked_by = 'cli:alice', acked_at = $2 WHERE id = $1::text::uuid",
+        DRIFT_ID, T - timedelta(minutes=1))
+
+
+def _incidents_filled(app: Dashboard) -> bool:
+    table = app.query_one(IncidentsTable)
+    return table.display and table.row_count > 0
+
+
+def test_small_terminal_incidents_acked(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                        config: Config) -> None:
+    """The open incident acknowledged: muted, "acked by", out of the header's alarm; the
+    footer offers the panel's own keys (Enter details, a acknowledge)."""
+    assert snap_compare(_app(dash_env, config, _acked_drift_incident), terminal_size=(80, 24),
+                        run_before=_loaded("3", ready=_incidents_filled))
+
+
+def test_incident_detail(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                         config: Config) -> None:
+    """Enter on the incidents panel: every field and the full detail."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _loaded("3", ready=_incidents_filled)(pilot)
+        await pilot.press("enter")
+        app = pilot.app
+
+        def loaded() -> bool:
+            screen = app.screen
+            return isinstance(screen, IncidentScreen) and screen.loaded
+
+        await until(pilot, loaded, what="the detail screen")
+        await pilot.pause()
+
+    assert snap_compare(_app(dash_env, config, _fixed_drift_incident), terminal_size=(80, 24),
+                        run_before=run_before)

@@ -1,7 +1,9 @@
-"""`HelpScreen`: every key of the dashboard, generated from the app's bindings (so it can
-never drift from them), and what the status words mean."""
+"""`HelpScreen`: every key of the dashboard, generated from the app's bindings and the
+panels' own (so it can never drift from them), and what the status words mean."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,6 +24,9 @@ Gap: age of the last completed run minus the expected interval (+ is overdue).
 Restarts: watchdog restarts today (from incidents).
 Accounts, Pos "DRIFT": the broker's positions differ from the database's; the position
 manager blocks new entries until they agree again or you accept the broker's (a).
+Incidents: ● OPEN needs a human; ○ acked: someone has it (acknowledged with a on the
+incidents panel): it stays listed, muted, but no longer counts as an open incident in
+the header or makes `ops status` degraded. It still closes when its condition clears.
 Controls act on the highlighted row; pause/resume/accept act on the highlighted row's
 account (or the filtered account). Destructive actions ask first.
 """
@@ -30,16 +35,24 @@ account (or the filtered account). Destructive actions ask first.
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark,f1", "dismiss_help", "Close", id="help.close")]
 
-    def __init__(self, bindings: list[Binding]) -> None:
+    def __init__(self, bindings: list[Binding],
+                 panels: Mapping[str, Sequence[Binding]] | None = None) -> None:
         super().__init__()
         self._keys = bindings
+        self._panels = panels or {}  # title -> keys active while that panel has the focus
 
     def compose(self) -> ComposeResult:
-        keys = "\n".join(f"  {b.key_display or b.key:<12} {b.description}"
-                         for b in self._keys if b.description)
+        keys = _lines(self._keys)
+        for title, panel_keys in self._panels.items():
+            keys += f"\n\n{title}:\n" + _lines(panel_keys)
         with VerticalScroll(id="help-box"):
             yield Static("ops dash — keys\n\n" + keys + "\n\n" + STATUS_HELP
                          + "\nEscape closes this help.", id="help-text")
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)
+
+
+def _lines(bindings: Sequence[Binding]) -> str:
+    return "\n".join(f"  {b.key_display or b.key:<12} {b.description}"
+                     for b in bindings if b.description)

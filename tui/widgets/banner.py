@@ -28,6 +28,7 @@ class Banner(Static):
         self.set_class(not state.database.reachable, "-outage")
         self.set_class(not state.supervisor.reachable, "-nosup")
         self.set_class(stale is not None, "-stale")
+        # An acknowledged incident is someone's already: it does not sound the alarm.
         worst = any(p.status_at(now) in f.ALARMING for p in state.processes) or any(
-            i.is_open for i in state.incidents)
+            i.alarming for i in state.incidents)
         self.set_class(worst, "-alarm")
