@@ -31,10 +31,12 @@ from ops.status import (
     NO_HEARTBEAT,
     PAUSABLE_ROLES,
     Identity,
+    config_problem,
     expected_interval,
     expected_programs,
     identities,
     kill_switch_mode,
+    stream_connectivity,
 )
 from ops.store import Snapshot, Store, is_outage
 from ops.store.incidents import IncidentRecord, find_incident
@@ -148,6 +150,7 @@ class ProcessRow:
     bounds: GapBounds
     restarts_today: int
     failure: str | None = None  # failing (ops.health): the cause and the last error
+    stream: dict[str, Any] | None = None  # a stream role's connectivity (ops.status)
 
     def uptime_s(self, now: datetime) -> float | None:
         return _age(now, self.started_at)
@@ -355,6 +358,8 @@ class DashboardData:
         self.supervisor = supervisor
         self.now = now
         self._unreachable_since: datetime | None = None
+        self._cfg_stamp: tuple[float, int] | None = None
+        self._cfg_problem: str | None = None
 
     async def load(self) -> DashboardState:
         now = self.now()
@@ -425,8 +430,21 @@ class DashboardData:
                 unreachable_since=self._unreachable_since,
                 error=None if reachable else "Postgres unreachable"),
             supervisor=sup_info,
-            problems=tuple(sorted(problems)),  # reads ran concurrently: a stable order
+            problems=tuple(sorted(problems)) + await self._config_problem(),
         )
+
+    async def _config_problem(self) -> tuple[str, ...]:
+        """The config file's problem while it is invalid (the stack keeps its last good
+        config; ops.status.config_problem), re-checked only when the file changes."""
+        try:
+            st = self.env.config_path.stat()
+            stamp: tuple[float, int] | None = (st.st_mtime, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self._cfg_stamp or stamp is None:
+            self._cfg_stamp = stamp
+            self._cfg_problem = await asyncio.to_thread(config_problem, self.env)
+        return () if self._cfg_problem is None else (self._cfg_problem,)
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:
         """Every field of one incident (the detail screen), straight from Postgres: the
@@ -556,6 +574,8 @@ class DashboardData:
                                  wd.gap_bounds_s.get(ident.role)),
                 restarts_today=restarts.get(name, 0),
                 failure=_failure(self.config, ident, hb if hb_at is not None else None),
+                stream=stream_connectivity(hb.counters) if hb is not None and hb_at is not None
+                and ident.role == "stream" else None,
             ))
         return tuple(out)
 

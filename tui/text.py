@@ -71,6 +71,12 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
                      f"{stale.error}")
     lines += [f"✗ {p.name} FAILING: {p.failure}" for p in state.processes
               if p.failure is not None and p.status_at(now) == "failing"]
+    for p in state.processes:
+        st = p.stream
+        if st is not None and st["state"] != "connected" and (st["for_s"] or 0) >= 5:
+            why = f": {st['refusal']}" if st["refusal"] else ""
+            lines.append(f"⚠ {p.name}: trade stream {st['state'].upper()} for "
+                         f"{f.age(st['for_s'])}{why}")
     lines += [f"! {p}" for p in state.problems]
     return lines
 

@@ -74,3 +74,38 @@ def test_once_prints_a_text_snapshot_without_a_terminal(ops_env: RuntimeEnv) -> 
                      "SUPERVISORD NOT REACHABLE", "position-drift", "halt"):
         assert expected in text, (expected, text)
     assert out.stderr == ""
+
+
+def test_once_reports_the_stack_while_the_config_file_is_invalid(
+    ops_env: RuntimeEnv, tmp_path: Path
+) -> None:
+    """The file on disk broken after the stack ran: the dashboard keeps working on the
+    last good config and names the file's problem; a refused trade stream is an alarm."""
+    from ops.config import remember_if_good
+    from ops.models import Heartbeat
+
+    conf = tmp_path / "edited.toml"
+    conf.write_text(CONFIG.read_text())
+    remember_if_good(conf, ops_env.home / "run")
+    conf.write_text(CONFIG.read_text().replace("stream_check_s = 5", "stream_check_s = -5", 1))
+
+    async def write() -> None:
+        async with await Store.open(ops_env, process="fixture") as store:
+            await write_fixture(store, datetime.now(UTC))
+            await store.heartbeat(Heartbeat(
+                process="tiny-stream", account="tiny", role="stream", pid=1,
+                ts=datetime.now(UTC), started_at=datetime.now(UTC), counters={
+                    "stream.state": "refused", "stream.state_age_s": 40.0,
+                    "stream.refusal": "access key verification failed"}))
+
+    asyncio.run(write())
+    out = subprocess.run(
+        [sys.executable, "-m", "ops", "dash", "--once"], capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=60, cwd=ROOT,
+        env={**os.environ, "OPS_HOME": str(ops_env.home), "OPS_CONFIG": str(conf),
+             "OPS_DATABASE_URL": str(ops_env.database_url), "TERM": "dumb"})
+    assert out.returncode == 0, out.stderr
+    assert "config file is invalid; the running stack keeps its last good config" in out.stdout
+    assert "stream_check_s" in out.stdout and "PROCESSES" in out.stdout
+    assert ("tiny-stream: trade stream REFUSED for 40s: access key verification failed"
+            in out.stdout), out.stdout
