@@ -139,5 +139,33 @@ def describe(f: Failing, *, account: str | None, secret_id: str | None) -> str:
     return f"{cause} ({f.summary()}; last error: {last or 'none recorded'})"
 
 
-__all__ = ["MIN_RECENT", "FailurePolicy", "Failing", "describe", "explain", "failing",
-           "process_failure", "secret_id_of"]
+@dataclass(frozen=True, slots=True)
+class DispatchPause:
+    """A dispatcher that cannot claim signals (Postgres away, or its buffer draining):
+    what an outage holds back, from the dispatcher's heartbeat counters."""
+
+    account: str | None
+    reason: str
+    for_s: float
+    signals_waiting: int
+
+    def describe(self) -> str:
+        who = f"{self.account}: " if self.account else ""
+        return (f"{who}dispatch paused: {self.reason} for {self.for_s:.0f}s, "
+                f"{self.signals_waiting} signal(s) waiting")
+
+
+def dispatch_pause(counters: Mapping[str, object], account: str | None) -> DispatchPause | None:
+    """The dispatcher's pause (ops.roles.dispatcher counters), or None when dispatching."""
+    if counters.get("dispatcher.dispatch_paused") != 1:
+        return None
+    reason = counters.get("dispatcher.dispatch_paused_reason")
+    for_s = counters.get("dispatcher.dispatch_paused_for_s")
+    waiting = counters.get("dispatcher.signals_waiting")
+    return DispatchPause(account, reason if isinstance(reason, str) and reason else "paused",
+                         float(for_s) if isinstance(for_s, int | float) else 0.0,
+                         _int(waiting))
+
+
+__all__ = ["MIN_RECENT", "DispatchPause", "FailurePolicy", "Failing", "describe",
+           "dispatch_pause", "explain", "failing", "process_failure", "secret_id_of"]

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from ops.config import Config, ConfigError, load_config, load_last_good
 from ops.env import RuntimeEnv, runtime_env
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
-from ops.health import process_failure
+from ops.health import dispatch_pause, process_failure
 from ops.logs import configure_logging
 from ops.models import Heartbeat, RunRecord
 from ops.supervisor import (
@@ -77,6 +77,9 @@ class ProcessStatus:
     # {"state": connected|connecting|authenticating|refused|disconnected, "for_s": ...,
     #  "refusal": the broker's reason or "", "drops_recent": drops in the flap window}
     stream: dict[str, Any] | None = None
+    # Dispatchers that cannot claim signals: "dispatch paused: database unreachable for
+    # 41s, 3 signal(s) waiting" (ops.health.dispatch_pause).
+    dispatch_paused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,8 +417,16 @@ def _processes(
             status=gap_status(gi, bounds), uptime_s=uptime, failure=fail,
             stream=stream_connectivity(hb.counters) if hb is not None
             and ident.role == "stream" else None,
+            dispatch_paused=_paused_text(hb, ident),
         ))
     return out
+
+
+def _paused_text(hb: Heartbeat | None, ident: Identity) -> str | None:
+    if hb is None or ident.role != "dispatcher":
+        return None
+    pause = dispatch_pause(hb.counters, ident.account)
+    return None if pause is None else pause.describe()
 
 
 def stream_connectivity(counters: Mapping[str, object]) -> dict[str, Any] | None:
@@ -442,6 +453,7 @@ def _overall(
     reasons = [f"{p.name}: failing: {p.failure}" if p.failure and p.status == "failing"
                else f"{p.name}: {p.status} ({p.state})"
                for p in processes if p.status in DEGRADING]
+    reasons += [p.dispatch_paused for p in processes if p.dispatch_paused]
     if not db.reachable:
         reasons.append(f"database unreachable, reading from the {db.reads_from} ({db.error})")
     elif db.error:

@@ -54,6 +54,8 @@ MASS_STALE: Final = "fleet-stalled"
 DATABASE: Final = "database-unreachable"
 #: Fewer RUNNING heartbeating processes than this: every stalled one is judged on its own.
 MASS_STALE_MIN: Final = 3
+#: How often an open database-unreachable incident's text is updated (age, held back).
+DATABASE_NOTE_S: Final = 30.0
 
 
 def incident_key(process: str) -> str:
@@ -541,19 +543,27 @@ def decide_database(
     policy: Policy,
     now: float,
     pending_rows: int,
+    held: Sequence[str] = (),
 ) -> tuple[list[Action], Tracked]:
     """Postgres unreachable (since `down_since`, None = reachable) longer than the stale
     bound opens one incident; it closes once Postgres has answered for the stale bound.
     Nothing is lost meanwhile (writes are buffered), but nobody should learn of an outage
-    from a dashboard by chance."""
+    from a dashboard by chance, nor what it holds back: `held` (the dispatchers' pauses,
+    ops.health.DispatchPause) is in the text, updated every DATABASE_NOTE_S (an alert
+    update; the stored text follows when Postgres can take it)."""
     key = incident_key(DATABASE)
     if down_since is not None:
         st = replace(st, healthy_since=None)
+        detail = (f"Postgres unreachable for {now - down_since:.0f}s; writes are buffered "
+                  f"locally ({pending_rows} rows pending) and replayed when it returns"
+                  + (("; " + "; ".join(held)) if held else ""))
         if st.incident is None and now - down_since > policy.heartbeat_stale_s:
-            detail = (f"Postgres unreachable for {now - down_since:.0f}s; writes are buffered "
-                      f"locally ({pending_rows} rows pending) and replayed when it returns")
             return ([OpenIncident(key, DATABASE, None, None, detail)],
-                    replace(st, incident=IncidentMemo(key, DATABASE, down_since)))
+                    replace(st, incident=IncidentMemo(key, DATABASE, down_since),
+                            killed_at=now))
+        noted = st.killed_at  # reused: when the text was last updated
+        if st.incident is not None and (noted is None or now - noted >= DATABASE_NOTE_S):
+            return [NoteIncident(key, DATABASE, detail)], replace(st, killed_at=now)
         return [], st
     if st.incident is None:
         return [], st

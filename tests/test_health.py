@@ -75,3 +75,14 @@ def test_failing_is_monotonic_in_failures(in_row: int, recent: int, errors: int)
     base = failing(counters(in_row=in_row, recent=recent, errors=errors), POLICY)
     worse = failing(counters(in_row=in_row + 1, recent=recent, errors=errors), POLICY)
     assert base is None or worse is not None
+
+
+def test_a_paused_dispatcher_says_what_the_outage_holds_back() -> None:
+    from ops.health import dispatch_pause
+
+    assert dispatch_pause({"dispatcher.dispatch_paused": 0}, "large") is None
+    p = dispatch_pause({"dispatcher.dispatch_paused": 1, "dispatcher.dispatch_paused_for_s": 41.2,
+                        "dispatcher.dispatch_paused_reason": "database unreachable",
+                        "dispatcher.signals_waiting": 3}, "large")
+    assert p is not None and p.describe() == (
+        "large: dispatch paused: database unreachable for 41s, 3 signal(s) waiting")

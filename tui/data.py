@@ -25,7 +25,7 @@ from typing import Any
 from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
-from ops.health import process_failure
+from ops.health import dispatch_pause, process_failure
 from ops.models import OptionSymbol
 from ops.status import (
     NO_HEARTBEAT,
@@ -151,6 +151,7 @@ class ProcessRow:
     restarts_today: int
     failure: str | None = None  # failing (ops.health): the cause and the last error
     stream: dict[str, Any] | None = None  # a stream role's connectivity (ops.status)
+    dispatch_paused: str | None = None  # "dispatch paused: ... N signal(s) waiting"
 
     def uptime_s(self, now: datetime) -> float | None:
         return _age(now, self.started_at)
@@ -576,12 +577,20 @@ class DashboardData:
                 failure=_failure(self.config, ident, hb if hb_at is not None else None),
                 stream=stream_connectivity(hb.counters) if hb is not None and hb_at is not None
                 and ident.role == "stream" else None,
+                dispatch_paused=_paused(hb, ident),
             ))
         return tuple(out)
 
 
 async def _none() -> None:
     return None
+
+
+def _paused(hb: Any, ident: Identity) -> str | None:
+    if hb is None or ident.role != "dispatcher":
+        return None
+    pause = dispatch_pause(hb.counters, ident.account)
+    return None if pause is None else pause.describe()
 
 
 def _failure(config: Config, ident: Identity, hb: Any) -> str | None:

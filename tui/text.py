@@ -71,6 +71,7 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
                      f"{stale.error}")
     lines += [f"✗ {p.name} FAILING: {p.failure}" for p in state.processes
               if p.failure is not None and p.status_at(now) == "failing"]
+    lines += [f"⏸ {p.dispatch_paused}" for p in state.processes if p.dispatch_paused]
     for p in state.processes:
         st = p.stream
         if st is not None and st["state"] != "connected" and (st["for_s"] or 0) >= 5:

@@ -56,7 +56,7 @@ from ops.alerts import (
 )
 from ops.config import Config, ConfigError, ConfigReloader, load_config
 from ops.env import RuntimeEnv, runtime_env
-from ops.health import process_failure
+from ops.health import dispatch_pause, process_failure
 from ops.incidents import SweepPolicy, sweep
 from ops.metrics import (
     AccountMetrics,
@@ -526,7 +526,7 @@ class Watchdog:
         self.state = decision.state
         self.statuses = dict(decision.statuses)
         actions = list(decision.actions)
-        actions += await self._database_actions(now.timestamp())
+        actions += await self._database_actions(now.timestamp(), inputs.heartbeats)
         for action in actions:
             try:
                 await self._act(action, now)
@@ -539,14 +539,17 @@ class Watchdog:
         if self.exporter is not None:
             await self._publish(observed, decision.statuses, inputs, now, time.monotonic() - t0)
 
-    async def _database_actions(self, now: float) -> list[Action]:
+    async def _database_actions(self, now: float,
+                                heartbeats: Mapping[str, Heartbeat]) -> list[Action]:
         if self.store.database_reachable:
             self._db_down_since = None
         elif self._db_down_since is None:
             self._db_down_since = now
         pending = (await self._io("buffer status", self.store.buffer_status())).pending
+        held = sorted(p.describe() for hb in heartbeats.values() if hb.role == "dispatcher"
+                      and (p := dispatch_pause(hb.counters, hb.account)) is not None)
         actions, st = decide_database(self._db_down_since, self.state.get(DATABASE, Tracked()),
-                                      self.policy, now, pending)
+                                      self.policy, now, pending, held)
         if st.incident is not None or st.healthy_since is not None:
             self.state[DATABASE] = st
         else:

@@ -381,7 +381,9 @@ def test_database_outage_is_one_incident_opened_after_the_stale_bound() -> None:
     assert isinstance(opened, OpenIncident) and opened.kind == DATABASE
     assert "unreachable for 6s" in opened.detail and "40 rows pending" in opened.detail
     acts, st = decide_database(1000.0, st, POLICY, 1060.0, 900)
-    assert acts == []
+    assert kinds(acts) == ["NoteIncident"]  # the text follows the outage (DATABASE_NOTE_S)
+    assert "unreachable for 60s" in acts[0].detail  # type: ignore[union-attr]
+    assert "900 rows pending" in acts[0].detail  # type: ignore[union-attr]
     # decide() carries the entry over untouched.
     st2 = decide([proc()], [], {DATABASE: st}, POLICY, 1061.0).state[DATABASE]
     assert st2 == st
@@ -491,3 +493,20 @@ def test_an_unexpected_exit_says_how_it_ended_from_supervisords_log() -> None:
     unknown = ProcessEvent("large-dispatcher", "RUNNING", "EXITED", expected=False, pid=77)
     d = decide([proc(pid=78, uptime=1.0)], [unknown], {}, POLICY, now=1000.0)
     assert "how unknown" in [a for a in d.actions if isinstance(a, OpenIncident)][0].detail
+
+
+def test_the_outage_incident_says_what_it_holds_back_and_keeps_saying_it() -> None:
+    from ops.watchdog import DATABASE, DATABASE_NOTE_S, decide_database
+
+    held = ["large: dispatch paused: database unreachable for 12s, 3 signal(s) waiting"]
+    acts, st = decide_database(900.0, Tracked(), POLICY, 1000.0, 40, held)
+    [opened] = acts
+    assert isinstance(opened, OpenIncident) and opened.kind == DATABASE
+    assert "40 rows pending" in opened.detail and held[0] in opened.detail
+    acts, st = decide_database(900.0, st, POLICY, 1001.0, 41, held)
+    assert acts == []
+    later = ["large: dispatch paused: database unreachable for 45s, 5 signal(s) waiting"]
+    acts, st = decide_database(900.0, st, POLICY, 1000.0 + DATABASE_NOTE_S, 60, later)
+    [note] = acts
+    assert isinstance(note, NoteIncident) and later[0] in note.detail
+    assert "Postgres unreachable for 130s" in note.detail
