@@ -15,11 +15,12 @@ every role under a real supervisord; `ops down` always runs after). It adds:
   - broker orders per signal client_order_id (`ops-<account>-sig-<id>`): the maximum and
     how many signals have more than one; Postgres must record each such signal as sent
     with that order (never 'rejected'/'expired'/'pending' while the broker has it);
-  - positions: per account and symbol, the signed sum of the STORED fills' execution
-    quantities (side from the stored order, else the stored event) against the
-    simulator's positions. Not the `positions` table: that is a copy of the broker's
-    /v2/positions made by the position manager, equal by construction; positions derived
-    from the stored fills are equal only if every fill is stored once;
+  - positions: per account and symbol (every symbol either side ever filled, flat ones
+    too), the signed sum of the STORED fills' execution quantities (side from the stored
+    order, else the stored event) against the simulator's positions. Not the `positions`
+    table: that is a copy of the broker's /v2/positions made by the position manager,
+    equal by construction; positions derived from the stored fills are equal only if
+    every fill is stored once;
   - no account stays drift-blocked (its position manager agrees with the broker again);
 - `settle(timeout_s)`: closes the simulated market (no new fills) and polls `truth()` until
   every invariant holds OR the deadline passes, and returns the counted `Truth` either
@@ -85,7 +86,8 @@ class Truth:
     signals: int = 0
     max_orders_per_signal: int = 0  # broker orders of the signal that has most
     doubled_signals: int = 0  # signals with more than one broker order
-    positions_compared: int = 0  # (account, symbol) held on either side
+    positions_compared: int = 0  # (account, symbol) ever filled or held, flat ones too
+    positions_held: int = 0  # of those, open at the broker
     positions_unequal: int = 0  # of those, derived-from-stored-fills != broker
     problems: list[str] = field(default_factory=list)
     settle_s: float = 0.0  # how long settle() polled until this count
@@ -108,6 +110,7 @@ class Truth:
             "max broker orders per signal": self.max_orders_per_signal,
             "signals with >1 broker order": self.doubled_signals,
             "positions compared": self.positions_compared,
+            "positions open at the broker": self.positions_held,
             "positions unequal": self.positions_unequal,
             "positions equal": self.positions_equal,
             "invariants held": self.held, "settle s": round(self.settle_s, 1),
@@ -227,19 +230,21 @@ class ChaosRig:
         sim_fills: set[tuple[str, Decimal]] = set()
         cids: Counter[str] = Counter()
         orders: dict[str, str] = {}  # cid -> broker order id
-        sim_pos: dict[tuple[str, str], Decimal] = {}  # (account number, symbol) -> qty
+        # (account number, symbol) -> the broker's position: every symbol it ever filled
+        # (0 when flat: a flat symbol is compared too) and every position it holds.
+        sim_pos: dict[tuple[str, str], Decimal] = {}
         for acct in state["accounts"].values():
             for a in acct["activities"]:
                 if a.get("activity_type") == "FILL":
                     sim_fills.add((str(a["order_id"]), Decimal(str(a["cum_qty"]))))
+                    sim_pos[(str(acct["account_number"]), str(a["symbol"]))] = Decimal(0)
             for o in acct["orders"]:
                 t.orders += 1
                 cids[o["client_order_id"]] += 1
                 orders[o["client_order_id"]] = o["id"]
             for p in acct["positions"]:
-                if Decimal(str(p["qty"])):
-                    sim_pos[(str(acct["account_number"]), str(p["symbol"]))] = \
-                        Decimal(str(p["qty"]))
+                sim_pos[(str(acct["account_number"]), str(p["symbol"]))] = \
+                    Decimal(str(p["qty"]))
         rows = self.stack.query(_DB_FILLS_SQL)
         db_fills = Counter((str(r["order_id"]), r["cum_qty"]) for r in rows)
         t.fills_sim, t.fills_db = len(sim_fills), sum(db_fills.values())
@@ -297,11 +302,11 @@ class ChaosRig:
                 continue
             account = numbers.get(str(r["account"]), str(r["account"]))
             derived[(account, str(r["symbol"]))] += sign * r["qty"]
-        ours = {k: q for k, q in derived.items() if q}
-        keys = sorted(set(ours) | set(sim_pos))
+        keys = sorted(set(derived) | set(sim_pos))
         t.positions_compared = len(keys)
-        unequal = [(k, ours.get(k, Decimal(0)), sim_pos.get(k, Decimal(0))) for k in keys
-                   if ours.get(k, Decimal(0)) != sim_pos.get(k, Decimal(0))]
+        t.positions_held = sum(1 for q in sim_pos.values() if q)
+        unequal = [(k, derived.get(k, Decimal(0)), sim_pos.get(k, Decimal(0))) for k in keys
+                   if derived.get(k, Decimal(0)) != sim_pos.get(k, Decimal(0))]
         t.positions_unequal = len(unequal)
         if unequal:
             t.problems.append("positions (from stored fills vs broker): " + ", ".join(

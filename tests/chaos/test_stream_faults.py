@@ -5,9 +5,10 @@ duplicated with probability 0.2 and held back past the next one with probability
 cleared after:
 
 1. mute: the stream stays connected and answers pings but delivers no trade update for
-   $OPS_CHAOS_MUTE_S; what it held is dropped (as Alpaca after a stall). No reconnect
-   happens, so only the periodic completeness check (`schedule.fill_check_s`) can
-   recover the fills;
+   $OPS_CHAOS_MUTE_S; what it held is dropped (as Alpaca after a stall). The simulator
+   drops no connection, so the fills come back only through the completeness check:
+   periodic (`schedule.fill_check_s`), or requested by the position manager when the
+   positions differ (a reconnect the stream role forces itself is counted and reported);
 2. long mute: the same for $OPS_CHAOS_LONG_MUTE_S;
 3. drop every: every stream connection closed (1011) every $OPS_CHAOS_DROP_EVERY_S for
    $OPS_CHAOS_DROP_FOR_S;
@@ -179,8 +180,9 @@ def _mute_scenario(rig: ChaosRig, name: str, seconds: float) -> None:
     t = settle(rig, w)
     rig.report(name, f"stream chaos ({CHAOS}); every stream muted {muted_s:.0f}s "
                "(connected, pings answered, no trade update; held events dropped at the "
-               "end), no reconnect: recovery only by the periodic completeness check "
-               f"(every {rig.fill_check_s:g}s)",
+               "end), no connection dropped by the simulator: recovery only by the "
+               f"completeness check (periodic, every {rig.fill_check_s:g}s, or requested by "
+               "the position manager)",
                counted(rig, w, t, **{"samples with a stream disconnected": disconnected}))
     assert w.fills > 0, "the simulator filled nothing during the mute"
     assert_held(t)
