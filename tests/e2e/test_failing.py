@@ -113,3 +113,51 @@ def test_a_revoked_key_is_failing_named_and_alerted_then_clears_by_itself(
     assert closed and all(r["close_reason"] for r in closed)
     print(f"\nFAILING detected in {detected_s:.1f}s (bound {FAILING_BOUND_S:g}); restarts "
           f"{restarts}; cleared in {cleared_s:.1f}s (bound {HEALTHY_BOUND_S:g})")
+
+
+def test_one_bad_config_edit_is_one_incident_closed_by_the_fix(stack: Stack) -> None:
+    """Every process refuses the edit; the operator sees one `config-invalid` incident
+    listing them, and the fix closes it with the reason."""
+    path = stack.env.config_path
+    good = path.read_text()
+    path.write_text(good.replace("stream_check_s = 5", "stream_check_s = -5", 1))
+    try:
+        def one_incident() -> list[Any]:
+            rows = stack.query("SELECT id, seen_by FROM incidents WHERE kind = "
+                               "'config-invalid' AND closed_at IS NULL")
+            return rows if rows and len(rows[0]["seen_by"]) >= 3 else []
+        rows = stack.poll("one config-invalid incident, seen by several processes",
+                          one_incident, 60)
+        assert len(rows) == 1
+        code, js = status(stack)
+        assert code == 1 and any(r.startswith("config file is invalid")
+                                 for r in js["reasons"]), js["reasons"]
+    finally:
+        path.write_text(good)
+    def closed() -> bool:
+        r = stack.query("SELECT closed_at, close_reason FROM incidents WHERE kind = "
+                        "'config-invalid'")
+        return bool(r) and all(x["closed_at"] is not None for x in r)
+    stack.poll("the config-invalid incident closed by the fix", closed, 60)
+    [row] = stack.query("SELECT close_reason FROM incidents WHERE kind = 'config-invalid'")
+    assert "valid config" in row["close_reason"]
+    assert len(stack.query("SELECT 1 FROM incidents WHERE kind = 'config-invalid'")) == 1
+
+
+def test_a_sigkill_says_sigkill(stack: Stack) -> None:
+    import signal as sig
+
+    from ops.supervisor import SupervisorClient
+
+    sup = SupervisorClient.for_env(stack.env, timeout_s=10)
+    victim = next(p for p in sup.processes() if p.name == "large-position-manager")
+    assert victim.pid
+    os.kill(victim.pid, sig.SIGKILL)
+
+    def exited() -> list[Any]:
+        return stack.query("SELECT detail FROM incidents WHERE kind = 'exited' AND "
+                           "process = 'large-position-manager' AND detail LIKE $1",
+                           f"%pid {victim.pid}%")
+    [row] = stack.poll("an exited incident for the killed pid", exited, 30)
+    assert "terminated by SIGKILL" in row["detail"], row["detail"]
+    assert "exit status" not in row["detail"]
