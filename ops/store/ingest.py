@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from ops.models import TradeUpdate
+from ops.models import TradeUpdate, fill_key
 from ops.store.ops import Op, dumps, enc
 
 
@@ -37,16 +37,18 @@ def _ts(v: datetime | None) -> str | None:
 def trade_update_row_op(account: str, u: TradeUpdate) -> Op:
     """The `trade_update` op for `u`: its event row plus `u.order` as the order's state."""
     o = u.order
+    cum = u.fill_cum  # once: the key and the column both need it
+    key = fill_key(o.id, cum) if cum is not None else u.event_key
     if u.raw_json is not None:
         raw, order_raw = u.raw_json, None  # the order is data.order inside raw_json
     else:
         raw, order_raw = dumps(enc(dict(u.raw))), dumps(enc(dict(o.raw)))
     return Op("trade_update", {
-        "account": account, "event_key": u.event_key, "order_id": o.id,
+        "account": account, "event_key": key, "order_id": o.id,
         "client_order_id": o.client_order_id, "symbol": o.symbol, "event": u.event,
         "ts": _ts(u.timestamp), "execution_id": u.execution_id, "price": _num(u.price),
         "qty": _num(u.qty), "position_qty": _num(u.position_qty),
-        "cum_qty": _num(u.fill_cum), "raw": raw,
+        "cum_qty": None if cum is None else str(cum), "raw": raw,
         "order_raw": order_raw, "side": o.side, "order_type": o.order_type,
         "time_in_force": o.time_in_force, "order_qty": _num(o.qty),
         "notional": _num(o.notional), "filled_qty": _num(o.filled_qty),
