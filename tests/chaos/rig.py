@@ -190,11 +190,14 @@ class ChaosRig:
         return sum(1 for acct in self.sim_state()["accounts"].values()
                    for a in acct["activities"] if a.get("activity_type") == "FILL")
 
-    def place_orders(self, n: int, prefix: str = "chaos") -> None:
-        """Buy orders sent straight to the broker (as from Alpaca's web UI), alternating
-        between the accounts: fills the pipeline did not ask for, whose events the stream
-        must store whatever happens to Postgres."""
-        accounts = json.loads(self.stack.ops("sim", "--show-accounts").stdout)
+    def place_orders(self, n: int, prefix: str = "chaos",
+                     only: str | None = None) -> None:
+        """Buy orders of 1 AAPL sent straight to the broker (as from Alpaca's web UI),
+        alternating between the accounts (or to account `only`): fills the pipeline did not
+        ask for, whose events the stream must store whatever happens to Postgres."""
+        accounts = [a for a in json.loads(self.stack.ops("sim", "--show-accounts").stdout)
+                    if only is None or a["name"] == only]
+        assert accounts, f"no simulator account {only!r}"
         for i in range(n):
             acct = accounts[i % len(accounts)]
             body = {"symbol": "AAPL", "qty": "1", "side": "buy", "type": "market",

@@ -17,6 +17,10 @@ cleared after:
 5. refused authentication: the stream answers "unauthorized" to valid keys (REST still
    accepts them) for $OPS_CHAOS_REFUSE_S; the connections are dropped at its start so
    the roles must reconnect into the refusal.
+In 4 and 5 no completeness check can run, so the position managers soon block new
+entries (drift they cannot blame on the broker) and the pipeline's own trading stops: one
+order straight to the broker every TRICKLE_S (account large, 1 AAPL) keeps fills
+happening for the whole outage.
 
 Each scenario asserts that the simulator made fills during its fault window (counted
 before and after), then `settle()` closes the market and COUNTS lost / duplicated /
@@ -63,6 +67,7 @@ STREAM_DOWN_S = float(os.environ.get("OPS_CHAOS_STREAM_DOWN_S", "45"))
 REFUSE_S = float(os.environ.get("OPS_CHAOS_REFUSE_S", "15"))
 SEED = int(os.environ.get("OPS_CHAOS_SEED", "7"))
 DUPLICATE = REORDER = 0.2
+TRICKLE_S = 10.0  # stream outages: one order straight to the broker this often
 CHAOS = f"duplicates {DUPLICATE:g} + reorder {REORDER:g}"
 
 # Per test: its fault window plus the stack's start, the settle deadline and slack.
@@ -213,6 +218,21 @@ def test_3_drop_every(rig: ChaosRig) -> None:
     assert_held(t)
 
 
+def hold_trickling(rig: ChaosRig, w: Window, seconds: float, prefix: str) -> dict[str, int]:
+    """Keep the fault until the window is `seconds` old, sending an order straight to the
+    broker every TRICKLE_S; what was sent and the simulator's fills in the second half."""
+    sent, mid = 0, None
+    while (left := seconds - w.elapsed()) > 0:
+        if mid is None and left <= seconds / 2:
+            mid = rig.sim_fills()
+        rig.place_orders(1, prefix=prefix, only="large")
+        sent += 1
+        time.sleep(min(TRICKLE_S, max(0.0, seconds - w.elapsed())))  # the fault's duration
+    late = rig.sim_fills() - (mid if mid is not None else w.fills_before)
+    return {"orders sent straight to the broker": sent,
+            "fills in the second half of the fault": late}
+
+
 def _streams(rig: ChaosRig) -> list[str]:
     return sorted(p.qualified for p in rig.sup.processes() if p.name.endswith("-stream"))
 
@@ -225,7 +245,7 @@ def test_4_stream_role_down(rig: ChaosRig) -> None:
             rig.sup.stop(name)
         rig.stack.poll("no stream connected", lambda: not any(
             streams_connected(rig).values()), timeout_s=30)
-        time.sleep(max(0.0, STREAM_DOWN_S - w.elapsed()))  # the rest of the fault's duration
+        trickle = hold_trickling(rig, w, STREAM_DOWN_S, "chaos-stream-down")
         for name in names:
             rig.sup.start(name)
     started = time.monotonic()
@@ -240,8 +260,9 @@ def test_4_stream_role_down(rig: ChaosRig) -> None:
                              w.seconds + t.settle_s + connect_s + 10)
     rig.report("stream-role-down", f"stream chaos ({CHAOS}); every account's stream process "
                f"stopped (supervisorctl stop {', '.join(names)}) for {w.seconds:.0f}s while "
-               "the dispatchers traded, then started",
-               counted(rig, w, t, **{
+               f"the dispatchers traded and an order went straight to the broker every "
+               f"{TRICKLE_S:g}s, then started",
+               counted(rig, w, t, **trickle, **{
                    "s from start to every stream connected": round(connect_s, 1),
                    "drift incidents opened": {str(r["account"]): int(r["n"]) for r in blocks}}))
     assert w.fills > 0, "the simulator filled nothing while the streams were down"
@@ -258,7 +279,7 @@ def test_5_refused_auth(rig: ChaosRig) -> None:
         rig.fault("refuse_auth", on=True)
         rig.fault("drop_streams")
         rig.stack.poll("a reconnect refused", lambda: refused() > before, timeout_s=30)
-        time.sleep(max(0.0, REFUSE_S - w.elapsed()))  # the rest of the fault's duration
+        trickle = hold_trickling(rig, w, REFUSE_S, "chaos-refused-auth")
         n_refused = refused() - before
         rig.fault("refuse_auth", on=False)
     started = time.monotonic()
@@ -270,7 +291,8 @@ def test_5_refused_auth(rig: ChaosRig) -> None:
     restarted = sorted(n for n, pid in stream_pids(rig).items() if pids.get(n) != pid)
     rig.report("stream-refused-auth", f"stream chaos ({CHAOS}); stream authentication "
                f"refused (valid keys, REST unaffected) for {w.seconds:.0f}s, connections "
-               "dropped at its start", counted(rig, w, t, **{
+               f"dropped at its start; an order straight to the broker every {TRICKLE_S:g}s",
+               counted(rig, w, t, **trickle, **{
                    "authentications refused": n_refused,
                    "s from refusal off to every stream connected": round(connect_s, 1),
                    "stream processes restarted": restarted}))
