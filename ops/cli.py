@@ -143,6 +143,15 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                         help="how long to wait for the position manager to apply it "
                         "(default 20; it applies a pending request at its next sync)")
     accept.set_defaults(handler=_lazy("ops.control", "cli_positions_accept"))
+    for verb, what in (("adopt", "make an external position (or --qty of it) managed: the "
+                                 "pipeline's exit rules apply to it from the next tick"),
+                       ("release", "hand a managed position (or --qty of it) back: the "
+                                   "pipeline never sells it again")):
+        p = psub.add_parser(verb, help=what + " (recorded: who, when, before, after)")
+        p.add_argument("account", metavar="TIER")
+        p.add_argument("symbol", metavar="SYMBOL")
+        p.add_argument("--qty", metavar="N", help="only this much (default: all of it)")
+        p.set_defaults(handler=_lazy("ops.ownership_cli", f"cli_positions_{verb}"))
 
 
 def _list_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:

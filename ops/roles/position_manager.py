@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -83,9 +83,11 @@ from ops.exits import (
     update_water_marks,
 )
 from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
+from ops.ownership import Holding, split
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
 from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store import positions as pq
+from ops.store.ownership import managed_quantities
 from ops.store.postgres import is_outage
 from ops.store.store import Store
 
@@ -140,6 +142,8 @@ class PositionCounters:
     exits_stale: int = 0  # exit ids found used by a finished order: position re-tracked
     exits_idle: int = 0  # ticks that skipped exits: market closed
     exits_refused_open: int = 0  # symbols with an open exit-refused incident
+    positions_external: int = 0  # held symbols with an external part (never sold here)
+    exits_ownership_unknown: int = 0  # ticks without exits: ownership not readable
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -163,6 +167,7 @@ class PositionManager:
         now: Callable[[], datetime] = _utcnow,
         market_open: Callable[[], Awaitable[bool]] | None = None,
         secret_id: str | None = None,
+        manage_external: Callable[[], bool] | None = None,
     ) -> None:
         self.account = account
         self.store = store
@@ -181,6 +186,9 @@ class PositionManager:
         self._unsaved: set[str] = set()  # symbols whose state could not be persisted yet
         self._unsettled: dict[str, str] = {}  # symbol -> exit cid whose submit was "unknown"
         self.secret_id = secret_id  # named (never read) when the broker rejects the key
+        self._manage_external = manage_external or (lambda: False)
+        self._managed_cache: dict[str, Decimal] = {}  # symbol -> last read managed qty
+        self._managed_known = False
         self.refusals = RefusalIncidents(store, kind=refusals.EXIT_REFUSED, account=account,
                                          process=process)
 
@@ -272,10 +280,19 @@ class PositionManager:
                     raise
         mode = await self._kill_switch()
         rules = self._rules()
+        owned = await self._ownership(held)
+        if owned is None:
+            return
+        self.counters.positions_external = sum(1 for h in owned.values() if h.external)
         prices = await self._prices(held)
         failures: list[str] = []
         open_exits: set[str] | None = None
-        for p in held:
+        for whole in held:
+            # Exit rules act on the managed lot only; external lots are never sold here.
+            holding = owned[whole.symbol]
+            if holding.managed == 0:
+                continue
+            p = replace(whole, qty=holding.managed)
             price = prices.get(p.symbol)
             if price is None or price <= 0:
                 log.warning("account %s: no price for %s; exit rules not evaluated",
@@ -306,6 +323,32 @@ class PositionManager:
                 failures.append(f"{p.symbol}: {type(exc).__name__}: {exc}")
         if failures:
             raise RuntimeError("exits: " + "; ".join(failures))
+
+    async def _ownership(self, held: Sequence[Position]) -> dict[str, Holding] | None:
+        """Each held position split into managed and external (ops/ownership.py), or None
+        when ownership cannot be known (Postgres away and nothing cached): then no exit is
+        sent, since a sale could hit a lot the pipeline does not own."""
+        if self._manage_external():
+            return {p.symbol: split(p.symbol, p.qty, p.qty, manage_external=True)
+                    for p in held}
+        try:
+            raw = await managed_quantities(self.store.pool, self.account,
+                                           [p.symbol for p in held])
+            self._managed_cache.update(raw)
+            for p in held:
+                if p.symbol not in raw:
+                    self._managed_cache[p.symbol] = Decimal(0)
+            self._managed_known = True
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            if not self._managed_known:
+                log.warning("account %s: ownership unknown (Postgres unreachable, nothing "
+                            "cached): no exit sent this tick", self.account)
+                self.counters.exits_ownership_unknown += 1
+                return None
+        return {p.symbol: split(p.symbol, p.qty, self._managed_cache.get(p.symbol, Decimal(0)))
+                for p in held}
 
     async def _prices(self, held: Sequence[Position]) -> dict[str, Decimal]:
         """The broker's current price per position; latest trades fill any gap."""
@@ -429,9 +472,16 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
         cfg = ctx.account_cfg
         return initial if cfg is None else ExitRules.from_config(cfg.exits)
 
+    def manage_external() -> bool:
+        # `[accounts.NAME] manage_external = true`: every position is the pipeline's to
+        # manage. Read at every tick (hot reload).
+        cfg = ctx.account_cfg
+        return bool(getattr(cfg, "manage_external", False))
+
     pm = PositionManager(account=account, store=ctx.store, broker=broker, process=ctx.process,
                          exit_rules=rules, kill_switch=ctx.kill_switch,
-                         market_open=ctx.market_open, secret_id=acct.secret_id)
+                         market_open=ctx.market_open, secret_id=acct.secret_id,
+                         manage_external=manage_external)
     # The interval equals the configured one, so the runtime follows its hot reloads. Not
     # gated on market hours: only the exits are (see the module docstring).
     ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick, market_gate=False)

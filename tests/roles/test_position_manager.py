@@ -61,10 +61,14 @@ class Rig:
                                process=f"{ACCOUNT}-position-manager",
                                exit_rules=lambda: self.rules, now=self.now, **kw)
 
-    async def buy(self, symbol: str, qty: int | Decimal, side: Side = Side.BUY) -> None:
+    async def buy(self, symbol: str, qty: int | Decimal, side: Side = Side.BUY, *,
+                  by_hand: bool = False) -> None:
+        """An order the pipeline placed (its client_order_id prefix: a managed lot), or,
+        `by_hand`, one placed outside it (an external lot)."""
+        prefix = "web-" if by_hand else f"ops-{ACCOUNT}-test-"
         res = await self.broker.submit_order(OrderRequest(
             symbol=symbol, side=side, qty=Decimal(qty),
-            client_order_id=f"test-{uuid.uuid4().hex[:12]}"))
+            client_order_id=f"{prefix}{uuid.uuid4().hex[:12]}"))
         assert res.outcome == "accepted", res
 
     async def fills_stored(self) -> int:
@@ -664,3 +668,45 @@ async def test_a_rejected_key_names_the_secret_to_rotate(rig: Rig) -> None:
     assert "reachable" not in inc["detail"]
     spec = rig.sim.account(ACCOUNT)
     assert spec.key_id not in inc["detail"] and spec.secret not in inc["detail"]
+
+
+# --- ownership ------------------------------------------------------------------------------
+
+
+async def test_an_external_position_is_never_sold_until_adopted(rig: Rig) -> None:
+    """Bought by hand (not a pipeline order): a 20 % drop under a 5 % stop-loss sends no
+    exit; a pipeline lot beside it is exited alone; adopted, the rest is exited too."""
+    from ops.ownership_cli import change_owner
+
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5))
+    await rig.buy("QCOM", 30, by_hand=True)
+    await rig.wait_fills(1)
+    pm = rig.manager()
+    await pm.tick()
+    await pm.tick()
+    pos = await rig.broker.get_position("QCOM")
+    assert pos is not None
+    rig.sim.market.set_price("QCOM", pos.avg_entry_price * Decimal("0.8"))
+    await pm.tick()
+    await pm.tick()
+    assert rig.sim_exit_orders("QCOM") == []  # external: never sold
+    assert pm.counters.positions_external == 1
+    held = await rig.broker.get_position("QCOM")
+    assert held is not None and held.qty == 30
+
+    # A pipeline lot of the same symbol: only it is exited.
+    await rig.buy("QCOM", 4)
+    await rig.wait_fills(2)
+    await pm.tick()
+    orders = [o for o in rig.sim.engine.states[ACCOUNT].orders.values()
+              if o.client_order_id.startswith(exit_prefix(ACCOUNT))]
+    assert [(o.symbol, o.qty) for o in orders] == [("QCOM", Decimal(4))]
+
+    # Adopted: the rest is the pipeline's now, and its stop-loss acts at the next tick.
+    change = await change_owner(rig.store, ACCOUNT, "QCOM", adopt=True, qty=None,
+                                by="cli:tester")
+    assert change.before.external > 0 and change.after.external == 0
+    await pm.tick()
+    await pm.tick()
+    gone = await rig.broker.get_position("QCOM")
+    assert gone is None or gone.qty == 0
