@@ -92,6 +92,9 @@ class AccountStatus:
     orders_today: int | None  # None: Postgres unreachable
     fills_today: int | None
     kill_switch: str  # off | halt | reduce-only | flatten
+    # Held symbols with an external part (placed outside the pipeline, never sold by it:
+    # ops/ownership.py), as the position manager last counted them; None: unknown.
+    external_positions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +352,7 @@ async def _collect(
             expected_account_number=acfg.expected_account_number,
             equity=st.equity if st else None,
             open_positions=open_pos.get(name, 0) if positions.rows or reachable else None,
+            external_positions=_external(hbs.rows, name),
             orders_today=None if activity is None else (act.orders_today if act else 0),
             fills_today=None if activity is None else (act.fills_today if act else 0),
             kill_switch=kill[name],
@@ -420,6 +424,13 @@ def _processes(
             dispatch_paused=_paused_text(hb, ident),
         ))
     return out
+
+
+def _external(hbs: Sequence[Heartbeat], account: str) -> int | None:
+    pm = next((h for h in hbs if h.process == program_name("position-manager", account)),
+              None)
+    value = pm.counters.get("position-manager.positions_external") if pm else None
+    return value if isinstance(value, int) else None
 
 
 def _paused_text(hb: Heartbeat | None, ident: Identity) -> str | None:
@@ -519,7 +530,9 @@ def render_text(report: StatusReport) -> str:
     rows = [["ACCOUNT", "NUMBER", "EQUITY", "POSITIONS", "ORDERS TODAY", "FILLS TODAY",
              "KILL SWITCH"]]
     rows += [[a.name, a.account_number or f"({a.expected_account_number})", _fmt(a.equity),
-              _fmt(a.open_positions), _fmt(a.orders_today), _fmt(a.fills_today),
+              _fmt(a.open_positions) + (f" ({a.external_positions} external)"
+                                         if a.external_positions else ""),
+              _fmt(a.orders_today), _fmt(a.fills_today),
               a.kill_switch] for a in report.accounts]
     lines += _table(rows)
     db = report.database
