@@ -214,6 +214,34 @@ class Fill:
 
 
 @dataclass(frozen=True, slots=True)
+class NonTradeActivity:
+    """One non-trade activity from /v2/account/activities (alpaca-wire.md 3.7a): a change
+    of a position or of cash without a fill (option expiry OPEXP, exercise OPEXC,
+    assignment OPASN and the paired underlying trade OPTRD, splits SPLIT/SSP, spin-offs
+    SPIN/SSO, symbol or name changes SC/NC, reorganisations REO..., dividends, ...).
+
+    Kept as Alpaca sends it: `activity_type` verbatim (an unknown type is kept, never
+    refused), `qty` signed as Alpaca signs it (the documented examples sign it as the
+    change of the position: OPEXC "-2" for two long contracts exercised, OPASN "2" for two
+    short ones assigned, OPTRD "200" for shares bought), a number that does not parse is
+    None (the raw item keeps it). Alpaca gives these a `date`, not a time;
+    `transaction_time` is set only when an item carries one.
+    """
+
+    id: str
+    activity_type: str
+    symbol: str | None
+    qty: Decimal | None
+    price: Decimal | None
+    date: date | None
+    transaction_time: datetime | None = None
+    net_amount: Decimal | None = None
+    status: str | None = None
+    description: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     """A broker position. qty is signed (negative = short); option values already x100."""
 

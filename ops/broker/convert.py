@@ -11,7 +11,7 @@ naming the field and the value. No alpaca-py import here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -21,6 +21,7 @@ from ops.models import (
     Bar,
     Clock,
     Fill,
+    NonTradeActivity,
     Order,
     Position,
     Quote,
@@ -264,6 +265,56 @@ def fill_from_raw(raw: object) -> Fill:
         transaction_time=req_ts(d, "transaction_time", what),
         fill_type=opt_str(d, "type", "fill") or "fill",
         order_status=opt_str(d, "order_status"),
+    )
+
+
+def _lenient_dec(d: Mapping[str, Any], key: str) -> Decimal | None:
+    """A number that may be absent, null or garbage (then None: the raw item keeps it)."""
+    try:
+        return opt_dec(d, key, "activity")
+    except BrokerDataError:
+        return None
+
+
+def _lenient_date(v: object) -> date | None:
+    """`date` as Alpaca sends it ("2023-07-21"), or a timestamp's own calendar date."""
+    if not isinstance(v, str) or not v:
+        return None
+    try:
+        return date.fromisoformat(v[:10])
+    except ValueError:
+        return None
+
+
+def activity_from_raw(raw: object) -> NonTradeActivity:
+    """One non-trade activity, as tolerantly as the broker's future allows: only an `id`
+    is required (without it an activity cannot be applied exactly once); an unknown
+    `activity_type` is kept verbatim; a number or date that does not parse becomes None,
+    the raw item keeping what was sent."""
+    d = as_mapping(raw, "activity")
+    aid = d.get("id")
+    what = f"activity {aid}" if isinstance(aid, str) else "activity"
+    activity_id = req_str(d, "id", what)
+    try:
+        ts = opt_ts(d, "transaction_time", what)
+    except BrokerDataError:
+        ts = None
+    day = _lenient_date(d.get("date"))
+    if day is None and ts is not None:
+        day = ts.date()
+    symbol = d.get("symbol")
+    return NonTradeActivity(
+        id=activity_id,
+        activity_type=str(d.get("activity_type") or ""),
+        symbol=symbol if isinstance(symbol, str) and symbol else None,
+        qty=_lenient_dec(d, "qty"),
+        price=_lenient_dec(d, "price"),
+        date=day,
+        transaction_time=ts,
+        net_amount=_lenient_dec(d, "net_amount"),
+        status=opt_str(d, "status"),
+        description=opt_str(d, "description"),
+        raw=dict(d),
     )
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ops.sim import ledger
+from ops.sim import corporate, ledger
 from ops.sim.accounts import AccountState, OrderState, SimAccountSpec
 from ops.sim.clock import SimClock
 from ops.sim.market import InactiveSymbol, Market
@@ -106,6 +106,11 @@ class Engine:
             self._last_ts = ts
         self._last_fill = ts.replace(microsecond=ts.microsecond // 1000 * 1000)
         return ts
+
+    def activity_time(self) -> datetime:
+        """The time of a new activity (FILL or non-trade): ids carry milliseconds and
+        sort chronologically across both (ops.sim.corporate)."""
+        return self._fill_time()
 
     def authenticate(self, key: str | None, secret: str | None) -> AccountState | None:
         st = self.by_key.get(key or "")
@@ -258,6 +263,9 @@ class Engine:
         if self._was_open and not is_open and self.clock.mode == "nyse":
             self._expire_day_orders()
         self._was_open = is_open
+        # Options past their expiry close are settled (OPEXP / exercise / assignment)
+        # before any order is matched: an expired contract must never trade or be priced.
+        corporate.process_expiries(self)
         for st in self.states.values():
             for order in sorted(st.orders.values(), key=lambda o: o.seq):
                 if order.reject_pending and order.is_open:
@@ -279,6 +287,12 @@ class Engine:
                     ts = self.now()
                     order.status, order.expired_at, order.updated_at = "expired", ts, ts
                     self._emit(st, order, "expired", ts)
+
+    def expire_order(self, st: AccountState, order: OrderState) -> None:
+        """End an open order `expired` (its contract expired: ops.sim.corporate)."""
+        ts = self.now()
+        order.status, order.expired_at, order.updated_at = "expired", ts, ts
+        self._emit(st, order, "expired", ts)
 
     def _trail(self, order: OrderState) -> None:
         last = self.market.price(order.symbol)

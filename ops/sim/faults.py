@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ops.sim import corporate
 from ops.sim.clock import SimClock
 from ops.sim.engine import Engine
 from ops.sim.orders import PDT_MESSAGE, OrderRefusal
@@ -137,6 +138,8 @@ class FaultController:
         "release_hangs", "fail_next", "set_rest_latency", "set_stream_latency",
         "set_rate_limit", "set_clock", "set_reap_delay", "revoke_key", "restart", "clear",
         "state",
+        # Position changes without a pipeline fill (ops.sim.corporate):
+        "external_order", "split", "expire_options", "exercise", "assign",
     )
 
     def __init__(
@@ -365,6 +368,34 @@ class FaultController:
             raise ValueError(f"per_minute must be >= 1, got {per_minute}")
         self.rest.rate_limit_per_min = int(per_minute)
         self.rest._windows.clear()
+
+    # -- broker events that change positions without a pipeline fill (ops.sim.corporate) ---
+    def external_order(self, account: str, symbol: str, qty: Any, side: str = "buy",
+                       client_order_id: str | None = None, type: str = "market",
+                       limit_price: Any = None) -> dict[str, Any]:
+        """An order "placed by hand" (not starting with the pipeline's "ops-" prefix),
+        filled like any other; returns the order."""
+        return corporate.external_order(self._engine, account, symbol, qty, side,
+                                        client_order_id, type, limit_price)
+
+    def split(self, symbol: str, ratio: Any) -> dict[str, Any]:
+        """A forward ("2:1", 2) or reverse ("1:2", 0.5) split of `symbol`, effective now:
+        positions x ratio (cost basis unchanged), prices re-based, a SPLIT activity per
+        holder, the symbol's open orders canceled."""
+        return corporate.split(self._engine, symbol, ratio)
+
+    def expire_options(self, day: str | None = None) -> list[dict[str, Any]]:
+        """Settle every held option expiring on or before `day` (default today): OTM ->
+        OPEXP; ITM long -> OPEXC + OPTRD; ITM short -> OPASN + OPTRD."""
+        return corporate.expire_options(self._engine, day)
+
+    def exercise(self, account: str, contract: str, qty: Any = None) -> dict[str, Any]:
+        """`account` exercises `qty` (default all) of its long `contract` now."""
+        return corporate.exercise(self._engine, account, contract, qty)
+
+    def assign(self, account: str, contract: str, qty: Any = None) -> dict[str, Any]:
+        """`qty` (default all) of `account`'s short `contract` is assigned now."""
+        return corporate.assign(self._engine, account, contract, qty)
 
     # -- clock and lifecycle ---------------------------------------------------------------
     def set_clock(self, mode: str) -> None:

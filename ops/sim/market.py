@@ -130,6 +130,15 @@ class Market:
         for listener in list(self._listeners):
             listener()
 
+    def split(self, symbol: str, ratio: Decimal) -> None:
+        """Re-base a stock's prices for a split of `ratio` new shares per old one (last
+        and previous close / ratio; the walk goes on from there). ops.sim.corporate."""
+        if ratio <= 0:
+            raise ValueError(f"split ratio must be > 0, got {ratio}")
+        self._ensure(symbol)
+        self._prices[symbol] = max(_cents(self._prices[symbol] / ratio), CENT)
+        self._lastday[symbol] = max(_cents(self._lastday[symbol] / ratio), CENT)
+
     def set_price(self, symbol: str, price: Decimal) -> None:
         """Pin a stock's (or option's) price; it keeps walking from there."""
         price = Decimal(price)
@@ -143,9 +152,21 @@ class Market:
             self._prices[symbol] = _cents(price)
 
     # -- prices ----------------------------------------------------------------------------
+    def _priced(self, symbol: str) -> tuple[str, OptionSymbol | None]:
+        """Like `classify`, but an expired contract still has a price (its value at
+        expiry): /v2/positions and /v2/account price what is held, and a held option past
+        its expiry must never turn them into an HTTP 500. Trading it is still refused
+        (`classify`)."""
+        try:
+            return self.classify(symbol)
+        except InactiveSymbol:
+            occ = OptionSymbol.parse(symbol)
+            assert occ is not None  # InactiveSymbol is only raised for a parsed contract
+            return "us_option", occ
+
     def price(self, symbol: str) -> Decimal:
         """Last trade price (stocks) or model price per share (options)."""
-        kind, occ = self.classify(symbol)
+        kind, occ = self._priced(symbol)
         if occ is None:
             return self._ensure(symbol)
         if symbol in self._option_overrides:
@@ -153,7 +174,7 @@ class Market:
         return self._option_price(occ)
 
     def lastday_price(self, symbol: str) -> Decimal:
-        kind, occ = self.classify(symbol)
+        kind, occ = self._priced(symbol)
         if occ is None:
             self._ensure(symbol)
             return self._lastday[symbol]
@@ -165,6 +186,8 @@ class Market:
         days = max((occ.expiry - self.clock.today()).days, 0) + 1
         years = days / 365.0
         intrinsic = max(0.0, spot - strike) if occ.right == "C" else max(0.0, strike - spot)
+        if occ.expiry < self.clock.today():
+            return _cents(intrinsic)  # expired: worth its exercise value, no time left
         spread = OPTION_VOL * spot * math.sqrt(years)
         moneyness = (spot - strike) / spread if spread > 0 else 0.0
         time_value = 0.4 * spread * math.exp(-0.5 * moneyness * moneyness)
@@ -172,7 +195,7 @@ class Market:
 
     def quote(self, symbol: str) -> SimQuote:
         mid = self.price(symbol)
-        kind, _ = self.classify(symbol)
+        kind, _ = self._priced(symbol)
         if kind == "us_option":
             half = max(Decimal("0.05"), _cents(mid * Decimal("0.03"))) / 2
         else:

@@ -1,4 +1,5 @@
-"""Read-only account queries: the order list and the FILL activities feed.
+"""Read-only account queries: the order list and the activities feed (FILLs and the
+non-trade activities of ops.sim.corporate).
 
 Filtering and paging rules follow alpaca-wire.md sections 3.5 and 3.6; the engine owns
 the state, these functions only read it.
@@ -7,9 +8,11 @@ the state, these functions only read it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date, datetime, time
 from typing import Any
 
 from ops.sim.accounts import AccountState, OrderState
+from ops.sim.clock import EASTERN
 from ops.sim.wire import parse_time, unprocessable
 
 
@@ -41,13 +44,32 @@ def list_orders(st: AccountState, q: Mapping[str, str]) -> list[OrderState]:
     out.sort(key=lambda o: o.seq, reverse=direction == "desc")
     return out[: max(limit, 0)]
 
+def _activity_day(a: Mapping[str, Any]) -> date:
+    """The day an activity is filed under: a FILL's transaction time's date (UTC, as
+    before), a non-trade activity's `date` (Alpaca gives those no time)."""
+    if a.get("transaction_time"):
+        return parse_time(str(a["transaction_time"]), "transaction_time").date()
+    return date.fromisoformat(str(a["date"]))
+
+
+def _activity_time(a: Mapping[str, Any]) -> datetime:
+    """When an activity counts for `after`/`until`: a FILL's transaction time; a non-trade
+    activity has only a date, taken as the start of that day in New York (the docs are
+    silent; so `after` later that day leaves it out: the least convenient reading)."""
+    if a.get("transaction_time"):
+        return parse_time(str(a["transaction_time"]), "transaction_time")
+    return datetime.combine(date.fromisoformat(str(a["date"])), time(0), tzinfo=EASTERN)
+
+
 def activities(st: AccountState, q: Mapping[str, str]) -> list[dict[str, Any]]:
-    """FILL activities with order_id, after/until/date, direction and page_size/page_token
-    paging. `order_id` keeps only that order's activities (Alpaca changelog 2026-07-29);
-    an id that names no order of the account gives an empty list."""
-    types = q.get("activity_types", "FILL").upper().split(",")
-    if "FILL" not in types:
-        return []
+    """Activities of `activity_types` (all types when absent, as Alpaca), FILLs and the
+    non-trade ones (ops.sim.corporate), with order_id, after/until/date, direction and
+    page_size/page_token paging, ordered by id (ids sort chronologically). `order_id` keeps
+    only that order's FILLs (Alpaca changelog 2026-07-29); an id that names no order of
+    the account gives an empty list."""
+    raw_types = q.get("activity_types")
+    types = ({t.strip().upper() for t in raw_types.split(",") if t.strip()}
+             if raw_types else None)
     direction = q.get("direction", "desc")
     if direction not in ("asc", "desc"):
         raise unprocessable(f"invalid direction: {direction!r}")
@@ -63,10 +85,14 @@ def activities(st: AccountState, q: Mapping[str, str]) -> list[dict[str, Any]]:
     items = sorted(st.activities, key=lambda a: str(a["id"]), reverse=direction == "desc")
     out = []
     for a in items:
-        if order_id and a["order_id"] != order_id:
+        if types is not None and str(a.get("activity_type")) not in types:
             continue
-        ts = parse_time(str(a["transaction_time"]), "transaction_time")
-        if (after and ts <= after) or (until and ts >= until) or (day and ts.date() != day):
+        if order_id and a.get("order_id") != order_id:
+            continue
+        ts = _activity_time(a)
+        if (after and ts <= after) or (until and ts >= until):
+            continue
+        if day and _activity_day(a) != day:
             continue
         if token and (a["id"] <= token if direction == "asc" else a["id"] >= token):
             continue
