@@ -428,6 +428,13 @@ class AccountConfig(_Model):
     """Intervals of this account's periodic roles."""
     exits: ExitRules = ExitRules()
     """Exit rules of this account's positions."""
+    protective_stops: bool = True
+    """Keep a stop order resting at the broker for every managed position, mirroring the
+    stop-loss and trailing-stop rules (the tighter level), so a dead host, network or
+    database still leaves it protected (ops/roles/protective_stops.py): GTC for equities,
+    day for options (placed again for each session), replaced as the trailing level moves,
+    cancelled when the position closes or is released, and cancelled before any local
+    exit. false: none are placed and those resting are cancelled."""
     enabled: bool = True
     """Disabled accounts get no processes and no signals."""
 

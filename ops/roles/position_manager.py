@@ -85,6 +85,7 @@ from ops.exits import (
 from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
 from ops.ownership import Holding, split
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
+from ops.roles.protective_stops import ProtectiveStops, Target
 from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store import positions as pq
 from ops.store.ownership import managed_quantities
@@ -168,6 +169,7 @@ class PositionManager:
         market_open: Callable[[], Awaitable[bool]] | None = None,
         secret_id: str | None = None,
         manage_external: Callable[[], bool] | None = None,
+        protective_stops: Callable[[], bool] | None = None,
     ) -> None:
         self.account = account
         self.store = store
@@ -191,6 +193,11 @@ class PositionManager:
         self._managed_known = False
         self.refusals = RefusalIncidents(store, kind=refusals.EXIT_REFUSED, account=account,
                                          process=process)
+        # Stops resting at the broker (ops/roles/protective_stops.py). None: off (the role
+        # passes the account's `protective_stops`, default on).
+        self.stops = ProtectiveStops(account=account, broker=broker, store=store,
+                                     process=process, secret_id=secret_id,
+                                     enabled=protective_stops or (lambda: False))
 
     # -- the tick ----------------------------------------------------------------------------
 
@@ -199,6 +206,7 @@ class PositionManager:
         ledger then shows the error), but a failed step never skips the later ones."""
         now = self._now()
         positions = await self.broker.list_positions()
+        self.stops.observe(positions)
         answered = self._now()
         self.drift.snapshot_answered = answered
         self.drift.snapshot_cut = drift.Cut.around(now, answered)
@@ -213,6 +221,7 @@ class PositionManager:
             steps.append(self._apply_exits)
         else:
             self.counters.exits_idle += 1
+        steps.append(self._protect)
         for step in steps:
             try:
                 await step(positions, now)
@@ -400,6 +409,12 @@ class PositionManager:
     async def _submit_exit(self, d: ExitDecision, tracked: pq.TrackedPosition, price: Decimal,
                            now: datetime) -> None:
         cid = exit_client_order_id(self.account, d.symbol, tracked.state.opened_at, d.rule)
+        # The resting protective stop is cancelled (and that confirmed) first: never both.
+        wait = await self.stops.before_exit(d.symbol, cid)
+        if wait is not None:
+            self.counters.exits_waiting += 1
+            log.warning("account %s: exit of %s not sent: %s", self.account, d.symbol, wait)
+            return
         req = OrderRequest(symbol=d.symbol, side=d.side, client_order_id=cid, qty=d.qty,
                            order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY)
         res = await self.broker.submit_order(req)
@@ -455,6 +470,35 @@ class PositionManager:
             await self.refusals.refused(d.symbol, f"{detail} (exit rule: {d.reason})", now)
         self.counters.exits_refused_open = len(self.refusals.open_symbols)
 
+    # -- protective stops --------------------------------------------------------------------
+
+    async def _protect(self, positions: Sequence[Position], now: datetime) -> None:
+        """Stops resting at the broker for the managed positions, whatever the clock says;
+        left as they are while ownership or water marks are unknown, and under flatten."""
+        if not self.stops.active():
+            return
+        if await self._kill_switch() is KillSwitch.FLATTEN:
+            return self.stops.skip("kill switch flatten: the dispatcher closes everything")
+        await self._load_tracked()
+        held = [p for p in positions if p.qty != 0]
+        owned = await self._ownership(held)
+        if owned is None or not self._tracked_loaded:
+            return self.stops.skip("ownership or water marks unknown (Postgres unreachable)")
+        targets: dict[str, Target] = {}
+        for whole in held:
+            p = replace(whole, qty=owned[whole.symbol].managed)
+            tracked = self._tracked.get(p.symbol)
+            price = p.current_price or p.avg_entry_price
+            if p.qty == 0 or (tracked is None and price <= 0):
+                continue
+            if tracked is None or tracked.long != (p.qty > 0):
+                # First seen while the exits wait for the open: tracked as they would.
+                tracked = self._track(p, price, now)
+                self._tracked[p.symbol] = tracked
+                await self._persist(p.symbol, tracked, now)
+            targets[p.symbol] = Target(p, tracked.state)
+        await self.stops.reconcile(targets, self._rules(), now)
+
 # --- the role -----------------------------------------------------------------------------
 
 
@@ -478,12 +522,17 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
         cfg = ctx.account_cfg
         return bool(getattr(cfg, "manage_external", False))
 
+    def protective_stops() -> bool:
+        # `[accounts.NAME] protective_stops` (default on), read at every tick (hot reload).
+        return bool(getattr(ctx.account_cfg, "protective_stops", True))
+
     pm = PositionManager(account=account, store=ctx.store, broker=broker, process=ctx.process,
                          exit_rules=rules, kill_switch=ctx.kill_switch,
                          market_open=ctx.market_open, secret_id=acct.secret_id,
-                         manage_external=manage_external)
+                         manage_external=manage_external, protective_stops=protective_stops)
     # The interval equals the configured one, so the runtime follows its hot reloads. Not
     # gated on market hours: only the exits are (see the module docstring).
     ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick, market_gate=False)
     ctx.add_counters(ROLE, pm.counters.as_dict)
+    ctx.add_counters("protective-stops", pm.stops.counters.as_dict)
     return [ticker]
