@@ -354,6 +354,12 @@ class RiskLimits(_Model):
     """Whether option contracts may be traded."""
     signal_ttl_s: Seconds = 300.0
     """A signal older than this when the dispatcher claims it is rejected as stale."""
+    pdt_guard: Literal["off", "normal", "strict"] = "normal"
+    """Pattern-day-trading guard for accounts under $25k (ops/risk.py, gate `pdt`): once
+    the day trades of the last 5 business days plus the positions opened today reach 3,
+    "normal" refuses entries the exit rules would close the same session (max_hold_s
+    ending before the close, an option closed on its expiry day), "strict" refuses every
+    entry, "off" leaves it to the broker (whose refusal may then hit an exit)."""
 
     @model_validator(mode="after")
     def _order_within_symbol(self) -> RiskLimits:
@@ -386,6 +392,23 @@ class Schedule(_Model):
     (an expected idle, shown as such)."""
 
 
+#: Alpaca may liquidate expiring option positions from about 15:15 New York time.
+EXPIRY_LIQUIDATION = "15:15"
+
+
+def _exit_by(value: str) -> str:
+    if value == "off":
+        return value
+    m = re.fullmatch(r"(\d{2}):(\d{2})", value)
+    if m is None or int(m[1]) > 23 or int(m[2]) > 59:
+        raise ValueError(f'must be "HH:MM" (New York time) or "off", got {value!r}')
+    if not "09:30" <= value < EXPIRY_LIQUIDATION:
+        raise ValueError(f"must be within the session and before Alpaca's expiry-day "
+                         f"liquidation from about {EXPIRY_LIQUIDATION} (09:30 <= HH:MM < "
+                         f"{EXPIRY_LIQUIDATION}), got {value!r}")
+    return value
+
+
 class ExitRules(_Model):
     """Exit rules the position manager applies; unset means the rule is off."""
 
@@ -399,6 +422,10 @@ class ExitRules(_Model):
     """Close a position held longer than this many seconds."""
     close_options_days_before_expiry: Annotated[int, Field(ge=0)] | None = None
     """Close option positions this many calendar days before expiry (0 = on expiry day)."""
+    options_expiry_day_exit_by: Annotated[str, AfterValidator(_exit_by)] = "15:00"
+    """On an option's expiry day, close it at this New York time ("HH:MM", before 15:15)
+    whatever close_options_days_before_expiry says: Alpaca may liquidate expiring
+    positions from about 15:15 (alpaca-wire.md 3.7). "off": hold to expiry."""
 
 
 _ALPACA_PAPER_HOST = "paper-api.alpaca.markets"
@@ -437,6 +464,11 @@ class AccountConfig(_Model):
     exit. false: none are placed and those resting are cancelled."""
     enabled: bool = True
     """Disabled accounts get no processes and no signals."""
+    manage_external: bool = False
+    """Whether positions the pipeline did not open (by hand, another tool, an assignment)
+    are the pipeline's to manage: true makes every position managed (exit rules, max
+    hold, close-before-expiry and a managed-only flatten act on all of it); false (the
+    default) leaves external lots alone unless adopted (`ops positions adopt`)."""
 
     @model_validator(mode="after")
     def _paper_matches_host(self) -> AccountConfig:

@@ -10,12 +10,24 @@ Percentages are percent numbers (5 means 5 %). Rules are checked in this order a
 first that fires decides; every decision closes the whole position:
   option_expiry  option within close_options_days_before_expiry days of its expiry
                  (calendar days, dates in America/New_York)
+  option_expiry_day  an option on its expiry day at or after expiry_day_exit_by (New York
+                 time, default 15:00), whatever close_options_days_before_expiry says
+                 (even unset): Alpaca may liquidate expiring positions from about 15:15
+                 ET (alpaca-wire.md 3.7), at market and on its own terms; closing first
+                 keeps the exit ours. The days rule, when set, fires earlier on its own.
   stop_loss      loss from the average entry price >= stop_loss_pct
   trailing_stop  price has moved against the high-water mark (longs) / low-water mark
                  (shorts) by >= trailing_stop_pct
   take_profit    gain from the average entry price >= take_profit_pct
   max_hold       held for >= max_hold_s
 The comparisons are done by multiplication, not division, so they are exact in Decimal.
+
+An option exit carries its `position_intent` (sell_to_close a long, buy_to_close a short),
+which the caller sends with the order (alpaca-wire.md 3.5).
+
+`flatten_client_order_id` is the kill switch's counterpart (the dispatcher's managed-only
+flatten): per (position epoch, attempt), with the `ops-<account>-` prefix, so its fills
+count as the pipeline's own (managed reductions, ops.store.ownership).
 
 About `exit_client_order_id` and the rule in it: the id is per (position, rule), so a
 rejected or cancelled exit under one rule does not make the position impossible to exit
@@ -27,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -41,10 +53,14 @@ if TYPE_CHECKING:  # only for from_config's signature: deciding needs no config 
 
 NEW_YORK = ZoneInfo("America/New_York")
 _HUNDRED = Decimal(100)
+#: Alpaca may liquidate expiring option positions from about 15:15 New York time; the
+#: default exit time leaves a quarter of an hour for the order to fill.
+DEFAULT_EXPIRY_DAY_EXIT_BY = time(15, 0)
 
 
 class ExitRule(StrEnum):
     OPTION_EXPIRY = "option_expiry"
+    OPTION_EXPIRY_DAY = "option_expiry_day"
     STOP_LOSS = "stop_loss"
     TRAILING_STOP = "trailing_stop"
     TAKE_PROFIT = "take_profit"
@@ -60,6 +76,7 @@ class ExitRules:
     trailing_stop_pct: Decimal | None = None
     max_hold_s: float | None = None
     close_options_days_before_expiry: int | None = None
+    expiry_day_exit_by: time | None = DEFAULT_EXPIRY_DAY_EXIT_BY  # New York; None: off
 
     @classmethod
     def from_config(cls, cfg: config.ExitRules) -> ExitRules:
@@ -77,6 +94,7 @@ class ExitRules:
             trailing_stop_pct=pct(cfg.trailing_stop_pct),
             max_hold_s=cfg.max_hold_s,
             close_options_days_before_expiry=cfg.close_options_days_before_expiry,
+            expiry_day_exit_by=parse_exit_by(cfg.options_expiry_day_exit_by),
         )
 
     def __post_init__(self) -> None:
@@ -92,6 +110,18 @@ class ExitRules:
                                  or days < 0):
             raise ValueError(f"ExitRules.close_options_days_before_expiry must be an int "
                              f">= 0 or None, got {days!r}")
+        by = self.expiry_day_exit_by
+        if by is not None and (not isinstance(by, time) or by.tzinfo is not None):
+            raise ValueError(f"ExitRules.expiry_day_exit_by must be a naive time (New York) "
+                             f"or None, got {by!r}")
+
+
+def parse_exit_by(text: str) -> time | None:
+    """"HH:MM" -> time (New York); "off" -> None (the config validated the shape)."""
+    if text == "off":
+        return None
+    hh, mm = text.split(":")
+    return time(int(hh), int(mm))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +144,8 @@ class ExitDecision:
     symbol: str
     side: Side  # the closing side: sell a long, buy back a short
     qty: Decimal  # the whole position, unsigned
+    #: Options: "sell_to_close" / "buy_to_close", to send with the order; else None.
+    position_intent: str | None = None
 
 
 def _check_price(price: Decimal) -> None:
@@ -154,19 +186,29 @@ def evaluate_exits(
     close_side = Side.SELL if long else Side.BUY
     where = f"{position.symbol} {'long' if long else 'short'} {qty.normalize():f}"
 
+    option = OptionSymbol.parse(position.symbol)
+    intent = None if option is None else "sell_to_close" if long else "buy_to_close"
+
     def fire(rule: ExitRule, why: str) -> ExitDecision:
         return ExitDecision(rule, f"{rule.value}: {where}: {why}", position.symbol, close_side,
-                            abs(qty))
+                            abs(qty), intent)
 
     days = rules.close_options_days_before_expiry
-    option = OptionSymbol.parse(position.symbol)
-    if days is not None and option is not None:
-        today = now.astimezone(NEW_YORK).date()
+    if option is not None:
+        local = now.astimezone(NEW_YORK)
+        today = local.date()
         left = (option.expiry - today).days
-        if left <= days:
+        if days is not None and left <= days:
             return fire(ExitRule.OPTION_EXPIRY,
                         f"expires {option.expiry.isoformat()}, {left} day(s) left (New York "
                         f"date {today.isoformat()}), close_options_days_before_expiry {days}")
+        by = rules.expiry_day_exit_by
+        if by is not None and (left < 0 or (left == 0 and local.time() >= by)):
+            return fire(ExitRule.OPTION_EXPIRY_DAY,
+                        f"expires {option.expiry.isoformat()} and it is "
+                        f"{local:%Y-%m-%d %H:%M} New York time, at or after expiry_day_exit_by "
+                        f"{by:%H:%M} (Alpaca may liquidate expiring positions from about "
+                        "15:15)")
 
     gain = (price - entry) if long else (entry - price)  # per unit, + is profit
     if rules.stop_loss_pct is not None and -gain * _HUNDRED >= rules.stop_loss_pct * entry:
@@ -222,3 +264,33 @@ def exit_client_order_id(
     # Only an absurdly long symbol gets here; keep the account prefix for lookups.
     digest = hashlib.sha256(f"{symbol}-{opened}".encode()).hexdigest()[:32]
     return f"ops-{account}-exit-{digest}-{rule_text}"
+
+
+def flatten_client_order_id(account: str, symbol: str, epoch: datetime, attempt: int = 0) -> str:
+    """Deterministic client order id of the kill switch's close of the managed part of a
+    position (<= 128 chars): `ops-<account>-flat-<symbol>-<epoch>-<attempt>`.
+
+    `epoch` is the position's (its tracked opening time, or the flatten's own start when
+    none is tracked); `attempt` counts closes of that epoch that ended without closing it
+    (canceled, expired, rejected after acceptance). Same inputs -> same id after any
+    restart, so a repeat pass finds its order at the broker (duplicate id) instead of
+    sending a second one.
+    """
+    if epoch.tzinfo is None:
+        raise ValueError(f"epoch must be timezone-aware, got {epoch!r}")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+        raise ValueError(f"attempt must be an int >= 0, got {attempt!r}")
+    check_account_name(account)
+    if not symbol:
+        raise ValueError("flatten client order id needs a symbol")
+    stamp = epoch.astimezone(UTC).strftime("%Y%m%dT%H%M%S%f")
+    cid = f"{flatten_prefix(account)}{symbol}-{stamp}-{attempt}"
+    if len(cid) <= 128:
+        return cid
+    digest = hashlib.sha256(f"{symbol}-{stamp}".encode()).hexdigest()[:32]
+    return f"{flatten_prefix(account)}{digest}-{attempt}"
+
+
+def flatten_prefix(account: str) -> str:
+    """Every flatten close of `account` has a client order id starting with this."""
+    return f"ops-{account}-flat-"

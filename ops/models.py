@@ -54,7 +54,13 @@ class KillSwitch(StrEnum):
     OFF = "off"
     HALT = "halt"  # no new entries; exits still allowed
     REDUCE_ONLY = "reduce-only"  # only orders that reduce an existing position
-    FLATTEN = "flatten"  # cancel open orders and close every position
+    FLATTEN = "flatten"  # cancel the pipeline's orders, close the MANAGED part of positions
+    FLATTEN_ALL = "flatten-all"  # cancel every open order and close every position
+
+    @property
+    def flattens(self) -> bool:
+        """Either flatten mode: no new orders, positions being closed by the dispatcher."""
+        return self in (KillSwitch.FLATTEN, KillSwitch.FLATTEN_ALL)
 
 
 TERMINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
@@ -76,6 +82,12 @@ class AccountInfo:
     options_buying_power: Decimal | None = None
     long_market_value: Decimal | None = None
     short_market_value: Decimal | None = None
+    # Each of these may be absent (None): Alpaca removed the pattern-day-trading fields on
+    # 2026-07-06 (alpaca-wire.md 3.1, section 6.10) while 3.7a still lists them, and
+    # `options_trading_level` is only sent to accounts with options enabled.
+    options_trading_level: int | None = None  # 0 none, 1 covered, 2 long, 3 spreads
+    pattern_day_trader: bool | None = None
+    daytrade_count: int | None = None  # day trades in the rolling 5 business days
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,15 +17,22 @@ protection (403 40310100), a rejected key (401), quantity held by open orders (4
 "insufficient qty available"), buying power, shorting, options trading level, assets not
 tradable, a blocked account, a position the broker does not have (404). Anything else is
 quoted verbatim.
+
+`retry_after(refusal, clock)` says when a refused exit is worth sending again: a
+pattern-day-trading refusal at the next session open (the position then is no longer
+opened "today", so closing it is no longer a day trade); anything else None (retried as
+the caller always does, or not at all).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from ops.models import Clock
 from ops.risk import qty_text
 
 #: Incident kinds (one incident per kind and account+symbol; see `dedupe_key`).
@@ -197,3 +204,19 @@ def describe(
     if order:
         parts.append(f" (order {order})")
     return "".join(parts) + ": " + explain(r, symbol=symbol, secret_id=secret_id)
+
+
+def retry_after(refusal: Refusal, clock: Clock) -> datetime | None:
+    """When to send a refused exit again: pattern-day-trading protection -> the next
+    session open (`clock.next_open`, the broker's clock read after the refusal); any
+    other refusal -> None (no scheduled retry: the caller's usual policy applies).
+
+    Why the next open: the refusal means the exit would be a 4th day trade within 5
+    business days, and it is one only because the position was opened the same day. From
+    the next session on, closing it is not a day trade, whatever the count. If the clock
+    is read while the market is closed before today's open, `next_open` is today's open,
+    which is equally a later session than the opening fill's. Pure.
+    """
+    if classify(refusal) is Cause.PDT:
+        return clock.next_open
+    return None

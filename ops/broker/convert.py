@@ -101,6 +101,33 @@ def dec_or(d: Mapping[str, Any], key: str, what: str, default: Decimal) -> Decim
     return default if v is None else v
 
 
+def opt_int(d: Mapping[str, Any], key: str, what: str) -> int | None:
+    """A whole number given as a JSON number or a string ("3"), or None when absent."""
+    v = d.get(key)
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        raise _fail(what, key, v, "expected a whole number")
+    if isinstance(v, int):
+        return v
+    out = _to_dec(v, key, what)
+    if out != out.to_integral_value():
+        raise _fail(what, key, v, "expected a whole number")
+    return int(out)
+
+
+def opt_bool(d: Mapping[str, Any], key: str, what: str) -> bool | None:
+    """true/false (or the strings "true"/"false"), or None when absent."""
+    v = d.get(key)
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise _fail(what, key, v, "expected true or false")
+
+
 def parse_ts(v: object, key: str, what: str) -> datetime:
     """ISO-8601 with 'Z' or an offset, up to nanoseconds; naive values are taken as UTC."""
     if isinstance(v, datetime):
@@ -211,6 +238,10 @@ def account_from_raw(raw: object) -> AccountInfo:
         options_buying_power=opt_dec(d, "options_buying_power", what),
         long_market_value=opt_dec(d, "long_market_value", what),
         short_market_value=opt_dec(d, "short_market_value", what),
+        # Possibly absent (alpaca-wire.md 3.1, 3.7a, 6.10): None, never a guess.
+        options_trading_level=opt_int(d, "options_trading_level", what),
+        pattern_day_trader=opt_bool(d, "pattern_day_trader", what),
+        daytrade_count=opt_int(d, "daytrade_count", what),
     )
 
 

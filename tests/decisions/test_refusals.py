@@ -99,3 +99,23 @@ def test_any_refusal_gives_one_bounded_line(status: int | None, code: int | None
     assert "\n" not in text and "\r" not in text
     assert len(text) < 1000
     assert classify(r) in set(Cause)
+
+
+# --- retry_after (issue 14.4) ------------------------------------------------------------------
+
+
+def test_a_pdt_refusal_is_retried_at_the_next_session_open() -> None:
+    from datetime import UTC, datetime
+
+    from ops.models import Clock
+
+    clock = Clock(timestamp=datetime(2026, 3, 2, 15, 0, tzinfo=UTC), is_open=True,
+                  next_open=datetime(2026, 3, 3, 14, 30, tzinfo=UTC),
+                  next_close=datetime(2026, 3, 2, 21, 0, tzinfo=UTC))
+    assert refusals.retry_after(PDT, clock) == clock.next_open
+    # Recognised by its message as well as by its code.
+    by_text = Refusal(403, None, "Trade denied due to Pattern Day Trading protection")
+    assert refusals.retry_after(by_text, clock) == clock.next_open
+    for other in (KEY, HELD, Refusal(403, 40310000, "insufficient buying power"),
+                  Refusal(None, None, "invalid order request")):
+        assert refusals.retry_after(other, clock) is None

@@ -9,13 +9,16 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.models import KillSwitch, OrderType, Side
+from ops.models import KillSwitch, OptionSymbol, OrderType, Side
 from ops.risk import (
     AccountState,
+    PositionIntent,
     PositionSnapshot,
     RiskLimits,
     SignalIntent,
     evaluate,
+    option_requirement,
+    position_intent,
     signal_client_order_id,
 )
 
@@ -165,7 +168,7 @@ def check_allowed(sig: SignalIntent, state: AccountState, limits: RiskLimits) ->
     assert decision.gate == "all"
     assert sig.account == state.account
     assert state.reconciled and state.market_open
-    assert state.kill_switch is not KillSwitch.FLATTEN
+    assert not state.kill_switch.flattens
     assert (NOW - sig.created_at).total_seconds() <= limits.signal_ttl_s
     assert sig.expires_at is None or NOW < sig.expires_at
     d = derive(sig, state)
@@ -177,7 +180,18 @@ def check_allowed(sig: SignalIntent, state: AccountState, limits: RiskLimits) ->
     assert state.kill_switch is KillSwitch.OFF and not state.drift_blocked
     assert limits.allow_short or d.new >= 0
     assert d.notional <= limits.max_order_notional
-    assert d.notional <= state.buying_power
+    option = OptionSymbol.parse(sig.symbol)
+    if option is None:
+        assert d.notional <= state.buying_power
+    else:  # options buying power (absent: buying power) covers what the entry commits
+        intent = position_intent(sig.side, d.current)
+        need, _ = option_requirement(option, intent, d.qty, d.notional)
+        power = (state.options_buying_power if state.options_buying_power is not None
+                 else state.buying_power)
+        assert need <= power
+        if intent is PositionIntent.SELL_TO_OPEN and option.right == "C":  # covered only
+            shares = state.positions.get(option.underlying)
+            assert shares is not None and shares.qty >= -d.new * 100
     assert state.last_equity - state.equity < limits.daily_loss_limit
     mult = 100 if sig.symbol == OPTION else 1
     open_orders = state.open_order_notional.get(sig.symbol, Decimal(0))
@@ -211,8 +225,8 @@ def test_halt_and_reduce_only_never_allow_an_entry_or_a_flip(
 def test_flatten_and_unreconciled_refuse_everything(
     sig: SignalIntent, state: AccountState, limits: RiskLimits
 ) -> None:
-    flat = replace(state, kill_switch=KillSwitch.FLATTEN)
-    assert not evaluate(sig, flat, limits, NOW).allowed
+    for mode in (KillSwitch.FLATTEN, KillSwitch.FLATTEN_ALL):
+        assert not evaluate(sig, replace(state, kill_switch=mode), limits, NOW).allowed
     unrec = replace(state, reconciled=False)
     decision = evaluate(sig, unrec, limits, NOW)
     assert not decision.allowed and decision.gate in ("account", "reconciled")
