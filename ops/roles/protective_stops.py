@@ -5,9 +5,11 @@ the network or Postgres stalls, polling stops and a position has no protection a
 A stop resting at the broker keeps protecting it whatever happens here (invariant 10).
 
 What lives here: the pure part (`stop_level`, `round_stop`, `desired_stop`, the client
-order ids `stop_client_order_id` / `parse_stop_id`) and `ProtectiveStops`, which the
-position manager owns: `reconcile()` after the exits step of every tick (whatever the
-clock says), `before_exit()` from `_submit_exit` before any market exit is sent.
+order ids `stop_client_order_id` / `parse_stop_id`), `cancel_stops()` (cancel a symbol's
+resting stops and wait for the broker's word: for whoever sends an exit) and
+`ProtectiveStops`, which the position manager owns: `reconcile()` after the exits step of
+every tick (whatever the clock says), `before_exit()` from `_submit_exit` before any
+market exit is sent.
 What does not: deciding exits (ops.exits), who owns what (ops.ownership, the position
 manager's `_ownership`), water marks (the position manager tracks and persists them).
 
@@ -260,6 +262,77 @@ def held_by_others(orders: Iterable[Order], symbol: str, side: Side, account: st
                 and not o.client_order_id.startswith(prefix)), Decimal(0))
 
 
+# --- cancelling before an exit (also for other senders of exits) ----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StopsCleared:
+    """What cancelling a symbol's resting stops came to."""
+
+    found: tuple[Order, ...] = ()
+    filled: tuple[Order, ...] = ()  # (partly) filled before the cancel took: re-decide
+    pending: tuple[Order, ...] = ()  # cancel not confirmed within the wait
+
+    @property
+    def clear(self) -> bool:
+        """Nothing rests or fills any more: an exit may be sent."""
+        return not self.filled and not self.pending
+
+    def reason(self) -> str | None:
+        """Why an exit must not be sent now, or None."""
+        if self.filled:
+            done = ", ".join(f"{o.client_order_id} filled {qty_text(o.filled_qty)}"
+                             for o in self.filled)
+            return (f"the protective stop filled before the exit ({done}): the position is "
+                    "gone or smaller, the exit is decided again at the next tick")
+        if self.pending:
+            names = ", ".join(o.client_order_id for o in self.pending)
+            return (f"the cancel of protective stop {names} is not confirmed yet: the exit "
+                    "waits for the next tick (never both)")
+        return None
+
+
+async def cancel_stops(broker: Broker, account: str, symbol: str, *, wait_s: float = 5.0,
+                       why: str = "an exit is about to be sent") -> StopsCleared:
+    """Cancel `symbol`'s resting protective stops and wait until the broker confirms each
+    is over. For any sender of an exit (the position manager here; an exit signal of the
+    dispatcher would need it too: a resting stop holds the shares, and a sell beside it
+    is refused "insufficient qty available" or, worse, both fill)."""
+    prefix = stop_prefix(account)
+    listed = await broker.list_orders(status="open", symbols=[symbol])
+    stops = [o for o in listed if o.symbol == symbol and o.client_order_id.startswith(prefix)]
+    if not stops:
+        return StopsCleared()
+    for o in stops:
+        try:
+            await broker.cancel_order(o.id)
+            log.info("account %s: protective stop %s (%s %s) cancel requested: %s", account,
+                     o.client_order_id, o.symbol, qty_text(remaining(o)), why)
+        except BrokerApiError as exc:
+            # 404/422: already gone, filled or not cancelable; the wait below says which.
+            log.info("account %s: cancel of protective stop %s answered %s", account,
+                     o.client_order_id, exc)
+    outcomes = [await wait_terminal(broker, o, wait_s) for o in stops]
+    return StopsCleared(
+        found=tuple(stops),
+        filled=tuple(o for o in outcomes if o is not None and o.filled_qty > 0),
+        pending=tuple(o for o, seen in zip(stops, outcomes, strict=True)
+                      if seen is not None and not seen.is_terminal))
+
+
+async def wait_terminal(broker: Broker, o: Order, wait_s: float) -> Order | None:
+    """The order once terminal, or its last state when the wait ran out (None if the
+    broker does not know it at all)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.05
+    while True:
+        last = await broker.get_order(o.id)
+        if last is None or last.is_terminal or time.monotonic() >= deadline:
+            return last
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 # --- the role's half ------------------------------------------------------------------------
 
 
@@ -365,28 +438,22 @@ class ProtectiveStops:
         holds the shares just the same.
         """
         self._exiting[symbol] = exit_cid
-        open_orders = await self.broker.list_orders(status="open", symbols=[symbol])
-        stops = [o for o in self._ours(open_orders) if o.symbol == symbol]
-        if not stops:
+        cleared = await cancel_stops(self.broker, self.account, symbol,
+                                     wait_s=self.cancel_wait_s,
+                                     why="a local exit is about to be sent")
+        for o in cleared.found:
+            sid = parse_stop_id(self.account, o.client_order_id)
+            if sid is not None:
+                self._saw(sid)
+        if not cleared.found:
             return await self._unchanged(symbol) if self.enabled() else None
-        for o in stops:
-            await self._request_cancel(o, "a local exit is about to be sent")
-        outcomes = [await self._wait_terminal(o) for o in stops]
-        filled = [o for o in outcomes if o is not None and o.filled_qty > 0]
-        if filled:
+        if cleared.filled:
             self.counters.exit_stop_filled += 1
-            done = ", ".join(f"{o.client_order_id} filled {qty_text(o.filled_qty)}"
-                             for o in filled)
-            return (f"the protective stop filled before the exit ({done}): the position "
-                    "is gone or smaller, the exit is decided again at the next tick")
-        pending = [o for o, seen in zip(stops, outcomes, strict=True)
-                   if seen is None or not seen.is_terminal]
-        if pending:
+        elif cleared.pending:
             self.counters.exit_stop_unconfirmed += 1
-            names = ", ".join(o.client_order_id for o in pending)
-            return (f"the cancel of protective stop {names} is not confirmed yet: the exit "
-                    "waits for the next tick (never both)")
-        self.counters.exit_stop_cancels += len(stops)
+        if not cleared.clear:
+            return cleared.reason()
+        self.counters.exit_stop_cancels += len(cleared.found)
         return await self._unchanged(symbol)
 
     async def _unchanged(self, symbol: str) -> str | None:
@@ -400,29 +467,6 @@ class ProtectiveStops:
         return (f"the position changed since the tick read it ({qty_text(seen or Decimal(0))}"
                 f" -> {qty_text(now_qty)}; a protective stop may have filled): the exit is "
                 "decided again at the next tick")
-
-    async def _request_cancel(self, o: Order, why: str) -> None:
-        try:
-            await self.broker.cancel_order(o.id)
-            log.info("account %s: protective stop %s (%s %s) cancel requested: %s",
-                     self.account, o.client_order_id, o.symbol, qty_text(remaining(o)), why)
-        except BrokerApiError as exc:
-            # 404/422: already gone, filled or not cancelable; the wait below says which.
-            log.info("account %s: cancel of protective stop %s answered %s", self.account,
-                     o.client_order_id, exc)
-
-    async def _wait_terminal(self, o: Order) -> Order | None:
-        """The order once terminal, or its last state when the wait ran out (None if
-        the broker does not know it at all)."""
-        deadline = time.monotonic() + self.cancel_wait_s
-        delay = 0.05
-        last: Order | None = None
-        while True:
-            last = await self.broker.get_order(o.id)
-            if last is None or last.is_terminal or time.monotonic() >= deadline:
-                return last
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
 
     # -- the tick's reconcile ------------------------------------------------------------------
 
@@ -628,7 +672,7 @@ class ProtectiveStops:
                 log.info("account %s: protective stop %s not replaced (%s); cancelled and "
                          "placed again", self.account, old.client_order_id, exc.reason)
                 await self._cancel(old, "replaced by a new stop (not replaceable)")
-                seen = await self._wait_terminal(old)
+                seen = await wait_terminal(self.broker, old, self.cancel_wait_s)
                 if seen is not None and not seen.is_terminal:
                     return 1  # cancel not confirmed yet: the next tick looks again
                 return await self._place(target, want, now)
@@ -669,6 +713,6 @@ class ProtectiveStops:
 
 
 __all__ = ["DEFAULT_STEP_PCT", "ProtectiveStops", "StopCounters", "StopId", "StopSpec",
-           "Target", "desired_stop", "held_by_others", "needs_replace", "parse_stop_id",
-           "price_tick", "round_stop", "stop_client_order_id", "stop_level", "stop_prefix",
-           "whole_qty"]
+           "StopsCleared", "Target", "cancel_stops", "desired_stop", "held_by_others",
+           "needs_replace", "parse_stop_id", "price_tick", "round_stop",
+           "stop_client_order_id", "stop_level", "stop_prefix", "wait_terminal", "whole_qty"]

@@ -376,7 +376,8 @@ async def test_a_restart_adopts_a_stop_its_previous_life_placed_unanswered(rig: 
 # --- switches -------------------------------------------------------------------------------
 
 
-async def test_turning_it_off_cancels_them_and_flatten_leaves_them_alone(rig: Rig) -> None:
+async def test_turning_it_off_cancels_them_and_flatten_leaves_them_alone(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     rig.rules = ExitRules(stop_loss_pct=D(5))
     await open_long(rig, "AAPL", 3, "200", 1)
     on = {"value": True}
@@ -397,9 +398,16 @@ async def test_turning_it_off_cancels_them_and_flatten_leaves_them_alone(rig: Ri
     await pm.tick()
     assert resting(rig) == []
     assert rig.sim.engine.states[ACCOUNT].orders[back.id].status == "canceled"
-    calls = rig.broker.stats.requests
+    assert not pm.stops.active()
+    listed: list[str] = []
+    orig = rig.broker.list_orders
+
+    async def counting(*args: Any, **kw: Any) -> list[Order]:
+        listed.append(str(kw.get("status")))
+        return await orig(*args, **kw)
+    monkeypatch.setattr(rig.broker, "list_orders", counting)
     await pm.tick()
-    assert rig.broker.stats.requests - calls == 2  # positions and account only
+    assert listed == []  # off and cleaned up: no order listing per tick
 
 
 async def test_a_stop_not_replaceable_while_accepted_is_cancelled_and_placed_again(
