@@ -4,6 +4,18 @@
 are deterministic and obviously fake. `AccountState`, `OrderState` and `PositionState`
 hold the broker-side truth and serialise to/from JSON for `--state` files.
 Pricing and order rules live in the engine, not here.
+
+Options trading level per spec (alpaca-wire.md 3.7: 0 none, 1 covered calls and
+cash-secured puts, 2 + long calls and puts, 3 + spreads). Alpaca documents no default for
+a new account; its paper accounts come with level 3, so `make_spec` gives 3. The demo's
+`tiny` gets 2: a small account is the one likely to lack spread approval, and 2 still
+allows the long options the demo strategy buys (refused orders then show up in tests of
+levels, not in the demo).
+
+Day trades (pattern-day-trading protection, ledger.py) are bookkept on `AccountState`:
+`opened_on` (symbol -> New York date of the latest fill that opened or added to the
+position), `day_trades` (one entry per closing order that closed a position opened the
+same day) and the sticky `pattern_day_trader` flag.
 """
 
 from __future__ import annotations
@@ -35,10 +47,16 @@ class SimAccountSpec:
     shorting_enabled: bool = True
     options_trading_level: int = 3
 
+    def __post_init__(self) -> None:
+        level = self.options_trading_level
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 3:
+            raise ValueError(f"options_trading_level must be 0..3, got {level!r}")
+
     def __repr__(self) -> str:
         return (
             f"SimAccountSpec(name={self.name!r}, account_number={self.account_number!r}, "
-            f"key_id={self.key_id!r}, secret='***', cash={self.cash})"
+            f"key_id={self.key_id!r}, secret='***', cash={self.cash}, "
+            f"options_trading_level={self.options_trading_level})"
         )
 
     def public_json(self) -> dict[str, str]:
@@ -58,20 +76,24 @@ def make_spec(
     index: int,
     *,
     shorting_enabled: bool | None = None,
+    options_trading_level: int = 3,
 ) -> SimAccountSpec:
-    """A spec with deterministic, obviously fake keys derived from (name, seed)."""
+    """A spec with deterministic, obviously fake keys derived from (name, seed); options
+    level 3 unless told (Alpaca's paper default)."""
     key_id = f"PKSIM{name.upper()[:8]:0<8}{index:08d}"
     secret = "SIM" + hashlib.sha256(f"{name}:{seed}".encode()).hexdigest()[:37]
     # Alpaca requires 2,000 USD equity for margin and shorting.
     shorting = cash >= 2000 if shorting_enabled is None else shorting_enabled
-    return SimAccountSpec(name, account_number, key_id, secret, Decimal(cash), shorting)
+    return SimAccountSpec(name, account_number, key_id, secret, Decimal(cash), shorting,
+                          options_trading_level)
 
 
 def default_accounts(seed: int = 7) -> list[SimAccountSpec]:
-    """The demo accounts: `large` (100,000 USD) and `tiny` (1,000 USD)."""
+    """The demo accounts: `large` (100,000 USD, options level 3) and `tiny` (1,000 USD,
+    options level 2: long calls and puts, no spreads)."""
     return [
         make_spec("large", "PASIM0000001", Decimal(100_000), seed, 1),
-        make_spec("tiny", "PASIM0000002", Decimal(1_000), seed, 2),
+        make_spec("tiny", "PASIM0000002", Decimal(1_000), seed, 2, options_trading_level=2),
     ]
 
 
@@ -180,6 +202,10 @@ class AccountState:
     by_client_id: dict[str, str] = field(default_factory=dict)
     activities: list[dict[str, Any]] = field(default_factory=list)
     created_at: datetime | None = None
+    # Day-trade bookkeeping (see the module docstring; ledger.py keeps it).
+    opened_on: dict[str, str] = field(default_factory=dict)  # symbol -> ISO date (NY)
+    day_trades: list[dict[str, str]] = field(default_factory=list)  # date, symbol, order_id
+    pattern_day_trader: bool = False
 
     @property
     def id(self) -> str:
@@ -193,6 +219,9 @@ class AccountState:
             "orders": [_to_json(o) for o in self.orders.values()],
             "activities": self.activities,
             "created_at": opt_iso(self.created_at),
+            "opened_on": dict(self.opened_on),
+            "day_trades": list(self.day_trades),
+            "pattern_day_trader": self.pattern_day_trader,
         }
 
     @classmethod
@@ -211,6 +240,10 @@ class AccountState:
                             for a in data.get("activities", [])]
         if data.get("created_at"):
             state.created_at = datetime.fromisoformat(str(data["created_at"]))
+        # Older state files have no day-trade bookkeeping: none made.
+        state.opened_on = {str(k): str(v) for k, v in dict(data.get("opened_on", {})).items()}
+        state.day_trades = [dict(t) for t in data.get("day_trades", [])]
+        state.pattern_day_trader = bool(data.get("pattern_day_trader", False))
         return state
 
 

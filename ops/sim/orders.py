@@ -2,7 +2,13 @@
 
 Turns a JSON body (numbers or strings accepted, as alpaca-py sends floats) into a
 `NewOrder`, raising `ApiError` with Alpaca's codes and texts for bad input. Account-
-dependent checks (buying power, held quantity) are the engine's job.
+dependent checks (buying power, held quantity) are the engine's job; the options level
+and pattern-day-trading refusals are ledger.py's, applied by the REST layer.
+
+Single-leg options (alpaca-wire.md 3.5, 3.7a, changelog 2026-08-27): market, limit, stop
+and stop_limit, time in force day or gtc only (anything else is refused with the text
+Alpaca has been seen to send: "order_time_in_force provided not supported for options
+trading"), whole contracts, no notional, no extended hours, no trailing stop.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ SIDES = ("buy", "sell")
 TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
 TIFS = ("day", "gtc", "opg", "cls", "ioc", "fok")
 INTENTS = ("buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close")
+OPTION_TIFS = ("day", "gtc")
 MAX_CLIENT_ID = 128
 
 
@@ -151,6 +158,9 @@ def parse_new_order(body: dict[str, Any], *, option: bool) -> NewOrder:
         raise unprocessable("exactly one of trail_price or trail_percent is required")
     if otype == "trailing_stop" and option:
         raise unprocessable("trailing_stop orders are not supported for options")
+    if option and tif not in OPTION_TIFS:
+        raise ApiError(422, 42210000, "order_time_in_force provided not supported for "
+                                      "options trading")
     extended = body.get("extended_hours", False)
     if not isinstance(extended, bool):
         raise unprocessable(f"invalid extended_hours: {extended!r}")
@@ -192,6 +202,9 @@ def parse_replace(body: dict[str, Any], *, option: bool) -> ReplaceRequest:
     tif = body.get("time_in_force")
     if tif is not None and tif not in TIFS:
         raise unprocessable(f"invalid time_in_force: {tif!r}")
+    if option and tif is not None and tif not in OPTION_TIFS:
+        raise ApiError(422, 42210000, "order_time_in_force provided not supported for "
+                                      "options trading")
     return ReplaceRequest(
         qty=parse_qty(body["qty"], option=option) if body.get("qty") is not None else None,
         time_in_force=tif,

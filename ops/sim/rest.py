@@ -3,6 +3,14 @@
 Each handler takes a `Ctx` (authenticated account, path params, query, JSON body) and
 returns `(status, body)`; the server turns that into a response and applies faults,
 latency and the rate limit around it. Errors are raised as `ApiError`.
+
+Two broker rules are applied here, before the engine sees an order (ledger.py has the
+rules): the options trading level of an opening option order, and pattern-day-trading
+protection for any order that would be a 4th day trade in 5 business days on an account
+under 25,000 -- submits, closes of one position, and each position of a close-all (its
+207 item then carries the refusal). An order whose client_order_id the account already
+used skips both: the engine answers "client_order_id must be unique", as Alpaca does, so a
+client re-sending after a timeout finds its order instead of a refusal it never got.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from ops.sim.accounts import AccountState
 from ops.sim.clock import SimClock
 from ops.sim.engine import Engine
 from ops.sim.market import Market
+from ops.sim.orders import parse_new_order
 from ops.sim.wire import ApiError, not_found, parse_bool, parse_time, stable_uuid, unprocessable
 
 Reply = tuple[int, Any]
@@ -51,7 +60,34 @@ Handler = Callable[[Ctx], Awaitable[Reply]]
 
 
 async def get_account(c: Ctx) -> Reply:
-    return 200, ledger.account_wire(c.st, c.market)
+    return 200, ledger.account_wire(c.st, c.market, c.clock.today())
+
+
+def _broker_rules(c: Ctx, body: Mapping[str, Any]) -> None:
+    """Options level and PDT protection for a submit body (module docstring). A body the
+    engine will refuse as malformed is left to the engine, so its error is the one seen."""
+    symbol = body.get("symbol")
+    if not isinstance(symbol, str) or not symbol:
+        return
+    symbol = symbol.upper()
+    try:
+        asset_class, _ = c.market.classify(symbol)
+        req = parse_new_order(dict(body) | {"symbol": symbol},
+                              option=asset_class == "us_option")
+    except (ApiError, ValueError):
+        return
+    if req.client_order_id is not None and req.client_order_id in c.st.by_client_id:
+        return
+    if asset_class == "us_option":
+        ledger.check_option_order(c.st, symbol, req.side, req.qty, req.position_intent)
+    ledger.check_pdt(c.st, c.market, symbol, req.side, c.clock.today())
+
+
+def _close_side(st: AccountState, symbol: str) -> str | None:
+    pos = st.positions.get(symbol.upper())
+    if pos is None or pos.qty == 0:
+        return None
+    return "sell" if pos.qty > 0 else "buy"
 
 
 async def get_clock(c: Ctx) -> Reply:
@@ -95,15 +131,50 @@ async def get_position(c: Ctx) -> Reply:
 
 
 async def close_position(c: Ctx) -> Reply:
+    symbol = c.params["symbol"].upper()
+    side = _close_side(c.st, symbol)
+    if side is not None:
+        ledger.check_pdt(c.st, c.market, symbol, side, c.clock.today())
     return 200, c.engine.close_position(c.st, c.params["symbol"], c.query).wire()
 
 
 async def close_all_positions(c: Ctx) -> Reply:
-    return 207, c.engine.close_all(c.st, parse_bool(c.query.get("cancel_orders")))
+    cancel = parse_bool(c.query.get("cancel_orders"))
+    today = c.clock.today()
+    refused: dict[str, ApiError] = {}
+    for symbol in sorted(c.st.positions):
+        side = _close_side(c.st, symbol)
+        try:
+            if side is not None:
+                ledger.check_pdt(c.st, c.market, symbol, side, today)
+        except ApiError as err:
+            refused[symbol] = err
+    if not refused:
+        return 207, c.engine.close_all(c.st, cancel)
+    # Some closes are day trades the account may not make: those positions get the
+    # refusal as their 207 item, the others are closed as the engine closes them.
+    if cancel:
+        c.engine.cancel_all(c.st)
+    out: list[dict[str, Any]] = []
+    for symbol in sorted(c.st.positions):
+        failed = refused.get(symbol)
+        if failed is None:
+            try:
+                order = c.engine.close_position(c.st, symbol, {})
+            except ApiError as exc:
+                failed = exc
+            else:
+                out.append({"symbol": symbol, "status": 200, "order_id": order.id,
+                            "body": order.wire()})
+                continue
+        out.append({"symbol": symbol, "status": failed.status, "body": failed.body()})
+    return 207, out
 
 
 async def submit_order(c: Ctx) -> Reply:
-    return 200, c.engine.submit(c.st, await c.body()).wire()
+    body = await c.body()
+    _broker_rules(c, body)
+    return 200, c.engine.submit(c.st, body).wire()
 
 
 async def list_orders(c: Ctx) -> Reply:
