@@ -209,16 +209,16 @@ class IncidentRow:
 
 @dataclass(frozen=True, slots=True)
 class FeedRow:
-    key: str  # unique: "order:<id>" or "fill:<event key>"
+    key: str  # unique: "order:<id>", "fill:<event key>" or "activity:<account>:<id>"
     ts: datetime
     account: str
-    kind: str  # "order" | "fill"
+    kind: str  # "order" | "fill" | "activity" (a non-trade activity applied: expiry, split...)
     symbol: str
     side: str
     qty: Decimal | None
     notional: Decimal | None  # dollar-sized orders (qty None)
     price: Decimal | None
-    status: str  # order status, or fill / partial_fill
+    status: str  # order status, fill / partial_fill, or the activity type (OPEXP, SPLIT, ...)
 
     @property
     def size(self) -> str:
@@ -325,6 +325,10 @@ UNION ALL
         coalesce(f.symbol, o.symbol, '?'), coalesce(o.side, ''), f.qty, NULL::numeric,
         f.price, f.event
    FROM fills f LEFT JOIN orders o ON o.id = f.order_id ORDER BY f.ts DESC LIMIT $1)
+UNION ALL
+(SELECT 'activity:' || account || ':' || activity_id, applied_at, account, 'activity',
+        coalesce(symbol, '?'), '', qty_delta, NULL::numeric, price, type
+   FROM position_activities ORDER BY applied_at DESC LIMIT $1)
 ORDER BY ts DESC LIMIT $1
 """
 #: What Store.positions() returns (accounts with a sync row), open positions only.

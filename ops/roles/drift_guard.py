@@ -4,7 +4,10 @@ What lives here: `DriftGuard.check(positions, now)` (called by `PositionManager.
 the snapshot's timing in `snapshot_cut` / `snapshot_answered`), the drift block control,
 the `position-drift` incident, the operator's accepts, and the request to the stream role
 for a fill completeness check before a mismatch is blamed on the broker. The decisions are
-ops.drift; the SQL is ops.store.positions and ops.store.fills. See ops/roles/
+ops.drift; the SQL is ops.store.positions and ops.store.fills. The "fills" compared include
+the non-trade activities applied (expiry, exercise, assignment, splits: ops/roles/
+activities.py, placed where the position manager first saw them): drift explained by an
+activity is not drift. See ops/roles/
 position_manager.py's module docstring, step 2, for the rules.
 """
 
@@ -189,8 +192,9 @@ class DriftGuard:
                     "they are stored.")
         return (" Every fill the broker reports is stored (fill check at "
                 f"{check.checked_at.isoformat(timespec='seconds')}): the positions changed "
-                "without a fill the database knows of (an order outside the pipeline, a "
-                "corporate action, an assignment?).")
+                "without a fill the database knows of, nor a non-trade activity (an order "
+                "outside the pipeline? a corporate action or an assignment the broker has "
+                "not published yet?).")
 
     def _skip_drift(self, why: str) -> None:
         self.counters.drift_skipped += 1

@@ -7,6 +7,10 @@ What does not: the exit decisions (ops.exits), the SQL (ops.store.positions), fl
 (the dispatcher does it under the `flatten` kill switch).
 
 Every tick:
+0. Non-trade activities (ops/roles/activities.py): expiry, exercise, assignment, splits,
+   ... read from the broker and applied exactly once (ownership adjusted, a split's exit
+   state re-based, each counted by the drift check like a fill), before the positions
+   are read.
 1. Sync: broker positions -> `store.sync_positions` (current set + history rows), account
    summary -> `store.record_account`. These go through the store, so they are buffered
    during a Postgres outage like every other write.
@@ -84,6 +88,7 @@ from ops.exits import (
 )
 from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
 from ops.ownership import Holding, split
+from ops.roles.activities import ActivityApplier
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
 from ops.roles.protective_stops import ProtectiveStops, Target
 from ops.roles.refusal_incidents import RefusalIncidents
@@ -193,6 +198,9 @@ class PositionManager:
         self._managed_known = False
         self.refusals = RefusalIncidents(store, kind=refusals.EXIT_REFUSED, account=account,
                                          process=process)
+        # Expiry, exercise, assignment, splits: applied once each (ops/roles/activities.py).
+        self.activities = ActivityApplier(account=account, store=store, broker=broker,
+                                          process=process, now=now)
         # Stops resting at the broker (ops/roles/protective_stops.py). None: off (the role
         # passes the account's `protective_stops`, default on).
         self.stops = ProtectiveStops(account=account, broker=broker, store=store,
@@ -204,6 +212,11 @@ class PositionManager:
     async def tick(self, slot: Slot | None = None) -> None:
         """Sync, check drift, apply exits. Raises at the end if a step failed (the run
         ledger then shows the error), but a failed step never skips the later ones."""
+        # Non-trade activities first: the positions read next hold every one applied, and
+        # the exit state a split re-based is read back before any exit sees new prices.
+        activity = await self.activities.run()
+        if activity.rebased:
+            self._tracked_loaded = False
         now = self._now()
         positions = await self.broker.list_positions()
         self.stops.observe(positions)
@@ -215,7 +228,7 @@ class PositionManager:
         await self.store.record_account(self.account, info, now)
         self.counters.syncs += 1
         self.counters.positions = len(positions)
-        failures: list[str] = []
+        failures: list[str] = [*activity.failures]
         steps = [self._check_drift, self._clear_refusals]
         if self._market_open is None or await self._market_open():
             steps.append(self._apply_exits)
@@ -534,5 +547,6 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
     # gated on market hours: only the exits are (see the module docstring).
     ticker = ctx.ticker(ROLE, acct.schedule.position_manager_s, pm.tick, market_gate=False)
     ctx.add_counters(ROLE, pm.counters.as_dict)
+    ctx.add_counters("activities", pm.activities.counters.as_dict)
     ctx.add_counters("protective-stops", pm.stops.counters.as_dict)
     return [ticker]

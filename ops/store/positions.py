@@ -39,7 +39,9 @@ from ops.exits import PositionState
 
 # Every identified fill of the account executed in [$2, $3], with its signed quantity: its
 # order's cumulative quantity minus the order's previous stored one (over all the order's
-# fills, whatever their time), so a fill whose event did not say `qty` still counts.
+# fills, whatever their time), so a fill whose event did not say `qty` still counts; and
+# every non-trade activity applied in [$2, $3] (expiry, exercise, assignment, split, ...):
+# drift explained by an activity is not drift.
 _FILLS_SQL = """
 WITH touched AS (
     SELECT DISTINCT order_id FROM order_events
@@ -57,6 +59,13 @@ WITH touched AS (
 )
 SELECT id, symbol, ts, CASE side WHEN 'buy' THEN qty WHEN 'sell' THEN -qty END AS delta
 FROM f WHERE ts >= $2 AND ts <= $3
+UNION ALL
+-- Non-trade activities applied (migration 0018): each change of a position at the time the
+-- position manager first saw it; an unreadable quantity (NULL) makes the symbol
+-- unverifiable, as a fill with an unreadable side does.
+SELECT id, symbol, at, qty_delta FROM position_activities
+WHERE account = $1 AND at >= $2 AND at <= $3 AND symbol IS NOT NULL
+  AND (qty_delta IS NULL OR qty_delta <> 0)
 ORDER BY ts, id
 """
 
@@ -72,7 +81,8 @@ class Baseline:
 
 async def fill_deltas(pool: asyncpg.Pool, account: str, start: datetime,
                       end: datetime) -> list[FillDelta]:
-    """The account's fills executed in [start, end], oldest first (see `_FILLS_SQL`)."""
+    """The account's fills executed in [start, end] and the non-trade activities applied
+    then (placed where the position manager first saw them), oldest first (`_FILLS_SQL`)."""
     rows = await pool.fetch(_FILLS_SQL, account, start, end)
     return [FillDelta(r["symbol"], r["ts"],
                       None if r["delta"] is None else Decimal(r["delta"])) for r in rows]
