@@ -50,7 +50,7 @@ def _lazy(module: str, func: str) -> Handler:
 
 
 ROLE_CHOICES = ("stream", "dispatcher", "position-manager", "signal-engine")
-KILL_MODES = ("halt", "reduce-only", "flatten")
+KILL_MODES = ("halt", "reduce-only", "flatten", "flatten-all")
 
 
 def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,8 +126,13 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     pause = sub.add_parser("pause", help="engage an account's kill switch")
     pause.add_argument("account", metavar="TIER")
     pause.add_argument("--mode", choices=KILL_MODES, default="halt",
-                       help="halt: no new entries; reduce-only: exits only; "
-                       "flatten: cancel open orders and close every position")
+                       help="halt: no new entries; reduce-only: exits only; flatten: "
+                       "cancel the pipeline's orders and close what the pipeline manages "
+                       "(external positions untouched); flatten-all: cancel every order "
+                       "and close every position, external ones too (needs --yes)")
+    pause.add_argument("--yes", action="store_true",
+                       help="confirm --mode flatten-all (it sells positions the pipeline "
+                       "did not open)")
     pause.set_defaults(handler=_lazy("ops.control", "cli_pause"))
     resume = sub.add_parser("resume", help="release an account's kill switch")
     resume.add_argument("account", metavar="TIER")

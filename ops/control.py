@@ -198,7 +198,30 @@ def cli_signal_add(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What each kill switch mode does, in the words the CLI and the dashboard show.
+KILL_SWITCH_MEANING = {
+    KillSwitch.OFF: "trading resumes",
+    KillSwitch.HALT: "no new entries; exits still allowed",
+    KillSwitch.REDUCE_ONLY: "only orders that reduce a position; open entry orders are "
+                            "canceled",
+    KillSwitch.FLATTEN: "the pipeline's open orders are canceled and the positions it "
+                        "manages are closed; external positions (opened by hand or by "
+                        "another tool) and their orders are left untouched; no new orders",
+    KillSwitch.FLATTEN_ALL: "EVERY open order is canceled and EVERY position is closed, "
+                            "external ones (opened by hand or by another tool) included; "
+                            "no new orders",
+}
+
+FLATTEN_ALL_NEEDS_YES = (
+    "--mode flatten-all closes EVERY position, including external ones the pipeline did "
+    "not open (opened by hand in Alpaca's UI or by another tool), and cancels every open "
+    "order; --mode flatten closes only what the pipeline manages. Add --yes to confirm "
+    "flatten-all.")
+
+
 def _set_kill_switch(command: str, args: argparse.Namespace, mode: KillSwitch) -> int:
+    if mode is KillSwitch.FLATTEN_ALL and not getattr(args, "yes", False):
+        return _fail(command, FLATTEN_ALL_NEEDS_YES)
     loaded = _load(command)
     if isinstance(loaded, int):
         return loaded
@@ -219,14 +242,7 @@ def _set_kill_switch(command: str, args: argparse.Namespace, mode: KillSwitch) -
             await store.close()
 
     before, reachable = asyncio.run(write())
-    meaning = {
-        KillSwitch.OFF: "trading resumes",
-        KillSwitch.HALT: "no new entries; exits still allowed",
-        KillSwitch.REDUCE_ONLY: "only orders that reduce a position; open entry orders "
-                                "are canceled",
-        KillSwitch.FLATTEN: "open orders are canceled and every position is closed; no "
-                            "new orders",
-    }[mode]
+    meaning = KILL_SWITCH_MEANING[mode]
     print(f"{account}: kill switch {before.value} -> {mode.value} ({meaning}); set by {by}")
     if not reachable:
         print("note: Postgres is unreachable; the change is buffered and applies when it "

@@ -208,3 +208,28 @@ def test_positions_accept_waits_for_the_position_manager_and_reports(
     assert bad.returncode == 2 and "nope" in bad.stderr
     bad = ops(environ, "positions", "accept", "large", "--wait", "-1")
     assert bad.returncode == 2 and "--wait" in bad.stderr
+
+
+def test_pause_flatten_all_needs_yes(environ: dict[str, str], pg_url: str) -> None:
+    """flatten-all sells external positions too: without --yes nothing is written and the
+    message says how it differs from flatten."""
+    def mode() -> Any:
+        rows = query(pg_url, "SELECT value FROM controls "
+                             "WHERE account = 'tiny' AND key = 'kill_switch'")
+        return None if not rows else rows[0]["value"]
+
+    out = ops(environ, "pause", "tiny", "--mode", "flatten-all")
+    assert out.returncode == 2 and mode() is None
+    for needle in ("ops pause: error:", "--mode flatten-all closes EVERY position",
+                   "external ones", "--mode flatten closes only what the pipeline manages",
+                   "Add --yes"):
+        assert needle in out.stderr, (needle, out.stderr)
+    out = ops(environ, "pause", "tiny", "--mode", "flatten-all", "--yes")
+    assert out.returncode == 0, out.stderr
+    assert "off -> flatten-all (EVERY open order is canceled" in out.stdout
+    assert mode() == {"mode": "flatten-all"}
+    # Managed only says what it leaves alone.
+    out = ops(environ, "pause", "tiny", "--mode", "flatten")
+    assert out.returncode == 0 and "flatten-all -> flatten" in out.stdout
+    assert "external positions (opened by hand or by another tool)" in out.stdout
+    assert "left untouched" in out.stdout

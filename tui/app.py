@@ -66,6 +66,15 @@ PANELS: tuple[tuple[str, str], ...] = (
 DataOpener = Callable[[], Awaitable[DashboardData]]
 
 
+#: The two flatten choices (ops pause --mode flatten / flatten-all), as the dialog says them.
+FLATTEN_MANAGED_TEXT = ("The pipeline's open orders are canceled and the positions it "
+                        "manages are closed. External positions (opened by hand or by "
+                        "another tool) and their orders are left untouched.")
+FLATTEN_ALL_TEXT = ("EVERY open order is canceled and EVERY POSITION IS CLOSED, including "
+                    "external ones the pipeline did not open (by hand in Alpaca, by another "
+                    "tool). Use \"managed only\" to keep them.")
+
+
 class Dashboard(App[None]):
     """Positions, heartbeats, last-run gaps, incidents and control, over SSH."""
 
@@ -342,23 +351,31 @@ class Dashboard(App[None]):
 
     def pause_account(self, account: str, mode: str) -> None:
         ks = KillSwitch(mode)
+        if ks is KillSwitch.FLATTEN:
+            self._confirm_kill(account, ks, f"Flatten {account}: managed positions only?",
+                               FLATTEN_MANAGED_TEXT, yes_label="Close managed")
+            return
+        if ks is KillSwitch.FLATTEN_ALL:
+            self._confirm_kill(account, ks, f"Flatten {account}: EVERYTHING, external "
+                               "positions included?", FLATTEN_ALL_TEXT,
+                               yes_label="Close everything")
+            return
         meaning = {KillSwitch.HALT: "No new entries; exits still allowed.",
                    KillSwitch.REDUCE_ONLY: "Only orders that reduce a position; open entry "
-                                           "orders are canceled.",
-                   KillSwitch.FLATTEN: "Open orders are canceled and EVERY POSITION IS "
-                                       "CLOSED."}.get(ks, "")
+                                           "orders are canceled."}.get(ks, "")
         self._confirm_kill(account, ks, f"Pause {account} ({mode})?", meaning)
 
     def resume_account(self, account: str) -> None:
         self._confirm_kill(account, KillSwitch.OFF, f"Resume trading on {account}?",
                            "Releases the kill switch: the dispatcher takes new entries.")
 
-    def _confirm_kill(self, account: str, mode: KillSwitch, question: str, detail: str) -> None:
+    def _confirm_kill(self, account: str, mode: KillSwitch, question: str, detail: str,
+                      yes_label: str = "Yes") -> None:
         def answered(yes: bool | None) -> None:
             if yes:
                 self._kill_worker(account, mode)
 
-        self.push_screen(ConfirmScreen(question, detail), answered)
+        self.push_screen(ConfirmScreen(question, detail, yes_label=yes_label), answered)
 
     @work(group="control", exit_on_error=False, name="kill switch")
     async def _kill_worker(self, account: str, mode: KillSwitch) -> None:

@@ -38,9 +38,13 @@ def palette_entries(app: Dashboard) -> Iterator[Entry]:
             yield f"Acknowledge {what}", "stays listed, no longer an alarm (asks first)  " \
                 "[a on incidents]", partial(app.acknowledge_incident, inc)
     for acct in app.account_names():
-        for mode in ("halt", "reduce-only", "flatten"):
+        for mode in ("halt", "reduce-only"):
             yield f"Pause {acct} ({mode})", "engage the kill switch (asks first)", \
                 partial(app.pause_account, acct, mode)
+        yield f"Flatten {acct}: managed only", "close what the pipeline manages; external " \
+            "positions untouched (asks first)", partial(app.pause_account, acct, "flatten")
+        yield f"Flatten {acct}: everything", "close EVERY position, external ones too " \
+            "(asks first)", partial(app.pause_account, acct, "flatten-all")
         yield f"Resume {acct}", "release the kill switch (asks first)", \
             partial(app.resume_account, acct)
         yield f"Accept broker positions for {acct}", \

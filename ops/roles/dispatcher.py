@@ -7,8 +7,13 @@ both, the LISTEN connection and the ticker into the role runtime). Decisions are
 `ops.risk.evaluate`; queries are `ops.store.signals`.
 
 One pass (`Dispatcher.run_pass`), serialised by a lock whichever way it was woken:
-1. read the kill switch; flatten -> cancel open orders and close every position
-   (idempotently: a position whose closing order is still working is left alone);
+1. read the kill switch; flatten (managed only) -> cancel the pipeline's own open orders
+   and close the MANAGED part of each position (ops.ownership) with our own market
+   order, `ops-<account>-flat-<symbol>-<engagement>-<attempt>` (so its fills count as
+   managed reductions; the same id after a restart, so a repeat never sends twice);
+   external lots and orders are untouched, and without ownership (Postgres away)
+   nothing is sold; flatten-all -> cancel every open order, close the managed part as
+   above and the external part with the broker's close-position (see `flatten`);
    reduce-only -> cancel open orders that would not reduce a position;
 2. reconcile, once per process life, before anything is claimed (`reconcile`);
 3. settle leftovers: signals still 'claimed' or 'unknown' are looked up at the broker by
@@ -32,8 +37,8 @@ Choices:
 - The ticker does not gate on market hours: the dispatcher must flatten, reconcile and
   settle while the market is closed, and a signal that arrives then is refused with the
   reason "market closed" rather than left to pile up silently.
-- Under flatten, signals are gated as under reduce-only (ops.risk alone would refuse
-  every order): entries are refused, an exit of what remains is allowed. It cannot race
+- Under either flatten, signals are gated as under reduce-only (ops.risk alone would
+  refuse every order): entries are refused, an exit of what remains is allowed. It cannot race
   the closing orders: the gates see a position's `qty_available`, i.e. without the
   shares a working order (a closing one included) already sells, so a second sale of
   the same shares would open a short and is refused.
@@ -55,6 +60,12 @@ Choices:
   reads is counted twice at worst (the safe side) and never missed; and the orders this
   dispatcher submitted (`_inflight`) that the open-orders listing does not show are
   looked up by id, so one the listing has not caught up with still counts as open.
+- Options and day trading: every option order carries the position_intent the gates
+  derived (buy/sell to open/close, ops.risk); the account's options_trading_level,
+  options_buying_power, pattern_day_trader and daytrade_count go into the state, and for
+  an account the pdt gate applies to (under $25k, day trades reported) the symbols that
+  would make a day trade if exited today (`_opened_today`: today's fills, working entry
+  orders) cost one more read of today's FILL activities.
 - Refusals: a flatten close the broker refuses opens incident `flatten-refused`
   (dedupe key `flatten-refused:<account>:<symbol>`, text from ops.refusals); it closes
   itself when a later close is accepted, when the position is gone, or when the kill
@@ -82,11 +93,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ops import refusals
 from ops.broker import Broker, BrokerApiError, BrokerError
+from ops.control import KILL_SWITCH_KEY
+from ops.exits import flatten_client_order_id, flatten_prefix
 from ops.models import (
     OPTION_MULTIPLIER,
     KillSwitch,
@@ -98,8 +112,12 @@ from ops.models import (
     Side,
     TimeInForce,
 )
+from ops.ownership import Holding, split
 from ops.risk import (
+    NEW_YORK,
+    PDT_EQUITY,
     AccountState,
+    PdtGuard,
     PositionSnapshot,
     RiskDecision,
     RiskLimits,
@@ -107,9 +125,11 @@ from ops.risk import (
     evaluate,
     order_qty,
     position_effect,
+    position_intent,
 )
 from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store import signals as sq
+from ops.store.ownership import managed_quantities, pipeline_prefix
 from ops.store.postgres import is_outage
 from ops.store.signals import SignalListener, SignalRow
 
@@ -127,6 +147,13 @@ DRIFT_KEY = "drift_block"  # controls row written by the position manager
 #: How long "insufficient qty" on a flatten close may last while this dispatcher's own
 #: cancels of that symbol's orders are pending, before it is an incident.
 FLATTEN_HELD_GRACE_S = 10.0
+#: A managed close that filled must be this old before a further close of the same
+#: symbol is sent: its fills must reach the store first, or the managed quantity read
+#: would still include them and the next close would sell external lots.
+FLATTEN_SETTLE_S = 10.0
+#: Finished attempts of one symbol's managed close skipped in one pass (each one a
+#: duplicate-id answer from the broker) before the pass gives up on it.
+FLATTEN_ATTEMPTS_PER_PASS = 5
 #: How long an order this dispatcher submitted may be unknown to the broker's listings
 #: (404 on lookup) and still count as in flight.
 INFLIGHT_GRACE_S = 30.0
@@ -242,6 +269,7 @@ class Dispatcher:
         accounts: AccountsGetter | None = None,
         pass_budget_s: float = 5.0,
         secret_id: str | None = None,
+        manage_external: Callable[[], bool] | None = None,
     ) -> None:
         if pass_budget_s <= 0:
             raise ValueError(f"pass_budget_s must be > 0, got {pass_budget_s}")
@@ -258,7 +286,13 @@ class Dispatcher:
         self._pass_deadline = 0.0  # monotonic; set at the start of each pass
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._flatten_orders: dict[str, str] = {}  # symbol -> our closing order id
+        self._flatten_orders: dict[str, str] = {}  # symbol -> our close-position order id
+        self._flat_attempts: dict[str, int] = {}  # symbol -> attempt of its managed close
+        self._flatten_since: datetime | None = None  # this flatten's engagement (epoch)
+        self._flatten_mode = KillSwitch.FLATTEN
+        self._ownership_unknown = False  # managed-only flatten blocked: no ownership
+        self._external_left = 0  # positions with lots a managed-only flatten leaves
+        self._manage_external = manage_external or (lambda: False)
         self._cid_re = re.compile(rf"^ops-{re.escape(account)}-sig-(\d+)$")
         self.reconciled_at: datetime | None = None
         self._mode = KillSwitch.OFF  # as read at the start of the current pass
@@ -310,6 +344,13 @@ class Dispatcher:
         out["last_pause_s"] = round(self.last_pause.seconds, 1) if self.last_pause else 0.0
         out["inflight"] = len(self._inflight)
         out["flatten_refused_open"] = len(self.flatten_refusals.open_symbols)
+        flattening = self._mode.flattens
+        out["flatten_ownership_unknown"] = 1 if flattening and self._ownership_unknown else 0
+        out["flatten_external_left"] = self._external_left if flattening else 0
+        out["flatten_blocked_reason"] = (
+            "ownership unknown (Postgres unreachable): no managed lot closed, external lots "
+            "never sold" if flattening and self._ownership_unknown
+            and self._mode is KillSwitch.FLATTEN else "")
         return out
 
     # -- one pass -------------------------------------------------------------------------
@@ -320,10 +361,14 @@ class Dispatcher:
             self._pass_deadline = time.monotonic() + self._pass_budget_s
             mode = self._mode = await self._kill_switch()
             report = PassReport(mode)
-            if mode is KillSwitch.FLATTEN:
-                await self.flatten()
+            if mode.flattens:
+                await self.flatten(mode)
             else:
                 self._flatten_orders.clear()
+                self._flat_attempts.clear()
+                self._flatten_since = None
+                self._ownership_unknown = False
+                self._external_left = 0
                 await self._flatten_ended(mode)
                 if mode is KillSwitch.REDUCE_ONLY:
                     await self.cancel_entry_orders()
@@ -504,71 +549,224 @@ class Dispatcher:
 
     # -- kill switch ----------------------------------------------------------------------
 
-    async def flatten(self) -> None:
-        """Cancel every open order and close every position; safe to repeat every pass.
+    async def flatten(self, mode: KillSwitch = KillSwitch.FLATTEN) -> None:
+        """One flatten pass; safe to repeat every pass (see `_close_managed`).
 
-        Our own closing orders are left working (a repeat pass must not cancel and
-        re-close what is already closing); a position whose closing order ended without
-        closing it is closed again.
+        flatten (managed only): cancel the pipeline's own open orders (client_order_id
+        `ops-<account>-`) and close the MANAGED part of each position with our own market
+        order (`ops-<account>-flat-...`, ops.exits.flatten_client_order_id, so its fills
+        count as managed reductions); external lots and orders are left alone. Without
+        ownership (Postgres unreachable and manage_external false) nothing is closed: it
+        must not sell what it does not know it owns (log line, heartbeat counter
+        `flatten_ownership_unknown`).
+
+        flatten-all (everything): cancel every open order but our closes, then close the
+        managed part as above and the external part with the broker's close-position
+        (DELETE /v2/positions/{symbol}?qty=N): each sale lands on its owner's side of the
+        ownership ledger (a close-position fill of a managed lot would count as an
+        external sale and leave the ledger claiming shares the pipeline no longer has).
+        Without ownership every lot is closed by our own order, the safe side: the
+        ledger may then under-count managed shares, never claim external ones.
         """
+        everything = mode is KillSwitch.FLATTEN_ALL
         orders = await self.broker.list_orders(status="open")
         positions = [p for p in await self.broker.list_positions() if p.qty != 0]
-        ours = set(self._flatten_orders.values())
-        open_ids = {o.id for o in orders}
+        now = _now()
+        flat_prefix = flatten_prefix(self.account)
+        pipeline = pipeline_prefix(self.account)
+        closing_all = set(self._flatten_orders.values())  # close-position orders (ours)
+        working: dict[str, Order] = {}  # symbol -> our open managed close
+        working_all: set[str] = set()  # symbols with an open close-position of ours
         canceling: set[str] = set()  # symbols whose orders this pass is canceling
         for o in orders:
-            if o.id not in ours:
+            if o.client_order_id.startswith(flat_prefix):
+                working.setdefault(o.symbol, o)
+                continue
+            if o.id in closing_all and everything:
+                working_all.add(o.symbol)
+                continue
+            # Managed only: the pipeline's orders (the close-positions of an earlier
+            # flatten-all included: the operator now wants external lots kept).
+            if everything or o.client_order_id.startswith(pipeline) or o.id in closing_all:
                 canceling.add(o.symbol)
-                await self._cancel(o, "flatten")
-        now = _now()
-        held = {p.symbol for p in positions}
+                await self._cancel(o, f"flatten ({mode.value})")
+        holdings = await self._holdings(positions, everything)
+        self._flatten_mode = mode
+        closing: dict[str, tuple[Position, Decimal, Decimal]] = {}  # symbol -> (p, ours, ext)
+        for p in positions:
+            h = holdings.get(p.symbol) if holdings is not None else None
+            if h is None:  # ownership unknown
+                managed = p.qty if (everything or self._manage_external()) else Decimal(0)
+                external = Decimal(0)
+            else:
+                managed, external = h.managed, h.external if everything else Decimal(0)
+            if managed or external:
+                closing[p.symbol] = (p, managed, external)
+        self._external_left = 0 if everything else sum(
+            1 for p in positions if holdings is None or holdings[p.symbol].external)
         self._flatten_refusals_unknown = False
         await self.flatten_refusals.sync()
         await self.flatten_refusals.close_all_but(
-            held, lambda s: f"the position in {s} is gone at the broker", now)
-        for gone in set(self._held_since) - held:
+            closing, lambda s: f"the position in {s} is gone at the broker (or has nothing "
+                               f"left to close under {mode.value})", now)
+        for gone in set(self._held_since) - set(closing):
             del self._held_since[gone]
-        for p in positions:
-            working = self._flatten_orders.get(p.symbol)
-            if working is not None and working in open_ids:
-                continue
-            try:
-                order = await self.broker.close_position(p.symbol)
-            except BrokerApiError as exc:
-                await self._close_refused(p, exc, p.symbol in canceling)
-                continue
-            self._flatten_orders[p.symbol] = order.id
-            self._held_since.pop(p.symbol, None)
-            self.stats.closed += 1
-            log.warning("flatten %s: closing %s %s (order %s)", self.account, p.qty,
-                        p.symbol, order.id)
-            await self.store.upsert_orders(self.account, [order])
-            await self.flatten_refusals.accepted(
-                p.symbol, f"the close of {p.qty} {p.symbol} was accepted (order {order.id})",
-                now)
+        if not closing:
+            return
+        epoch = await self._flatten_epoch(now)
+        for sym, (p, managed, external) in closing.items():
+            if managed:
+                await self._close_managed(p, managed, epoch, working.get(sym),
+                                          sym in canceling, now)
+            if external and sym not in working_all:
+                await self._close_external(p, external, sym in canceling, now)
 
-    async def _close_refused(self, p: Position, exc: BrokerApiError, canceling: bool) -> None:
+    async def _holdings(self, positions: Sequence[Position],
+                        everything: bool) -> dict[str, Holding] | None:
+        """Each position split into managed and external (ops.ownership), or None when the
+        ownership cannot be read (Postgres unreachable)."""
+        if self._manage_external():
+            self._ownership_unknown = False
+            return {p.symbol: split(p.symbol, p.qty, p.qty, manage_external=True)
+                    for p in positions}
+        try:
+            raw = await managed_quantities(self.store.pool, self.account,
+                                           [p.symbol for p in positions])
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            if not self._ownership_unknown:
+                log.error("flatten %s: ownership unknown (Postgres unreachable: %s): %s",
+                          self.account, exc,
+                          "every lot is closed by the pipeline's own orders (flatten-all)"
+                          if everything else "NOTHING is closed, since a sale could hit a "
+                          "lot the pipeline does not own; the pipeline's own orders are "
+                          "canceled; closing resumes when Postgres answers")
+            self._ownership_unknown = True
+            return None
+        if self._ownership_unknown:
+            log.warning("flatten %s: ownership readable again; closing resumes", self.account)
+        self._ownership_unknown = False
+        return {p.symbol: split(p.symbol, p.qty, raw.get(p.symbol, Decimal(0)))
+                for p in positions}
+
+    async def _flatten_epoch(self, now: datetime) -> datetime:
+        """When this flatten was engaged (the kill switch row's time): the epoch of every
+        managed close id, the same after a restart. Read once per engagement."""
+        if self._flatten_since is None:
+            try:
+                snap = await self.store.controls(self.account)
+                row = next((c for c in snap.rows if c.key == KILL_SWITCH_KEY), None)
+                self._flatten_since = row.updated_at if row is not None else now
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                self._flatten_since = now
+        return self._flatten_since
+
+    async def _close_managed(self, p: Position, managed: Decimal, epoch: datetime,
+                             working: Order | None, canceling: bool, now: datetime) -> None:
+        """Close `managed` (signed) of `p` with our own market order, idempotently.
+
+        Its id is `flatten_client_order_id(account, symbol, epoch, attempt)`: a repeat pass
+        (or a restart) that sends it again gets the broker's "duplicate id" and the order
+        back, so at most one order exists per (epoch, attempt). An attempt that ended
+        without closing (canceled, expired, rejected) moves to the next attempt; one that
+        filled moves too, once its fills had time to reach the store (the managed quantity
+        read this pass must already be net of them)."""
+        sym = p.symbol
+        if working is not None:
+            return  # our close is at the broker, working
+        side = Side.SELL if managed > 0 else Side.BUY
+        qty = abs(managed)
+        intent = (position_intent(side, p.qty).value if OptionSymbol.parse(sym) is not None
+                  else None)
+        attempt = self._flat_attempts.get(sym, 0)
+        for _ in range(FLATTEN_ATTEMPTS_PER_PASS):
+            cid = flatten_client_order_id(self.account, sym, epoch, attempt)
+            req = OrderRequest(symbol=sym, side=side, client_order_id=cid, qty=qty,
+                               order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY,
+                               position_intent=intent)
+            res = await self.broker.submit_order(req)
+            order = res.order
+            if res.outcome == "accepted" and order is not None and res.http_status == 422:
+                # This attempt's id was used before (an earlier pass or process life).
+                if not order.is_terminal:
+                    return  # working, just not in this pass's listing yet
+                ended = order.filled_at or order.updated_at
+                if order.filled_qty > 0 and (now - ended).total_seconds() < FLATTEN_SETTLE_S:
+                    log.info("flatten %s: close %s of %s filled %s at %s; waiting for its "
+                             "fills to be recorded before closing the rest", self.account,
+                             cid, sym, order.filled_qty, ended.isoformat())
+                    return
+                attempt += 1
+                self._flat_attempts[sym] = attempt
+                continue
+            if res.outcome == "accepted":
+                self.stats.closed += 1
+                self._held_since.pop(sym, None)
+                log.warning("flatten %s: closing the managed %s of %s %s (order %s)",
+                            self.account, managed, p.qty, sym, cid)
+                if order is not None:
+                    await self.store.upsert_orders(self.account, [order])
+                await self.flatten_refusals.accepted(
+                    sym, f"the close of {qty} {sym} was accepted (order {cid})", now)
+            elif res.outcome == "rejected":
+                await self._close_refused(
+                    p, refusals.Refusal(res.http_status, res.code, res.reason or ""),
+                    canceling, qty=managed, order=cid)
+            else:
+                log.warning("flatten %s: close %s of %s: outcome unknown (%s); the next pass "
+                            "sends the same id again", self.account, cid, sym, res.reason)
+            return
+        log.error("flatten %s: %d closes of %s in a row ended without closing it; next pass",
+                  self.account, FLATTEN_ATTEMPTS_PER_PASS, sym)
+
+    async def _close_external(self, p: Position, external: Decimal, canceling: bool,
+                              now: datetime) -> None:
+        """flatten-all: close the external part with the broker's close-position."""
+        sym = p.symbol
+        try:
+            order = await self.broker.close_position(sym, abs(external))
+        except BrokerApiError as exc:
+            await self._close_refused(
+                p, refusals.Refusal(exc.http_status, exc.code, exc.reason), canceling,
+                qty=external,
+                order=f"close-position request DELETE /v2/positions/{sym}?qty={abs(external)}")
+            return
+        self._flatten_orders[sym] = order.id
+        self._held_since.pop(sym, None)
+        self.stats.closed += 1
+        log.warning("flatten-all %s: closing the external %s of %s %s (order %s)",
+                    self.account, external, p.qty, sym, order.id)
+        await self.store.upsert_orders(self.account, [order])
+        await self.flatten_refusals.accepted(
+            sym, f"the close of {abs(external)} {sym} was accepted (order {order.id})", now)
+
+    async def _close_refused(self, p: Position, refusal: refusals.Refusal, canceling: bool,
+                             *, qty: Decimal, order: str) -> None:
         """A flatten close the broker refused: an incident, unless it is the expected
         echo of this pass's own cancels (shares still held by an order being canceled)."""
-        refusal = refusals.Refusal(exc.http_status, exc.code, exc.reason)
         cause = refusals.classify(refusal)
         if cause is refusals.Cause.NO_POSITION:
-            log.info("flatten %s: %s is closed already (%s)", self.account, p.symbol, exc)
+            log.info("flatten %s: %s is closed already (%s)", self.account, p.symbol,
+                     refusal.message)
             return
         if cause is refusals.Cause.QTY_HELD:
             first = self._held_since.setdefault(p.symbol, time.monotonic())
             if canceling and time.monotonic() - first < FLATTEN_HELD_GRACE_S:
                 log.warning("flatten %s: close %s refused while its orders are being "
-                            "canceled (%s); next pass", self.account, p.symbol, exc)
+                            "canceled (%s); next pass", self.account, p.symbol,
+                            refusal.message)
                 return
         self.stats.flatten_refused += 1
         detail = refusals.describe(
             refusal, what="the flatten close", account=self.account, symbol=p.symbol,
-            qty=p.qty, side="sell" if p.qty > 0 else "buy",
-            order=f"close-position request DELETE /v2/positions/{p.symbol}",
+            qty=qty, side="sell" if qty > 0 else "buy", order=order,
             secret_id=self.secret_id)
         await self.flatten_refusals.refused(
-            p.symbol, f"{detail} (kill switch flatten: the dispatcher retries every pass)")
+            p.symbol, f"{detail} (kill switch {self._flatten_mode.value}: the dispatcher "
+                      "retries every pass)")
 
     async def _flatten_ended(self, mode: KillSwitch) -> None:
         """Not flattening (any more): flatten-refused incidents have no cause left."""
@@ -672,15 +870,53 @@ class Dispatcher:
         for o in orders:
             value = _order_value(o, prices.get(o.symbol))
             open_notional[o.symbol] = open_notional.get(o.symbol, Decimal(0)) + value
-        gate_mode = KillSwitch.REDUCE_ONLY if mode is KillSwitch.FLATTEN else mode
+        gate_mode = KillSwitch.REDUCE_ONLY if mode.flattens else mode
         state = AccountState(
             account=self.account, kill_switch=gate_mode, market_open=clock.is_open,
             buying_power=account.buying_power, equity=account.equity,
             last_equity=account.last_equity, positions=snaps,
             open_order_notional=open_notional, drift_blocked=blocked,
             reconciled=self.reconciled,
+            options_buying_power=account.options_buying_power,
+            options_trading_level=account.options_trading_level,
+            pattern_day_trader=account.pattern_day_trader,
+            daytrade_count=account.daytrade_count,
+            session_close=clock.next_close if clock.is_open else None,
         )
+        if _pdt_relevant(state, self._limits()):
+            state = dataclasses.replace(
+                state, opened_today=await self._opened_today(positions, orders, clock.timestamp))
         return state, prices
+
+    async def _opened_today(self, positions: Sequence[Position], open_orders: Sequence[Order],
+                            now: datetime) -> frozenset[str]:
+        """Symbols whose exit today would be a day trade, or which will be once an open
+        order fills: held symbols bought (longs) or sold short (shorts) today, New York
+        date (today's FILL activities, and open orders' partial fills), and symbols with
+        an open order that opens or adds to a position. Read only for accounts the pdt
+        gate applies to (`_pdt_relevant`)."""
+        sign = {p.symbol: (1 if p.qty > 0 else -1) for p in positions if p.qty != 0}
+        today = now.astimezone(NEW_YORK).date()
+        midnight = datetime.combine(today, dtime(0), tzinfo=NEW_YORK)
+        opened: set[str] = set()
+        for o in open_orders:
+            held = sign.get(o.symbol, 0)
+            adds = (o.side == "buy" and held >= 0) or (o.side == "sell" and held <= 0)
+            if adds:  # an entry still working: a position opened (or added to) today
+                opened.add(o.symbol)
+        if not sign:
+            return frozenset(opened)
+        try:
+            fills = await self.broker.list_fills(after=midnight)
+        except BrokerError as exc:
+            # The day-trade count alone still guards; the log says what is missing.
+            log.warning("%s: today's fills unavailable for the pattern-day-trading guard "
+                        "(%s); counting day trades and open entries only", self.account, exc)
+            return frozenset(opened)
+        for f in fills:
+            if f.symbol in sign and (f.side == "buy") == (sign[f.symbol] > 0):
+                opened.add(f.symbol)
+        return frozenset(opened)
 
     async def _with_inflight(self, listed: list[Order]) -> list[Order]:
         """`listed` plus the orders this dispatcher submitted that the listing does not
@@ -768,6 +1004,8 @@ class Dispatcher:
         req, price = p.request, prices.get(s.symbol)
         intent = dataclasses.replace(p.intent, reference_price=price)
         decision: RiskDecision = evaluate(intent, state, limits, _now())
+        if decision.position_intent is not None:  # every option order says open or close
+            req = dataclasses.replace(req, position_intent=decision.position_intent.value)
         if not decision.allowed:
             status = "expired" if decision.gate == "expiry" else "rejected"
             reason = decision.reason
@@ -776,8 +1014,9 @@ class Dispatcher:
                 reason += (f"; it waited while dispatch was paused ({pause.reason}, "
                            f"{pause.seconds:,.0f}s from "
                            f"{pause.since.isoformat(timespec='seconds')})")
-            if self._mode is KillSwitch.FLATTEN and decision.gate == "kill_switch":
-                reason = "kill switch flatten (the account is being closed out): " + reason
+            if self._mode.flattens and decision.gate == "kill_switch":
+                reason = (f"kill switch {self._mode.value} (the account is being closed out): "
+                          + reason)
             if decision.gate == "sanity" and price is None:
                 why = ("none looked up for options: give them a limit price"
                        if OptionSymbol.parse(s.symbol) is not None else
@@ -842,6 +1081,15 @@ class Dispatcher:
 
 
 # -- pure helpers -----------------------------------------------------------------------
+
+
+def _pdt_relevant(state: AccountState, limits: RiskLimits) -> bool:
+    """Whether the pdt gate can refuse anything for this account now (then the positions
+    opened today are worth a read): guard on, under $25k, day trades reported."""
+    return (limits.pdt_guard is not PdtGuard.OFF
+            and min(state.equity, state.last_equity) < PDT_EQUITY
+            and (state.daytrade_count is not None or state.pattern_day_trader is True))
+
 
 # Tickers ("BRK.B"), crypto pairs ("BTC/USD") and OCC option symbols; anything else (empty,
 # whitespace, control or non-ASCII characters, absurd length) is refused before it is sent.
@@ -925,6 +1173,8 @@ def _after_submit(state: AccountState, s: SignalRow, prices: Mapping[str, Decima
     positions = dict(state.positions)
     opened = dict(state.open_order_notional)
     power = state.buying_power
+    option_power = state.options_buying_power
+    today = state.opened_today
     held = current.qty if current is not None else Decimal(0)
     effect = position_effect(held, Side(s.side), qty)
     if effect.is_exit and current is not None and qty is not None:
@@ -933,14 +1183,17 @@ def _after_submit(state: AccountState, s: SignalRow, prices: Mapping[str, Decima
         positions[s.symbol] = PositionSnapshot(left, current.market_value * left / held)
     else:
         opened[s.symbol] = opened.get(s.symbol, Decimal(0)) + value
+        today = today | {s.symbol}  # an entry today: its exit today is a day trade
         if s.side == "buy":
-            power -= value
-    return AccountState(
-        account=state.account, kill_switch=state.kill_switch, market_open=state.market_open,
-        buying_power=power, equity=state.equity, last_equity=state.last_equity,
-        positions=positions, open_order_notional=opened,
-        drift_blocked=state.drift_blocked, reconciled=state.reconciled,
-    )
+            if OptionSymbol.parse(s.symbol) is None:
+                power -= value
+            elif option_power is not None:
+                option_power -= value
+            else:
+                power -= value
+    return dataclasses.replace(
+        state, buying_power=power, options_buying_power=option_power,
+        positions=positions, open_order_notional=opened, opened_today=today)
 
 
 # -- services ---------------------------------------------------------------------------
@@ -999,8 +1252,11 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
         raise ValueError("the dispatcher runs for one account: give --account TIER")
 
     def limits() -> RiskLimits:
-        cfg = ctx.account_cfg  # current config: hot reload applies to the next signal
-        return RiskLimits.from_config((cfg or acfg).risk)
+        cfg = ctx.account_cfg or acfg  # current config: hot reload applies to the next signal
+        return RiskLimits.from_config(cfg.risk, cfg.exits)
+
+    def manage_external() -> bool:
+        return (ctx.account_cfg or acfg).manage_external  # hot reload, like the limits
 
     from ops.roles.runtime import broker_settings  # runtime imports roles lazily
 
@@ -1009,7 +1265,8 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
                    kill_switch=ctx.kill_switch, process=ctx.process,
                    batch=batch_for_budget(budget.rate_limit_per_min, budget.rate_limit_burst),
                    fault=os.environ.get(FAULT_ENV),
-                   accounts=lambda: list(ctx.config.accounts), secret_id=acfg.secret_id)
+                   accounts=lambda: list(ctx.config.accounts), secret_id=acfg.secret_id,
+                   manage_external=manage_external)
 
     async def job(slot: object) -> None:
         await d.run_pass()

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from ops import refusals
-from ops.broker import Broker, BrokerEndpoints, BrokerSettings
+from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
 from ops.control import KILL_SWITCH_KEY, read_kill_switch
 from ops.credentials import Credentials
-from ops.models import KillSwitch, OrderRequest, OrderType, Side
+from ops.models import KillSwitch, OrderRequest, OrderType, Side, TradeUpdate
 from ops.retry import Backoff
 from ops.risk import RiskLimits, signal_client_order_id
 from ops.roles.dispatcher import (
@@ -35,9 +35,10 @@ from ops.roles.dispatcher import (
 from ops.sim import Simulator
 from ops.store import signals as sq
 from ops.store.embedded import EmbeddedPostgres
+from ops.store.ownership import managed_quantities
 from ops.store.postgres import connect
 from ops.store.signals import SignalListener
-from ops.store.store import Store
+from ops.store.store import Store, order_op, trade_update_op
 from ops.ticker import Ticker
 from tests.support import eventually
 
@@ -122,9 +123,25 @@ def dispatcher(store: Store, broker: Broker, account: str,
 async def rig(sim: Simulator, store: Store) -> AsyncIterator[Rig]:
     broker = make_broker(sim, "tiny")
     await broker.bind_account(sim.account("tiny").account_number)
+    # The trade stream stores every event, as the stream role does: ownership (managed
+    # quantities, a managed-only flatten) is read from the stored fills.
+    spec = sim.account("tiny")
+
+    async def on_update(u: TradeUpdate) -> None:
+        await store.write_many([trade_update_op("tiny", u), order_op("tiny", u.order)])
+
+    async def on_bad(msg: object, why: str) -> None:
+        raise AssertionError(f"bad stream message: {why}")
+
+    stream = TradeStream(BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url),
+                         Credentials("test/tiny", "tiny", spec.key_id, spec.secret),
+                         on_update, on_bad)
+    await stream.start()
+    await sim.wait_stream("tiny")
     try:
         yield Rig(sim, store, broker, dispatcher(store, broker, "tiny"), "tiny")
     finally:
+        await stream.stop()
         broker.close()
 
 
@@ -230,10 +247,17 @@ async def test_rejections_have_readable_reasons(rig: Rig) -> None:
 
 
 async def _fill(rig: Rig, symbol: str, qty: str) -> None:
+    """A signal's buy, filled at the broker and its fill stored (a managed lot)."""
     sid = await rig.signal(symbol, "buy", qty)
     await rig.d.run_pass()
     assert (await rig.row(sid)).status == "submitted"
     await eventually(lambda: _eq(rig.position(symbol), Decimal(qty)), f"{symbol} filled")
+    await eventually(lambda: _managed_is(rig, symbol, Decimal(qty)), f"{symbol} fill stored")
+
+
+async def _managed_is(rig: Rig, symbol: str, qty: Decimal) -> bool:
+    got = await managed_quantities(rig.store.pool, rig.account, [symbol])
+    return got.get(symbol, Decimal(0)) == qty
 
 
 async def _eq(x: Awaitable[Decimal], v: Decimal) -> bool:
@@ -261,7 +285,7 @@ async def test_reduce_only_allows_a_closing_sell_and_refuses_a_buy(rig: Rig) -> 
     assert o is not None and o.status == "canceled"
 
 
-async def test_flatten_cancels_orders_closes_positions_and_stays_flat(rig: Rig) -> None:
+async def test_flatten_all_cancels_orders_closes_positions_and_stays_flat(rig: Rig) -> None:
     await rig.d.run_pass()
     await _fill(rig, "NVDA", "1")
     await _fill(rig, "AMD", "1")
@@ -269,7 +293,7 @@ async def test_flatten_cancels_orders_closes_positions_and_stays_flat(rig: Rig) 
         "AAPL", Side.BUY, "manual-open-1", qty=Decimal(1), order_type=OrderType.LIMIT,
         limit_price=Decimal("1.00")))
     assert open_res.order is not None
-    await rig.switch(KillSwitch.FLATTEN)
+    await rig.switch(KillSwitch.FLATTEN_ALL)
 
     async def flat() -> bool:
         await rig.d.run_pass()
@@ -291,7 +315,7 @@ async def test_flatten_cancels_orders_closes_positions_and_stays_flat(rig: Rig) 
     for s in (sid, exit_sid):
         r = await rig.row(s)
         assert r.status == "rejected" and r.reason is not None
-        assert r.reason.startswith("kill_switch: kill switch flatten"), r.reason
+        assert r.reason.startswith("kill_switch: kill switch flatten-all"), r.reason
 
 
 async def test_flatten_does_not_close_twice_while_a_close_is_working(rig: Rig) -> None:
@@ -448,8 +472,10 @@ async def test_exits_never_sell_the_same_shares_twice(rig: Rig) -> None:
 async def test_flatten_allows_an_exit_of_what_remains(rig: Rig) -> None:
     await rig.d.run_pass()
     await _fill(rig, "NVDA", "2")
-    # The broker refuses to close the position: it remains; an exit signal may close it.
-    rig.sim.faults.fail_next(n=100, status=403, path="/v2/positions/NVDA", method="DELETE")
+    # The broker refuses to close the position (twice: this pass's and the next one's
+    # close): it remains; an exit signal may close it.
+    rig.sim.faults.refuse_next_orders(n=2, account="tiny", symbol="NVDA", status=403,
+                                      code=40310000, message="asset is halted")
     await rig.switch(KillSwitch.FLATTEN)
     await rig.d.run_pass()
     assert rig.d.stats.closed == 0 and await rig.position("NVDA") == Decimal(2)
@@ -652,7 +678,7 @@ async def test_refused_flatten_close_is_one_incident_until_a_close_is_accepted(
     assert inc["closed_at"] is None and inc["account"] == "tiny"
     assert inc["process"] == "tiny-dispatcher"
     for needle in ("the broker refused the flatten close of 1 NVDA (sell) on tiny",
-                   "DELETE /v2/positions/NVDA",
+                   "(order ops-tiny-flat-NVDA-",
                    "pattern-day-trading protection (403 40310100)",
                    "close it by hand or wait"):
         assert needle in inc["detail"], (needle, inc["detail"])
@@ -706,9 +732,11 @@ async def test_refused_flatten_close_clears_when_gone_or_flatten_ends(rig: Rig) 
 async def test_shares_held_by_an_order_being_canceled_are_not_an_incident(rig: Rig) -> None:
     await rig.d.run_pass()
     await _fill(rig, "NVDA", "1")
+    # One of the pipeline's own orders (an exit resting far above the market): flatten
+    # cancels it, and the broker holds its shares until the cancel is through.
     working = await rig.broker.submit_order(OrderRequest(
-        "NVDA", Side.SELL, "manual-exit-2", qty=Decimal(1), order_type=OrderType.LIMIT,
-        limit_price=Decimal("100000")))
+        "NVDA", Side.SELL, "ops-tiny-exit-manual-2", qty=Decimal(1),
+        order_type=OrderType.LIMIT, limit_price=Decimal("100000")))
     assert working.order is not None
     # A real broker answers the close "insufficient qty" while the cancel is pending.
     rig.sim.faults.refuse_next_orders(
