@@ -60,7 +60,7 @@ POSITION_TYPES = CLOSING | SPLITS | SPINS | TRANSFERS | {"OPTRD"}
 KINDS = {"OPEXP": "expiry", "OPEXC": "exercise", "OPASN": "assignment", "OPTRD": "option-trade",
          "SPLIT": "split", "SSP": "split", "SC": "symbol-change", "NC": "name-change"}
 MAX_RATIO_TERM = 100  # a split ratio's terms are small (2:1, 3:2, 1:10, 1:100)
-MIN_RATIO_TERM = 10
+MIN_RATIO_TERM = 4  # ...and the smaller one tiny (1, 2, 3 or 4: 5:4, 4:3, 3:2, 1:n, n:1)
 
 
 def kind_of(activity_type: str) -> str:
@@ -105,8 +105,8 @@ def closed_managed(delta: Decimal, held: Decimal, managed_raw: Decimal) -> Decim
 
 
 def nice_ratio(r: Fraction) -> bool:
-    """A ratio a split can have: terms up to 100, the smaller one up to 10 (2:1, 3:2,
-    5:4, 1:10, 1:100; never 23:13, which a fill between two reads makes)."""
+    """A ratio a split can have: terms up to 100, the smaller one up to 4 (2:1, 3:2,
+    5:4, 1:10, 1:100; not 21:10 or 23:12, which a fill between two reads makes)."""
     return (r > 0 and r != 1 and r.numerator <= MAX_RATIO_TERM
             and r.denominator <= MAX_RATIO_TERM
             and min(r.numerator, r.denominator) <= MIN_RATIO_TERM)

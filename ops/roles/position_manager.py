@@ -215,7 +215,9 @@ class PositionManager:
         # Non-trade activities first: the positions read next hold every one applied, and
         # the exit state a split re-based is read back before any exit sees new prices.
         activity = await self.activities.run()
-        if activity.rebased:
+        if activity.rebased:  # re-read from the store (re-based), or tracked afresh (reset)
+            for symbol in activity.rebased:
+                self._tracked.pop(symbol, None)
             self._tracked_loaded = False
         now = self._now()
         positions = await self.broker.list_positions()

@@ -177,7 +177,8 @@ def test_an_underivable_ratio_resets_the_exit_state() -> None:
     assert a.ratio is None and a.exit_reset and a.exit_before == s
     assert "AAPL" not in p.book.exits and p.book.managed["AAPL"] == 10
     assert split_ratio(Decimal(3), Decimal(997), Decimal(1000)) is None  # 1000:997
-    assert split_ratio(Decimal(7), Decimal(10), Decimal(17)) == Fraction(17, 10)
+    assert split_ratio(Decimal(11), Decimal(10), Decimal(23)) is None  # 21:10, 23:12
+    assert split_ratio(Decimal(5), Decimal(20), Decimal(25)) == Fraction(5, 4)
     # One reading spoiled (a fill between): the other decides.
     assert split_ratio(Decimal(10), Decimal(10), Decimal(23)) == Fraction(2)
     assert split_ratio(Decimal(10), Decimal(0), Decimal(20)) == Fraction(2)

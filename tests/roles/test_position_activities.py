@@ -239,3 +239,32 @@ async def test_activities_before_the_first_read_are_history(rig: Rig) -> None:
     reads = await aq.load_reads(rig.store.pool, ACCOUNT)
     assert reads is not None and reads.since == datetime.now(NEW_YORK).date()
     await not_blocked(rig)
+
+
+async def test_a_split_whose_ratio_cannot_be_told_resets_tracking_and_never_exits(
+        rig: Rig) -> None:
+    """Fills on both sides of the split spoil both readings of its ratio (21:10 from the
+    last sync, 23:12 from the broker now): the exit state is tracked afresh instead of
+    guessed, nothing is sold, and the drift check still agrees (the activity's quantity is
+    the broker's)."""
+    rig.rules = ExitRules(trailing_stop_pct=Decimal(3))
+    await rig.buy("TSLA", 10)
+    await rig.wait_fills(1)
+    pm = rig.manager()
+    await ticks(pm, 2)
+    before = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["TSLA"].state
+    await rig.buy("TSLA", 1)
+    await rig.wait_fills(2)
+    rig.sim.faults.split("TSLA", 2)
+    await rig.buy("TSLA", 1)
+    await rig.wait_fills(3)
+    await ticks(pm)
+
+    assert rig.sim_exit_orders("TSLA") == []
+    await not_blocked(rig)
+    assert await stored_equals_broker(rig) == {"TSLA": Decimal(23)}
+    (rec,) = await aq.records(rig.store.pool, ACCOUNT)
+    assert rec.qty_delta == 11 and "ratio not derivable" in rec.effect
+    after = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["TSLA"].state
+    assert after.opened_at > before.opened_at  # tracked afresh, from post-split prices
+    assert after.high_water < before.high_water * Decimal("0.6")
