@@ -738,7 +738,9 @@ class RoleRuntime:
     async def _bind(self, acct: AccountConfig) -> int | None:
         """Bind the broker to the expected account; retry while the broker is away."""
         assert self.broker is not None
-        delays = Backoff(initial_s=1.0, max_s=30.0, max_attempts=0, deadline_s=None).delays()
+        # At most 10 s apart: once the broker takes the key again (rotated back, restored),
+        # the process is trading within seconds, not half a minute.
+        delays = Backoff(initial_s=1.0, max_s=10.0, max_attempts=0, deadline_s=None).delays()
         while not self._stop.is_set():
             try:
                 info = await self.broker.bind_account(acct.expected_account_number)

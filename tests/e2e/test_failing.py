@@ -1,4 +1,4 @@
-"""Green must mean "the account is being managed" (issue 13.1), through a real supervisord,
+"""Green must mean "the account is being managed" (issue 13), through a real supervisord,
 the real watchdog and the simulator: revoke an account's API key at the broker and its
 processes go `failing` (alive, heartbeating, every run refused) with the 401 named, one
 incident per process and an alert; restore it and everything closes by itself and the
@@ -40,10 +40,27 @@ def receiver() -> Iterator[Receiver]:
         r.close()
 
 
+# The stream's bounds, short so each connectivity fault below lasts seconds, not minutes
+# (the product's defaults: 60 / 30 / 5 / 5 in 300 s; fill checks every 60 s).
+STREAM_BOUNDS = {"stream_silence_s = 60": "stream_silence_s = 8",
+                 "stream_disconnected_s = 30": "stream_disconnected_s = 5",
+                 "stream_flap_drops = 5": "stream_flap_drops = 3",
+                 "stream_flap_window_s = 300": "stream_flap_window_s = 20",
+                 "fill_check_s = 60": "fill_check_s = 10"}
+
+
+def _tweak(text: str, hook: str) -> str:
+    text = text.replace("webhook_urls = []", hook)
+    for old, new in STREAM_BOUNDS.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
 @pytest.fixture(scope="module")
 def stack(receiver: Receiver) -> Iterator[Stack]:
     hook = f'webhook_urls = ["http://127.0.0.1:{receiver.port}/hook"]'
-    _, port, environ, env = make_home(lambda t: t.replace("webhook_urls = []", hook))
+    _, port, environ, env = make_home(lambda t: _tweak(t, hook))
     try:
         s = up_demo(env, environ, port)
         assert s.up.returncode == 0, s.up.stdout + s.up.stderr
@@ -161,3 +178,59 @@ def test_a_sigkill_says_sigkill(stack: Stack) -> None:
     [row] = stack.poll("an exited incident for the killed pid", exited, 30)
     assert "terminated by SIGKILL" in row["detail"], row["detail"]
     assert "exit status" not in row["detail"]
+
+
+def _open(stack: Stack, kind: str, process: str) -> list[Any]:
+    return stack.query("SELECT detail, opened_at FROM incidents WHERE kind = $1 AND "
+                       "process = $2 AND closed_at IS NULL", kind, process)
+
+
+def _closed(stack: Stack, kind: str, process: str) -> bool:
+    rows = stack.query("SELECT closed_at, close_reason FROM incidents WHERE kind = $1 AND "
+                       "process = $2", kind, process)
+    return bool(rows) and all(r["closed_at"] is not None and r["close_reason"] for r in rows)
+
+
+def test_stream_refused_flapping_and_deaf_are_incidents_within_their_bounds(
+    stack: Stack
+) -> None:
+    """Through the real stream processes (bounds shortened, STREAM_BOUNDS): a stream the
+    broker refuses at authentication, one dropped every 2 s, one connected but deaf while
+    the account trades; each opens its incident within its bound and closes by itself."""
+    # Refused: valid keys the broker's stream now rejects; REST keeps working.
+    fault(stack, "refuse_auth", account="large")
+    fault(stack, "drop_streams", account="large")
+    t0 = time.monotonic()
+    [row] = stack.poll("stream-refused on large-stream", lambda: _open(
+        stack, "stream-refused", "large-stream"), 5 + 25)
+    refused_s = time.monotonic() - t0
+    assert "ops-pipeline/alpaca" in row["detail"]  # the secret to check, never key material
+    fault(stack, "refuse_auth", account="large", on=False)
+    stack.poll("stream-refused closed by itself", lambda: _closed(
+        stack, "stream-refused", "large-stream"), 60)
+
+    # Flapping: dropped every 2 s; each reconnect is quick, so it is never down long.
+    fault(stack, "drop_every", seconds=2, account="tiny")
+    t1 = time.monotonic()
+    try:
+        stack.poll("stream-flapping on tiny-stream", lambda: _open(
+            stack, "stream-flapping", "tiny-stream"), 20)
+        flap_s = time.monotonic() - t1
+    finally:
+        fault(stack, "drop_every", seconds=0, account="tiny")
+    stack.poll("stream-flapping closed after a quiet window", lambda: _closed(
+        stack, "stream-flapping", "tiny-stream"), 60)
+
+    # Deaf: connected, pings answered, no trade update while the account trades.
+    fault(stack, "mute", account="large", for_s=40)
+    t2 = time.monotonic()
+    try:
+        stack.poll("stream-silent on large-stream", lambda: _open(
+            stack, "stream-silent", "large-stream"), 8 + 10 + 20)
+        silent_s = time.monotonic() - t2
+    finally:
+        fault(stack, "unmute", account="large")
+    stack.poll("stream-silent closed once updates flow", lambda: _closed(
+        stack, "stream-silent", "large-stream"), 60)
+    print(f"\nstream incidents opened after: refused {refused_s:.1f}s (bound 5), flapping "
+          f"{flap_s:.1f}s (3 drops in 20 s), silent {silent_s:.1f}s (bound 8 + a check)")
