@@ -123,12 +123,14 @@ def test_3_postgres_stopped_during_trading(rig: ChaosRig) -> None:
     outage_seen: list[dict[str, Any]] = []
     peak = 0
     codes: set[int] = set()
+    paused: set[str] = set()  # "large: dispatch paused: database unreachable for 41s, ..."
     while time.monotonic() - t0 < PG_DOWN_S:
         code, st = status(rig)
         codes.add(code)
         if not st["database"]["reachable"]:
             outage_seen.append(st["database"])
             peak = max(peak, st["database"].get("buffered_rows") or 0)
+        paused |= {r.split(":", 1)[0] for r in st["reasons"] if "dispatch paused" in r}
         time.sleep(3)
     dash = rig.stack.ops("dash", "--once", timeout=60).stdout
     during = rig.sim_fills() - before.fills_sim
@@ -146,6 +148,7 @@ def test_3_postgres_stopped_during_trading(rig: ChaosRig) -> None:
     rig.report("postgres-outage", f"Postgres stopped for {down_s:.0f}s during trading "
                f"({N_OUTSIDE} orders sent straight to the broker at its start), then started",
                {"status exit codes during outage": sorted(codes),
+                "accounts shown 'dispatch paused'": sorted(paused),
                 "buffered rows (peak seen by ops status)": peak,
                 "replay s": round(replay_s, 1), "fills during the fault": during,
                 **t.counted()})
@@ -153,6 +156,8 @@ def test_3_postgres_stopped_during_trading(rig: ChaosRig) -> None:
     assert outage_seen, "ops status never reported the database unreachable"
     assert codes - {0}, f"ops status stayed healthy (exit codes {codes}) during the outage"
     assert peak > 0, "nothing was buffered during the outage"
+    assert paused == {"large", "tiny"}, f"dispatch pause not shown for every account: {paused}"
+    assert "dispatch paused" in dash, dash
     assert "unreachable" in dash.lower() or "buffer" in dash.lower(), dash
     assert_held(t)
 
