@@ -45,7 +45,10 @@ knows of its stops is derived from the open orders by the client order id prefix
 - two or more stops for one symbol: the best kept, the extra cancelled;
 - a stop without a managed position (closed, released, external only, rules off,
   `protective_stops = false`): cancelled;
-- a stop in a pending state (pending_new/cancel/replace): left for the next tick.
+- a stop in a pending state (pending_new/cancel/replace): left for the next tick;
+- a missing stop that someone else cancelled less than `foreign_cancel_grace_s` (15 s)
+  ago: placed after that grace, not at once (whoever cancelled it, e.g. the sender of an
+  exit signal through `cancel_stops`, may need the shares for its sell).
 Nothing is touched while ownership or the water marks are unknown (Postgres away and
 nothing cached: the stops keep resting as they are), nor under the flatten kill switch
 (the dispatcher cancels every order and closes the positions).
@@ -346,6 +349,7 @@ class StopCounters:
     stops_unknown: int = 0  # submissions without a definitive answer (settled by id later)
     stops_unprotected: int = 0  # managed positions with nothing whole to cover (fractional)
     stops_skipped: int = 0  # reconciles skipped: ownership/state unknown, or flatten
+    stops_deferred: int = 0  # placements waiting: someone else cancelled the stop just now
     exit_stop_cancels: int = 0  # stops cancelled (confirmed) before a local exit
     exit_stop_filled: int = 0  # local exits not sent: the stop filled first
     exit_stop_unconfirmed: int = 0  # local exits not sent (yet): cancel not confirmed
@@ -371,6 +375,7 @@ class ProtectiveStops:
         enabled: Callable[[], bool],
         step_pct: Decimal = DEFAULT_STEP_PCT,
         cancel_wait_s: float = 5.0,
+        foreign_cancel_grace_s: float = 15.0,
         secret_id: str | None = None,
         now: Callable[[], datetime] = _utcnow,
     ) -> None:
@@ -379,6 +384,7 @@ class ProtectiveStops:
         self.enabled = enabled
         self.step_pct = step_pct
         self.cancel_wait_s = cancel_wait_s
+        self.foreign_cancel_grace_s = foreign_cancel_grace_s
         self.secret_id = secret_id
         self._now = now
         self.prefix = stop_prefix(account)
@@ -390,6 +396,7 @@ class ProtectiveStops:
         self._seq_seen: dict[tuple[str, str], int] = {}  # (id symbol, epoch) -> highest seq
         self._exiting: dict[str, str] = {}  # symbol -> exit cid sent since the last reconcile
         self._seen: dict[str, Decimal] = {}  # symbol -> qty in the tick's position read
+        self._cancelled: dict[str, float] = {}  # order id -> monotonic time we cancelled it
 
     # -- reading the broker -------------------------------------------------------------------
 
@@ -407,19 +414,38 @@ class ProtectiveStops:
         key = (sid.symbol, sid.epoch)
         self._seq_seen[key] = max(self._seq_seen.get(key, 0), sid.seq)
 
-    async def _next_seq(self, symbol: str, opened_at: datetime, *, history: bool) -> int:
-        """The next sequence number of this position epoch. With `history`, every order of
-        the symbol since the epoch began is read first (ids are unique per account for
-        ever: a cancelled or expired stop's id cannot be used again)."""
+    async def _history(self, symbol: str, opened_at: datetime) -> list[Order]:
+        """Our stops of `symbol` since its position epoch began (whatever their state): ids
+        are unique per account for ever, so a cancelled or expired stop's number is used."""
+        since = opened_at - timedelta(hours=1)  # slack for clock skew with the broker
+        orders = await self.broker.list_orders(status="all", symbols=[symbol], after=since)
+        return [o for o in self._ours(orders) if o.symbol == symbol]
+
+    def _next_seq(self, symbol: str, opened_at: datetime) -> int:
+        """The next sequence number of this position epoch, from every stop id seen."""
         probe = parse_stop_id(self.account, stop_client_order_id(self.account, symbol,
                                                                  opened_at, 1))
         assert probe is not None
-        if history:
-            # An hour of slack for clock skew between this host and the broker.
-            since = opened_at - timedelta(hours=1)
-            self._ours(await self.broker.list_orders(status="all", symbols=[symbol],
-                                                     after=since))
         return self._seq_seen.get((probe.symbol, probe.epoch), 0) + 1
+
+    def _mine(self, order_id: str) -> None:
+        """Remember a cancel of ours (an hour is plenty: see `_foreign_cancel`)."""
+        now = time.monotonic()
+        self._cancelled = {k: t for k, t in self._cancelled.items() if now - t < 3600}
+        self._cancelled[order_id] = now
+
+    def _foreign_cancel(self, history: Sequence[Order]) -> Order | None:
+        """The newest stop of the symbol if someone else cancelled it less than
+        `foreign_cancel_grace_s` ago: an exit signal's sender (or the operator) is acting
+        on the position, and a stop placed at once would hold the shares its sell needs."""
+        if not history or self.foreign_cancel_grace_s <= 0:
+            return None
+        newest = max(history, key=lambda o: o.created_at)
+        at = newest.canceled_at
+        if newest.status != "canceled" or at is None or newest.id in self._cancelled:
+            return None
+        age = (datetime.now(UTC) - at).total_seconds()
+        return newest if age < self.foreign_cancel_grace_s else None
 
     def observe(self, positions: Iterable[Position]) -> None:
         """The tick's read of the broker's positions, which its exit decisions are made on."""
@@ -442,6 +468,7 @@ class ProtectiveStops:
                                      wait_s=self.cancel_wait_s,
                                      why="a local exit is about to be sent")
         for o in cleared.found:
+            self._mine(o.id)
             sid = parse_stop_id(self.account, o.client_order_id)
             if sid is not None:
                 self._saw(sid)
@@ -584,6 +611,7 @@ class ProtectiveStops:
         return ordered[0], ordered[1:]
 
     async def _cancel(self, o: Order, why: str) -> None:
+        self._mine(o.id)
         try:
             await self.broker.cancel_order(o.id)
         except BrokerApiError as exc:
@@ -609,7 +637,16 @@ class ProtectiveStops:
         qty = min(want.qty, whole_qty(managed, Decimal(0)))
         if qty <= 0:
             return 0
-        seq = await self._next_seq(symbol, target.state.opened_at, history=True)
+        history = await self._history(symbol, target.state.opened_at)
+        foreign = self._foreign_cancel(history)
+        if foreign is not None:
+            self.counters.stops_deferred += 1
+            log.info("account %s: protective stop %s was cancelled by someone else at %s; "
+                     "placing a new one waits %.0fs (an exit of theirs may need the shares)",
+                     self.account, foreign.client_order_id, foreign.canceled_at,
+                     self.foreign_cancel_grace_s)
+            return 0
+        seq = self._next_seq(symbol, target.state.opened_at)
         for _ in range(5):
             cid = stop_client_order_id(self.account, symbol, target.state.opened_at, seq)
             req = OrderRequest(symbol=symbol, side=want.side, client_order_id=cid, qty=qty,
@@ -652,7 +689,7 @@ class ProtectiveStops:
     async def _replace(self, old: Order, target: Target, want: StopSpec, now: datetime
                        ) -> int:
         symbol = want.symbol
-        seq = await self._next_seq(symbol, target.state.opened_at, history=False)
+        seq = self._next_seq(symbol, target.state.opened_at)
         cid = stop_client_order_id(self.account, symbol, target.state.opened_at, seq)
         what = (f"{qty_text(remaining(old))} @ {old.stop_price} -> {qty_text(want.qty)} @ "
                 f"{want.stop_price} {want.time_in_force.value}")
@@ -677,7 +714,7 @@ class ProtectiveStops:
                     return 1  # cancel not confirmed yet: the next tick looks again
                 return await self._place(target, want, now)
             if exc.http_status == 422 and "client_order_id" in text:
-                await self._next_seq(symbol, target.state.opened_at, history=True)
+                await self._history(symbol, target.state.opened_at)  # learn the numbers
                 log.info("account %s: stop id %s used before; the next tick takes the next",
                          self.account, cid)
                 return 1

@@ -14,7 +14,7 @@ from ops.credentials import Credentials
 from ops.models import OrderRequest, Side
 from ops.roles.position_manager import exit_prefix
 from ops.store import Store
-from tests.roles.conftest import RoleEnv
+from tests.roles.conftest import RoleEnv, config_text
 from tests.support import eventually
 
 EXITS = """
@@ -27,7 +27,11 @@ async def test_process_syncs_positions_and_takes_profit_once(role_env: RoleEnv) 
     sim = role_env.sim
     # TOML: the exits table of large must follow large's other tables; config_text puts
     # `extra` at the end, which is still valid (a table may be defined anywhere once).
-    role_env.write_config(position_manager_s=0.5, extra=EXITS)
+    # The position is opened here by hand (no stream stores its fill as the pipeline's),
+    # so it is external: `manage_external = true` makes it the pipeline's to exit.
+    text = config_text(sim, position_manager_s=0.5, extra=EXITS)
+    role_env.write_config_text(text.replace(
+        "[accounts.large.risk]", "manage_external = true\n\n[accounts.large.risk]", 1))
     spec = sim.account("large")
     broker = Broker(BrokerEndpoints(sim.rest_url, sim.stream_url, sim.data_url),
                     Credentials("t", "large", spec.key_id, spec.secret))

@@ -8,6 +8,7 @@ Each PositionManager here has protective stops on; a new instance is a restarted
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +20,12 @@ from ops.exits import ExitRules
 from ops.models import OptionSymbol, Order, OrderRequest, OrderType, Position, Side, TimeInForce
 from ops.ownership_cli import change_owner
 from ops.roles.position_manager import PositionManager, exit_prefix
-from ops.roles.protective_stops import round_stop, stop_client_order_id, stop_prefix
+from ops.roles.protective_stops import (
+    cancel_stops,
+    round_stop,
+    stop_client_order_id,
+    stop_prefix,
+)
 from ops.sim import SimConfig, Simulator, default_accounts
 from ops.sim.accounts import OrderState
 from ops.store import positions as pq
@@ -305,6 +311,27 @@ async def test_a_stop_that_fills_first_means_no_exit_is_sent(rig: Rig, when: str
     assert sim_orders(rig, "AMD", prefix=exit_prefix(ACCOUNT)) == [] and resting(rig) == []
 
 
+async def test_a_stop_cancelled_by_someone_else_is_placed_again_after_a_grace(
+        rig: Rig) -> None:
+    """An exit signal's sender cancels the stop to sell (cancel_stops): the position
+    manager does not put one back at once (it would hold the shares that sell needs)."""
+    rig.rules = ExitRules(stop_loss_pct=D(5))
+    await open_long(rig, "AAPL", 10, "200", 1)
+    pm = manager(rig)
+    pm.stops.foreign_cancel_grace_s = 1.5
+    await pm.tick()
+    [stop] = resting(rig, "AAPL")
+    other = await cancel_stops(rig.broker, ACCOUNT, "AAPL", wait_s=2)
+    assert other.clear and [o.id for o in other.found] == [stop.id]
+    await pm.tick()
+    assert resting(rig) == [] and pm.stops.counters.stops_deferred == 1
+    await asyncio.sleep(1.6)
+    await pm.tick()
+    [again] = resting(rig, "AAPL")
+    epoch = await opened_at(rig, "AAPL")
+    assert again.client_order_id == stop_client_order_id(ACCOUNT, "AAPL", epoch, 2)
+
+
 # --- reconcile at start ---------------------------------------------------------------------
 
 
@@ -334,6 +361,8 @@ async def test_a_restart_reconciles_missing_orphaned_and_duplicate_stops(rig: Ri
     orphan = await hand_stop(rig, "QCOM", 5, "140", f"{STOPS}QCOM-20260101T000000000000-1")
 
     restarted = manager(rig)
+    # The cancels above are this test's hand, not an exit signal in flight: no waiting.
+    restarted.stops.foreign_cancel_grace_s = 0
     await restarted.tick()
     orders = rig.sim.engine.states[ACCOUNT].orders
     [aapl_now] = resting(rig, "AAPL")
@@ -391,6 +420,7 @@ async def test_turning_it_off_cancels_them_and_flatten_leaves_them_alone(
     await pm.tick()
     assert resting(rig) == [] and pm.stops.counters.stops_skipped == 1
     await rig.store.set_control(ACCOUNT, "kill_switch", {"mode": "off"}, "test")
+    pm.stops.foreign_cancel_grace_s = 0  # the flatten's cancel is long past, say
     await pm.tick()
     [back] = resting(rig, "AAPL")
     # Off: the one resting is cancelled, and nothing more is asked of the broker after.
