@@ -63,7 +63,10 @@ the broker's message and what to do). The same refusal again keeps that one inci
 (seen again: its text is refreshed). It closes itself, recording why (close_reason), when
 a later exit of the symbol is accepted or when the position is gone at the broker
 (checked at every sync, whatever the clock says; open ones are read back from the store,
-so a restart's or another process's incident of the same kind is closed too).
+so a restart's or another process's incident of the same kind is closed too). An exit
+refused for pattern-day-trading is not sent again before the next session open (the
+broker's clock; `ops.refusals.retry_after`), when closing it is no longer a day trade; the
+incident says when. That time is kept in memory: a restarted process tries once more.
 """
 
 from __future__ import annotations
@@ -148,6 +151,7 @@ class PositionCounters:
     exits_stale: int = 0  # exit ids found used by a finished order: position re-tracked
     exits_idle: int = 0  # ticks that skipped exits: market closed
     exits_refused_open: int = 0  # symbols with an open exit-refused incident
+    exits_deferred: int = 0  # decisions held back: a PDT-refused exit waits for the next open
     positions_external: int = 0  # held symbols with an external part (never sold here)
     exits_ownership_unknown: int = 0  # ticks without exits: ownership not readable
     errors: int = 0
@@ -192,6 +196,8 @@ class PositionManager:
         self._tracked_loaded = False
         self._unsaved: set[str] = set()  # symbols whose state could not be persisted yet
         self._unsettled: dict[str, str] = {}  # symbol -> exit cid whose submit was "unknown"
+        # symbol -> when a refused exit is worth sending again (PDT: the next session open).
+        self._retry_at: dict[str, datetime] = {}
         self.secret_id = secret_id  # named (never read) when the broker rejects the key
         self._manage_external = manage_external or (lambda: False)
         self._managed_cache: dict[str, Decimal] = {}  # symbol -> last read managed qty
@@ -296,6 +302,7 @@ class PositionManager:
         for gone in set(self._tracked) - symbols:
             del self._tracked[gone]
             self._unsettled.pop(gone, None)
+            self._retry_at.pop(gone, None)
         if self._tracked_loaded:
             try:
                 await pq.delete_exit_states(self.store.pool, self.account, symbols)
@@ -339,6 +346,10 @@ class PositionManager:
                     open_exits = await self._open_exit_symbols()
                 if p.symbol in open_exits or not await self._settled(p.symbol):
                     self.counters.exits_waiting += 1
+                    continue
+                retry_at = self._retry_at.get(p.symbol)
+                if retry_at is not None and now < retry_at:
+                    self.counters.exits_deferred += 1
                     continue
                 await self._submit_exit(decision, tracked, price, now)
             except Exception as exc:  # one position's trouble must not stop the others' exits
@@ -473,6 +484,7 @@ class PositionManager:
             log.warning("account %s: exit decision %s not recorded (postgres away): %s",
                         self.account, cid, d.reason)
         if res.outcome == "accepted":
+            self._retry_at.pop(d.symbol, None)
             await self.refusals.accepted(
                 d.symbol, f"exit order {cid} ({d.side.value} {d.qty}) accepted by the broker",
                 now)
@@ -482,8 +494,28 @@ class PositionManager:
                 refusal, what=f"the {d.rule.value} exit", account=self.account,
                 symbol=d.symbol, qty=d.qty, side=d.side.value, order=cid,
                 secret_id=self.secret_id)
-            await self.refusals.refused(d.symbol, f"{detail} (exit rule: {d.reason})", now)
+            detail += f" (exit rule: {d.reason})"
+            retry = await self._retry_after(refusal)
+            if retry is not None:
+                self._retry_at[d.symbol] = retry
+                detail += (f"; sent again at the next session open, "
+                           f"{retry.astimezone(UTC):%Y-%m-%d %H:%M} UTC")
+                log.warning("account %s: exit of %s refused (pattern-day-trading); next try "
+                            "at the session open %s", self.account, d.symbol, retry)
+            await self.refusals.refused(d.symbol, detail, now)
         self.counters.exits_refused_open = len(self.refusals.open_symbols)
+
+    async def _retry_after(self, refusal: refusals.Refusal) -> datetime | None:
+        """When a refused exit is worth sending again (ops.refusals.retry_after on the
+        broker's clock); None when the clock cannot be read (the next tick decides again)."""
+        if refusals.classify(refusal) is not refusals.Cause.PDT:
+            return None
+        try:
+            clock = await self.broker.get_clock()
+        except BrokerError as exc:
+            log.warning("account %s: clock not read after a PDT refusal: %s", self.account, exc)
+            return None
+        return refusals.retry_after(refusal, clock)
 
     # -- protective stops --------------------------------------------------------------------
 

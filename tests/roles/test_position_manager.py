@@ -609,15 +609,26 @@ async def test_refused_exit_is_one_incident_until_the_position_is_gone(rig: Rig)
         assert needle in detail, (needle, detail)
     assert pm.counters.exits_rejected == 1 and pm.counters.exits_refused_open == 1
     assert rig.sim_exit_orders("AAPL") == []
+    # Pattern-day-trading: the exit is sent again at the next session open, not every tick.
+    next_open = datetime.fromisoformat(rig.sim.clock.clock_json()["next_open"])
+    assert f"sent again at the next session open, {next_open.astimezone(UTC):%Y-%m-%d %H:%M}" \
+        in detail, detail
 
-    await pm.tick()  # refused again: still that one incident
+    await pm.tick()  # not sent again before that open: still that one incident
     incs = await refusal_incidents(rig, "AAPL")
     assert len(incs) == 1 and incs[0]["closed_at"] is None
-    assert pm.counters.exits_rejected == 2 and pm.refusals.repeats == 1
-    # A restarted position manager knows of the open incident and adds no second one.
+    assert pm.counters.exits_rejected == 1 and pm.counters.exits_deferred == 1
+    # A restarted position manager (which forgot the retry time) tries once, is refused
+    # again, and knows of the open incident: no second one.
     pm = rig.manager()
-    rig.sim.faults.refuse_next_orders(n=1, account=ACCOUNT, symbol="AAPL", side="sell")
     await pm.tick()
+    assert len(await refusal_incidents(rig, "AAPL")) == 1
+    assert pm.counters.exits_rejected == 1 and pm.refusals.repeats == 1
+    # At the next open the exit goes out (refused once more here: still one incident).
+    rig.sim.faults.refuse_next_orders(n=1, account=ACCOUNT, symbol="AAPL", side="sell")
+    rig.offset = next_open - datetime.now(UTC) + timedelta(seconds=1)
+    await pm.tick()
+    assert pm.counters.exits_rejected == 2 and pm.counters.exits_deferred == 0
     assert len(await refusal_incidents(rig, "AAPL")) == 1
 
     # The operator closes the position by hand: the next sync closes the incident.
