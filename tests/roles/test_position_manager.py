@@ -610,7 +610,7 @@ async def test_refused_exit_is_one_incident_until_the_position_is_gone(rig: Rig)
     assert pm.counters.exits_rejected == 1 and pm.counters.exits_refused_open == 1
     assert rig.sim_exit_orders("AAPL") == []
     # Pattern-day-trading: the exit is sent again at the next session open, not every tick.
-    next_open = datetime.fromisoformat(rig.sim.clock.clock_json()["next_open"])
+    next_open = rig.sim.clock.next_open()
     assert f"sent again at the next session open, {next_open.astimezone(UTC):%Y-%m-%d %H:%M}" \
         in detail, detail
 
