@@ -75,6 +75,11 @@ Choices:
   refuses opens `exit-refused:<account>:<symbol>` (the position manager's kind; either
   role's accepted exit or the position being gone closes it). Entries the broker or a
   gate refuses stay signal rejections with their reason.
+- Protective stops (the position manager's, ops.roles.protective_stops) hold the shares
+  they cover, so the gates count those shares as available to an exit signal, and the
+  signal first cancels the symbol's stops and waits for the broker's confirmation
+  (`_clear_stops`): a stop that filled meanwhile rejects the signal (the position changed
+  under it), a cancel not yet confirmed sends the signal back to the next pass.
 
 Test-only fault point: with the environment variable OPS_FAULT=dispatcher.after_submit
 the process SIGKILLs itself right after the broker accepted an order and before the
@@ -127,6 +132,7 @@ from ops.risk import (
     position_effect,
     position_intent,
 )
+from ops.roles.protective_stops import cancel_stops, remaining, stop_prefix
 from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store import signals as sq
 from ops.store.ownership import managed_quantities, pipeline_prefix
@@ -195,6 +201,7 @@ class DispatcherCounters:
     inflight_lookups: int = 0  # in-flight orders looked up by id (not in the open listing)
     flatten_refused: int = 0  # flatten closes the broker refused
     exits_refused: int = 0  # exit signals the broker refused
+    stops_cleared: int = 0  # protective stops cancelled (confirmed) before an exit signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +314,7 @@ class Dispatcher:
         self._flatten_refusals_unknown = True  # may some be open (a previous life's)?
         self._held_since: dict[str, float] = {}  # symbol -> first "qty held" close refusal
         self._inflight: dict[str, InFlight] = {}  # broker order id -> what we submitted
+        self._stopped: set[str] = set()  # symbols with a protective stop resting (this pass)
         self._paused_since: datetime | None = None
         self._paused_reason = ""
         self._waiting = 0  # this account's signals in the outage buffer (while paused)
@@ -865,7 +873,16 @@ class Dispatcher:
                                    self._prices(symbols), self.store.controls(self.account)),
         )
         blocked = any(c.key == DRIFT_KEY and drift_blocked(c.value) for c in controls.rows)
-        snaps = {p.symbol: _snapshot(p) for p in positions}
+        # Shares held by the position manager's protective stops are the exit signal's to
+        # sell: `_one` cancels those stops (confirmed) before sending it.
+        prefix = stop_prefix(self.account)
+        by_stops: dict[str, Decimal] = {}
+        for o in orders:
+            if o.client_order_id.startswith(prefix):
+                by_stops[o.symbol] = by_stops.get(o.symbol, Decimal(0)) + remaining(o)
+        self._stopped = set(by_stops)
+        snaps = {p.symbol: _snapshot(p, by_stops.get(p.symbol, Decimal(0)))
+                 for p in positions}
         open_notional: dict[str, Decimal] = {}
         for o in orders:
             value = _order_value(o, prices.get(o.symbol))
@@ -1023,6 +1040,10 @@ class Dispatcher:
                        self._price_errors.get(s.symbol, "none reported by the broker"))
                 reason += f"; latest trade for {s.symbol!r}: {why}"
             return await self._decide(s, status, f"{decision.gate}: {reason}")
+        if decision.effect.is_exit and s.symbol in self._stopped:
+            held = await self._clear_stops(s)
+            if held is not None:
+                return held
         result = await self.broker.submit_order(req)
         if result.outcome == "accepted":
             if self._fault == FAULT_AFTER_SUBMIT:
@@ -1045,6 +1066,31 @@ class Dispatcher:
                                          result.reason or "")
             return outcome
         return await self._decide(s, "unknown", result.reason)
+
+    async def _clear_stops(self, s: SignalRow) -> Outcome | None:
+        """Cancel the protective stops resting for an exit signal's symbol and wait for
+        the broker's word (a resting stop holds the shares: the sell would be refused, or
+        both would fill). None: clear, send the exit. A stop that filled meanwhile changed
+        the position under the signal: rejected (never a sell into a short). A cancel not
+        confirmed in time: the signal waits for the next pass. The position manager places
+        a stop again for what is left once its grace has passed."""
+        cleared = await cancel_stops(self.broker, self.account, s.symbol,
+                                     why=f"exit signal {s.id} is about to be sent")
+        self.stats.stops_cleared += len(cleared.found) - len(cleared.pending)
+        if cleared.filled:
+            ids = ", ".join(o.client_order_id for o in cleared.filled)
+            return await self._decide(
+                s, "rejected", f"protective stop {ids} filled first: the position changed "
+                               "under this exit signal (not sent, never a sell into a short)")
+        if cleared.pending:
+            why = "protective stop cancel not confirmed yet; dispatched by the next pass"
+            if await sq.requeue(self.store.pool, self.account, s.id, why):
+                self.stats.deferred += 1
+            self.wake()
+            log.info("signal %d: %s", s.id, why)
+            return Outcome(s.id, "deferred", why)
+        self._stopped.discard(s.symbol)
+        return None
 
     async def _exit_refused(self, s: SignalRow, p: ParsedSignal, status: int,
                             code: int | None, message: str) -> None:
@@ -1132,12 +1178,17 @@ def parse_signal(s: SignalRow) -> ParsedSignal | str:
     return ParsedSignal(req, intent)
 
 
-def _snapshot(p: Position) -> PositionSnapshot:
+def _snapshot(p: Position, by_stops: Decimal = Decimal(0)) -> PositionSnapshot:
     """The position as the gates see it: only the quantity not already held by open
     orders (`qty_available`), so an exit signal cannot sell what a working order is
-    already selling (which would open a short)."""
+    already selling (which would open a short) — except what the pipeline's own
+    protective stops hold (`by_stops`, unsigned), which are cancelled before an exit."""
     value = _market_value(p)
-    qty = p.qty if p.qty_available is None else p.qty_available
+    if p.qty_available is None:
+        qty = p.qty
+    else:
+        back = min(by_stops, abs(p.qty) - abs(p.qty_available))
+        qty = p.qty_available + (back if p.qty > 0 else -back)
     if p.qty != 0 and qty != p.qty:
         value = value * qty / p.qty
     return PositionSnapshot(qty, value)

@@ -3,7 +3,7 @@ every managed position, the broker keeps protecting it while the pipeline is dea
 restart reconciles the stops without duplicates.
 
 A demo stack of its own (`ops up --demo`, conf/ops.toml: stop-loss and trailing stop on
-both accounts; protective stops turned on here). Once `large` holds managed positions,
+both accounts, protective stops on). Once `large` holds managed positions,
 both accounts are halted (no new entries, so positions stand still) and the order book is
 read from the simulator (`GET /_sim/state`): one stop per position, for the whole units
 held. Then the host "dies": supervisord and every process under it (roles, simulator,
@@ -189,19 +189,9 @@ def bare_simulator(stack: Stack) -> subprocess.Popen[bytes]:
             time.sleep(0.2)
 
 
-def stops_on(text: str) -> str:
-    """conf/ops.toml with protective stops on for both accounts, whatever it ships with
-    (the demo keeps them off while its exit signals would meet a stop holding the shares:
-    here no exit signal is sent once the accounts are halted)."""
-    lines = [("protective_stops = true" if line.startswith("protective_stops =") else line)
-             for line in text.splitlines()]
-    assert sum(1 for line in lines if line == "protective_stops = true") == len(ACCOUNTS)
-    return "\n".join(lines) + "\n"
-
-
 def test_a_dead_stack_leaves_every_managed_position_protected_and_restart_reconciles(
         ) -> None:
-    _, port, environ, env = make_home(stops_on)
+    _, port, environ, env = make_home()
     try:
         with subreaper():
             stack = up_demo(env, environ, port)

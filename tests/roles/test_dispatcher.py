@@ -22,7 +22,7 @@ from ops import refusals
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
 from ops.control import KILL_SWITCH_KEY, read_kill_switch
 from ops.credentials import Credentials
-from ops.models import KillSwitch, OrderRequest, OrderType, Side, TradeUpdate
+from ops.models import KillSwitch, OrderRequest, OrderType, Side, TimeInForce, TradeUpdate
 from ops.retry import Backoff
 from ops.risk import RiskLimits, signal_client_order_id
 from ops.roles.dispatcher import (
@@ -32,6 +32,7 @@ from ops.roles.dispatcher import (
     NotReconciled,
     WakeLoop,
 )
+from ops.roles.protective_stops import stop_client_order_id
 from ops.sim import Simulator
 from ops.store import signals as sq
 from ops.store.embedded import EmbeddedPostgres
@@ -467,6 +468,29 @@ async def test_exits_never_sell_the_same_shares_twice(rig: Rig) -> None:
     r = await rig.row(third)
     assert r.status == "rejected" and r.reason is not None and r.reason.startswith("short:")
     assert await rig.orders_for(second) == 0 and await rig.orders_for(third) == 0
+
+
+async def test_an_exit_signal_first_cancels_the_protective_stop_holding_its_shares(
+        rig: Rig) -> None:
+    """The position manager's stop rests for the whole position (qty_available 0): an exit
+    signal is still an exit, the stop is cancelled (confirmed) first, then the sell goes."""
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "2")
+    stop_cid = stop_client_order_id("tiny", "NVDA", datetime.now(UTC), 1)
+    stop = await rig.broker.submit_order(OrderRequest(
+        "NVDA", Side.SELL, stop_cid, qty=Decimal(2), order_type=OrderType.STOP,
+        stop_price=Decimal("1"), time_in_force=TimeInForce.GTC))
+    assert stop.outcome == "accepted" and stop.order is not None
+    held = await rig.broker.get_position("NVDA")
+    assert held is not None and held.qty_available == 0
+    sid = await rig.signal("NVDA", "sell", "2")
+    await rig.d.run_pass()
+    r = await rig.row(sid)
+    assert r.status == "submitted", r.reason
+    after = await rig.broker.get_order(stop.order.id)
+    assert after is not None and after.status == "canceled" and after.filled_qty == 0
+    assert rig.d.stats.stops_cleared == 1
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "position closed")
 
 
 async def test_flatten_allows_an_exit_of_what_remains(rig: Rig) -> None:
