@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from ops.models import OptionSymbol
 from ops.sim import corporate, ledger
 from ops.sim.accounts import AccountState, OrderState, SimAccountSpec
 from ops.sim.clock import SimClock
@@ -161,7 +162,12 @@ class Engine:
         if req.side == "sell" and qty is not None:
             held = ledger.held_for_orders(st, req.symbol, "sell", exclude=replacing)
             available = max(Decimal(0), pos_qty - held)
-            may_short = st.spec.shorting_enabled and asset_class == "us_equity" and pos_qty <= 0
+            # Writing an option (sell to open) is shorting it: allowed by the options level
+            # (ledger.check_option_order: covered calls and cash-secured puts at level 1),
+            # never by `shorting_enabled`, which is about shares.
+            may_short = pos_qty <= 0 and (
+                asset_class == "us_option"
+                or (st.spec.shorting_enabled and asset_class == "us_equity"))
             if qty > available and not may_short:
                 if pos_qty <= 0 and not st.spec.shorting_enabled and held == 0:
                     raise forbidden("account is not allowed to short")
@@ -183,6 +189,11 @@ class Engine:
                 opening = qty - max(Decimal(0), -pos_qty)
             else:
                 opening = qty - max(Decimal(0), pos_qty)
+            occ = OptionSymbol.parse(req.symbol) if asset_class == "us_option" else None
+            if occ is not None and req.side == "sell":
+                # A written put is cash-secured (its strike, reserved); a written call is
+                # covered by shares (checked by the options level), costing nothing more.
+                ref = occ.strike if occ.right == "P" else Decimal(0)
             cost = max(Decimal(0), opening) * ref * mult
         if cost <= 0:
             return

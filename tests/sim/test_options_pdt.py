@@ -259,6 +259,31 @@ async def test_a_naked_call_is_refused_at_every_level(sim: Simulator) -> None:
     assert answer["message"].startswith("insufficient underlying qty available for covered call")
 
 
+async def test_a_covered_call_and_a_cash_secured_put_may_be_written(sim: Simulator) -> None:
+    """Level 1 writes: a call covered by 100 shares per contract, a put whose strike the
+    options buying power secures (refused beyond it). The written contract is a short."""
+    st = sim.engine.states["large"]
+    st.spec = dataclasses.replace(st.spec, options_trading_level=1)
+    assert (await order(sim, "large", symbol="AAPL", qty=100))[0] == 200
+    call = cheap_call(sim)
+    status, answer = await order(sim, "large", symbol=call, side="sell", type="limit",
+                                 limit_price="0.01", position_intent="sell_to_open")
+    assert status == 200, answer
+    assert st.positions[call].qty == -1
+    expiry = sim.clock.today() + timedelta(days=30)
+    spot = sim.market.price("AAPL")
+    put = str(OptionSymbol("AAPL", expiry, "P", (spot / 2).to_integral_value()))
+    status, answer = await order(sim, "large", symbol=put, side="sell", type="limit",
+                                 limit_price="0.01")
+    assert status == 200, answer
+    assert st.positions[put].qty == -1
+    secured = (await account(sim, "large"))["options_buying_power"]
+    too_many = int(Decimal(secured) / ((spot / 2).to_integral_value() * 100)) + 1
+    status, answer = await order(sim, "large", symbol=put, side="sell", type="limit",
+                                 limit_price="0.01", qty=too_many)
+    assert status == 403 and answer["message"] == "insufficient buying power", answer
+
+
 # --- single-leg option order types --------------------------------------------------------------
 
 
