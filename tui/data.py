@@ -3,9 +3,9 @@
 Everything here is plain data (frozen dataclasses) and I/O at the edges: `Store` reads
 (which fall back to the SQLite buffer during a Postgres outage), a few direct Postgres
 queries for what the buffer does not keep (order/fill feed, closed incidents, restarts
-today, every field of one incident), and supervisord over XML-RPC in a thread. Rows keep
-*timestamps*, not ages, so the app's 1 s clock can recompute ages and gap status without
-any I/O (`ProcessRow.status_at`).
+today, every field of one incident, the managed part of every position in one query),
+and supervisord over XML-RPC in a thread. Rows keep *timestamps*, not ages, so the app's
+1 s clock can recompute ages and gap status without any I/O (`ProcessRow.status_at`).
 Gap verdicts come from `ops.gaps.gap_status` with the same inputs `ops status` uses
 (`ops.status` helpers), so the dashboard and `ops status` never disagree.
 Nothing here imports textual: `ops dash --once` renders the same state as text.
@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,6 +27,7 @@ from ops.env import RuntimeEnv
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import dispatch_pause, process_failure
 from ops.models import OptionSymbol
+from ops.ownership import split
 from ops.status import (
     NO_HEARTBEAT,
     PAUSABLE_ROLES,
@@ -40,6 +41,7 @@ from ops.status import (
 )
 from ops.store import Snapshot, Store, is_outage
 from ops.store.incidents import IncidentRecord, find_incident
+from ops.store.ownership import managed_quantities_of
 from ops.store.status import start_of_trading_day
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
 from tui.format import qty as fmt_qty
@@ -126,10 +128,27 @@ class PositionRow:
     unrealized_pl: Decimal | None
     unrealized_pct: Decimal | None  # percent (5 = 5 %)
     opened_at: datetime | None
+    # The part the pipeline manages (ops/ownership.py: signed like qty, bounded by it; the
+    # rest is external, never sold by exit rules); None: unknown (never read, Postgres away).
+    managed: Decimal | None = None
 
     @property
     def key(self) -> str:
         return f"{self.account}/{self.symbol}"
+
+    @property
+    def external(self) -> Decimal | None:
+        return None if self.managed is None else self.qty - self.managed
+
+    @property
+    def owner(self) -> str:
+        """managed | external | mixed | unknown (as ops.ownership.Holding.owner says)."""
+        if self.managed is None:
+            return "unknown"
+        external = self.qty - self.managed
+        if self.managed and external:
+            return "mixed"
+        return "external" if external else "managed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +279,6 @@ class DashboardState:
         """Only rows of `account` (None: everything); shared processes always stay."""
         if account is None:
             return self
-        from dataclasses import replace
-
         return replace(
             self,
             accounts=tuple(a for a in self.accounts if a.name == account),
@@ -365,6 +382,9 @@ class DashboardData:
         self._unreachable_since: datetime | None = None
         self._cfg_stamp: tuple[float, int] | None = None
         self._cfg_problem: str | None = None
+        # (account, symbol) -> managed quantity as last read: what the owner column shows
+        # while Postgres is away (as the position manager keeps its own).
+        self._managed: dict[tuple[str, str], Decimal] = {}
 
     async def load(self) -> DashboardState:
         now = self.now()
@@ -397,20 +417,31 @@ class DashboardData:
             direct,
             *(read(f"controls of {name}", functools.partial(self.store.controls, name))
               for name in names))
-        (sup_info, infos), hbs, runs, incidents, states, position_rows, *control_snaps = reads
+        (sup_info, infos), hbs, runs, incidents, states, records, *control_snaps = reads
         positions_source = "postgres"
-        if position_rows is None:
+        stored: list[Any] = []
+        if records is None:
             positions = await read("positions", self.store.positions)
             positions_source = positions.source
-            position_rows = tuple(_position_row(p) for p in positions.rows
-                                  if p.position.qty != 0)
+            stored = [p for p in positions.rows if p.position.qty != 0]
+            held = [(p.account, p.position.symbol, p.position.qty) for p in stored]
+        else:
+            held = [(r["account"], r["symbol"], r["qty"]) for r in records]
         controls: dict[str, dict[str, Any]] = {
             name: {c.key: c.value for c in snap.rows}
             for name, snap in zip(names, control_snaps, strict=True)}
         sources = {positions_source, *(s.source for s in (hbs, runs, incidents, states))}
         source = ("buffer" if "buffer" in sources else
                   "postgres+buffer" if "postgres+buffer" in sources else "postgres")
-        extra = await self._postgres_only(now, problems) if source != "buffer" else None
+        extra, fresh = await asyncio.gather(
+            self._postgres_only(now, problems) if source != "buffer" else _none(),
+            self._read_ownership(held, problems) if source != "buffer" else _none())
+        # Rows are built once, their managed part known (thousands of them: no copies).
+        managed = self._managed_parts(held, fresh)
+        position_rows = (
+            tuple(_position_row(p, m) for p, m in zip(stored, managed, strict=True))
+            if records is None else
+            tuple(_record_row(r, m) for r, m in zip(records, managed, strict=True)))
         reachable = extra is not None
         if reachable:
             self._unreachable_since = None
@@ -456,6 +487,47 @@ class DashboardData:
         buffer keeps only what the panel shows. Raises on an outage (the screen says so)."""
         return await find_incident(self.store.pool, incident_id)
 
+    def _manages_external(self, account: str) -> bool:
+        acfg = self.config.accounts.get(account)
+        return acfg is not None and acfg.manage_external
+
+    async def _read_ownership(self, held: Sequence[tuple[str, str, Decimal]],
+                              problems: list[str]) -> dict[tuple[str, str], Decimal] | None:
+        """The recorded managed quantity of every (account, symbol, qty) held by an
+        account that does not manage everything (`manage_external`), in one query for
+        all of them; None when it could not be read."""
+        wanted: dict[str, list[str]] = {}
+        for account, symbol, _ in held:
+            wanted.setdefault(account, []).append(symbol)
+        for account in [a for a in wanted if self._manages_external(a)]:
+            del wanted[account]
+        if not wanted:
+            return {}
+        try:
+            got = await managed_quantities_of(self.store.pool, wanted)
+        except Exception as exc:
+            if not is_outage(exc):
+                problems.append(f"ownership: {type(exc).__name__}: {exc}"[:200])
+            return None
+        return {(a, s): got.get(a, {}).get(s, Decimal(0))
+                for a, symbols in wanted.items() for s in symbols}
+
+    def _managed_parts(self, held: Sequence[tuple[str, str, Decimal]],
+                       fresh: dict[tuple[str, str], Decimal] | None) -> list[Decimal | None]:
+        """The managed part of each (account, symbol, qty) held, as the position manager
+        splits it (ops.ownership.split): all of it for a `manage_external` account; else
+        from the quantity just read, or the last one read (`fresh` None: Postgres away),
+        else unknown (None)."""
+        if fresh is not None:
+            self._managed = fresh
+        known = self._managed
+        everything = {a for a, _, _ in held if self._manages_external(a)}
+        out: list[Decimal | None] = []
+        for account, symbol, qty in held:
+            raw = qty if account in everything else known.get((account, symbol))
+            out.append(raw if raw is None or raw == qty else split(symbol, qty, raw).managed)
+        return out
+
     def _supervisor_view(self) -> tuple[SupervisorInfo, dict[str, ProcessInfo]]:
         try:
             client = own_client(self.supervisor, READ_TIMEOUT_S)
@@ -463,23 +535,17 @@ class DashboardData:
         except SupervisorUnavailable as exc:
             return SupervisorInfo(False, str(exc)), {}
 
-    async def _positions_direct(self, problems: list[str]) -> tuple[PositionRow, ...] | None:
-        """Open positions of every synced account, read from Postgres; None when it is
-        unreachable (or the read failed: noted in `problems`), so Store's path decides."""
+    async def _positions_direct(self, problems: list[str]) -> list[Any] | None:
+        """Open positions of every synced account, read from Postgres (records for
+        `_record_row`); None when it is unreachable (or the read failed: noted in
+        `problems`), so Store's path decides."""
         try:
             async with self.store.pool.acquire() as conn:
-                rows = await conn.fetch(_POSITIONS_SQL)
+                return list(await conn.fetch(_POSITIONS_SQL))
         except Exception as exc:
             if not is_outage(exc):
                 problems.append(f"positions: {type(exc).__name__}: {exc}"[:200])
             return None
-        return tuple(PositionRow(
-            account=r["account"], symbol=r["symbol"], description=describe_symbol(r["symbol"]),
-            qty=r["qty"], avg_entry=r["avg_entry_price"] or Decimal(0),
-            last_price=r["current_price"], market_value=r["market_value"],
-            unrealized_pl=r["unrealized_pl"],
-            unrealized_pct=None if r["unrealized_plpc"] is None else r["unrealized_plpc"] * 100,
-            opened_at=r["opened_at"]) for r in rows)
 
     async def _postgres_only(
         self, now: datetime, problems: list[str],
@@ -602,14 +668,27 @@ def _failure(config: Config, ident: Identity, hb: Any) -> str | None:
     return None if hb is None else process_failure(config, hb.counters, ident.account)
 
 
-def _position_row(sp: Any) -> PositionRow:
+def _position_row(sp: Any, managed: Decimal | None) -> PositionRow:
+    """A row from Store.positions() (a StoredPosition)."""
     p = sp.position
     pct = None if p.unrealized_plpc is None else p.unrealized_plpc * 100
     return PositionRow(
         account=sp.account, symbol=p.symbol, description=describe_symbol(p.symbol), qty=p.qty,
         avg_entry=p.avg_entry_price, last_price=p.current_price, market_value=p.market_value,
         unrealized_pl=p.unrealized_pl, unrealized_pct=pct, opened_at=sp.opened_at,
+        managed=managed,
     )
+
+
+def _record_row(r: Any, managed: Decimal | None) -> PositionRow:
+    """A row from a `_POSITIONS_SQL` record."""
+    return PositionRow(
+        account=r["account"], symbol=r["symbol"], description=describe_symbol(r["symbol"]),
+        qty=r["qty"], avg_entry=r["avg_entry_price"] or Decimal(0),
+        last_price=r["current_price"], market_value=r["market_value"],
+        unrealized_pl=r["unrealized_pl"],
+        unrealized_pct=None if r["unrealized_plpc"] is None else r["unrealized_plpc"] * 100,
+        opened_at=r["opened_at"], managed=managed)
 
 
 def _incident_row(i: Any) -> IncidentRow:

@@ -64,6 +64,21 @@ def qty(v: Decimal | None) -> str:
     return format(v.normalize(), ",f") if v == v.to_integral_value() else f"{v:,.4f}".rstrip("0")
 
 
+def owner(held: Decimal, managed: Decimal | None, long: bool = False) -> str:
+    """Who owns a position: "managed" (the pipeline's), "external" (opened outside it,
+    never sold by exit rules), a mixed one's split ("7m/3x"; long: "7 managed / 3
+    external"), or "unknown". Quantities unsigned: the qty column has the sign."""
+    if managed is None:
+        return "unknown"
+    external = held - managed
+    if not external:
+        return "managed"
+    if not managed:
+        return "external"
+    m, x = qty(abs(managed)), qty(abs(external))
+    return f"{m} managed / {x} external" if long else f"{m}m/{x}x"
+
+
 def price(v: Decimal | None) -> str:
     if v is None:
         return "-"

@@ -114,11 +114,12 @@ def render_text(state: DashboardState, now: datetime, account: str | None = None
     positions = sorted(st.positions, key=lambda p: p.key)
     out += ["", f"POSITIONS ({len(positions)})"]
     out += _table(
-        ["ACCOUNT", "SYMBOL", "QTY", "AVG ENTRY", "LAST", "MKT VALUE", "UNREAL P&L", "P&L %",
-         "HELD"],
-        [[p.account, p.description, f.qty(p.qty), f.price(p.avg_entry), f.price(p.last_price),
-          f.money(p.market_value), f.money(p.unrealized_pl, signed=True),
-          f.pct(p.unrealized_pct), f.age(f.since(now, p.opened_at))]
+        ["ACCOUNT", "SYMBOL", "QTY", "OWNER", "AVG ENTRY", "LAST", "MKT VALUE", "UNREAL P&L",
+         "P&L %", "HELD"],
+        [[p.account, p.description, f.qty(p.qty), f.owner(p.qty, p.managed, long=True),
+          f.price(p.avg_entry), f.price(p.last_price), f.money(p.market_value),
+          f.money(p.unrealized_pl, signed=True), f.pct(p.unrealized_pct),
+          f.age(f.since(now, p.opened_at))]
          for p in positions[:max_positions]])
     if len(positions) > max_positions:
         out.append(f"... and {len(positions) - max_positions} more")

@@ -3,14 +3,16 @@
 `managed_quantities` sums, per symbol, the signed fills of the pipeline's own orders
 (client_order_id `ops-<account>-...`; each fill's quantity from its order's cumulative
 quantities, as ops.store.positions does) and the `position_adjustments` rows;
-`record_adjustment` adds one row exactly once per source (an adoption, a non-trade
-activity). Straight to Postgres: ownership decides what may be sold, so it is read from
-the truth; the position manager does not act on ownership while Postgres is away.
+`managed_quantities_of` is the same sum for several accounts in one query (the
+dashboard's owner column); `record_adjustment` adds one row exactly once per source (an
+adoption, a non-trade activity). Straight to Postgres: ownership decides what may be
+sold, so it is read from the truth; the position manager does not act on ownership while
+Postgres is away.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -37,9 +39,43 @@ WHERE account = $1 AND symbol = ANY($2::text[]) GROUP BY symbol
 """
 
 
+#: `_MANAGED_SQL` for many (account, symbol) pairs at once: $1, $2, $3 are parallel arrays
+#: of account, symbol and that account's LIKE pattern. The window is partitioned by account
+#: too (one account's order ids say nothing about another's).
+_MANAGED_MANY_SQL = """
+WITH w AS (
+    SELECT DISTINCT account, symbol, pattern
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS w(account, symbol, pattern)
+), f AS (
+    SELECT e.account, e.symbol,
+           e.cum_qty - coalesce(lag(e.cum_qty) OVER (PARTITION BY e.account, e.order_id
+                                                    ORDER BY e.cum_qty), 0) AS qty,
+           coalesce(o.side, e.raw -> 'data' -> 'order' ->> 'side',
+                    e.raw -> 'activity' ->> 'side') AS side
+    FROM w
+    JOIN order_events e ON e.account = w.account AND e.symbol = w.symbol
+    LEFT JOIN orders o ON o.id = e.order_id AND o.account = e.account
+    WHERE e.cum_qty IS NOT NULL AND e.client_order_id LIKE w.pattern
+)
+SELECT account, symbol,
+       sum(CASE side WHEN 'buy' THEN qty WHEN 'sell' THEN -qty ELSE 0 END) AS q
+FROM f GROUP BY account, symbol
+UNION ALL
+SELECT a.account, a.symbol, sum(a.managed_delta) FROM position_adjustments a
+JOIN w ON w.account = a.account AND w.symbol = a.symbol
+GROUP BY a.account, a.symbol
+"""
+
+
 def pipeline_prefix(account: str) -> str:
     """The client_order_id prefix of every order the pipeline sends for `account`."""
     return f"ops-{account}-"
+
+
+def _prefix_pattern(account: str) -> str:
+    """A LIKE pattern matching the pipeline's client_order_ids of `account`."""
+    prefix = pipeline_prefix(account).replace("\\", "\\\\").replace("%", "\\%")
+    return prefix.replace("_", "\\_") + "%"
 
 
 async def managed_quantities(pool: asyncpg.Pool, account: str,
@@ -48,12 +84,28 @@ async def managed_quantities(pool: asyncpg.Pool, account: str,
     wanted = sorted(set(symbols))
     if not wanted:
         return {}
-    prefix = pipeline_prefix(account).replace("\\", "\\\\").replace("%", "\\%")
     out: dict[str, Decimal] = {}
-    for r in await pool.fetch(_MANAGED_SQL, account, wanted,
-                              prefix.replace("_", "\\_") + "%"):
+    for r in await pool.fetch(_MANAGED_SQL, account, wanted, _prefix_pattern(account)):
         if r["q"] is not None:
             out[r["symbol"]] = out.get(r["symbol"], Decimal(0)) + Decimal(r["q"])
+    return out
+
+
+async def managed_quantities_of(pool: asyncpg.Pool | asyncpg.Connection,
+                                wanted: Mapping[str, Iterable[str]],
+                                ) -> dict[str, dict[str, Decimal]]:
+    """`managed_quantities` of several accounts in one query: account -> symbol -> the
+    recorded managed quantity (absent: 0)."""
+    pairs = sorted({(a, s) for a, symbols in wanted.items() for s in symbols})
+    if not pairs:
+        return {}
+    patterns = {a: _prefix_pattern(a) for a, _ in pairs}
+    out: dict[str, dict[str, Decimal]] = {}
+    for r in await pool.fetch(_MANAGED_MANY_SQL, [a for a, _ in pairs],
+                              [s for _, s in pairs], [patterns[a] for a, _ in pairs]):
+        if r["q"] is not None:
+            got = out.setdefault(r["account"], {})
+            got[r["symbol"]] = got.get(r["symbol"], Decimal(0)) + Decimal(r["q"])
     return out
 
 
@@ -89,5 +141,5 @@ async def adjustments(pool: asyncpg.Pool, account: str,
                        r["source"], r["detail"], r["by"], r["at"]) for r in rows]
 
 
-__all__ = ["Adjustment", "adjustments", "managed_quantities", "pipeline_prefix",
-           "record_adjustment"]
+__all__ = ["Adjustment", "adjustments", "managed_quantities", "managed_quantities_of",
+           "pipeline_prefix", "record_adjustment"]

@@ -7,9 +7,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ops.env import RuntimeEnv
+from ops.models import TradeUpdate
 from ops.store import Store
 from ops.store.ingest import trade_update_row_op
-from ops.store.ownership import Adjustment, adjustments, managed_quantities, record_adjustment
+from ops.store.ownership import (
+    Adjustment,
+    adjustments,
+    managed_quantities,
+    managed_quantities_of,
+    record_adjustment,
+)
 from tests.store.factories import trade_update
 
 T = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
@@ -35,3 +42,34 @@ async def test_managed_is_pipeline_fills_plus_adjustments(ops_env: RuntimeEnv) -
         assert await managed_quantities(store.pool, "large", ["AAPL"]) == {"AAPL": Decimal(8)}
         [row] = await adjustments(store.pool, "large")
         assert (row.kind, row.by, row.managed_delta) == ("adopt", "cli:tester", Decimal(3))
+
+
+async def test_several_accounts_in_one_query_agree_with_each_alone(ops_env: RuntimeEnv) -> None:
+    """`managed_quantities_of` (the dashboard's one query) sums exactly what
+    `managed_quantities` sums for each account: its own prefix only, partial fills by
+    their cumulative quantities, adjustments of the symbols asked for."""
+    from dataclasses import replace
+
+    def mine(oid: str, seq: int, cid: str) -> TradeUpdate:
+        u = trade_update(oid, seq)
+        return replace(u, order=replace(u.order, client_order_id=cid))
+
+    async with await Store.open(ops_env, process="t") as store:
+        large = [mine("o1", 1, "ops-large-sig-1"), mine("o1", 4, "ops-large-sig-1"),  # 2 + 3
+                 mine("o2", 2, "web-123")]  # by hand
+        large2 = [mine("o3", 6, "ops-large2-sig-1"),  # 7
+                  mine("o4", 0, "ops-large-sig-9")]  # large's prefix, large2's account
+        await store.write_many([trade_update_row_op("large", u) for u in large]
+                               + [trade_update_row_op("large2", u) for u in large2])
+        for acct, symbol, delta, source in (("large2", "MSFT", 4, "adopt:a"),
+                                            ("large", "MSFT", 2, "adopt:b"),
+                                            ("large", "SPY", 9, "adopt:c")):  # not asked
+            await record_adjustment(store.pool, Adjustment(
+                acct, symbol, Decimal(delta), "adopt", source, "", "cli:tester", T))
+        wanted = {"large": ["AAPL", "MSFT", "QQQ"], "large2": ["AAPL", "MSFT"]}
+        got = await managed_quantities_of(store.pool, wanted)
+        assert got == {"large": {"AAPL": Decimal(5), "MSFT": Decimal(2)},
+                       "large2": {"AAPL": Decimal(7), "MSFT": Decimal(4)}}
+        for acct, symbols in wanted.items():
+            assert got[acct] == await managed_quantities(store.pool, acct, symbols)
+        assert await managed_quantities_of(store.pool, {}) == {}

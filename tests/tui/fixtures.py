@@ -2,8 +2,10 @@
 
 Everything is relative to a frozen instant `T` the test chooses, so ages, gaps and P&L
 are exact. `write_fixture(store, T)` writes two accounts (large, tiny) with positions
-(stocks and one option), heartbeats and runs for every role process, an open and a
-closed incident, orders and fills, a kill switch on tiny and the reconciliation rows.
+(stocks and one option; owners: AAPL managed, bought by the pipeline; MSFT mixed, 3 of
+its 5 adopted; the option and tiny's SPY external), heartbeats and runs for every role
+process, an open and a closed incident, orders and fills, a kill switch on tiny and the
+reconciliation rows.
 `write_drift_block(store)` adds the position manager's drift block on large.
 """
 
@@ -14,6 +16,7 @@ from decimal import Decimal
 
 from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.store import Store
+from ops.store.ownership import Adjustment, pipeline_prefix, record_adjustment
 from ops.supervisor import ACCOUNT_ROLES, program_name
 
 ACCOUNTS = ("large", "tiny")
@@ -39,10 +42,10 @@ def position(symbol: str, qty: str, avg: str, last: str, asset_class: str = "us_
 
 
 def order(oid: str, symbol: str, side: str, qty: str, status: str, at: datetime,
-          price: str | None = None) -> Order:
-    return Order(id=oid, client_order_id=f"c-{oid}", symbol=symbol, side=side,
-                 order_type="market", time_in_force="day", status=status, created_at=at,
-                 updated_at=at, submitted_at=at, qty=Decimal(qty),
+          price: str | None = None, client_order_id: str | None = None) -> Order:
+    return Order(id=oid, client_order_id=client_order_id or f"c-{oid}", symbol=symbol,
+                 side=side, order_type="market", time_in_force="day", status=status,
+                 created_at=at, updated_at=at, submitted_at=at, qty=Decimal(qty),
                  filled_qty=Decimal(qty) if status == "filled" else Decimal(0),
                  filled_avg_price=Decimal(price) if price else None)
 
@@ -82,14 +85,19 @@ async def write_fixture(store: Store, t: datetime) -> None:
             name = program_name(role, acct)
             await beat(store, name, acct, role, t - timedelta(seconds=1))
             await ran(store, name, acct, role, t - timedelta(seconds=1))
-    # Orders and fills.
-    buy = order("o-1", "AAPL", "buy", "10", "filled", t - timedelta(seconds=30), "180")
+    # Orders and fills. AAPL's buy is the pipeline's own order: AAPL is managed.
+    buy = order("o-1", "AAPL", "buy", "10", "filled", t - timedelta(seconds=30), "180",
+                client_order_id=pipeline_prefix("large") + "sig-1")
     await store.upsert_orders("large", [buy])
     await store.record_trade_updates("large", [TradeUpdate(
         event="fill", order=buy, timestamp=t - timedelta(seconds=30), execution_id="x-1",
         price=Decimal("180"), qty=Decimal("10"), position_qty=Decimal("10"))])
     await store.upsert_orders("tiny", [
         order("o-2", "SPY", "buy", "1", "rejected", t - timedelta(seconds=20))])
+    # MSFT, opened by hand, 3 of its 5 adopted: mixed.
+    await record_adjustment(store.pool, Adjustment(
+        "large", "MSFT", Decimal(3), "adopt", "adopt:fixture-msft", "adopted 3",
+        "cli:fixture", t - timedelta(minutes=10)))
     # Incidents: one still open, one closed after 5 minutes.
     await store.open_incident("position-drift", detail="MSFT broker 5 vs db 4",
                               account="large", dedupe_key="drift:large",

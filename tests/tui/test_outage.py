@@ -17,7 +17,7 @@ from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.supervisor import SupervisorClient
 from tests.tui.conftest import CONFIG, ROOT, T
-from tests.tui.fixtures import write_fixture
+from tests.tui.fixtures import OPTION, write_fixture
 from tests.tui.helpers import column, until
 from tui.app import Dashboard
 from tui.data import DashboardData
@@ -56,6 +56,30 @@ async def test_postgres_down_banner_and_buffered_data(pg_dedicated: EmbeddedPost
             assert column(app.query_one(AccountsTable), "kill") == ["■ HALT", "■ HALT"]
 
 
+async def test_owners_through_an_outage(pg_dedicated: EmbeddedPostgres, pg_home: Path,
+                                        config: Config) -> None:
+    """Ownership is read from Postgres only: during an outage the owner column keeps what
+    the last load read, and says "unknown" where nothing was read yet."""
+    env = RuntimeEnv(config_path=CONFIG, home=pg_home / "ops", database_url=pg_dedicated.url())
+    async with await Store.open(env, process="fixture") as store:
+        await write_fixture(store, T)
+    async with await Store.open(env, process="ops-dash") as store:
+        def data() -> DashboardData:
+            return DashboardData(env, config, store,
+                                 SupervisorClient.for_env(env, timeout_s=1), lambda: T)
+
+        seen = data()
+        before = await seen.load()
+        owners = {p.key: p.owner for p in before.positions}
+        assert owners == {"large/AAPL": "managed", f"large/{OPTION}": "external",
+                          "large/MSFT": "mixed", "tiny/SPY": "external"}
+        await asyncio.to_thread(pg_dedicated.stop, mode="fast")
+        during = await seen.load()
+        assert during.database.source == "buffer"
+        assert {p.key: p.owner for p in during.positions} == owners
+        assert {p.owner for p in (await data().load()).positions} == {"unknown"}
+
+
 def test_once_prints_a_text_snapshot_without_a_terminal(ops_env: RuntimeEnv) -> None:
     async def write() -> None:
         async with await Store.open(ops_env, process="fixture") as store:
@@ -71,7 +95,8 @@ def test_once_prints_a_text_snapshot_without_a_terminal(ops_env: RuntimeEnv) -> 
     text = out.stdout
     for expected in ("ACCOUNTS", "PROCESSES", "POSITIONS (4)", "INCIDENTS", "ORDERS & FILLS",
                      "AAPL 2026-06-19 190 call", "PASIM0000001", "100,250.50",
-                     "SUPERVISORD NOT REACHABLE", "position-drift", "halt"):
+                     "SUPERVISORD NOT REACHABLE", "position-drift", "halt",
+                     "3 managed / 2 external"):
         assert expected in text, (expected, text)
     assert out.stderr == ""
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
-from ops.config import Config
+import pytest
+
+import tui.data
+from ops.config import Config, remember_if_good
 from ops.env import RuntimeEnv
+from ops.status import load_env_config
 from ops.store import Store
+from ops.store.ownership import managed_quantities_of
 from ops.supervisor import SupervisorClient
-from tests.tui.conftest import T
+from tests.tui.conftest import CONFIG, T
 from tests.tui.fixtures import OPTION, write_fixture
 from tests.tui.helpers import cells, column, until
 from tui.app import Dashboard
 from tui.data import DashboardData
 from tui.screens.help import HelpScreen
+from tui.text import render_text
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.banner import Banner
 from tui.widgets.feed import FeedTable
@@ -94,7 +104,7 @@ async def test_sorting_positions(dash_env: RuntimeEnv, config: Config,
         await until(pilot, lambda: app.loads >= 1, what="first load")
         positions = app.query_one(PositionsTable)
         await pilot.press("2")
-        for _ in range(3):  # account -> symbol -> qty -> pl
+        for _ in range(4):  # account -> symbol -> qty -> owner -> pl
             await pilot.press("o")
         assert positions.sort_by == ("pl", False)
         assert column(positions, "pl") == ["-50.00", "-5.00", "+90.00", "+140.00"]
@@ -130,3 +140,81 @@ async def test_clock_ages_rows_without_io(dash_env: RuntimeEnv, config: Config,
         await pilot.press("escape")
         await until(pilot, lambda: cells(processes, "large-stream")["heartbeat"] == "101s",
                     what="catch up after the modal")
+
+
+#: The fixture's owners: AAPL bought by the pipeline, 3 of MSFT's 5 adopted, the option
+#: and SPY opened by hand.
+OWNERS = {"large/AAPL": "managed", f"large/{OPTION}": "external", "large/MSFT": "3m/2x",
+          "tiny/SPY": "external"}
+
+
+def _count_ownership_reads(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, list[str]]]:
+    """Every ownership query the dashboard sends: the accounts and symbols it asks for."""
+    calls: list[dict[str, list[str]]] = []
+
+    async def counting(pool: Any, wanted: Mapping[str, Iterable[str]],
+                       ) -> dict[str, dict[str, Decimal]]:
+        calls.append({a: sorted(symbols) for a, symbols in wanted.items()})
+        return await managed_quantities_of(pool, wanted)
+
+    monkeypatch.setattr(tui.data, "managed_quantities_of", counting)
+    return calls
+
+
+async def test_positions_say_who_owns_them(dash_env: RuntimeEnv, config: Config,
+                                           ops_store: Store,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Owner column (issue 14.1): managed, external, or a mixed position's split, on
+    screen at 80 columns; one ownership query per load for every account's positions;
+    `ops dash --once` says the split in words."""
+    await write_fixture(ops_store, T)
+    calls = _count_ownership_reads(monkeypatch)
+    app = Dashboard(_data(dash_env, config, ops_store), refresh_s=3600)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.loads >= 1, what="first load")
+        await pilot.press("2")
+        await pilot.pause()
+        positions = app.query_one(PositionsTable)
+        assert {k: cells(positions, k)["owner"] for k in positions.items} == OWNERS
+        assert calls == [{"large": sorted(["AAPL", OPTION, "MSFT"]), "tiny": ["SPY"]}]
+        # Readable on an 80-column screen, next to the quantity.
+        header, *rows = [positions.render_line(y).text for y in range(5)]
+        assert header.split()[:4] == ["Account▲", "Symbol", "Qty", "Owner"], header
+        at, end = header.index("Owner"), header.index("Unreal P&L")
+        assert [r[at:end].strip() for r in rows] == [
+            "managed", "external", "3m/2x", "external"], rows
+        app.poll()
+        await until(pilot, lambda: app.loads >= 2, what="second load")
+        assert len(calls) == 2  # one per load, not one per symbol or account
+        assert app.state is not None
+        text = render_text(app.state, T)
+    msft = next(line for line in text.splitlines() if "MSFT" in line)
+    assert "3 managed / 2 external" in msft, text
+    assert "external" in next(line for line in text.splitlines() if "SPY" in line)
+
+
+async def test_manage_external_from_the_last_good_config(
+        ops_env: RuntimeEnv, ops_store: Store, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`manage_external = true` (large) makes every position of the account managed,
+    without asking the store; read from the last good config while the file on disk is
+    invalid, the config the dashboard works from."""
+    conf = tmp_path / "edited.toml"
+    good = CONFIG.read_text()
+    assert good.count("manage_external = false") == 2  # large's first, then tiny's
+    conf.write_text(good.replace("manage_external = false", "manage_external = true", 1))
+    env = RuntimeEnv(config_path=conf, home=ops_env.home, database_url=ops_env.database_url)
+    remember_if_good(conf, env.run_dir)
+    conf.write_text(conf.read_text().replace("stream_check_s = 5", "stream_check_s = -5", 1))
+    loaded = load_env_config(env)
+    assert not isinstance(loaded, str), loaded
+    _, config = loaded
+    assert config.accounts["large"].manage_external
+    await write_fixture(ops_store, T)
+    calls = _count_ownership_reads(monkeypatch)
+    state = await _data(env, config, ops_store).load()
+    assert {p.key: p.owner for p in state.positions} == {
+        "large/AAPL": "managed", f"large/{OPTION}": "managed", "large/MSFT": "managed",
+        "tiny/SPY": "external"}
+    assert calls == [{"tiny": ["SPY"]}]
+    assert any("config file is invalid" in p for p in state.problems), state.problems

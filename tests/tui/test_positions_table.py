@@ -25,6 +25,7 @@ from ops.supervisor import SupervisorClient
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import until
+from tui import format as f
 from tui.app import Dashboard
 from tui.data import DashboardData, PositionRow
 from tui.widgets.footer import DashFooter, key_width
@@ -34,6 +35,7 @@ from tui.widgets.positions import PositionsTable
 def row(i: int, account: str = "large", pl: str | None = None, step: int = 0) -> PositionRow:
     """Position i: every column's value differs between rows and orders differently."""
     qty = Decimal((i * 7) % 11 + 1)
+    managed = qty * ((i * 5) % 4) // 3  # external, mixed or managed
     avg = Decimal(100 + (i * 3) % 13)
     last = avg + Decimal((i * 5 + step) % 9 - 4)
     unreal = Decimal(pl) if pl is not None else qty * (last - avg)
@@ -41,7 +43,7 @@ def row(i: int, account: str = "large", pl: str | None = None, step: int = 0) ->
         account=account, symbol=f"S{i:04d}", description=f"S{i:04d}", qty=qty, avg_entry=avg,
         last_price=last, market_value=qty * last, unrealized_pl=unreal,
         unrealized_pct=(last - avg) / avg * 100,
-        opened_at=T - timedelta(minutes=(i * 17) % 23))
+        opened_at=T - timedelta(minutes=(i * 17) % 23), managed=managed)
 
 
 class Host(App[None]):
@@ -70,11 +72,13 @@ async def shown(pilot: Pilot[None], rows: Sequence[PositionRow],
 
 async def test_sorts_by_every_column_both_ways() -> None:
     rows = [row(i, "large" if i % 2 else "tiny") for i in range(12)]
-    rows.append(replace(row(12), unrealized_pl=None, last_price=None))  # no quote yet
+    # No quote yet, ownership unknown.
+    rows.append(replace(row(12), unrealized_pl=None, last_price=None, managed=None))
     # What each column means, independently of the table's own sort keys.
     value: dict[str, Callable[[PositionRow], Any]] = {
         "account": lambda r: (r.account, r.symbol), "symbol": lambda r: r.description,
         "qty": lambda r: r.qty, "avg": lambda r: r.avg_entry,
+        "owner": lambda r: None if r.managed is None else (r.qty - r.managed) / r.qty,
         "pl": lambda r: r.unrealized_pl, "pct": lambda r: r.unrealized_pct,
         "last": lambda r: r.last_price, "value": lambda r: r.market_value,
         "held": lambda r: T - (r.opened_at or T),
@@ -89,7 +93,7 @@ async def test_sorts_by_every_column_both_ways() -> None:
                 got = [get(r) for r in table.rows]
                 present = [v for v in got if v is not None]
                 assert present == sorted(present, reverse=reverse), (column, reverse, got)
-                if column in ("pl", "last"):  # a missing value first, or last reversed
+                if column in ("pl", "last", "owner"):  # missing first, or last reversed
                     assert (got[-1] if reverse else got[0]) is None, (column, got)
                 label = dict(table.COLUMNS)[column]
                 assert label + ("▼" if reverse else "▲") in line_text(table, 0)
@@ -295,3 +299,15 @@ async def _check_footer(data: DashboardData, width: int) -> None:
         # Every shown key sits fully left of the palette key.
         palette = next(k for k in all_keys if k.has_class("-command-palette"))
         assert all(k.region.right <= palette.region.x for k in visible if k is not palette)
+
+
+def test_owner_words() -> None:
+    """The owner column's words: compact on screen, the split spelled out for --once."""
+    d = Decimal
+    assert f.owner(d(10), d(10)) == "managed"
+    assert f.owner(d(10), d(0)) == "external"
+    assert f.owner(d(10), d(7)) == "7m/3x"
+    assert f.owner(d(10), d(7), long=True) == "7 managed / 3 external"
+    assert f.owner(d(-10), d(-4)) == "4m/6x"  # a short position: the qty column has the sign
+    assert f.owner(d("1500.5"), d(1200)) == "1,200m/300.5x"
+    assert f.owner(d(10), None) == "unknown"

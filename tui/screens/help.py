@@ -24,6 +24,10 @@ Gap: age of the last completed run minus the expected interval (+ is overdue).
 Restarts: watchdog restarts today (from incidents).
 Accounts, Pos "DRIFT": the broker's positions differ from the database's; the position
 manager blocks new entries until they agree again or you accept the broker's (a).
+Positions, Owner: managed (opened by the pipeline: exit rules apply), external (opened
+by hand or by another tool: shown and counted in the risk limits, never sold by exit
+rules or a "managed only" flatten; `ops positions adopt` makes it managed), or both:
+"7m/3x" is 7 managed and 3 external. An account with manage_external = true manages all.
 Incidents: ● OPEN needs a human; ○ acked: someone has it (acknowledged with a on the
 incidents panel): it stays listed, muted, but no longer counts as an open incident in
 the header or makes `ops status` degraded. It still closes when its condition clears.

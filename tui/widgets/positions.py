@@ -2,7 +2,9 @@
 
 A `VirtualTable`: a refresh sorts the rows (a key function over the plain rows, no cells
 built) and formats only the rows on screen, so 2 accounts x 1,000 positions cost what
-one screenful costs. Options read as "AAPL 2026-06-19 190 call". `cycle_sort()` moves the
+one screenful costs. Options read as "AAPL 2026-06-19 190 call". Owner says who owns
+the position: managed (the pipeline's), external (opened outside it: never sold by exit
+rules), or a mixed one's split ("7m/3x": 7 managed, 3 external). `cycle_sort()` moves the
 sort to the next column (reverse: flips the order); the cursor stays on its position.
 P&L reads in monochrome too: signed figures (+90.00, -2.50%), colour only on top.
 """
@@ -26,11 +28,19 @@ def _present(value: Any) -> tuple[bool, Any]:
     return (value is not None, 0 if value is None else value)
 
 
+def _external_share(r: PositionRow) -> Decimal | None:
+    """The external part's share of the position (0: managed, 1: external)."""
+    external = r.external
+    return None if external is None or not r.qty else abs(external) / abs(r.qty)
+
+
 #: Column key -> what it sorts by (ascending); ties fall back to the row key.
 SORT_KEYS: dict[str, Callable[[PositionRow], Any]] = {
     "account": lambda r: r.key,  # account, then symbol
     "symbol": lambda r: (r.description, r.key),
     "qty": lambda r: (r.qty, r.key),
+    # Managed first, mixed by their external share, then external; unknown first.
+    "owner": lambda r: (_present(_external_share(r)), r.key),
     "pl": lambda r: (_present(r.unrealized_pl), r.key),
     "pct": lambda r: (_present(r.unrealized_pct), r.key),
     "last": lambda r: (_present(r.last_price), r.key),
@@ -43,14 +53,14 @@ SORT_KEYS: dict[str, Callable[[PositionRow], Any]] = {
 
 
 class PositionsTable(VirtualTable[PositionRow]):
-    """Positions: account, symbol, qty, P&L $ and %, last, avg entry, value, held for."""
+    """Positions: account, symbol, qty, owner, P&L $ and %, last, avg entry, value, held."""
 
     BORDER_TITLE = "Positions"
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
-        # P&L right after the symbol: it survives an 80-column terminal.
-        ("account", "Account"), ("symbol", "Symbol"), ("qty", "Qty"), ("pl", "Unreal P&L"),
-        ("pct", "P&L %"), ("last", "Last"), ("avg", "Avg entry"), ("value", "Mkt value"),
-        ("held", "Held"),
+        # Owner and P&L right after the symbol: they survive an 80-column terminal.
+        ("account", "Account"), ("symbol", "Symbol"), ("qty", "Qty"), ("owner", "Owner"),
+        ("pl", "Unreal P&L"), ("pct", "P&L %"), ("last", "Last"), ("avg", "Avg entry"),
+        ("value", "Mkt value"), ("held", "Held"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = VirtualTable.COMPONENT_CLASSES | {
         "pl--gain", "pl--loss"}
@@ -109,6 +119,7 @@ class PositionsTable(VirtualTable[PositionRow]):
             (row.account, None),
             (row.description, None),
             (f.qty(row.qty), None),
+            (f.owner(row.qty, row.managed), None),
             (f.money(row.unrealized_pl, signed=True), _pl(row.unrealized_pl)),
             (f.pct(row.unrealized_pct), _pl(row.unrealized_pct)),
             (f.price(row.last_price), None),
