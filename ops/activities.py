@@ -127,6 +127,27 @@ def split_ratio(delta: Decimal, held_before: Decimal, held_now: Decimal | None) 
     return plausible.pop() if len(plausible) == 1 else None
 
 
+#: How close the cost basis (qty x average entry) must stay for a change to read as a
+#: split: Alpaca keeps the basis through a split, a trade moves it with the quantity.
+SPLIT_BASIS_TOLERANCE = Decimal("0.005")
+
+
+def looks_like_split(before_qty: Decimal, before_avg: Decimal, qty: Decimal,
+                     avg: Decimal) -> bool:
+    """Whether a position's change between two reads looks like a split or a reverse
+    split: the share count changed by a plausible split ratio (`nice_ratio`) while the
+    cost basis stayed within `SPLIT_BASIS_TOLERANCE` (a fill moves the basis with the
+    quantity: a buy adds its cost, a sell removes its shares' at the same average). Used
+    to hold a position's exits until the broker's split activity re-bases its exit state
+    (the position can change before the activity is published)."""
+    if before_qty == 0 or qty == 0 or (before_qty > 0) != (qty > 0) or before_avg <= 0:
+        return False
+    if not nice_ratio(Fraction(qty) / Fraction(before_qty)):
+        return False
+    before_basis = abs(before_qty * before_avg)
+    return abs(abs(qty * avg) - before_basis) <= before_basis * SPLIT_BASIS_TOLERANCE
+
+
 def scale(x: Decimal, r: Fraction) -> Decimal:
     """x x r, in Decimal (exact when r's denominator has only the factors 2 and 5)."""
     return x * r.numerator / r.denominator
@@ -373,5 +394,5 @@ def _pair_late(source: Leg, legs: list[Leg]) -> LatePair | None:
 
 __all__ = ["CLOSING", "FETCH_TYPES", "POSITION_TYPES", "SPLITS", "Applied", "Book",
            "LatePair", "Leg", "Plan", "closed_managed", "inherited", "is_sink", "is_source",
-           "kind_of", "nice_ratio", "pairs", "plan", "qty_delta", "rebase_state", "scale",
-           "split_ratio"]
+           "kind_of", "looks_like_split", "nice_ratio", "pairs", "plan", "qty_delta",
+           "rebase_state", "scale", "split_ratio"]

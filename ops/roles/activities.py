@@ -30,7 +30,7 @@ may be stale then): the activities wait for the next tick; the broker keeps them
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -83,10 +83,12 @@ class ActivityApplier:
         self._now = now
         self.counters = ActivityCounters()
 
-    async def run(self) -> ActivityRun:
-        """Read, plan and apply; never raises (a failure is returned, the tick goes on)."""
+    async def run(self, held_before: Mapping[str, Decimal] | None = None) -> ActivityRun:
+        """Read, plan and apply; never raises (a failure is returned, the tick goes on).
+        `held_before`: positions known from before a split that the last sync already
+        shows split (the position manager's split hold), read instead of the sync's."""
         try:
-            return await self._run()
+            return await self._run(held_before or {})
         except Exception as exc:
             if is_outage(exc):
                 self.counters.activities_skipped += 1
@@ -100,7 +102,7 @@ class ActivityApplier:
                 log.exception("account %s: applying activities failed", self.account)
             return ActivityRun(failures=(f"activities: {type(exc).__name__}: {exc}",))
 
-    async def _run(self) -> ActivityRun:
+    async def _run(self, held_before: Mapping[str, Decimal]) -> ActivityRun:
         if await self.store.buffer.has_pending():
             self.counters.activities_skipped += 1
             log.info("account %s: activities wait: the outage buffer still holds rows",
@@ -122,7 +124,7 @@ class ActivityApplier:
         done = await aq.applied_ids(pool, self.account, (a.id for a in batch))
         new = [a for a in batch if a.id not in done]
         if new:
-            applied = await self._apply(new, seen_at)
+            applied = await self._apply(new, seen_at, held_before)
         else:
             applied = []
         await aq.save_reads(pool, self.account, aq.Reads(reads.since, seen_at))
@@ -130,7 +132,8 @@ class ActivityApplier:
                             if a.symbol is not None and (a.exit_state or a.exit_reset))
         return ActivityRun(tuple(applied), rebased)
 
-    async def _apply(self, new: Sequence[NonTradeActivity], at: datetime) -> list[act.Applied]:
+    async def _apply(self, new: Sequence[NonTradeActivity], at: datetime,
+                     held_before: Mapping[str, Decimal]) -> list[act.Applied]:
         pool = self.store.pool
         symbols = {a.symbol for a in new if a.symbol}
         for a in new:  # the underlying of a contract: its OPTRD may pair later
@@ -146,9 +149,11 @@ class ActivityApplier:
             held_now[symbol] = pos.qty if pos is not None else Decimal(0)
         days = {a.date for a in new if a.date is not None}
         exits = await pq.load_exit_states(pool, self.account)
+        held = await aq.held(pool, self.account, symbols)
+        held.update((s, q) for s, q in held_before.items() if s in symbols)
         book = act.Book(
             applied=frozenset(),
-            held=await aq.held(pool, self.account, symbols),
+            held=held,
             managed=await managed_quantities(pool, self.account, symbols),
             exits={s: t.state for s, t in exits.items() if s in symbols},
             legs=tuple(await aq.legs(pool, self.account, days)),

@@ -78,6 +78,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from ops import activities as act
 from ops import drift, refusals
 from ops.broker import Broker, BrokerError
 from ops.daemon import Service
@@ -91,6 +92,7 @@ from ops.exits import (
 )
 from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
 from ops.ownership import Holding, split
+from ops.risk import qty_text
 from ops.roles.activities import ActivityApplier
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
 from ops.roles.protective_stops import ProtectiveStops, Target
@@ -152,6 +154,7 @@ class PositionCounters:
     exits_idle: int = 0  # ticks that skipped exits: market closed
     exits_refused_open: int = 0  # symbols with an open exit-refused incident
     exits_deferred: int = 0  # decisions held back: a PDT-refused exit waits for the next open
+    split_held: int = 0  # symbols whose exits and stop wait: changed like a split, not re-based
     positions_external: int = 0  # held symbols with an external part (never sold here)
     exits_ownership_unknown: int = 0  # ticks without exits: ownership not readable
     errors: int = 0
@@ -198,6 +201,11 @@ class PositionManager:
         self._unsettled: dict[str, str] = {}  # symbol -> exit cid whose submit was "unknown"
         # symbol -> when a refused exit is worth sending again (PDT: the next session open).
         self._retry_at: dict[str, datetime] = {}
+        # The previous read of each position (qty, average entry; None: not read yet) and
+        # the symbols that changed like a split the applied activities do not explain yet.
+        self._last_seen: dict[str, tuple[Decimal, Decimal]] | None = None
+        # symbol -> (the quantity before, what was seen)
+        self._split_held: dict[str, tuple[Decimal, str]] = {}
         self.secret_id = secret_id  # named (never read) when the broker rejects the key
         self._manage_external = manage_external or (lambda: False)
         self._managed_cache: dict[str, Decimal] = {}  # symbol -> last read managed qty
@@ -220,13 +228,15 @@ class PositionManager:
         ledger then shows the error), but a failed step never skips the later ones."""
         # Non-trade activities first: the positions read next hold every one applied, and
         # the exit state a split re-based is read back before any exit sees new prices.
-        activity = await self.activities.run()
+        activity = await self.activities.run(
+            {s: before for s, (before, _) in self._split_held.items()})
         if activity.rebased:  # re-read from the store (re-based), or tracked afresh (reset)
             for symbol in activity.rebased:
                 self._tracked.pop(symbol, None)
             self._tracked_loaded = False
         now = self._now()
         positions = await self.broker.list_positions()
+        await self._hold_splits(positions, activity.rebased)
         self.stops.observe(positions)
         answered = self._now()
         self.drift.snapshot_answered = answered
@@ -252,6 +262,50 @@ class PositionManager:
                 failures.append(f"{step.__name__}: {type(exc).__name__}: {exc}")
         if failures:
             raise RuntimeError("; ".join(failures))
+
+    # -- splits not re-based yet ------------------------------------------------------------
+
+    async def _hold_splits(self, positions: Sequence[Position], rebased: frozenset[str]
+                           ) -> None:
+        """Hold the exits and the protective stop of a position that changed like a split
+        since the previous read (ops.activities.looks_like_split) while no applied split
+        activity re-based its exit state: the broker can show the split before its
+        activity is published (or between this tick's activity read and its position
+        read), and an exit state that is not re-based reads a 2:1 split as a 50 % loss.
+        Held until the activity is applied or the position is gone; the first read after
+        a start compares with the last stored sync."""
+        for symbol in rebased:
+            if self._split_held.pop(symbol, None) is not None:
+                log.warning("account %s: %s re-based by its split activity; exits and the "
+                            "protective stop resume", self.account, symbol)
+        if self._last_seen is None:
+            self._last_seen = await self._stored_positions()
+        seen = {p.symbol: (p.qty, p.avg_entry_price) for p in positions if p.qty != 0}
+        for symbol, (qty, avg) in seen.items():
+            before = self._last_seen.get(symbol)
+            if (before is None or symbol in rebased or symbol in self._split_held
+                    or not act.looks_like_split(before[0], before[1], qty, avg)):
+                continue
+            what = (f"{qty_text(before[0])} @ {before[1]} -> {qty_text(qty)} @ {avg}, the "
+                    "cost basis unchanged")
+            self._split_held[symbol] = (before[0], what)
+            log.warning("account %s: %s changed like a split (%s) and no split activity is "
+                        "applied yet: its exits and protective stop wait for it",
+                        self.account, symbol, what)
+        for gone in set(self._split_held) - set(seen):
+            del self._split_held[gone]
+        self._last_seen = seen
+        self.counters.split_held = len(self._split_held)
+
+    async def _stored_positions(self) -> dict[str, tuple[Decimal, Decimal]]:
+        try:
+            snap = await self.store.positions(self.account)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return {}
+        return {r.position.symbol: (r.position.qty, r.position.avg_entry_price)
+                for r in snap.rows if r.position.qty != 0}
 
     # -- refused exits -----------------------------------------------------------------------
 
@@ -321,7 +375,7 @@ class PositionManager:
         for whole in held:
             # Exit rules act on the managed lot only; external lots are never sold here.
             holding = owned[whole.symbol]
-            if holding.managed == 0:
+            if holding.managed == 0 or whole.symbol in self._split_held:
                 continue
             p = replace(whole, qty=holding.managed)
             price = prices.get(p.symbol)
@@ -533,6 +587,8 @@ class PositionManager:
             return self.stops.skip("ownership or water marks unknown (Postgres unreachable)")
         targets: dict[str, Target] = {}
         for whole in held:
+            if whole.symbol in self._split_held:
+                continue  # left as it is (ops.roles.protective_stops: `hold`)
             p = replace(whole, qty=owned[whole.symbol].managed)
             tracked = self._tracked.get(p.symbol)
             price = p.current_price or p.avg_entry_price
@@ -544,7 +600,8 @@ class PositionManager:
                 self._tracked[p.symbol] = tracked
                 await self._persist(p.symbol, tracked, now)
             targets[p.symbol] = Target(p, tracked.state)
-        await self.stops.reconcile(targets, self._rules(), now)
+        await self.stops.reconcile(targets, self._rules(), now,
+                                   hold=frozenset(self._split_held))
 
 # --- the role -----------------------------------------------------------------------------
 

@@ -512,9 +512,11 @@ class ProtectiveStops:
         log.info("account %s: protective stops left as they are: %s", self.account, why)
 
     async def reconcile(self, targets: Mapping[str, Target], rules: ExitRules,
-                        now: datetime | None = None) -> None:
+                        now: datetime | None = None, hold: frozenset[str] = frozenset()
+                        ) -> None:
         """Make the broker's resting stops match `targets` (the managed positions, each
-        with its managed quantity and tracked state): place, replace, cancel."""
+        with its managed quantity and tracked state): place, replace, cancel. The symbols
+        in `hold` are left as they are (a split the exit state is not re-based for yet)."""
         now = now or self._now()
         exiting, self._exiting = self._exiting, {}
         if not self._synced:
@@ -530,7 +532,7 @@ class ProtectiveStops:
             by_symbol.setdefault(o.symbol, []).append(o)
         failures: list[str] = []
         unprotected = resting = 0
-        for symbol in sorted(set(targets) | set(by_symbol)):
+        for symbol in sorted((set(targets) | set(by_symbol)) - hold):
             stops = by_symbol.get(symbol, [])
             target = targets.get(symbol)
             try:

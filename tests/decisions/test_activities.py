@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from ops.activities import (
     Book,
     closed_managed,
+    looks_like_split,
     plan,
     qty_delta,
     rebase_state,
@@ -238,3 +239,32 @@ def test_closing_takes_external_lots_first_and_never_more_than_managed(
 def test_qty_delta_signs(kind: str, qty: str, held: str, want: str) -> None:
     assert qty_delta(kind, Decimal(qty), Decimal(held)) == Decimal(want)
     assert qty_delta(kind, None, Decimal(held)) in (None, Decimal(0))
+
+
+# --- a split seen before its activity (ops.activities.looks_like_split) ---------------------
+
+_RATIOS = [Fraction(2), Fraction(3), Fraction(3, 2), Fraction(1, 2), Fraction(1, 10),
+           Fraction(5, 4), Fraction(10)]
+
+
+@given(qty=st.integers(1, 100_000), cents=st.integers(100, 500_000),
+       ratio=st.sampled_from(_RATIOS), short=st.booleans())
+def test_a_split_keeps_the_basis_and_looks_like_one(qty: int, cents: int, ratio: Fraction,
+                                                    short: bool) -> None:
+    q = Decimal(-qty if short else qty)
+    avg = Decimal(cents) / 100
+    after_q = q * ratio.numerator / ratio.denominator
+    after_avg = (avg * ratio.denominator / ratio.numerator).quantize(Decimal("0.0001"))
+    assert looks_like_split(q, avg, after_q, after_avg)
+
+
+@given(qty=st.integers(1, 100_000), cents=st.integers(100, 500_000),
+       traded=st.integers(1, 200_000), price_cents=st.integers(1, 500_000))
+def test_a_fill_never_looks_like_a_split(qty: int, cents: int, traded: int,
+                                         price_cents: int) -> None:
+    """A buy adds its cost to the basis, a sell takes its shares out at the average."""
+    q, avg, price = Decimal(qty), Decimal(cents) / 100, Decimal(price_cents) / 100
+    bought_avg = (q * avg + traded * price) / (q + traded)
+    assert not looks_like_split(q, avg, q + traded, bought_avg)
+    if traded < qty:
+        assert not looks_like_split(q, avg, q - traded, avg)

@@ -9,9 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
 from ops.exits import NEW_YORK, ExitRules
 from ops.models import OptionSymbol, Side
 from ops.ownership import split
+from ops.roles.activities import ActivityRun
 from ops.roles.position_manager import DRIFT_CONTROL, PositionManager
 from ops.sim.accounts import PositionState
 from ops.sim.wire import stable_uuid
@@ -108,6 +111,41 @@ async def test_a_1_for_2_reverse_split_of_a_short_fires_no_exit(rig: Rig) -> Non
     assert await owned(rig, "MSFT") == (Decimal(-5), Decimal(0))
     after = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["MSFT"].state
     assert before.low_water * Decimal("1.98") < after.low_water <= before.low_water * 2
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
+async def test_a_split_seen_before_its_activity_holds_exits_and_the_stop(
+        rig: Rig, restart: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The broker shows the split before its activity can be read (published late, or
+    between the tick's activity read and its position read; or while the process was
+    down): the position changed like a split, nothing re-based it yet, so its exits and
+    its protective stop wait, instead of reading a 2:1 split as a 50 % loss."""
+    rig.rules = ExitRules(stop_loss_pct=Decimal(5), trailing_stop_pct=Decimal(3))
+    await rig.buy("AAPL", 10)
+    await rig.wait_fills(1)
+    pm = rig.manager(protective_stops=lambda: True)
+    await ticks(pm, 2)
+    assert [o.client_order_id for o in await rig.broker.list_orders(status="open")
+            if o.symbol == "AAPL"] != []  # its stop rests
+    rig.sim.faults.split("AAPL", "2:1")  # cancels the stop, halves the price
+    if restart:
+        pm = rig.manager(protective_stops=lambda: True)
+    async def unpublished(*_: object) -> ActivityRun:
+        return ActivityRun()
+    monkeypatch.setattr(pm.activities, "run", unpublished)  # not published yet
+    await pm.tick()
+    assert pm.counters.split_held == 1
+    assert rig.sim_exit_orders("AAPL") == []
+    assert [o for o in await rig.broker.list_orders(status="open") if o.symbol == "AAPL"] == []
+    assert await rig.broker.get_position("AAPL") is not None
+
+    monkeypatch.undo()  # published: re-based, exits and the stop resume
+    await pm.tick()
+    assert pm.counters.split_held == 0
+    assert rig.sim_exit_orders("AAPL") == []
+    assert await owned(rig, "AAPL") == (Decimal(20), Decimal(0))
+    (rec,) = await aq.records(rig.store.pool, ACCOUNT)
+    assert "split 2:1" in rec.effect and "re-based" in rec.effect, rec.effect
 
 
 async def test_a_split_with_a_restart_in_between_is_applied_once(rig: Rig) -> None:
