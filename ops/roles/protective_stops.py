@@ -350,6 +350,7 @@ class StopCounters:
     stops_unprotected: int = 0  # managed positions with nothing whole to cover (fractional)
     stops_skipped: int = 0  # reconciles skipped: ownership/state unknown, or flatten
     stops_deferred: int = 0  # placements waiting: someone else cancelled the stop just now
+    stops_crossed: int = 0  # placements not made: the level was already crossed (fresh read)
     exit_stop_cancels: int = 0  # stops cancelled (confirmed) before a local exit
     exit_stop_filled: int = 0  # local exits not sent: the stop filled first
     exit_stop_unconfirmed: int = 0  # local exits not sent (yet): cancel not confirmed
@@ -638,6 +639,17 @@ class ProtectiveStops:
         managed = split(symbol, fresh.qty, target.position.qty).managed
         qty = min(want.qty, whole_qty(managed, Decimal(0)))
         if qty <= 0:
+            return 0
+        price = fresh.current_price
+        if price is not None and price > 0 and (
+                want.stop_price >= price if want.side is Side.SELL else want.stop_price <= price):
+            # Already crossed: placed now it would fill at once, on a level computed from
+            # the tick's older read (a split or a jump since). The exit rules decide on
+            # the next tick's read instead.
+            self.counters.stops_crossed += 1
+            log.warning("account %s: protective stop for %s not placed: its level %s is "
+                        "already crossed (price now %s); the exit rules decide next tick",
+                        self.account, symbol, want.stop_price, price)
             return 0
         history = await self._history(symbol, target.state.opened_at)
         foreign = self._foreign_cancel(history)

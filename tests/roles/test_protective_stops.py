@@ -332,6 +332,26 @@ async def test_a_stop_cancelled_by_someone_else_is_placed_again_after_a_grace(
     assert again.client_order_id == stop_client_order_id(ACCOUNT, "AAPL", epoch, 2)
 
 
+async def test_a_level_already_crossed_is_not_placed(rig: Rig) -> None:
+    """Placed, a stop at a level the price has passed would fill at once, on a level from
+    an older read: the exit rules decide instead (here the market is closed for them)."""
+    rig.rules = ExitRules(stop_loss_pct=D(5))
+    await open_long(rig, "AAPL", 10, "200", 1)
+
+    async def closed() -> bool:
+        return False
+    pm = manager(rig, market_open=closed)
+    await pm.tick()
+    [stop] = resting(rig, "AAPL")
+    rig.sim.engine.cancel(rig.sim.engine.states[ACCOUNT], stop.id)
+    pm.stops.foreign_cancel_grace_s = 0
+    rig.sim.market.set_price("AAPL", D("150"))
+    await pm.tick()
+    assert resting(rig) == [] and pm.stops.counters.stops_crossed == 1
+    assert [o.status for o in sim_orders(rig, "AAPL")] == ["canceled"]
+    assert (await position(rig, "AAPL")).qty == 10
+
+
 # --- reconcile at start ---------------------------------------------------------------------
 
 
