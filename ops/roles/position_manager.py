@@ -90,9 +90,17 @@ from ops.exits import (
     exit_client_order_id,
     update_water_marks,
 )
-from ops.models import KillSwitch, Order, OrderRequest, OrderType, Position, TimeInForce
+from ops.models import (
+    KillSwitch,
+    OptionSymbol,
+    Order,
+    OrderRequest,
+    OrderType,
+    Position,
+    TimeInForce,
+)
 from ops.ownership import Holding, split
-from ops.risk import qty_text
+from ops.risk import position_intent, qty_text
 from ops.roles.activities import ActivityApplier
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
 from ops.roles.protective_stops import ProtectiveStops, Target
@@ -495,8 +503,12 @@ class PositionManager:
             self.counters.exits_waiting += 1
             log.warning("account %s: exit of %s not sent: %s", self.account, d.symbol, wait)
             return
+        # An option exit says it closes (Alpaca's position_intent; the held side decides).
+        intent = (position_intent(d.side, Decimal(1) if tracked.long else Decimal(-1)).value
+                  if OptionSymbol.parse(d.symbol) is not None else None)
         req = OrderRequest(symbol=d.symbol, side=d.side, client_order_id=cid, qty=d.qty,
-                           order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY)
+                           order_type=OrderType.MARKET, time_in_force=TimeInForce.DAY,
+                           position_intent=intent)
         res = await self.broker.submit_order(req)
         if (res.outcome == "accepted" and res.http_status == 422 and res.order is not None
                 and res.order.is_terminal):

@@ -390,6 +390,9 @@ async def test_option_closed_before_expiry(rig: Rig) -> None:
     await pm.tick()
     await pm.tick()
     await _assert_one_exit(rig, soon, ExitRule.OPTION_EXPIRY)
+    [exit_order] = [o for o in rig.sim.engine.states[ACCOUNT].orders.values()
+                    if o.symbol == soon and o.side == "sell"]
+    assert exit_order.position_intent == "sell_to_close"  # every option order says it
     assert rig.sim_exit_orders(later) == []
     held = {p.symbol for p in await rig.broker.list_positions()}
     assert held == {later}
