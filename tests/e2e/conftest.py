@@ -10,6 +10,7 @@ still name, so no supervisord or postgres outlives the tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -65,6 +66,25 @@ class Stack:
             time.sleep(interval_s)
             last = check()
         return last
+
+
+def counter(stack: Stack, account: str, role: str, name: str) -> int:
+    """A heartbeat counter of `<account>-<role>` (0 before its first heartbeat)."""
+    rows = stack.query("SELECT counters FROM heartbeats WHERE process = $1",
+                       f"{account}-{role}")
+    if not rows:
+        return 0
+    raw = rows[0]["counters"]
+    counters = json.loads(raw) if isinstance(raw, str) else (raw or {})
+    return int(counters.get(f"{role}.{name}", 0))
+
+
+def after(stack: Stack, account: str, role: str, name: str, n: int) -> None:
+    """Until the heartbeat counter `<role>.<name>` of `<account>-<role>` grew by `n` (the
+    process did that much more work: passes, syncs)."""
+    target = counter(stack, account, role, name) + n
+    stack.poll(f"{n} more {name} of {account}'s {role}",
+               lambda: counter(stack, account, role, name) >= target, timeout_s=60)
 
 
 def _cmdline(pid: int) -> str:

@@ -41,7 +41,7 @@ from ops.ownership import split
 from ops.risk import qty_text
 from ops.store import embedded
 from ops.store.ownership import managed_quantities
-from tests.e2e.conftest import Stack, make_home, tear_down, up_demo
+from tests.e2e.conftest import Stack, after, make_home, tear_down, up_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -145,22 +145,6 @@ def ops_ok(stack: Stack, *args: str) -> str:
     out = stack.ops(*args)
     assert out.returncode == 0, (args, out.stdout, out.stderr)
     return out.stdout
-
-
-def counter(stack: Stack, account: str, role: str, name: str) -> int:
-    rows = stack.query("SELECT counters FROM heartbeats WHERE process = $1",
-                       f"{account}-{role}")
-    if not rows:
-        return 0
-    raw = rows[0]["counters"]
-    counters = json.loads(raw) if isinstance(raw, str) else (raw or {})
-    return int(counters.get(f"{role}.{name}", 0))
-
-
-def after(stack: Stack, account: str, role: str, name: str, n: int) -> None:
-    target = counter(stack, account, role, name) + n
-    stack.poll(f"{n} more {name} of {account}'s {role}",
-               lambda: counter(stack, account, role, name) >= target, timeout_s=60)
 
 
 def after_syncs(stack: Stack, account: str = "large", n: int = 2) -> None:

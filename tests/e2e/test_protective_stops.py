@@ -36,7 +36,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, Stack, make_home, tear_down, up_demo
+from ops.supervisor import SupervisorClient
+from tests.e2e.conftest import ROOT, Stack, after, make_home, tear_down, up_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -214,10 +215,29 @@ def protected_then_killed(stack: Stack) -> dict[str, Any]:
         return state if ok else None
     stack.poll("large holds two managed positions, each with its stop",
                trading_and_protected, timeout_s=120)
-    for account in ACCOUNTS:  # no new entries: the positions stand still
+    # The positions stand still from here: the strategy stops deciding (its exit signals
+    # would close positions: an exit signal cancels the stop and sells), what it queued
+    # is dispatched, and if that closed some, the test buys symbols of its own.
+    sup = SupervisorClient.for_env(stack.env, timeout_s=10)
+    engine = next(p for p in sup.processes() if p.name == "signal-engine")
+    assert sup.stop(f"{engine.group}:{engine.name}")
+    for account in ACCOUNTS:
+        after(stack, account, "dispatcher", "passes", 2)
+    missing = 2 - len(whole_positions(sim_state(port), "large"))
+    for symbol in ("NVDA", "AMD")[:max(0, missing)]:
+        out = stack.ops("signal", "add", "--account", "large", "--symbol", symbol,
+                        "--side", "buy", "--qty", "5")
+        assert out.returncode == 0, out.stdout + out.stderr
+    stack.poll("large holds two managed positions, each with its stop",
+               trading_and_protected, timeout_s=60)
+    for account in ACCOUNTS:  # no new entries either
         out = stack.ops("pause", account)
         assert out.returncode == 0, out.stdout + out.stderr
-    time.sleep(6)  # an order in flight when the halt landed has its stop by now
+    # An order in flight when the halt landed has filled and has its stop once every
+    # account's dispatcher passed and its position manager ticked twice since.
+    for account in ACCOUNTS:
+        after(stack, account, "dispatcher", "passes", 2)
+        after(stack, account, "position-manager", "syncs", 2)
 
     def settled() -> dict[str, Any] | None:
         state = sim_state(port)
@@ -264,6 +284,13 @@ def restarted_without_duplicates(stack: Stack, dead: dict[str, Any],
     """`ops up` again: after two position-manager runs every position has its one stop,
     no moment shows two for a symbol, a stop that rested is kept or replaced (never
     cancelled and placed anew), and the filled one is not placed again."""
+    # The restarted strategy trades a symbol nobody holds (its entries are refused: the
+    # accounts are halted), so no exit signal moves a position while stops reconcile.
+    config = stack.env.config_path
+    text = config.read_text()
+    old = 'params = { symbols = ["AAPL", "MSFT", "SPY"] }'
+    assert text.count(old) == 1
+    config.write_text(text.replace(old, 'params = { symbols = ["IWM"] }'))
     again = up_demo(stack.env, stack.environ, stack.sim_port)
     assert again.up.returncode == 0, again.up.stdout + again.up.stderr
     restarted_at = datetime.now(UTC)
