@@ -4,6 +4,11 @@
 values that changed, inside one `batch_update()`: the cursor and scroll position survive
 every refresh, and an unchanged table costs no repaint. Styles for cells come from the
 widget's component classes, so colours live in app.tcss.
+
+Column widths are set by `sync` itself, at once: DataTable measures new cells only when
+it next idles, and its render caches are keyed by an update counter that this measuring
+does not move, so a row drawn in between (the cursor row, say) kept its too-narrow cells
+until some cell changed, which on a quiet table may be never.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from rich.measure import Measurement
 from rich.segment import Segment
 from rich.style import Style
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 _AS_TEXT: Any = object()
 Row = tuple[str, Sequence["SortText"]]  # (row key, cells in column order)
@@ -80,7 +86,7 @@ class KeyedTable(DataTable["SortText"]):
                 if old is None:
                     self.add_row(*new, key=key)
                     for col, cell in zip(columns, new, strict=True):
-                        self._widths[col] = max(self._widths.get(col, 0), cell.cell_len)
+                        self._fit(col, cell.cell_len)
                 elif old != new:
                     for col, before, after in zip(columns, old, new, strict=True):
                         if before != after or _sort_value(before) != _sort_value(after):
@@ -89,12 +95,23 @@ class KeyedTable(DataTable["SortText"]):
                             # thousands of rows: see bench/dashboard.py).
                             grow = after.cell_len > self._widths.get(col, 0)
                             if grow:
-                                self._widths[col] = after.cell_len
+                                self._fit(col, after.cell_len)
+                            # update_width: DataTable then also updates its virtual size.
                             self.update_cell(key, col, after, update_width=grow)
                 self._values[key] = new
             if sort is not None and self.row_count > 1:
                 column, reverse = sort
                 self.sort(column, key=_sort_value, reverse=reverse)
+
+    def _fit(self, col: str, width: int) -> None:
+        """Widen column `col` to show `width` cells, now (see the module docstring): any
+        later draw uses the final width; DataTable's own measuring on idle then finds it
+        already fits and changes nothing."""
+        if width <= self._widths.get(col, 0):
+            return
+        self._widths[col] = width
+        column = self.columns[ColumnKey(col)]
+        column.content_width = max(column.content_width, width)
 
 
 class SortText:
