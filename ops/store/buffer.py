@@ -16,6 +16,13 @@ Durability: journal_mode=WAL with synchronous=FULL, so a committed append surviv
 cut; busy_timeout lets several processes write without "database is locked" errors. Write
 transactions use BEGIN IMMEDIATE so they queue for the write lock up front.
 
+Cancellation: a write transaction always runs to its end (committed or rolled back), even
+when the caller gives up (a heartbeat's 1 s timeout, say); the caller's cancellation is
+delivered at once (`_transaction`). aiosqlite runs each statement in its own thread, where
+a cancellation cannot stop it: a BEGIN IMMEDIATE waiting on another process's lock takes
+the lock later anyway, and an abandoned transaction would keep the host-wide write lock
+for good, stalling every process's writes (heartbeats included) busy_timeout at a time.
+
 Full or read-only disk: every write raises `BufferUnwritable` (ops/store/errors.py) naming
 the file and the cause; reads go on working. `probe()` tells whether the file system has
 room for an outage, before one needs it.
@@ -32,7 +39,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,8 +227,33 @@ class Buffer:
     async def _write(
         self, rows: Sequence[tuple[str, str, str, float]], latest: Sequence[LatestEntry]
     ) -> None:
-        async with self._mutex:
-            await self._write_locked(rows, latest)
+        await self._transaction(lambda: self._write_locked(rows, latest))
+
+    async def _transaction(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run `body` (one write transaction) under the mutex, to its end whatever happens
+        to the caller (see the module docstring). A cancelled caller returns at once; the
+        mutex is held until the transaction has ended, so the next operation never runs
+        inside it, and its outcome is logged since nobody is left to raise it to."""
+        await self._mutex.acquire()
+        try:
+            task = asyncio.ensure_future(body())
+        except BaseException:
+            self._mutex.release()
+            raise
+        task.add_done_callback(lambda _: self._mutex.release())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._abandoned_done)
+            raise
+
+    def _abandoned_done(self, task: asyncio.Future[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.warning("outage buffer %s: a write whose caller had given up failed: %s",
+                        self.path, exc)
 
     async def _write_locked(
         self, rows: Sequence[tuple[str, str, str, float]], latest: Sequence[LatestEntry]
@@ -281,23 +313,25 @@ class Buffer:
 
     async def quarantine(self, row: PendingRow, error: str) -> None:
         """Move a row Postgres refused into `dead`, atomically."""
-        async with self._mutex:
-            c = self._conn
-            await self._begin()
-            try:
-                await c.execute(
-                    "INSERT OR REPLACE INTO dead (seq, kind, payload, process, created_at, "
-                    "error, failed_at) VALUES (?,?,?,?,?,?,?)",
-                    (row.seq, row.kind, row.payload_text, row.process, row.created_at,
-                     error, time.time()),
-                )
-                await c.execute("DELETE FROM pending WHERE seq = ?", (row.seq,))
-                await c.execute("COMMIT")
-            except BaseException as exc:
-                await self._rollback()
-                if is_unwritable(exc):
-                    raise BufferUnwritable.wrap(self.path, exc) from exc
-                raise
+        await self._transaction(lambda: self._quarantine_locked(row, error))
+
+    async def _quarantine_locked(self, row: PendingRow, error: str) -> None:
+        c = self._conn
+        await self._begin()
+        try:
+            await c.execute(
+                "INSERT OR REPLACE INTO dead (seq, kind, payload, process, created_at, "
+                "error, failed_at) VALUES (?,?,?,?,?,?,?)",
+                (row.seq, row.kind, row.payload_text, row.process, row.created_at,
+                 error, time.time()),
+            )
+            await c.execute("DELETE FROM pending WHERE seq = ?", (row.seq,))
+            await c.execute("COMMIT")
+        except BaseException as exc:
+            await self._rollback()
+            if is_unwritable(exc):
+                raise BufferUnwritable.wrap(self.path, exc) from exc
+            raise
 
     async def probe(self, headroom_bytes: int = PROBE_HEADROOM_BYTES) -> str | None:
         """None when the buffer can take writes, else why not (one line, naming the file).
@@ -310,8 +344,7 @@ class Buffer:
         try:
             await asyncio.to_thread(_reserve, self.path.with_name(self.path.name + ".probe"),
                                     headroom_bytes)
-            async with self._mutex:
-                await self._write_probe_row()
+            await self._transaction(self._write_probe_row)
         except BufferUnwritable as exc:
             return str(exc)
         except OSError as exc:
