@@ -49,7 +49,9 @@ def _lazy(module: str, func: str) -> Handler:
     return handler
 
 
-ROLE_CHOICES = ("stream", "dispatcher", "position-manager", "signal-engine")
+#: `ops run` / `ops health` roles; "monitor" is the orchestrated layout's watcher (one per
+#: deployment, no --account).
+ROLE_CHOICES = ("stream", "dispatcher", "position-manager", "signal-engine", "monitor")
 KILL_MODES = ("halt", "reduce-only", "flatten", "flatten-all")
 
 
@@ -87,6 +89,20 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     run.add_argument("--account", metavar="TIER",
                      help="account name from the config (required for per-account roles)")
     run.set_defaults(handler=_lazy("ops.roles.runtime", "cli_run"))
+
+    health = sub.add_parser(
+        "health",
+        help="per-container health check (ECS healthCheck, Kubernetes probes): exit 0 while "
+        "the role's local heartbeat file is fresh and it is not failing; 1 unhealthy, 2 no "
+        "heartbeat file yet; one line says why (reads $OPS_HOME/run/health, no database)",
+    )
+    health.add_argument("role", choices=ROLE_CHOICES, help="the role this container runs")
+    health.add_argument("--account", metavar="TIER",
+                        help="account name (required for per-account roles)")
+    health.add_argument("--ready", action="store_true",
+                        help="readiness: also require this instance to hold its singleton "
+                        "lock (a standby waiting on it fails)")
+    health.set_defaults(handler=_lazy("ops.healthcheck", "cli_health"))
 
     watchdog = sub.add_parser(
         "watchdog",

@@ -11,10 +11,15 @@ builder -> `Daemon([*role services, *tickers, heartbeat, lock keeper, control wa
 config watcher]).run()`.
 
 Waiting for the lock. When another instance holds it, this copy logs that it waits (and
-who holds it) and writes no heartbeat: the heartbeat row belongs to the process that
+who holds it) and writes no heartbeat row: the heartbeat row belongs to the process that
 works, and a standby must not overwrite the active one's counters. When Postgres is
 unreachable at start the lock cannot be taken by anybody, so the copy waits, heartbeating
 (the store buffers the beats; the watchdog reads the buffer) and retrying every second.
+
+The local heartbeat file. Every beat, from the heartbeat task's start to a clean stop
+(which removes it), also writes `$OPS_HOME/run/health/<process>.json` (ops.healthcheck:
+`ops health`, the orchestrators' probe): whether or not Postgres answers, and as a
+standby too (`active` false), with ops.health's failing verdict on the beat's counters.
 
 Run now. SIGUSR1 triggers every ticker of the process. So does a control row of the
 account (`*` for shared roles): key `run_now:<role>` (any value; `request_run_now()`
@@ -40,6 +45,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -60,6 +66,8 @@ from ops.config import (
 from ops.credentials import CredentialError, Credentials, load_credentials, provider_from_config
 from ops.daemon import Daemon, Service
 from ops.env import RuntimeEnv, runtime_env
+from ops.health import process_failure
+from ops.healthcheck import HealthFile, health_path, remove_health_file, write_health_file
 from ops.models import Heartbeat, KillSwitch
 from ops.retry import Backoff
 from ops.store import Control, Store
@@ -358,16 +366,54 @@ class _Heartbeat:
 
     def __init__(self, runtime: RoleRuntime, interval_s: float) -> None:
         self.runtime = runtime
+        self.interval_s = interval_s
         self.task = HeartbeatTask(runtime.process, runtime.account, runtime.role, self,
                                   interval_s, runtime.counters)
         self.name = self.task.name
+        self.health_path = health_path(runtime.env.home, runtime.process)
+        self.file_errors = 0
+        self._file_failing = False
         self._running: asyncio.Task[None] | None = None
 
     async def heartbeat(self, hb: Heartbeat) -> None:
+        # The file first and whatever the database does: liveness must not depend on it.
+        self.write_file(hb)
         if not self.runtime.beat_allowed():
             return
         assert self.runtime.store is not None
         await self.runtime.store.heartbeat(hb)
+
+    def write_file(self, hb: Heartbeat) -> None:
+        """The local heartbeat file for `ops health` (never raises: a failure is logged
+        once, and its end)."""
+        rt = self.runtime
+        config = rt.config
+        try:
+            reason = process_failure(config, hb.counters, rt.account) if config else None
+            stale_s = (config.watchdog.heartbeat_stale_for(rt.role) if config
+                       else 5 * self.interval_s)
+            write_health_file(self.health_path, HealthFile(
+                process=rt.process, pid=hb.pid, ts=hb.ts.timestamp(),
+                interval_s=self.interval_s, stale_s=stale_s, active=rt.active(),
+                failing=reason is not None, failing_reason=reason))
+        except Exception as exc:
+            self.file_errors += 1
+            if not self._file_failing:
+                self._file_failing = True
+                log.error("heartbeat file %s cannot be written (%s: %s): `ops health` will "
+                          "report this process unhealthy; retrying every beat",
+                          self.health_path, type(exc).__name__, exc)
+            return
+        if self._file_failing:
+            self._file_failing = False
+            log.info("heartbeat file %s is written again", self.health_path)
+
+    def remove_file(self) -> None:
+        """A clean stop: `ops health` then says there is no heartbeat (not a stale one)."""
+        try:
+            remove_health_file(self.health_path, os.getpid())
+        except OSError as exc:
+            log.warning("could not remove heartbeat file %s: %s", self.health_path, exc)
 
     def start(self) -> None:
         self._running = asyncio.create_task(self.task.run(), name=self.name)
@@ -602,6 +648,16 @@ class RoleRuntime:
         if self.daemon is not None:
             self.daemon.request_stop(reason)
 
+    @property
+    def config(self) -> Config | None:
+        """The config in force (the context's after build: hot reload swaps it)."""
+        return self.ctx.config if self.ctx is not None else self._config
+
+    def active(self) -> bool:
+        """Whether this instance holds its singleton lock and works (a standby, or a copy
+        still booting, does not)."""
+        return self.phase in ("building", "running") and self.lock_status.state != "lost"
+
     def beat_allowed(self) -> bool:
         """Whether the heartbeat row may be written now. Before the lock is ours, only
         while boot is stuck on something other than an active holder (broker or Postgres
@@ -790,6 +846,7 @@ class RoleRuntime:
             if running is not None and not running.done():
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(running, 5.0)
+            self._heartbeat.remove_file()
         if self.lock is not None:
             await self.lock.release()
         if self.broker is not None:
