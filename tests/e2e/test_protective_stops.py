@@ -288,9 +288,9 @@ def restarted_without_duplicates(stack: Stack, dead: dict[str, Any],
     # accounts are halted), so no exit signal moves a position while stops reconcile.
     config = stack.env.config_path
     text = config.read_text()
-    old = 'params = { symbols = ["AAPL", "MSFT", "SPY"] }'
-    assert text.count(old) == 1
-    config.write_text(text.replace(old, 'params = { symbols = ["IWM"] }'))
+    traded = 'params = { symbols = ["AAPL", "MSFT", "SPY"] }'
+    assert text.count(traded) == 1
+    config.write_text(text.replace(traded, 'params = { symbols = ["IWM"] }'))
     again = up_demo(stack.env, stack.environ, stack.sim_port)
     assert again.up.returncode == 0, again.up.stdout + again.up.stderr
     restarted_at = datetime.now(UTC)
