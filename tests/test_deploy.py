@@ -32,6 +32,7 @@ import pytest
 from ops.cli import ROLE_CHOICES, build_parser
 from ops.config import load_config
 from ops.daemon import DEFAULT_GRACE_S
+from ops.healthcheck import process_name, usage_problem
 from ops.roles.runtime import PER_ACCOUNT_ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,9 @@ def test_health_check_is_the_roles_own_liveness(family: str) -> None:
     assert check.command == "health"
     assert (check.role, check.account) == (run.role, run.account)
     assert not check.ready, "--ready would fail a standby and break the rolling hand-over"
+    # What `ops health` accepts beyond argparse, and the file the role itself writes.
+    assert usage_problem(check.role, check.account) is None
+    assert process_name(check.role, check.account) == cont["name"]
     # ECS's own bounds, and a hung role unhealthy within the bound.
     assert 5 <= hc["interval"] <= 300 and 2 <= hc["timeout"] < hc["interval"]
     assert 1 <= hc["retries"] <= 10 and 0 <= hc["startPeriod"] <= 300

@@ -6,8 +6,10 @@ role) of the deployed config, the signal engine and the monitor have exactly one
 Deployment, in the account's overlay or the shared one; replicas 1 with `Recreate`; the
 command and the startup / liveness / readiness probes are ones the `ops` CLI accepts,
 the probes `ops health` for the Deployment's own role and account (readiness alone with
-`--ready`), timed so a hung role is restarted within 15 s; the pod runs as the image's
-non-root user with a read-only root, no privilege escalation, no capabilities, the
+`--ready`), timed so a hung role is restarted within 15 s, and run through the CLI they
+judge the heartbeat file of the process the Deployment runs (named as that process: a
+standby alive but not ready, the active copy both, a stale one neither); the pod runs as
+the image's non-root user with a read-only root, no privilege escalation, no capabilities, the
 runtime's seccomp profile, writable emptyDirs only at OPS_HOME and /tmp; requests and
 limits; the IRSA service account with no API token; the config mounted where OPS_CONFIG
 points, from a ConfigMap whose config reads keys as the env provider does, and every key
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import shutil
 import subprocess
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -34,6 +38,7 @@ from ops.cli import ROLE_CHOICES, build_parser
 from ops.config import load_config, load_config_text
 from ops.credentials import env_var_for
 from ops.daemon import DEFAULT_GRACE_S
+from ops.healthcheck import HealthFile, health_path, process_name, write_health_file
 from ops.roles.runtime import PER_ACCOUNT_ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +154,37 @@ def test_probes_run_ops_health_for_this_role(name: str) -> None:
         assert 1 < cont[probe]["timeoutSeconds"] < cont[probe]["periodSeconds"]
     start = cont["startupProbe"]
     assert start["periodSeconds"] * start["failureThreshold"] >= 30, "room to boot"
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_probes_judge_the_file_this_role_writes(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each probe, run through the `ops` CLI as the kubelet runs it (the container's
+    OPS_HOME), reads the heartbeat file of the process this Deployment runs: a standby is
+    alive but not ready, the active copy both, a stale one neither."""
+    cont = container(DEPLOYMENTS[name][1])
+    env = {e["name"]: e.get("value") for e in cont["env"]}
+    home = tmp_path / str(env["OPS_HOME"]).strip("/")
+    monkeypatch.setenv("OPS_HOME", str(home))
+    run = parse(cont["command"], name)
+    assert process_name(run.role, run.account) == name, "Deployment named as its process"
+    path = health_path(home, name)
+
+    def probe(which: str) -> int:
+        args = parse(cont[which]["exec"]["command"], f"{name} {which}")
+        code = int(args.handler(args))
+        assert len(capsys.readouterr().out.strip().splitlines()) == 1
+        return code
+
+    assert probe("livenessProbe") == 2, "no file yet"
+    for active, ts, want in ((False, time.time(), (0, 0, 1)), (True, time.time(), (0, 0, 0)),
+                             (True, time.time() - 60, (1, 1, 1))):
+        write_health_file(path, HealthFile(
+            process=path.stem, pid=os.getpid(), ts=ts, interval_s=1.0, stale_s=5.0,
+            active=active, failing=False, failing_reason=None))
+        got = tuple(probe(p) for p in ("startupProbe", "livenessProbe", "readinessProbe"))
+        assert got == want, (active, ts)
 
 
 @pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
