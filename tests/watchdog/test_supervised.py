@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,6 +132,15 @@ class Stack:
                 out[(key, proc.group(1) if proc else "")] = float(m.group(3))
         return out
 
+    def metrics_if_up(self) -> dict[tuple[str, str], float]:
+        """`metrics()`, or {} while the endpoint is not listening yet (watchdog starting)."""
+        try:
+            return self.metrics()
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError):
+                raise
+            return {}
+
     def log(self) -> str:
         path = self.env.log_dir / "watchdog.log"
         return path.read_text() if path.exists() else ""
@@ -216,7 +226,11 @@ def stack() -> Iterator[Stack]:
         sup = SupervisorClient(socket_path(env), timeout_s=5)
         poll("supervisord up", lambda: socket_path(env).exists() and sup.state() == "RUNNING",
              20)
-        yield Stack(env, pg, sup, receiver, metrics_port, proc)
+        ready = Stack(env, pg, sup, receiver, metrics_port, proc)
+        # Whichever test runs first finds the watchdog judging: its first pass published.
+        poll("the watchdog's first pass in its metrics", lambda: any(
+            p == "large-dispatcher" for _, p in ready.metrics_if_up()), 30)
+        yield ready
     finally:
         if proc is not None:
             with_timeout = proc.poll() is None
@@ -303,6 +317,11 @@ def test_job_hung_with_live_heartbeat_is_restarted_and_its_gap_grows_in_metrics(
     name = "large-position-manager"
     poll("position-manager ok", lambda: stack.metrics().get(
         ("ops_process_status:ok", name)) == 1.0, 40)
+    # The hang must be an episode of its own: an earlier one (the host too slow for a
+    # heartbeat bound a moment ago, say) has ended, and its incident is not this one's.
+    poll("no incident open on position-manager", lambda: all(
+        r["closed_at"] is not None for r in stack.incidents(name)), 45)
+    before = {r["id"] for r in stack.incidents(name)}
     old = stack.pid(name)
     (stack.env.home / f"hang-{name}").write_text(str(old))
     # While hung: the heartbeat stays fresh and the gap grows, scrape after scrape.
@@ -319,18 +338,34 @@ def test_job_hung_with_live_heartbeat_is_restarted_and_its_gap_grows_in_metrics(
     assert stack.pid(name) == old
     new = poll("restarted", lambda: (p := stack.pid(name)) != old and p, 40)
     assert new != old
-    rows = stack.incidents(name)
-    assert len(rows) == 1 and rows[0]["kind"] == "stalled"
+    # One hang, one incident (a slow restart, a second kill, are counted on it), still
+    # open once the new process is judged ok: it closes only after its settle time.
+    poll("the new position-manager ok", lambda: stack.pid(name) not in (0, old)
+         and stack.metrics().get(("ops_process_status:ok", name)) == 1.0, 30)
+    rows = [r for r in stack.incidents(name) if r["id"] not in before]
+    assert len(rows) == 1 and rows[0]["kind"] == "stalled", rows
     assert "heartbeat fresh but no completed run" in rows[0]["detail"]
+    assert f"killed pid {old}" in rows[0]["detail"] and rows[0]["restarts"] >= 1
+    assert [r["id"] for r in stack.incidents(name) if r["closed_at"] is None] == [rows[0]["id"]]
 
 
 def test_market_closed_is_an_expected_idle_not_an_incident(stack: Stack) -> None:
     name = "tiny-position-manager"
-    info = stack.sup.process(f"tiny:{name}")
-    assert info.state == "RUNNING" and info.uptime_s is not None and info.uptime_s > 30
+    # Idle long enough to have been judged: past its startup grace plus the time a first
+    # run may take (15 + 11 s) and its 12 s gap bound, without one completed run doing
+    # work (a stall verdict would have killed it before 30 s).
+    poll("tiny-position-manager RUNNING for 30s", lambda: (
+        i := stack.sup.process(f"tiny:{name}")).state == "RUNNING"
+        and i.uptime_s is not None and i.uptime_s > 30, 75)
     m = stack.metrics()
     assert m[("ops_process_status:idle-market-closed", name)] == 1.0
-    assert stack.incidents(name) == []
+    # Never an incident for being idle. Only a stale heartbeat ("hung": the host too slow
+    # for the 5 s bound, nothing to do with the market) may have restarted it earlier;
+    # idle counts as healthy, so that one closes (after its 20 s settle time).
+    rows = stack.incidents(name)
+    assert all(r["kind"] == "hung" for r in rows), rows
+    poll("no incident open on tiny-position-manager", lambda: all(
+        r["closed_at"] is not None for r in stack.incidents(name)), 30)
     outcomes = stack.query("SELECT DISTINCT outcome FROM runs WHERE process = $1", name)
     assert [r["outcome"] for r in outcomes] == ["idle-market-closed"]
 
