@@ -12,54 +12,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Stack, make_home, tear_down, up_demo
+from tests.e2e.conftest import Stack, make_home, tear_down, up_demo, webhook
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 DISPATCHER_S = 2.0  # conf/ops.toml [accounts.tiny.schedule] dispatcher_s
 PDT_TEXT = "pattern-day-trading protection (403 40310100)"
-
-
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            type(self).received.append(json.loads(body))
-        except ValueError:
-            type(self).received.append({"unreadable": body.decode(errors="replace")})
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
-@contextmanager
-def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    received: list[dict[str, Any]] = []
-    handler = type("Hook", (_Hook,), {"received": received})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @contextmanager
