@@ -176,9 +176,13 @@ def judge(state: HealthFile, *, now: float, ready: bool) -> Verdict:
     age = now - state.ts
     # A beat from the future by more than the bound: written before the clock stepped
     # back and not rewritten since, so the process stopped beating.
-    if age > state.stale_s or age < -state.stale_s:
+    if age > state.stale_s:
         return Verdict(EXIT_UNHEALTHY, f"unhealthy: {name} heartbeat {age:.1f}s old (stale "
                                        f"after {state.stale_s:g}s)")
+    if age < -state.stale_s:
+        return Verdict(EXIT_UNHEALTHY, f"unhealthy: {name} heartbeat dated {-age:.1f}s in "
+                                       "the future and not rewritten since (the clock "
+                                       "stepped back?)")
     if state.failing:
         reason = " ".join((state.failing_reason or "its runs fail").split())
         return Verdict(EXIT_UNHEALTHY, f"unhealthy: {name} failing: {reason}")

@@ -121,7 +121,10 @@ def test_verdicts() -> None:
         EXIT_UNHEALTHY, "unhealthy: large-stream heartbeat 12.3s old (stale after 5s)")
     # Exactly at the bound is still fresh; a beat from far in the future is not.
     assert judge(BEAT, now=BEAT.ts + 5.0, ready=False).code == EXIT_HEALTHY
-    assert judge(BEAT, now=BEAT.ts - 6.0, ready=False).code == EXIT_UNHEALTHY
+    future = judge(BEAT, now=BEAT.ts - 6.0, ready=False)
+    assert (future.code, future.line) == (
+        EXIT_UNHEALTHY, "unhealthy: large-stream heartbeat dated 6.0s in the future and not "
+                        "rewritten since (the clock stepped back?)")
     assert judge(BEAT, now=BEAT.ts - 1.0, ready=False).line.endswith("0.0s ago (active)")
 
     cause = ("the broker rejected large's API key (401): rotate the secret "

@@ -9,12 +9,14 @@ would (`python -m ops health ...` in its own interpreter).
 - a revoked API key: the role's runs fail -> unhealthy, naming the cause (never the key);
   the key restored -> healthy again;
 - Postgres stopped under a running role: it stays healthy (liveness never depends on the
-  database: an orchestrator must not restart roles during an outage).
+  database: an orchestrator must not restart roles during an outage);
+- a file that cannot be written: logged once, the role goes on, `ops health` unhealthy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -28,7 +30,7 @@ import pytest
 
 from ops.healthcheck import HealthFile, health_path
 from ops.store.embedded import EmbeddedPostgres
-from tests.roles.conftest import REPO, RoleEnv, RoleProc
+from tests.roles.conftest import REPO, RoleEnv, RoleProc, running_role
 from tests.roles.conftest import role_env as role_env  # noqa: F401  (fixture)
 from tests.roles.conftest import sim as sim  # noqa: F401  (fixture)
 from tests.support import eventually
@@ -212,3 +214,34 @@ async def test_a_role_stays_healthy_while_postgres_is_down(
                          "healthy beats for twice the stale bound of the outage", 30)
     finally:
         await proc.stop()
+
+
+async def test_an_unwritable_heartbeat_file_is_logged_once_and_the_role_goes_on(
+    role_env: RoleEnv, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A home where the file cannot be written (here `run/health` is a plain file; in a
+    container, a read-only filesystem): the role runs and beats into Postgres, logs the
+    problem once (naming the path), `ops health` says unhealthy, and the first write that
+    works again is logged too."""
+    caplog.set_level(logging.INFO, logger="ops.roles.runtime")
+    blocker = role_env.home / "run" / "health"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a directory")
+    async with running_role(role_env, "stream", "large") as rt:
+        hb = rt._heartbeat
+        assert hb is not None
+        await eventually(lambda: hb.file_errors >= 3, "three failed file writes", 10)
+        beats = hb.task.beats
+        await eventually(lambda: hb.task.beats > beats + 1, "heartbeat rows still written", 10)
+        code, line = await ops_health(role_env.home, role_env, "stream", "large")
+        assert code == 1 and line.startswith("unhealthy: cannot read "), line
+        failures = [r.getMessage() for r in caplog.records if "cannot be written" in
+                    r.getMessage()]
+        assert len(failures) == 1 and str(blocker) in failures[0], failures
+
+        blocker.unlink()
+        await eventually(health_is(role_env.home, role_env, "stream", "large", 0),
+                         "healthy once the file can be written", 10)
+        await eventually(lambda: any("is written again" in r.getMessage()
+                                     for r in caplog.records), "the recovery logged", 5)
+    assert not health_path(role_env.home, "large-stream").exists()  # removed at the stop
