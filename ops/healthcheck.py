@@ -174,11 +174,11 @@ def judge(state: HealthFile, *, now: float, ready: bool) -> Verdict:
     """The check's answer for one beat read at wall time `now` (pure)."""
     name = state.process
     age = now - state.ts
-    # A beat from the future by more than the bound: written before the clock stepped
-    # back and not rewritten since, so the process stopped beating.
     if age > state.stale_s:
         return Verdict(EXIT_UNHEALTHY, f"unhealthy: {name} heartbeat {age:.1f}s old (stale "
                                        f"after {state.stale_s:g}s)")
+    # Ahead by more than the bound: written before the clock stepped back and not
+    # rewritten since, so the process stopped beating too.
     if age < -state.stale_s:
         return Verdict(EXIT_UNHEALTHY, f"unhealthy: {name} heartbeat dated {-age:.1f}s in "
                                        "the future and not rewritten since (the clock "
@@ -187,9 +187,10 @@ def judge(state: HealthFile, *, now: float, ready: bool) -> Verdict:
         reason = " ".join((state.failing_reason or "its runs fail").split())
         return Verdict(EXIT_UNHEALTHY, f"unhealthy: {name} failing: {reason}")
     if ready and not state.active:
-        return Verdict(EXIT_UNHEALTHY, f"not ready: {name} is a standby waiting for its "
-                                       "singleton lock (another instance is active, or "
-                                       "Postgres is unreachable)")
+        return Verdict(EXIT_UNHEALTHY, f"not ready: {name} is not active: it does not hold "
+                                       "its singleton lock (a standby while another "
+                                       "instance is active or Postgres is unreachable, or "
+                                       "still starting)")
     role = "active" if state.active else "standby"
     return Verdict(EXIT_HEALTHY, f"ok: {name} heartbeat {max(age, 0.0):.1f}s ago ({role})")
 

@@ -145,7 +145,8 @@ def test_verdicts() -> None:
                                       "ok: large-stream heartbeat 0.8s ago (standby)")
     ready = judge(standby, now=NOW, ready=True)
     assert ready.code == EXIT_UNHEALTHY
-    assert ready.line.startswith("not ready: large-stream is a standby")
+    assert ready.line.startswith("not ready: large-stream is not active: it does not "
+                                 "hold its singleton lock")
 
 
 def test_no_file_and_bad_usage_exit_2(tmp_path: Path) -> None:

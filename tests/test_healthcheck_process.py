@@ -143,7 +143,7 @@ async def test_a_standby_is_alive_but_not_ready_until_it_takes_over(
     await eventually(health_is(standby_home, role_env, "dispatcher", "large", 0,
                                contains="(standby)"), "the second copy alive as a standby", 30)
     code, line = await ops_health(standby_home, role_env, "dispatcher", "large", ready=True)
-    assert code == 1 and line.startswith("not ready: large-dispatcher is a standby"), line
+    assert code == 1 and line.startswith("not ready: large-dispatcher is not active"), line
     # The standby beats on: still alive and not ready well past the stale bound.
     first = beat(standby_home, "large-dispatcher")
     assert first is not None and first.pid == standby.pid and not first.active
@@ -245,3 +245,4 @@ async def test_an_unwritable_heartbeat_file_is_logged_once_and_the_role_goes_on(
         await eventually(lambda: any("is written again" in r.getMessage()
                                      for r in caplog.records), "the recovery logged", 5)
     assert not health_path(role_env.home, "large-stream").exists()  # removed at the stop
+
