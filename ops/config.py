@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 ACCOUNT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 _ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
 #: Roles the watchdog knows gap bounds for (program names are `<account>-<role>`).
-KNOWN_ROLES = ("stream", "dispatcher", "position-manager", "signal-engine")
+KNOWN_ROLES = ("stream", "dispatcher", "position-manager", "signal-engine", "monitor")
 #: The only variable expanded inside path settings, at use time.
 _HOME_VAR = "${OPS_HOME}"
 
@@ -618,6 +618,7 @@ _DEFAULT_GAP_BOUNDS: dict[str, float] = {
     "dispatcher": 120.0,
     "position-manager": 180.0,
     "signal-engine": 300.0,
+    "monitor": 30.0,
 }
 
 
@@ -691,6 +692,25 @@ class WatchdogConfig(_Model):
     def heartbeat_stale_for(self, role: str) -> float:
         """The stale bound of one role: its override, else `heartbeat_stale_s`."""
         return self.heartbeat_stale_by_role_s.get(role, self.heartbeat_stale_s)
+
+
+class MonitorConfig(_Model):
+    """The monitor role (`ops run monitor`, one per deployment): the watchdog's judging,
+    incidents, alerts, dead-man ping and metrics where no supervisord runs."""
+
+    interval_s: Seconds = 2.0
+    """How often it judges every process from heartbeats and run records (a hung process
+    is seen within `watchdog.heartbeat_stale_s` plus this)."""
+
+
+class DeployConfig(_Model):
+    """How the processes are run."""
+
+    layout: Literal["supervisord", "orchestrated", "auto"] = "auto"
+    """"supervisord": one host, `ops up` (the watchdog restarts hung processes);
+    "orchestrated": one role per container (ECS, Kubernetes), judged from heartbeats by
+    the monitor; "auto": supervisord when its socket under OPS_HOME answers or `ops up`
+    rendered its config there, else orchestrated. `ops status` and `ops dash` say which."""
 
 
 class AlertsConfig(_Model):
@@ -792,6 +812,10 @@ class Config(_Model):
     """Signal engine and its strategies."""
     watchdog: WatchdogConfig = WatchdogConfig()
     """Watchdog thresholds."""
+    monitor: MonitorConfig = MonitorConfig()
+    """The monitor role (orchestrated layout)."""
+    deploy: DeployConfig = DeployConfig()
+    """Deployment layout."""
     alerts: AlertsConfig = AlertsConfig()
     """Alert sinks."""
     metrics: MetricsConfig = MetricsConfig()
@@ -844,6 +868,14 @@ class Config(_Model):
                             f"processes (got {_num(interval)})",
                         )
                     )
+        if self.monitor.interval_s >= gaps["monitor"]:
+            problems.append(
+                (
+                    "monitor.interval_s",
+                    f"must be less than watchdog.gap_bounds_s.monitor "
+                    f"({_num(gaps['monitor'])}) (got {_num(self.monitor.interval_s)})",
+                )
+            )
         if self.signal_engine.interval_s >= gaps["signal-engine"]:
             problems.append(
                 (
@@ -879,6 +911,8 @@ class Config(_Model):
         against), or None for a role without one or an unknown account."""
         if role == "signal-engine":
             return self.signal_engine.interval_s
+        if role == "monitor":
+            return self.monitor.interval_s
         acct = self.accounts.get(account or "")
         if acct is None:
             return None

@@ -4,10 +4,16 @@
 three agree); `cli_status` prints it as a compact table or, with `--json`, as the object
 design.md's Interfaces section promises. Exit code: 0 healthy, 1 degraded, 2 down.
 
-It keeps working when parts are missing: with supervisord down every process reads
-`down` (and the report is `down`); with Postgres down the reads come from the SQLite
-buffer (`database.reachable` false, `database.reads_from` "buffer", report `degraded`)
-and the counts only Postgres knows (orders and fills today) are null.
+Two layouts (ops.layout, `[deploy] layout`, "layout" in the report): under supervisord
+process states come from its XML-RPC; in the orchestrated layout (one role per container,
+no supervisord) from heartbeat rows alone, exactly as the monitor role observes them
+(`ops.watchdog.observe_heartbeat`: RUNNING, STALE or MISSING per expected (account, role),
+the monitor included), so a missing supervisord is not an outage there.
+
+It keeps working when parts are missing: with supervisord down (supervisord layout) every
+process reads `down` (and the report is `down`); with Postgres down the reads come from
+the SQLite buffer (`database.reachable` false, `database.reads_from` "buffer", report
+`degraded`) and the counts only Postgres knows (orders and fills today) are null.
 Per-process verdicts come from the pure `ops.gaps.gap_status`.
 """
 
@@ -32,6 +38,7 @@ from ops.config import Config, ConfigError, load_config, load_last_good
 from ops.env import RuntimeEnv, runtime_env
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import dispatch_pause, process_failure
+from ops.layout import Layout, LayoutChoice, configured, orchestrated_processes, resolve
 from ops.logs import configure_logging
 from ops.models import Heartbeat, RunRecord
 from ops.supervisor import (
@@ -140,6 +147,8 @@ class StatusReport:
     database: DatabaseStatus
     incidents: list[IncidentStatus]
     reasons: list[str] = field(default_factory=list)  # why not healthy, one line each
+    layout: Layout = "supervisord"  # where process states come from (ops.layout)
+    layout_how: str = "configured"  # "configured" or "detected: <why>"
 
     @property
     def exit_code(self) -> int:
@@ -284,7 +293,13 @@ async def _collect(
     from ops.store import Snapshot, is_outage
     from ops.store.status import AccountActivity, account_activity, ping
 
-    sup, infos = await asyncio.to_thread(_supervisor_view, env, supervisor)
+    infos: dict[str, ProcessInfo] = {}
+    if configured(config) == "orchestrated":  # nothing to ask
+        sup = SupervisorStatus(False, None, str(conf_path(env)),
+                               "not used in the orchestrated layout")
+    else:
+        sup, infos = await asyncio.to_thread(_supervisor_view, env, supervisor)
+    choice = resolve(env, config, sup.reachable)
     reachable, db_error = True, None
     try:
         await ping(store.pool, timeout_s=3)
@@ -335,8 +350,11 @@ async def _collect(
         dead_rows=buf.dead, reads_from=reads_from,
         error=db_error or (problems[0] if problems else None),
     )
-    processes = _processes(env, config, sup, infos, {h.process: h for h in hbs.rows},
-                           {r.process: r for r in runs.rows}, kill, now)
+    hb_by = {h.process: h for h in hbs.rows}
+    run_by = {r.process: r for r in runs.rows}
+    processes = (_processes(env, config, sup, infos, hb_by, run_by, kill, now)
+                 if choice.layout == "supervisord"
+                 else _heartbeat_processes(config, hb_by, run_by, kill, now))
     open_pos: dict[str, int] = {}
     for p in positions.rows:
         if p.position.qty != 0:
@@ -364,13 +382,14 @@ async def _collect(
                        acked_by=(i.acked_by or "?") if i.acked else None)
         for i in incidents.rows
     ]
-    overall, reasons = _overall(sup, processes, database, incs)
+    overall, reasons = _overall(sup, processes, database, incs, choice)
     cfg_problem = await asyncio.to_thread(config_problem, env)
     if cfg_problem is not None:
         reasons.append(cfg_problem)
         if overall == "healthy":
             overall = "degraded"
-    return StatusReport(overall, now, sup, processes, accounts, database, incs, reasons)
+    return StatusReport(overall, now, sup, processes, accounts, database, incs, reasons,
+                        choice.layout, choice.how)
 
 
 def _processes(
@@ -426,6 +445,37 @@ def _processes(
     return out
 
 
+def _heartbeat_processes(
+    config: Config, hbs: Mapping[str, Heartbeat], runs: Mapping[str, RunRecord],
+    kill: Mapping[str, str], now: datetime,
+) -> list[ProcessStatus]:
+    """The orchestrated layout: every expected (account, role) and the monitor, observed
+    from its heartbeat row as the monitor observes it (ops.watchdog.observe_heartbeat)."""
+    from ops.watchdog import Policy, observe_heartbeat, shown_state, verdict
+
+    policy = Policy.from_config(config.watchdog, acts=False)
+    out: list[ProcessStatus] = []
+    for e in orchestrated_processes(config):
+        hb = hbs.get(e.name)
+        fail = process_failure(config, hb.counters, e.account) if hb is not None else None
+        o = observe_heartbeat(
+            name=e.name, account=e.account, role=e.role, heartbeat=hb, run=runs.get(e.name),
+            expected_interval_s=config.role_interval(e.role, e.account),
+            paused=e.role in PAUSABLE_ROLES and kill.get(e.account or "", "off") != "off",
+            now=now, startup_grace_s=policy.startup_grace_s, failure=fail)
+        ident = Identity(e.account, e.role)
+        out.append(ProcessStatus(
+            name=e.name, account=e.account, role=e.role, state=shown_state(o, policy),
+            pid=hb.pid if hb is not None else None, heartbeat_age_s=o.gap.heartbeat_age_s,
+            last_run_age_s=o.gap.last_run_age_s, expected_interval_s=o.gap.expected_interval_s,
+            status=verdict(o, policy), uptime_s=o.gap.uptime_s, failure=fail,
+            stream=stream_connectivity(hb.counters) if hb is not None
+            and e.role == "stream" else None,
+            dispatch_paused=_paused_text(hb, ident),
+        ))
+    return out
+
+
 def _external(hbs: Sequence[Heartbeat], account: str) -> int | None:
     pm = next((h for h in hbs if h.process == program_name("position-manager", account)),
               None)
@@ -455,12 +505,13 @@ def stream_connectivity(counters: Mapping[str, object]) -> dict[str, Any] | None
 
 def _overall(
     sup: SupervisorStatus, processes: Sequence[ProcessStatus], db: DatabaseStatus,
-    incidents: Sequence[IncidentStatus],
+    incidents: Sequence[IncidentStatus], layout: LayoutChoice,
 ) -> tuple[Overall, list[str]]:
-    if not sup.reachable:
+    if layout.layout == "supervisord" and not sup.reachable:
         return "down", [f"supervisord is not running ({sup.error})"]
     if processes and all(p.status == "down" for p in processes):
-        return "down", ["no process is running"]
+        return "down", ["no process is running" if layout.layout == "supervisord"
+                        else "no process has a heartbeat"]
     reasons = [f"{p.name}: failing: {p.failure}" if p.failure and p.status == "failing"
                else f"{p.name}: {p.status} ({p.state})"
                for p in processes if p.status in DEGRADING]
@@ -508,10 +559,13 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def render_text(report: StatusReport) -> str:
     sup = report.supervisor
-    head = (f"ops-pipeline {report.status.upper()}   supervisord "
-            + (f"pid {sup.pid}" if sup.reachable else "NOT RUNNING")
-            + f"   {report.as_of:%Y-%m-%d %H:%M:%S}Z")
-    lines = [head, ""]
+    where = ("orchestrated (no supervisord)" if report.layout == "orchestrated"
+             else "supervisord " + (f"pid {sup.pid}" if sup.reachable else "NOT RUNNING"))
+    head = (f"ops-pipeline {report.status.upper()}   {where}"
+            f"   {report.as_of:%Y-%m-%d %H:%M:%S}Z")
+    how = ("process states from heartbeats" if report.layout == "orchestrated"
+           else "process states from supervisord")
+    lines = [head, f"layout: {report.layout} ({report.layout_how}); {how}", ""]
     rows = [["PROCESS", "STATE", "PID", "HEARTBEAT", "LAST RUN", "EVERY", "STATUS"]]
     rows += [[p.name, p.state, _fmt(p.pid), _fmt_age(p.heartbeat_age_s),
               _fmt_age(p.last_run_age_s), _fmt(p.expected_interval_s), p.status]

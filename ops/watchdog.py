@@ -30,6 +30,16 @@ and the watchdog never disagree about what "stalled" means. On top of it:
 
 A process has at most one watchdog incident open (dedupe key `watchdog:<process>`): a
 restart loop bumps its restart count instead of opening hundreds.
+
+One decision module, two drivers. The supervisord event listener (ops/roles/watchdog.py,
+`Policy.acts` true) observes through supervisord and kills, restarts and starts. The
+monitor role (ops/roles/monitor.py, `acts` false: one role per container, the
+orchestrator restarts through `ops health`) observes from heartbeats alone
+(`observe_heartbeat`: a row fresh or stale is RUNNING to the verdict, no row is MISSING)
+and gets the same verdicts and incidents without the kills: stalled -> "hung"/"stalled",
+failing -> "failing" (escalated once the orchestrator's restarts, seen as a new
+incarnation in the heartbeat, reach `failing_restarts` within the window), no heartbeat
+after the startup grace -> "missing"; fleet-stalled and database-unreachable alike.
 """
 
 from __future__ import annotations
@@ -56,6 +66,12 @@ DATABASE: Final = "database-unreachable"
 MASS_STALE_MIN: Final = 3
 #: How often an open database-unreachable incident's text is updated (age, held back).
 DATABASE_NOTE_S: Final = 30.0
+#: Observed state of an expected process with no heartbeat row at all (no supervisord to
+#: ask: the orchestrated layout). Not RUNNING, so its verdict is "down".
+MISSING: Final = "MISSING"
+#: A heartbeat row older than its stale bound, as `shown_state` words it (the verdict sees
+#: RUNNING with a stale heartbeat: stalled).
+STALE: Final = "STALE"
 
 
 def incident_key(process: str) -> str:
@@ -77,12 +93,16 @@ class Policy:
     start_delay_max_s: float = 600.0
     failing_restarts: int = 2  # restarts of a failing process within the window, then none
     failing_window_s: float = 600.0
+    # The driver kills, restarts and starts (supervisord). False: it only observes (the
+    # monitor; the orchestrator restarts), so no Kill/Restart/Start is ever decided.
+    acts: bool = True
 
     @classmethod
-    def from_config(cls, wd: WatchdogConfig) -> Policy:
+    def from_config(cls, wd: WatchdogConfig, *, acts: bool = True) -> Policy:
         # A flapping process is one incident: it must stay healthy for its startup grace
         # plus a stale bound before the incident closes.
         return cls(
+            acts=acts,
             heartbeat_stale_s=wd.heartbeat_stale_s,
             startup_grace_s=wd.startup_grace_s,
             gap_bounds_s=dict(wd.gap_bounds_s),
@@ -117,6 +137,9 @@ class Observed:
     # lock during a Postgres outage. Judged on its heartbeat only, never on runs.
     booting: bool = False
     failure: str | None = None  # failing (ops.health.describe): the cause, the last error
+    # Heartbeat-observed processes: when this instance started (the heartbeat's
+    # started_at, epoch s); a new value is a restart the orchestrator made.
+    incarnation: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +178,7 @@ class Tracked:
     next_start_at: float | None = None
     failing_restarts: tuple[float, ...] = ()  # when it was restarted for failing
     escalated: bool = False  # failing past its restarts: the alert escalated once
+    incarnation: float | None = None  # last seen `Observed.incarnation`
 
 
 WatchState = Mapping[str, Tracked]
@@ -284,6 +308,62 @@ def observe(
                     failure=failure if heartbeat is not None else None)
 
 
+def observe_heartbeat(
+    *,
+    name: str,
+    account: str | None,
+    role: str,
+    heartbeat: Heartbeat | None,
+    run: RunRecord | None,
+    expected_interval_s: float | None,
+    paused: bool,
+    now: datetime,
+    startup_grace_s: float,
+    watching_since: float | None = None,
+    failure: str | None = None,
+) -> Observed:
+    """One process with no supervisord to ask (the orchestrated layout): its heartbeat row
+    is all there is. A row, fresh or stale, is RUNNING to the verdict and its age decides
+    (stale: stalled, i.e. hung or gone; only the orchestrator's health check can tell),
+    uptime counted from its `started_at`. No row: MISSING (down), or STARTING while the
+    observer is within its startup grace (`watching_since`, epoch s; None for a one-shot
+    reader such as `ops status`, which says MISSING at once)."""
+    if heartbeat is None:
+        young = (watching_since is not None
+                 and now.timestamp() - watching_since < startup_grace_s)
+        finished = run.finished_at if run is not None else None
+        gap = GapInput(state="STARTING" if young else MISSING, uptime_s=None, heartbeats=True,
+                       heartbeat_age_s=None,
+                       last_run_age_s=None if finished is None
+                       else max(0.0, (now - finished).total_seconds()),
+                       expected_interval_s=expected_interval_s, market_open=None,
+                       paused=paused)
+        return Observed(name=name, qualified=name, account=account, role=role, gap=gap)
+    start = heartbeat.started_at.timestamp()
+    o = observe(name=name, qualified=name, account=account, role=role, state="RUNNING",
+                pid=heartbeat.pid, start=start, exitstatus=0, spawnerr="",
+                heartbeat=heartbeat, run=run, expected_interval_s=expected_interval_s,
+                paused=paused, heartbeats=True, now=now, failure=failure)
+    return replace(o, incarnation=start)
+
+
+def shown_state(p: Observed, policy: Policy) -> str:
+    """The state word of a heartbeat-observed process: RUNNING (fresh heartbeat), STALE,
+    MISSING or STARTING."""
+    if p.gap.state != "RUNNING":
+        return p.gap.state
+    return "RUNNING" if _heartbeat_fresh(p, policy) else STALE
+
+
+def verdict(p: Observed, policy: Policy) -> GapStatus:
+    """The status of one observed process: `gap_status`, except that a process whose
+    heartbeat says it is still booting (no runs due yet) is starting, not stalled."""
+    status = gap_status(p.gap, policy.bounds(p.role))
+    if status == "stalled" and p.booting and _heartbeat_fresh(p, policy):
+        return "starting"
+    return status
+
+
 def _age(v: float | None) -> str:
     return "never" if v is None else f"{v:.1f}s"
 
@@ -323,17 +403,18 @@ def decide(
     statuses: dict[str, GapStatus] = {}
     by_name = {e.name for e in events}
     for p in observed:
-        status = gap_status(p.gap, policy.bounds(p.role))
-        if status == "stalled" and p.booting and _heartbeat_fresh(p, policy):
-            status = "starting"
-        statuses[p.name] = status
+        statuses[p.name] = verdict(p, policy)
     mass = _mass_stalled(observed, statuses, policy)
     for p in observed:
         st = state.get(p.name, Tracked())
         status = statuses[p.name]
         if p in mass:
             # Held back: see _mass_stalled. No verdict on the process itself this pass.
-            new_state[p.name] = replace(st, healthy_since=None)
+            new_state[p.name] = replace(st, healthy_since=None,
+                                        incarnation=p.incarnation or st.incarnation)
+            continue
+        if not policy.acts:
+            new_state[p.name] = _decide_watched(p, status, st, policy, now, actions)
             continue
         mine = [e for e in events if e.name == p.name] if p.name in by_name else []
         st = _decide_one(p, status, mine, st, policy, now, actions)
@@ -348,9 +429,10 @@ def decide(
         if name in seen or st.incident is None:
             continue
         inc = st.incident
+        why = ("process no longer supervised" if policy.acts
+               else "process no longer expected (not in the config)")
         actions.append(CloseIncident(inc.key, name, inc.kind, now - inc.opened_at,
-                                     inc.restarts, "process no longer supervised",
-                                     inc.account))
+                                     inc.restarts, why, inc.account))
     return Decision(actions, new_state, statuses)
 
 
@@ -391,7 +473,8 @@ def _decide_mass(
             actions.append(OpenIncident(
                 key, MASS_STALE, None, None,
                 f"{len(mass)} of {running} processes stalled at once ({names}): suspect "
-                "what they share (database, broker, host); no restarts while it lasts"))
+                "what they share (database, broker, host)"
+                + ("; no restarts while it lasts" if policy.acts else "")))
             st = replace(st, incident=IncidentMemo(key, MASS_STALE, now))
         new_state[MASS_STALE] = replace(st, healthy_since=None)
         return
@@ -479,20 +562,98 @@ def _decide_one(
         return st
     if status in HEALTHY or state == "STOPPED":
         # STOPPED is an operator's decision (supervisorctl stop): expected, not an alarm.
-        since = st.healthy_since if st.healthy_since is not None else now
-        st = replace(st, healthy_since=since, fatal_seen=False, start_attempts=0,
-                     next_start_at=None, escalated=False)
-        if st.incident is not None and (now - since >= policy.settle_s
-                                        or state == "STOPPED"):
-            inc = st.incident
-            how = (f"healthy ({status}) for {now - since:.0f}s" if status in HEALTHY
-                   else "STOPPED by an operator")
-            actions.append(CloseIncident(inc.key, p.name, inc.kind, now - inc.opened_at,
-                                         inc.restarts, how, inc.account))
-            st = replace(st, incident=None)
-        return st
+        return _settle(p, status, st, policy, now, actions)
     # starting / late / transient states: no verdict yet, and not healthy either.
     return replace(st, healthy_since=None)
+
+
+def _settle(p: Observed, status: GapStatus, st: Tracked, policy: Policy, now: float,
+            actions: list[Action]) -> Tracked:
+    """Healthy (or STOPPED): the open incident closes once healthy for `settle_s`."""
+    stopped = p.gap.state == "STOPPED"
+    since = st.healthy_since if st.healthy_since is not None else now
+    st = replace(st, healthy_since=since, fatal_seen=False, start_attempts=0,
+                 next_start_at=None, escalated=False)
+    if st.incident is not None and (now - since >= policy.settle_s or stopped):
+        inc = st.incident
+        how = (f"healthy ({status}) for {now - since:.0f}s" if status in HEALTHY
+               else "STOPPED by an operator")
+        actions.append(CloseIncident(inc.key, p.name, inc.kind, now - inc.opened_at,
+                                     inc.restarts, how, inc.account))
+        st = replace(st, incident=None)
+    return st
+
+
+def _decide_watched(
+    p: Observed, status: GapStatus, st: Tracked, policy: Policy, now: float,
+    actions: list[Action],
+) -> Tracked:
+    """The monitor's verdict on one process (`policy.acts` false): the watchdog's incidents
+    (same kinds and keys: one incident whoever raises it), no kills. Restarts are the
+    orchestrator's, seen as a new incarnation in the heartbeat, and counted on the open
+    incident."""
+    key = incident_key(p.name)
+    restarted = (p.incarnation is not None and st.incarnation is not None
+                 and p.incarnation != st.incarnation)
+    if p.incarnation is not None:
+        st = replace(st, incarnation=p.incarnation)
+    if restarted and st.incident is not None:
+        actions.append(BumpIncident(key, p.name, f"{p.name} restarted (new instance, pid "
+                                                 f"{p.pid}); {st.incident.kind} before"))
+        st = replace(st, incident=replace(st.incident, restarts=st.incident.restarts + 1))
+
+    def trouble(kind: str, detail: str) -> Tracked:
+        if st.incident is not None:
+            return replace(st, healthy_since=None)
+        actions.append(OpenIncident(key, kind, p.name, p.account, detail))
+        return replace(st, healthy_since=None,
+                       incident=IncidentMemo(key, kind, now, account=p.account))
+
+    state = p.gap.state
+    if state == "RUNNING" and status == "stalled":
+        kind, detail = _stalled_reason(p, policy)
+        if kind == "hung":  # no supervisord to say RUNNING: the heartbeat is all there is
+            detail = (f"heartbeat {_age(p.gap.heartbeat_age_s)} old (bound "
+                      f"{policy.stale_for(p.role):g}s): hung, or gone without a trace")
+        return trouble(kind, detail)
+    if state == "RUNNING" and status == "failing":
+        return _failing_watched(p, st, policy, now, actions, restarted)
+    if state == MISSING:
+        return trouble("missing", f"no heartbeat from {p.name} at all, "
+                                  f"{policy.startup_grace_s:g}s after the monitor started: "
+                                  "not deployed, or it never got as far as its first beat")
+    if status in HEALTHY:
+        return _settle(p, status, st, policy, now, actions)
+    return replace(st, healthy_since=None)
+
+
+def _failing_watched(
+    p: Observed, st: Tracked, policy: Policy, now: float, actions: list[Action],
+    restarted: bool,
+) -> Tracked:
+    """Failing, seen by the monitor: the watchdog's one incident naming the cause; the
+    alert escalates once the orchestrator has restarted it `failing_restarts` times within
+    the window and it still fails (a restart does not fix this)."""
+    key = incident_key(p.name)
+    detail = f"failing: {p.failure or 'its runs fail'}"
+    st = replace(st, healthy_since=None)
+    if st.incident is None:
+        actions.append(OpenIncident(key, "failing", p.name, p.account, detail))
+        st = replace(st, incident=IncidentMemo(key, "failing", now, account=p.account))
+    elif st.incident.kind != "failing":
+        actions.append(NoteIncident(key, p.name, detail))
+        st = replace(st, incident=replace(st.incident, kind="failing"))
+    recent = tuple(t for t in st.failing_restarts if now - t < policy.failing_window_s)
+    if restarted:
+        recent = (*recent, now)
+    if len(recent) >= policy.failing_restarts and not st.escalated:
+        actions.append(NoteIncident(
+            key, p.name,
+            f"ESCALATED: {p.name} still failing after {len(recent)} restart(s) within "
+            f"{policy.failing_window_s:.0f}s (restarts do not fix this); the incident stays "
+            f"open until it recovers: {p.failure or 'its runs fail'}"))
+        return replace(st, escalated=True, failing_restarts=recent)
+    return replace(st, failing_restarts=recent)
 
 
 def _decide_failing(

@@ -48,7 +48,7 @@ from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.screens.incident import IncidentScreen
 from tui.screens.log_tail import LogTailScreen
-from tui.text import StaleInfo
+from tui.text import StaleInfo, processes_note
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.banner import Banner
 from tui.widgets.feed import FeedTable
@@ -205,6 +205,9 @@ class Dashboard(App[None]):
         processes = self.query_one(ProcessesTable)
         if processes.display:
             processes.show(state.processes, now)
+            title = "Processes" + processes_note(state)
+            if processes.border_title != title:
+                processes.border_title = title
         positions = self.query_one(PositionsTable)
         if positions.display:
             positions.show(state.positions, now)
@@ -296,10 +299,22 @@ class Dashboard(App[None]):
     def _supervisor(self) -> SupervisorClient:
         return self.data.supervisor
 
+    def _no_supervisord(self) -> bool:
+        """In the orchestrated layout there is no supervisord to control or read logs from:
+        say so instead of failing against a socket that does not exist."""
+        if self.state is None or self.state.layout == "supervisord":
+            return False
+        self.notify("orchestrated layout: no supervisord here; restart a role through its "
+                    "orchestrator (ECS service, Kubernetes deployment), read its logs there",
+                    severity="warning", timeout=8)
+        return True
+
     def action_process(self, what: control.ProcessAction) -> None:
         proc = self.selected_process()
         if proc is None:
             self.notify("no process selected", severity="warning")
+            return
+        if self._no_supervisord():
             return
         if what == "start":
             self._process_worker("start", proc.qualified)
@@ -465,6 +480,8 @@ class Dashboard(App[None]):
         proc = self.selected_process()
         if proc is None:
             self.notify("no process selected", severity="warning")
+            return
+        if self._no_supervisord():
             return
         self.push_screen(LogTailScreen(self._supervisor(), proc.qualified))
 

@@ -4,7 +4,9 @@ Everything here is plain data (frozen dataclasses) and I/O at the edges: `Store`
 (which fall back to the SQLite buffer during a Postgres outage), a few direct Postgres
 queries for what the buffer does not keep (order/fill feed, closed incidents, restarts
 today, every field of one incident, the managed part of every position in one query),
-and supervisord over XML-RPC in a thread. Rows keep *timestamps*, not ages, so the app's
+and supervisord over XML-RPC in a thread (the supervisord layout; in the orchestrated one
+processes are read from heartbeat rows alone, as `ops status` and the monitor read them:
+ops.layout, `DashboardState.layout`). Rows keep *timestamps*, not ages, so the app's
 1 s clock can recompute ages and gap status without any I/O (`ProcessRow.status_at`).
 Gap verdicts come from `ops.gaps.gap_status` with the same inputs `ops status` uses
 (`ops.status` helpers), so the dashboard and `ops status` never disagree.
@@ -26,6 +28,7 @@ from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import dispatch_pause, process_failure
+from ops.layout import LayoutChoice, configured, orchestrated_processes, resolve
 from ops.models import OptionSymbol
 from ops.ownership import split
 from ops.status import (
@@ -44,6 +47,7 @@ from ops.store.incidents import IncidentRecord, find_incident
 from ops.store.ownership import managed_quantities_of
 from ops.store.status import start_of_trading_day
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
+from ops.watchdog import STALE, Policy, observe_heartbeat, shown_state
 from tui.format import qty as fmt_qty
 
 log = logging.getLogger(__name__)
@@ -171,6 +175,19 @@ class ProcessRow:
     failure: str | None = None  # failing (ops.health): the cause and the last error
     stream: dict[str, Any] | None = None  # a stream role's connectivity (ops.status)
     dispatch_paused: str | None = None  # "dispatch paused: ... N signal(s) waiting"
+    # Orchestrated layout: no supervisord, the heartbeat row is all there is (`state` is
+    # RUNNING/STALE/MISSING as loaded; `state_at` follows the clock). `booting`: its
+    # heartbeat says it has not started its work yet (ops.watchdog.verdict).
+    heartbeat_only: bool = False
+    booting: bool = False
+
+    def state_at(self, now: datetime) -> str:
+        """The state word at `now`: as loaded, except that a heartbeat-only row whose
+        heartbeat aged past its stale bound since reads STALE."""
+        if not self.heartbeat_only or self.state not in ("RUNNING", STALE):
+            return self.state
+        age = self.heartbeat_age_s(now)
+        return "RUNNING" if age is not None and age <= self.bounds.heartbeat_stale_s else STALE
 
     def uptime_s(self, now: datetime) -> float | None:
         return _age(now, self.started_at)
@@ -190,14 +207,21 @@ class ProcessRow:
 
     def status_at(self, now: datetime) -> GapStatus:
         """The gap verdict at `now`, from stored timestamps only (the 1 s clock calls it)."""
-        return gap_status(GapInput(
-            state=self.state, uptime_s=self.uptime_s(now),
+        # A heartbeat row, fresh or stale, is RUNNING to the verdict (observe_heartbeat).
+        state = "RUNNING" if self.heartbeat_only and self.state == STALE else self.state
+        hb_age = self.heartbeat_age_s(now)
+        status = gap_status(GapInput(
+            state=state, uptime_s=self.uptime_s(now),
             heartbeats=self.name not in NO_HEARTBEAT,
-            heartbeat_age_s=self.heartbeat_age_s(now),
+            heartbeat_age_s=hb_age,
             last_run_age_s=self.last_run_age_s(now),
             expected_interval_s=self.expected_interval_s, market_open=self.market_open,
             paused=self.paused, failing=self.failure is not None,
         ), self.bounds)
+        if status == "stalled" and self.booting and hb_age is not None \
+                and hb_age <= self.bounds.heartbeat_stale_s:
+            return "starting"
+        return status
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +298,8 @@ class DashboardState:
     database: DatabaseInfo
     supervisor: SupervisorInfo
     problems: tuple[str, ...] = ()  # reads that failed for a reason other than an outage
+    layout: str = "supervisord"  # supervisord | orchestrated (ops.layout)
+    layout_how: str = "configured"  # "configured" or "detected: <why>"
 
     def filtered(self, account: str | None) -> DashboardState:
         """Only rows of `account` (None: everything); shared processes always stay."""
@@ -409,7 +435,8 @@ class DashboardData:
         direct = self._positions_direct(problems) if buf.pending == 0 else _none()
         names = list(self.config.enabled_accounts())
         reads = await asyncio.gather(
-            asyncio.to_thread(self._supervisor_view),
+            asyncio.to_thread(self._supervisor_view)
+            if configured(self.config) != "orchestrated" else _not_asked(),
             read("heartbeats", self.store.heartbeats),
             read("runs", self.store.latest_runs),
             read("incidents", self.store.open_incidents),
@@ -453,11 +480,13 @@ class DashboardData:
             self._unreachable_since = since
         feed, closed, restarts = extra or ((), (), {})
         kill = {name: kill_switch_mode(c.get("kill_switch")) for name, c in controls.items()}
+        layout = resolve(self.env, self.config, sup_info.reachable)
         return DashboardState(
             loaded_at=now,
             accounts=self._accounts(states.rows, position_rows, kill, controls),
             positions=position_rows,
-            processes=self._processes(sup_info, infos, hbs.rows, runs.rows, kill, restarts),
+            processes=self._processes(sup_info, infos, hbs.rows, runs.rows, kill, restarts,
+                                      layout, now),
             incidents=tuple(_incident_row(i) for i in incidents.rows) + tuple(closed),
             feed=tuple(feed),
             database=DatabaseInfo(
@@ -467,6 +496,7 @@ class DashboardData:
                 error=None if reachable else "Postgres unreachable"),
             supervisor=sup_info,
             problems=tuple(sorted(problems)) + await self._config_problem(),
+            layout=layout.layout, layout_how=layout.how,
         )
 
     async def _config_problem(self) -> tuple[str, ...]:
@@ -605,10 +635,13 @@ class DashboardData:
 
     def _processes(self, sup: SupervisorInfo, infos: Mapping[str, ProcessInfo],
                    hbs: list[Any], runs: list[Any], kill: Mapping[str, str],
-                   restarts: Mapping[str, int]) -> tuple[ProcessRow, ...]:
-        ids = identities(self.config)
+                   restarts: Mapping[str, int], layout: LayoutChoice, now: datetime,
+                   ) -> tuple[ProcessRow, ...]:
         hb_by = {h.process: h for h in hbs}
         run_by = {r.process: r for r in runs}
+        if layout.layout == "orchestrated":
+            return self._heartbeat_processes(hb_by, run_by, kill, restarts, now)
+        ids = identities(self.config)
         names = list(dict.fromkeys([*expected_programs(self.env, self.config), *infos]))
         wd = self.config.watchdog
         out = []
@@ -652,8 +685,52 @@ class DashboardData:
         return tuple(out)
 
 
+    def _heartbeat_processes(self, hbs: Mapping[str, Any], runs: Mapping[str, Any],
+                             kill: Mapping[str, str], restarts: Mapping[str, int],
+                             now: datetime) -> tuple[ProcessRow, ...]:
+        """The orchestrated layout: every expected (account, role) and the monitor, from
+        its heartbeat row as `ops status` and the monitor observe it (observe_heartbeat)."""
+        wd = self.config.watchdog
+        policy = Policy.from_config(wd, acts=False)
+        out = []
+        for e in orchestrated_processes(self.config):
+            hb = hbs.get(e.name)
+            run = runs.get(e.name)
+            ident = Identity(e.account, e.role)
+            paused = e.role in PAUSABLE_ROLES and kill.get(e.account or "", "off") != "off"
+            o = observe_heartbeat(name=e.name, account=e.account, role=e.role, heartbeat=hb,
+                                  run=run, expected_interval_s=expected_interval(
+                                      self.config, ident),
+                                  paused=paused, now=now,
+                                  startup_grace_s=policy.startup_grace_s)
+            out.append(ProcessRow(
+                name=e.name, qualified=e.name, account=e.account, role=e.role,
+                state=shown_state(o, policy), pid=hb.pid if hb is not None else None,
+                started_at=hb.started_at if hb is not None else None,
+                heartbeat_at=hb.ts if hb is not None else None,
+                last_run_at=run.finished_at if run else None,
+                last_run_outcome=run.outcome if run else None,
+                expected_interval_s=o.gap.expected_interval_s, market_open=o.gap.market_open,
+                paused=paused,
+                bounds=GapBounds(wd.heartbeat_stale_for(e.role), wd.startup_grace_s,
+                                 wd.gap_bounds_s.get(e.role)),
+                restarts_today=restarts.get(e.name, 0),
+                failure=_failure(self.config, ident, hb),
+                stream=stream_connectivity(hb.counters) if hb is not None
+                and e.role == "stream" else None,
+                dispatch_paused=_paused(hb, ident),
+                heartbeat_only=True, booting=o.booting,
+            ))
+        return tuple(out)
+
+
 async def _none() -> None:
     return None
+
+
+async def _not_asked() -> tuple[SupervisorInfo, dict[str, ProcessInfo]]:
+    """The orchestrated layout, configured: supervisord is not asked."""
+    return SupervisorInfo(False, "not used in the orchestrated layout"), {}
 
 
 def _paused(hb: Any, ident: Identity) -> str | None:

@@ -64,7 +64,7 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
                      f"{db.buffered_rows} rows waiting")
     elif db.buffered_rows:
         lines.append(f"… replaying {db.buffered_rows} buffered rows into Postgres")
-    if not state.supervisor.reachable:
+    if not state.supervisor.reachable and state.layout == "supervisord":
         lines.append("⚠ SUPERVISORD NOT REACHABLE: process states unknown, no control")
     if stale is not None:
         lines.append(f"⚠ STALE: refresh failing for {f.age(f.since(now, stale.since))}: "
@@ -80,6 +80,13 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
                          f"{f.age(st['for_s'])}{why}")
     lines += [f"! {p}" for p in state.problems]
     return lines
+
+
+def processes_note(state: DashboardState) -> str:
+    """What the processes panel's title adds outside the supervisord layout."""
+    if state.layout == "supervisord":
+        return ""
+    return f" ({state.layout} layout, {state.layout_how}: states from heartbeats)"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -103,11 +110,11 @@ def render_text(state: DashboardState, now: datetime, account: str | None = None
           (a.account_number or f"({a.expected_account_number})")
           + (f" != {a.expected_account_number}" if a.number_mismatch else "")]
          for a in st.accounts])
-    out += ["", "PROCESSES"]
+    out += ["", "PROCESSES" + processes_note(state)]
     out += _table(
         ["STATUS", "PROCESS", "ACCOUNT", "ROLE", "STATE", "PID", "UP", "BEAT", "LAST RUN",
          "GAP", "RESTARTS"],
-        [[f.status_text(p.status_at(now)), p.name, p.account or "*", p.role, p.state,
+        [[f.status_text(p.status_at(now)), p.name, p.account or "*", p.role, p.state_at(now),
           "-" if p.pid is None else str(p.pid), f.age(p.uptime_s(now)),
           f.age(p.heartbeat_age_s(now)), f.age(p.last_run_age_s(now)),
           f.signed_age(p.gap_s(now)), str(p.restarts_today)] for p in st.processes])

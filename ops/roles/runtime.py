@@ -84,6 +84,7 @@ ROLES: dict[str, str] = {
     "dispatcher": "ops.roles.dispatcher:build",
     "position-manager": "ops.roles.position_manager:build",
     "signal-engine": "ops.roles.signal_engine:build",
+    "monitor": "ops.roles.monitor:build",
 }
 #: Roles that run once per account (the rest are shared and take no --account).
 PER_ACCOUNT_ROLES = frozenset({"stream", "dispatcher", "position-manager"})

@@ -213,13 +213,13 @@ CASES: list[tuple[str, str, str]] = [
         "unknown watchdog role",
         MINIMAL + "[watchdog.gap_bounds_s]\nstreem = 5\n",
         "conf/ops.toml: watchdog.gap_bounds_s.streem: unknown role 'streem' "
-        "(known: stream, dispatcher, position-manager, signal-engine)",
+        "(known: stream, dispatcher, position-manager, signal-engine, monitor)",
     ),
     (
         "unknown role in per-role stale bounds",
         MINIMAL + "[watchdog.heartbeat_stale_by_role_s]\ndispatch = 9\n",
         "conf/ops.toml: watchdog.heartbeat_stale_by_role_s.dispatch: unknown role 'dispatch' "
-        "(known: stream, dispatcher, position-manager, signal-engine)",
+        "(known: stream, dispatcher, position-manager, signal-engine, monitor)",
     ),
     (
         "per-role stale bound below heartbeat interval",

@@ -26,7 +26,8 @@ class Banner(Static):
         alarms = alarm_lines(state, now, stale)
         self.update("\n".join([summary_line(state, now, account), *alarms]))
         self.set_class(not state.database.reachable, "-outage")
-        self.set_class(not state.supervisor.reachable, "-nosup")
+        self.set_class(not state.supervisor.reachable and state.layout == "supervisord",
+                       "-nosup")
         self.set_class(stale is not None, "-stale")
         # An acknowledged incident is someone's already: it does not sound the alarm.
         worst = any(p.status_at(now) in f.ALARMING for p in state.processes) or any(

@@ -54,7 +54,7 @@ class ProcessesTable(KeyedTable):
             self.styled(f.age(run) + (f" {r.last_run_outcome}" if r.last_run_outcome
                                       not in (None, "ok") else "")),
             self.styled(f.signed_age(r.gap_s(now)), component if status == "late" else None),
-            self.styled(r.state, None if r.state == "RUNNING" else "status--down"),
+            self.styled(state := r.state_at(now), None if state == "RUNNING" else "status--down"),
             self.styled("-" if r.pid is None else str(r.pid)),
             self.styled(f.age(r.uptime_s(now))),
             self.styled(str(r.restarts_today), "status--late" if r.restarts_today else None),
