@@ -1,0 +1,117 @@
+"""The monitor's passes in-process (`Monitor.pass_once`) over a real Postgres and a real
+alert outbox, with heartbeat rows written as the roles would write them: what the process
+test (tests/roles/test_monitor.py) cannot stage quickly.
+
+- a failing dispatcher: one "failing" incident naming the cause; the orchestrator's
+  restarts (a new incarnation in the heartbeat) are counted, and the second escalates it
+  (the stored detail and an "update" alert say so); no process is ever killed;
+- a kill switch holds back only the dispatcher (a stream of the same account completing
+  no runs is still stalled), as `ops status` judges it;
+- the metrics say STALE processes are not running and count the restarts it saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from ops.alerts import Outbox
+from ops.config import load_config
+from ops.env import RuntimeEnv
+from ops.layout import orchestrated_processes
+from ops.metrics import MetricsExporter
+from ops.models import Heartbeat, RunRecord
+from ops.roles.monitor import Monitor
+from ops.store import Incident, Store
+
+ROOT = Path(__file__).resolve().parents[2]
+FAILING: dict[str, int | float | str] = {
+    "phase": "running", "dispatcher.errors_in_row": 4, "dispatcher.recent_runs": 4,
+    "dispatcher.recent_errors": 4,
+    "dispatcher.last_error": "BrokerError: request not authorized (HTTP 401)"}
+
+
+@pytest.fixture
+async def monitor(ops_env: RuntimeEnv, ops_store: Store,
+                  tmp_path: Path) -> AsyncIterator[Monitor]:
+    text = (ROOT / "conf" / "ops.toml").read_text()
+    ops_env.config_path.write_text(text.replace('layout = "supervisord"',
+                                                'layout = "orchestrated"'))
+    outbox = await Outbox.open(tmp_path / "alerts.sqlite3")
+    try:
+        yield Monitor(ops_env, load_config(ops_env.config_path), ops_store, outbox,
+                      sinks=["webhook-0"], exporter=MetricsExporter(),
+                      started=datetime.now(UTC).timestamp() - 3600)
+    finally:
+        await outbox.close()
+
+
+async def beat(mon: Monitor, process: str, *, age_s: float = 0.2, up_s: float = 600.0,
+               run_age_s: float | None = 0.5, pid: int = 1,
+               counters: dict[str, int | float | str] | None = None) -> None:
+    e = next(x for x in orchestrated_processes(mon.config) if x.name == process)
+    now = datetime.now(UTC)
+    await mon.store.heartbeat(Heartbeat(process, e.account, e.role, pid,
+                                        now - timedelta(seconds=age_s),
+                                        now - timedelta(seconds=up_s),
+                                        counters or {"phase": "running"}))
+    if run_age_s is not None:
+        at = now - timedelta(seconds=run_age_s)
+        await mon.store.record_run(RunRecord(RunRecord.make_slot_id(e.account, process, at),
+                                             process, e.account, e.role, at, at, at, at,
+                                             "ok", 0.01))
+
+
+async def open_by_key(store: Store) -> dict[str, Incident]:
+    return {i.dedupe_key or i.id: i for i in (await store.open_incidents()).rows}
+
+
+async def test_failing_restarts_escalation_and_the_kill_switch(monitor: Monitor) -> None:
+    mon = monitor
+    await mon.store.set_control("tiny", "kill_switch", {"mode": "halt"}, "test")
+    for e in mon.expected():
+        if e.name == "large-dispatcher":
+            await beat(mon, e.name, pid=10, counters=FAILING)
+        elif e.name == "tiny-stream":
+            await beat(mon, e.name, run_age_s=3600.0)  # stalled: a kill switch holds
+        elif e.name == "tiny-position-manager":    # back no stream, no position manager
+            await beat(mon, e.name, age_s=30.0)  # hung
+        elif e.name == "tiny-dispatcher":
+            await beat(mon, e.name, run_age_s=3600.0)  # paused: no runs is expected
+        else:
+            await beat(mon, e.name)
+    await mon.pass_once()
+    incs = await open_by_key(mon.store)
+    assert sorted(incs) == ["watchdog:large-dispatcher", "watchdog:tiny-position-manager",
+                            "watchdog:tiny-stream"], incs
+    failing = incs["watchdog:large-dispatcher"]
+    assert failing.kind == "failing" and failing.process == "large-dispatcher"
+    assert failing.detail.startswith("failing: the broker rejected large's API key (401)")
+    assert incs["watchdog:tiny-stream"].kind == "stalled"
+    assert incs["watchdog:tiny-position-manager"].kind == "hung"
+    assert mon.statuses["tiny-dispatcher"] == "paused" and not mon.healthy()
+
+    # The orchestrator restarts the failing dispatcher twice; it fails on.
+    for pid in (11, 12):
+        await beat(mon, "large-dispatcher", pid=pid, up_s=5.0, counters=FAILING)
+        await mon.pass_once()
+    inc = (await open_by_key(mon.store))["watchdog:large-dispatcher"]
+    assert inc.restarts == 2
+    assert inc.detail.startswith("ESCALATED: large-dispatcher still failing after 2 "
+                                 "restart(s)"), inc.detail
+    await mon.pass_once()  # escalated once, not every pass
+    alerts = [r.payload["alert"] for r in await mon.outbox.rows()]
+    mine = [(a["event"], a["kind"]) for a in alerts if a["process"] == "large-dispatcher"]
+    assert mine == [("opened", "failing"), ("update", "failing")]
+
+    assert mon.exporter is not None
+    text = generate_latest(mon.exporter.registry).decode()
+    assert 'ops_watchdog_restarts_total{process="large-dispatcher"} 2.0' in text
+    assert ('ops_process_running{account="tiny",process="tiny-position-manager",'
+            'role="position-manager"} 0.0') in text  # STALE
+    assert ('ops_process_status{account="large",process="large-dispatcher",'
+            'role="dispatcher",status="failing"} 1.0') in text
