@@ -10,7 +10,8 @@ would (`python -m ops health ...` in its own interpreter).
   the key restored -> healthy again;
 - Postgres stopped under a running role: it stays healthy (liveness never depends on the
   database: an orchestrator must not restart roles during an outage);
-- a file that cannot be written: logged once, the role goes on, `ops health` unhealthy.
+- a file that cannot be written: logged once, the role goes on, `ops health` unhealthy;
+- the monitor (no --account) has the same check.
 """
 
 from __future__ import annotations
@@ -246,3 +247,14 @@ async def test_an_unwritable_heartbeat_file_is_logged_once_and_the_role_goes_on(
                                      for r in caplog.records), "the recovery logged", 5)
     assert not health_path(role_env.home, "large-stream").exists()  # removed at the stop
 
+
+async def test_the_monitor_has_a_health_check_like_any_role(role_env: RoleEnv) -> None:
+    """`ops run monitor` (no --account) beats its file as `monitor`: `ops health monitor`."""
+    home = role_env.home
+    proc = await role_env.spawn("monitor")
+    await eventually(health_is(home, role_env, "monitor", None, 0, ready=True,
+                               contains="ok: monitor heartbeat"), "the monitor healthy", 30)
+    state = beat(home, "monitor")
+    assert state is not None and state.pid == proc.pid and state.active
+    assert await proc.stop() == 0
+    assert (await ops_health(home, role_env, "monitor", None))[0] == 2
