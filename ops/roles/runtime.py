@@ -52,8 +52,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ops.broker import AccountMismatchError, Broker, BrokerEndpoints, BrokerError, BrokerSettings
 from ops.config import (
     AccountConfig,
     Config,
@@ -74,6 +74,10 @@ from ops.store import Control, Store
 from ops.store.locks import LockKeeper, LockStatus, SingletonLock
 from ops.supervisor import program_name
 from ops.ticker import CounterValue, HeartbeatTask, MarketClockCache, Slot, Ticker
+
+if TYPE_CHECKING:  # imported where used: a role without a broker (the monitor) never
+    # loads ops.broker and alpaca-py (~9 MB of its RSS budget)
+    from ops.broker import Broker, BrokerEndpoints, BrokerSettings
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,8 @@ def broker_settings(config: Config, role: str) -> BrokerSettings:
     """Broker bounds from config, with `role`'s share of the key's REST budget (every
     process using an account's key takes its `REST_WEIGHTS` share; the shares add up to
     the key's budget)."""
+    from ops.broker import BrokerSettings
+
     b = config.broker
     total = sum(REST_WEIGHTS.values())
     weight = REST_WEIGHTS[role]
@@ -162,6 +168,8 @@ def broker_settings(config: Config, role: str) -> BrokerSettings:
 
 
 def endpoints_for(acct: AccountConfig) -> BrokerEndpoints:
+    from ops.broker import BrokerEndpoints
+
     return BrokerEndpoints(acct.rest_url, acct.stream_url, acct.data_url, acct.paper)
 
 
@@ -764,6 +772,8 @@ class RoleRuntime:
                 await self._incident("credentials", str(exc))
                 return EXIT_CONFIG
             await self._cleared("credentials", "credentials loaded at start")
+            from ops.broker import Broker
+
             self.broker = Broker(endpoints_for(acct), creds, broker_settings(config, self.role))
             self.phase = "binding"
             bound = await self._bind(acct)
@@ -818,6 +828,8 @@ class RoleRuntime:
 
     async def _bind(self, acct: AccountConfig) -> int | None:
         """Bind the broker to the expected account; retry while the broker is away."""
+        from ops.broker import AccountMismatchError, BrokerError
+
         assert self.broker is not None
         # At most 10 s apart: once the broker takes the key again (rotated back, restored),
         # the process is trading within seconds, not half a minute.

@@ -12,6 +12,8 @@ test (tests/roles/test_monitor.py) cannot stage quickly.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -115,3 +117,13 @@ async def test_failing_restarts_escalation_and_the_kill_switch(monitor: Monitor)
             'role="position-manager"} 0.0') in text  # STALE
     assert ('ops_process_status{account="large",process="large-dispatcher",'
             'role="dispatcher",status="failing"} 1.0') in text
+
+
+def test_the_monitor_role_never_loads_the_broker_stack() -> None:
+    """Its RSS budget (bench/monitor.py, <= 70 MB) holds because a role with no account to
+    bind never imports ops.broker / alpaca-py (~9 MB): the runtime imports them where used."""
+    code = ("import sys, ops.roles.runtime, ops.roles.monitor; "
+            "print(sorted(m for m in sys.modules if m.startswith(('alpaca', 'ops.broker'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
