@@ -100,7 +100,15 @@ class Monitor(Overseer):
                 startup_grace_s=self.policy.startup_grace_s, watching_since=self.started,
                 failure=self.failure(hb, e.account)))
         shown = {o.name: shown_state(o, self.policy) for o in observed}
-        await self.conclude(observed, [], reads, now, t0, shown)
+        # Postgres unreachable: the heartbeats read come from this container's own outage
+        # buffer, which holds no other process's beats (each container has its own), so
+        # everyone would look missing or stale. No verdicts until Postgres answers; the
+        # database-unreachable incident says what is going on.
+        blind = reads.reads_from == "buffer"
+        if blind:
+            self.skipped("Postgres unreachable: other processes' heartbeats cannot be read; "
+                         "no verdicts until it answers")
+        await self.conclude(observed, [], reads, now, t0, shown, judge=not blind)
 
 
 class _Delivery:

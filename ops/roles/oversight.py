@@ -263,14 +263,24 @@ class Overseer:
         now: datetime,
         t0: float,
         shown: Mapping[str, str] | None = None,
+        *,
+        judge: bool = True,
     ) -> None:
         """Decide on what this pass observed and carry it out; `shown`: the state word of
-        each process for the metrics when it is not its gap input's (heartbeat-observed)."""
-        self._skip_reason = None
-        decision = decide(observed, events, self.state, self.policy, now.timestamp())
-        self.state = decision.state
-        self.statuses = dict(decision.statuses)
-        actions = list(decision.actions)
+        each process for the metrics when it is not its gap input's (heartbeat-observed).
+        `judge` false: no verdict on any process this pass (what was observed cannot be
+        trusted), only the database decision; the last verdicts stand."""
+        actions: list[Action] = []
+        statuses: Mapping[str, Any]
+        if judge:
+            self._skip_reason = None
+            decision = decide(observed, events, self.state, self.policy, now.timestamp())
+            self.state = decision.state
+            self.statuses = dict(decision.statuses)
+            actions += decision.actions
+            statuses = decision.statuses
+        else:
+            statuses = {o.name: self.statuses.get(o.name, "starting") for o in observed}
         actions += await self._database_actions(now.timestamp(), reads.heartbeats)
         for action in actions:
             try:
@@ -282,8 +292,8 @@ class Overseer:
         self.passes += 1
         self.last_pass_ok = time.monotonic()
         if self.exporter is not None:
-            await self._publish(observed, decision.statuses, reads, now,
-                                time.monotonic() - t0, shown or {})
+            await self._publish(observed, statuses, reads, now, time.monotonic() - t0,
+                                shown or {})
 
     async def _database_actions(self, now: float,
                                 heartbeats: Mapping[str, Heartbeat]) -> list[Action]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,9 @@ from ops.metrics import MetricsExporter
 from ops.models import Heartbeat, RunRecord
 from ops.roles.monitor import Monitor
 from ops.store import Incident, Store
+from ops.store.embedded import EmbeddedPostgres
+from ops.watchdog import DATABASE, Tracked
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 FAILING: dict[str, int | float | str] = {
@@ -127,3 +131,40 @@ def test_the_monitor_role_never_loads_the_broker_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+async def test_no_verdicts_while_postgres_is_unreachable(pg_dedicated: EmbeddedPostgres,
+                                                         pg_home: Path) -> None:
+    """In its container the monitor's outage buffer holds no other process's heartbeat:
+    while Postgres is away it judges nobody (no false "missing" or "hung" for the whole
+    fleet) and raises only database-unreachable."""
+    env = RuntimeEnv(config_path=pg_home / "ops.toml", home=pg_home / "ops",
+                     database_url=pg_dedicated.url())
+    env.config_path.write_text((ROOT / "conf" / "ops.toml").read_text().replace(
+        'layout = "supervisord"', 'layout = "orchestrated"'))
+    async with await Store.open(env, process="monitor") as store:
+        outbox = await Outbox.open(pg_home / "alerts.sqlite3")
+        try:
+            mon = Monitor(env, load_config(env.config_path), store, outbox, sinks=[],
+                          started=datetime.now(UTC).timestamp() - 3600)
+            for e in mon.expected():
+                await beat(mon, e.name)
+            await mon.pass_once()
+            assert set(mon.statuses.values()) == {"ok"} and mon.healthy()
+            pg_dedicated.stop(mode="fast")
+            down_at = time.monotonic()
+
+            async def database_incident() -> bool:
+                await mon.pass_once()
+                assert not any(t.incident for n, t in mon.state.items() if n != DATABASE), \
+                    mon.state
+                memo = mon.state.get(DATABASE, Tracked()).incident
+                return memo is not None and memo.kind == DATABASE
+
+            await eventually(database_incident, "the database-unreachable incident", 30,
+                             interval_s=0.5)
+            assert time.monotonic() - down_at > mon.policy.heartbeat_stale_s
+            assert set(mon.statuses.values()) == {"ok"}  # the last verdicts stand
+            assert not mon.healthy()  # no dead-man ping meanwhile
+        finally:
+            await outbox.close()
