@@ -3,7 +3,8 @@
 Checks, in order: config; per account: credentials readable (never printed) and account
 binding (the broker's account number is the expected one); clock skew against each
 broker's clock; database (reachable, schema current); outage buffer writable;
-supervisord socket; disk space under OPS_HOME. Exit code: 0 all ok, 1 any FAIL, 2 when the
+supervisord socket (ok without it in the orchestrated layout, ops.layout); disk space
+under OPS_HOME. Exit code: 0 all ok, 1 any FAIL, 2 when the
 config itself cannot be loaded (nothing else can be checked without it).
 """
 
@@ -169,14 +170,22 @@ async def check_buffer(env: RuntimeEnv, config: Config) -> Check:
     return Check("buffer", True, detail)
 
 
-def check_supervisor(env: RuntimeEnv) -> Check:
+def check_supervisor(env: RuntimeEnv, config: Config) -> Check:
+    from ops.layout import configured, resolve
     from ops.supervisor import SupervisorClient, SupervisorUnavailable, conf_path
 
+    if configured(config) == "orchestrated":
+        return Check("supervisord", True, "not used: orchestrated layout (configured); "
+                     "the orchestrator restarts, `ops run monitor` watches")
     client = SupervisorClient.for_env(env, timeout_s=3)
     try:
         procs = client.processes()
         pid = client.pid()
     except SupervisorUnavailable as exc:
+        layout = resolve(env, config, supervisord_answers=False)
+        if layout.layout == "orchestrated":
+            return Check("supervisord", True, f"not used: orchestrated layout ({layout.how}); "
+                         "the orchestrator restarts, `ops run monitor` watches")
         return Check("supervisord", False, str(exc), "`ops up` starts it")
     down = [p.qualified for p in procs if p.state != "RUNNING"]
     detail = f"pid {pid}, {len(procs) - len(down)}/{len(procs)} RUNNING ({client.sock})"
@@ -221,7 +230,7 @@ async def run_checks(env: RuntimeEnv, config: Config,
         put(_skew_check(skews))
     steps: list[Callable[[], Awaitable[Check]]] = [
         lambda: check_database(env), lambda: check_buffer(env, config),
-        lambda: asyncio.to_thread(check_supervisor, env),
+        lambda: asyncio.to_thread(check_supervisor, env, config),
         lambda: asyncio.to_thread(check_disk, env),
     ]
     for step in steps:

@@ -199,3 +199,14 @@ def test_a_bad_layout_is_named() -> None:
                          "x.toml")
     assert "monitor.interval_s: must be less than watchdog.gap_bounds_s.monitor (30)" in \
         str(err.value)
+
+
+def test_doctor_does_not_fail_for_the_supervisord_nobody_runs(tmp_path: Path) -> None:
+    from ops.doctor import check_supervisor
+
+    env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path / "home",
+                     database_url=None)
+    for layout, ok in (("orchestrated", True), ("auto", True), ("supervisord", False)):
+        check = check_supervisor(env, write_config(env.config_path, layout))
+        assert check.ok is ok, (layout, check)
+        assert ("orchestrated layout" in check.detail) is ok, check.detail
