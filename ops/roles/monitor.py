@@ -72,6 +72,13 @@ class Monitor(Overseer):
         # Epoch s: a process with no heartbeat row is MISSING once this is startup_grace_s
         # old (before that: starting; every container may still be pulling its image).
         self.started = time.time() if started is None else started
+        self.unseen: list[str] = []  # expected processes with no heartbeat row at all
+
+    def healthy(self) -> bool:
+        """For the dead-man ping: the watchdog's rule, and every expected process seen
+        beating (one not seen yet is "starting" within the grace, but nothing proves it
+        runs: a monitor restarting in a loop must not ping through its graces)."""
+        return not self.unseen and super().healthy()
 
     def expected(self) -> list[Expected]:
         return orchestrated_processes(self.config, monitor=False)
@@ -99,6 +106,7 @@ class Monitor(Overseer):
                 paused=reads.paused_role(e.account, e.role), now=now,
                 startup_grace_s=self.policy.startup_grace_s, watching_since=self.started,
                 failure=self.failure(hb, e.account)))
+        self.unseen = [e.name for e in expected if e.name not in reads.heartbeats]
         shown = {o.name: shown_state(o, self.policy) for o in observed}
         # Postgres unreachable: the heartbeats read come from this container's own outage
         # buffer, which holds no other process's beats (each container has its own), so
