@@ -7,7 +7,9 @@ test (tests/roles/test_monitor.py) cannot stage quickly.
   (the stored detail and an "update" alert say so); no process is ever killed;
 - a kill switch holds back only the dispatcher (a stream of the same account completing
   no runs is still stalled), as `ops status` judges it;
-- the metrics say STALE processes are not running and count the restarts it saw.
+- the metrics say STALE processes are not running and count the restarts it saw;
+- an incident a role opens itself (the stream's `stream-refused`) is alerted, and its
+  closing too.
 """
 
 from __future__ import annotations
@@ -168,3 +170,22 @@ async def test_no_verdicts_while_postgres_is_unreachable(pg_dedicated: EmbeddedP
             assert not mon.healthy()  # no dead-man ping meanwhile
         finally:
             await outbox.close()
+
+
+async def test_incidents_the_roles_open_are_alerted(monitor: Monitor) -> None:
+    mon = monitor
+    for e in mon.expected():
+        await beat(mon, e.name)
+    await mon.pass_once()
+    # What the stream role opens when the broker refuses its key (ops/roles/stream.py).
+    await mon.store.open_incident("stream-refused", detail="the broker refused large's key",
+                                  process="large-stream", account="large",
+                                  dedupe_key="large-stream:stream-refused")
+    await mon.pass_once()
+    await mon.store.close_incident(dedupe_key="large-stream:stream-refused",
+                                   reason="connected again for 5s")
+    await mon.pass_once()
+    alerts = [r.payload["alert"] for r in await mon.outbox.rows()]
+    assert [(a["event"], a["kind"], a["process"]) for a in alerts] == [
+        ("opened", "stream-refused", "large-stream"),
+        ("closed", "stream-refused", "large-stream")]
