@@ -130,22 +130,34 @@ def split_ratio(delta: Decimal, held_before: Decimal, held_now: Decimal | None) 
 #: How close the cost basis (qty x average entry) must stay for a change to read as a
 #: split: Alpaca keeps the basis through a split, a trade moves it with the quantity.
 SPLIT_BASIS_TOLERANCE = Decimal("0.005")
+#: How far the market may have moved besides the split's re-basing between two reads.
+SPLIT_PRICE_TOLERANCE = Decimal("0.1")
 
 
-def looks_like_split(before_qty: Decimal, before_avg: Decimal, qty: Decimal,
-                     avg: Decimal) -> bool:
-    """Whether a position's change between two reads looks like a split or a reverse
-    split: the share count changed by a plausible split ratio (`nice_ratio`) while the
-    cost basis stayed within `SPLIT_BASIS_TOLERANCE` (a fill moves the basis with the
-    quantity: a buy adds its cost, a sell removes its shares' at the same average). Used
-    to hold a position's exits until the broker's split activity re-bases its exit state
-    (the position can change before the activity is published)."""
+def looks_like_split(before: tuple[Decimal, Decimal, Decimal | None],
+                     now: tuple[Decimal, Decimal, Decimal | None]) -> bool:
+    """Whether a position's change between two reads, each (qty, average entry, market
+    price or None), looks like a split or a reverse split: the share count changed by a
+    plausible split ratio r (`nice_ratio`), the cost basis stayed within
+    `SPLIT_BASIS_TOLERANCE` (a fill moves it with the quantity: a buy adds its cost, a
+    sell takes its shares out at the average) and, when both reads carry a price, the
+    price moved by about 1/r (within `SPLIT_PRICE_TOLERANCE`: a buy at a tiny price can
+    keep the basis, it cannot re-base the market). Used to hold a position's exits until
+    the broker's split activity re-bases its exit state (the position can change before
+    the activity is published)."""
+    (before_qty, before_avg, before_price), (qty, avg, price) = before, now
     if before_qty == 0 or qty == 0 or (before_qty > 0) != (qty > 0) or before_avg <= 0:
         return False
-    if not nice_ratio(Fraction(qty) / Fraction(before_qty)):
+    ratio = Fraction(qty) / Fraction(before_qty)
+    if not nice_ratio(ratio):
         return False
     before_basis = abs(before_qty * before_avg)
-    return abs(abs(qty * avg) - before_basis) <= before_basis * SPLIT_BASIS_TOLERANCE
+    if abs(abs(qty * avg) - before_basis) > before_basis * SPLIT_BASIS_TOLERANCE:
+        return False
+    if before_price is None or price is None or before_price <= 0 or price <= 0:
+        return True
+    moved = price * ratio.numerator / ratio.denominator / before_price  # 1 for a split
+    return abs(moved - 1) <= SPLIT_PRICE_TOLERANCE
 
 
 def scale(x: Decimal, r: Fraction) -> Decimal:

@@ -211,7 +211,7 @@ class PositionManager:
         self._retry_at: dict[str, datetime] = {}
         # The previous read of each position (qty, average entry; None: not read yet) and
         # the symbols that changed like a split the applied activities do not explain yet.
-        self._last_seen: dict[str, tuple[Decimal, Decimal]] | None = None
+        self._last_seen: dict[str, tuple[Decimal, Decimal, Decimal | None]] | None = None
         # symbol -> (the quantity before, what was seen)
         self._split_held: dict[str, tuple[Decimal, str]] = {}
         self.secret_id = secret_id  # named (never read) when the broker rejects the key
@@ -288,11 +288,12 @@ class PositionManager:
                             "protective stop resume", self.account, symbol)
         if self._last_seen is None:
             self._last_seen = await self._stored_positions()
-        seen = {p.symbol: (p.qty, p.avg_entry_price) for p in positions if p.qty != 0}
-        for symbol, (qty, avg) in seen.items():
+        seen = {p.symbol: (p.qty, p.avg_entry_price, p.current_price)
+                for p in positions if p.qty != 0}
+        for symbol, (qty, avg, price) in seen.items():
             before = self._last_seen.get(symbol)
             if (before is None or symbol in rebased or symbol in self._split_held
-                    or not act.looks_like_split(before[0], before[1], qty, avg)):
+                    or not act.looks_like_split(before, (qty, avg, price))):
                 continue
             what = (f"{qty_text(before[0])} @ {before[1]} -> {qty_text(qty)} @ {avg}, the "
                     "cost basis unchanged")
@@ -305,14 +306,15 @@ class PositionManager:
         self._last_seen = seen
         self.counters.split_held = len(self._split_held)
 
-    async def _stored_positions(self) -> dict[str, tuple[Decimal, Decimal]]:
+    async def _stored_positions(self) -> dict[str, tuple[Decimal, Decimal, Decimal | None]]:
         try:
             snap = await self.store.positions(self.account)
         except Exception as exc:
             if not is_outage(exc):
                 raise
             return {}
-        return {r.position.symbol: (r.position.qty, r.position.avg_entry_price)
+        return {r.position.symbol: (r.position.qty, r.position.avg_entry_price,
+                                    r.position.current_price)
                 for r in snap.rows if r.position.qty != 0}
 
     # -- refused exits -----------------------------------------------------------------------
