@@ -1,11 +1,12 @@
 """Prometheus metrics: the watchdog's figures, exported over HTTP on a loopback port.
 
-The watchdog builds one `MetricsSnapshot` per pass (the same figures it judged: heartbeat
-ages, last-run gaps against the expected interval, run outcomes and lateness, open
-incidents, restarts, buffer depth and age, orders/fills per account, alert delivery) and
-hands it to `MetricsExporter.publish`. A custom collector renders the latest snapshot at
-scrape time, so a process that disappears also disappears from the metrics (no stale
-label sets), and a scrape never waits on Postgres or supervisord.
+The watchdog (without supervisord: the monitor role) builds one `MetricsSnapshot` per
+pass (the same figures it judged: heartbeat ages, last-run gaps against the expected
+interval, run outcomes and lateness, open incidents, restarts, buffer depth and age,
+orders/fills per account, alert delivery) and hands it to `MetricsExporter.publish`. A
+custom collector renders the latest snapshot at scrape time, so a process that
+disappears also disappears from the metrics (no stale label sets), and a scrape never
+waits on Postgres or supervisord.
 
 `serve(exporter, host, port)` starts prometheus-client's HTTP server in a thread; the host
 must be a loopback address (config validates it, `serve` checks again).
@@ -56,7 +57,7 @@ class MetricsSnapshot:
     processes: list[ProcessMetrics] = field(default_factory=list)
     open_incidents: Mapping[str, int] = field(default_factory=dict)  # kind -> open count
     incidents_opened: Mapping[str, int] = field(default_factory=dict)  # kind -> total (this run)
-    restarts: Mapping[str, int] = field(default_factory=dict)  # process -> watchdog restarts
+    restarts: Mapping[str, int] = field(default_factory=dict)  # process -> restarts made/seen
     database_reachable: bool = True
     reads_from: str = "postgres"
     buffer_pending: int = 0
@@ -107,7 +108,8 @@ def _process_metrics(snap: MetricsSnapshot) -> Iterator[Metric]:
                  "Time since the process's last completed run (its gap).", pl)
     interval = _gauge("ops_expected_interval_seconds", "The process's schedule interval.", pl)
     late = _gauge("ops_last_run_lateness_seconds", "Lateness of the last completed run.", pl)
-    up = _gauge("ops_process_running", "1 when supervisord has the process RUNNING.", pl)
+    up = _gauge("ops_process_running", "1 when the process is RUNNING (supervisord's state; "
+                "without supervisord: its heartbeat is fresh).", pl)
     status = _gauge("ops_process_status",
                     "1 for the process's current status (ok/late/stalled/...).", [*pl, "status"])
     outcome = _gauge("ops_last_run_outcome", "1 for the outcome of the last completed run.",
@@ -145,7 +147,8 @@ def _system_metrics(snap: MetricsSnapshot) -> Iterator[Metric]:
         opened.add_metric([kind], float(n))
     yield opened
     restarts = CounterMetricFamily("ops_watchdog_restarts",
-                                   "Kills and starts the watchdog made, by process.",
+                                   "Kills and starts the watchdog made (without "
+                                   "supervisord: restarts the monitor saw), by process.",
                                    labels=["process"])
     for proc, n in sorted(snap.restarts.items()):
         restarts.add_metric([proc], float(n))
