@@ -8,9 +8,10 @@ cd "$root"
 if [ $# -eq 0 ]; then
   ruff check ops tui tests
   mypy
-  # The whole suite: most tests wait on real processes and clocks, so two workers (each
-  # with its own Postgres, ports and homes) halve the wall time. OPS_TEST_WORKERS=0 runs
+  # The whole suite: most tests wait on real processes and clocks, so three workers (each
+  # with its own Postgres, ports and homes) overlap those waits on two cores; longest files
+  # first (tests/conftest.py). OPS_TEST_WORKERS=0 runs
   # it in one process.
-  exec pytest -n "${OPS_TEST_WORKERS:-2}" --dist loadfile --durations=25
+  exec pytest -n "${OPS_TEST_WORKERS:-3}" --dist loadfile --durations=25
 fi
 exec pytest "$@"

@@ -134,3 +134,23 @@ async def ops_store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first, their declared timeout standing in for their length (a file
+    marked slow without one counts as the ini timeout): on the suite's xdist workers
+    (scripts/test.sh, --dist loadfile) a long file started last is the whole run's tail,
+    while short files fill the gaps at the end. Stable: the order within a file, and of
+    files of equal weight, is kept (no test may depend on it anyway)."""
+    default = float(config.getini("timeout") or 0)
+
+    def weight(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and marker.args:
+            return float(marker.args[0])
+        return default if item.get_closest_marker("slow") is not None else 0.0
+
+    per_file: dict[Path, float] = {}
+    for item in items:
+        per_file[item.path] = max(per_file.get(item.path, 0.0), weight(item))
+    items.sort(key=lambda item: -per_file[item.path])
