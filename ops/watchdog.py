@@ -627,6 +627,22 @@ def _decide_watched(
     return replace(st, healthy_since=None)
 
 
+def _failing_incident(p: Observed, st: Tracked, now: float, actions: list[Action]
+                      ) -> Tracked:
+    """The one incident of a failing process, whichever driver judges it: opened naming
+    the cause, or, already open for something else (an exit, a hang), noted once."""
+    key = incident_key(p.name)
+    detail = f"failing: {p.failure or 'its runs fail'}"
+    st = replace(st, healthy_since=None)
+    if st.incident is None:
+        actions.append(OpenIncident(key, "failing", p.name, p.account, detail))
+        return replace(st, incident=IncidentMemo(key, "failing", now, account=p.account))
+    if st.incident.kind != "failing":
+        actions.append(NoteIncident(key, p.name, detail))
+        return replace(st, incident=replace(st.incident, kind="failing"))
+    return st
+
+
 def _failing_watched(
     p: Observed, st: Tracked, policy: Policy, now: float, actions: list[Action],
     restarted: bool,
@@ -635,14 +651,7 @@ def _failing_watched(
     alert escalates once the orchestrator has restarted it `failing_restarts` times within
     the window and it still fails (a restart does not fix this)."""
     key = incident_key(p.name)
-    detail = f"failing: {p.failure or 'its runs fail'}"
-    st = replace(st, healthy_since=None)
-    if st.incident is None:
-        actions.append(OpenIncident(key, "failing", p.name, p.account, detail))
-        st = replace(st, incident=IncidentMemo(key, "failing", now, account=p.account))
-    elif st.incident.kind != "failing":
-        actions.append(NoteIncident(key, p.name, detail))
-        st = replace(st, incident=replace(st.incident, kind="failing"))
+    st = _failing_incident(p, st, now, actions)
     recent = tuple(t for t in st.failing_restarts if now - t < policy.failing_window_s)
     if restarted:
         recent = (*recent, now)
@@ -664,14 +673,7 @@ def _decide_failing(
     window; after that no more restarts, and the alert escalates once."""
     key = incident_key(p.name)
     detail = f"failing: {p.failure or 'its runs fail'}"
-    st = replace(st, healthy_since=None)
-    if st.incident is None:
-        actions.append(OpenIncident(key, "failing", p.name, p.account, detail))
-        st = replace(st, incident=IncidentMemo(key, "failing", now, account=p.account))
-    elif st.incident.kind != "failing":
-        # Already open for something else (an exit, a hang): say what it is now, once.
-        actions.append(NoteIncident(key, p.name, detail))
-        st = replace(st, incident=replace(st.incident, kind="failing"))
+    st = _failing_incident(p, st, now, actions)
     recent = tuple(t for t in st.failing_restarts if now - t < policy.failing_window_s)
     just_restarted = (st.killed_pid == p.pid and st.killed_at is not None
                       and now - st.killed_at < policy.kill_retry_s)

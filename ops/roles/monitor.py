@@ -185,14 +185,7 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
     pruner = Pruner(ctx.store.pool, timedelta(days=config.database.history_retention_days))
 
     async def job(_slot: object) -> None:
-        try:
-            await mon.pass_once()
-        finally:
-            await mon.buffer_health(buffer_watch)
-        try:  # history retention: a few indexed deletes, hourly (ops/store/retention.py)
-            await pruner.step(datetime.now(UTC))
-        except Exception:
-            log.exception("retention step failed; the next pass tries again")
+        await mon.pass_with_upkeep(buffer_watch, pruner)
 
     ctx.ticker(PROCESS_NAME, lambda c: c.monitor.interval_s, job, market_gate=False,
                job_timeout_s=PASS_TIMEOUT_S)

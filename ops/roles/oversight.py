@@ -49,6 +49,7 @@ from ops.watchdog import (
 
 if TYPE_CHECKING:
     from ops.store.bufferwatch import BufferWatch
+    from ops.store.retention import Pruner
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +424,23 @@ class Overseer:
             self._others = current
         else:
             self._others.update(current)
+
+    async def pass_once(self) -> None:
+        """One observation pass (the driver's)."""
+        raise NotImplementedError
+
+    async def pass_with_upkeep(self, watch: BufferWatch, pruner: Pruner) -> None:
+        """The driver's ticker job: a pass, then the outage buffer's probe (whatever the
+        pass did), then a history-retention step (a few indexed deletes, hourly:
+        ops/store/retention.py; a failed one is logged, the next pass tries again)."""
+        try:
+            await self.pass_once()
+        finally:
+            await self.buffer_health(watch)
+        try:
+            await pruner.step(datetime.now(UTC))
+        except Exception:
+            log.exception("retention step failed; the next pass tries again")
 
     async def buffer_health(self, watch: BufferWatch) -> None:
         """The outage buffer's write probe (`ops.store.bufferwatch.BufferWatch`). A stored

@@ -435,14 +435,7 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
     pruner = Pruner(store.pool, timedelta(days=config.database.history_retention_days))
 
     async def job(_slot: object) -> None:
-        try:
-            await wd.pass_once()
-        finally:
-            await wd.buffer_health(buffer_watch)
-        try:  # history retention: a few indexed deletes, hourly (ops/store/retention.py)
-            await pruner.step(datetime.now(UTC))
-        except Exception:
-            log.exception("retention step failed; the next pass tries again")
+        await wd.pass_with_upkeep(buffer_watch, pruner)
 
     ticker = Ticker(PROCESS_NAME, PASS_INTERVAL_S, job, process=PROCESS_NAME, account=None,
                     role=PROCESS_NAME, ledger=store, job_timeout_s=PASS_TIMEOUT_S)
