@@ -30,6 +30,7 @@ from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widget import Widget
@@ -197,10 +198,14 @@ class Dashboard(App[None]):
         cells do not depend on the time (accounts, feed)."""
         if self.state is None:
             return
+        try:
+            banner = self.query_one(Banner)
+        except NoMatches:  # a poll landing while the app shuts down: its widgets are gone
+            return
         self._rendered_at = time.monotonic()
         now = self.now()
         state = self.state.filtered(self.account_filter)
-        self.query_one(Banner).show(state, now, self.account_filter, self.stale)
+        banner.show(state, now, self.account_filter, self.stale)
         # Render only what is visible: a hidden panel catches up when it is shown.
         processes = self.query_one(ProcessesTable)
         if processes.display:

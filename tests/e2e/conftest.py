@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,13 +58,16 @@ class Stack:
 
         return asyncio.run(run())
 
-    def poll(self, what: str, check: Any, timeout_s: float, interval_s: float = 0.5) -> Any:
-        """Call `check()` until it returns something truthy; fail naming `what`."""
+    def poll(self, what: str, check: Any, timeout_s: float, interval_s: float = 0.5,
+             explain: Callable[[], str] | None = None) -> Any:
+        """Call `check()` until it returns something truthy; fail naming `what` (and what
+        `explain()` says about the last state)."""
         deadline = time.monotonic() + timeout_s
         last = check()
         while not last:
             if time.monotonic() > deadline:
-                pytest.fail(f"{what}: not within {timeout_s:g}s (last: {last!r})")
+                seen = explain() if explain is not None else repr(last)
+                pytest.fail(f"{what}: not within {timeout_s:g}s (last: {seen})")
             time.sleep(interval_s)
             last = check()
         return last

@@ -209,29 +209,43 @@ def protected_then_killed(stack: Stack) -> dict[str, Any]:
     broker's book at the moment of death (from the simulator's state file)."""
     port = stack.sim_port
 
-    def trading_and_protected() -> dict[str, Any] | None:
-        state = sim_state(port)
-        ok = len(whole_positions(state, "large")) >= 2 and not problems(state)
-        return state if ok else None
     stack.poll("large trading (its first whole position)",
                lambda: whole_positions(sim_state(port), "large"), timeout_s=120)
     # The positions stand still from here: the strategy stops deciding (its exit signals
     # close positions: an exit signal cancels the stop and sells, and a stop cancelled by
     # someone else comes back only after a grace, so a trading book is rarely all
     # protected at one instant), what it queued is dispatched, and the test tops large
-    # up to two positions with buys of its own.
+    # up to two positions with buys of its own. The exit rules keep running, so a
+    # position can still close while the test waits: it tops up again, with a symbol
+    # it has not bought yet, until two are held and protected at one instant.
     sup = SupervisorClient.for_env(stack.env, timeout_s=10)
     engine = next(p for p in sup.processes() if p.name == "signal-engine")
     assert sup.stop(f"{engine.group}:{engine.name}")
     for account in ACCOUNTS:
         after(stack, account, "dispatcher", "passes", 2)
-    missing = 2 - len(whole_positions(sim_state(port), "large"))
-    for symbol in ("NVDA", "AMD")[:max(0, missing)]:
-        out = stack.ops("signal", "add", "--account", "large", "--symbol", symbol,
-                        "--side", "buy", "--qty", "5")
-        assert out.returncode == 0, out.stdout + out.stderr
+    spare = ["NVDA", "AMD", "QQQ", "TSLA", "IWM"]
+    asked: list[str] = []
+    last: dict[str, Any] = {}
+
+    def trading_and_protected() -> dict[str, Any] | None:
+        state = sim_state(port)
+        held = whole_positions(state, "large")
+        orders = state["accounts"]["large"]["orders"]
+        buying = {o["symbol"] for o in orders
+                  if o["side"] == "buy" and o["status"] not in TERMINAL}
+        # A signal not dispatched yet has no order at the broker: still on its way.
+        queued = set(asked) - {o["symbol"] for o in orders}
+        if len(set(held) | buying | queued) < 2 and spare:
+            symbol = spare.pop(0)
+            asked.append(symbol)
+            out = stack.ops("signal", "add", "--account", "large", "--symbol", symbol,
+                            "--side", "buy", "--qty", "5")
+            assert out.returncode == 0, out.stdout + out.stderr
+        last.update(held=held, buying=sorted(buying), asked=list(asked),
+                    problems=problems(state))
+        return state if len(held) >= 2 and not last["problems"] else None
     stack.poll("large holds two managed positions, each with its stop",
-               trading_and_protected, timeout_s=60)
+               trading_and_protected, timeout_s=90, explain=lambda: repr(last))
     for account in ACCOUNTS:  # no new entries either
         out = stack.ops("pause", account)
         assert out.returncode == 0, out.stdout + out.stderr
