@@ -121,7 +121,15 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     signal = sub.add_parser("signal", help="trading signals")
     signal_sub = signal.add_subparsers(dest="signal_command", metavar="SIGNAL_COMMAND",
                                        required=True)
-    add = signal_sub.add_parser("add", help="insert a signal for an account's dispatcher")
+    add = signal_sub.add_parser(
+        "add", help="insert a signal for an account's dispatcher and wait for its verdict",
+        description="Insert a signal, then wait for the account's dispatcher to decide it and "
+        "print the verdict: submitted (with the broker order id), rejected or expired (with "
+        "the reason). Arguments the account's risk limits refuse whatever the book holds "
+        "(max_qty, options) are refused before anything is queued. Exit codes: 0 "
+        "submitted (with --no-wait: recorded); 1 rejected or expired; 2 a bad argument or "
+        "config; 3 no verdict within --wait (still queued: is the dispatcher running?), or "
+        "only buffered while Postgres is away.")
     add.add_argument("--account", required=True, metavar="TIER")
     add.add_argument("--symbol", required=True)
     add.add_argument("--side", required=True, choices=("buy", "sell"))
@@ -137,7 +145,33 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     add.add_argument("--strategy", default="manual")
     add.add_argument("--key", metavar="IDEMPOTENCY_KEY",
                      help="a second `signal add` with the same key is a no-op")
+    waiting = add.add_mutually_exclusive_group()
+    waiting.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                         help="how long to wait for the dispatcher's verdict (default 30)")
+    waiting.add_argument("--no-wait", action="store_true",
+                         help="print the new signal's id and return at once (exit 0)")
     add.set_defaults(handler=_lazy("ops.control", "cli_signal_add"))
+
+    listing = signal_sub.add_parser(
+        "list", help="signals newest first: queued, submitted (with the order), rejected "
+        "and expired (with the reason)")
+    listing.add_argument("--account", metavar="TIER", help="only this account's")
+    listing.add_argument("--status", choices=("queued", "submitted", "rejected", "expired",
+                                              "unknown"),
+                         help="only those in this state (unknown: sent, the broker's answer "
+                         "not settled yet)")
+    listing.add_argument("--since", metavar="DURATION",
+                         help="only those created within DURATION, e.g. 90m, 24h, 7d")
+    listing.add_argument("--limit", type=int, default=50, metavar="N",
+                         help="at most N signals, the newest (default 50)")
+    listing.add_argument("--json", action="store_true",
+                         help="JSON on stdout: every field of each signal")
+    listing.set_defaults(handler=_lazy("ops.signals_cli", "cli_signal"))
+    show = signal_sub.add_parser("show", help="every field of one signal, the order it "
+                                 "became and the dispatcher's reason")
+    show.add_argument("id", metavar="ID", help="the signal's id, as `ops signal list` shows it")
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    show.set_defaults(handler=_lazy("ops.signals_cli", "cli_signal"))
 
     pause = sub.add_parser("pause", help="engage an account's kill switch")
     pause.add_argument("account", metavar="TIER")

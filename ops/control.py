@@ -35,7 +35,18 @@ log = logging.getLogger(__name__)
 
 KILL_SWITCH_KEY = "kill_switch"
 _TOO_BIG = Decimal(10) ** 12  # no order here is a trillion of anything
-STOCK_SYMBOL = re.compile(r"^[A-Z][A-Z0-9]{0,5}([./][A-Z]{1,2})?$")
+#: A US stock ticker: 1-5 letters, optionally a share class ("BRK.B"); as the simulator
+#: and the exchanges spell them. Whether it is listed only the broker knows: the dispatcher
+#: refuses one without a price, and `ops signal add` waits to say so.
+STOCK_SYMBOL = re.compile(r"^[A-Z]{1,5}([./][A-Z]{1,2})?$")
+
+#: `ops signal add` exit codes (ops/cli.py help, README): 2 is a bad argument or config,
+#: as everywhere.
+EXIT_SUBMITTED = 0  # the broker took the order (or --no-wait: the signal is recorded)
+EXIT_REFUSED = 1  # the dispatcher rejected or expired it; the reason is printed
+EXIT_NO_VERDICT = 3  # no final word within --wait (queued, unsettled, or only buffered)
+#: How often the wait reads the signal's row (one indexed read).
+WAIT_POLL_S = 0.2
 
 
 class UsageError(Exception):
@@ -86,9 +97,9 @@ def _symbol(text: str) -> str:
     if STOCK_SYMBOL.match(text) or OptionSymbol.parse(text) is not None:
         return text
     hint = f" (did you mean {text.upper()!r}?)" if text.upper() != text else ""
-    raise UsageError(f"--symbol {text!r}: not a stock symbol (A-Z, up to 6 letters, "
-                     f"e.g. AAPL, BRK.B) or an OCC option symbol (e.g. "
-                     f"AAPL240621C00190000){hint}")
+    raise UsageError(f"--symbol {text!r}: not a stock symbol (1-5 letters A-Z with an "
+                     f"optional share class, e.g. AAPL, BRK.B) or an OCC option symbol "
+                     f"(e.g. AAPL240621C00190000){hint}")
 
 
 def _account(config: Config, name: str, option: str) -> str:
@@ -97,6 +108,24 @@ def _account(config: Config, name: str, option: str) -> str:
         raise UsageError(f"{option} {name!r}: no such account in the config "
                          f"(known: {known})")
     return name
+
+
+def _within_limits(config: Config, account: str, symbol: str, qty: Decimal | None,
+                   qty_text: str | None) -> None:
+    """The account's risk limits that refuse a signal whatever the book holds (the
+    dispatcher's sanity and options gates, ops.risk): refused here, before it is queued."""
+    risk = config.accounts[account].risk
+    where = f"[accounts.{account}.risk]"
+    if qty is not None and qty > risk.max_qty:
+        raise UsageError(f"--qty {qty_text!r}: above {account}'s max_qty {risk.max_qty} "
+                         f"({where} max_qty in the config); the dispatcher would refuse it")
+    if OptionSymbol.parse(symbol) is None:
+        return
+    if not risk.allow_options:
+        raise UsageError(f"--symbol {symbol!r}: an option, and {account} does not trade "
+                         f"options ({where} allow_options = false)")
+    if qty is not None and qty != qty.to_integral_value():
+        raise UsageError(f"--qty {qty_text!r}: options trade in whole contracts")
 
 
 def signal_fields(args: argparse.Namespace, config: Config) -> dict[str, Any]:
@@ -128,6 +157,7 @@ def signal_fields(args: argparse.Namespace, config: Config) -> dict[str, Any]:
         raise UsageError("--strategy: must not be empty")
     if args.key is not None and not str(args.key).strip():
         raise UsageError("--key: must not be empty")
+    _within_limits(config, account, symbol, qty, args.qty)
     return {
         "account": account, "symbol": symbol, "side": args.side, "qty": qty,
         "notional": notional, "order_type": args.order_type, "limit_price": limit_price,
@@ -164,38 +194,66 @@ async def _open(env: RuntimeEnv, config: Config) -> Store:
 # -- commands -----------------------------------------------------------------------------
 
 
+def _wait_s(args: argparse.Namespace) -> float | None:
+    """Seconds to wait for the dispatcher's verdict; None with --no-wait."""
+    if getattr(args, "no_wait", False):
+        return None
+    wait = getattr(args, "wait", 30.0)
+    if not math.isfinite(wait) or wait < 0:
+        raise UsageError(f"--wait {wait!r}: must be a number of seconds >= 0")
+    return float(wait)
+
+
 def cli_signal_add(args: argparse.Namespace) -> int:
+    """Insert the signal; then (unless --no-wait) wait for the dispatcher's verdict and
+    print it. Exit codes: EXIT_SUBMITTED, EXIT_REFUSED, EXIT_NO_VERDICT; 2 bad input."""
     loaded = _load("signal add")
     if isinstance(loaded, int):
         return loaded
     env, config = loaded
     try:
         fields = signal_fields(args, config)
+        wait_s = _wait_s(args)
     except UsageError as exc:
         return _fail("signal add", str(exc))
+    from ops import signals_cli
 
-    async def insert() -> tuple[int | None, bool]:
+    size = f"{fields['qty']}" if fields["qty"] is not None else f"${fields['notional']}"
+    what = f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
+
+    async def run() -> int:
         store = await _open(env, config)
         try:
             sid = await store.insert_signal(**fields)
-            return sid, store.database_reachable
+            if sid is None:
+                # Buffered: Postgres is away, or earlier buffered writes must reach it
+                # first (the store never lets a new write overtake a buffered one).
+                why = ("Postgres is unreachable" if not store.database_reachable
+                       else "earlier buffered writes are still being replayed")
+                print(f"signal buffered ({what}): {why}; it is inserted once the buffer "
+                      "drains (no id yet)" + ("" if wait_s is None else
+                                              "; no verdict to wait for"))
+                return EXIT_SUBMITTED if wait_s is None else EXIT_NO_VERDICT
+            if wait_s is None:
+                print(sid)
+                print(f"signal {sid}: {what}", file=sys.stderr)
+                return EXIT_SUBMITTED
+            print(f"signal {sid}: {what}", flush=True)
+            rec, error = await signals_cli.await_verdict(store, sid, wait_s, WAIT_POLL_S)
+            now = datetime.now(UTC)
+            if rec is not None and rec.decided:
+                print(signals_cli.verdict_line(rec, now))
+                return EXIT_SUBMITTED if rec.state == "submitted" else EXIT_REFUSED
+            where = (f"{signals_cli.verdict_line(rec, now)}" if rec is not None
+                     else f"not readable ({error})")
+            hint = await signals_cli.no_verdict_hint(store, config, fields["account"], now)
+            print(f"no verdict within {wait_s:g}s: {where}; {hint}. It stays queued: "
+                  f"`ops signal show {sid}` tells what became of it")
+            return EXIT_NO_VERDICT
         finally:
             await store.close()
 
-    sid, reachable = asyncio.run(insert())
-    size = f"{fields['qty']}" if fields["qty"] is not None else f"${fields['notional']}"
-    what = f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
-    if sid is None:
-        # Buffered: Postgres is away, or earlier buffered writes must reach it first
-        # (the store never lets a new write overtake a buffered one).
-        why = ("Postgres is unreachable" if not reachable
-               else "earlier buffered writes are still being replayed")
-        print(f"signal buffered ({what}): {why}; it is inserted once the buffer drains "
-              "(no id yet)")
-        return 0
-    print(sid)
-    print(f"signal {sid}: {what}", file=sys.stderr)
-    return 0
+    return asyncio.run(run())
 
 
 #: What each kill switch mode does, in the words the CLI and the dashboard show.

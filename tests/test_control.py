@@ -45,7 +45,7 @@ def query(url: str, sql: str, *args: Any) -> list[Any]:
 
 def test_signal_add_inserts_and_prints_the_id(environ: dict[str, str], pg_url: str) -> None:
     out = ops(environ, "signal", "add", "--account", "tiny", "--symbol", "AAPL", "--side",
-              "buy", "--qty", "2", "--expires-in", "60", "--key", "k-1")
+              "buy", "--qty", "2", "--expires-in", "60", "--key", "k-1", "--no-wait")
     assert out.returncode == 0, out.stderr
     sid = int(out.stdout.strip())
     rows = query(pg_url, "SELECT * FROM signals")
@@ -56,13 +56,13 @@ def test_signal_add_inserts_and_prints_the_id(environ: dict[str, str], pg_url: s
     assert r["expires_at"] is not None and r["strategy"] == "manual"
     # Same idempotency key: no second signal, the same id.
     again = ops(environ, "signal", "add", "--account", "tiny", "--symbol", "AAPL", "--side",
-                "buy", "--qty", "2", "--key", "k-1")
+                "buy", "--qty", "2", "--key", "k-1", "--no-wait")
     assert again.returncode == 0 and int(again.stdout.strip()) == sid
     assert len(query(pg_url, "SELECT id FROM signals")) == 1
 
     limit = ops(environ, "signal", "add", "--account", "large", "--symbol", "MSFT", "--side",
                 "sell", "--qty", "1", "--type", "limit", "--limit-price", "421.5",
-                "--tif", "gtc")
+                "--tif", "gtc", "--no-wait")
     assert limit.returncode == 0, limit.stderr
     r = query(pg_url, "SELECT * FROM signals WHERE id = $1", int(limit.stdout))[0]
     assert (r["order_type"], r["limit_price"], r["time_in_force"]) == (
@@ -90,6 +90,19 @@ BAD = [
                               "(known: large, tiny)"),
     ({"--symbol": "AAPL!"}, "--symbol 'AAPL!'"),
     ({"--symbol": "TOOLONGNAME"}, "--symbol 'TOOLONGNAME'"),
+    ({"--symbol": "ZZZZZZ"}, "--symbol 'ZZZZZZ': not a stock symbol (1-5 letters"),
+    ({"--symbol": "AB1"}, "--symbol 'AB1': not a stock symbol"),
+    # The account's risk limits that refuse it whatever the book holds (conf/ops.toml).
+    ({"--qty": "1e9"}, "--qty '1e9': above tiny's max_qty 10 ([accounts.tiny.risk] max_qty "
+                       "in the config); the dispatcher would refuse it"),
+    ({"--account": "large", "--qty": "501"}, "--qty '501': above large's max_qty 500"),
+    ({"--symbol": "AAPL240621C00190000"}, "--symbol 'AAPL240621C00190000': an option, and "
+                                          "tiny does not trade options ([accounts.tiny.risk] "
+                                          "allow_options = false)"),
+    ({"--account": "large", "--symbol": "AAPL240621C00190000", "--qty": "1.5"},
+     "--qty '1.5': options trade in whole contracts"),
+    ({"--wait": "-1"}, "--wait -1.0: must be a number of seconds >= 0"),
+    ({"--wait": "nan"}, "--wait nan"),
     ({"--qty": "-1"}, "--qty '-1': must be a finite number > 0"),
     ({"--qty": "nan"}, "--qty 'nan'"),
     ({"--qty": "inf"}, "--qty 'inf'"),
@@ -172,10 +185,18 @@ def test_signal_add_during_an_outage_is_buffered_then_inserted(
 ) -> None:
     down = f"postgresql://postgres@/nodb?host={tmp_path / 'no-such-socket-dir'}"
     out = ops({**environ, "OPS_DATABASE_URL": down}, "signal", "add", "--account", "tiny",
-              "--symbol", "NVDA", "--side", "buy", "--qty", "1", "--key", "outage-1")
+              "--symbol", "NVDA", "--side", "buy", "--qty", "1", "--key", "outage-1",
+              "--no-wait")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("signal buffered (buy 1 NVDA for tiny): Postgres is "
                                  "unreachable")
+    # Waiting (the default) has no verdict to wait for: exit 3, said so. (The same key
+    # makes the replay insert one signal, checked below.)
+    out = ops({**environ, "OPS_DATABASE_URL": down}, "signal", "add", "--account", "tiny",
+              "--symbol", "NVDA", "--side", "buy", "--qty", "1", "--key", "outage-1")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stdout.startswith("signal buffered (buy 1 NVDA for tiny)"), out.stdout
+    assert "no verdict to wait for" in out.stdout
     assert query(pg_url, "SELECT id FROM signals") == []
 
     async def drain() -> None:

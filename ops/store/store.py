@@ -72,6 +72,7 @@ from ops.store.ops import (
     run_steps,
 )
 from ops.store.postgres import close_pool, create_pool, is_outage, redact_url
+from ops.store.signal_records import SignalRecord, find_signal, list_signals
 
 log = logging.getLogger(__name__)
 
@@ -1054,6 +1055,20 @@ class Store:
             "control", sql, (account,), lambda p: control_key(p["account"], p["key"]),
             "updated_at", decode_control, keep=lambda p: p["account"] == account,
         )
+
+    async def signals(self, *, account: str | None = None,
+                      states: Sequence[str] | None = None, since: datetime | None = None,
+                      limit: int = 200) -> list[SignalRecord]:
+        """Signals newest first, each with the order it became (`ops signal list`, the
+        dashboard's pane). Postgres only: raises on an outage (`is_outage`)."""
+        return await list_signals(self._pool, account=account, states=states, since=since,
+                                  limit=limit)
+
+    async def signal(self, signal_id: int) -> SignalRecord | None:
+        """One signal in full, with its order (`ops signal show`, `ops signal add`'s wait).
+        Postgres only: raises on an outage (`is_outage`)."""
+        return await find_signal(self._pool, signal_id)
+
 
 
 # --- payload <-> model ------------------------------------------------------------------------

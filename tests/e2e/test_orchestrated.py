@@ -249,7 +249,7 @@ def test_hung_role_fails_its_probe_and_the_monitor_alerts_then_a_standby_takes_o
 
     # It trades on: a new signal is dispatched by the standby; no signal became two orders.
     added = f.ops("signal", "add", "--account", "tiny", "--symbol", "SPY", "--side", "buy",
-                  "--notional", "20")
+                  "--notional", "20", "--no-wait")
     assert added.returncode == 0, added.stdout + added.stderr
     poll("a signal dispatched after the hand-over",
          lambda: f.query("SELECT 1 FROM signals WHERE account = 'tiny' AND status = "

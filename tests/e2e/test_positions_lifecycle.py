@@ -192,7 +192,7 @@ def stored_equals_broker(stack: Stack, account: str = "large") -> None:
 def buy(stack: Stack, symbol: str, qty: int, account: str = "large") -> None:
     """A signal's buy (a managed lot), filled and its fill stored."""
     ops_ok(stack, "signal", "add", "--account", account, "--symbol", symbol, "--side", "buy",
-           "--qty", str(qty))
+           "--qty", str(qty), "--no-wait")
     stack.poll(f"{symbol} bought and managed",
                lambda: owned(stack, symbol, account) == (Decimal(qty), Decimal(0)),
                timeout_s=60)
@@ -307,7 +307,7 @@ def expiry_exercise_and_assignment_own_the_shares_right(stack: Stack) -> None:
 
 def pdt_refused_exit_is_an_incident(stack: Stack) -> None:
     ops_ok(stack, "signal", "add", "--account", "tiny", "--symbol", "F", "--side", "buy",
-           "--notional", "50")
+           "--notional", "50", "--no-wait")
     stack.poll("tiny's F bought and managed",
                lambda: owned(stack, "F", "tiny")[0] > 0, timeout_s=60)
     qty = broker_positions(stack, "tiny")["F"]

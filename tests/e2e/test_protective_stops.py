@@ -239,7 +239,7 @@ def protected_then_killed(stack: Stack) -> dict[str, Any]:
             symbol = spare.pop(0)
             asked.append(symbol)
             out = stack.ops("signal", "add", "--account", "large", "--symbol", symbol,
-                            "--side", "buy", "--qty", "5")
+                            "--side", "buy", "--qty", "5", "--no-wait")
             assert out.returncode == 0, out.stdout + out.stderr
         last.update(held=held, buying=sorted(buying), asked=list(asked),
                     problems=problems(state))
