@@ -446,6 +446,16 @@ WITH a AS (
     ON CONFLICT (name) DO UPDATE SET account_number = excluded.account_number,
                                      updated_at = excluded.updated_at
     WHERE excluded.updated_at >= accounts.updated_at
+), h AS (
+    -- The series behind the dashboard's history (migration 0019): one row per minute,
+    -- the newest summary of that minute.
+    INSERT INTO account_history (account, minute, as_of, equity, last_equity, cash)
+    VALUES ($1, to_timestamp(floor(extract(epoch FROM $7::text::timestamptz) / 60) * 60),
+            $7::text::timestamptz, $3::text::numeric, $6::text::numeric, $4::text::numeric)
+    ON CONFLICT (account, minute) DO UPDATE SET
+        as_of = excluded.as_of, equity = excluded.equity,
+        last_equity = excluded.last_equity, cash = excluded.cash
+    WHERE excluded.as_of >= account_history.as_of
 )
 INSERT INTO account_state (name, account_number, equity, cash, buying_power, last_equity, as_of)
 VALUES ($1, $2, $3::text::numeric, $4::text::numeric, $5::text::numeric, $6::text::numeric,

@@ -1,7 +1,8 @@
 """Retention of the high-volume history tables, so that the database does not grow forever.
 
 What is pruned: the run ledger (`runs`, one row per scheduled slot of every process: about
-200k rows a day in the demo) and `position_history` (every position at every sync), rows
+200k rows a day in the demo), `position_history` (every position at every sync) and
+`account_history` (each account's summary, one row a minute: the dashboard's history), rows
 older than `[database] history_retention_days`. What never is: orders, order_events,
 signals, incidents, exits, controls — the audit trail of what was traded and why.
 
@@ -33,6 +34,9 @@ _DELETE: dict[str, str] = {
     "position_history": "WITH gone AS (DELETE FROM position_history WHERE ctid = ANY(ARRAY("
                         "SELECT ctid FROM position_history WHERE synced_at < $1 LIMIT $2)) "
                         "RETURNING 1) SELECT count(*) FROM gone",
+    "account_history": "WITH gone AS (DELETE FROM account_history WHERE ctid = ANY(ARRAY("
+                       "SELECT ctid FROM account_history WHERE minute < $1 LIMIT $2)) "
+                       "RETURNING 1) SELECT count(*) FROM gone",
 }
 _RETRY_AFTER_OUTAGE_S = 60.0
 

@@ -49,7 +49,7 @@ from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.retry import Backoff
-from ops.store import embedded
+from ops.store import embedded, history
 from ops.store.buffer import (
     PROBE_HEADROOM_BYTES,
     Buffer,
@@ -1056,6 +1056,25 @@ class Store:
             "updated_at", decode_control, keep=lambda p: p["account"] == account,
         )
 
+    # --- history reads (ops/store/history.py): Postgres only, raise during an outage -------
+
+    async def account_history(self, start: datetime, end: datetime,
+                              ) -> list[history.AccountPoint]:
+        return await history.account_points(self._pool, start, end)
+
+    async def run_ledger_window(self, start: datetime, end: datetime, bucket_s: float,
+                                processes: Sequence[str], min_hole_s: float,
+                                ) -> history.RunLedgerWindow:
+        return await history.run_ledger_window(self._pool, start, end, bucket_s, processes,
+                                               min_hole_s)
+
+    async def fills_after(self, after_id: int) -> list[history.FillRecord]:
+        return await history.fills_after(self._pool, after_id)
+
+    async def incident_spans(self, start: datetime, end: datetime,
+                             ) -> list[history.IncidentSpan]:
+        return await history.incident_spans(self._pool, start, end)
+
     async def signals(self, *, account: str | None = None,
                       states: Sequence[str] | None = None, since: datetime | None = None,
                       limit: int = 200) -> list[SignalRecord]:
@@ -1068,7 +1087,6 @@ class Store:
         """One signal in full, with its order (`ops signal show`, `ops signal add`'s wait).
         Postgres only: raises on an outage (`is_outage`)."""
         return await find_signal(self._pool, signal_id)
-
 
 
 # --- payload <-> model ------------------------------------------------------------------------

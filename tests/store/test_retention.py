@@ -1,5 +1,6 @@
-"""History retention (ops/store/retention.py) against real Postgres: old run-ledger and
-position-history rows go, in batches; recent rows and the audit tables stay."""
+"""History retention (ops/store/retention.py) against real Postgres: old run-ledger,
+position-history and account-history rows go, in batches; recent rows and the audit tables
+stay."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ async def _seed(conn: asyncpg.Connection, old: int, recent: int) -> None:
         await conn.execute(
             "INSERT INTO position_history (account, symbol, synced_at, qty) "
             "VALUES ('tiny', 'AAPL', $1, 1)", t)
+        await conn.execute(
+            "INSERT INTO account_history (account, minute, as_of, equity) "
+            "VALUES ('tiny', $1, $1, 1000)", t)
     await conn.execute(
         "INSERT INTO order_events (account, event_key, order_id, symbol, event, ts, raw) "
         "VALUES ('tiny', 'k1', 'o1', 'AAPL', 'fill', $1, '{}')", NOW - timedelta(days=400))
@@ -43,10 +47,11 @@ async def test_old_history_is_pruned_in_batches_and_recent_rows_stay(pg_url: str
         pruner = Pruner(pool, timedelta(days=30), batch=3, every_s=3600,
                         monotonic=lambda: clock[0])
         # Batches of 3 per table per call; calls again at once while rows remain.
-        assert [await pruner.step(NOW) for _ in range(3)] == [6, 6, 2]
-        assert pruner.deleted == {"runs": 7, "position_history": 7}
+        assert [await pruner.step(NOW) for _ in range(3)] == [9, 9, 3]
+        assert pruner.deleted == {"runs": 7, "position_history": 7, "account_history": 7}
         assert await _count(conn, "runs") == 4
         assert await _count(conn, "position_history") == 4
+        assert await _count(conn, "account_history") == 4
         oldest = await conn.fetchval("SELECT min(slot_time) FROM runs")
         assert oldest >= NOW - timedelta(days=30)
         # The audit trail is never pruned, however old.
