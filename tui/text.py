@@ -1,7 +1,7 @@
 """`ops dash --once`: the dashboard's state as plain text (no terminal, no textual).
 
-Also home of the banner's words (`summary_line`, `alarm_lines`), so the text snapshot and
-the live banner say exactly the same thing.
+Also home of the banner's words (`verdict`, `summary_line`, `alarm_lines`), so the text
+snapshot and the live banner say exactly the same thing.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from ops.status import DEGRADING, Overall
 from tui import format as f
-from tui.data import DashboardState, describe_symbol
+from tui.data import DashboardState, ProcessRow, describe_symbol
 
 _ORDER = ("ok", "idle", "paused", "starting", "late", "stalled", "failing", "down")
 
@@ -21,6 +22,32 @@ _ORDER = ("ok", "idle", "paused", "starting", "late", "stalled", "failing", "dow
 class StaleInfo:
     since: datetime
     error: str
+
+
+def verdict(state: DashboardState, now: datetime,
+            stale: StaleInfo | None = None) -> tuple[Overall, list[str]]:
+    """HEALTHY / DEGRADED / DOWN and why, by `ops status`'s rules (ops.status._overall) on
+    what the dashboard sees: down when supervisord is unreachable (its layout) or no
+    process runs; degraded by any process in a degrading status, a paused dispatch, the
+    database unreachable or its reads failing, a refresh failing, an unacknowledged
+    incident. An operator's kill switch is not a fault: it is said, not judged."""
+    procs = state.processes
+    if state.layout == "supervisord" and not state.supervisor.reachable:
+        return "down", ["supervisord is not running"
+                        + (f" ({state.supervisor.error})" if state.supervisor.error else "")]
+    statuses = {p.name: p.status_at(now) for p in procs}
+    if procs and all(s == "down" for s in statuses.values()):
+        return "down", ["no process is running" if state.layout == "supervisord"
+                        else "no process has a heartbeat"]
+    reasons = [f"{name} {status}" for name, status in statuses.items() if status in DEGRADING]
+    reasons += [p.dispatch_paused for p in procs if p.dispatch_paused]
+    if not state.database.reachable:
+        reasons.append("Postgres unreachable")
+    if stale is not None:
+        reasons.append("refresh failing")
+    reasons += [f"incident {i.kind} on {i.where}" for i in state.incidents if i.alarming]
+    reasons += list(state.problems)
+    return ("degraded" if reasons else "healthy"), reasons
 
 
 def summary_line(state: DashboardState, now: datetime, account: str | None) -> str:
@@ -34,8 +61,9 @@ def summary_line(state: DashboardState, now: datetime, account: str | None) -> s
         f"last fill {f.age(f.since(now, last_fill.ts))} ago"
     incidents = incidents_words(state)
     where = f"account {account} │ " if account else ""
+    n = len(state.positions)
     return (f"{now:%H:%M:%S}Z │ {where}{procs or 'no processes'} │ "
-            f"{len(state.positions)} positions │ {incidents} │ {fill}")
+            f"{n} position{'' if n == 1 else 's'} │ {incidents} │ {fill}")
 
 
 def incidents_words(state: DashboardState) -> str:
@@ -78,8 +106,64 @@ def alarm_lines(state: DashboardState, now: datetime, stale: StaleInfo | None) -
             why = f": {st['refusal']}" if st["refusal"] else ""
             lines.append(f"⚠ {p.name}: trade stream {st['state'].upper()} for "
                          f"{f.age(st['for_s'])}{why}")
+    lines += _process_lines(state, now)
+    lines += _kill_switch_lines(state)
+    lines += [f"● INCIDENT {i.kind} on {i.where} ({f.age(f.since(now, i.opened_at))}): "
+              f"{i.detail}" for i in state.incidents if i.alarming]
     lines += [f"! {p}" for p in state.problems]
     return lines
+
+
+_PROCESS_SYMBOL = {"down": "✗", "stalled": "✗", "late": "▲", "starting": "…"}
+
+
+def _process_lines(state: DashboardState, now: datetime) -> list[str]:
+    """A line per process in a degrading status the lines above do not cover already
+    (failing has its own; with supervisord unreachable the states are unknown, said
+    once above). Three or more in one status share a line."""
+    if state.layout == "supervisord" and not state.supervisor.reachable:
+        return []
+    by_status: dict[str, list[str]] = {}
+    for p in state.processes:
+        status = p.status_at(now)
+        if status not in _PROCESS_SYMBOL:
+            continue
+        facts = {"down": p.state_at(now),
+                 "stalled": _stalled(p, now),
+                 "late": f"last run {f.age(p.last_run_age_s(now))} ago, gap "
+                         f"{f.signed_age(p.gap_s(now))}",
+                 "starting": "no heartbeat yet"}[status]
+        by_status.setdefault(status, []).append(f"{p.name} {status.upper()}: {facts}")
+    out = []
+    for word, lines in by_status.items():
+        if len(lines) >= 3:
+            names = ", ".join(line.split(" ", 1)[0] for line in lines)
+            out.append(f"{_PROCESS_SYMBOL[word]} {len(lines)} processes {word.upper()}: "
+                       f"{names}")
+        else:
+            out += [f"{_PROCESS_SYMBOL[word]} {line}" for line in lines]
+    return out
+
+
+def _stalled(p: ProcessRow, now: datetime) -> str:
+    beat = p.heartbeat_age_s(now)
+    if beat is not None and beat > p.bounds.heartbeat_stale_s:
+        return f"no heartbeat for {f.age(beat)}"
+    return (f"no run for {f.age(p.last_run_age_s(now))} while its heartbeat is fresh "
+            "(a hung job)")
+
+
+_KILL_WORDS = {
+    "halt": "⏸ {a} PAUSED (halt): no new entries, exits still run",
+    "reduce-only": "⏸ {a} REDUCE-ONLY: only orders that reduce a position",
+    "flatten": "⚑ {a} FLATTENING: closing the positions the pipeline manages",
+    "flatten-all": "⚑ {a} FLATTENING EVERYTHING: closing every position, external too",
+}
+
+
+def _kill_switch_lines(state: DashboardState) -> list[str]:
+    return [_KILL_WORDS.get(a.kill_switch, "⏸ {a} kill switch " + a.kill_switch).format(
+        a=a.name) for a in state.accounts if a.kill_switch != "off"]
 
 
 def processes_note(state: DashboardState) -> str:
@@ -100,7 +184,9 @@ def render_text(state: DashboardState, now: datetime, account: str | None = None
                 max_positions: int = 50) -> str:
     """One text snapshot of every panel (what `ops dash --once` prints)."""
     st = state.filtered(account)
-    out = [f"ops dash  {now:%Y-%m-%d %H:%M:%S}Z", summary_line(st, now, account),
+    word, _ = verdict(st, now)
+    out = [f"ops dash  {now:%Y-%m-%d %H:%M:%S}Z",
+           f"{word.upper()} │ {summary_line(st, now, account)}",
            *alarm_lines(st, now, None), "", "ACCOUNTS"]
     out += _table(
         ["ACCOUNT", "KILL", "EQUITY", "DAY P&L", "CASH", "BUYING POWER", "POS", "RECONCILE",

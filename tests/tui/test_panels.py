@@ -188,9 +188,11 @@ async def test_positions_say_who_owns_them(dash_env: RuntimeEnv, config: Config,
         assert len(calls) == 2  # one per load, not one per symbol or account
         assert app.state is not None
         text = render_text(app.state, T)
-    msft = next(line for line in text.splitlines() if "MSFT" in line)
+    # The positions table's rows (the banner's lines above it may name a symbol too).
+    rows = text.split("\nPOSITIONS", 1)[1].splitlines()
+    msft = next(line for line in rows if "MSFT" in line)
     assert "3 managed / 2 external" in msft, text
-    assert "external" in next(line for line in text.splitlines() if "SPY" in line)
+    assert "external" in next(line for line in rows if "SPY" in line)
 
 
 async def test_manage_external_from_the_last_good_config(

@@ -23,9 +23,11 @@ class ProcessesTable(KeyedTable):
     BORDER_TITLE = "Processes"
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
         # What answers "running? late?" first, so it survives an 80-column terminal.
+        # Restarts before the supervisord facts: a crash loop shows at 80 columns too.
         ("status", "Status"), ("name", "Process"), ("heartbeat", "Beat"),
-        ("last_run", "Last run"), ("gap", "Gap"), ("state", "State"), ("pid", "PID"),
-        ("uptime", "Up"), ("restarts", "Restarts"), ("account", "Account"), ("role", "Role"),
+        ("last_run", "Last run"), ("gap", "Gap"), ("restarts", "Restarts"),
+        ("state", "State"), ("pid", "PID"), ("uptime", "Up"), ("account", "Account"),
+        ("role", "Role"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {
         "status--ok", "status--late", "status--stalled", "status--failing", "status--idle",
@@ -54,10 +56,10 @@ class ProcessesTable(KeyedTable):
             self.styled(f.age(run) + (f" {r.last_run_outcome}" if r.last_run_outcome
                                       not in (None, "ok") else "")),
             self.styled(f.signed_age(r.gap_s(now)), component if status == "late" else None),
+            self.styled(str(r.restarts_today), "status--late" if r.restarts_today else None),
             self.styled(state := r.state_at(now), None if state == "RUNNING" else "status--down"),
             self.styled("-" if r.pid is None else str(r.pid)),
             self.styled(f.age(r.uptime_s(now))),
-            self.styled(str(r.restarts_today), "status--late" if r.restarts_today else None),
             self.styled(r.account or "*"),
             self.styled(r.role),
         ])
