@@ -22,3 +22,14 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
+# The browser test of `ops dash --serve` (tests/tui/test_serve.py) drives Debian's chromium:
+# install it where it is missing and apt can (as root); the test says so if it is absent.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ]; then
+  echo "bootstrap: installing chromium (browser test of ops dash --serve)" >&2
+  if ! { apt-get update -qq >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+        >/dev/null; }; then
+    echo "bootstrap: chromium could not be installed; the browser test will say so" >&2
+  fi
+fi

@@ -2,8 +2,9 @@
 
 - no flag: run the Textual dashboard in this terminal (works over SSH; no mouse needed);
 - `--once`: print one text snapshot (tui/text.py) and exit: no terminal needed (CI, cron);
-- `--serve`: serve the same app in a browser on 127.0.0.1:PORT through textual-serve
-  (every browser tab runs its own `ops dash` process).
+- `--serve`: serve the same app in a browser on 127.0.0.1:PORT (tui/serve.py, over
+  textual-serve): every browser tab runs its own `ops dash` process, which ends when the
+  tab goes away; SIGTERM, SIGINT or SIGHUP stops the server and every session.
 Exit code 2 on a bad config (its message names the file and key).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import shlex
+import logging
 import sys
 
 from ops.config import Config
@@ -76,14 +77,15 @@ def cli_dash(args: argparse.Namespace) -> int:
 
 def _serve(port: int) -> int:
     try:
-        from textual_serve.server import Server
+        from tui.serve import SessionServer
     except ImportError:
         print("ops dash --serve needs textual-serve: pip install textual-serve",
               file=sys.stderr)
         return 2
-    command = shlex.join([sys.executable, "-m", "ops", "dash"])
+    configure_logging("ops-dash-serve", level="INFO")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per request
     print(f"ops dash: serving on http://127.0.0.1:{port} (loopback only; Ctrl-C stops)",
           file=sys.stderr)
-    Server(command, host="127.0.0.1", port=port, title="ops dash").serve()
+    SessionServer([sys.executable, "-m", "ops", "dash"], host="127.0.0.1", port=port,
+                  title="ops dash").serve()
     return 0
-
