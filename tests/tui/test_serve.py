@@ -7,7 +7,8 @@ and no session outliving its tab or its server.
 - without a browser: the page's WebSocket alone (as its JavaScript opens it) shows the
   fixture's figures, and a SIGKILLed server's session exits by itself;
 - a session app that ignores quit and SIGTERM (and has a child doing the same) is killed,
-  group and all, after the graces; SIGHUP stops the server and its sessions.
+  group and all, after the graces: when its socket closes, when its peer goes silent
+  (no pong to the heartbeat), and when SIGHUP stops the server.
 
 Chromium is Debian's `chromium` (scripts/bootstrap.sh installs it where apt works): the
 browser test fails without it under CI=true, and is skipped without it elsewhere.
@@ -99,10 +100,11 @@ def _kill_all(server: subprocess.Popen[bytes], sessions: set[int]) -> None:
     for pid in sessions | _children(server.pid):
         if not _alive(pid):
             continue  # its pid may be someone else's by now
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for kill in (os.killpg, os.kill):  # the group it leads, or it alone
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     if server.poll() is None:
         server.kill()
     server.wait()
@@ -423,8 +425,17 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
             text = log.read_text()
             assert "ignored quit" in text and "ignored SIGTERM; SIGKILL" in text, text
 
+            # A peer that went silent (a frozen browser, a dead network: no close, no
+            # pong): the server's heartbeat gives up on it and stops its session.
+            ws = await http.ws_connect(f"http://127.0.0.1:{port}/ws", autoping=False)
+            members = group(next(iter(_wait_children(server) - seen)))
+            seen.update(members)
+            for pid in members:
+                await _gone(pid, "its peer went silent", log)
+            await ws.close()
+
             ws = await http.ws_connect(f"http://127.0.0.1:{port}/ws")
-            members = group(next(iter(_wait_children(server))))
+            members = group(next(iter(_wait_children(server) - seen)))
             seen.update(members)
             server.send_signal(signal.SIGHUP)  # the terminal the server ran in closed
             for pid in members:
@@ -441,6 +452,6 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
 
 
 def _wait_children(server: subprocess.Popen[bytes]) -> set[int]:
-    wait_until(lambda: bool({p for p in _children(server.pid) if _alive(p)}),
-               "the session's process")
+    """The server's live children, once it has one."""
+    wait_until(lambda: any(_alive(p) for p in _children(server.pid)), "the session's process")
     return {p for p in _children(server.pid) if _alive(p)}
