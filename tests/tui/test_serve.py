@@ -285,7 +285,12 @@ def test_browser_session_shows_the_dashboard_and_ends_with_its_tab(
             await page.type_key("?", "Slash", 191, shift=True)
             new = [d for d in hidden if d not in before]
             assert new, (hidden, before[-500:])
-            await _showing(page, tuple(new), since=mark, within_s=20)
+            deadline = time.monotonic() + 20
+            after = ""
+            while not any(d in after for d in new):
+                assert time.monotonic() < deadline, f"no help ({new}) after '?': {after!r}"
+                await asyncio.sleep(0.1)
+                after = await _screen(page, mark)
             await _screenshot_until(page, tmp_path / "help.png", "the help over the dashboard",
                                     lambda rows: changed_fraction(shot, rows) > 0.2)
 
