@@ -49,6 +49,7 @@ from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.screens.incident import IncidentScreen
 from tui.screens.log_tail import LogTailScreen
+from tui.screens.pause import PauseModeScreen
 from tui.text import StaleInfo, processes_note
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.banner import Banner
@@ -57,12 +58,13 @@ from tui.widgets.footer import DashFooter
 from tui.widgets.incidents import IncidentsTable
 from tui.widgets.positions import PositionsTable
 from tui.widgets.processes import ProcessesTable
+from tui.widgets.signals import SignalsTable
 
 log = logging.getLogger(__name__)
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("processes", "Processes"), ("positions", "Positions"), ("incidents", "Incidents"),
-    ("feed", "Orders & fills"),
+    ("feed", "Orders & fills"), ("signals", "Signals"),
 )
 DataOpener = Callable[[], Awaitable[DashboardData]]
 
@@ -103,6 +105,7 @@ class Dashboard(App[None]):
         Binding("2", "panel('positions')", "Positions", id="dash.panel2", show=False),
         Binding("3", "panel('incidents')", "Incidents", id="dash.panel3", show=False),
         Binding("4", "panel('feed')", "Orders & fills", id="dash.panel4", show=False),
+        Binding("5", "panel('signals')", "Signals", id="dash.panel5", show=False),
     ]
 
     account_filter: reactive[str | None] = reactive(None)
@@ -142,6 +145,7 @@ class Dashboard(App[None]):
             yield PositionsTable(id="positions", classes="panel -lower")
             yield IncidentsTable(id="incidents", classes="panel")
             yield FeedTable(id="feed", classes="panel")
+            yield SignalsTable(id="signals", classes="panel")
         yield DashFooter(compact=True)
 
     def on_mount(self) -> None:
@@ -224,6 +228,9 @@ class Dashboard(App[None]):
         feed = self.query_one(FeedTable)
         if feed.display and (data_changed or not feed.row_count):
             feed.show(state.feed)
+        signals = self.query_one(SignalsTable)
+        if signals.display:
+            signals.show(state.signals, now)
         self._show_tabs(state)
 
     def _show_tabs(self, state: DashboardState) -> None:
@@ -233,7 +240,7 @@ class Dashboard(App[None]):
                            + ([f"{n_acked} acked"] if n_acked else []))
         labels = {"processes": "Processes", "positions": f"Positions ({len(state.positions)})",
                   "incidents": f"Incidents ({counts})" if counts else "Incidents",
-                  "feed": "Orders & fills"}
+                  "feed": "Orders & fills", "signals": _signals_label(state)}
         parts = [f"[{i} {labels[k]}]" if k == self.panel else f" {i} {labels[k]} "
                  for i, (k, _) in enumerate(PANELS, 1)]
         self.query_one("#panel-tabs", Static).update(" ".join(parts))
@@ -356,11 +363,19 @@ class Dashboard(App[None]):
         self.post_message(ActionDone(f"asked {name} to run now"))
 
     def action_pause(self) -> None:
+        """`p`: pick the mode (halt, reduce-only, flatten, flatten-all), then confirm."""
         acct = self.selected_account()
         if acct is None:
             self.notify("no account selected", severity="warning")
             return
-        self.pause_account(acct, "halt")
+        row = next((a for a in self.state.accounts if a.name == acct), None) \
+            if self.state is not None else None
+
+        def picked(mode: str | None) -> None:
+            if mode is not None:
+                self.pause_account(acct, mode)
+
+        self.push_screen(PauseModeScreen(acct, row.kill_switch if row else "off"), picked)
 
     def action_resume(self) -> None:
         acct = self.selected_account()
@@ -515,6 +530,7 @@ class Dashboard(App[None]):
             panel = self.query_one(f"#{key}")
             panel.set_class(key == name, "-active")
             panel.set_class(key == self._lower, "-lower")
+        self.query_one("#panels").set_class(name == "signals", "-signals")
         table = self.query_one(f"#{name}", Widget)
         table.focus()
         # Styles of the newly shown panel apply on the next refresh; render then.
@@ -530,3 +546,12 @@ class Dashboard(App[None]):
         key = event.widget.id
         if key in dict(PANELS) and key != self.panel:
             self.panel = key
+
+def _signals_label(state: DashboardState) -> str:
+    """'Signals', with how many wait or were refused among those shown."""
+    rows = state.signals or ()
+    queued = sum(1 for s in rows if s.state in ("queued", "unknown"))
+    rejected = sum(1 for s in rows if s.state == "rejected")
+    counts = ([f"{queued} queued"] if queued else []) + \
+        ([f"{rejected} rejected"] if rejected else [])
+    return f"Signals ({', '.join(counts)})" if counts else "Signals"

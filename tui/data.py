@@ -45,6 +45,7 @@ from ops.status import (
 from ops.store import Snapshot, Store, is_outage
 from ops.store.incidents import IncidentRecord, find_incident
 from ops.store.ownership import managed_quantities_of
+from ops.store.signal_records import SignalRecord
 from ops.store.status import start_of_trading_day
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
 from ops.watchdog import STALE, Policy, observe_heartbeat, shown_state
@@ -60,6 +61,8 @@ DRIFT_KEY = "drift_block"  # controls row the position manager writes
 FEED_LIMIT = 40
 CLOSED_INCIDENTS_WINDOW = timedelta(hours=24)
 CLOSED_INCIDENTS_LIMIT = 20
+#: The signals pane: the newest this many, plus every one still waiting (up to as many).
+SIGNALS_LIMIT = 50
 
 
 READ_TIMEOUT_S = 3.0
@@ -300,6 +303,8 @@ class DashboardState:
     problems: tuple[str, ...] = ()  # reads that failed for a reason other than an outage
     layout: str = "supervisord"  # supervisord | orchestrated (ops.layout)
     layout_how: str = "configured"  # "configured" or "detected: <why>"
+    # Newest first (the signals pane); None: not read (Postgres away; the pane keeps its rows).
+    signals: tuple[SignalRecord, ...] | None = None
 
     def filtered(self, account: str | None) -> DashboardState:
         """Only rows of `account` (None: everything); shared processes always stay."""
@@ -311,6 +316,8 @@ class DashboardState:
             positions=tuple(p for p in self.positions if p.account == account),
             processes=tuple(p for p in self.processes if p.account in (account, None)),
             feed=tuple(f for f in self.feed if f.account == account),
+            signals=None if self.signals is None else
+            tuple(s for s in self.signals if s.account == account),
         )
 
 
@@ -460,9 +467,10 @@ class DashboardData:
         sources = {positions_source, *(s.source for s in (hbs, runs, incidents, states))}
         source = ("buffer" if "buffer" in sources else
                   "postgres+buffer" if "postgres+buffer" in sources else "postgres")
-        extra, fresh = await asyncio.gather(
+        extra, fresh, signals = await asyncio.gather(
             self._postgres_only(now, problems) if source != "buffer" else _none(),
-            self._read_ownership(held, problems) if source != "buffer" else _none())
+            self._read_ownership(held, problems) if source != "buffer" else _none(),
+            self._signals(problems) if source != "buffer" else _none())
         # Rows are built once, their managed part known (thousands of them: no copies).
         managed = self._managed_parts(held, fresh)
         position_rows = (
@@ -496,7 +504,7 @@ class DashboardData:
                 error=None if reachable else "Postgres unreachable"),
             supervisor=sup_info,
             problems=tuple(sorted(problems)) + await self._config_problem(),
-            layout=layout.layout, layout_how=layout.how,
+            layout=layout.layout, layout_how=layout.how, signals=signals,
         )
 
     async def _config_problem(self) -> tuple[str, ...]:
@@ -511,6 +519,20 @@ class DashboardData:
             self._cfg_stamp = stamp
             self._cfg_problem = await asyncio.to_thread(config_problem, self.env)
         return () if self._cfg_problem is None else (self._cfg_problem,)
+
+    async def _signals(self, problems: list[str]) -> tuple[SignalRecord, ...] | None:
+        """The newest signals and every one still waiting, newest first (a stuck queue
+        must show however busy the account); None when Postgres is unreachable."""
+        try:
+            newest, waiting = await asyncio.gather(
+                self.store.signals(limit=SIGNALS_LIMIT),
+                self.store.signals(states=("queued", "unknown"), limit=SIGNALS_LIMIT))
+        except Exception as exc:
+            if not is_outage(exc):
+                problems.append(f"signals: {type(exc).__name__}: {exc}"[:200])
+            return None
+        by_id = {s.id: s for s in (*newest, *waiting)}
+        return tuple(sorted(by_id.values(), key=lambda s: (s.created_at, s.id), reverse=True))
 
     async def incident(self, incident_id: str) -> IncidentRecord | None:
         """Every field of one incident (the detail screen), straight from Postgres: the

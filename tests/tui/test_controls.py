@@ -28,6 +28,7 @@ from tui.app import Dashboard
 from tui.data import DashboardData
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.log_tail import LogTailScreen
+from tui.screens.pause import PauseModeScreen
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.processes import ProcessesTable
 
@@ -130,9 +131,12 @@ async def test_stalled_row_and_guarded_controls(supervised: RuntimeEnv, config: 
                 assert loop.time() < deadline, info
                 await asyncio.sleep(0.1)
 
-            # Pause the highlighted row's account: asks, then writes the kill switch.
+            # Pause the highlighted row's account: picks the mode (halt is highlighted),
+            # asks, then writes the kill switch.
             assert await read_kill_switch(store, "large") == KillSwitch.OFF
             await pilot.press("p")
+            await until(pilot, lambda: isinstance(app.screen, PauseModeScreen), what="modes")
+            await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
             await pilot.press("y")
             deadline = loop.time() + 10

@@ -24,7 +24,9 @@ from tests.tui.fixtures import write_drift_block, write_fixture
 from tests.tui.helpers import until
 from tui.app import Dashboard
 from tui.data import DashboardData
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.incident import IncidentScreen
+from tui.screens.pause import PauseModeScreen
 from tui.widgets.incidents import IncidentsTable
 from tui.widgets.positions import PositionsTable
 
@@ -98,8 +100,18 @@ def test_large_terminal_everything(snap_compare: SnapCompare, dash_env: RuntimeE
 
 def test_confirm_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv,
                         config: Config) -> None:
+    """p, then Enter on the mode picker (halt): the confirmation."""
     assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
-                        run_before=_loaded("p"))
+                        run_before=_loaded("p", "enter", ready=lambda app: isinstance(
+                            app.screen, ConfirmScreen)))
+
+
+def test_pause_mode_picker(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                           config: Config) -> None:
+    """p: halt, reduce-only, flatten (managed), flatten everything, each with its words."""
+    assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
+                        run_before=_loaded("p", ready=lambda app: isinstance(
+                            app.screen, PauseModeScreen)))
 
 
 def test_accept_positions_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv,
