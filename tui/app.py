@@ -46,6 +46,7 @@ from tui.data import DashboardData, DashboardState, IncidentRow, ProcessRow, utc
 from tui.messages import ActionDone, IncidentAcknowledged, PositionsAccepted, StateLoaded
 from tui.screens.accept import AcceptPositionsScreen
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.detail import DetailScreen, feed_lines, position_lines
 from tui.screens.help import HelpScreen
 from tui.screens.incident import IncidentScreen
 from tui.screens.log_tail import LogTailScreen
@@ -460,6 +461,20 @@ class Dashboard(App[None]):
 
     def show_incident(self, row: IncidentRow) -> None:
         self.push_screen(IncidentScreen(row, self.data.incident, self.now))
+
+    def action_show_detail(self) -> None:
+        """Enter on positions or orders & fills: the highlighted row in full."""
+        focused = self.focused
+        if isinstance(focused, PositionsTable) and focused.selected is not None:
+            row = focused.selected
+            self.push_screen(DetailScreen(f"position · {row.account} · {row.description}",
+                                          position_lines(row, self.now())))
+        elif isinstance(focused, FeedTable) and focused.selected is not None:
+            item = focused.selected
+            self.push_screen(DetailScreen(f"{item.kind} · {item.account} · {item.symbol}",
+                                          feed_lines(item)))
+        else:
+            self.notify("no row selected", severity="warning")
 
     def action_ack_incident(self) -> None:
         """`a` on the incidents panel: acknowledge the highlighted incident (asks first)."""

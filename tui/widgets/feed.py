@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from textual.binding import Binding, BindingType
+
 from tui import format as f
 from tui.data import FeedRow, describe_symbol
 from tui.widgets.keyed_table import KeyedTable, Row
@@ -12,6 +14,10 @@ from tui.widgets.keyed_table import KeyedTable, Row
 
 class FeedTable(KeyedTable):
     BORDER_TITLE = "Orders & fills"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        # Replaces DataTable's own Enter (select_cursor), so it shows in the footer.
+        Binding("enter", "app.show_detail", "Details", id="feed.details"),
+    ]
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
         ("time", "Time"), ("account", "Account"), ("kind", "What"), ("side", "Side"),
         ("symbol", "Symbol"), ("qty", "Qty"), ("price", "Price"), ("status", "Status"),
@@ -19,8 +25,18 @@ class FeedTable(KeyedTable):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"feed--fill", "feed--rejected", "side--buy",
                                              "side--sell"}
 
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.items: dict[str, FeedRow] = {}
+
     def show(self, rows: Sequence[FeedRow]) -> None:
+        self.items = {r.key: r for r in rows}
         self.sync([self._row(r) for r in rows], sort=("time", True))
+
+    @property
+    def selected(self) -> FeedRow | None:
+        key = self.selected_key
+        return None if key is None else self.items.get(key)
 
     def _row(self, r: FeedRow) -> Row:
         bad = r.status in ("rejected", "canceled", "expired")

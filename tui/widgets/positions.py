@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 
 from tui import format as f
@@ -64,6 +65,9 @@ class PositionsTable(VirtualTable[PositionRow]):
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = VirtualTable.COMPONENT_CLASSES | {
         "pl--gain", "pl--loss"}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "app.show_detail", "Details", id="positions.details"),
+    ]
     #: (column key, reverse); default: by account then symbol.
     sort_by: reactive[tuple[str, bool]] = reactive(("account", False))
 
