@@ -148,14 +148,16 @@ async def list_signals(pool: asyncpg.Pool, *, account: str | None = None,
     (operator words, see STATES), created since a time; at most `limit`."""
     if limit < 1:
         raise ValueError(f"list_signals: limit must be >= 1, got {limit}")
-    statuses = None if states is None else statuses_of(states)
+    # The statuses go into the SQL text, not a parameter: they are STATES' constants, and
+    # only a literal list lets Postgres use the partial index of the waiting ones (0021).
+    where = "" if states is None else \
+        "AND s.status IN (" + ", ".join(f"'{x}'" for x in statuses_of(states)) + ")"
     rows = await pool.fetch(
-        _SELECT + """
-        WHERE ($1::text IS NULL OR s.account = $1)
-          AND ($2::text[] IS NULL OR s.status = ANY($2::text[]))
-          AND ($3::timestamptz IS NULL OR s.created_at >= $3)
-        ORDER BY s.created_at DESC, s.id DESC LIMIT $4""",
-        account, statuses, since, limit)
+        _SELECT + f"""
+        WHERE ($1::text IS NULL OR s.account = $1) {where}
+          AND ($2::timestamptz IS NULL OR s.created_at >= $2)
+        ORDER BY s.created_at DESC, s.id DESC LIMIT $3""",
+        account, since, limit)
     return [_record(r) for r in rows]
 
 
