@@ -56,6 +56,7 @@ from tui.widgets.accounts import AccountsTable
 from tui.widgets.banner import Banner
 from tui.widgets.feed import FeedTable
 from tui.widgets.footer import DashFooter
+from tui.widgets.history import HistoryInputs, HistoryView, inputs_from
 from tui.widgets.incidents import IncidentsTable
 from tui.widgets.positions import PositionsTable
 from tui.widgets.processes import ProcessesTable
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("processes", "Processes"), ("positions", "Positions"), ("incidents", "Incidents"),
-    ("feed", "Orders & fills"), ("signals", "Signals"),
+    ("feed", "Orders & fills"), ("signals", "Signals"), ("history", "History"),
 )
 DataOpener = Callable[[], Awaitable[DashboardData]]
 
@@ -107,6 +108,7 @@ class Dashboard(App[None]):
         Binding("3", "panel('incidents')", "Incidents", id="dash.panel3", show=False),
         Binding("4", "panel('feed')", "Orders & fills", id="dash.panel4", show=False),
         Binding("5", "panel('signals')", "Signals", id="dash.panel5", show=False),
+        Binding("6", "panel('history')", "History", id="dash.panel6", show=False),
     ]
 
     account_filter: reactive[str | None] = reactive(None)
@@ -147,6 +149,8 @@ class Dashboard(App[None]):
             yield IncidentsTable(id="incidents", classes="panel")
             yield FeedTable(id="feed", classes="panel")
             yield SignalsTable(id="signals", classes="panel")
+            # Loads its own data while shown (tui/widgets/history.py), not on the poll.
+            yield HistoryView(self.history_inputs, id="history", classes="panel")
         yield DashFooter(compact=True)
 
     def on_mount(self) -> None:
@@ -241,9 +245,12 @@ class Dashboard(App[None]):
                            + ([f"{n_acked} acked"] if n_acked else []))
         labels = {"processes": "Processes", "positions": f"Positions ({len(state.positions)})",
                   "incidents": f"Incidents ({counts})" if counts else "Incidents",
-                  "feed": "Orders & fills", "signals": _signals_label(state)}
+                  "feed": "Orders & fills", "history": "History",
+                  "signals": _signals_label(state)}
+        # A tab's number is its key: the panels need not be numbered in order.
+        keys = {b.action: b.key for b in self.BINDINGS if isinstance(b, Binding)}
         parts = [f"[{i} {labels[k]}]" if k == self.panel else f" {i} {labels[k]} "
-                 for i, (k, _) in enumerate(PANELS, 1)]
+                 for i, k in ((keys.get(f"panel('{k}')", "?"), k) for k, _ in PANELS)]
         self.query_one("#panel-tabs", Static).update(" ".join(parts))
 
     @on(Worker.StateChanged)
@@ -287,6 +294,11 @@ class Dashboard(App[None]):
 
     def selected_process(self) -> ProcessRow | None:
         return self.query_one(ProcessesTable).selected
+
+    def history_inputs(self) -> HistoryInputs | None:
+        """What the History tab loads with: the last state read, filter applied."""
+        state = None if self.state is None else self.state.filtered(self.account_filter)
+        return inputs_from(self._data, state, self.now)
 
     def selected_incident(self) -> IncidentRow | None:
         return self.query_one(IncidentsTable).selected
@@ -545,6 +557,7 @@ class Dashboard(App[None]):
             panel = self.query_one(f"#{key}")
             panel.set_class(key == name, "-active")
             panel.set_class(key == self._lower, "-lower")
+        self.query_one("#panels").set_class(name == "history", "-history")
         self.query_one("#panels").set_class(name == "signals", "-signals")
         table = self.query_one(f"#{name}", Widget)
         table.focus()
@@ -554,13 +567,16 @@ class Dashboard(App[None]):
     def action_help(self) -> None:
         bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
         panel = [b for b in IncidentsTable.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(bindings, {"On the incidents panel (3)": panel}))
+        history = [b for b in HistoryView.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(bindings, {"On the incidents panel (3)": panel,
+                                               "On the history panel (6)": history}))
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:
         # Tab between panels keeps the tab strip (and the compact layout) in step.
         key = event.widget.id
         if key in dict(PANELS) and key != self.panel:
             self.panel = key
+
 
 def _signals_label(state: DashboardState) -> str:
     """'Signals', with how many wait or were refused among those shown."""

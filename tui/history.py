@@ -3,7 +3,7 @@
 `HistoryData.load(span, targets)` reads, through the Store (Postgres only: the history has
 no buffered copy), the account series (migration 0019), the run ledger over the window,
 the fills and the incidents, and returns a frozen `HistoryState`. It is loaded on its own
-cadence (when the tab is shown, then every `HISTORY_REFRESH_S`), never by the 1 s poll.
+cadence (when the tab is shown, then every `REFRESH_S`), never by the 1 s poll.
 
 Run slots are judged with the thresholds `ops status` and `ops gaps` use (ops.gaps):
 a stretch with no completed run longer than `late_after(interval)` is a gap (`ops gaps`
@@ -40,8 +40,10 @@ LaneState = Literal["none", "open", "closed"]
 #: The zoom levels of the strips, shortest first (`z` cycles them).
 ZOOMS: tuple[timedelta, ...] = (timedelta(hours=1), timedelta(hours=6), timedelta(hours=24))
 DEFAULT_ZOOM = timedelta(hours=24)
-#: How often the shown History tab reloads (the 1 s poll never reads history).
-HISTORY_REFRESH_S = 20.0
+#: How often the shown History tab reloads, by zoom (the 1 s poll never reads history).
+#: A 24 h load reads the whole day's run ledger (~200k rows for the demo: a few hundred
+#: ms of Postgres, bench/history.py); its 5-minute columns change no faster than this.
+REFRESH_S: dict[timedelta, float] = {ZOOMS[0]: 15.0, ZOOMS[1]: 20.0, ZOOMS[2]: 30.0}
 #: Buckets the window is read in; the strips merge them to the columns they have.
 FINE_BUCKETS = 288
 #: No account summary for this long is a hole in the series (the position manager
