@@ -67,6 +67,9 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                     help="how long to wait for every heartbeat (default 60)")
     up.add_argument("--foreground", action="store_true",
                     help="keep supervisord in the foreground (container PID 1)")
+    up.add_argument("--port", type=tcp_port, default=None, metavar="P",
+                    help="with --demo: serve the simulator on 127.0.0.1:P (0 = a free one); "
+                    "default [sim] port, or a free one when that is taken")
     up.set_defaults(handler=_lazy("ops.stack", "cli_up"))
 
     down = sub.add_parser("down", help="stop everything `ops up` started, embedded Postgres too")
@@ -303,9 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file to keep simulator state in across restarts",
     )
     sim.add_argument(
+        "--accounts",
+        default=None,
+        metavar="FILE",
+        help="serve the accounts of a demo identity file ($OPS_HOME/demo.json, written by "
+        "`ops up --demo`) instead of the built-in ones (keys from --secrets)",
+    )
+    sim.add_argument(
+        "--secrets",
+        default=None,
+        metavar="FILE",
+        help="with --accounts: the secrets file holding their keys ($OPS_HOME/secrets.json)",
+    )
+    sim.add_argument(
         "--show-accounts",
         action="store_true",
-        help="print the demo accounts (name, account number, key id, secret) as JSON and exit",
+        help="print the accounts as JSON and exit (the built-in ones with their throwaway "
+        "keys; with --accounts, names and numbers only)",
     )
     sim.set_defaults(handler=_sim)
     _add_stack_commands(sub)
@@ -315,11 +332,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands that run without a config file.
+_NO_CONFIG = frozenset({"sim", "down", "health", "db"})
+
+
+def _config_missing() -> str | None:
+    """Why no config file can be read (naming how it was looked for), or None."""
+    from ops.env import runtime_env
+
+    env = runtime_env()
+    if env.config_path.is_file():
+        return None
+    return (f"{env.config_path}: config file not found (from {env.config_source}; `ops` "
+            "looks at OPS_CONFIG, then $OPS_HOME/ops.toml, then its packaged default)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `ops` command. Whatever the command, a config problem exits EXIT_CONFIG
+    (78) and an unreachable embedded Postgres or broker says so in words, not as a
+    traceback."""
+    from ops.config import EXIT_CONFIG, ConfigError
+    from ops.errors import human_error
+
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    return handler(args)
+    if args.command not in _NO_CONFIG and (missing := _config_missing()) is not None:
+        print(f"ops {args.command}: {missing}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"ops {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `ops ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 1
+    except Exception as exc:
+        message = human_error(exc)
+        if message is None:
+            raise
+        print(f"ops {args.command}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

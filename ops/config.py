@@ -6,13 +6,16 @@ every problem into one `ConfigError` line `FILE: KEY.PATH: PROBLEM`, all problem
 
 What does not live here: reading environment variables (`ops.env.runtime_env`), reading
 secrets (`ops.credentials`), importing strategy code (the signal engine does that; here
-only the `module:attr` shape is checked). `ConfigReloader` re-reads the file when its
+only the `module:attr` shape is checked). Accounts marked `simulator = true` get their
+URLs and account number filled in at load from this OPS_HOME's demo identity (`ops.demo`:
+the port and numbers, never its keys). `ConfigReloader` re-reads the file when its
 content changes and keeps the last good config when an edit is bad.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import ipaddress
 import logging
@@ -24,7 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -50,6 +54,9 @@ _ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
 KNOWN_ROLES = ("stream", "dispatcher", "position-manager", "signal-engine", "monitor")
 #: The only variable expanded inside path settings, at use time.
 _HOME_VAR = "${OPS_HOME}"
+#: Exit code of every `ops` command that stops on the configuration (sysexits EX_CONFIG):
+#: not 2, which `ops status` uses for "down".
+EXIT_CONFIG = 78
 
 
 # --------------------------------------------------------------------------- errors
@@ -159,7 +166,7 @@ def _format_error(err: ErrorDetails) -> list[Problem]:
         return [Problem(path, "field required")]
     if kind == "extra_forbidden":
         # The value of an unknown key is never echoed: it may be a pasted secret.
-        return [Problem(_join(loc[:-1]), f"unknown key '{loc[-1]}'")]
+        return [Problem(_join(loc[:-1]), f"unknown key '{loc[-1]}'{_did_you_mean(loc)}")]
     if kind in _TYPE_WORDS:
         return [Problem(path, f"expected {_TYPE_WORDS[kind]} (got {_show(got)})")]
     if kind in _BOUNDS:
@@ -182,6 +189,36 @@ def _format_error(err: ErrorDetails) -> list[Problem]:
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
     return [Problem(path, msg)]
+
+
+def _unwrap(tp: Any) -> Any:
+    """`X | None` -> X (a union of several types stays as it is)."""
+    if get_origin(tp) in (Union, UnionType):
+        args = [a for a in get_args(tp) if a is not NoneType]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def _did_you_mean(loc: tuple[str | int, ...]) -> str:
+    """` (did you mean 'x'?)` when the unknown key `loc[-1]` is close to a known one of the
+    table it sits in."""
+    tp: Any = Config
+    for part in loc[:-1]:
+        tp = _unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = tp.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return ""
+            tp = field.annotation
+        elif get_origin(tp) in (dict, list):
+            tp = get_args(tp)[-1]
+        else:
+            return ""
+    tp = _unwrap(tp)
+    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(tp.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 # --------------------------------------------------------------------------- field types
@@ -464,6 +501,12 @@ class AccountConfig(_Model):
     exit. false: none are placed and those resting are cancelled."""
     enabled: bool = True
     """Disabled accounts get no processes and no signals."""
+    simulator: bool = False
+    """One of the bundled simulator's demo accounts (`ops up --demo`; named like one of
+    its accounts, `large` or `tiny`). Keys left out of the table are filled in at load:
+    the URLs point at this OPS_HOME's simulator on 127.0.0.1 (the port `ops up --demo`
+    started it on, else `[sim] port`) and `expected_account_number` is the number
+    generated for this OPS_HOME, so no two homes share a demo account."""
     manage_external: bool = False
     """Whether positions the pipeline did not open (by hand, another tool, an assignment)
     are the pipeline's to manage: true makes every position managed (exit rules, max
@@ -754,7 +797,9 @@ class SimConfig(_Model):
     """The bundled Alpaca-compatible simulator (demo and tests)."""
 
     port: Port = 8765
-    """Port on 127.0.0.1."""
+    """Port on 127.0.0.1 that `ops up --demo` serves the simulator on: `--port P` overrides
+    it, and when it is taken (and no --port was given) a free one is used; accounts with
+    `simulator = true` follow the port actually used. The one setting to move the demo."""
     seed: int = 7
     """Seed of the synthetic market."""
     clock: Literal["open", "nyse", "closed"] = "open"
@@ -981,8 +1026,10 @@ def _toml_problem(exc: tomllib.TOMLDecodeError, text: str) -> Problem:
     return Problem(where, f"invalid TOML: {what[:1].lower()}{what[1:]}")
 
 
-def load_config_text(text: str, source: str) -> Config:
-    """Parse and validate config text; `source` names it in messages. Raises ConfigError."""
+def load_config_text(text: str, source: str, home: Path | None = None) -> Config:
+    """Parse and validate config text; `source` names it in messages. Raises ConfigError.
+    `home`: the OPS_HOME whose demo identity fills in simulator accounts (default: this
+    process's)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -990,10 +1037,45 @@ def load_config_text(text: str, source: str) -> Config:
     except RecursionError:  # tomllib recurses per nested array/inline table
         raise ConfigError(source, [Problem("", "invalid TOML: arrays or inline tables "
                                                "nested too deeply")]) from None
-    return config_from_mapping(data, source)
+    return config_from_mapping(data, source, home)
 
 
-def config_from_mapping(data: Mapping[str, Any], source: str) -> Config:
+def _simulator_fields(data: Mapping[str, Any], home: Path | None) -> tuple[dict[str, Any],
+                                                                            list[Problem]]:
+    """`data` with the keys of `simulator = true` accounts that the file leaves out filled
+    in from the home's demo identity (ops.demo) and the simulator's port."""
+    accounts = data.get("accounts")
+    if not isinstance(accounts, dict) or not any(
+            isinstance(a, dict) and a.get("simulator") is True for a in accounts.values()):
+        return dict(data), []
+    from ops.demo import DemoIdentityError, read_identity, ungenerated
+
+    try:
+        identity = read_identity(home if home is not None else runtime_env().home)
+    except DemoIdentityError as exc:
+        return dict(data), [Problem("", str(exc))]
+    sim = data.get("sim")
+    port = sim.get("port") if isinstance(sim, dict) else None
+    if identity is not None and identity.port is not None:
+        port = identity.port
+    if not isinstance(port, int) or isinstance(port, bool):
+        port = SimConfig.model_fields["port"].default
+    origin = f"http://127.0.0.1:{port}"
+    filled = {}
+    for name, acct in accounts.items():
+        if isinstance(acct, dict) and acct.get("simulator") is True:
+            mine = identity.account(name) if identity is not None else None
+            defaults = {"rest_url": origin, "data_url": origin,
+                        "stream_url": f"ws://127.0.0.1:{port}/stream",
+                        "expected_account_number": (mine.account_number if mine
+                                                    else ungenerated(name))}
+            acct = {**defaults, **acct}
+        filled[name] = acct
+    return {**data, "accounts": filled}, []
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str,
+                        home: Path | None = None) -> Config:
     """Validate already-parsed TOML data. Raises ConfigError listing every problem."""
     # Account names are checked up front too: the model's own check only runs once every
     # account body is valid, and a bad name is worth reporting alongside body errors.
@@ -1003,6 +1085,8 @@ def config_from_mapping(data: Mapping[str, Any], source: str) -> Config:
         for name in (accounts if isinstance(accounts, dict) else {})
         if not _ACCOUNT_NAME_RE.match(name)
     ]
+    data, more = _simulator_fields(data, home)
+    problems += more
     try:
         config = Config.model_validate(dict(data))
     except ValidationError as exc:
@@ -1012,8 +1096,9 @@ def config_from_mapping(data: Mapping[str, Any], source: str) -> Config:
     return config
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a config file. Raises ConfigError (also for unreadable files)."""
+def load_config(path: Path, home: Path | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError (also for unreadable files).
+    `home` as for `load_config_text`."""
     source = str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -1024,13 +1109,13 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         problem = Problem("", f"cannot read config file: {exc.strerror}")
         raise ConfigError(source, [problem]) from None
-    return load_config_text(text, source)
+    return load_config_text(text, source, home)
 
 
 def load_runtime_config(env: RuntimeEnv | None = None) -> tuple[RuntimeEnv, Config]:
     """The runtime env (OPS_CONFIG, OPS_HOME, ...) and the config file it points at."""
     env = env or runtime_env()
-    return env, load_config(env.config_path)
+    return env, load_config(env.config_path, env.home)
 
 
 #: The last config a process of the stack loaded cleanly, kept under `$OPS_HOME/run`, so

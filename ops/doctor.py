@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ops.config import AccountConfig, Config, ConfigError, load_config
+from ops.config import EXIT_CONFIG, AccountConfig, Config, ConfigError, load_config
 from ops.env import RuntimeEnv, runtime_env
 from ops.retry import Backoff
 
@@ -248,7 +248,7 @@ def cli_doctor(args: argparse.Namespace) -> int:
         print(Check("config", False, f"{env.config_path}: cannot be loaded",
                     "fix the problems listed on stderr").render())
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     configure_logging("ops-doctor", level="CRITICAL")  # findings are the output, not logs
     n = len(config.enabled_accounts())
     print(Check("config", True, f"{env.config_path} ({n} enabled accounts)").render(),

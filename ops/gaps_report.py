@@ -254,8 +254,10 @@ def cli_gaps(args: argparse.Namespace) -> int:
         return 2
     loaded = load_env_config()
     if isinstance(loaded, str):
+        from ops.config import EXIT_CONFIG
+
         print(loaded, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     env, config = loaded
     configure_logging("ops-gaps", level="ERROR")  # the report says when Postgres is away
     report = asyncio.run(collect_gaps(env, config, since))

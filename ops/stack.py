@@ -1,11 +1,16 @@
 """`ops up` and `ops down`: bring the whole stack up under supervisord, and take it down.
 
-`up`: load the config; with --demo write the simulator's keys; bring the schema up to
-date *before* anything starts (`migrate_first`: roles never meet a missing table); render
-supervisord's config from ours (ops.supervisor) and start it (or, with --foreground, exec
-`supervisord -n`, for a container's PID 1); return only when every process is RUNNING and
-has written a heartbeat since `up` began, or fail (exit 1) naming each one that did not,
-with the end of its log. If supervisord already runs for this OPS_HOME, `up` only waits.
+`up`: load the config; with --demo pick the simulator's port (`--port`, else `[sim] port`,
+else a free one when that is taken) and write this home's demo identity (ops.demo: account
+numbers and keys generated once per OPS_HOME) and its keys for the roles; bring the schema
+up to date *before* anything starts (`migrate_first`: roles never meet a missing table);
+render supervisord's config from ours (ops.supervisor) and start it (or, with --foreground,
+exec `supervisord -n`, for a container's PID 1). With --demo the account processes start
+only once the simulator answers as this home's (its keys accepted, its account numbers):
+if it cannot start, or the port reaches another stack's simulator, they stay stopped and
+`up` says why (exit 1). Then return only when every process is RUNNING and has written a
+heartbeat since `up` began, or fail (exit 1) naming each one that did not, with the end of
+its log. If supervisord already runs for this OPS_HOME, `up` only checks and waits.
 `down`: XML-RPC shutdown, wait for supervisord to exit, then stop the embedded Postgres
 however it was started; with nothing running it says so and succeeds.
 """
@@ -17,6 +22,7 @@ import asyncio
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops.config import Config
+from ops.config import EXIT_CONFIG, Config
+from ops.demo import DemoIdentity, DemoIdentityError, identity_path
 from ops.env import RuntimeEnv
 from ops.supervisor import (
     ACCOUNT_ROLES,
@@ -76,36 +83,156 @@ def expected_processes(config: Config, spec: StackSpec) -> list[Expected]:
     return out
 
 
-def write_demo_secrets(env: RuntimeEnv, config: Config) -> Path:
-    """Write the simulator's throwaway keys where the file credential provider reads them."""
-    from ops.credentials import write_secrets_file
-    from ops.sim import default_accounts
+def demo_identity(env: RuntimeEnv, config: Config, port: int | None) -> DemoIdentity:
+    """This home's demo identity, with an account number for every enabled account
+    (generated the first time, kept after) and `port` recorded when given."""
+    from ops.demo import DemoIdentityError, ensure_identity
+    from ops.sim.accounts import default_accounts
 
     if config.credentials.provider != "file":
         raise StackError(
             f"{env.config_path}: credentials.provider: --demo needs provider \"file\" "
             f"(got {config.credentials.provider!r})"
         )
-    sim_accounts = {a.name: a for a in default_accounts(seed=config.sim.seed)}
-    secrets: dict[str, dict[str, str]] = {}
-    for name, account in config.enabled_accounts().items():
-        sim = sim_accounts.get(name)
-        if sim is None:
+    known = {a.name for a in default_accounts()}
+    names = sorted(config.enabled_accounts())
+    for name in names:
+        if name not in known:
             raise StackError(
                 f"{env.config_path}: accounts.{name}: the simulator has no demo account "
-                f"{name!r} (it has {', '.join(sorted(sim_accounts))})"
+                f"{name!r} (it has {', '.join(sorted(known))})"
             )
-        secrets[account.secret_id] = {
-            "api_key": sim.key_id,
-            "api_secret": sim.secret,
-            "account_name": name,
-        }
+    try:
+        return ensure_identity(env.home, names, port)
+    except (DemoIdentityError, OSError) as exc:
+        raise StackError(f"demo identity: {exc}") from exc
+
+
+def write_demo_secrets(env: RuntimeEnv, config: Config) -> Path:
+    """Make sure every enabled account has this home's demo identity and keys, in the
+    file credential provider's file: the one place the keys live (the roles and this
+    home's simulator read them there; never printed or logged). Keys already there for
+    the account are kept: generated once per home."""
+    from ops.credentials import write_secrets_file
+    from ops.demo import DemoIdentityError, generate_keys, keys_by_account
+
+    demo_identity(env, config, None)
     path = config.credentials.resolved_file_path(env)
+    try:
+        existing = keys_by_account(path)
+    except DemoIdentityError:
+        existing = {}  # unreadable: new keys for every account
+    secrets: dict[str, dict[str, str]] = {}
+    for name, account in config.enabled_accounts().items():
+        key_id, secret = existing.get(name) or generate_keys()
+        secrets[account.secret_id] = {"api_key": key_id, "api_secret": secret,
+                                      "account_name": name}
     write_secrets_file(path, secrets)
     return path
 
 
-def build_spec(env: RuntimeEnv, config: Config, *, demo: bool, nodaemon: bool) -> StackSpec:
+# --- the demo's simulator -----------------------------------------------------------------
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (SO_REUSEADDR: a closing socket does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def choose_sim_port(requested: int | None, configured: int) -> tuple[int, str | None]:
+    """The simulator's port and, when it is not the one asked for, a line saying why.
+    `--port P` is a promise (taken: StackError); the configured default moves to a free
+    port when another process (another stack's simulator) holds it."""
+    if requested == 0:
+        return _any_free_port(), None
+    if requested is not None:
+        if not port_free(requested):
+            raise StackError(f"--port {requested}: 127.0.0.1:{requested} is already in use "
+                             "(another stack's simulator?); choose another, or --port 0 for "
+                             "a free one")
+        return requested, None
+    if port_free(configured):
+        return configured, None
+    port = _any_free_port()
+    return port, (f"demo: 127.0.0.1:{configured} ([sim] port) is in use (another stack's "
+                  f"simulator?); this stack's simulator uses 127.0.0.1:{port} instead "
+                  "(`ops up --demo --port P` to choose)")
+
+
+def probe_simulator(port: int, account: tuple[str, str, str, str],
+                    timeout_s: float = 2.0) -> str | None:
+    """None when 127.0.0.1:port answers as this home's simulator for `account` (name,
+    number, key id, secret): its key accepted, its number; else why not. Raises
+    ConnectionError when nothing answers yet."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    _name, expected, key_id, secret = account
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/account",
+        headers={"APCA-API-KEY-ID": key_id, "APCA-API-SECRET-KEY": secret})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            number = json.loads(resp.read()).get("account_number")
+    except urllib.error.HTTPError as exc:
+        from ops.errors import auth_hint
+
+        hint = auth_hint(exc.code) or f"HTTP {exc.code}"
+        return (f"127.0.0.1:{port} answers but is not this stack's simulator: {hint}; "
+                "another stack holds the port (`ops up --demo --port P` to choose another)")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ConnectionError(str(exc)) from exc
+    if number != expected:
+        return (f"127.0.0.1:{port} serves account {number!r} for this home's key, not "
+                f"{expected!r}: not this stack's simulator")
+    return None
+
+
+def wait_for_simulator(client: SupervisorClient, port: int,
+                       account: tuple[str, str, str, str], timeout_s: float) -> None:
+    """Until this home's simulator answers on the port; StackError (with the end of its
+    log) when it cannot start (FATAL, or not answering in time) or is not ours."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            why = probe_simulator(port, account)
+        except ConnectionError as exc:
+            why, waiting = f"nothing answers on 127.0.0.1:{port} ({exc})", True
+        else:
+            waiting = False
+        if why is None:
+            return
+        state = client.process("sim:sim").state
+        if not waiting or state == "FATAL" or time.monotonic() >= deadline:
+            raise StackError(
+                f"the simulator did not start (sim:sim {state}): {why}. The account "
+                f"processes were not started.\n{_log_tail(client, 'sim:sim')}\n"
+                "`ops down` stops the rest.")
+        time.sleep(0.2)
+
+
+def start_accounts(client: SupervisorClient, accounts: Sequence[str]) -> None:
+    """Start the account processes supervisord holds back in the demo (autostart off)."""
+    for info in client.processes():
+        if info.group in accounts and info.state in ("STOPPED", "EXITED", "FATAL"):
+            client.start(info.qualified, wait=False)
+
+
+def build_spec(env: RuntimeEnv, config: Config, *, demo: bool, nodaemon: bool,
+               sim_port: int | None = None) -> StackSpec:
     from ops.store import embedded
 
     pg_cmd: list[str] | None = None
@@ -118,9 +245,14 @@ def build_spec(env: RuntimeEnv, config: Config, *, demo: bool, nodaemon: bool) -
         accounts=sorted(config.enabled_accounts()),
         embedded_postgres=pg_cmd,
         postgres_user=pg_user,
-        simulator_port=config.sim.port if demo else None,
+        simulator_port=(sim_port or config.sim.port) if demo else None,
         simulator_seed=config.sim.seed,
         simulator_clock=config.sim.clock,
+        simulator_accounts=identity_path(env.home) if demo else None,
+        simulator_secrets=config.credentials.resolved_file_path(env) if demo else None,
+        # In a container (nodaemon) nobody would start them later: they start at once and
+        # a foreign simulator refuses their keys instead.
+        accounts_autostart=not (demo and not nodaemon),
         watchdog_tick_event=config.watchdog.tick_event,
         nodaemon=nodaemon,
     )
@@ -364,13 +496,14 @@ def _summary(env: RuntimeEnv, client: SupervisorClient, elapsed_s: float) -> str
 def _load(env: RuntimeEnv) -> Config:
     from ops.config import load_config, remember_if_good
 
-    config = load_config(env.config_path)
+    config = load_config(env.config_path, env.home)
     remember_if_good(env.config_path, env.run_dir)
     return config
 
 
 def cli_up(args: argparse.Namespace) -> int:
-    """`ops up [--demo] [--timeout S] [--foreground]`: 0 up, 1 not healthy in time, 2 config."""
+    """`ops up [--demo [--port P]] [--timeout S] [--foreground]`: 0 up, 1 not healthy in
+    time (or the demo's simulator did not start), EXIT_CONFIG config."""
     from ops.config import ConfigError
     from ops.env import runtime_env
     from ops.logs import configure_logging
@@ -382,7 +515,11 @@ def cli_up(args: argparse.Namespace) -> int:
         config = _load(env)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    if args.port is not None and not args.demo:
+        print("ops up: --port is the demo simulator's port: use it with --demo",
+              file=sys.stderr)
+        return EXIT_CONFIG
     configure_logging("ops-up", level="WARNING")
     try:
         return _up(env, config, args, t0, since)
@@ -396,19 +533,29 @@ def _up(env: RuntimeEnv, config: Config, args: argparse.Namespace, t0: float,
     from ops.store.embedded import EmbeddedPostgresError
 
     timeout_s = float(args.timeout)
-    if args.demo:
-        path = write_demo_secrets(env, config)
-        print(f"demo: simulator keys written to {path} (mode 0600)")
     running = _supervisord_running(env)
     if running and args.foreground:
         raise StackError(f"supervisord already runs for {env.home}; `ops down` first")
+    identity: DemoIdentity | None = None
+    if args.demo:
+        port: int | None = None
+        if not running:  # a running simulator keeps its port
+            port, moved = choose_sim_port(args.port, config.sim.port)
+            if moved:
+                print(moved)
+        identity = demo_identity(env, config, port)
+        config = _load(env)  # simulator accounts follow the identity and port just written
+        path = write_demo_secrets(env, config)
+        print(f"demo: this home's simulator keys written to {path} (mode 0600); "
+              f"simulator on 127.0.0.1:{identity.port}")
     try:
         print(migrate_first(env, timeout_s))
     except EmbeddedPostgresError as exc:
         raise StackError(f"embedded Postgres under {env.embedded_pg_dir}: {exc}") from exc
     except OSError as exc:
         raise StackError(f"database: {type(exc).__name__}: {exc}") from exc
-    spec = build_spec(env, config, demo=args.demo, nodaemon=args.foreground)
+    spec = build_spec(env, config, demo=args.demo, nodaemon=args.foreground,
+                      sim_port=identity.port if identity else None)
     expected = expected_processes(config, spec)
     if running:
         # Re-rendering under a live supervisord would change its config behind its back.
@@ -422,6 +569,17 @@ def _up(env: RuntimeEnv, config: Config, args: argparse.Namespace, t0: float,
         start_supervisord(env)
         print(f"supervisord started ({conf_path(env)}); waiting for "
               f"{len(expected)} processes")
+    if identity is not None and identity.port is not None:
+        client = SupervisorClient.for_env(env)
+        remaining = max(1.0, timeout_s - (time.monotonic() - t0))
+        from ops.demo import served_accounts
+
+        try:
+            probe = served_accounts(identity, config.credentials.resolved_file_path(env))[0]
+        except DemoIdentityError as exc:
+            raise StackError(f"demo identity: {exc}") from exc
+        wait_for_simulator(client, identity.port, probe, remaining)
+        start_accounts(client, spec.accounts)
     if not env.database_url:
         from ops.store.embedded import embedded_url
 

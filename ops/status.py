@@ -34,8 +34,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from ops.config import Config, ConfigError, load_config, load_last_good
+from ops.config import EXIT_CONFIG, Config, ConfigError, load_config, load_last_good
 from ops.env import RuntimeEnv, runtime_env
+from ops.errors import describe_db_error
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import dispatch_pause, process_failure
 from ops.layout import Layout, LayoutChoice, configured, orchestrated_processes, resolve
@@ -149,6 +150,8 @@ class StatusReport:
     reasons: list[str] = field(default_factory=list)  # why not healthy, one line each
     layout: Layout = "supervisord"  # where process states come from (ops.layout)
     layout_how: str = "configured"  # "configured" or "detected: <why>"
+    home: str = ""  # OPS_HOME, and the config file with how it was found (ops.env)
+    config: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -306,7 +309,7 @@ async def _collect(
     except Exception as exc:
         if not is_outage(exc):
             raise
-        reachable, db_error = False, f"{type(exc).__name__}: {exc}"[:300]
+        reachable, db_error = False, describe_db_error(exc)[:300]
     problems: list[str] = []
     t_now = now or datetime.now(UTC)
 
@@ -565,7 +568,10 @@ def render_text(report: StatusReport) -> str:
             f"   {report.as_of:%Y-%m-%d %H:%M:%S}Z")
     how = ("process states from heartbeats" if report.layout == "orchestrated"
            else "process states from supervisord")
-    lines = [head, f"layout: {report.layout} ({report.layout_how}); {how}", ""]
+    lines = [head, f"layout: {report.layout} ({report.layout_how}); {how}"]
+    if report.home:
+        lines.append(f"home: {report.home}   config: {report.config}")
+    lines.append("")
     rows = [["PROCESS", "STATE", "PID", "HEARTBEAT", "LAST RUN", "EVERY", "STATUS"]]
     rows += [[p.name, p.state, _fmt(p.pid), _fmt_age(p.heartbeat_age_s),
               _fmt_age(p.last_run_age_s), _fmt(p.expected_interval_s), p.status]
@@ -647,11 +653,12 @@ def cli_status(args: argparse.Namespace) -> int:
     loaded = load_env_config()
     if isinstance(loaded, str):
         print(loaded, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     env, config = loaded
     # The report itself says when Postgres is away; the store's warnings would only repeat it.
     configure_logging("ops-status", level="ERROR")
-    report = asyncio.run(collect_status(env, config))
+    report = dataclasses.replace(asyncio.run(collect_status(env, config)), home=str(env.home),
+                                 config=f"{env.config_path} ({env.config_source})")
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

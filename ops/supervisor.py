@@ -62,6 +62,9 @@ class StackSpec:
     simulator_port: int | None = None  # serve the simulator (demo) on this port
     simulator_seed: int = 7
     simulator_clock: str = "open"
+    simulator_accounts: Path | None = None  # the home's demo identity (`ops sim --accounts`)
+    simulator_secrets: Path | None = None  # ... and the file with its keys (`--secrets`)
+    accounts_autostart: bool = True  # False: `ops up` starts them once the simulator answers
     watchdog: bool = True  # the event listener that restarts hung processes
     watchdog_tick_event: str = "TICK_5"
     nodaemon: bool = False  # True in the container, where supervisord is PID 1
@@ -146,7 +149,10 @@ def render(env: RuntimeEnv, spec: StackSpec) -> dict[str, str]:
                 "sim",
                 [*ops_cmd, "sim", "--port", str(spec.simulator_port),
                  "--seed", str(spec.simulator_seed), "--clock", spec.simulator_clock,
-                 "--state", str(env.home / "sim-state.json")],
+                 "--state", str(env.home / "sim-state.json"),
+                 *(["--accounts", str(spec.simulator_accounts),
+                    "--secrets", str(spec.simulator_secrets)]
+                   if spec.simulator_accounts is not None else [])],
                 env,
                 priority=20,
             )
@@ -165,6 +171,7 @@ def render(env: RuntimeEnv, spec: StackSpec) -> dict[str, str]:
                 [*ops_cmd, "run", role, "--account", account],
                 env,
                 priority=100,
+                autostart="true" if spec.accounts_autostart else "false",
             )
             for role in ACCOUNT_ROLES
         ]

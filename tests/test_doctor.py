@@ -10,21 +10,37 @@ import sys
 from pathlib import Path
 
 from ops.config import load_config
+from ops.demo import read_identity, served_accounts
 from ops.doctor import Check, run_checks
 from ops.env import RuntimeEnv
-from ops.sim import SimConfig, Simulator, default_accounts
+from ops.sim import SimConfig, Simulator
+from ops.sim.accounts import SimAccountSpec, demo_accounts
 from ops.stack import write_demo_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config_for(port: int, tmp: Path, *, tiny_number: str = "PASIM0000002") -> Path:
+def _config_for(port: int, tmp: Path, *, tiny_number: str | None = None) -> Path:
+    """conf/ops.toml on `port`; `tiny_number` set: tiny expects that account instead of
+    the one generated for the home."""
     text = (ROOT / "conf" / "ops.toml").read_text().replace("8765", str(port))
-    text = text.replace('expected_account_number = "PASIM0000002"',
-                        f'expected_account_number = "{tiny_number}"')
-    path = tmp / f"ops-{tiny_number}.toml"
+    if tiny_number is not None:
+        text = text.replace("[accounts.tiny]\n", "[accounts.tiny]\n"
+                            f'expected_account_number = "{tiny_number}"\n')
+    path = tmp / f"ops-{tiny_number or 'demo'}.toml"
     path.write_text(text)
     return path
+
+
+def _home_sim(home: Path) -> list[SimAccountSpec]:
+    """The home's demo identity and keys (what `ops up --demo` makes), as its simulator
+    serves them."""
+    env = RuntimeEnv(config_path=ROOT / "conf" / "ops.toml", home=home, database_url=None)
+    config = load_config(env.config_path, home)
+    path = write_demo_secrets(env, config)
+    identity = read_identity(home)
+    assert identity is not None
+    return demo_accounts(served_accounts(identity, path))
 
 
 def _by_name(checks: list[Check]) -> dict[str, Check]:
@@ -33,18 +49,20 @@ def _by_name(checks: list[Check]) -> dict[str, Check]:
 
 async def test_doctor_checks(tmp_path: Path, pg_url: str) -> None:
     home = tmp_path / "home"
-    async with Simulator(SimConfig(seed=7, market_step_s=None)) as sim:
+    accounts = _home_sim(home)
+    tiny_number = accounts[1].account_number
+    async with Simulator(SimConfig(seed=7, market_step_s=None, accounts=accounts)) as sim:
         port = int(sim.rest_url.rsplit(":", 1)[1])
         env = RuntimeEnv(config_path=_config_for(port, tmp_path), home=home,
                          database_url=pg_url)
-        config = load_config(env.config_path)
+        config = load_config(env.config_path, home)
         write_demo_secrets(env, config)
         lines: list[str] = []
         checks = _by_name(await run_checks(env, config, lambda c: lines.append(c.render())))
         for name in ("credentials large", "credentials tiny", "account binding large",
                      "account binding tiny", "clock skew", "database", "buffer", "disk space"):
             assert checks[name].ok, checks[name]
-        assert "PASIM0000002" in checks["account binding tiny"].detail
+        assert tiny_number in checks["account binding tiny"].detail
         assert re.search(r"[+-]\d+\.\d\ds vs broker clock", checks["clock skew"].detail)
         sup = checks["supervisord"]
         assert not sup.ok and "does not exist" in sup.detail and "ops up" in sup.fix
@@ -53,10 +71,11 @@ async def test_doctor_checks(tmp_path: Path, pg_url: str) -> None:
         # Keys for one account configured against another's number: refused, both named.
         env2 = RuntimeEnv(config_path=_config_for(port, tmp_path, tiny_number="PASIM0000001X"),
                           home=home, database_url=pg_url)
-        bad = _by_name(await run_checks(env2, load_config(env2.config_path), lambda c: None))
+        bad = _by_name(await run_checks(env2, load_config(env2.config_path, home),
+                                        lambda c: None))
         binding = bad["account binding tiny"]
         assert not binding.ok
-        assert "PASIM0000001X" in binding.detail and "PASIM0000002" in binding.detail
+        assert "PASIM0000001X" in binding.detail and tiny_number in binding.detail
         assert "expected_account_number" in binding.fix
         assert bad["account binding large"].ok
 
@@ -70,7 +89,7 @@ async def test_doctor_checks(tmp_path: Path, pg_url: str) -> None:
         assert re.search(r"^ok\s+account binding large", out.stdout, re.MULTILINE)
         assert re.search(r"^FAIL\s+supervisord", out.stdout, re.MULTILINE)
         assert out.stdout.rstrip().endswith("1 FAIL")
-        for acct in default_accounts(seed=7):
+        for acct in accounts:
             assert acct.secret not in out.stdout + out.stderr
             assert acct.key_id not in out.stdout + out.stderr
 
@@ -81,7 +100,8 @@ async def test_doctor_unreadable_secret_and_dead_database(tmp_path: Path) -> Non
     # at a socket directory with no server.
     env = RuntimeEnv(config_path=_config_for(9, tmp_path), home=home,
                      database_url=f"postgresql://postgres@/postgres?host={tmp_path}")
-    checks = _by_name(await run_checks(env, load_config(env.config_path), lambda c: None))
+    checks = _by_name(await run_checks(env, load_config(env.config_path, home),
+                                       lambda c: None))
     cred = checks["credentials large"]
     assert not cred.ok and "secrets.json" in cred.detail and "ops-pipeline/alpaca" in cred.fix
     assert "account binding large" not in checks  # nothing to bind with
@@ -99,11 +119,11 @@ async def test_doctor_names_the_secret_of_a_rejected_key(tmp_path: Path) -> None
     from ops.credentials import write_secrets_file
 
     home = tmp_path / "home"
-    async with Simulator(SimConfig(seed=7, market_step_s=None)) as sim:
+    async with Simulator(SimConfig(seed=7, market_step_s=None, accounts=_home_sim(home))) as sim:
         port = int(sim.rest_url.rsplit(":", 1)[1])
         env = RuntimeEnv(config_path=_config_for(port, tmp_path), home=home,
                          database_url=f"postgresql://postgres@/postgres?host={tmp_path}")
-        config = load_config(env.config_path)
+        config = load_config(env.config_path, home)
         path = write_demo_secrets(env, config)
         secrets = json.loads(path.read_text())
         secrets["ops-pipeline/alpaca/tiny"]["api_secret"] = "revoked-" + "x" * 24

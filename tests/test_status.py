@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ops.config import load_config
+from ops.config import EXIT_CONFIG, load_config
 from ops.env import RuntimeEnv
 from ops.models import Heartbeat
 from ops.status import collect_status, kill_switch_mode, render_text
@@ -70,12 +70,13 @@ def test_postgres_down_reads_from_the_buffer(pg_dedicated: EmbeddedPostgres,
     assert out.stderr == ""  # the report says it; no log noise on stderr
 
 
-def test_bad_config_exits_2_naming_the_file(tmp_path: Path) -> None:
+def test_bad_config_exits_with_the_config_code_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "ops.toml"
     bad.write_text("[accounts.large]\nsecret_id = 3\n")
-    for cmd in (["status"], ["status", "--json"], ["up"], ["doctor"]):
+    for cmd in (["status"], ["status", "--json"], ["up"], ["doctor"], ["gaps"]):
         out = _ops(*cmd, env={"OPS_HOME": str(tmp_path / "home"), "OPS_CONFIG": str(bad)})
-        assert out.returncode == 2, (cmd, out.stdout, out.stderr)
+        # Not 2: that is `ops status`'s "down".
+        assert out.returncode == EXIT_CONFIG == 78, (cmd, out.stdout, out.stderr)
         assert str(bad) in out.stderr and "accounts.large" in out.stderr
         if cmd == ["doctor"]:
             assert out.stdout.startswith("FAIL  config")

@@ -23,6 +23,7 @@ from requests.adapters import HTTPAdapter
 
 from ops.broker._sdk import APIError, RESTClient
 from ops.broker.errors import BrokerApiError, BrokerDataError, BrokerError, BrokerUnavailable
+from ops.errors import auth_hint, summarise_body
 
 
 class _TimeoutAdapter(HTTPAdapter):
@@ -107,6 +108,9 @@ def _api_error_fields(exc: APIError) -> tuple[int | None, int | None, str]:
         raw_msg = parsed.get("message")
         if isinstance(raw_msg, str) and raw_msg:
             message = raw_msg
+    message = summarise_body(message, status)  # an HTML error page: its title only
+    if (hint := auth_hint(status)) is not None:
+        message = f"{message}: {hint}" if message else hint
     if len(message) > 500:
         message = message[:497] + "..."
     return status, code, message or "(empty response body)"

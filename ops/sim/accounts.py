@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -95,6 +96,22 @@ def default_accounts(seed: int = 7) -> list[SimAccountSpec]:
         make_spec("large", "PASIM0000001", Decimal(100_000), seed, 1),
         make_spec("tiny", "PASIM0000002", Decimal(1_000), seed, 2, options_trading_level=2),
     ]
+
+
+def demo_accounts(identities: Sequence[tuple[str, str, str, str]]) -> list[SimAccountSpec]:
+    """The demo accounts with the given (name, account number, key id, secret): a home's
+    own identity (ops.demo), so no other home's keys open them. Cash and options level
+    come from the built-in demo account of that name; an unknown name is a ValueError."""
+    templates = {a.name: a for a in default_accounts()}
+    out = []
+    for name, number, key_id, secret in identities:
+        base = templates.get(name)
+        if base is None:
+            raise ValueError(f"the simulator has no demo account {name!r} "
+                             f"(it has {', '.join(sorted(templates))})")
+        out.append(dataclasses.replace(base, account_number=number, key_id=key_id,
+                                       secret=secret))
+    return out
 
 
 @dataclass(slots=True)

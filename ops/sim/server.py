@@ -1,7 +1,11 @@
 """`ops sim` entry point: serve the simulator on 127.0.0.1:PORT until SIGTERM/SIGINT.
 
-`--show-accounts` prints the demo accounts (throwaway simulator keys) as JSON and exits.
-The signal handler only sets an event; shutdown then closes every socket.
+`--accounts FILE --secrets FILE` serves the accounts of a home's demo identity
+(`$OPS_HOME/demo.json` and the keys in the demo's secrets file, both written by `ops up
+--demo`) instead of the built-in ones, whose keys every install shares.
+`--show-accounts` prints the accounts as JSON and exits: the built-in ones with their
+throwaway keys, a home's without its keys. The signal handler only sets an event; shutdown
+then closes every socket.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from ops.sim.accounts import default_accounts
+from ops.sim.accounts import SimAccountSpec, default_accounts, demo_accounts
 from ops.sim.simulator import SimConfig, Simulator
 
 log = logging.getLogger(__name__)
@@ -21,15 +26,25 @@ log = logging.getLogger(__name__)
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `ops sim`; returns the process exit code."""
+    try:
+        accounts = _accounts(args.accounts, args.secrets)
+    except ValueError as exc:
+        print(f"ops sim: {exc}", file=sys.stderr)
+        return 2
     if args.show_accounts:
-        print(json.dumps([a.public_json() for a in default_accounts(args.seed)], indent=2))
+        if accounts is None:
+            shown = [a.public_json() for a in default_accounts(args.seed)]
+        else:  # a home's keys stay in its files
+            shown = [{"name": a.name, "account_number": a.account_number} for a in accounts]
+        print(json.dumps(shown, indent=2))
         return 0
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        config = SimConfig(seed=args.seed, clock=args.clock, state_path=args.state)
+        config = SimConfig(seed=args.seed, clock=args.clock, state_path=args.state,
+                           accounts=accounts)
         return asyncio.run(_serve(config, args.port))
     except ValueError as exc:
         print(f"ops sim: {exc}", file=sys.stderr)
@@ -37,6 +52,24 @@ def cli_main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ops sim: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
         return 1
+
+
+def _accounts(path: str | None, secrets: str | None) -> list[SimAccountSpec] | None:
+    """The accounts of a demo identity file with their keys from the demo's secrets file,
+    or None for the built-in ones."""
+    from ops.demo import DemoIdentityError, read_identity_file, served_accounts
+
+    if path is None:
+        return None
+    if secrets is None:
+        raise ValueError("--accounts needs --secrets (the file holding their keys)")
+    try:
+        identity = read_identity_file(Path(path))
+        if identity is None or not identity.accounts:
+            raise ValueError(f"{path}: no demo accounts there (`ops up --demo` writes them)")
+        return demo_accounts(served_accounts(identity, Path(secrets)))
+    except DemoIdentityError as exc:
+        raise ValueError(str(exc)) from None
 
 
 async def _serve(config: SimConfig, port: int) -> int:

@@ -12,6 +12,7 @@ from ops.broker.errors import AccountMismatchError, BrokerApiError, BrokerUnavai
 from ops.broker.marketdata import parse_timeframe
 from ops.broker.orders import build_order_request, build_replace_request
 from ops.broker.transport import TokenBucket, is_rate_limited, is_transient, translate
+from ops.errors import AUTH_HINTS
 from ops.models import OrderRequest, OrderType, Side
 
 
@@ -55,9 +56,15 @@ def _api_error(status: int, body: str) -> APIError:
     ("status", "body", "code", "reason"),
     [(422, '{"code":40010001,"message":"client_order_id must be unique"}', 40010001,
       "client_order_id must be unique"),
-     (403, '{"message":"forbidden."}', None, "forbidden."),
+     # 401 / 403 say what they mean for the pipeline; an HTML page is its title, never
+     # the page (a proxy's error page would fill a log line per call).
+     (403, '{"message":"forbidden."}', None, f"forbidden.: {AUTH_HINTS[403]}"),
+     (401, '{"message":"unauthorized."}', None, f"unauthorized.: {AUTH_HINTS[401]}"),
      (504, "", None, "(empty response body)"),
-     (502, "<html>bad gateway</html>", None, "<html>bad gateway</html>")],
+     (502, "<html>bad gateway</html>", None, "HTML error page: bad gateway"),
+     (503, "<!DOCTYPE html><html><head><title>503 Service Unavailable</title><style>b{}"
+      "</style></head><body><h1>Down</h1><script>x()</script></body></html>", None,
+      "HTML error page: 503 Service Unavailable")],
 )
 def test_api_errors_are_read_defensively(status: int, body: str, code: int | None,
                                          reason: str) -> None:

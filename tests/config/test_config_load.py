@@ -21,15 +21,18 @@ from tests.config.samples import MINIMAL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_shipped_default_config_runs_the_demo() -> None:
-    cfg = load_config(ROOT / "conf" / "ops.toml")
+def test_shipped_default_config_runs_the_demo(tmp_path: Path) -> None:
+    # A home that never ran `ops up --demo`: simulator accounts on [sim] port, with account
+    # numbers no simulator serves.
+    cfg = load_config(ROOT / "conf" / "ops.toml", tmp_path)
     assert list(cfg.accounts) == ["large", "tiny"]
     large, tiny = cfg.accounts["large"], cfg.accounts["tiny"]
     assert large.secret_id == default_secret_id("large") == "ops-pipeline/alpaca"
     assert tiny.secret_id == default_secret_id("tiny") == "ops-pipeline/alpaca/tiny"
-    assert large.expected_account_number == "PASIM0000001"
-    assert tiny.expected_account_number == "PASIM0000002"
+    assert large.expected_account_number == "DEMO-NOT-GENERATED-large"
+    assert tiny.expected_account_number == "DEMO-NOT-GENERATED-tiny"
     for acct in (large, tiny):
+        assert acct.simulator
         assert acct.rest_url == "http://127.0.0.1:8765"
         assert acct.stream_url == "ws://127.0.0.1:8765/stream"
         assert acct.data_url == "http://127.0.0.1:8765"

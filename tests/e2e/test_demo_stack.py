@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from ops.demo import read_identity
 from tests.e2e.conftest import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -60,8 +61,10 @@ def test_status_healthy(demo_stack: Stack) -> None:
         assert isinstance(p["pid"], int)
     assert procs["large-dispatcher"]["expected_interval_s"] == 2
     assert procs["large-dispatcher"]["heartbeat_age_s"] < 5
+    identity = read_identity(demo_stack.env.home)  # generated for this home by `ops up`
+    assert identity is not None
     assert {a["name"]: a["account_number"] for a in js["accounts"]} == {
-        "large": "PASIM0000001", "tiny": "PASIM0000002"}
+        a.name: a.account_number for a in identity.accounts}
     assert js["database"]["reachable"] is True
     assert js["incidents"] == []
 

@@ -1,6 +1,6 @@
 """`ops up` that cannot come up healthy: it fails naming each process, with its log.
 
-The tiny account is configured with an account number the simulator's tiny keys do not
+The tiny account is configured with an account number the home's demo tiny keys do not
 belong to, so every tiny role refuses to run (invariant 5) and never heartbeats. Before
 `ops up`, `ops db migrate` leaves an embedded Postgres running under pg_ctl, which `ops up`
 must hand over to supervisord (and `ops down` must stop).
@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 def test_up_names_the_processes_that_did_not_report() -> None:
     home, _port, environ, env = make_home(
-        lambda text: text.replace('"PASIM0000002"', '"PASIM0000009"'))
+        lambda text: text.replace("[accounts.tiny]\n", "[accounts.tiny]\n"
+                                  'expected_account_number = "PASIM0000009"\n'))
 
     def ops(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ops", *args], capture_output=True,
