@@ -1,16 +1,22 @@
 """The History tab on screen (key 6): the rendered run-slot strip shows a 6-hour hole as
 a hole (blank cells) at 80x24, late and failed slots marked; full width on a large
-terminal; zoom; the sparklines hold the account series. Real Postgres, frozen clock."""
+terminal; zoom; the account filter; an outage keeps the last view; the sparklines hold the
+account series. Real Postgres, frozen clock."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
+
+from textual.widgets import Static
 
 from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.store import Store
+from ops.store.embedded import EmbeddedPostgres
 from ops.supervisor import SupervisorClient
-from tests.tui.conftest import T
+from tests.tui.conftest import CONFIG, T
 from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import until
 from tests.tui.test_history import DAY, seed_runs, seed_tiny_equity
@@ -110,3 +116,37 @@ async def test_sparklines_hold_the_account_series(dash_env: RuntimeEnv, config: 
         text = box.pnl_text
         assert "NO DATA 03:29–09:31 (6h02)" in text, text
         assert "realised today +0.00" in text
+
+
+async def test_filter_reloads_and_an_outage_keeps_the_last_view(
+        pg_dedicated: EmbeddedPostgres, pg_home: Path, config: Config) -> None:
+    env = RuntimeEnv(config_path=CONFIG, home=pg_home / "ops", database_url=pg_dedicated.url())
+    async with await Store.open(env, process="fixture") as store:
+        await write_fixture(store, T)
+        await seed_runs(store)
+    async with await Store.open(env, process="ops-dash") as store:
+        app = Dashboard(_data(env, config, store), refresh_s=3600)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.loads >= 1, what="first load")
+            await pilot.press("6")
+            view = app.query_one(HistoryView)
+            runs = app.query_one("#history-runs", Timeline)
+            await until(pilot, lambda: view.loads >= 1, what="history load")
+            assert "tiny-dispatcher" in [lane.label for lane in runs.lanes]
+            # The account filter applies to the history too, without waiting for a refresh.
+            await pilot.press("f")  # all -> large
+            await until(pilot, lambda: view.loads >= 2, what="filtered load")
+            await pilot.pause()
+            labels = [lane.label for lane in runs.lanes]
+            assert "large-position-manager" in labels and not any(
+                label.startswith("tiny-") for label in labels), labels
+
+            await asyncio.to_thread(pg_dedicated.stop, mode="fast")
+            view.reload()
+            await until(pilot, lambda: view.loads >= 3, what="load during the outage")
+            await pilot.pause()
+            assert view.error is not None and "Postgres unreachable" in view.error
+            note = str(app.query_one("#history-note", Static).render())
+            assert "showing what was read at 15:30:00" in note, note
+            # The strips read before the outage stay on screen.
+            assert GLYPHS["missed"] in _strip(runs, "large-position")

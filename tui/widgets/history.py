@@ -178,7 +178,10 @@ class HistoryView(VerticalScroll, can_focus=True):
         self.loads = 0  # completed loads (tests wait on it)
         self._data: HistoryData | None = None
         self._loaded_at = float("-inf")  # monotonic time the last load started
+        self._loaded_for: tuple[object, ...] = ()  # what it was for: processes, accounts
         self._unrealised: Mapping[str, Decimal | None] = {}
+        self.error: str | None = None  # why the last load has no data (the view keeps
+        # showing the last good one)
 
     def compose(self) -> ComposeResult:
         # Run slots first: on a small screen the holes are what must be seen unscrolled.
@@ -204,22 +207,28 @@ class HistoryView(VerticalScroll, can_focus=True):
                    for w in self.workers)
 
     def _tick(self) -> None:
-        if self.display and time.monotonic() - self._loaded_at >= REFRESH_S.get(self.span,
-                                                                                 30.0):
+        if not self.display:
+            return
+        inputs = self.inputs()
+        due = time.monotonic() - self._loaded_at >= REFRESH_S.get(self.span, 30.0)
+        # The account filter (or the process list) changed: what is shown is not it.
+        if due or (inputs is not None and _key(inputs) != self._loaded_for):
             self.reload()
 
     def on_show(self) -> None:
         if time.monotonic() - self._loaded_at >= 2.0:
             self.reload()
 
-    def reload(self) -> None:
-        """Load now unless a load is under way (loads never overlap)."""
-        if self.loading_now:
+    def reload(self, *, restart: bool = False) -> None:
+        """Load now unless a load is under way (loads never overlap); `restart`: a load
+        under way is cancelled and this one replaces it (a new zoom)."""
+        if self.loading_now and not restart:
             return
         inputs = self.inputs()
         if inputs is None:  # the dashboard has not read anything yet: try next tick
             return
         self._loaded_at = time.monotonic()
+        self._loaded_for = _key(inputs)
         self._load(inputs, self.span)
 
     @work(exclusive=True, group="history", exit_on_error=False, name="history")
@@ -233,8 +242,10 @@ class HistoryView(VerticalScroll, can_focus=True):
     @on(Loaded)
     def _loaded(self, message: Loaded) -> None:
         message.stop()
-        self.state = message.state
         self.loads += 1
+        self.error = message.state.error
+        if self.error is None or self.state is None:
+            self.state = message.state
         self.show_state()
 
     @on(Worker.StateChanged)
@@ -253,8 +264,7 @@ class HistoryView(VerticalScroll, can_focus=True):
     def watch_span(self) -> None:
         self._title()
         if self.is_mounted:
-            self._loaded_at = float("-inf")
-            self.reload()
+            self.reload(restart=True)
 
     def _title(self) -> None:
         self.border_title = f"History · last {zoom_label(self.span)}"
@@ -269,6 +279,9 @@ class HistoryView(VerticalScroll, can_focus=True):
         note = self.query_one("#history-note", Static)
         if state.error:
             note.update(f"! {state.error}")
+            return
+        if self.error is not None:  # the last load failed: this is the one before it
+            note.update(f"! {self.error}; showing what was read at {state.end:%H:%M:%S}")
             return
         unsided = (f" · {state.unsided_fills} fill(s) without a stored order left out of "
                    "realised P&L" if state.unsided_fills else "")
@@ -301,6 +314,10 @@ class HistoryView(VerticalScroll, can_focus=True):
 
     def account_box(self, account: str) -> AccountHistoryBox:
         return self.query_one(f"#history-account-{account}", AccountHistoryBox)
+
+
+def _key(inputs: HistoryInputs) -> tuple[object, ...]:
+    return (tuple(t.name for t in inputs.targets), tuple(inputs.accounts))
 
 
 def _cells(lane: IncidentLane, state: HistoryState) -> Callable[[int], Sequence[str]]:
