@@ -46,6 +46,17 @@ def auth_hint(status: int | None) -> str | None:
     return AUTH_HINTS.get(status) if status is not None else None
 
 
+def _raised_by_asyncpg(exc: BaseException) -> bool:
+    """asyncpg connecting to a unix socket that is not there raises a bare OSError (no
+    file name): its traceback is what says it was the database."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if "/asyncpg/" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _postgres_socket(exc: BaseException) -> str | None:
     """The Postgres unix socket an OSError is about, if it is one."""
     text = " ".join(str(x) for x in (getattr(exc, "filename", None), exc) if x)
@@ -63,7 +74,7 @@ def human_error(exc: BaseException) -> str | None:
     the better report)."""
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         sock = _postgres_socket(exc)
-        if sock is not None or isinstance(exc, FileNotFoundError) and exc.filename is None:
+        if sock is not None or _raised_by_asyncpg(exc):
             where = f" {sock}" if sock else ""
             state = "is missing" if isinstance(exc, FileNotFoundError) else "refuses connections"
             return (f"the Postgres socket{where} {state}: the embedded Postgres is not "

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +72,8 @@ def test_status_from_another_directory(tmp_path: Path) -> None:
     assert out.returncode == EXIT_CODES["down"], out.stdout + out.stderr
     assert f"home: {home}   config: {PACKAGED_CONFIG} (packaged default)" in out.stdout
     assert "config file not found" not in out.stderr
+    # Nothing runs there: said in words, not as FileNotFoundError.
+    assert "database: UNREACHABLE (the Postgres socket is missing: " in out.stdout
     assert list(cwd.iterdir()) == []  # nothing created where it ran
 
 
@@ -163,3 +167,25 @@ def test_a_broken_identity_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(ROOT / "conf" / "ops.toml", tmp_path)
     assert f"{tmp_path / 'demo.json'}: not a demo identity file" in str(ei.value)
+
+
+def test_an_installed_ops_finds_its_default_config(tmp_path: Path) -> None:
+    """setuptools' build of the package (what a wheel holds) carries the default config,
+    and `ops` run from that build, elsewhere, uses it."""
+    src, lib = tmp_path / "src", tmp_path / "lib"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("ops", "tui"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore, symlinks=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    build = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()",
+                            "-q", "build_py", "--build-lib", str(lib)], cwd=src,
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr
+    shipped = lib / "ops" / "defaults" / "ops.toml"
+    assert shipped.read_text() == PACKAGED_CONFIG.read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = _ops(["status", "--json"], elsewhere, OPS_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(lib))
+    assert json.loads(out.stdout)["config"] == f"{shipped} (packaged default)", out.stderr
