@@ -52,6 +52,7 @@ from decimal import Decimal
 from typing import Any
 
 from ops.config import Schedule
+from ops.demo import keys_by_account
 from ops.supervisor import ProcessInfo, SupervisorClient
 from tests.e2e.conftest import Stack
 
@@ -195,8 +196,10 @@ class ChaosRig:
         """Buy orders of 1 AAPL sent straight to the broker (as from Alpaca's web UI),
         alternating between the accounts (or to account `only`): fills the pipeline did not
         ask for, whose events the stream must store whatever happens to Postgres."""
-        accounts = [a for a in json.loads(self.stack.ops("sim", "--show-accounts").stdout)
-                    if only is None or a["name"] == only]
+        keys = keys_by_account(self.stack.env.home / "secrets.json")  # the home's demo keys
+        accounts = [{"name": name, "key_id": key, "secret": secret}
+                    for name, (key, secret) in sorted(keys.items())
+                    if only is None or name == only]
         assert accounts, f"no simulator account {only!r}"
         for i in range(n):
             acct = accounts[i % len(accounts)]

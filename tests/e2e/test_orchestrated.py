@@ -74,6 +74,8 @@ class Fleet:
         home = self.root / f"{name}-{copy}"
         home.mkdir()
         shutil.copy(self.root / "secrets.json", home / "secrets.json")
+        # The demo's identity (its accounts' numbers) travels with its keys.
+        shutil.copy(self.root / "demo.json", home / "demo.json")
         argv = [sys.executable, "-m", "ops", "run", role,
                 *(["--account", account] if account else [])]
         with (home / "out.log").open("wb") as out:
@@ -157,7 +159,7 @@ def fleet() -> Iterator[tuple[Fleet, list[dict[str, Any]]]]:
         try:
             pg.start()
             environ["OPS_DATABASE_URL"] = pg.url()
-            config = load_config(env.config_path)
+            config = load_config(env.config_path, root)
             write_demo_secrets(RuntimeEnv(config_path=env.config_path, home=root,
                                           database_url=pg.url()), config)
             migrate = subprocess.run([sys.executable, "-m", "ops", "db", "migrate"],
@@ -166,7 +168,8 @@ def fleet() -> Iterator[tuple[Fleet, list[dict[str, Any]]]]:
             assert migrate.returncode == 0, migrate.stdout + migrate.stderr
             sim = subprocess.Popen(
                 [sys.executable, "-m", "ops", "sim", "--port", str(port), "--seed",
-                 str(config.sim.seed), "--clock", "open"],
+                 str(config.sim.seed), "--clock", "open", "--accounts",
+                 str(root / "demo.json"), "--secrets", str(root / "secrets.json")],
                 env=environ, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
             poll("the simulator answers", lambda: _answers(port), 30)
