@@ -76,11 +76,12 @@ def order_text(rec: SignalRecord) -> str:
     o = rec.order
     if o is None:
         return f"{oid} (not seen by the stream yet)"
-    filled = ""
-    if o.filled_qty:
-        price = f" @ {_num(o.filled_avg_price)}" if o.filled_avg_price is not None else ""
-        filled = f", filled {_num(o.filled_qty)}{price}"
-    return f"{o.id} ({o.status}{filled})"
+    if not o.filled_qty:
+        return f"{o.id} ({o.status})"
+    price = f" @ {_num(o.filled_avg_price)}" if o.filled_avg_price is not None else ""
+    filled = f"{_num(o.filled_qty)}{price}"
+    return f"{o.id} (filled {filled})" if o.status == "filled" else \
+        f"{o.id} ({o.status}, filled {filled})"
 
 
 def verdict_line(rec: SignalRecord, now: datetime) -> str:

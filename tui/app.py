@@ -39,6 +39,7 @@ from textual.worker import Worker, WorkerState
 
 from ops.control import AcceptFailed
 from ops.models import KillSwitch
+from ops.signals_cli import describe as describe_signal
 from ops.supervisor import SupervisorClient, program_name
 from tui import control
 from tui.commands import DashCommands
@@ -487,6 +488,15 @@ class Dashboard(App[None]):
                                           feed_lines(item)))
         else:
             self.notify("no row selected", severity="warning")
+
+    def action_show_signal(self) -> None:
+        """Enter on the signals panel: the highlighted signal in full, as `ops signal show`."""
+        row = self.query_one(SignalsTable).selected
+        if row is None:
+            self.notify("no signal selected", severity="warning")
+            return
+        self.push_screen(DetailScreen(f"signal {row.id} · {row.account} · {row.symbol}",
+                                      describe_signal(row, self.now())))
 
     def action_ack_incident(self) -> None:
         """`a` on the incidents panel: acknowledge the highlighted incident (asks first)."""

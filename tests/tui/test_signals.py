@@ -1,11 +1,12 @@
 """The signals pane (5) and the pause mode picker (p), against a real Postgres.
 
 The pane: queued (with how long), submitted (with the order it became), rejected (with the
-dispatcher's reason) and expired signals, newest first, counted in the tab strip; on large
-terminals it takes the orders & fills cell while selected; a load that could not read
-signals (Postgres away) keeps the rows and says so. The picker: halt, reduce-only,
-flatten (managed) and flatten-all, each then behind the confirmation, writing the kill
-switch `ops pause --mode` writes; Escape, or the mode already engaged, writes nothing.
+dispatcher's reason) and expired signals, newest first, counted in the tab strip; Enter
+shows one in full; on large terminals it takes the width under the processes while
+selected; a load that could not read signals (Postgres away) keeps the rows and says so.
+The picker: halt, reduce-only, flatten (managed) and flatten-all, each then behind the
+confirmation, writing the kill switch `ops pause --mode` writes; Escape, or the mode
+already engaged, writes nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tui.app import Dashboard
 from tui.data import DashboardData
 from tui.messages import StateLoaded
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.detail import DetailScreen
 from tui.screens.pause import PauseModeScreen
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.feed import FeedTable
@@ -94,17 +96,38 @@ async def test_the_pane_shows_each_state_newest_first(
         assert [int(k) for k in table.items] == [ids[n] for n in (
             "queued", "expired", "rejected", "submitted")]
         assert column(table, "time") == ["15:29:00", "15:28:00", "15:27:00", "15:26:00"]
-        assert column(table, "state") == ["… queued 60s", "⌛ expired", "✗ REJECTED",
+        assert column(table, "state") == ["… queued 60s", "⊘ expired", "✗ REJECTED",
                                           "✓ submitted"]
         rejected = cells(table, str(ids["rejected"]))
-        assert (rejected["account"], rejected["symbol"], rejected["qty"]) == ("tiny", "AAPL",
-                                                                              "4")
-        assert rejected["reason"] == REASON
-        assert cells(table, str(ids["submitted"]))["order"] == "b7c1d2e3 partially_filled 3/4"
-        assert cells(table, str(ids["expired"]))["reason"] == "expiry: signal is 601.0s old"
+        assert (rejected["account"], rejected["signal"], rejected["outcome"]) == (
+            "tiny", "buy 4 AAPL", REASON)
+        assert cells(table, str(ids["submitted"]))["outcome"] == \
+            "order b7c1d2e3 partially_filled 3/4"
+        assert cells(table, str(ids["expired"]))["outcome"] == "expiry: signal is 601.0s old"
+        assert cells(table, str(ids["queued"]))["outcome"] == ""
         assert table.border_subtitle == "1 queued · 1 submitted · 1 rejected · 1 expired"
         assert "[5 Signals (1 queued, 1 rejected)]" in _tabs(app)
         assert table.selected is not None and table.selected.id == ids["queued"]
+
+        # Enter: the highlighted signal in full, in the words of `ops signal show`.
+        table.move_cursor(row=table.get_row_index(str(ids["submitted"])))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen), what="detail")
+        assert isinstance(app.screen, DetailScreen)
+        text = app.screen.text
+        for needle in (f"id:            {ids['submitted']}", "state:         submitted",
+                       "broker order:  b7c1d2e3f4", "order status:  partially_filled",
+                       "filled:        3 @ 120.5 of 4", "reason:\n  allowed"):
+            assert needle in text, (needle, text)
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, DetailScreen), what="closed")
+        table.move_cursor(row=table.get_row_index(str(ids["rejected"])))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen), what="detail")
+        assert isinstance(app.screen, DetailScreen)
+        assert f"reason:\n  {REASON}" in app.screen.text
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, DetailScreen), what="closed")
 
         # The account filter applies to the pane as to every other.
         app.set_filter("tiny")
@@ -122,7 +145,7 @@ async def test_the_pane_shows_each_state_newest_first(
         assert table.border_subtitle == "not refreshed: Postgres unreachable (read 0s ago)"
 
 
-async def test_a_large_terminal_shows_signals_in_place_of_the_feed(
+async def test_a_large_terminal_shows_signals_full_width_under_the_processes(
         dash_env: RuntimeEnv, config: Config, ops_store: Store) -> None:
     await write_fixture(ops_store, T)
     await write_signals(ops_store)
@@ -130,12 +153,17 @@ async def test_a_large_terminal_shows_signals_in_place_of_the_feed(
     async with app.run_test(size=(160, 48)) as pilot:
         await until(pilot, lambda: app.loads >= 1, what="first load")
         table, feed = app.query_one(SignalsTable), app.query_one(FeedTable)
-        assert not table.display and feed.display
+        others = [app.query_one(f"#{key}") for key in ("positions", "incidents", "feed")]
+        assert not table.display and all(w.display for w in others)
         await _signals(pilot, app, 4)
-        assert not feed.display
-        assert table.region.width > 0 and table.region.height > 3
+        await until(pilot, lambda: not any(w.display for w in others), what="grid replaced")
+        assert app.query_one("#processes").display
+        assert table.region.width >= 150 and table.region.height > 10
+        rejected = next(k for k, r in table.items.items() if r.state == "rejected")
+        assert cells(table, rejected)["outcome"] == REASON
         await pilot.press("4")
         await until(pilot, lambda: feed.display and not table.display, what="feed back")
+        assert all(w.display for w in others)
 
 
 async def _picker(pilot: Pilot[None], app: Dashboard, account: str) -> PauseModeScreen:

@@ -22,6 +22,7 @@ from ops.supervisor import SupervisorClient
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_drift_block, write_fixture
 from tests.tui.helpers import until
+from tests.tui.test_signals import write_signals
 from tui.app import Dashboard
 from tui.data import DashboardData
 from tui.screens.confirm import ConfirmScreen
@@ -29,6 +30,7 @@ from tui.screens.incident import IncidentScreen
 from tui.screens.pause import PauseModeScreen
 from tui.widgets.incidents import IncidentsTable
 from tui.widgets.positions import PositionsTable
+from tui.widgets.signals import SignalsTable
 
 SnapCompare = Callable[..., bool]
 
@@ -112,6 +114,29 @@ def test_pause_mode_picker(snap_compare: SnapCompare, dash_env: RuntimeEnv,
     assert snap_compare(_app(dash_env, config), terminal_size=(80, 24),
                         run_before=_loaded("p", ready=lambda app: isinstance(
                             app.screen, PauseModeScreen)))
+
+
+async def _with_signals(store: Store) -> None:
+    await write_signals(store)
+
+
+def _signals_filled(app: Dashboard) -> bool:
+    table = app.query_one(SignalsTable)
+    return table.display and table.row_count > 0
+
+
+def test_small_terminal_signals(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                config: Config) -> None:
+    """5: queued, submitted (its order partly filled), rejected and expired signals."""
+    assert snap_compare(_app(dash_env, config, _with_signals), terminal_size=(80, 24),
+                        run_before=_loaded("5", ready=_signals_filled))
+
+
+def test_large_terminal_signals(snap_compare: SnapCompare, dash_env: RuntimeEnv,
+                                config: Config) -> None:
+    """5 on a large terminal: the signals take the width under the processes."""
+    assert snap_compare(_app(dash_env, config, _with_signals), terminal_size=(160, 48),
+                        run_before=_loaded("5", ready=_signals_filled))
 
 
 def test_accept_positions_dialog(snap_compare: SnapCompare, dash_env: RuntimeEnv,

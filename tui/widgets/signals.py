@@ -1,6 +1,7 @@
 """`SignalsTable`: the newest signals of every account and every one still waiting, newest
 first: queued (with how long), submitted (with the order it became), rejected and expired
-(with the dispatcher's reason), as `ops signal list` shows them.
+(with the dispatcher's reason), as `ops signal list` shows them. Enter shows the
+highlighted one in full, as `ops signal show` does (`Dashboard.action_show_signal`).
 
 Rows come from `DashboardState.signals` (`Store.signals()`, Postgres only). While Postgres
 is away that is None: the table keeps what it last showed and says so in its subtitle,
@@ -13,35 +14,48 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
 
-from ops.signals_cli import size_text
+from textual.binding import Binding, BindingType
+
 from ops.store.signal_records import STATES, SignalRecord
 from tui import format as f
-from tui.data import describe_symbol
 from tui.widgets.keyed_table import KeyedTable, Row
 
 #: The state word with a symbol (monochrome terminals read the same).
 STATE_TEXT = {"queued": "… queued", "submitted": "✓ submitted", "rejected": "✗ REJECTED",
-              "expired": "⌛ expired", "unknown": "? unknown"}
+              "expired": "⊘ expired", "unknown": "? unknown"}
 
 
-def order_cell(s: SignalRecord) -> str:
-    """The order a signal became: short id and status ('6f1c2a3b filled 3/4')."""
+def signal_text(s: SignalRecord) -> str:
+    """What it asks, compactly: 'buy 10 AAPL', 'sell $40 SPY', 'buy 1 AAPL260619C00190000'."""
+    size = f"${f.qty(s.notional)}" if s.qty is None and s.notional is not None else \
+        f.qty(s.qty)
+    return f"{s.side} {size} {s.symbol}"
+
+
+def outcome_text(s: SignalRecord) -> str:
+    """The order it became ('order 6f1c2a3b filled', '... partially_filled 3/4'), else the
+    first line of the dispatcher's reason (why it was refused, or a note on a queued one)."""
     oid = s.order_id
-    if oid is None:
-        return ""
-    o = s.order
-    if o is None:
-        return oid[:8]
-    filled = "" if not o.filled_qty or o.qty is None or o.filled_qty == o.qty else \
-        f" {f.qty(o.filled_qty)}/{f.qty(o.qty)}"
-    return f"{o.id[:8]} {o.status}{filled}"
+    if oid is not None:
+        o = s.order
+        if o is None:
+            return f"order {oid[:8]}"
+        part = "" if not o.filled_qty or o.qty is None or o.filled_qty == o.qty else \
+            f" {f.qty(o.filled_qty)}/{f.qty(o.qty)}"
+        return f"order {o.id[:8]} {o.status}{part}"
+    return (s.reason or "").splitlines()[0][:200] if s.reason else ""
 
 
 class SignalsTable(KeyedTable):
     BORDER_TITLE = "Signals"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        # Replaces DataTable's own Enter (select_cursor), so it shows in the footer.
+        Binding("enter", "app.show_signal", "Details", id="signals.details"),
+    ]
+    # The outcome last and widest: what a narrow screen cuts is one Enter away.
     COLUMNS: ClassVar[Sequence[tuple[str, str]]] = (
-        ("time", "Time"), ("account", "Account"), ("state", "State"), ("side", "Side"),
-        ("qty", "Qty"), ("symbol", "Symbol"), ("order", "Order"), ("reason", "Reason"),
+        ("time", "Time"), ("account", "Account"), ("signal", "Signal"), ("state", "State"),
+        ("outcome", "Order / reason"),
     )
     COMPONENT_CLASSES: ClassVar[set[str]] = {f"signal--{s}" for s in STATES}
 
@@ -72,16 +86,13 @@ class SignalsTable(KeyedTable):
         text = STATE_TEXT.get(state, state)
         if state in ("queued", "unknown"):
             text += f" {f.age((now - s.created_at).total_seconds())}"
-        reason = (s.reason or "").splitlines()[0][:160] if s.reason else ""
         return (str(s.id), [
             self.styled(f.clock(s.created_at), sort_value=(s.created_at, s.id)),
             self.styled(s.account),
+            self.styled(signal_text(s)),
             self.styled(text, component),
-            self.styled(s.side),
-            self.styled(size_text(s.qty, s.notional)),
-            self.styled(describe_symbol(s.symbol)),
-            self.styled(order_cell(s)),
-            self.styled(reason, component if state == "rejected" else None),
+            self.styled(outcome_text(s), component if state in ("rejected", "expired")
+                        else None),
         ])
 
     @property
