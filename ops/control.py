@@ -131,6 +131,9 @@ def _within_limits(config: Config, account: str, symbol: str, qty: Decimal | Non
 def signal_fields(args: argparse.Namespace, config: Config) -> dict[str, Any]:
     """Validated keyword arguments for `Store.insert_signal` (UsageError names the bad one)."""
     account = _account(config, args.account, "--account")
+    if not config.accounts[account].enabled:
+        raise UsageError(f"--account {account!r}: disabled in the config ([accounts."
+                         f"{account}] enabled = false): no dispatcher runs for it")
     symbol = _symbol(args.symbol)
     qty = _positive("--qty", args.qty)
     notional = _positive("--notional", args.notional)

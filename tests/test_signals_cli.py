@@ -20,7 +20,8 @@ from ops.models import Heartbeat, Order
 from ops.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-#: Two accounts; nothing here talks to a broker (the URLs are never used).
+#: Two accounts and a disabled one; nothing here talks to a broker (the URLs are never
+#: used).
 CONFIG = """
 [accounts.large]
 secret_id = "ops-pipeline/alpaca"
@@ -44,6 +45,21 @@ stream_url = "ws://127.0.0.1:9/stream"
 data_url = "http://127.0.0.1:9"
 
 [accounts.tiny.risk]
+max_order_notional = 100
+max_symbol_notional = 250
+max_open_positions = 3
+daily_loss_limit = 50
+max_qty = 10
+
+[accounts.old]
+secret_id = "ops-pipeline/alpaca/old"
+expected_account_number = "PATEST000003"
+rest_url = "http://127.0.0.1:9"
+stream_url = "ws://127.0.0.1:9/stream"
+data_url = "http://127.0.0.1:9"
+enabled = false
+
+[accounts.old.risk]
 max_order_notional = 100
 max_symbol_notional = 250
 max_open_positions = 3
@@ -190,7 +206,10 @@ def test_bad_arguments_exit_2_naming_them(environ: dict[str, str], tmp_path: Pat
             (("list", "--since", "yesterday"), "--since 'yesterday'"),
             (("list", "--limit", "0"), "--limit 0: must be at least 1"),
             (("list", "--account", "nosuch"), "--account 'nosuch': no such account in the "
-                                              "config (known: large, tiny)")):
+                                              "config (known: large, old, tiny)"),
+            (("add", "--account", "old", "--symbol", "AAPL", "--side", "buy", "--qty", "1"),
+             "--account 'old': disabled in the config ([accounts.old] enabled = false): no "
+             "dispatcher runs for it")):
         out = ops(environ, "signal", *argv)
         assert out.returncode == 2, (argv, out.stdout, out.stderr)
         assert out.stderr.startswith(f"ops signal {argv[0]}: error: "), out.stderr

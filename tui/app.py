@@ -578,7 +578,9 @@ class Dashboard(App[None]):
         bindings = [b for b in self.BINDINGS if isinstance(b, Binding)]
         panel = [b for b in IncidentsTable.BINDINGS if isinstance(b, Binding)]
         history = [b for b in HistoryView.BINDINGS if isinstance(b, Binding)]
+        signals = [b for b in SignalsTable.BINDINGS if isinstance(b, Binding)]
         self.push_screen(HelpScreen(bindings, {"On the incidents panel (3)": panel,
+                                               "On the signals panel (5)": signals,
                                                "On the history panel (6)": history}))
 
     def on_descendant_focus(self, event: events.DescendantFocus) -> None:

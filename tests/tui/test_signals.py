@@ -33,6 +33,7 @@ from tui.data import DashboardData
 from tui.messages import StateLoaded
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.detail import DetailScreen
+from tui.screens.help import HelpScreen
 from tui.screens.pause import PauseModeScreen
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.feed import FeedTable
@@ -128,6 +129,12 @@ async def test_the_pane_shows_each_state_newest_first(
         assert f"reason:\n  {REASON}" in app.screen.text
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, DetailScreen), what="closed")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        help_text = str(app.screen.query_one("#help-text", Static).render())
+        assert "Details" in help_text.split("On the signals panel (5):")[1]
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, HelpScreen), what="closed")
 
         # The account filter applies to the pane as to every other.
         app.set_filter("tiny")
