@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `ops` command. Whatever the command, a config problem exits EXIT_CONFIG
     (78) and an unreachable embedded Postgres or broker says so in words, not as a
     traceback."""
-    from ops.config import EXIT_CONFIG, ConfigError
+    from ops.env import EXIT_CONFIG
     from ops.errors import human_error
 
     parser = build_parser()
@@ -362,15 +362,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         return handler(args)
-    except ConfigError as exc:
-        print(f"ops {args.command}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `ops ... | head`: the reader left, nothing to report
         sys.stderr.close()
         return 1
     except Exception as exc:
+        # A ConfigError can only come from ops.config, loaded by then; looked up here so
+        # that commands which never read the config (`ops health`) never load pydantic.
+        config = sys.modules.get("ops.config")
+        if config is not None and isinstance(exc, config.ConfigError):
+            print(f"ops {args.command}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         message = human_error(exc)
         if message is None:
             raise

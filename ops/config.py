@@ -43,6 +43,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from ops.env import EXIT_CONFIG as EXIT_CONFIG  # re-exported; ops.env loads no pydantic
 from ops.env import RuntimeEnv, runtime_env
 from ops.retry import Backoff
 
@@ -54,9 +55,6 @@ _ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
 KNOWN_ROLES = ("stream", "dispatcher", "position-manager", "signal-engine", "monitor")
 #: The only variable expanded inside path settings, at use time.
 _HOME_VAR = "${OPS_HOME}"
-#: Exit code of every `ops` command that stops on the configuration (sysexits EX_CONFIG):
-#: not 2, which `ops status` uses for "down".
-EXIT_CONFIG = 78
 
 
 # --------------------------------------------------------------------------- errors

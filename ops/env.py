@@ -18,6 +18,10 @@ from pathlib import Path
 
 #: The default configuration, shipped as package data (the demo stack on the simulator).
 PACKAGED_CONFIG = Path(__file__).resolve().parent / "defaults" / "ops.toml"
+#: Exit code of every `ops` command that stops on the configuration (sysexits EX_CONFIG):
+#: not 2, which `ops status` uses for "down". Here, not in ops.config, so that `ops` can
+#: use it without loading pydantic.
+EXIT_CONFIG = 78
 #: How `config_path` was found (`RuntimeEnv.config_source`).
 FROM_ENV, FROM_HOME, FROM_PACKAGE = "OPS_CONFIG", "$OPS_HOME/ops.toml", "packaged default"
 
