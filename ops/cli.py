@@ -130,9 +130,10 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "print the verdict: submitted (with the broker order id), rejected or expired (with "
         "the reason). Arguments the account's risk limits refuse whatever the book holds "
         "(max_qty, options) are refused before anything is queued. Exit codes: 0 "
-        "submitted (with --no-wait: recorded); 1 rejected or expired; 2 a bad argument or "
-        "config; 3 no verdict within --wait (still queued: is the dispatcher running?), or "
-        "only buffered while Postgres is away.")
+        "submitted (with --no-wait: recorded); 1 rejected or expired; 2 a bad argument; 3 "
+        "no verdict within --wait (still queued: is the dispatcher running?), or only "
+        "buffered while Postgres is away; 78 a config error; 130 interrupted while waiting "
+        "(the signal stays queued).")
     add.add_argument("--account", required=True, metavar="TIER")
     add.add_argument("--symbol", required=True)
     add.add_argument("--side", required=True, choices=("buy", "sell"))

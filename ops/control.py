@@ -25,7 +25,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ops.config import Config, ConfigError, load_runtime_config
-from ops.env import RuntimeEnv
+from ops.env import EXIT_CONFIG, RuntimeEnv
 from ops.models import KillSwitch, OptionSymbol
 from ops.store import positions as pq
 from ops.store.postgres import is_outage
@@ -40,11 +40,12 @@ _TOO_BIG = Decimal(10) ** 12  # no order here is a trillion of anything
 #: refuses one without a price, and `ops signal add` waits to say so.
 STOCK_SYMBOL = re.compile(r"^[A-Z]{1,5}([./][A-Z]{1,2})?$")
 
-#: `ops signal add` exit codes (ops/cli.py help, README): 2 is a bad argument or config,
-#: as everywhere.
+#: `ops signal add` exit codes (ops/cli.py help, README): 2 is a bad argument and 78 a
+#: config error (ops.env.EXIT_CONFIG), as everywhere.
 EXIT_SUBMITTED = 0  # the broker took the order (or --no-wait: the signal is recorded)
 EXIT_REFUSED = 1  # the dispatcher rejected or expired it; the reason is printed
 EXIT_NO_VERDICT = 3  # no final word within --wait (queued, unsettled, or only buffered)
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT) while waiting, as shells report it
 #: How often the wait reads the signal's row (one indexed read).
 WAIT_POLL_S = 0.2
 
@@ -178,16 +179,17 @@ def current_user() -> str:
         return f"uid{os.getuid()}"
 
 
-def _fail(command: str, message: str) -> int:
+def _fail(command: str, message: str, code: int = 2) -> int:
     print(f"ops {command}: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def _load(command: str) -> tuple[RuntimeEnv, Config] | int:
     try:
         return load_runtime_config()
     except ConfigError as exc:
-        return _fail(command, str(exc))
+        # Its own exit code, as every command's (ops.env.EXIT_CONFIG): never 2, a bad argument.
+        return _fail(command, str(exc), EXIT_CONFIG)
 
 
 async def _open(env: RuntimeEnv, config: Config) -> Store:
@@ -224,10 +226,14 @@ def cli_signal_add(args: argparse.Namespace) -> int:
     size = f"{fields['qty']}" if fields["qty"] is not None else f"${fields['notional']}"
     what = f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
 
+    inserted: list[int] = []  # the id, once known (what Ctrl-C during the wait names)
+
     async def run() -> int:
         store = await _open(env, config)
         try:
             sid = await store.insert_signal(**fields)
+            if sid is not None:
+                inserted.append(sid)
             if sid is None:
                 # Buffered: Postgres is away, or earlier buffered writes must reach it
                 # first (the store never lets a new write overtake a buffered one).
@@ -256,7 +262,15 @@ def cli_signal_add(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        # Stopping the wait stops nothing else: the signal is queued for the dispatcher.
+        what_of = f"signal {inserted[0]} stays queued for the dispatcher: `ops signal show " \
+            f"{inserted[0]}` tells what became of it" if inserted else \
+            "the signal may or may not have been inserted: `ops signal list` shows"
+        print(f"ops signal add: interrupted while waiting; {what_of}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 #: What each kill switch mode does, in the words the CLI and the dashboard show.

@@ -6,7 +6,7 @@ for (ops/control.py).
 `Store.signals()` / `Store.signal()`): a verdict is the dispatcher's word there, so
 Postgres unreachable is an error (exit 1), never a guess from the outage buffer. Exit
 codes: 0 done; 1 Postgres unreachable; 2 a bad argument (an unknown id, a malformed
---since or --limit, an account not in the config) or a config error.
+--since or --limit, an account not in the config); 78 a config error (ops.env.EXIT_CONFIG).
 
 Also home of the signal's words (`describe`, `record_json`, `verdict_line`), shared with
 `ops signal add` and the dashboard's signals pane. What does not live here: validation and
@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from ops.config import Config, ConfigError, load_runtime_config
-from ops.env import RuntimeEnv
+from ops.env import EXIT_CONFIG, RuntimeEnv
 from ops.incidents_cli import age, first_line, stamp
 from ops.store.postgres import is_outage, redact_url
 from ops.store.signal_records import STATES, SignalRecord
@@ -358,7 +358,7 @@ def cli_signal(args: argparse.Namespace) -> int:
     try:
         env, config = load_runtime_config()
     except ConfigError as exc:
-        return _fail(command, str(exc))
+        return _fail(command, str(exc), EXIT_CONFIG)
     problem = _validate(args, config)
     if problem is not None:
         return _fail(command, problem)

@@ -173,11 +173,14 @@ def test_pause_and_resume(environ: dict[str, str], pg_url: str) -> None:
     assert switch("nosuch") is None
 
 
-def test_bad_config_exits_2(environ: dict[str, str], tmp_path: Path) -> None:
+def test_bad_config_exits_78(environ: dict[str, str], tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[accounts.tiny]\nsecret_id = 3\n")
     out = ops({**environ, "OPS_CONFIG": str(cfg)}, "pause", "tiny")
-    assert out.returncode == 2 and str(cfg) in out.stderr
+    assert out.returncode == 78 and str(cfg) in out.stderr  # EX_CONFIG, not "bad argument"
+    out = ops({**environ, "OPS_CONFIG": str(cfg)}, "signal", "add", "--account", "tiny",
+              "--symbol", "AAPL", "--side", "buy", "--qty", "1")
+    assert out.returncode == 78 and str(cfg) in out.stderr
 
 
 def test_signal_add_during_an_outage_is_buffered_then_inserted(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -218,6 +219,15 @@ def test_bad_arguments_exit_2_naming_them(environ: dict[str, str], tmp_path: Pat
     assert out.returncode == 2 and "--status" in out.stderr
 
 
+def test_a_config_error_exits_78(environ: dict[str, str], tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[accounts.tiny]\nsecret_id = 3\n")
+    for argv in (("list",), ("show", "1")):
+        out = ops({**environ, "OPS_CONFIG": str(cfg)}, "signal", *argv)
+        assert out.returncode == 78, (argv, out.stdout, out.stderr)
+        assert str(cfg) in out.stderr
+
+
 def test_postgres_unreachable_exits_1_and_says_so(environ: dict[str, str],
                                                   tmp_path: Path) -> None:
     down = f"postgresql://postgres@/nodb?host={tmp_path / 'no-such-socket-dir'}"
@@ -256,3 +266,27 @@ def test_add_without_a_dispatcher_times_out_saying_so(environ: dict[str, str],
               "buy", "--qty", "1", "--wait", "0")
     assert out.returncode == 3, out.stdout + out.stderr
     assert "tiny-dispatcher's last heartbeat was 10m ago (`ops status`)" in out.stdout
+
+
+def test_ctrl_c_while_waiting_says_the_signal_stays(environ: dict[str, str]) -> None:
+    """SIGINT during the wait: exit 130, the id named, no traceback; the signal stays."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops", "signal", "add", "--account", "tiny", "--symbol", "AAPL",
+         "--side", "buy", "--qty", "1", "--wait", "120"],
+        env=environ, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed (flushed) once inserted, before the wait
+        assert first.startswith("signal ") and first.rstrip().endswith("buy 1 AAPL for tiny")
+        sid = int(first.split()[1].rstrip(":"))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert f"interrupted while waiting; signal {sid} stays queued for the dispatcher" in err
+    assert "Traceback" not in err
+    shown = json.loads(ops(environ, "signal", "show", str(sid), "--json").stdout)
+    assert shown["state"] == "queued"
