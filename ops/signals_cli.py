@@ -57,17 +57,6 @@ def size_text(qty: Decimal | None, notional: Decimal | None) -> str:
     return f"${_num(notional)}" if notional is not None else "?"
 
 
-def what(rec: SignalRecord) -> str:
-    """'buy 2 AAPL for tiny' ('... limit 421.5 gtc' when not a market day order)."""
-    text = f"{rec.side} {size_text(rec.qty, rec.notional)} {rec.symbol} for {rec.account}"
-    if rec.order_type != "market":
-        price = "" if rec.limit_price is None else f" {_num(rec.limit_price)}"
-        text += f" {rec.order_type}{price}"
-    if rec.time_in_force != "day":
-        text += f" {rec.time_in_force}"
-    return text
-
-
 def order_text(rec: SignalRecord) -> str:
     """The order the signal became, in one line: id, status, filled so far."""
     oid = rec.order_id
