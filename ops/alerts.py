@@ -42,6 +42,7 @@ import aiohttp
 import aiosqlite
 
 from ops.config import AlertsConfig
+from ops.errors import summarise_body
 from ops.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ class WebhookSink:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         async with self._session.post(self.url, json=dict(body)) as resp:
             if resp.status // 100 != 2:
-                text = (await resp.text())[:200]
+                # A proxy's HTML error page is its title, not a page in the log.
+                text = summarise_body(await resp.text(), resp.status)[:200]
                 raise RuntimeError(f"HTTP {resp.status}: {text}")
 
     async def close(self) -> None:

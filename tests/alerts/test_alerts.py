@@ -39,6 +39,7 @@ class Receiver:
         self.port = port
         self.status = status
         self.hang = hang
+        self.page: str | None = None  # an HTML body to answer with
         self.bodies: list[dict[str, Any]] = []
         self.gets = 0
         self.got = asyncio.Event()
@@ -53,6 +54,8 @@ class Receiver:
             await asyncio.sleep(3600)
         self.bodies.append(await request.json())
         self.got.set()
+        if self.page is not None:
+            return web.Response(status=self.status, text=self.page, content_type="text/html")
         return web.Response(status=self.status, text="ok")
 
     async def _get(self, request: web.Request) -> web.Response:
@@ -208,6 +211,23 @@ async def test_duplicates_are_sent_once_and_http_errors_are_failures(
     finally:
         await worker.close_sinks()
     assert worker.stats.last_error[sink.name].startswith("RuntimeError: HTTP 500")
+
+
+async def test_an_html_error_page_is_reported_by_its_title(
+    outbox: Outbox, receiver: Receiver,
+) -> None:
+    sink = WebhookSink(receiver.url, timeout_s=2)
+    receiver.status = 502
+    receiver.page = ("<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway"
+                     "</h1><script>track()</script>" + "x" * 5000 + "</body></html>")
+    await outbox.enqueue(alert(), [sink.name])
+    worker = AlertWorker(outbox, [sink], retry=FAST)
+    try:
+        assert await worker.deliver_due() == 0
+    finally:
+        await worker.close_sinks()
+    assert worker.stats.last_error[sink.name] == (
+        "RuntimeError: HTTP 502: HTML error page: 502 Bad Gateway")
 
 
 async def test_rate_limit_defers_without_spending_attempts(
