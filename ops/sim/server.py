@@ -26,18 +26,19 @@ log = logging.getLogger(__name__)
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run `ops sim`; returns the process exit code."""
+    if args.show_accounts:
+        try:
+            shown = _shown(args.accounts, args.seed)
+        except ValueError as exc:
+            print(f"ops sim: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(shown, indent=2))
+        return 0
     try:
         accounts = _accounts(args.accounts, args.secrets)
     except ValueError as exc:
         print(f"ops sim: {exc}", file=sys.stderr)
         return 2
-    if args.show_accounts:
-        if accounts is None:
-            shown = [a.public_json() for a in default_accounts(args.seed)]
-        else:  # a home's keys stay in its files
-            shown = [{"name": a.name, "account_number": a.account_number} for a in accounts]
-        print(json.dumps(shown, indent=2))
-        return 0
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -52,6 +53,22 @@ def cli_main(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ops sim: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
         return 1
+
+
+def _shown(path: str | None, seed: int) -> list[dict[str, str]]:
+    """What --show-accounts prints: the built-in accounts with their throwaway keys, or a
+    home's accounts without theirs (they stay in its secrets file)."""
+    from ops.demo import DemoIdentityError, read_identity_file
+
+    if path is None:
+        return [a.public_json() for a in default_accounts(seed)]
+    try:
+        identity = read_identity_file(Path(path))
+    except DemoIdentityError as exc:
+        raise ValueError(str(exc)) from None
+    if identity is None:
+        raise ValueError(f"{path}: no such demo identity file (`ops up --demo` writes it)")
+    return [{"name": a.name, "account_number": a.account_number} for a in identity.accounts]
 
 
 def _accounts(path: str | None, secrets: str | None) -> list[SimAccountSpec] | None:

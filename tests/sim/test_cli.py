@@ -39,6 +39,64 @@ def test_show_accounts() -> None:
     assert json.loads(other.stdout)[0]["secret"] != accounts[0]["secret"]
 
 
+def test_a_homes_accounts_are_served_with_its_own_keys(tmp_path: Path) -> None:
+    """`ops sim --accounts demo.json --secrets secrets.json` (what `ops up --demo` runs):
+    the home's numbers and keys; the built-in keys every install shares are refused."""
+    from ops.config import load_config
+    from ops.demo import keys_by_account
+    from ops.env import RuntimeEnv
+    from ops.stack import write_demo_secrets
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "ops.toml"
+    env = RuntimeEnv(config_path=conf, home=tmp_path, database_url=None)
+    secrets = write_demo_secrets(env, load_config(conf, tmp_path))
+    demo = tmp_path / "demo.json"
+    shown = json.loads(subprocess.run(ops("sim", "--show-accounts", "--accounts", str(demo)),
+                                      capture_output=True, text=True, check=True,
+                                      timeout=60).stdout)
+    numbers = {a["name"]: a["account_number"] for a in shown}
+    assert set(numbers) == {"large", "tiny"} and all(set(a) == {"name", "account_number"}
+                                                     for a in shown)
+    assert numbers == {n: a.expected_account_number
+                       for n, a in load_config(conf, tmp_path).accounts.items()}
+    port = free_port()
+    proc = subprocess.Popen(ops("sim", "--port", str(port), "--accounts", str(demo),
+                                "--secrets", str(secrets)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "listening" in proc.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        for name, (key, secret) in keys_by_account(secrets).items():
+            account = TradingClient(key, secret, paper=True, url_override=url).get_account()
+            assert isinstance(account, TradeAccount)
+            assert account.account_number == numbers[name]
+        builtin = default_accounts(7)[0]
+        status = _status(f"{url}/v2/account", builtin.key_id, builtin.secret)
+        assert status == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    missing = subprocess.run(ops("sim", "--accounts", str(demo)), capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "--accounts needs --secrets" in missing.stderr
+
+
+def _status(url: str, key: str, secret: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"APCA-API-KEY-ID": key,
+                                               "APCA-API-SECRET-KEY": secret})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 class Served:
     """`ops sim --port` in a subprocess; the URL comes from its one stdout line."""
 
