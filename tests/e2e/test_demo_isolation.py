@@ -16,7 +16,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -101,17 +102,30 @@ def test_two_stacks_run_side_by_side_each_on_its_own_accounts(
         rows = stack.query("SELECT DISTINCT account FROM fills")
         return {r["account"] for r in rows} == set(ACCOUNTS)
 
+    def seen(stack: Stack) -> dict[str, str]:
+        return {r["name"]: r["account_number"] for r in stack.query(
+            "SELECT name, account_number FROM account_state")}
+
     for stack, numbers in ((a, na), (b, nb)):
         stack.poll("fills for both accounts", lambda s=stack: trading(s), timeout_s=90)
-        seen = {r["name"]: r["account_number"] for r in stack.query(
-            "SELECT name, account_number FROM account_state")}
-        assert seen == numbers  # each stack trades on its own simulator's accounts
+        # Each stack trades on its own simulator's accounts (the position managers record
+        # the account they are bound to at their next sync).
+        stack.poll(f"account_state naming {numbers}", partial(_is, seen, stack, numbers),
+                   timeout_s=30, explain=partial(_show, seen, stack))
     # The keys are never printed or logged: not by `ops up`, not in any log file.
     for stack in (a, b):
         texts = [stack.up.stdout, stack.up.stderr,
                  *(p.read_text(errors="replace") for p in stack.env.log_dir.glob("*.log"))]
         for key_id, secret in _keys(stack).values():
             assert not any(key_id in t or secret in t for t in texts)
+
+
+def _is(read: Callable[[Stack], object], stack: Stack, expected: object) -> bool:
+    return read(stack) == expected
+
+
+def _show(read: Callable[[Stack], object], stack: Stack) -> str:
+    return repr(read(stack))
 
 
 def _cross_role(tmp: Path, pg_url: str, *, expected: str, port: int, secrets: Path,
