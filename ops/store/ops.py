@@ -16,6 +16,7 @@ readers can work through an outage.
 from __future__ import annotations
 
 import json
+import operator
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -123,12 +124,17 @@ def _names(cols: Cols) -> str:
 _US, _RS = "\x1f", "\x1e"
 
 
-def _joined(column: list[str | None]) -> str | None:
+def _joined(column: Sequence[str | None]) -> str | None:
     """`column` as one US-joined string, or None when that would not split back exactly
     (a value holding US or RS, or a lone empty string, which splits to no element)."""
-    text = _US.join(_RS if v is None else v for v in column)
-    if (not text or text.count(_US) != len(column) - 1
-            or text.count(_RS) != column.count(None)):
+    nulls = column.count(None)  # most columns have none, or are all null: no Python loop
+    if not nulls:
+        text = _US.join(column)  # type: ignore[arg-type]  # no None in it
+    elif nulls == len(column):
+        text = _US.join([_RS] * nulls)
+    else:
+        text = _US.join([_RS if v is None else v for v in column])
+    if not text or text.count(_US) != len(column) - 1 or text.count(_RS) != nulls:
         return None
     return text
 
@@ -148,11 +154,11 @@ class _ColumnSql:
             template.replace("{columns}", ", ".join(f"${i + 1}::text[]" for i in range(n))),
         )
 
-    def statement(self, columns: list[list[str | None]]) -> Statement:
+    def statement(self, columns: Sequence[Sequence[str | None]]) -> Statement:
         joined = [_joined(c) for c in columns]
         if all(j is not None for j in joined):
             return self.joined, joined
-        return self.arrays, columns
+        return self.arrays, [list(c) for c in columns]
 
 
 async def _run(conn: asyncpg.Connection, statement: Statement) -> int:
@@ -323,11 +329,19 @@ SELECT count(*) FROM ins
 _TU_SQL = _ColumnSql.of(_TU_SQL_TEMPLATE, len(TRADE_UPDATE_FIELDS))
 
 
+_TU_ROW = operator.itemgetter(*TRADE_UPDATE_FIELDS)
+
+
 def _trade_update_statement(payloads: Sequence[Payload]) -> Statement:
     """Events and order states of a batch in one statement; counts the new events."""
-    return _TU_SQL.statement(
-        [[_cum(p) for p in payloads] if name == "cum_qty" else [p.get(name) for p in payloads]
-         for name in TRADE_UPDATE_FIELDS])
+    try:  # the hot path of a stream burst: rows and their transposition in C
+        rows = list(map(_TU_ROW, payloads))
+    except KeyError:  # a payload buffered by an older version (no "cum_qty", ...)
+        rows = [tuple(_cum(p) if name == "cum_qty" else p.get(name)
+                      for name in TRADE_UPDATE_FIELDS) for p in payloads]
+    if not rows:
+        return _TU_SQL.statement([[] for _ in TRADE_UPDATE_FIELDS])
+    return _TU_SQL.statement(list(zip(*rows, strict=True)))
 
 
 # --- heartbeats and runs --------------------------------------------------------------------
