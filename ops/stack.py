@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +34,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ops.config import EXIT_CONFIG, Config
-from ops.demo import DemoIdentity, DemoIdentityError, identity_path
+from ops.demo import (
+    DemoIdentity,
+    DemoIdentityError,
+    ensure_identity,
+    generate_keys,
+    identity_path,
+    keys_by_account,
+    served_accounts,
+)
 from ops.env import RuntimeEnv
 from ops.supervisor import (
     ACCOUNT_ROLES,
@@ -86,7 +95,6 @@ def expected_processes(config: Config, spec: StackSpec) -> list[Expected]:
 def demo_identity(env: RuntimeEnv, config: Config, port: int | None) -> DemoIdentity:
     """This home's demo identity, with an account number for every enabled account
     (generated the first time, kept after) and `port` recorded when given."""
-    from ops.demo import DemoIdentityError, ensure_identity
     from ops.sim.accounts import default_accounts
 
     if config.credentials.provider != "file":
@@ -114,7 +122,6 @@ def write_demo_secrets(env: RuntimeEnv, config: Config) -> Path:
     home's simulator read them there; never printed or logged). Keys already there for
     the account are kept: generated once per home."""
     from ops.credentials import write_secrets_file
-    from ops.demo import DemoIdentityError, generate_keys, keys_by_account
 
     demo_identity(env, config, None)
     path = config.credentials.resolved_file_path(env)
@@ -222,6 +229,16 @@ def wait_for_simulator(client: SupervisorClient, port: int,
                 f"processes were not started.\n{_log_tail(client, 'sim:sim')}\n"
                 "`ops down` stops the rest.")
         time.sleep(0.2)
+
+
+def _require_simulator(client: SupervisorClient) -> None:
+    """StackError unless the running supervisord has the simulator (`ops up --demo`)."""
+    try:
+        client.process("sim:sim")
+    except xmlrpc.client.Fault:
+        raise StackError("supervisord already runs for this OPS_HOME without the simulator "
+                         "(it was started without --demo): `ops down`, then `ops up --demo`"
+                         ) from None
 
 
 def start_accounts(client: SupervisorClient, accounts: Sequence[str]) -> None:
@@ -539,15 +556,17 @@ def _up(env: RuntimeEnv, config: Config, args: argparse.Namespace, t0: float,
     identity: DemoIdentity | None = None
     if args.demo:
         port: int | None = None
-        if not running:  # a running simulator keeps its port
+        if running:  # a running simulator keeps its port
+            _require_simulator(SupervisorClient.for_env(env))
+        else:
             port, moved = choose_sim_port(args.port, config.sim.port)
             if moved:
                 print(moved)
         identity = demo_identity(env, config, port)
         config = _load(env)  # simulator accounts follow the identity and port just written
         path = write_demo_secrets(env, config)
-        print(f"demo: this home's simulator keys written to {path} (mode 0600); "
-              f"simulator on 127.0.0.1:{identity.port}")
+        where = f"; simulator on 127.0.0.1:{identity.port}" if identity.port else ""
+        print(f"demo: this home's simulator keys written to {path} (mode 0600){where}")
     try:
         print(migrate_first(env, timeout_s))
     except EmbeddedPostgresError as exc:
@@ -572,8 +591,6 @@ def _up(env: RuntimeEnv, config: Config, args: argparse.Namespace, t0: float,
     if identity is not None and identity.port is not None:
         client = SupervisorClient.for_env(env)
         remaining = max(1.0, timeout_s - (time.monotonic() - t0))
-        from ops.demo import served_accounts
-
         try:
             probe = served_accounts(identity, config.credentials.resolved_file_path(env))[0]
         except DemoIdentityError as exc:

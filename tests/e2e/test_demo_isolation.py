@@ -318,3 +318,22 @@ def test_the_sample_matcher_catches_a_stale_sample() -> None:
     assert matches(stale, actual) is not None
     assert matches(good[:2], actual) is not None  # rows left out without a `...`
     assert matches([*good[:2], "  z RUNNING <n> x"], actual) is not None
+
+
+def test_up_demo_over_a_stack_started_without_the_simulator_says_so() -> None:
+    _, _, environ, env = make_home()
+
+    def up(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ops", "up", *args], capture_output=True,
+                              text=True, env=environ, timeout=120, cwd=ROOT)
+
+    try:
+        plain = up("--timeout", "10")  # no keys: the account roles never report
+        assert (env.home / "supervisord.conf").exists(), plain.stdout + plain.stderr
+        demo = up("--demo", "--timeout", "10")
+        assert demo.returncode == 1, demo.stdout + demo.stderr
+        assert ("supervisord already runs for this OPS_HOME without the simulator (it was "
+                "started without --demo): `ops down`, then `ops up --demo`") in demo.stderr
+        assert read_identity(env.home) is None  # nothing generated for a demo not run
+    finally:
+        tear_down(env, environ)
