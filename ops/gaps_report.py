@@ -24,6 +24,7 @@ from typing import Any
 
 from ops.config import Config
 from ops.env import RuntimeEnv
+from ops.errors import describe_db_error
 from ops.gaps import late_after
 
 _SINCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -170,7 +171,7 @@ async def collect_gaps(
                                       None, (now - i.opened_at).total_seconds(), i.restarts)
                          for i in snap.rows]
             return GapsReport(start, now, False, [], incidents, alerts,
-                              f"database unreachable ({type(exc).__name__}); past gaps need "
+                              f"database unreachable ({describe_db_error(exc)}); past gaps need "
                               "Postgres; open incidents below are from the local buffer")
     gaps: list[Gap] = []
     for r in gap_rows:

@@ -28,6 +28,7 @@ from typing import Any
 
 from ops.config import Config, ConfigError, load_runtime_config
 from ops.env import RuntimeEnv
+from ops.errors import describe_db_error
 from ops.store.incidents import (
     AmbiguousIncident,
     IncidentRecord,
@@ -225,7 +226,7 @@ async def _pg(store: Store, what: str, step: Awaitable[Any]) -> Any:
     except Exception as exc:
         if not is_outage(exc):
             raise
-        error = f"{type(exc).__name__}: {exc}"[:200]
+        error = describe_db_error(exc)[:200]
         raise Unreachable(f"Postgres is unreachable ({redact_url(store.url)}: {error}); "
                           f"incidents live there: nothing was {what}") from exc
 

@@ -74,6 +74,10 @@ def test_status_from_another_directory(tmp_path: Path) -> None:
     assert "config file not found" not in out.stderr
     # Nothing runs there: said in words, not as FileNotFoundError.
     assert "database: UNREACHABLE (the Postgres socket is missing: " in out.stdout
+    for command in (["incidents"], ["gaps"]):
+        said = _ops(command, cwd, OPS_HOME=str(home), PYTHONPATH=str(ROOT))
+        text = said.stdout + said.stderr
+        assert "the Postgres socket is missing: " in text and "FileNotFoundError" not in text
     assert list(cwd.iterdir()) == []  # nothing created where it ran
 
 
