@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ops.config import Config, ConfigError, load_runtime_config
+from ops.config import EXIT_CONFIG, Config, ConfigError, load_runtime_config
 from ops.env import RuntimeEnv
 from ops.errors import describe_db_error
 from ops.store.incidents import (
@@ -377,7 +377,7 @@ def cli_incidents(args: argparse.Namespace) -> int:
     try:
         env, config = load_runtime_config()
     except ConfigError as exc:
-        return _fail(command, str(exc))
+        return _fail(command, str(exc), EXIT_CONFIG)
     from ops.logs import configure_logging
 
     # Errors are said once, here; the store's outage warnings would only repeat them.

@@ -91,10 +91,12 @@ def test_no_config_is_a_config_error_not_down(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text(MINIMAL.replace("[accounts.solo.risk]", "[accounts.solo.risk]\nmax_qtty = 1"))
-    out = _ops(["status"], tmp_path, OPS_HOME=str(tmp_path / "h"), OPS_CONFIG=str(bad),
-               PYTHONPATH=str(ROOT))
-    assert out.returncode == EXIT_CONFIG, out.stderr
-    assert "unknown key 'max_qtty' (did you mean 'max_qty'?)" in out.stderr
+    for command in (["status"], ["incidents"], ["gaps"], ["pause", "solo"],
+                    ["signal", "list"], ["positions", "accept", "solo"]):
+        out = _ops(command, tmp_path, OPS_HOME=str(tmp_path / "h"), OPS_CONFIG=str(bad),
+                   PYTHONPATH=str(ROOT))
+        assert out.returncode == EXIT_CONFIG, (command, out.stderr)
+        assert "unknown key 'max_qtty' (did you mean 'max_qty'?)" in out.stderr, command
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ops.config import EXIT_CONFIG
 from ops.env import RuntimeEnv
 from ops.store import Store
 from ops.store.postgres import connect
@@ -232,11 +233,12 @@ def test_bad_arguments_exit_2(environ: dict[str, str], pg_url: str, tmp_path: Pa
         "n"] == 2
 
 
-def test_config_error_exits_2(environ: dict[str, str], tmp_path: Path) -> None:
+def test_config_error_exits_with_the_config_code(environ: dict[str, str],
+                                                 tmp_path: Path) -> None:
     bad = tmp_path / "ops.toml"
     bad.write_text("[accounts.large]\nsecret_id = 3\n")
     out = ops({**environ, "OPS_CONFIG": str(bad)}, "incidents")
-    assert out.returncode == 2
+    assert out.returncode == EXIT_CONFIG == 78
     assert out.stderr.startswith("ops incidents list: error:")
     assert str(bad) in out.stderr and out.stdout == ""
 
