@@ -250,9 +250,16 @@ class Dashboard(App[None]):
                   "signals": _signals_label(state)}
         # A tab's number is its key: the panels need not be numbered in order.
         keys = {b.action: b.key for b in self.BINDINGS if isinstance(b, Binding)}
-        parts = [f"[{i} {labels[k]}]" if k == self.panel else f" {i} {labels[k]} "
-                 for i, k in ((keys.get(f"panel('{k}')", "?"), k) for k, _ in PANELS)]
-        self.query_one("#panel-tabs", Static).update(" ".join(parts))
+        tabs = self.query_one("#panel-tabs", Static)
+
+        def strip(names: dict[str, str]) -> str:
+            return " ".join(f"[{i} {names[k]}]" if k == self.panel else f" {i} {names[k]} "
+                            for i, k in ((keys.get(f"panel('{k}')", "?"), k)
+                                         for k, _ in PANELS))
+        text = strip(labels)
+        if len(text) > (tabs.size.width or self.size.width) - 2:  # 80 columns: short words
+            text = strip(_short_labels(state, n_open))
+        tabs.update(text)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -588,6 +595,18 @@ class Dashboard(App[None]):
         key = event.widget.id
         if key in dict(PANELS) and key != self.panel:
             self.panel = key
+
+
+def _short_labels(state: DashboardState, n_open: int) -> dict[str, str]:
+    """The tab strip's words when the full ones do not fit (80 columns): counts kept."""
+    rows = state.signals or ()
+    waiting = sum(1 for s in rows if s.state in ("queued", "unknown"))
+    refused = sum(1 for s in rows if s.state == "rejected")
+    return {"processes": "Procs", "positions": f"Pos {len(state.positions)}",
+            "incidents": f"Inc {n_open} open" if n_open else "Inc", "feed": "Orders",
+            "signals": "Sig" + (f" {waiting}q" if waiting else "")
+                       + (f" {refused}rej" if refused else ""),
+            "history": "History"}
 
 
 def _signals_label(state: DashboardState) -> str:

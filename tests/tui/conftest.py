@@ -3,6 +3,7 @@ frozen clock. Supervisord-backed tests start a real one (see test_controls.py)."
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,9 +18,23 @@ CONFIG = ROOT / "conf" / "ops.toml"
 T = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
 
 
+#: The fixture's broker account numbers (tests/tui/fixtures.py account_info).
+NUMBERS = {"large": "PASIM0000001", "tiny": "PASIM0000002"}
+
+
+def pin_demo_identity(home: Path) -> None:
+    """Make the fixture's account numbers `home`'s demo identity (what `ops up --demo`
+    generates per home, ops.demo), so the config expects the numbers the fixture's
+    broker reports."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "demo.json").write_text(json.dumps({"port": 8765, "accounts": [
+        {"name": name, "account_number": number} for name, number in NUMBERS.items()]}))
+
+
 @pytest.fixture
-def config() -> Config:
-    return load_config(CONFIG)
+def config(ops_env: RuntimeEnv) -> Config:
+    pin_demo_identity(ops_env.home)
+    return load_config(CONFIG, home=ops_env.home)
 
 
 @pytest.fixture

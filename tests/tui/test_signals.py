@@ -107,7 +107,8 @@ async def test_the_pane_shows_each_state_newest_first(
         assert cells(table, str(ids["expired"]))["outcome"] == "expiry: signal is 601.0s old"
         assert cells(table, str(ids["queued"]))["outcome"] == ""
         assert table.border_subtitle == "1 queued · 1 submitted · 1 rejected · 1 expired"
-        assert "[5 Signals (1 queued, 1 rejected)]" in _tabs(app)
+        # At 80 columns the tab strip says it short, counts kept.
+        assert "[5 Sig 1q 1rej]" in _tabs(app)
         assert table.selected is not None and table.selected.id == ids["queued"]
 
         # Enter: the highlighted signal in full, in the words of `ops signal show`.

@@ -28,7 +28,7 @@ from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.ownership import pipeline_prefix
 from ops.supervisor import SupervisorClient
-from tests.tui.conftest import CONFIG, T
+from tests.tui.conftest import CONFIG, T, pin_demo_identity
 from tests.tui.fixtures import account_info, beat, order, position, ran
 from tests.tui.helpers import until
 from tui.app import Dashboard
@@ -91,7 +91,8 @@ async def _flatten(store: Store) -> None:
 
 
 def _app(env: RuntimeEnv, extra: Setup | None = None) -> Dashboard:
-    config = load_config(env.config_path)
+    pin_demo_identity(env.home)
+    config = load_config(env.config_path, home=env.home)
 
     async def write() -> None:
         async with await Store.open(env, process="fixture") as store:
