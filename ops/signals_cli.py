@@ -27,6 +27,7 @@ from typing import Any
 
 from ops.config import Config, ConfigError, load_runtime_config
 from ops.env import EXIT_CONFIG, RuntimeEnv
+from ops.errors import describe_db_error
 from ops.incidents_cli import age, first_line, stamp
 from ops.store.postgres import is_outage, redact_url
 from ops.store.signal_records import STATES, SignalRecord
@@ -255,7 +256,7 @@ async def _pg(store: Store, step: Awaitable[Any]) -> Any:
     except Exception as exc:
         if not is_outage(exc):
             raise
-        error = f"{type(exc).__name__}: {exc}"[:200]
+        error = describe_db_error(exc)[:300]
         raise Unreachable(f"Postgres is unreachable ({redact_url(store.url)}: {error}); "
                           "signals live there: nothing was read") from exc
 

@@ -74,7 +74,7 @@ def test_status_from_another_directory(tmp_path: Path) -> None:
     assert "config file not found" not in out.stderr
     # Nothing runs there: said in words, not as FileNotFoundError.
     assert "database: UNREACHABLE (the Postgres socket is missing: " in out.stdout
-    for command in (["incidents"], ["gaps"]):
+    for command in (["incidents"], ["gaps"], ["signal", "list"]):
         said = _ops(command, cwd, OPS_HOME=str(home), PYTHONPATH=str(ROOT))
         text = said.stdout + said.stderr
         assert "the Postgres socket is missing: " in text and "FileNotFoundError" not in text
@@ -83,7 +83,8 @@ def test_status_from_another_directory(tmp_path: Path) -> None:
 
 def test_no_config_is_a_config_error_not_down(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
-    for command in (["status"], ["status", "--json"], ["up"], ["doctor"], ["gaps"]):
+    for command in (["status"], ["status", "--json"], ["up"], ["doctor"], ["gaps"],
+                    ["dash", "--once"]):
         out = _ops(command, tmp_path, OPS_HOME=str(tmp_path / "h"), OPS_CONFIG=str(missing),
                    PYTHONPATH=str(ROOT))
         assert out.returncode == EXIT_CONFIG != EXIT_CODES["down"], (command, out.stderr)
@@ -92,7 +93,7 @@ def test_no_config_is_a_config_error_not_down(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(MINIMAL.replace("[accounts.solo.risk]", "[accounts.solo.risk]\nmax_qtty = 1"))
     for command in (["status"], ["incidents"], ["gaps"], ["pause", "solo"],
-                    ["signal", "list"], ["positions", "accept", "solo"]):
+                    ["signal", "list"], ["positions", "accept", "solo"], ["dash", "--once"]):
         out = _ops(command, tmp_path, OPS_HOME=str(tmp_path / "h"), OPS_CONFIG=str(bad),
                    PYTHONPATH=str(ROOT))
         assert out.returncode == EXIT_CONFIG, (command, out.stderr)

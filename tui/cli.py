@@ -17,7 +17,7 @@ import logging
 import sys
 
 from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.env import EXIT_CONFIG, RuntimeEnv
 from ops.logs import configure_logging
 from ops.status import load_env_config, oneshot_store_settings
 from ops.store import Store
@@ -55,7 +55,7 @@ def cli_dash(args: argparse.Namespace) -> int:
     loaded = load_env_config()
     if isinstance(loaded, str):
         print(loaded, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     env, config = loaded
     if args.once:
         # The snapshot says when Postgres is away; store warnings would only repeat it.

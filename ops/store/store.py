@@ -47,6 +47,7 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overri
 
 from ops.config import Config
 from ops.env import RuntimeEnv
+from ops.errors import describe_db_error
 from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.retry import Backoff
 from ops.store import embedded, history
@@ -551,8 +552,8 @@ class Store:
 
     def _note_outage(self, exc: BaseException) -> None:
         if self._reachable:
-            log.warning("postgres unreachable at %s (%s: %s); buffering writes",
-                        redact_url(self.url), type(exc).__name__, exc)
+            log.warning("postgres unreachable at %s (%s); buffering writes",
+                        redact_url(self.url), describe_db_error(exc))
         self._reachable = False
 
     # --- the drainer ------------------------------------------------------------------------
