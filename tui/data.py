@@ -384,7 +384,7 @@ ORDER BY ts DESC LIMIT $1
 #: What Store.positions() returns (accounts with a sync row), open positions only.
 _POSITIONS_SQL = """
 SELECT p.account, p.symbol, p.qty, p.avg_entry_price, p.current_price, p.market_value,
-       p.unrealized_pl, p.unrealized_plpc, p.opened_at
+       p.unrealized_pl, p.unrealized_plpc, p.opened_at, s.synced_at
 FROM positions p JOIN position_syncs s ON s.account = p.account
 WHERE p.qty <> 0
 ORDER BY p.account, p.symbol
@@ -461,6 +461,8 @@ class DashboardData:
             held = [(p.account, p.position.symbol, p.position.qty) for p in stored]
         else:
             held = [(r["account"], r["symbol"], r["qty"]) for r in records]
+        # The positions are the position manager's last snapshot: ownership as of it.
+        synced = {r["account"]: r["synced_at"] for r in records} if records else None
         controls: dict[str, dict[str, Any]] = {
             name: {c.key: c.value for c in snap.rows}
             for name, snap in zip(names, control_snaps, strict=True)}
@@ -469,7 +471,7 @@ class DashboardData:
                   "postgres+buffer" if "postgres+buffer" in sources else "postgres")
         extra, fresh, signals = await asyncio.gather(
             self._postgres_only(now, problems) if source != "buffer" else _none(),
-            self._read_ownership(held, problems) if source != "buffer" else _none(),
+            self._read_ownership(held, problems, synced) if source != "buffer" else _none(),
             self._signals(problems) if source != "buffer" else _none())
         # Rows are built once, their managed part known (thousands of them: no copies).
         managed = self._managed_parts(held, fresh)
@@ -544,10 +546,13 @@ class DashboardData:
         return acfg is not None and acfg.manage_external
 
     async def _read_ownership(self, held: Sequence[tuple[str, str, Decimal]],
-                              problems: list[str]) -> dict[tuple[str, str], Decimal] | None:
+                              problems: list[str],
+                              synced: Mapping[str, datetime] | None = None,
+                              ) -> dict[tuple[str, str], Decimal] | None:
         """The recorded managed quantity of every (account, symbol, qty) held by an
         account that does not manage everything (`manage_external`), in one query for
-        all of them; None when it could not be read."""
+        all of them, as of each account's position snapshot (`synced`: its time, when
+        known); None when it could not be read."""
         wanted: dict[str, list[str]] = {}
         for account, symbol, _ in held:
             wanted.setdefault(account, []).append(symbol)
@@ -556,7 +561,7 @@ class DashboardData:
         if not wanted:
             return {}
         try:
-            got = await managed_quantities_of(self.store.pool, wanted)
+            got = await managed_quantities_of(self.store.pool, wanted, synced)
         except Exception as exc:
             if not is_outage(exc):
                 problems.append(f"ownership: {type(exc).__name__}: {exc}"[:200])

@@ -39,13 +39,15 @@ WHERE account = $1 AND symbol = ANY($2::text[]) GROUP BY symbol
 """
 
 
-#: `_MANAGED_SQL` for many (account, symbol) pairs at once: $1, $2, $3 are parallel arrays
-#: of account, symbol and that account's LIKE pattern. The window is partitioned by account
-#: too (one account's order ids say nothing about another's).
+#: `_MANAGED_SQL` for many (account, symbol) pairs at once: $1, $2, $3, $4 are parallel
+#: arrays of account, symbol, that account's LIKE pattern and the time the quantity is
+#: wanted at (null: now; fills and adjustments after it are left out). The window is
+#: partitioned by account too (one account's order ids say nothing about another's).
 _MANAGED_MANY_SQL = """
 WITH w AS (
-    SELECT DISTINCT account, symbol, pattern
-    FROM unnest($1::text[], $2::text[], $3::text[]) AS w(account, symbol, pattern)
+    SELECT DISTINCT account, symbol, pattern, asof
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+         AS w(account, symbol, pattern, asof)
 ), f AS (
     SELECT e.account, e.symbol,
            e.cum_qty - coalesce(lag(e.cum_qty) OVER (PARTITION BY e.account, e.order_id
@@ -56,6 +58,7 @@ WITH w AS (
     JOIN order_events e ON e.account = w.account AND e.symbol = w.symbol
     LEFT JOIN orders o ON o.id = e.order_id AND o.account = e.account
     WHERE e.cum_qty IS NOT NULL AND e.client_order_id LIKE w.pattern
+      AND (w.asof IS NULL OR e.ts <= w.asof)
 )
 SELECT account, symbol,
        sum(CASE side WHEN 'buy' THEN qty WHEN 'sell' THEN -qty ELSE 0 END) AS q
@@ -63,6 +66,7 @@ FROM f GROUP BY account, symbol
 UNION ALL
 SELECT a.account, a.symbol, sum(a.managed_delta) FROM position_adjustments a
 JOIN w ON w.account = a.account AND w.symbol = a.symbol
+WHERE w.asof IS NULL OR a.at <= w.asof
 GROUP BY a.account, a.symbol
 """
 
@@ -93,16 +97,22 @@ async def managed_quantities(pool: asyncpg.Pool, account: str,
 
 async def managed_quantities_of(pool: asyncpg.Pool | asyncpg.Connection,
                                 wanted: Mapping[str, Iterable[str]],
+                                as_of: Mapping[str, datetime] | None = None,
                                 ) -> dict[str, dict[str, Decimal]]:
     """`managed_quantities` of several accounts in one query: account -> symbol -> the
-    recorded managed quantity (absent: 0)."""
+    recorded managed quantity (absent: 0). `as_of`: per account, the time of the position
+    snapshot the quantities go with (fills executed later are not in that snapshot, so
+    they are left out: a sale just filled does not make the old snapshot's lot look
+    external); accounts not in it: everything recorded."""
     pairs = sorted({(a, s) for a, symbols in wanted.items() for s in symbols})
     if not pairs:
         return {}
     patterns = {a: _prefix_pattern(a) for a, _ in pairs}
+    when = as_of or {}
     out: dict[str, dict[str, Decimal]] = {}
     for r in await pool.fetch(_MANAGED_MANY_SQL, [a for a, _ in pairs],
-                              [s for _, s in pairs], [patterns[a] for a, _ in pairs]):
+                              [s for _, s in pairs], [patterns[a] for a, _ in pairs],
+                              [when.get(a) for a, _ in pairs]):
         if r["q"] is not None:
             got = out.setdefault(r["account"], {})
             got[r["symbol"]] = got.get(r["symbol"], Decimal(0)) + Decimal(r["q"])

@@ -3,7 +3,7 @@ adjustment applied once per source."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from ops.env import RuntimeEnv
@@ -73,3 +73,32 @@ async def test_several_accounts_in_one_query_agree_with_each_alone(ops_env: Runt
         for acct, symbols in wanted.items():
             assert got[acct] == await managed_quantities(store.pool, acct, symbols)
         assert await managed_quantities_of(store.pool, {}) == {}
+
+
+async def test_as_of_a_position_snapshot_later_fills_and_adjustments_are_left_out(
+        ops_env: RuntimeEnv) -> None:
+    """The dashboard shows the position manager's last snapshot: the managed quantity that
+    goes with it counts what was recorded up to the snapshot's time. A pipeline sale
+    filled after it is not in the snapshot, so it must not make the snapshot's lot look
+    external (it did, for up to one sync: 'SPY 6 external' right after the pipeline sold
+    its 6)."""
+    from dataclasses import replace
+
+    def mine(oid: str, seq: int, side: str) -> TradeUpdate:
+        u = trade_update(oid, seq)
+        return replace(u, order=replace(u.order, client_order_id=f"ops-large-sig-{oid}",
+                                        side=side))
+
+    async with await Store.open(ops_env, process="t") as store:
+        buy, sell = mine("b", 5, "buy"), mine("s", 5, "sell")  # 6 bought, then 6 sold
+        sell = replace(sell, timestamp=buy.timestamp + timedelta(seconds=10))
+        await store.write_many([trade_update_row_op("large", u) for u in (buy, sell)])
+        snapshot = buy.timestamp + timedelta(seconds=5)  # between the two fills
+        await record_adjustment(store.pool, Adjustment(
+            "large", "AAPL", Decimal(1), "adopt", "adopt:late", "", "cli:tester",
+            snapshot + timedelta(seconds=1)))
+        wanted = {"large": ["AAPL"]}
+        assert await managed_quantities_of(store.pool, wanted, {"large": snapshot}) == {
+            "large": {"AAPL": Decimal(6)}}
+        now = await managed_quantities_of(store.pool, wanted)
+        assert now == {"large": {"AAPL": Decimal(1)}}  # 6 - 6 + the adoption

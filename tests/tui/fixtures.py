@@ -67,12 +67,17 @@ async def write_fixture(store: Store, t: datetime) -> None:
     await store.record_account("large", account_info("large", "100250.50", "100000.00"), t)
     await store.record_account("tiny", account_info("tiny", "990.00", "1000.00"), t)
     opened = t - timedelta(minutes=42)
-    await store.sync_positions("large", [
+    large = [
         position("AAPL", "10", "180", "189"),  # +90.00, +5.00 %
         position("MSFT", "5", "400", "390"),  # -50.00, -2.50 %
         position(OPTION, "2", "3.50", "4.20", "us_option", 100),  # +140.00, +20.00 %
-    ], opened)
-    await store.sync_positions("tiny", [position("SPY", "1", "500", "495")], opened)
+    ]
+    tiny = [position("SPY", "1", "500", "495")]
+    # First seen 42 minutes ago, last synced a second ago (the position manager syncs
+    # every few seconds: the snapshot postdates the fills below).
+    for at in (opened, t - timedelta(seconds=1)):
+        await store.sync_positions("large", large, at)
+        await store.sync_positions("tiny", tiny, at)
     for name, acct in (("large", "large"), ("tiny", "tiny")):
         await store.set_control(acct, "reconciliation",
                                 {"state": "reconciled", "at": t.isoformat()}, by=f"{name}-d")

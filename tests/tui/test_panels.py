@@ -153,9 +153,10 @@ def _count_ownership_reads(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, li
     calls: list[dict[str, list[str]]] = []
 
     async def counting(pool: Any, wanted: Mapping[str, Iterable[str]],
+                       as_of: Mapping[str, Any] | None = None,
                        ) -> dict[str, dict[str, Decimal]]:
         calls.append({a: sorted(symbols) for a, symbols in wanted.items()})
-        return await managed_quantities_of(pool, wanted)
+        return await managed_quantities_of(pool, wanted, as_of)
 
     monkeypatch.setattr(tui.data, "managed_quantities_of", counting)
     return calls

@@ -52,8 +52,9 @@ async def _base(store: Store, config: Config) -> None:
     await store.record_account("large", account_info("large", "100250.50", "100000.00"), T)
     await store.record_account("tiny", account_info("tiny", "990.00", "1000.00"), T)
     opened = T - timedelta(minutes=42)
-    await store.sync_positions("large", [position("AAPL", "10", "180", "189")], opened)
-    await store.sync_positions("tiny", [position("SPY", "1", "500", "495")], opened)
+    for at in (opened, T - timedelta(seconds=1)):  # first seen, last synced
+        await store.sync_positions("large", [position("AAPL", "10", "180", "189")], at)
+        await store.sync_positions("tiny", [position("SPY", "1", "500", "495")], at)
     for acct in ("large", "tiny"):
         await store.set_control(acct, "reconciliation",
                                 {"state": "reconciled", "at": T.isoformat()}, by="fixture")
