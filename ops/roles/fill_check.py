@@ -20,7 +20,10 @@ Every looked-at order is written back (order refresh, forward-only by `updated_a
 returned with the check's start time: the stream role compares them with what the stream
 delivered (mute detection, ops/roles/stream.py) without REST calls of its own.
 An order still incomplete for `INCOMPLETE_ALERT_CHECKS` checks in a row opens
-`fills-incomplete`; it closes when none is left. The result is kept in `fill_checks`.
+`fills-incomplete`; it closes when none is left. An order with more stored than the broker
+filled at two checks in a row opens `fill-excess` (once is the race of a stream fill
+arriving after the broker's listing was taken); it closes when the order is complete.
+The result is kept in `fill_checks`.
 
 The check reads Postgres directly: it is skipped (and retried) while Postgres is away or
 the outage buffer still holds rows, when stored fills are not the whole truth.
@@ -218,13 +221,19 @@ class FillChecker:
                     "two sources of one fill disagree (nothing stored twice): "
                     + "; ".join(r.disagreements),
                     f"{self.process}:fill-mismatch:{r.order_id}")
-            if r.after is fills.Completeness.EXCESS:
+            # More stored than the broker's filled_qty: the stream can deliver a fill
+            # before the broker's order listing (taken first) shows it, so excess seen
+            # once is a race; seen again at the next check, it is a phantom or a double.
+            if r.after is fills.Completeness.EXCESS and prev is not None \
+                    and r.order_id in prev.incomplete:
                 o = orders[r.order_id]
                 await self._incident(
                     "fill-excess",
                     f"order {o.id} ({o.symbol}): more is stored as filled than the broker's "
                     f"filled qty {o.filled_qty}: a phantom or doubled fill",
                     f"{self.process}:fill-excess:{r.order_id}")
+        for oid in set(prev.incomplete if prev else ()) - set(incomplete):
+            await self._resolve(f"{self.process}:fill-excess:{oid}")  # complete now
         key = f"{self.process}:fills-incomplete"
         failed = (prev.failed_checks + 1 if prev else 1) if incomplete else 0
         if failed >= INCOMPLETE_ALERT_CHECKS:
