@@ -578,7 +578,7 @@ class DashboardData:
         if fresh is not None:
             self._managed = fresh
         known = self._managed
-        everything = {a for a, _, _ in held if self._manages_external(a)}
+        everything = {a for a in {a for a, _, _ in held} if self._manages_external(a)}
         out: list[Decimal | None] = []
         for account, symbol, qty in held:
             raw = qty if account in everything else known.get((account, symbol))

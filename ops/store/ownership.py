@@ -39,15 +39,19 @@ WHERE account = $1 AND symbol = ANY($2::text[]) GROUP BY symbol
 """
 
 
-#: `_MANAGED_SQL` for many (account, symbol) pairs at once: $1, $2, $3, $4 are parallel
-#: arrays of account, symbol, that account's LIKE pattern and the time the quantity is
-#: wanted at (null: now; fills and adjustments after it are left out). The window is
-#: partitioned by account too (one account's order ids say nothing about another's).
+#: `_MANAGED_SQL` for many (account, symbol) pairs at once: $1, $2 are parallel arrays of
+#: account and symbol (one entry per pair); $3, $4, $5 of account, its LIKE pattern and the
+#: time the quantity is wanted at (null: now; fills and adjustments after it are left out),
+#: one entry per account (thousands of pairs: per-pair patterns and times cost the
+#: encoding). The window is partitioned by account too (one account's order ids say
+#: nothing about another's).
 _MANAGED_MANY_SQL = """
-WITH w AS (
-    SELECT DISTINCT account, symbol, pattern, asof
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-         AS w(account, symbol, pattern, asof)
+WITH acct AS (
+    SELECT * FROM unnest($3::text[], $4::text[], $5::timestamptz[])
+                  AS acct(account, pattern, asof)
+), w AS (
+    SELECT DISTINCT p.account, p.symbol, acct.pattern, acct.asof
+    FROM unnest($1::text[], $2::text[]) AS p(account, symbol) JOIN acct USING (account)
 ), f AS (
     SELECT e.account, e.symbol,
            e.cum_qty - coalesce(lag(e.cum_qty) OVER (PARTITION BY e.account, e.order_id
@@ -107,12 +111,12 @@ async def managed_quantities_of(pool: asyncpg.Pool | asyncpg.Connection,
     pairs = sorted({(a, s) for a, symbols in wanted.items() for s in symbols})
     if not pairs:
         return {}
-    patterns = {a: _prefix_pattern(a) for a, _ in pairs}
+    accounts = sorted({a for a, _ in pairs})
     when = as_of or {}
     out: dict[str, dict[str, Decimal]] = {}
-    for r in await pool.fetch(_MANAGED_MANY_SQL, [a for a, _ in pairs],
-                              [s for _, s in pairs], [patterns[a] for a, _ in pairs],
-                              [when.get(a) for a, _ in pairs]):
+    for r in await pool.fetch(_MANAGED_MANY_SQL, [a for a, _ in pairs], [s for _, s in pairs],
+                              accounts, [_prefix_pattern(a) for a in accounts],
+                              [when.get(a) for a in accounts]):
         if r["q"] is not None:
             got = out.setdefault(r["account"], {})
             got[r["symbol"]] = got.get(r["symbol"], Decimal(0)) + Decimal(r["q"])
