@@ -5,12 +5,19 @@ VirtualTable alike)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
+from ops.config import Config
+from ops.env import RuntimeEnv
+from ops.store import Store
+from ops.supervisor import SupervisorClient
+from tui.app import Dashboard
+from tui.data import DashboardData
 from tui.widgets.virtual_table import VirtualTable
 
 
@@ -37,3 +44,26 @@ def column(table: DataTable[Any] | VirtualTable[Any], column_key: str) -> list[s
     if isinstance(table, VirtualTable):
         return table.column_text(column_key)
     return [str(v) for v in table.get_column(column_key)]
+
+
+def snapshot_app(env: RuntimeEnv, config: Config, now: datetime,
+                 *writes: Callable[[Store], Awaitable[None]]) -> Dashboard:
+    """A dashboard for `snap_compare` (which runs it with `App.run`, in a loop of its own):
+    `writes` go to the test's Postgres first, then the app opens its own Store inside its
+    loop; its clock is frozen at `now`, and it polls only when the test asks."""
+    async def write() -> None:
+        async with await Store.open(env, process="fixture") as store:
+            for step in writes:
+                await step(store)
+
+    asyncio.run(write())
+
+    async def opener() -> DashboardData:
+        store = await Store.open(env, process="ops-dash")
+        return DashboardData(env, config, store, SupervisorClient.for_env(env, timeout_s=1),
+                             lambda: now)
+
+    async def close(data: DashboardData) -> None:
+        await data.store.close()
+
+    return Dashboard(opener, refresh_s=3600, on_exit=close)

@@ -10,7 +10,6 @@ without supervisord's own pids and uptimes). Real Postgres, frozen clock at T
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
@@ -27,12 +26,10 @@ from ops.models import TradeUpdate
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.ownership import pipeline_prefix
-from ops.supervisor import SupervisorClient
 from tests.tui.conftest import CONFIG, T, pin_demo_identity
 from tests.tui.fixtures import account_info, beat, order, position, ran
-from tests.tui.helpers import until
+from tests.tui.helpers import snapshot_app, until
 from tui.app import Dashboard
-from tui.data import DashboardData
 
 SnapCompare = Callable[..., bool]
 Setup = Callable[[Store], Awaitable[None]]
@@ -95,23 +92,10 @@ def _app(env: RuntimeEnv, extra: Setup | None = None) -> Dashboard:
     pin_demo_identity(env.home)
     config = load_config(env.config_path, home=env.home)
 
-    async def write() -> None:
-        async with await Store.open(env, process="fixture") as store:
-            await _base(store, config)
-            if extra is not None:
-                await extra(store)
+    async def base(store: Store) -> None:
+        await _base(store, config)
 
-    asyncio.run(write())
-
-    async def opener() -> DashboardData:
-        store = await Store.open(env, process="ops-dash")
-        return DashboardData(env, config, store, SupervisorClient.for_env(env, timeout_s=1),
-                             lambda: T)
-
-    async def close(data: DashboardData) -> None:
-        await data.store.close()
-
-    return Dashboard(opener, refresh_s=3600, on_exit=close)
+    return snapshot_app(env, config, T, base, *([extra] if extra is not None else []))
 
 
 async def _settled(pilot: Pilot[Any]) -> None:

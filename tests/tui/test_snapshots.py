@@ -8,7 +8,6 @@ looking at the report: `pytest tests/tui --snapshot-update`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -18,13 +17,11 @@ from textual.pilot import Pilot
 from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_drift_block, write_fixture
-from tests.tui.helpers import until
+from tests.tui.helpers import snapshot_app, until
 from tests.tui.test_signals import write_signals
 from tui.app import Dashboard
-from tui.data import DashboardData
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.incident import IncidentScreen
 from tui.screens.pause import PauseModeScreen
@@ -37,23 +34,10 @@ SnapCompare = Callable[..., bool]
 
 def _app(env: RuntimeEnv, config: Config,
          extra: Callable[[Store], Awaitable[None]] | None = None) -> Dashboard:
-    async def write() -> None:
-        async with await Store.open(env, process="fixture") as store:
-            await write_fixture(store, T)
-            if extra is not None:
-                await extra(store)
+    async def fixture(store: Store) -> None:
+        await write_fixture(store, T)
 
-    asyncio.run(write())
-
-    async def opener() -> DashboardData:
-        store = await Store.open(env, process="ops-dash")
-        return DashboardData(env, config, store, SupervisorClient.for_env(env, timeout_s=1),
-                             lambda: T)
-
-    async def close(data: DashboardData) -> None:
-        await data.store.close()
-
-    return Dashboard(opener, refresh_s=3600, on_exit=close)
+    return snapshot_app(env, config, T, fixture, *([extra] if extra is not None else []))
 
 
 def _loaded(*keys: str, ready: Callable[[Dashboard], bool] | None = None,
