@@ -109,7 +109,9 @@ def _api_error_fields(exc: APIError) -> tuple[int | None, int | None, str]:
         if isinstance(raw_msg, str) and raw_msg:
             message = raw_msg
     message = summarise_body(message, status)  # an HTML error page: its title only
-    if (hint := auth_hint(status)) is not None:
+    # A 403 with an Alpaca error code is a refusal of this order (pattern-day-trading
+    # protection, shares held by other orders: ops/refusals.py words it), not of the key.
+    if (status == 401 or code is None) and (hint := auth_hint(status)) is not None:
         message = f"{message}: {hint}" if message else hint
     if len(message) > 500:
         message = message[:497] + "..."

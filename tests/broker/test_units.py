@@ -60,6 +60,9 @@ def _api_error(status: int, body: str) -> APIError:
      # the page (a proxy's error page would fill a log line per call).
      (403, '{"message":"forbidden."}', None, f"forbidden.: {AUTH_HINTS[403]}"),
      (401, '{"message":"unauthorized."}', None, f"unauthorized.: {AUTH_HINTS[401]}"),
+     # A 403 with Alpaca's code refuses this order, not the key: no credentials hint.
+     (403, '{"code":40310100,"message":"trade denied due to pattern day trading '
+      'protection"}', 40310100, "trade denied due to pattern day trading protection"),
      (504, "", None, "(empty response body)"),
      (502, "<html>bad gateway</html>", None, "HTML error page: bad gateway"),
      (503, "<!DOCTYPE html><html><head><title>503 Service Unavailable</title><style>b{}"
