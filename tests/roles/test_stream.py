@@ -101,6 +101,7 @@ async def test_stream_drop_while_fills_happen_every_fill_stored_once(
 
         rows = await db_fills(role_env.pg_url)
         assert len(rows) == len(set(rows)) == 6  # each execution exactly once
+        await eventually(lambda: role.checker.stats.fills_recovered >= 4, "the check done")
         assert role.checker.stats.fills_recovered == 4  # the four lost ones came from REST
         orders = await query(role_env.pg_url, "SELECT id, status, filled_qty FROM orders "
                              "WHERE account = 'large'")
@@ -265,6 +266,8 @@ async def test_fill_made_while_the_role_was_down_is_recovered_whatever_orders_sa
     async with running_role(role_env, "stream", "large") as rt:
         await ready(sim, role_of(rt))
         await eventually(lambda: fills_match(role_env), "the fill recovered")
+        await eventually(lambda: role_of(rt).checker.stats.fills_recovered >= 1,
+                         "the check done")
         assert role_of(rt).checker.stats.fills_recovered == 1
 
 
@@ -312,6 +315,9 @@ async def test_mute_without_any_reconnect_is_recovered_by_the_periodic_check(
                 == "accepted"
         await eventually(lambda: len(sim_fills(sim)) == 4, "four executions at the broker")
         await eventually(lambda: fills_match(role_env), "every fill recovered while muted")
+        # The check counts what it stored once it is done (its incident steps come after
+        # the writes): wait for the count, not only for the rows.
+        await eventually(lambda: role.checker.stats.fills_recovered >= 4, "the check done")
         assert role.checker.stats.fills_recovered == 4
         assert role.stream.counters.connects == 1  # no reconnect was needed
         sim.faults.unmute("large", deliver=True)  # late redeliveries of the same fills
