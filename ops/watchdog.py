@@ -140,6 +140,9 @@ class Observed:
     # Heartbeat-observed processes: when this instance started (the heartbeat's
     # started_at, epoch s); a new value is a restart the orchestrator made.
     incarnation: float | None = None
+    # Stopped by a signal (SIGSTOP, SIGTSTP: state T in /proc, read by the supervisord
+    # driver): hung for certain, whatever the rest of the fleet is doing.
+    stopped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +278,7 @@ def observe(
     heartbeats: bool,
     now: datetime,
     failure: str | None = None,
+    stopped: bool = False,
 ) -> Observed:
     """Fold supervisord's info, the heartbeat and the last run into an `Observed`.
 
@@ -305,7 +309,7 @@ def observe(
     return Observed(name=name, qualified=qualified, account=account, role=role, gap=gap,
                     pid=pid, exitstatus=exitstatus, spawnerr=spawnerr,
                     booting=isinstance(phase, str) and phase != "running",
-                    failure=failure if heartbeat is not None else None)
+                    failure=failure if heartbeat is not None else None, stopped=stopped)
 
 
 def observe_heartbeat(
@@ -445,10 +449,12 @@ def _mass_stalled(
     what they share: the database their heartbeats and run records are written to (slow,
     not down: a down one is buffered), the broker every job waits on, or the host (a
     paused VM). Killing them all would only add a restart storm to that trouble, so the
-    watchdog raises one incident and restarts nobody while it lasts.
+    watchdog raises one incident and restarts nobody while it lasts. A process stopped by
+    a signal is not held back: it is hung whatever the others do (a loaded host can stall
+    most of the fleet for a while; a stopped process never comes back by itself).
     """
     eligible = [p for p in observed
-                if p.gap.state == "RUNNING" and p.gap.heartbeats
+                if p.gap.state == "RUNNING" and p.gap.heartbeats and not p.stopped
                 and p.gap.uptime_s is not None and p.gap.uptime_s >= policy.startup_grace_s]
     stalled = [p for p in eligible if statuses[p.name] == "stalled"]
     if len(eligible) >= MASS_STALE_MIN and 2 * len(stalled) > len(eligible):

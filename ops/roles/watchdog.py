@@ -244,6 +244,18 @@ def expected_interval(config: Config, account: str | None, role: str) -> float |
     return config.role_interval(role, account)
 
 
+def signal_stopped(pid: int) -> bool:
+    """Whether `pid` is stopped by a signal (SIGSTOP, SIGTSTP: state T in /proc/PID/stat).
+    False when it cannot be read (gone, another host's, no /proc)."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["T"]
+
+
 def _identity(info: ProcessInfo, hb: Heartbeat | None, config: Config) -> tuple[str | None, str]:
     """(account, role) of a program: from its heartbeat, else from `<account>-<role>`."""
     if hb is not None:
@@ -349,7 +361,7 @@ class Watchdog(Overseer):
                 expected_interval_s=expected_interval(self.config, account, role),
                 paused=reads.paused_role(account, role),
                 heartbeats=info.name not in NO_HEARTBEAT, now=now,
-                failure=self.failure(hb, account),
+                failure=self.failure(hb, account), stopped=signal_stopped(info.pid),
             ))
         events, self.events = self.events, []
         events = await self._exit_causes(events)

@@ -510,3 +510,20 @@ def test_the_outage_incident_says_what_it_holds_back_and_keeps_saying_it() -> No
     [note] = acts
     assert isinstance(note, NoteIncident) and later[0] in note.detail
     assert "Postgres unreachable for 130s" in note.detail
+
+
+def test_most_of_the_fleet_stalled_restarts_nobody_but_a_stopped_process_is_killed() -> None:
+    """Most processes stalled together (a loaded or paused host, a slow database): one
+    incident and no restarts. A process stopped by a signal among them is hung for
+    certain and is killed anyway (CI: a SIGSTOPped role waited for a minute behind a
+    loaded host's mass stall)."""
+    from dataclasses import replace
+
+    names = ["large-dispatcher", "large-stream", "tiny-dispatcher", "tiny-stream"]
+    stalled = [proc(hb=9.0, name=n, pid=100 + i) for i, n in enumerate(names)]
+    d = decide(stalled, [], {}, POLICY, now=1000.0)
+    assert "Kill" not in kinds(d.actions) and "OpenIncident" in kinds(d.actions)
+    stopped = [replace(stalled[0], stopped=True), *stalled[1:]]
+    d = decide(stopped, [], {}, POLICY, now=1000.0)
+    kills = [a for a in d.actions if isinstance(a, Kill)]
+    assert [k.pid for k in kills] == [100]

@@ -42,3 +42,26 @@ async def test_latest_runs_agrees_with_the_store(ops_env: RuntimeEnv, ops_store:
         assert mine["b"].outcome == "idle-market-closed" and mine["b"].lateness_s == 0.25
     finally:
         await outbox.close()
+
+
+def test_signal_stopped_reads_the_process_state() -> None:
+    """A real child: running, then SIGSTOPped (state T), then gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ops.roles.watchdog import signal_stopped
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not signal_stopped(child.pid)
+        child.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not signal_stopped(child.pid):
+            assert time.monotonic() < deadline, "never seen stopped"
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait()
+    assert not signal_stopped(child.pid) and not signal_stopped(0)
