@@ -281,7 +281,12 @@ async def test_drift_check_skipped_while_the_outage_buffer_holds_rows(rig: Rig) 
 
 
 async def _open_and_track(rig: Rig, symbol: str, qty: int) -> tuple[PositionManager, Decimal]:
+    before = await rig.fills_stored()
     await rig.buy(symbol, qty)
+    # The fill reaches the store through the stream: until it is there the position reads
+    # as external (no pipeline fill behind it) and no exit rule applies (CI, loaded: the
+    # max-hold exit was never sent).
+    await rig.wait_fills(before + 1)
     pm = rig.manager()
     await pm.tick()
     pos = await rig.broker.get_position(symbol)
