@@ -28,11 +28,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -198,17 +199,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--loads", type=int, default=20)
-    parser.add_argument("--timeout", type=int, default=240, help="seconds before giving up")
-    args = parser.parse_args()
+def with_postgres(label: str, timeout_s: int,
+                  body: Callable[[RuntimeEnv], Coroutine[Any, Any, None]]) -> None:
+    """Run `body` against a throwaway migrated embedded Postgres (fsync off) and a fresh
+    OPS_HOME on the demo config; Postgres is stopped however the run ends (error,
+    `timeout_s`, SIGTERM, Ctrl-C). `label` names the benchmark in the interruption."""
     # Exceptions, not exit: faulthandler's exit and the default SIGTERM skip `finally`
     # and left the embedded Postgres running.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGALRM, _interrupt)
-    signal.alarm(args.timeout)
-    faulthandler.dump_traceback_later(max(1, args.timeout - 5))  # where it hung
+    signal.alarm(timeout_s)
+    faulthandler.dump_traceback_later(max(1, timeout_s - 5))  # where it hung
     base = Path(tempfile.mkdtemp(prefix="ops-bench-", dir="/tmp"))
     base.chmod(0o755)
     server = EmbeddedPostgres(base / "pg", options=("-c", "fsync=off"))
@@ -218,9 +219,9 @@ def main() -> None:
         (base / "home").mkdir()
         env = RuntimeEnv(config_path=ROOT / "conf" / "ops.toml", home=base / "home",
                          database_url=server.url())
-        asyncio.run(run(args.loads, env))
+        asyncio.run(body(env))
     except Interrupted as exc:
-        sys.exit(f"bench/dashboard.py interrupted ({exc}); Postgres stopped")
+        sys.exit(f"{label} interrupted ({exc}); Postgres stopped")
     finally:
         signal.alarm(0)
         faulthandler.cancel_dump_traceback_later()
@@ -230,6 +231,14 @@ def main() -> None:
             server.stop(mode="immediate")
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--timeout", type=int, default=240, help="seconds before giving up")
+    args = parser.parse_args()
+    with_postgres("bench/dashboard.py", args.timeout, lambda env: run(args.loads, env))
 
 
 if __name__ == "__main__":

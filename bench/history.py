@@ -21,17 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import signal
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import FrameType
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,12 +33,11 @@ sys.path.insert(0, str(ROOT))
 from textual import events  # noqa: E402
 from textual.widget import Widget  # noqa: E402
 
+from bench.dashboard import ms, timed, with_postgres  # noqa: E402
 from ops.config import load_config  # noqa: E402
 from ops.env import RuntimeEnv  # noqa: E402
 from ops.models import AccountInfo, Heartbeat  # noqa: E402
 from ops.store import Store  # noqa: E402
-from ops.store.embedded import EmbeddedPostgres  # noqa: E402
-from ops.store.migrate import migrate  # noqa: E402
 from ops.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
 from tui.app import Dashboard  # noqa: E402
 from tui.data import DashboardData  # noqa: E402
@@ -79,19 +72,6 @@ INSERT INTO order_events (account, event_key, order_id, symbol, event, ts, price
 SELECT account, 'f-' || id, id, symbol, 'fill', created_at, filled_avg_price, qty, qty, '{}'
 FROM o
 """
-
-
-def ms(xs: list[float]) -> str:
-    xs = sorted(xs)
-    p95 = xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))]
-    return (f"mean {statistics.mean(xs) * 1000:7.1f} ms  p95 {p95 * 1000:7.1f} ms  "
-            f"max {xs[-1] * 1000:7.1f} ms  (n={len(xs)})")
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 async def presses(app: Dashboard, widget: Widget, key: str, action: str,
@@ -205,42 +185,14 @@ async def run(env: RuntimeEnv, n_fills: int, loads: int) -> None:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
 
 
-class Interrupted(Exception):
-    """SIGALRM (--timeout) or SIGTERM: unwinds so that `finally` stops Postgres."""
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signal.Signals(signum).name)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fills", type=int, default=5000)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=300, help="seconds before giving up")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGALRM, _interrupt)
-    signal.alarm(args.timeout)
-    base = Path(tempfile.mkdtemp(prefix="ops-bench-history-", dir="/tmp"))
-    base.chmod(0o755)
-    server = EmbeddedPostgres(base / "pg", options=("-c", "fsync=off"))
-    try:
-        server.start()
-        asyncio.run(migrate(server.url()))
-        (base / "home").mkdir()
-        env = RuntimeEnv(config_path=ROOT / "conf" / "ops.toml", home=base / "home",
-                         database_url=server.url())
-        asyncio.run(run(env, args.fills, args.loads))
-    except Interrupted as exc:
-        sys.exit(f"bench/history.py interrupted ({exc}); Postgres stopped")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            server.stop(mode="immediate")
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
+    with_postgres("bench/history.py", args.timeout,
+                  lambda env: run(env, args.fills, args.loads))
 
 
 if __name__ == "__main__":
