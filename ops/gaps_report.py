@@ -66,6 +66,19 @@ def parse_since(text: str) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
+def listing_problem(since: str | None, limit: int) -> str | None:
+    """What is wrong with a listing's `--since` and `--limit` (ops incidents / signal
+    list), or None."""
+    if since is not None:
+        try:
+            parse_since(since)
+        except ValueError as exc:
+            return str(exc)
+    if limit < 1:
+        return f"--limit {limit}: must be at least 1"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Gap:
     process: str

@@ -344,15 +344,10 @@ def _validate(args: argparse.Namespace) -> str | None:
     if args.incidents_command == "list":
         if args.all and args.since is not None:
             return "give --all or --since, not both"
-        if args.since is not None:
-            from ops.gaps_report import parse_since
+        from ops.gaps_report import listing_problem
 
-            try:
-                parse_since(args.since)
-            except ValueError as exc:
-                return str(exc)
-        if args.limit < 1:
-            return f"--limit {args.limit}: must be at least 1"
+        if (problem := listing_problem(args.since, args.limit)) is not None:
+            return problem
     if args.incidents_command == "close" and not args.reason.strip():
         return "--reason must say why it is closed (it is recorded with the incident)"
     return None

@@ -315,15 +315,10 @@ def _validate(args: argparse.Namespace, config: Config) -> str | None:
         if args.account is not None and args.account not in config.accounts:
             known = ", ".join(sorted(config.accounts)) or "none"
             return f"--account {args.account!r}: no such account in the config (known: {known})"
-        if args.since is not None:
-            from ops.gaps_report import parse_since
+        from ops.gaps_report import listing_problem
 
-            try:
-                parse_since(args.since)
-            except ValueError as exc:
-                return str(exc)
-        if args.limit < 1:
-            return f"--limit {args.limit}: must be at least 1"
+        if (problem := listing_problem(args.since, args.limit)) is not None:
+            return problem
     if args.signal_command == "show":
         try:
             parse_id(args.id)
