@@ -1,7 +1,11 @@
-"""Shared fixtures: real PostgreSQL (embedded via pgserver), never a mock.
+"""Shared fixtures: real PostgreSQL (ops.store.embedded), never a mock.
+
+The servers run pgserver's PostgreSQL 16 where pgserver is installed (CPython <= 3.12),
+else the system's (e.g. Debian's 15 under /usr/lib/postgresql on 3.13): the same fallback as
+`ops up` (`embedded.find_binaries`). Neither: the fixtures fail with what to install.
 
 Fixtures (use them from any test folder):
-- `pg_server` (session): an embedded Postgres 16 in a tmp dir, unix socket only, with
+- `pg_server` (session): an embedded Postgres in a tmp dir, unix socket only, with
   fsync off (tests never survive a power cut). Holds a migrated template database.
 - `pg_url` (function): URL of a brand-new database cloned from the migrated template
   (`CREATE DATABASE ... TEMPLATE`): isolated per test, current schema, ~50 ms. Dropped after.

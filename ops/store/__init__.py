@@ -4,7 +4,7 @@
 - `ops.py`       typed, idempotent write operations (kind + JSON payload + batch apply)
 - `buffer.py`    the host-wide SQLite buffer (pending writes, latest state, dead rows)
 - `postgres.py`  asyncpg pools/connections, JSON codecs, `is_outage`
-- `embedded.py`  the embedded PostgreSQL under $OPS_HOME/pg (pgserver binaries)
+- `embedded.py`  the embedded PostgreSQL under $OPS_HOME/pg (pgserver's or the system's binaries)
 - `migrate.py`   versioned migrations (`migrations/NNNN_*.sql`) and `ops db migrate`
 """
 

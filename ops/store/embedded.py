@@ -1,4 +1,9 @@
-"""Embedded PostgreSQL (the `pgserver` package's binaries) living under `$OPS_HOME/pg`.
+"""Embedded PostgreSQL living under `$OPS_HOME/pg`.
+
+The binaries (initdb, pg_ctl, postgres) are the `pgserver` package's where it is installed
+(its wheels stop at CPython 3.12), else the system's PostgreSQL: the first directory holding
+all three, from PATH, then /usr/lib/postgresql/<newest>/bin (`find_binaries`). Everything
+else (layout, socket, locking, the user it runs as) is the same either way.
 
 Layout of `RuntimeEnv.embedded_pg_dir`:
     data/          PGDATA (initdb'd on first use)
@@ -17,35 +22,33 @@ Two ways to run it:
 
 pgserver's own `PostgresServer` class is not used: it registers an atexit hook that stops
 the server when the *last Python handle* exits, keeps a global lock in the user runtime dir,
-and offers no foreground mode. Its binaries and permission helpers are reused as they are.
+and offers no foreground mode. Only its binaries are reused.
 When we are root, postgres refuses to run as root, so it runs as system user `pgserver`
-(created on demand, exactly as pgserver does).
+(created on demand, exactly as pgserver does), whichever binaries are used.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
 import platform
 import pwd
+import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ops.env import RuntimeEnv
-
-with warnings.catch_warnings():
-    # Importing pgserver computes a runtime dir at class-definition time and warns when
-    # XDG_RUNTIME_DIR is unset; we never use that dir, so the warning is noise.
-    warnings.simplefilter("ignore")
-    from pgserver._commands import POSTGRES_BIN_PATH
-    from pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,87 @@ DEFAULT_USER = "postgres"
 
 
 class EmbeddedPostgresError(RuntimeError):
-    """initdb or pg_ctl failed; the message carries the tail of the server log."""
+    """initdb or pg_ctl failed (the message carries the tail of the server log), or there
+    are no PostgreSQL binaries to run."""
+
+
+_EXECUTABLES = ("initdb", "pg_ctl", "postgres")
+SYSTEM_LIB_ROOT = Path("/usr/lib/postgresql")
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Where initdb/pg_ctl/postgres live. `bundled`: pgserver's copy, which we may chmod so
+    the `pgserver` user can run it; the system's is never touched."""
+
+    bin_dir: Path
+    bundled: bool
+
+    @functools.cached_property
+    def major(self) -> str:
+        """The PostgreSQL major version, e.g. "16" (as PGDATA/PG_VERSION records it)."""
+        out = subprocess.run([str(self.bin_dir / "pg_ctl"), "--version"], capture_output=True,
+                             text=True, check=True, stdin=subprocess.DEVNULL).stdout
+        found = re.search(r"(\d+)(?:\.\d+)?", out)
+        if found is None:
+            raise EmbeddedPostgresError(f"cannot read the version of {self.bin_dir}: {out!r}")
+        return found.group(1)
+
+
+def _pgserver_bin() -> Path | None:
+    try:
+        with warnings.catch_warnings():
+            # Importing pgserver computes a runtime dir at class-definition time and warns
+            # when XDG_RUNTIME_DIR is unset; we never use that dir, so the warning is noise.
+            warnings.simplefilter("ignore")
+            from pgserver._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        return None
+    return Path(POSTGRES_BIN_PATH)
+
+
+def _complete(bin_dir: Path) -> bool:
+    return all(os.access(bin_dir / exe, os.X_OK) for exe in _EXECUTABLES)
+
+
+def system_binaries(
+    search_path: str | None = None, lib_root: Path | None = None
+) -> Binaries | None:
+    """The system's PostgreSQL: the first directory with initdb, pg_ctl and postgres, from
+    `search_path` (default $PATH; symlinks followed, so all three come from one install),
+    then `lib_root/<version>/bin` (default /usr/lib/postgresql), newest version first."""
+    lib_root = SYSTEM_LIB_ROOT if lib_root is None else lib_root
+    candidates: list[Path] = []
+    found = shutil.which("pg_ctl", path=search_path)
+    if found is not None:
+        candidates.append(Path(found).resolve().parent)
+    candidates += sorted(lib_root.glob("*/bin"), key=lambda b: _version_key(b.parent.name),
+                         reverse=True)
+    for bin_dir in candidates:
+        if _complete(bin_dir):
+            return Binaries(bin_dir, bundled=False)
+    return None
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else -1 for part in name.split("."))
+
+
+@functools.cache
+def find_binaries() -> Binaries:
+    """pgserver's binaries when it is installed, else the system's; raise when neither."""
+    bundled = _pgserver_bin()
+    if bundled is not None:
+        return Binaries(bundled, bundled=True)
+    system = system_binaries()
+    if system is not None:
+        return system
+    raise EmbeddedPostgresError(
+        f"no embedded PostgreSQL: pgserver is not installed for Python "
+        f"{sys.version_info.major}.{sys.version_info.minor} and no initdb/pg_ctl/postgres "
+        f"found on PATH or in {SYSTEM_LIB_ROOT}/*/bin; install postgresql or set "
+        f"OPS_DATABASE_URL"
+    )
 
 
 def run_as_user() -> str | None:
@@ -70,15 +153,25 @@ class EmbeddedPostgres:
     """One embedded cluster rooted at `root` (PGDATA is `root/data`).
 
     `options` are extra `postgres` command-line settings, e.g. ("-c", "fsync=off") for tests.
+    `binaries`: default `find_binaries()`, looked up on first use (reading the URL or the
+    postmaster pid needs none).
     """
 
-    def __init__(self, root: Path, *, options: Sequence[str] = (), lock_path: Path | None = None):
+    def __init__(self, root: Path, *, options: Sequence[str] = (), lock_path: Path | None = None,
+                 binaries: Binaries | None = None):
         self.root = root.absolute()
         self.pgdata = self.root / "data"
         self.log_path = self.root / "postgres.log"
         self.options = tuple(options)
         self.lock_path = lock_path or self.root.parent / "run" / "pg.lock"
         self.user = run_as_user()
+        self._binaries = binaries
+
+    @property
+    def binaries(self) -> Binaries:
+        if self._binaries is None:
+            self._binaries = find_binaries()
+        return self._binaries
 
     # --- paths and URLs -------------------------------------------------------------------
 
@@ -136,13 +229,15 @@ class EmbeddedPostgres:
         sock.mkdir(parents=True, exist_ok=True)
         if self.user is None:
             return
-        ensure_user_exists(self.user)
-        # The postgres user must traverse every ancestor and read the binaries.
+        entry = _ensure_user(self.user)
+        # The postgres user must traverse every ancestor and read the binaries (the
+        # system's are readable already: never chmod them).
         _ensure_traversable(self.pgdata)
-        _ensure_traversable(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
-        entry = pwd.getpwnam(self.user)
+        bins = self.binaries
+        if bins.bundled:
+            _ensure_traversable(bins.bin_dir)
+            _ensure_readable(bins.bin_dir, 0o055)
+            _ensure_readable(bins.bin_dir.parent / "lib", 0o044)
         for path in (self.root, self.pgdata, sock):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         if sock != self.root:
@@ -150,7 +245,7 @@ class EmbeddedPostgres:
         self.pgdata.chmod(0o700)
 
     def _run(self, exe: str, args: Sequence[str], timeout: float) -> str:
-        cmd = [str(POSTGRES_BIN_PATH / exe), *args]
+        cmd = [str(self.binaries.bin_dir / exe), *args]
         try:
             out = subprocess.run(
                 cmd, user=self.user, capture_output=True, text=True, timeout=timeout, check=True,
@@ -177,6 +272,7 @@ class EmbeddedPostgres:
     def _init_unlocked(self) -> None:
         self._prepare_dirs()
         if self.is_initialized():
+            self._check_version()
             return
         log.info("initialising embedded postgres in %s", self.pgdata)
         self._run(
@@ -184,6 +280,18 @@ class EmbeddedPostgres:
             ["-D", str(self.pgdata), "--auth=trust", "--encoding=utf8", "-U", DEFAULT_USER],
             timeout=120,
         )
+
+    def _check_version(self) -> None:
+        """A cluster only runs under its own major version (e.g. an OPS_HOME first used
+        with pgserver's 16, now on Python 3.13 with a system 15): say so before starting."""
+        made_by = (self.pgdata / "PG_VERSION").read_text().strip()
+        bins = self.binaries
+        if made_by != bins.major:
+            raise EmbeddedPostgresError(
+                f"{self.pgdata} was initialised by PostgreSQL {made_by}, but the binaries in "
+                f"{bins.bin_dir} are PostgreSQL {bins.major}: run it with PostgreSQL "
+                f"{made_by}, or move {self.root} away to start an empty cluster"
+            )
 
     def init(self) -> None:
         """initdb if needed (idempotent)."""
@@ -237,7 +345,7 @@ class EmbeddedPostgres:
 
     def foreground_command(self) -> list[str]:
         """argv running postgres in the foreground (for supervisord), logging to stderr."""
-        return [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.pgdata),
+        return [str(self.binaries.bin_dir / "postgres"), "-D", str(self.pgdata),
                 *self._server_args()]
 
 
@@ -251,6 +359,37 @@ def _ensure_traversable(path: Path) -> None:
         mode = parent.stat().st_mode
         if mode & 0o011 != 0o011:
             parent.chmod(mode | 0o011)
+
+
+def _ensure_readable(tree: Path, file_bits: int) -> None:
+    """Give group/others r+x on every directory under `tree` and `file_bits` on its files."""
+    if not tree.is_dir():
+        return
+    for dirpath, _, files in os.walk(tree):
+        folder = Path(dirpath)
+        folder.chmod(folder.stat().st_mode | 0o055)
+        for name in files:
+            path = folder / name
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | file_bits)
+
+
+def _ensure_user(name: str) -> pwd.struct_passwd:
+    """The system user `name`, created with `useradd` (as root) when it does not exist."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    try:
+        subprocess.run(["useradd", "-s", "/bin/bash", name], check=True, capture_output=True,
+                       text=True, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        raise EmbeddedPostgresError(
+            f"postgres refuses to run as root and user {name!r} could not be created: "
+            f"{str(detail).strip()}"
+        ) from None
+    return pwd.getpwnam(name)
 
 
 def _quote(arg: str) -> str:
