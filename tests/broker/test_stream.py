@@ -104,7 +104,8 @@ async def test_unknown_event_and_malformed_frame_are_reported_and_stream_goes_on
     ts, rec = stream
     res = await broker.submit_order(limit_buy("s-unk"))
     assert res.order is not None
-    await eventually(lambda: "new" in rec.events(res.order.id), "new event")  # type: ignore[union-attr]
+    order_id = res.order.id
+    await eventually(lambda: "new" in rec.events(order_id), "new event")
 
     sim.faults.emit_unknown_event("large", event="order_frozen", order_id=res.order.id)
     sim.faults.emit_malformed_frame("large")

@@ -1,4 +1,4 @@
-"""In-memory test doubles of OUR protocols (`RunLedger`, `HeartbeatSink`) and a poll helper.
+"""In-memory test doubles of OUR protocols (`RunLedger`, `HeartbeatSink`).
 
 They stand in for the store, which is a separate component with its own tests; they keep
 what the ticker wrote so tests can assert on it, and can be told to fail.
@@ -6,8 +6,6 @@ what the ticker wrote so tests can assert on it, and can be told to fail.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from ops.models import Heartbeat, RunRecord
@@ -44,16 +42,6 @@ class MemorySink:
             self.fail_next -= 1
             raise ConnectionError("sink unreachable")
         self.beats.append(hb)
-
-
-async def wait_until(pred: Callable[[], bool], within_s: float = 20.0, what: str = "") -> None:
-    """Poll `pred` until true; fail the test after `within_s` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        await asyncio.sleep(0.005)
 
 
 def slot_us(t: datetime) -> int:

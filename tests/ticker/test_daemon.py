@@ -16,7 +16,8 @@ import pytest
 
 from ops.daemon import Daemon
 from ops.ticker import Slot, Ticker
-from tests.ticker.ledger import MemoryLedger, wait_until
+from tests.support import eventually, eventually_sync
+from tests.ticker.ledger import MemoryLedger
 
 SCRIPT = Path(__file__).with_name("daemon_proc.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,14 +45,6 @@ def final_outcomes(path: Path) -> dict[str, str]:
     return out
 
 
-def wait_for(pred: Any, within_s: float = 30.0, what: str = "") -> None:
-    deadline = time.monotonic() + within_s
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def start(tmp_path: Path, mode: str, grace_s: float) -> tuple[subprocess.Popen[bytes], Path]:
     ledger = tmp_path / "ledger.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -76,7 +69,8 @@ def stop(proc: subprocess.Popen[bytes]) -> tuple[int, float, str]:
 
 def test_sigterm_lets_the_in_flight_job_finish(tmp_path: Path) -> None:
     proc, ledger = start(tmp_path, "finish", 5.0)
-    wait_for(lambda: any(r["outcome"] == "running" for r in runs(ledger)), what="a job start")
+    eventually_sync(lambda: any(r["outcome"] == "running" for r in runs(ledger)),
+                    "a job start", timeout_s=30)
     in_flight = next(r["slot_id"] for r in runs(ledger) if r["outcome"] == "running")
     rc, elapsed, err = stop(proc)
     assert rc == 0, err
@@ -90,11 +84,12 @@ def test_sigterm_lets_the_in_flight_job_finish(tmp_path: Path) -> None:
 
 def test_sigterm_cancels_a_hung_job_after_the_grace_period(tmp_path: Path) -> None:
     proc, ledger = start(tmp_path, "hang", 0.5)
-    wait_for(lambda: any(r["outcome"] == "running" for r in runs(ledger)), what="a job start")
+    eventually_sync(lambda: any(r["outcome"] == "running" for r in runs(ledger)),
+                    "a job start", timeout_s=30)
     in_flight = next(r for r in runs(ledger) if r["outcome"] == "running")["slot_id"]
     # The heartbeat task keeps beating while the job hangs.
-    wait_for(lambda: sum(1 for r in read_lines(ledger) if r["kind"] == "heartbeat") >= 3,
-             what="heartbeats during the hung job")
+    eventually_sync(lambda: sum(1 for r in read_lines(ledger) if r["kind"] == "heartbeat") >= 3,
+                    "heartbeats during the hung job", timeout_s=30)
     rc, elapsed, err = stop(proc)
     assert rc == 0, err
     assert elapsed >= 0.5, "the grace period must be given to in-flight work"
@@ -108,10 +103,12 @@ def test_sigterm_cancels_a_hung_job_after_the_grace_period(tmp_path: Path) -> No
 
 def test_sigusr1_runs_now(tmp_path: Path) -> None:
     proc, ledger = start(tmp_path, "idle", 2.0)
-    wait_for(lambda: any(r["kind"] == "heartbeat" for r in read_lines(ledger)), what="started")
+    eventually_sync(lambda: any(r["kind"] == "heartbeat" for r in read_lines(ledger)),
+                    "started", timeout_s=30)
     proc.send_signal(signal.SIGUSR1)
-    wait_for(lambda: any(s.endswith(":manual") and o == "ok"
-                         for s, o in final_outcomes(ledger).items()), what="manual run")
+    eventually_sync(lambda: any(s.endswith(":manual") and o == "ok"
+                                for s, o in final_outcomes(ledger).items()),
+                    "manual run", timeout_s=30)
     rc, _, err = stop(proc)
     assert rc == 0, err
     assert all(s.endswith(":manual") for s in final_outcomes(ledger))
@@ -177,7 +174,7 @@ async def test_stop_is_idempotent_and_hooks_run_in_order() -> None:
     assert await asyncio.wait_for(task, 10) == 0
     await daemon.stop()
     assert events == ["startup", "shutdown"]
-    await wait_until(lambda: ledger.finals() != [])
+    await eventually(lambda: ledger.finals(), "the run's final record")
     assert all(r.outcome == "ok" for r in ledger.finals())
 
 

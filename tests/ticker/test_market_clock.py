@@ -10,7 +10,9 @@ import pytest
 
 from ops.models import Clock
 from ops.ticker import MarketClockCache, MarketClockUnavailable, Ticker, clock_is_open
-from tests.ticker.ledger import MemoryLedger, wait_until
+from tests.support import eventually
+from tests.ticker.ledger import MemoryLedger
+from tests.ticker.vclock import VirtualWall, on_virtual_clock
 
 T = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # a Monday, 10:00 New York
 
@@ -86,6 +88,7 @@ async def test_fetch_failure_keeps_last_known_clock(caplog: pytest.LogCaptureFix
     assert b.fetches == 2
 
 
+@on_virtual_clock
 async def test_no_clock_ever_is_an_error_not_a_closed_market() -> None:
     b = Broker(OPEN)
     b.fail = True
@@ -94,9 +97,9 @@ async def test_no_clock_ever_is_an_error_not_a_closed_market() -> None:
         await cache.is_open()
     ledger = MemoryLedger()
     ticker = Ticker("t", 0.02, lambda s: asyncio.sleep(0), process="p", account="a",
-                    role="r", ledger=ledger, market_gate=b.cache().is_open)
+                    role="r", ledger=ledger, market_gate=b.cache().is_open, clock=VirtualWall())
     task = asyncio.create_task(ticker.run())
-    await wait_until(lambda: len(ledger.finals()) >= 1)
+    await eventually(lambda: ledger.finals(), "a final record")
     ticker.request_stop()
     await asyncio.wait_for(task, 10)
     rec = ledger.finals()[0]

@@ -33,7 +33,7 @@ from textual.binding import Binding
 
 from ops.env import RuntimeEnv
 from ops.store import Store
-from tests.support import free_port, wait_until
+from tests.support import eventually_sync, free_port
 from tests.tui.cdp import (
     Chromium,
     Page,
@@ -45,7 +45,7 @@ from tests.tui.cdp import (
 from tests.tui.conftest import CONFIG, ROOT
 from tests.tui.fixtures import NUMBERS, write_fixture
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 #: Terminal control sequences (CSI ... final byte; OSC ... BEL/ST; single ESC x).
 _CONTROL = re.compile(r"\x1b\[[0-9;?<=>]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b.")
@@ -130,7 +130,7 @@ def served(ops_env: RuntimeEnv, tmp_path: Path) -> Iterator[tuple[
                  "OPS_DATABASE_URL": str(ops_env.database_url)})
     seen: set[int] = set()
     try:
-        wait_until(lambda: _listening(port) or server.poll() is not None,
+        eventually_sync(lambda: _listening(port) or server.poll() is not None,
                    "ops dash --serve listening", timeout_s=60)
         assert server.poll() is None, log.read_text()
         yield server, port, log, seen
@@ -151,7 +151,7 @@ def _listening(port: int) -> bool:
 
 def _one_new_session(server: subprocess.Popen[bytes], seen: set[int], log: Path) -> int:
     """Wait for the session a new tab started; return its pid (remembered in `seen`)."""
-    wait_until(lambda: bool(_sessions(server) - seen), "the tab's ops dash process",
+    eventually_sync(lambda: bool(_sessions(server) - seen), "the tab's ops dash process",
                timeout_s=30)
     (pid,) = _sessions(server) - seen
     seen.add(pid)
@@ -415,7 +415,7 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
     seen: set[int] = set()
 
     def group(session: int) -> set[int]:
-        wait_until(lambda: bool(_children(session)), "the session's own child")
+        eventually_sync(lambda: bool(_children(session)), "the session's own child")
         return {session, *_children(session)}
 
     async def scenario() -> None:
@@ -448,7 +448,7 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
             await ws.close()
 
     try:
-        wait_until(lambda: _listening(port) or server.poll() is not None, "server listening")
+        eventually_sync(lambda: _listening(port) or server.poll() is not None, "server listening")
         asyncio.run(scenario())
         assert server.wait(timeout=20) == 0, log.read_text()
     finally:
@@ -458,5 +458,5 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
 
 def _wait_children(server: subprocess.Popen[bytes]) -> set[int]:
     """The server's live children, once it has one."""
-    wait_until(lambda: any(_alive(p) for p in _children(server.pid)), "the session's process")
+    eventually_sync(lambda: any(_alive(p) for p in _children(server.pid)), "the session's process")
     return {p for p in _children(server.pid) if _alive(p)}
