@@ -206,11 +206,3 @@ async def listening_ws(sim: Simulator, name: str = "large") -> AsyncIterator[Cli
         assert json.loads(await ws.recv())["stream"] == "listening"
         yield ws
 
-
-async def poll_until(pred: Callable[[], bool], within_s: float = 10) -> None:
-    """Poll a condition with a deadline (for state that has no event to wait on)."""
-    async with asyncio.timeout(within_s):
-        while True:
-            if pred():
-                return
-            await asyncio.sleep(0.01)

@@ -22,8 +22,9 @@ from alpaca.trading.requests import MarketOrderRequest
 
 from ops.sim import SimConfig, Simulator
 from ops.sim.chaos import HOLD_S
+from tests.support import eventually
 
-from .conftest import Msg, Recorder, listening_ws, poll_until, raw_ws_messages, trading
+from .conftest import Msg, Recorder, listening_ws, raw_ws_messages, trading
 
 REFUSED = {"stream": "authorization",
            "data": {"status": "unauthorized", "action": "authenticate",
@@ -208,7 +209,8 @@ async def test_chaos_admin_validation_and_clear(sim: Simulator) -> None:
 async def closed_by_server(sim: Simulator, name: str = "large", within_s: float = 5) -> Any:
     """Connect, authenticate and listen, then read until the server ends the connection;
     the close frame received (None for a TCP reset). A drop may hit at any point."""
-    await poll_until(lambda: name not in sim.hub.conns)  # the previous one is gone
+    await eventually(lambda: name not in sim.hub.conns, "the previous connection gone",
+                     timeout_s=10)
     spec = sim.account(name)
     async with websockets.connect(sim.stream_url) as ws:
         with pytest.raises(websockets.ConnectionClosed) as err:
@@ -238,7 +240,7 @@ async def test_drop_every_drops_one_account_until_stopped(sim: Simulator, mode: 
         assert "tiny" in sim.hub.conns
         task = sim.faults._droppers["large"][0]
         sim.faults.drop_every(0, account="large")
-        await poll_until(task.done)
+        await eventually(task.done, "the dropper task done", timeout_s=10)
         assert task.cancelled() and sim.faults.state()["drop_every"] == {}
 
 
@@ -261,7 +263,7 @@ async def test_drop_every_all_accounts_via_admin_and_alpaca_stream_reconnects(
                 seen.append(conn)
             return len(seen) >= 3
 
-        await poll_until(reconnected, within_s=20)  # dropped twice, back twice
+        await eventually(reconnected, "dropped twice, back twice", timeout_s=20)
         await admin(sim, "POST", "/_sim/faults", {"action": "drop_every", "seconds": 0})
         assert sim.faults.state()["drop_every"] == {}
         await sim.wait_stream("large", within_s=15)
@@ -283,7 +285,8 @@ async def test_mute_for_a_duration_ends_by_itself_and_drops_what_was_held(
         lost = await c.submit(buy("lost"))
         await asyncio.wait_for(await ws.ping(), 5)  # still answering pings
         assert sim.hub.faults.muted_buffer["large"]
-        await poll_until(lambda: sim.faults.state()["muted"] == [], within_s=5)
+        await eventually(lambda: sim.faults.state()["muted"] == [], "the mute lifted",
+                         timeout_s=5)
         assert "large" not in sim.hub.faults.muted_buffer  # dropped, not delivered
         assert sim.faults.state()["mute_for_s"] == {}
         kept = await c.submit(buy("kept"))
@@ -303,7 +306,8 @@ async def test_mute_timers_unmute_and_remute(sim: Simulator) -> None:
     sim.faults.mute("tiny")
     status, _ = await admin(sim, "POST", "/_sim/faults", {"action": "mute", "for_s": 0.1})
     assert status == 200 and set(sim.faults.state()["mute_for_s"]) == {"*"}
-    await poll_until(lambda: "*" not in sim.faults.state()["muted"], within_s=5)
+    await eventually(lambda: "*" not in sim.faults.state()["muted"], "the timed mute lifted",
+                     timeout_s=5)
     assert sim.faults.state()["muted"] == ["large", "tiny"]
     with pytest.raises(ValueError):
         sim.faults.mute(for_s=-1)
@@ -320,7 +324,8 @@ async def test_refuse_auth_rejects_the_stream_but_not_rest(sim: Simulator) -> No
         frames = await raw_ws_messages(already, 2)  # ...and a live connection keeps going
         assert [f["data"]["event"] for f in frames] == ["new", "fill"]
         assert frames[0]["data"]["order"]["id"] == str(order.id)
-    await poll_until(lambda: "large" not in sim.hub.conns)
+    await eventually(lambda: "large" not in sim.hub.conns, "large's connection gone",
+                     timeout_s=10)
     spec = sim.account("large")
     async with websockets.connect(sim.stream_url) as ws:
         await ws.send(json.dumps({"action": "authenticate",
@@ -343,7 +348,8 @@ async def test_refuse_auth_seen_by_alpaca_trading_stream(sim: Simulator) -> None
     rec = Recorder(sim)
     starting = asyncio.create_task(rec.start())
     try:
-        await poll_until(lambda: sim.faults.state()["refused_stream_auths"] >= 1, within_s=10)
+        await eventually(lambda: sim.faults.state()["refused_stream_auths"] >= 1,
+                         "a refused stream auth", timeout_s=10)
         assert not sim.hub.connected("large") and not starting.done()
         await admin(sim, "POST", "/_sim/faults", {"action": "refuse_auth", "on": False})
         assert sim.faults.state()["refuse_auth"] == []
@@ -371,13 +377,14 @@ async def test_clear_lifts_the_timed_and_persistent_modes(sim: Simulator) -> Non
     state = sim.faults.state()
     assert state["drop_every"] == {} and state["mute_for_s"] == {} and state["muted"] == []
     assert state["refuse_auth"] == [] and state["stream_chaos"]["settings"] == {}
-    await poll_until(task.done)
+    await eventually(task.done, "the dropper task done", timeout_s=10)
     assert task.cancelled()
     async with listening_ws(sim) as ws:
         published = burst(sim, "c", 2)
         assert [key(f) for f in await raw_ws_messages(ws, 4)] == published
 
 
+@pytest.mark.integration
 async def test_timed_faults_end_with_the_simulator() -> None:
     s = Simulator(SimConfig(seed=7, market_step_s=None))
     await s.start()

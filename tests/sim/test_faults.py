@@ -17,8 +17,9 @@ from alpaca.trading.requests import MarketOrderRequest
 from multidict import CIMultiDict
 
 from ops.sim import SimConfig, Simulator
+from tests.support import eventually
 
-from .conftest import Recorder, listening_ws, poll_until, raw_ws_messages, trading
+from .conftest import Recorder, listening_ws, raw_ws_messages, trading
 
 
 def buy(symbol: str = "AAPL", qty: int = 1, cid: str | None = None) -> MarketOrderRequest:
@@ -54,7 +55,8 @@ async def test_drop_streams_1011_and_trading_stream_reconnects(sim: Simulator) -
     try:
         first = sim.hub.conns["large"]
         await sim.faults.drop_streams()
-        await poll_until(lambda: sim.hub.connected("large") and sim.hub.conns["large"] is not first)
+        await eventually(lambda: sim.hub.connected("large") and sim.hub.conns["large"] is not first,
+                         "a new connection for large", timeout_s=10)
         order = await trading(sim).submit(buy())
         await rec.wait_for(lambda ms: "fill" in rec.events(str(order.id)))
     finally:
@@ -145,7 +147,7 @@ async def test_unknown_event_and_malformed_frame(sim: Simulator) -> None:
 async def test_hang_until_released(sim: Simulator) -> None:
     sim.faults.hang_next(1, path="/v2/account")
     call = asyncio.create_task(rest(sim, "GET", "/v2/account"))
-    await poll_until(lambda: sim.faults.rest.hung_now == 1)
+    await eventually(lambda: sim.faults.rest.hung_now == 1, "one hung REST call", timeout_s=10)
     status, _, _ = await rest(sim, "GET", "/v2/clock")  # other paths are not affected
     assert status == 200 and not call.done()
     with pytest.raises(TimeoutError):
@@ -167,7 +169,7 @@ async def test_hang_for_a_duration_and_after_processing(sim: Simulator) -> None:
     call = asyncio.create_task(rest(sim, "POST", "/v2/orders", json={
         "symbol": "AAPL", "qty": 1, "side": "buy", "type": "market", "time_in_force": "day",
         "client_order_id": "hung"}))
-    await poll_until(lambda: sim.faults.rest.hung_now == 1)
+    await eventually(lambda: sim.faults.rest.hung_now == 1, "one hung REST call", timeout_s=10)
     assert "hung" in sim.engine.states["large"].by_client_id  # the order exists already
     sim.faults.release_hangs()
     status, body, _ = await call
@@ -288,7 +290,8 @@ async def test_restart_keeps_state_and_port(sim: Simulator) -> None:
         assert sim.port == port
         assert (await c.order(order.id)).filled_qty == "3"
         assert (await c.position("SPY")).qty == "3"
-        await poll_until(lambda: sim.hub.connected("large") and sim.hub.conns["large"] is not first)
+        await eventually(lambda: sim.hub.connected("large") and sim.hub.conns["large"] is not first,
+                         "a new connection for large", timeout_s=10)
         later = await c.submit(buy("SPY", 1))
         await rec.wait_for(lambda ms: "fill" in rec.events(str(later.id)))
     finally:
@@ -298,13 +301,14 @@ async def test_restart_keeps_state_and_port(sim: Simulator) -> None:
 async def test_admin_restart_with_downtime(sim: Simulator) -> None:
     status, body = await admin(sim, "POST", "/_sim/faults", {"action": "restart", "down_s": 0.3})
     assert status == 200
-    await poll_until(lambda: sim._runner is None)
+    await eventually(lambda: sim._runner is None, "the server stopped", timeout_s=10)
     with pytest.raises(aiohttp.ClientConnectionError):
         await rest(sim, "GET", "/v2/clock")
-    await poll_until(lambda: sim._runner is not None)
+    await eventually(lambda: sim._runner is not None, "the server started", timeout_s=10)
     assert (await rest(sim, "GET", "/v2/clock"))[0] == 200
 
 
+@pytest.mark.integration
 async def test_state_file_survives_a_new_simulator(tmp_path: Any) -> None:
     path = tmp_path / "sim.json"
     cfg = SimConfig(seed=3, market_step_s=None, state_path=path)

@@ -20,8 +20,9 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest
 
 from ops.sim import Simulator
+from tests.support import eventually
 
-from .conftest import Msg, Recorder, listening_ws, poll_until, trading
+from .conftest import Msg, Recorder, listening_ws, trading
 
 FILL_EVENTS = ("partial_fill", "fill")
 
@@ -169,7 +170,8 @@ async def test_fills_and_activities_go_on_with_no_stream_connected(sim: Simulato
     c = trading(sim)
     async with listening_ws(sim):
         pass  # a stream came and went...
-    await poll_until(lambda: "large" not in sim.hub.conns)
+    await eventually(lambda: "large" not in sim.hub.conns, "large's connection gone",
+                     timeout_s=10)
     order = await c.submit(buy("IWM", 230))  # ...and nobody listens while this fills
     sim.market.step()
     sim.market.step()

@@ -21,8 +21,9 @@ from alpaca.trading.requests import (
 )
 
 from ops.sim import SimAccountSpec, SimConfig, Simulator
+from tests.support import eventually
 
-from .conftest import poll_until, trading
+from .conftest import trading
 
 
 async def post(sim: Simulator, body: dict[str, Any], path: str = "/v2/orders",
@@ -142,6 +143,7 @@ async def test_order_list_time_window(sim: Simulator) -> None:
     assert await c.orders(GetOrdersRequest(status=QueryOrderStatus.ALL, after=future)) == []
 
 
+@pytest.mark.integration
 async def test_lifecycle_timer_loopback_and_idempotent_stop() -> None:
     sim = Simulator(SimConfig(seed=1, market_step_s=0.01))
     with pytest.raises(RuntimeError):
@@ -152,7 +154,8 @@ async def test_lifecycle_timer_loopback_and_idempotent_stop() -> None:
     try:
         assert sim.rest_url.startswith("http://127.0.0.1:") and sim.data_url == sim.rest_url
         assert sim.stream_url == sim.rest_url.replace("http", "ws") + "/stream"
-        await poll_until(lambda: sim.market.steps >= 3)  # the timer moves the market
+        await eventually(lambda: sim.market.steps >= 3, "the timer moving the market",
+                         timeout_s=10)
     finally:
         await sim.stop()
     await sim.stop()
@@ -171,6 +174,7 @@ async def test_bad_configuration_is_named(tmp_path: Any) -> None:
         Simulator(SimConfig(state_path=tmp_path / "missing" / "state.json"))
 
 
+@pytest.mark.integration
 def test_simulator_never_imports_alpaca() -> None:
     code = (
         "import sys, ops.sim, ops.sim.server, ops.sim.app\n"

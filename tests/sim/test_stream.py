@@ -11,8 +11,9 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest, ReplaceOrderRequest
 
 from ops.sim import SimConfig, Simulator
+from tests.support import eventually
 
-from .conftest import Recorder, poll_until, raw_ws_messages, trading
+from .conftest import Recorder, raw_ws_messages, trading
 
 
 def buy(symbol: str, qty: int, cid: str | None = None) -> MarketOrderRequest:
@@ -175,7 +176,8 @@ async def test_reap_delay_keeps_the_slot_busy(sim: Simulator) -> None:
 
 
 async def _wait_gone(sim: Simulator, name: str) -> None:
-    await poll_until(lambda: name not in sim.hub.conns)
+    await eventually(lambda: name not in sim.hub.conns, f"{name}'s connection gone",
+                     timeout_s=10)
 
 
 async def test_events_while_nobody_listens_are_lost(sim: Simulator) -> None:
@@ -211,6 +213,7 @@ async def test_rejected_downstream_after_a_200(sim: Simulator) -> None:
         await rec.stop()
 
 
+@pytest.mark.integration
 async def test_timer_driven_partial_fills_reach_the_stream() -> None:
     async with Simulator(SimConfig(seed=5, market_step_s=0.01, fill_lot=40)) as s:
         rec = await Recorder(s).start()
