@@ -42,8 +42,9 @@ def _run(code: str) -> str:
 
 
 def test_trading_roles_do_not_load_pandas_until_something_uses_it() -> None:
-    # alpaca-py imports pandas at the top of its trading modules but never uses it on our
-    # paths: ~0.5 s and ~30 MB per role process (ops/broker/_sdk.py defers it).
+    # alpaca-py's trading package (still imported for the trade stream's TradingStream,
+    # ops/broker/_sdk.py) imports pandas at the top but never uses it on our paths:
+    # ~0.5 s and ~30 MB per role process, so _sdk.py defers it.
     code = (
         "import sys\n"
         "import ops.roles.stream, ops.roles.position_manager, ops.roles.dispatcher\n"
@@ -56,28 +57,33 @@ def test_trading_roles_do_not_load_pandas_until_something_uses_it() -> None:
     assert _run(code).splitlines() == ["False", "2026 True"]
 
 
-def test_market_data_loads_on_first_use() -> None:
+def test_rest_and_market_data_load_neither_alpaca_data_nor_pandas() -> None:
+    # REST and market data are our own requests (ops/broker/transport.py): real calls to
+    # the simulator load neither alpaca-py's data clients and models nor pandas or numpy.
+    # (alpaca-py's trading client is still loaded, by TradingStream's package: stream.py.)
     code = (
-        "import sys\n"
+        "import asyncio, sys\n"
+        "from datetime import UTC, datetime, timedelta\n"
         "from ops.broker import Broker, BrokerEndpoints\n"
         "from ops.credentials import Credentials\n"
-        "b = Broker(BrokerEndpoints('http://127.0.0.1:1', 'ws://127.0.0.1:1/stream',\n"
-        "           'http://127.0.0.1:1'), Credentials('t', 'x', 'KEYID', 'SECRET'))\n"
-        "print('alpaca.data.historical' in sys.modules)\n"
-        "b.market\n"
-        "print('alpaca.data.historical' in sys.modules, b.market is b.market)\n"
-        "b.close()\n"
-        # The data models bind pandas and numpy at the top; neither is loaded for that...
-        "print('pandas.core' in sys.modules, 'numpy.linalg' in sys.modules)\n"
-        # ...and the one place alpaca-py uses them, the .df view, still works.
-        "from alpaca.data.models.bars import BarSet\n"
-        "bars = BarSet({'AAPL': [{'t': '2026-01-02T00:00:00Z', 'o': 1, 'h': 2, 'l': 0.5,\n"
-        "                         'c': 1.5, 'v': 10, 'n': 1, 'vw': 1.2}]})\n"
-        "df = bars.df\n"
-        "print(len(df), float(df['close'].iloc[0]), 'pandas.core' in sys.modules)\n"
-        # After the data import, `from pandas import ...` gets the real thing.
-        "from pandas import DataFrame\n"
-        "print(isinstance(df, DataFrame))\n"
+        "from ops.sim import SimConfig, Simulator\n"
+        "async def main():\n"
+        "    sim = Simulator(SimConfig(seed=7, clock='open'))\n"
+        "    await sim.start(host='127.0.0.1', port=0)\n"
+        "    spec = sim.account('large')\n"
+        "    try:\n"
+        "        async with Broker(BrokerEndpoints(sim.rest_url, sim.stream_url,\n"
+        "                          sim.data_url), Credentials('t', 'large', spec.key_id,\n"
+        "                          spec.secret)) as b:\n"
+        "            await b.get_account()\n"
+        "            q = await b.latest_quotes(['AAPL'])\n"
+        "            bars = await b.bars(['AAPL'], '5Min', datetime.now(UTC)\n"
+        "                                - timedelta(hours=1))\n"
+        "            print(q['AAPL'].bid > 0, len(bars['AAPL']) > 0)\n"
+        "    finally:\n"
+        "        await sim.stop()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.startswith(('alpaca.data', 'pandas.core', 'numpy.linalg'))))\n"
     )
-    assert _run(code).splitlines() == ["False", "True True", "False False", "1 1.5 True",
-                                       "True"]
+    assert _run(code).splitlines() == ["True True", "[]"]

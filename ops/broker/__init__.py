@@ -1,4 +1,4 @@
-"""The broker adapter: the only package in the project that imports alpaca-py.
+"""The broker adapter: the only package in the project that talks to the broker.
 
 Public API (everything else in ops speaks ops.models types):
 - `Broker(endpoints, creds, settings)`: async REST facade (account, clock, positions,
@@ -8,10 +8,14 @@ Public API (everything else in ops speaks ops.models types):
   `trade_updates` WebSocket inside the process's event loop.
 - `Broker.bind_account(expected_account_number)` -> AccountMismatchError on a key mix-up.
 
-Layout: _sdk.py and _sdk_data.py (the alpaca-py imports: trading; market data, loaded on
-first use), transport.py (timeouts, retries, rate budget,
-error translation), settings.py (endpoints, bounds), convert.py (raw JSON -> ops.models),
-orders.py (order requests), client.py (Broker), marketdata.py, stream.py, errors.py.
+REST and market data are our own `requests` calls against the documented endpoints
+(alpaca-wire.md 3), not alpaca-py's clients: those offer no public way to set a timeout,
+to turn off their own retries or to close their session, and their imports load pandas
+(transport.py has the details). Only `_sdk.py` still imports alpaca-py, for stream.py.
+
+Layout: transport.py (HTTP session, timeouts, rate budget, error translation),
+settings.py (endpoints, bounds), convert.py (raw JSON -> ops.models), orders.py (order
+request bodies), client.py (Broker), marketdata.py, stream.py, errors.py, _sdk.py.
 """
 
 from ops.broker.client import (

@@ -1,9 +1,11 @@
-"""`Broker`: the async facade over alpaca-py's REST clients for one account.
+"""`Broker`: the async facade over the broker's REST API for one account.
 
-Each call runs the sync alpaca-py client in a worker thread (`asyncio.to_thread`) with a
-real timeout (see transport.py) and converts raw JSON into ops.models types (convert.py).
+Each call is one blocking HTTP request (transport.Http: our own `requests` session, not
+alpaca-py's clients; transport.py says why) in a worker thread (`asyncio.to_thread`),
+with a real timeout, bounded on the loop side too; the raw JSON is converted into
+ops.models types (convert.py). Endpoints and parameters: alpaca-wire.md 3.
 
-Retry policy, per kind of call (all retries through ops.retry, never alpaca-py's own):
+Retry policy, per kind of call (all retries through ops.retry; the transport makes none):
 - reads and idempotent calls (get/list, cancel): retried on 429, 5xx, timeouts and
   connection errors, within `BrokerSettings.retry`;
 - calls that create orders (close_position, close_all_positions, replace_order): retried
@@ -17,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal
+from urllib.parse import quote
 
-from ops.broker import _sdk as sdk
 from ops.broker.convert import (
     account_from_raw,
     activity_from_raw,
@@ -39,9 +41,10 @@ from ops.broker.errors import (
     BrokerDataError,
     BrokerError,
 )
-from ops.broker.orders import build_order_request, build_replace_request
+from ops.broker.marketdata import MarketData
+from ops.broker.orders import build_order_request, build_replace_request, dec
 from ops.broker.settings import BrokerEndpoints, BrokerSettings
-from ops.broker.transport import TokenBucket, harden, is_rate_limited, is_transient, translate
+from ops.broker.transport import Http, TokenBucket, is_rate_limited, is_transient, translate
 from ops.credentials import Credentials
 from ops.models import (
     AccountInfo,
@@ -56,13 +59,10 @@ from ops.models import (
 )
 from ops.retry import retry
 
-if TYPE_CHECKING:
-    from ops.broker.marketdata import MarketData
-
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SubmitOutcome = Literal["accepted", "rejected", "unknown"]
+Params = Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +124,18 @@ def _check_order_id(order_id: str) -> None:
         raise ValueError(f"order id {order_id!r} is not a UUID") from None
 
 
+def _segment(value: str) -> str:
+    """One path segment (a symbol or an id), percent-encoded."""
+    return quote(value, safe="")
+
+
+def _when(name: str, value: datetime | date) -> str:
+    """A query timestamp (aware, with its offset) or a date, as ISO-8601."""
+    if isinstance(value, datetime):
+        _aware(name, value)
+    return value.isoformat()
+
+
 def _is_duplicate_cid(err: BrokerApiError) -> bool:
     text = err.reason.lower()
     return (err.http_status == 422 and "client_order_id" in text
@@ -145,45 +157,22 @@ class Broker:
         self.stats = BrokerStats()
         self._refused: AccountMismatchError | None = None
         s = self.settings
-        self._trading = sdk.TradingClient(
-            creds.api_key, creds.api_secret, paper=endpoints.paper, raw_data=True,
-            url_override=endpoints.rest_url,
-        )
-        harden(self._trading, s.rest_timeout_s)
-        self._creds = creds  # for the market-data clients, made on first use (`market`)
-        self._market: MarketData | None = None
+        # One session for the trading and the data host (connections pooled per host).
+        self._http = Http(creds.api_key, creds.api_secret, s.rest_timeout_s)
+        self._v2 = f"{endpoints.rest_url}/v2"
+        self.market = MarketData(self._read_data, endpoints.data_url, s.data_feed)
         self._bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
         self._data_bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
         # Bound on the loop side too: requests' read timeout is per socket read, so a
         # server trickling bytes could otherwise hold a call far longer.
         self._call_bound_s = 2 * s.rest_timeout_s + 1.0
 
-    @property
-    def market(self) -> MarketData:
-        """The market-data half, built on first use: its alpaca-py modules load pandas,
-        which roles that never ask for data should not pay for (see `_sdk`)."""
-        if self._market is None:
-            from ops.broker import _sdk_data
-            from ops.broker.marketdata import MarketData
-
-            c, url = self._creds, self.endpoints.data_url
-            stock = _sdk_data.StockHistoricalDataClient(
-                c.api_key, c.api_secret, raw_data=True, url_override=url)
-            option = _sdk_data.OptionHistoricalDataClient(
-                c.api_key, c.api_secret, raw_data=True, url_override=url)
-            for client in (stock, option):
-                harden(client, self.settings.rest_timeout_s)
-            self._market = MarketData(self, stock, option, self.settings.data_feed)
-        return self._market
-
     def __repr__(self) -> str:
         return f"Broker(account={self.account_name!r}, rest_url={self.endpoints.rest_url!r})"
 
     def close(self) -> None:
-        """Close the HTTP sessions (idempotent)."""
-        self._trading._session.close()
-        if self._market is not None:
-            self._market.close()
+        """Close the HTTP session's connections (idempotent)."""
+        self._http.close()
 
     async def __aenter__(self) -> Broker:
         return self
@@ -194,15 +183,18 @@ class Broker:
     # -- plumbing -----------------------------------------------------------------------
 
     async def call(
-        self, what: str, fn: Callable[..., T], *args: Any, data: bool = False,
+        self, what: str, method: str, url: str, *, params: Params | None = None,
+        body: Mapping[str, Any] | None = None, data: bool = False,
         bound_s: float | None = None,
-    ) -> T:
-        """One attempt of a sync alpaca-py call in a worker thread; errors translated."""
+    ) -> Any:
+        """One HTTP request in a worker thread, paced by the trading or the data budget;
+        returns the JSON body (None when empty); errors translated (transport.translate)."""
         await (self._data_bucket if data else self._bucket).acquire()
         self.stats.requests += 1
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(fn, *args), bound_s or self._call_bound_s
+                asyncio.to_thread(self._http.request, method, url, params, body),
+                bound_s or self._call_bound_s,
             )
         except Exception as exc:
             err = translate(exc, what, self.settings.rest_timeout_s)
@@ -215,20 +207,31 @@ class Broker:
         self.stats.retries += 1
 
     async def read(
-        self, what: str, fn: Callable[..., T], *args: Any, data: bool = False,
-        bound_s: float | None = None,
-    ) -> T:
+        self, what: str, method: str, url: str, *, params: Params | None = None,
+        data: bool = False, bound_s: float | None = None,
+    ) -> Any:
         """An idempotent call, retried on transient failures within settings.retry."""
         return await retry(
-            lambda: self.call(what, fn, *args, data=data, bound_s=bound_s),
+            lambda: self.call(what, method, url, params=params, data=data, bound_s=bound_s),
             policy=self.settings.retry, retry_on=is_transient, what=what,
             on_retry=self._on_retry,
         )
 
-    async def _write(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+    async def _get(self, what: str, path: str, params: Params | None = None) -> Any:
+        return await self.read(what, "GET", self._v2 + path, params=params)
+
+    async def _read_data(self, what: str, url: str, params: Params) -> Any:
+        """A market-data GET (MarketData's one way out): retried like reads, paced by the
+        data budget."""
+        return await self.read(what, "GET", url, params=params, data=True)
+
+    async def _write(
+        self, what: str, method: str, path: str, *, params: Params | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
         """A call that may create orders: retried only when rate limited (429)."""
         return await retry(
-            lambda: self.call(what, fn, *args),
+            lambda: self.call(what, method, self._v2 + path, params=params, body=body),
             policy=self.settings.retry, retry_on=is_rate_limited, what=what,
             on_retry=self._on_retry,
         )
@@ -236,7 +239,7 @@ class Broker:
     # -- account ------------------------------------------------------------------------
 
     async def get_account(self) -> AccountInfo:
-        return account_from_raw(await self.read("get account", self._trading.get_account))
+        return account_from_raw(await self._get("get account", "/account"))
 
     async def bind_account(self, expected_account_number: str) -> AccountInfo:
         """Fetch the account; raise AccountMismatchError unless it is the expected one."""
@@ -258,18 +261,17 @@ class Broker:
             raise self._refused
 
     async def get_clock(self) -> Clock:
-        return clock_from_raw(await self.read("get clock", self._trading.get_clock))
+        return clock_from_raw(await self._get("get clock", "/clock"))
 
     # -- positions ----------------------------------------------------------------------
 
     async def list_positions(self) -> list[Position]:
-        raw = await self.read("list positions", self._trading.get_all_positions)
+        raw = await self._get("list positions", "/positions")
         return [position_from_raw(p) for p in _as_list(raw, "positions")]
 
     async def get_position(self, symbol: str) -> Position | None:
         try:
-            raw = await self.read(f"get position {symbol}", self._trading.get_open_position,
-                                  symbol)
+            raw = await self._get(f"get position {symbol}", f"/positions/{_segment(symbol)}")
         except BrokerApiError as e:
             if e.http_status == 404:
                 return None
@@ -279,15 +281,15 @@ class Broker:
     async def close_position(self, symbol: str, qty: Decimal | None = None) -> Order:
         """Liquidate `symbol` (all of it, or `qty`). Not retried except on 429."""
         self._check_bound()
-        opts = sdk.ClosePositionRequest(qty=str(qty)) if qty is not None else None
-        raw = await self._write(f"close position {symbol}", self._trading.close_position,
-                                symbol, opts)
+        params = {"qty": dec(qty)} if qty is not None else None
+        raw = await self._write(f"close position {symbol}", "DELETE",
+                                f"/positions/{_segment(symbol)}", params=params)
         return order_from_raw(raw)
 
     async def close_all_positions(self, cancel_orders: bool = True) -> list[ClosePositionResult]:
         self._check_bound()
-        raw = await self._write("close all positions", self._trading.close_all_positions,
-                                cancel_orders)
+        raw = await self._write("close all positions", "DELETE", "/positions",
+                                params={"cancel_orders": _flag(cancel_orders)})
         out: list[ClosePositionResult] = []
         for item in _as_list(raw, "close all positions"):
             d = as_mapping(item, "close all positions item")
@@ -318,11 +320,11 @@ class Broker:
         self._check_bound()
         try:
             body = build_order_request(req)
-        except ValueError as e:  # pydantic's ValidationError is a ValueError
+        except ValueError as e:
             return SubmitResult("rejected", None, f"invalid order request: {e}")
         what = f"submit order {cid}"
         try:
-            raw = await self.call(what, self._trading.submit_order, body)
+            raw = await self.call(what, "POST", f"{self._v2}/orders", body=body)
         except BrokerApiError as e:
             if _is_duplicate_cid(e):
                 # An order with this id exists at the broker: return it. If the lookup
@@ -338,7 +340,7 @@ class Broker:
             log.warning("%s: no answer (%s); settling by client_order_id", what, e)
             return await self._settle(cid, cause=e)
         except Exception as e:
-            # Unexpected (an alpaca-py bug?): the POST may have gone out, so settle too.
+            # Unexpected (a bug of ours?): the POST may have gone out, so settle too.
             log.exception("%s: unexpected error; settling by client_order_id", what)
             return await self._settle(
                 cid, cause=BrokerError(what, f"unexpected {type(e).__name__}: {e}")
@@ -374,8 +376,8 @@ class Broker:
     async def get_order(self, order_id: str) -> Order | None:
         _check_order_id(order_id)
         try:
-            raw = await self.read(f"get order {order_id}", self._trading.get_order_by_id,
-                                  order_id, sdk.GetOrderByIdRequest(nested=True))
+            raw = await self._get(f"get order {order_id}", f"/orders/{_segment(order_id)}",
+                                  {"nested": "true"})
         except BrokerApiError as e:
             if e.http_status == 404:
                 return None
@@ -384,8 +386,9 @@ class Broker:
 
     async def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         try:
-            raw = await self.read(f"get order by client_order_id {client_order_id}",
-                                  self._trading.get_order_by_client_id, client_order_id)
+            raw = await self._get(f"get order by client_order_id {client_order_id}",
+                                  "/orders:by_client_order_id",
+                                  {"client_order_id": client_order_id})
         except BrokerApiError as e:
             if e.http_status == 404:
                 return None
@@ -404,22 +407,25 @@ class Broker:
     ) -> list[Order]:
         """All matching orders. Pages of `limit` (max 500) by moving `after` (asc) or
         `until` (desc) to the edge of the last page; overlap is removed by order id."""
-        try:
-            q_status = sdk.QueryOrderStatus(status)
-            sort = sdk.Sort(direction)
-        except ValueError as e:
-            raise ValueError(f"list_orders: {e}") from None
+        if status not in ("open", "closed", "all"):
+            raise ValueError(f"list_orders: status = {status!r}: open, closed or all")
+        if direction not in ("asc", "desc"):
+            raise ValueError(f"list_orders: direction = {direction!r}: asc or desc")
         if not 1 <= limit <= 500:
             raise ValueError(f"list_orders: limit must be 1..500, got {limit}")
         page_after, page_until = _aware("after", after), _aware("until", until)
         found: dict[str, Order] = {}
+        base = {"status": status, "limit": str(limit), "direction": direction,
+                "nested": _flag(nested)}
+        if symbols:
+            base["symbols"] = ",".join(symbols)
         while True:
-            req = sdk.GetOrdersRequest(
-                status=q_status, limit=limit, after=page_after, until=page_until,
-                direction=sort, nested=nested, symbols=list(symbols) if symbols else None,
-            )
-            raw = _as_list(await self.read("list orders", self._trading.get_orders, req),
-                           "orders")
+            params = dict(base)
+            if page_after is not None:
+                params["after"] = page_after.isoformat()
+            if page_until is not None:
+                params["until"] = page_until.isoformat()
+            raw = _as_list(await self._get("list orders", "/orders", params), "orders")
             page = [order_from_raw(o) for o in raw]
             new = [o for o in page if o.id not in found]
             found.update((o.id, o) for o in new)
@@ -431,7 +437,7 @@ class Broker:
                 break
             edge = page[-1].submitted_at or page[-1].created_at
             # after/until are exclusive: step back 1 µs so ties at the edge are not skipped.
-            if sort is sdk.Sort.ASC:
+            if direction == "asc":
                 page_after = edge - timedelta(microseconds=1)
             else:
                 page_until = edge + timedelta(microseconds=1)
@@ -444,10 +450,11 @@ class Broker:
         canceled or filled), which propagates as BrokerApiError.
         """
         _check_order_id(order_id)
-        await self.read(f"cancel order {order_id}", self._trading.cancel_order_by_id, order_id)
+        await self.read(f"cancel order {order_id}", "DELETE",
+                        f"{self._v2}/orders/{_segment(order_id)}")
 
     async def cancel_all_orders(self) -> list[CancelResult]:
-        raw = await self.read("cancel all orders", self._trading.cancel_orders)
+        raw = await self.read("cancel all orders", "DELETE", f"{self._v2}/orders")
         out: list[CancelResult] = []
         for item in _as_list(raw, "cancel all orders"):
             d = as_mapping(item, "cancel all orders item")
@@ -470,8 +477,8 @@ class Broker:
         _check_order_id(order_id)
         body = build_replace_request(qty, limit_price, stop_price, time_in_force,
                                      client_order_id)
-        raw = await self._write(f"replace order {order_id}",
-                                self._trading.replace_order_by_id, order_id, body)
+        raw = await self._write(f"replace order {order_id}", "PATCH",
+                                f"/orders/{_segment(order_id)}", body=body)
         return order_from_raw(raw)
 
     # -- fills --------------------------------------------------------------------------
@@ -484,21 +491,18 @@ class Broker:
         `order_id`, that order's only (Alpaca's `order_id` filter, changelog 2026-07-29;
         filtered here too, so a server that ignores the parameter costs pages, not
         correctness)."""
-        base: dict[str, Any] = {"direction": "asc", "page_size": 100}
-        for name, value in (("after", _aware("after", after)), ("until", _aware("until", until))):
+        base = {"direction": "asc", "page_size": "100"}
+        for name, value in (("after", after), ("until", until)):
             if value is not None:
-                base[name] = value.isoformat()
+                base[name] = _when(name, value)
         if order_id is not None:
             base["order_id"] = order_id
         fills: list[Fill] = []
         token: str | None = None
         while True:
             params = dict(base) if token is None else {**base, "page_token": token}
-            raw = _as_list(
-                await self.read("list fills", self._trading.get, "/account/activities/FILL",
-                                params),
-                "fill activities",
-            )
+            raw = _as_list(await self._get("list fills", "/account/activities/FILL", params),
+                           "fill activities")
             page = [fill_from_raw(item) for item in raw]
             fills.extend(f for f in page if order_id is None or f.order_id == order_id)
             if len(raw) < 100:
@@ -520,24 +524,17 @@ class Broker:
         wanted = [t.strip().upper() for t in types if t.strip()]
         if not wanted:
             raise ValueError("list_activities: give at least one activity type")
-        base: dict[str, Any] = {"activity_types": ",".join(wanted), "direction": "asc",
-                                "page_size": 100}
+        base = {"activity_types": ",".join(wanted), "direction": "asc", "page_size": "100"}
         for name, value in (("after", after), ("until", until)):
-            if isinstance(value, datetime):
-                _aware(name, value)
-                base[name] = value.isoformat()
-            elif value is not None:
-                base[name] = value.isoformat()
+            if value is not None:
+                base[name] = _when(name, value)
         out: list[NonTradeActivity] = []
         seen: set[str] = set()
         token: str | None = None
         while True:
             params = dict(base) if token is None else {**base, "page_token": token}
-            raw = _as_list(
-                await self.read("list activities", self._trading.get, "/account/activities",
-                                params),
-                "activities",
-            )
+            raw = _as_list(await self._get("list activities", "/account/activities", params),
+                           "activities")
             last: str | None = None
             for item in raw:
                 try:
@@ -566,6 +563,10 @@ class Broker:
         self, symbols: Iterable[str], timeframe: str, start: datetime, end: datetime | None = None
     ) -> dict[str, list[Bar]]:
         return await self.market.bars(symbols, timeframe, start, end)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def _status(value: object) -> int:

@@ -1,11 +1,11 @@
 """Raw broker JSON (dicts) -> ops.models types, tolerantly.
 
-The adapter runs alpaca-py with `raw_data=True` and converts here instead of trusting
-alpaca-py's pydantic models, which reject unknown enum values and numbers where they
-expect strings (alpaca-wire.md 1.6, 6.3). Rules: statuses, events, sides and types are
-kept verbatim as strings; optional fields may be absent or null; numbers may arrive as
-strings or JSON numbers; a missing or unparsable *required* field raises BrokerDataError
-naming the field and the value. No alpaca-py import here.
+The adapter reads the broker's JSON itself (REST and stream) and converts it here rather
+than through alpaca-py's pydantic models, which reject unknown enum values and numbers
+where they expect strings (alpaca-wire.md 1.6, 6.3). Rules: statuses, events, sides and
+types are kept verbatim as strings; optional fields may be absent or null; numbers may
+arrive as strings or JSON numbers; a missing or unparsable *required* field raises
+BrokerDataError naming the field and the value. No alpaca-py import here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Exceptions raised by the broker adapter; callers catch these, never alpaca-py's own.
+"""Exceptions raised by the broker adapter; callers catch these, never the HTTP or
+WebSocket libraries' own.
 
 Every message is built from the broker's response body, HTTP status and our own
 description of the call; none ever formats a client, a request's headers or Credentials.

@@ -1,42 +1,50 @@
 """Market data for the Broker: latest quotes and trades, bars; stocks and options.
 
-Option symbols (OCC, see ops.models.OptionSymbol) go to the option data client
-(/v1beta1/options/...), everything else to the stock client (/v2/stocks/...).
-Calls are retried like other reads and paced by the Broker's data budget.
+Plain GETs on the data host (alpaca-wire.md 3.8), not alpaca-py's data clients: those
+import pandas and numpy (~47 MB per process) for DataFrame views we never use, and offer
+no timeout, no retry control and no way to close their session (transport.py). Option
+symbols (OCC, see ops.models.OptionSymbol) go to /v1beta1/options/..., everything else
+to /v2/stocks/...; always the multi-symbol endpoints (`symbols=A,B`). Bars are paged by
+`next_page_token`, one request per page, each retried like a read and paced by the
+Broker's data budget: every request goes out through the `read` function the Broker
+passes in, so this module imports nothing of the Broker.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ops.broker import _sdk_data as sdk
 from ops.broker.convert import as_mapping, bar_from_raw, quote_from_raw, trade_price_from_raw
+from ops.broker.errors import BrokerDataError
 from ops.models import Bar, OptionSymbol, Quote
 
-if TYPE_CHECKING:
-    from ops.broker.client import Broker
+#: (what, url, query) -> the decoded JSON body.
+ReadData = Callable[[str, str, Mapping[str, str]], Awaitable[Any]]
 
 _TIMEFRAME = re.compile(r"^(\d+)(Min|Hour|Day|Week|Month)$")
-_UNITS = {
-    "Min": sdk.TimeFrameUnit.Minute,
-    "Hour": sdk.TimeFrameUnit.Hour,
-    "Day": sdk.TimeFrameUnit.Day,
-    "Week": sdk.TimeFrameUnit.Week,
-    "Month": sdk.TimeFrameUnit.Month,
+# The amounts the data API takes per unit (as alpaca-py's TimeFrame checks them).
+_AMOUNTS: dict[str, Callable[[int], bool]] = {
+    "Min": lambda n: 1 <= n <= 59,
+    "Hour": lambda n: 1 <= n <= 23,
+    "Day": lambda n: n == 1,
+    "Week": lambda n: n == 1,
+    "Month": lambda n: n in (1, 2, 3, 6, 12),
 }
+FEEDS = ("iex", "sip", "delayed_sip", "otc", "boats", "overnight")
+BARS_PAGE_LIMIT = 10_000  # the API's maximum, what alpaca-py asks for
 
 
-def parse_timeframe(text: str) -> sdk.TimeFrame:
-    """'5Min', '1Hour', '1Day', '1Week', '3Month' -> TimeFrame."""
+def parse_timeframe(text: str) -> str:
+    """'5Min', '1Hour', '1Day', '1Week', '3Month' (checked) -> the same text."""
     m = _TIMEFRAME.match(text)
-    if m is None:
-        raise ValueError(f"timeframe = {text!r}: expected <n>Min, <n>Hour, 1Day, 1Week "
-                         "or <n>Month")
-    return sdk.TimeFrame(int(m[1]), _UNITS[m[2]])
+    if m is None or not _AMOUNTS[m[2]](int(m[1])):
+        raise ValueError(f"timeframe = {text!r}: expected <n>Min (1-59), <n>Hour (1-23), "
+                         "1Day, 1Week or <n>Month (1, 2, 3, 6, 12)")
+    return f"{int(m[1])}{m[2]}"
 
 
 def _split(symbols: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -47,78 +55,83 @@ def _split(symbols: Iterable[str]) -> tuple[list[str], list[str]]:
     return stocks, options
 
 
+def _utc(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
 class MarketData:
-    """Data-client half of a Broker (kept separate to keep modules small)."""
+    """The data half of a Broker (kept separate to keep modules small)."""
 
-    def __init__(
-        self,
-        broker: Broker,
-        stock: sdk.StockHistoricalDataClient,
-        option: sdk.OptionHistoricalDataClient,
-        feed: str | None,
-    ) -> None:
-        self._broker = broker
-        self._stock = stock
-        self._option = option
-        self._feed = sdk.DataFeed(feed) if feed else None
+    def __init__(self, read: ReadData, data_url: str, feed: str | None) -> None:
+        if feed is not None and feed not in FEEDS:
+            raise ValueError(f"data_feed = {feed!r}: one of {', '.join(FEEDS)} (or none)")
+        self._read = read
+        self._stocks = f"{data_url}/v2/stocks"
+        self._options = f"{data_url}/v1beta1/options"
+        self._feed = {"feed": feed} if feed else {}
 
-    def close(self) -> None:
-        self._stock._session.close()
-        self._option._session.close()
+    async def _keyed(self, what: str, url: str, params: Mapping[str, str],
+                     key: str) -> dict[str, Any]:
+        """`body[key]`, the per-symbol object of a data response ({} when null)."""
+        body = as_mapping(await self._read(what, url, params), what)
+        if key not in body:
+            raise BrokerDataError(what, f"response without {key!r} (keys: "
+                                  f"{', '.join(sorted(map(str, body))) or 'none'})")
+        return dict(as_mapping(body[key] or {}, f"{what} {key!r}"))
 
-    async def _get(self, what: str, fn: Callable[..., Any], req: object,
-                   bound_s: float | None = None) -> dict[str, Any]:
-        read: Callable[..., Awaitable[Any]] = self._broker.read
-        raw = await read(what, fn, req, data=True, bound_s=bound_s)
-        return dict(as_mapping(raw or {}, what))
-
-    async def latest_quotes(self, symbols: Iterable[str]) -> dict[str, Quote]:
+    async def _latest(self, kind: str, key: str, symbols: Iterable[str]) -> dict[str, Any]:
         stocks, options = _split(symbols)
         raw: dict[str, Any] = {}
         if stocks:
-            raw |= await self._get("latest stock quotes", self._stock.get_stock_latest_quote,
-                                   sdk.StockLatestQuoteRequest(symbol_or_symbols=stocks,
-                                                               feed=self._feed))
+            raw |= await self._keyed(f"latest stock {key}", f"{self._stocks}/{kind}/latest",
+                                     {"symbols": ",".join(stocks), **self._feed}, key)
         if options:
-            raw |= await self._get("latest option quotes",
-                                   self._option.get_option_latest_quote,
-                                   sdk.OptionLatestQuoteRequest(symbol_or_symbols=options))
+            raw |= await self._keyed(f"latest option {key}", f"{self._options}/{kind}/latest",
+                                     {"symbols": ",".join(options)}, key)
+        return raw
+
+    async def latest_quotes(self, symbols: Iterable[str]) -> dict[str, Quote]:
+        raw = await self._latest("quotes", "quotes", symbols)
         return {sym: quote_from_raw(sym, q) for sym, q in raw.items()}
 
     async def latest_trades(self, symbols: Iterable[str]) -> dict[str, Decimal]:
-        stocks, options = _split(symbols)
-        raw: dict[str, Any] = {}
-        if stocks:
-            raw |= await self._get("latest stock trades", self._stock.get_stock_latest_trade,
-                                   sdk.StockLatestTradeRequest(symbol_or_symbols=stocks,
-                                                               feed=self._feed))
-        if options:
-            raw |= await self._get("latest option trades",
-                                   self._option.get_option_latest_trade,
-                                   sdk.OptionLatestTradeRequest(symbol_or_symbols=options))
+        raw = await self._latest("trades", "trades", symbols)
         return {sym: trade_price_from_raw(sym, t) for sym, t in raw.items()}
+
+    async def _bars(self, what: str, url: str, params: dict[str, str]) -> dict[str, list[Any]]:
+        """All pages of one bars query, merged per symbol."""
+        out: dict[str, list[Any]] = {}
+        token: str | None = None
+        while True:
+            page_params = params if token is None else {**params, "page_token": token}
+            body = as_mapping(await self._read(what, url, page_params), what)
+            if "bars" not in body:
+                raise BrokerDataError(what, "response without 'bars'")
+            for sym, bars in as_mapping(body["bars"] or {}, f"{what} 'bars'").items():
+                if not isinstance(bars, list):
+                    raise BrokerDataError(what, f"bars of {sym}: expected a JSON array, got "
+                                          f"{type(bars).__name__}")
+                out.setdefault(sym, []).extend(bars)
+            nxt = body.get("next_page_token")
+            if not nxt or nxt == token:
+                return out
+            token = str(nxt)
 
     async def bars(
         self, symbols: Iterable[str], timeframe: str, start: datetime, end: datetime | None
     ) -> dict[str, list[Bar]]:
         if start.tzinfo is None or (end is not None and end.tzinfo is None):
             raise ValueError("bars: start and end must be timezone-aware datetimes")
-        tf = parse_timeframe(timeframe)
+        base = {"timeframe": parse_timeframe(timeframe), "start": _utc(start),
+                "limit": str(BARS_PAGE_LIMIT)}
+        if end is not None:
+            base["end"] = _utc(end)
         stocks, options = _split(symbols)
-        raw: dict[str, Any] = {}
-        # alpaca-py follows next_page_token inside one call: bound the whole call loosely;
-        # each HTTP request still has its own timeout.
-        bound = 10 * self._broker.settings.rest_timeout_s
+        raw: dict[str, list[Any]] = {}
         if stocks:
-            raw |= await self._get(
-                "stock bars", self._stock.get_stock_bars,
-                sdk.StockBarsRequest(symbol_or_symbols=stocks, timeframe=tf, start=start,
-                                     end=end, feed=self._feed), bound,
-            )
+            raw |= await self._bars("stock bars", f"{self._stocks}/bars",
+                                    {"symbols": ",".join(stocks), **base, **self._feed})
         if options:
-            raw |= await self._get(
-                "option bars", self._option.get_option_bars,
-                sdk.OptionBarsRequest(symbol_or_symbols=options, timeframe=tf, start=start,
-                                      end=end), bound,
-            )
-        return {sym: [bar_from_raw(sym, b) for b in (bars or [])] for sym, bars in raw.items()}
+            raw |= await self._bars("option bars", f"{self._options}/bars",
+                                    {"symbols": ",".join(options), **base})
+        return {sym: [bar_from_raw(sym, b) for b in bars] for sym, bars in raw.items()}

@@ -34,7 +34,7 @@ class BrokerEndpoints:
         for name, url in (("rest_url", rest), ("data_url", data)):
             if url.endswith(("/v2", "/v1beta1")):
                 raise ValueError(f"broker endpoint {name} = {url!r}: give the bare origin, "
-                                 "without the API version (alpaca-py appends it)")
+                                 "without the API version (the adapter appends it)")
         object.__setattr__(self, "rest_url", rest)
         object.__setattr__(self, "data_url", data)
         object.__setattr__(self, "stream_url", _origin("stream_url", self.stream_url,
@@ -50,7 +50,7 @@ class BrokerSettings:
     """Bounds for broker REST calls."""
 
     rest_timeout_s: float = 10.0
-    """requests' connect and read timeout for every call (alpaca-py sets none)."""
+    """requests' connect and read timeout for every call (transport.Http)."""
     retry: Backoff = field(default_factory=_default_retry)
     """Bounds for retrying reads, cancels and 429s; also for the lookup that settles a submit."""
     rate_limit_per_min: int = 200

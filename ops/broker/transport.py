@@ -1,13 +1,24 @@
-"""How REST calls reach the broker: real timeouts, no hidden SDK retries, a rate budget,
-and translation of alpaca-py / requests errors into ops.broker.errors.
+"""How REST calls reach the broker: one `requests.Session` per Broker, real timeouts, no
+hidden retries, a rate budget, and translation of HTTP / requests errors into
+ops.broker.errors.
 
-- alpaca-py passes no timeout to `requests` (alpaca-wire.md 1.3): `harden()` mounts an
-  HTTPAdapter that injects our (connect, read) timeout into every request of the client's
-  session. The Broker additionally bounds each call on the event loop.
-- alpaca-py retries 429/504 three times with 3 s sleeps, POST /v2/orders included (1.5):
-  `harden()` sets the client's `_retry` to 0 and `_retry_codes` to empty, so every
-  retry goes through ops.retry with our bounds and our per-method policy.
+Why our own session and not alpaca-py's REST clients: what the adapter needs has no
+public hook there. alpaca-py 0.44 (read in its source) passes no timeout to `requests`
+(alpaca-wire.md 1.3); retries 429/504 itself with fixed 3 s sleeps, POST /v2/orders
+included (1.5), and its `retry_attempts=0` means "the default" while TradingClient takes
+no retry arguments at all; its session is private. All three could only be had by
+patching private attributes. Its trading and data modules also import pandas and numpy
+(~47 MB per process) for DataFrame views we never use. The calls we make are few and
+documented (alpaca-wire.md 3, 3.8), and the adapter already converts the raw JSON itself
+(convert.py), so `Http` issues them with the public API of `requests`: auth headers on
+the session, a (connect, read) timeout on every request, redirects not followed (as
+alpaca-py: a 3xx is an error, never a silent hop to another host), and no retries
+(`requests` makes none by default): every retry goes through ops.retry, with our bounds
+and our per-method policy (client.py).
+
 - `TokenBucket` keeps one process under the broker's per-account request budget.
+- Error messages are built from the status, the body (an HTML page cut to its title)
+  and our own description of the call; never from headers, where the keys live.
 """
 
 from __future__ import annotations
@@ -19,35 +30,57 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
 
-from ops.broker._sdk import APIError, RESTClient
 from ops.broker.errors import BrokerApiError, BrokerDataError, BrokerError, BrokerUnavailable
 from ops.errors import auth_hint, summarise_body
 
-
-class _TimeoutAdapter(HTTPAdapter):
-    """Gives every request a timeout when the caller (alpaca-py) passes none."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(max_retries=0)
-        self._timeout_s = timeout_s
-
-    def send(  # type: ignore[override]
-        self, request: requests.PreparedRequest, **kwargs: Any
-    ) -> requests.Response:
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self._timeout_s
-        return super().send(request, **kwargs)
+USER_AGENT = f"ops-pipeline requests/{requests.__version__}"
 
 
-def harden(client: RESTClient, timeout_s: float) -> None:
-    """Make an alpaca-py REST client time out and never retry on its own."""
-    client._retry = 0
-    client._retry_codes = []
-    adapter = _TimeoutAdapter(timeout_s)
-    client._session.mount("http://", adapter)
-    client._session.mount("https://", adapter)
+class HttpStatusError(Exception):
+    """The broker answered with a status that is not 2xx; `body` is the response text."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+class Http:
+    """Blocking JSON-over-HTTP calls for one set of keys (run them in a worker thread).
+
+    `request` returns the decoded JSON body, or None for an empty one (a 204). A status
+    >= 300 raises HttpStatusError; no answer raises requests' own exceptions; a 2xx body
+    that is not JSON raises ValueError. `translate` turns all of these into ours.
+    """
+
+    def __init__(self, api_key: str, api_secret: str, timeout_s: float,
+                 session: requests.Session | None = None) -> None:
+        self._timeout = (timeout_s, timeout_s)
+        self._session = session or requests.Session()  # a test may mount its own adapter
+        self._session.headers.update({
+            "APCA-API-KEY-ID": api_key,
+            "APCA-API-SECRET-KEY": api_secret,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        })
+
+    def __repr__(self) -> str:
+        return "Http()"  # never the session: its headers hold the keys
+
+    def request(
+        self, method: str, url: str, params: Mapping[str, str] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        resp = self._session.request(method, url, params=params, json=body,
+                                     timeout=self._timeout, allow_redirects=False)
+        if not 200 <= resp.status_code < 300:
+            raise HttpStatusError(resp.status_code, resp.text)
+        return resp.json() if resp.content else None
+
+    def close(self) -> None:
+        """Close pooled connections (idempotent; a later request would open new ones)."""
+        self._session.close()
 
 
 class TokenBucket:
@@ -88,11 +121,9 @@ class TokenBucket:
                 await asyncio.sleep(wait)
 
 
-def _api_error_fields(exc: APIError) -> tuple[int | None, int | None, str]:
-    """(status, code, message) read defensively: the body may be empty, non-JSON or lack
+def _error_fields(status: int, body: str) -> tuple[int | None, str]:
+    """(code, message) read defensively: the body may be empty, non-JSON, HTML or lack
     `code` (alpaca-wire.md 1.5)."""
-    status = exc.status_code if isinstance(exc.status_code, int) else None
-    body = str(exc)
     code: int | None = None
     message = body.strip()
     try:
@@ -115,20 +146,19 @@ def _api_error_fields(exc: APIError) -> tuple[int | None, int | None, str]:
         message = f"{message}: {hint}" if message else hint
     if len(message) > 500:
         message = message[:497] + "..."
-    return status, code, message or "(empty response body)"
+    return code, message or "(empty response body)"
 
 
 def translate(exc: BaseException, what: str, timeout_s: float) -> BrokerError | None:
-    """Our error for an alpaca-py / requests / asyncio failure, or None if not ours."""
+    """Our error for an HTTP / requests / asyncio failure, or None if not ours."""
     if isinstance(exc, BrokerError):
         return exc
-    if isinstance(exc, APIError):
-        status, code, message = _api_error_fields(exc)
-        return BrokerApiError(what, message, http_status=status, code=code)
+    if isinstance(exc, HttpStatusError):
+        code, message = _error_fields(exc.status, exc.body)
+        return BrokerApiError(what, message, http_status=exc.status, code=code)
     if isinstance(exc, ValueError):
-        # A 2xx body that is not JSON (requests.JSONDecodeError) or that alpaca-py cannot
-        # unpack (e.g. market data without its data key). Inputs are validated before the
-        # call, so a ValueError here is about the response.
+        # A 2xx body that is not JSON (requests.JSONDecodeError is a ValueError). Inputs
+        # are validated before the call, so a ValueError here is about the response.
         return BrokerDataError(what, f"unreadable response: {_short(exc)}")
     if isinstance(exc, requests.Timeout | TimeoutError):
         return BrokerUnavailable(what, f"no answer within {timeout_s:g}s (timeout)")

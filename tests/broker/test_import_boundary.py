@@ -24,12 +24,26 @@ def test_only_ops_broker_imports_alpaca() -> None:
     assert offenders == [], f"alpaca-py imported outside ops/broker: {offenders}"
 
 
-def test_within_ops_broker_only_the_sdk_modules_import_alpaca() -> None:
-    # _sdk: trading; _sdk_data: market data, imported on first use (it loads pandas).
+def test_within_ops_broker_only_the_sdk_module_imports_alpaca() -> None:
+    # _sdk.py: TradingStream for stream.py, until the stream has its own client.
     importers = sorted(
         p.name for p in (ROOT / "ops" / "broker").glob("*.py") if _IMPORT.search(p.read_text())
     )
-    assert importers == ["_sdk.py", "_sdk_data.py"]
+    assert set(importers) <= {"_sdk.py"}, importers
+
+
+_SDK = re.compile(r"^\s*from\s+ops\.broker(\s+import\s+_sdk\b|\._sdk\b)", re.MULTILINE)
+
+
+def test_rest_and_market_data_do_not_go_through_alpaca() -> None:
+    # REST is our own requests session (transport.py): none of these reach alpaca-py,
+    # directly or through _sdk.
+    rest = ("client", "transport", "orders", "marketdata", "convert", "settings", "errors")
+    for name in rest:
+        text = (ROOT / "ops" / "broker" / f"{name}.py").read_text()
+        assert not _IMPORT.search(text) and not _SDK.search(text), name
+    assert _SDK.search("from ops.broker import _sdk as sdk\n")
+    assert _SDK.search("from ops.broker._sdk import TradingStream\n")
 
 
 def test_pattern_catches_both_import_forms() -> None:

@@ -7,11 +7,16 @@ from decimal import Decimal
 import pytest
 
 from ops.broker import BrokerEndpoints, BrokerSettings
-from ops.broker._sdk import APIError
 from ops.broker.errors import AccountMismatchError, BrokerApiError, BrokerUnavailable
 from ops.broker.marketdata import parse_timeframe
 from ops.broker.orders import build_order_request, build_replace_request
-from ops.broker.transport import TokenBucket, is_rate_limited, is_transient, translate
+from ops.broker.transport import (
+    HttpStatusError,
+    TokenBucket,
+    is_rate_limited,
+    is_transient,
+    translate,
+)
 from ops.errors import AUTH_HINTS
 from ops.models import OrderRequest, OrderType, Side
 
@@ -43,15 +48,6 @@ def test_token_bucket_bursts_then_paces_within_the_window() -> None:
     assert 195 <= taken <= 200
 
 
-def _api_error(status: int, body: str) -> APIError:
-    import requests
-
-    resp = requests.Response()
-    resp.status_code = status
-    resp._content = body.encode()
-    return APIError(body, requests.HTTPError(response=resp))  # type: ignore[no-untyped-call]
-
-
 @pytest.mark.parametrize(
     ("status", "body", "code", "reason"),
     [(422, '{"code":40010001,"message":"client_order_id must be unique"}', 40010001,
@@ -71,7 +67,7 @@ def _api_error(status: int, body: str) -> APIError:
 )
 def test_api_errors_are_read_defensively(status: int, body: str, code: int | None,
                                          reason: str) -> None:
-    err = translate(_api_error(status, body), "submit order c1", 1.0)
+    err = translate(HttpStatusError(status, body), "submit order c1", 1.0)
     assert isinstance(err, BrokerApiError)
     assert (err.http_status, err.code, err.reason) == (status, code, reason)
     assert str(err).startswith("submit order c1: ")
@@ -97,10 +93,22 @@ def test_account_mismatch_message_names_account_and_numbers() -> None:
 def test_order_request_building() -> None:
     req = OrderRequest("AAPL", Side.BUY, "c-1", qty=Decimal("2"), order_type=OrderType.LIMIT,
                        limit_price=Decimal("190.5"), position_intent="buy_to_open")
-    fields = build_order_request(req).to_request_fields()
-    assert fields == {"symbol": "AAPL", "qty": 2.0, "side": "buy", "type": "limit",
-                      "time_in_force": "day", "client_order_id": "c-1", "limit_price": 190.5,
-                      "position_intent": "buy_to_open"}
+    # Decimal strings as Alpaca documents them: exact, no float rounding.
+    assert build_order_request(req) == {
+        "symbol": "AAPL", "qty": "2", "side": "buy", "type": "limit", "time_in_force": "day",
+        "client_order_id": "c-1", "limit_price": "190.5", "position_intent": "buy_to_open"}
+    tiny = OrderRequest("AAPL", Side.SELL, "c-2", notional=Decimal("1E+2"),
+                        order_type=OrderType.STOP, stop_price=Decimal("0.1000001"))
+    assert build_order_request(tiny) == {
+        "symbol": "AAPL", "notional": "100", "side": "sell", "type": "stop",
+        "time_in_force": "day", "client_order_id": "c-2", "stop_price": "0.1000001"}
+    # A price the order type does not take is refused, not silently dropped.
+    with pytest.raises(ValueError, match="limit_price = 5: not taken by market orders"):
+        build_order_request(OrderRequest("AAPL", Side.BUY, "c", qty=Decimal(1),
+                                         limit_price=Decimal(5)))
+    with pytest.raises(ValueError, match="'trailing_stop' is not supported"):
+        build_order_request(OrderRequest("AAPL", Side.BUY, "c", qty=Decimal(1),
+                                         order_type=OrderType.TRAILING_STOP))
     with pytest.raises(ValueError, match="position_intent = 'sideways'"):
         build_order_request(OrderRequest("AAPL", Side.BUY, "c", qty=Decimal(1),
                                          position_intent="sideways"))
@@ -109,8 +117,11 @@ def test_order_request_building() -> None:
 
 
 def test_replace_request_building() -> None:
-    assert build_replace_request(Decimal(3), None, None, None, None).to_request_fields() == {
-        "qty": 3}
+    assert build_replace_request(Decimal(3), None, None, None, None) == {"qty": "3"}
+    assert build_replace_request(None, Decimal("1.50"), None, "gtc", "c-9") == {
+        "limit_price": "1.50", "time_in_force": "gtc", "client_order_id": "c-9"}
+    with pytest.raises(ValueError, match="time_in_force = 'week'"):
+        build_replace_request(None, Decimal(1), None, "week", None)
     with pytest.raises(ValueError, match="whole number"):
         build_replace_request(Decimal("1.5"), None, None, None, None)
     with pytest.raises(ValueError, match="at least one"):
@@ -118,10 +129,12 @@ def test_replace_request_building() -> None:
 
 
 def test_timeframes() -> None:
-    assert parse_timeframe("5Min").value == "5Min"
-    assert parse_timeframe("1Day").value == "1Day"
-    with pytest.raises(ValueError, match="'5 min'"):
-        parse_timeframe("5 min")
+    assert parse_timeframe("5Min") == "5Min"
+    assert parse_timeframe("1Day") == "1Day"
+    assert parse_timeframe("06Month") == "6Month"
+    for bad in ("5 min", "60Min", "2Day", "0Hour", "4Month"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_timeframe(bad)
 
 
 async def test_token_bucket_acquire_waits_when_empty() -> None:
