@@ -5,7 +5,8 @@ with a deadline" (the suite's rule: never a bare sleep where a condition can be 
 are the suite's one poll helper; a folder may wrap them to add what it knows (a stack's
 state, a process that must stay alive), not write its own loop. Both:
 - call `pred()` until it returns something truthy and return that value (so a poll can
-  hand back what it found: a row, a pid, a page);
+  hand back what it found: a row, a pid, a page; typed without `None`, so a predicate
+  `lambda: row if ready(row := read()) else None` returns the row);
 - on timeout raise AssertionError naming `what` and the last value seen (or what
   `explain()` says about the state, when given);
 - let an exception from `pred` propagate: a predicate that may fail while the system comes
@@ -40,13 +41,13 @@ def _timed_out(what: str, timeout_s: float, last: object,
 
 
 @overload
-async def eventually(pred: Callable[[], Awaitable[T]], what: str, timeout_s: float = ...,
+async def eventually(pred: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = ...,
                      interval_s: float = ...,
                      explain: Callable[[], object] | None = ...) -> T: ...
 
 
 @overload
-async def eventually(pred: Callable[[], T], what: str, timeout_s: float = ...,
+async def eventually(pred: Callable[[], T | None], what: str, timeout_s: float = ...,
                      interval_s: float = ...,
                      explain: Callable[[], object] | None = ...) -> T: ...
 
@@ -68,7 +69,7 @@ async def eventually(pred: Callable[[], object], what: str, timeout_s: float = 2
         await asyncio.sleep(interval_s)
 
 
-def eventually_sync(pred: Callable[[], T], what: str, timeout_s: float = 60.0,
+def eventually_sync(pred: Callable[[], T | None], what: str, timeout_s: float = 60.0,
                     interval_s: float = 0.02,
                     explain: Callable[[], object] | None = None) -> T:
     """The blocking form of `eventually`, for tests that drive subprocesses."""

@@ -42,6 +42,7 @@ from ops.supervisor import (
     write_config,
 )
 from tests.store.factories import account_info, position, trade_update
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -115,10 +116,9 @@ def test_status_through_supervisord(stack_home: Path, pg_url: str, config: Confi
         assert {m.expected.process for m in missing} == {e.process for e in expected}
         async with await Store.open(env, process="test") as store:
             # Wait for supervisord to call them RUNNING (startsecs), then report like roles.
-            deadline = asyncio.get_running_loop().time() + 30
-            while any(p.state != "RUNNING" for p in client.processes()):
-                assert asyncio.get_running_loop().time() < deadline, client.processes()
-                await asyncio.sleep(0.2)
+            await eventually(lambda: all(p.state == "RUNNING" for p in client.processes()),
+                             "every program RUNNING", 30, 0.2,
+                             explain=client.processes)
             await _report_all(store, client, config)
             assert await wait_healthy(env, config, expected, since, timeout_s=10) == []
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from ops.alerts import (
     safe_url,
 )
 from ops.retry import Backoff
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 FAST = Backoff(initial_s=0.05, max_s=0.2, max_attempts=0, deadline_s=30.0, jitter=False)
 
@@ -101,19 +101,6 @@ def alert(event: str = "opened", key: str = "watchdog:large-dispatcher", **kw: A
     return Alert(**fields)
 
 
-async def until(what: str, check: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if asyncio.iscoroutine(got):
-            got = await got
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s}s")
-        await asyncio.sleep(0.02)
-
-
 async def running(worker: AlertWorker) -> asyncio.Task[None]:
     return asyncio.create_task(worker.run())
 
@@ -131,7 +118,7 @@ async def test_delivers_slack_compatible_json_to_a_real_receiver(
     task = await running(worker)
     try:
         assert await outbox.enqueue(alert(), [sink.name]) == 1
-        await until("delivery", lambda: receiver.bodies)
+        await eventually(lambda: receiver.bodies, "delivery", timeout_s=10)
     finally:
         await stop(worker, task)
     body = receiver.bodies[0]
@@ -155,13 +142,15 @@ async def test_receiver_down_is_retried_then_delivered_and_failures_are_visible(
         await outbox.enqueue(alert(), [sink.name])
         # enqueue is a local write: it returns at once whatever the sink does.
         assert time.monotonic() - t0 < 1.0
-        await until("three failed attempts", lambda: worker.stats.failed.get(sink.name, 0) >= 3)
+        await eventually(lambda: worker.stats.failed.get(sink.name, 0) >= 3,
+                         "three failed attempts", timeout_s=10)
         status = await outbox.status()
         assert status.pending == 1 and status.last_error is not None
         assert "ClientConnectorError" in status.last_error or "Connect" in status.last_error
         await down.start()
         try:
-            await until("delivery after the receiver came back", lambda: down.bodies)
+            await eventually(lambda: down.bodies, "delivery after the receiver came back",
+                             timeout_s=10)
         finally:
             await down.stop()
     finally:
@@ -183,9 +172,9 @@ async def test_a_hanging_sink_never_blocks_another_sink(
         task = await running(worker)
         try:
             await outbox.enqueue(alert(), [slow.name, good.name])
-            await until("the good sink got it", lambda: receiver.bodies, timeout_s=5)
-            await until("the hanging sink timed out",
-                        lambda: worker.stats.failed.get(slow.name, 0) >= 1, timeout_s=5)
+            await eventually(lambda: receiver.bodies, "the good sink got it", timeout_s=5)
+            await eventually(lambda: worker.stats.failed.get(slow.name, 0) >= 1,
+                             "the hanging sink timed out", timeout_s=5)
             assert "TimeoutError" in worker.stats.last_error[slow.name]
         finally:
             await stop(worker, task)
@@ -256,7 +245,7 @@ async def test_gives_up_after_the_retry_deadline_and_keeps_the_row(
     task = await running(worker)
     try:
         await outbox.enqueue(alert(), [sink.name])
-        await until("given up", lambda: worker.stats.dead.get(sink.name))
+        await eventually(lambda: worker.stats.dead.get(sink.name), "given up", timeout_s=10)
     finally:
         await stop(worker, task)
     status = await outbox.status()
@@ -296,11 +285,11 @@ async def test_deadman_pings_only_while_healthy(receiver: Receiver) -> None:
     pinger = DeadmanPinger(url, interval_s=0.1, healthy=lambda: healthy[0], timeout_s=1)
     task = asyncio.create_task(pinger.run())
     try:
-        await until("pings", lambda: receiver.gets >= 2)
+        await eventually(lambda: receiver.gets >= 2, "pings", timeout_s=10)
         healthy[0] = False
-        await until("a skipped ping", lambda: pinger.skipped >= 2)
+        await eventually(lambda: pinger.skipped >= 2, "a skipped ping", timeout_s=10)
         before = receiver.gets
-        await until("more skipped pings", lambda: pinger.skipped >= 4)
+        await eventually(lambda: pinger.skipped >= 4, "more skipped pings", timeout_s=10)
         assert receiver.gets == before
     finally:
         pinger.request_stop()
@@ -312,7 +301,7 @@ async def test_deadman_failures_are_counted() -> None:
     pinger = DeadmanPinger(url, interval_s=0.05, healthy=lambda: True, timeout_s=1)
     task = asyncio.create_task(pinger.run())
     try:
-        await until("failures", lambda: pinger.failures >= 2)
+        await eventually(lambda: pinger.failures >= 2, "failures", timeout_s=10)
     finally:
         pinger.request_stop()
         await asyncio.wait_for(task, 5)

@@ -31,7 +31,7 @@ import pytest
 from ops.env import RuntimeEnv
 from ops.store import embedded
 from ops.store.postgres import connect
-from tests.support import free_port
+from tests.support import eventually_sync, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,17 +60,10 @@ class Stack:
 
     def poll(self, what: str, check: Any, timeout_s: float, interval_s: float = 0.5,
              explain: Callable[[], str] | None = None) -> Any:
-        """Call `check()` until it returns something truthy; fail naming `what` (and what
+        """`eventually_sync` at a stack's pace (a check runs `ops` or queries Postgres):
+        the truthy value of `check()`; on timeout, fails naming `what` (and what
         `explain()` says about the last state)."""
-        deadline = time.monotonic() + timeout_s
-        last = check()
-        while not last:
-            if time.monotonic() > deadline:
-                seen = explain() if explain is not None else repr(last)
-                pytest.fail(f"{what}: not within {timeout_s:g}s (last: {seen})")
-            time.sleep(interval_s)
-            last = check()
-        return last
+        return eventually_sync(check, what, timeout_s, interval_s, explain)
 
 
 def counter(stack: Stack, account: str, role: str, name: str) -> int:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.e2e.conftest import ROOT, make_home, tear_down
+from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -21,18 +21,19 @@ def test_foreground_supervisord_is_the_up_process() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "ops", "up", "--demo", "--foreground"],
                             stdout=log, stderr=subprocess.STDOUT, env=environ, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 90
         js: dict[str, object] = {}
-        while time.monotonic() < deadline:
+
+        def healthy() -> bool:
+            nonlocal js
             assert proc.poll() is None, (home / "foreground.out").read_text()
             out = subprocess.run([sys.executable, "-m", "ops", "status", "--json"],
                                  capture_output=True, text=True, env=environ, timeout=60,
                                  cwd=ROOT)
             assert out.stdout, out.stderr
             js = json.loads(out.stdout)
-            if out.returncode == 0:
-                break
-            time.sleep(1)
+            return out.returncode == 0
+
+        eventually_sync(healthy, "ops status healthy", 90, 1, explain=lambda: js)
         assert js.get("status") == "healthy", js
         supervisor = js["supervisor"]
         assert isinstance(supervisor, dict) and supervisor["pid"] == proc.pid  # exec'd

@@ -36,10 +36,13 @@ from ops.env import RuntimeEnv
 from ops.stack import write_demo_secrets
 from ops.store.embedded import EmbeddedPostgres
 from tests.e2e.conftest import ROOT, make_home, webhook
+from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 ACCOUNTS = ("large", "tiny")
+#: Between checks: most run a health probe (a process) or query Postgres.
+POLL_S = 0.2
 ACCOUNT_ROLES = ("stream", "dispatcher", "position-manager")
 
 
@@ -128,17 +131,6 @@ class Fleet:
                 c.proc.wait(10)
 
 
-def poll(what: str, check: Any, timeout_s: float, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        last = check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s:g}s (last: {last!r})")
-        time.sleep(interval_s)
-
-
 def sim_orders(port: int, account: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/state", timeout=10) as resp:
         state = json.loads(resp.read())
@@ -172,7 +164,7 @@ def fleet() -> Iterator[tuple[Fleet, list[dict[str, Any]]]]:
                  str(root / "demo.json"), "--secrets", str(root / "secrets.json")],
                 env=environ, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
-            poll("the simulator answers", lambda: _answers(port), 30)
+            eventually_sync(lambda: _answers(port), "the simulator answers", 30, POLL_S)
             f = Fleet(root, env.config_path, environ, port)
             for account in ACCOUNTS:
                 for role in ACCOUNT_ROLES:
@@ -206,15 +198,17 @@ def test_hung_role_fails_its_probe_and_the_monitor_alerts_then_a_standby_takes_o
         fleet: tuple[Fleet, list[dict[str, Any]]]) -> None:
     f, received = fleet
     for c in f.containers:
-        poll(f"{c.name} healthy and active",
-             lambda c=c: f.health(c, ready=True).returncode == 0, timeout_s=90)
+        def serving(c: Container = c) -> bool:
+            return f.health(c, ready=True).returncode == 0
+
+        eventually_sync(serving, f"{c.name} healthy and active", 90, POLL_S)
 
     # -- a hung role -----------------------------------------------------------------------
     victim = next(c for c in f.containers if c.name == "large-position-manager")
     f.signal(victim, signal.SIGSTOP)
     stopped = time.monotonic()
-    out = poll("the hung role's health check fails",
-               lambda: (r := f.health(victim)).returncode != 0 and r, timeout_s=10)
+    out = eventually_sync(lambda: r if (r := f.health(victim)).returncode != 0 else None,
+                          "the hung role's health check fails", 10, POLL_S)
     assert out.returncode == 1 and "large-position-manager" in out.stdout, out
     print(f"\nprobe failed {time.monotonic() - stopped:.1f}s after SIGSTOP: "
           f"{out.stdout.strip()}")
@@ -222,42 +216,43 @@ def test_hung_role_fails_its_probe_and_the_monitor_alerts_then_a_standby_takes_o
     def open_incident() -> list[Any]:
         return f.query("SELECT kind, detail FROM incidents "
                        "WHERE process = 'large-position-manager' AND closed_at IS NULL")
-    [inc] = poll("the monitor's incident for the hung role", open_incident, timeout_s=30)
-    poll("the alert delivered to the webhook",
-         lambda: [b for b in received if "large-position-manager" in json.dumps(b)],
-         timeout_s=60)
+    [inc] = eventually_sync(open_incident, "the monitor's incident for the hung role", 30,
+                            POLL_S)
+    eventually_sync(lambda: [b for b in received if "large-position-manager" in json.dumps(b)],
+                    "the alert delivered to the webhook", 60, POLL_S)
     print(f"incident {inc['kind']}: {inc['detail']}")
 
     f.signal(victim, signal.SIGCONT)
-    poll("healthy again", lambda: f.health(victim).returncode == 0, timeout_s=30)
-    poll("the incident closed", lambda: not open_incident(), timeout_s=90)
+    eventually_sync(lambda: f.health(victim).returncode == 0, "healthy again", 30, POLL_S)
+    eventually_sync(lambda: not open_incident(), "the incident closed", 90, POLL_S)
 
     # -- a standby takes over --------------------------------------------------------------
     active = next(c for c in f.containers if c.name == "tiny-dispatcher")
     standby = f.start("dispatcher", "tiny", copy=1)
-    poll("the standby alive (liveness ok)", lambda: f.health(standby).returncode == 0, 60)
+    eventually_sync(lambda: f.health(standby).returncode == 0,
+                    "the standby alive (liveness ok)", 60, POLL_S)
     assert f.health(standby, ready=True).returncode != 0  # waits on the lock: not ready
     f.signal(active, signal.SIGKILL)
     killed = time.monotonic()
-    poll("the standby holds the lock", lambda: f.health(standby, ready=True).returncode == 0,
-         timeout_s=10, interval_s=0.05)
+    eventually_sync(lambda: f.health(standby, ready=True).returncode == 0,
+                    "the standby holds the lock", 10, 0.05)
     took = time.monotonic() - killed
     print(f"hand-over {took:.2f}s after SIGKILL")
     assert took <= 2.0, took
     pid = f.query("SELECT pid FROM heartbeats WHERE process = 'tiny-dispatcher'")
-    poll("the heartbeat row is the standby's",
-         lambda: f.query("SELECT pid FROM heartbeats WHERE process = 'tiny-dispatcher'")
-         [0]["pid"] == standby.proc.pid, timeout_s=10)
+    eventually_sync(lambda: f.query("SELECT pid FROM heartbeats WHERE process = "
+                                    "'tiny-dispatcher'")[0]["pid"] == standby.proc.pid,
+                    "the heartbeat row is the standby's", 10, POLL_S)
     assert pid
 
     # It trades on: a new signal is dispatched by the standby; no signal became two orders.
     added = f.ops("signal", "add", "--account", "tiny", "--symbol", "SPY", "--side", "buy",
                   "--notional", "20", "--no-wait")
     assert added.returncode == 0, added.stdout + added.stderr
-    poll("a signal dispatched after the hand-over",
-         lambda: f.query("SELECT 1 FROM signals WHERE account = 'tiny' AND status = "
-                         "'submitted' AND decided_at > now() - interval '30 seconds'"),
-         timeout_s=30)
+    eventually_sync(lambda: f.query("SELECT 1 FROM signals WHERE account = 'tiny' AND status "
+                                    "= 'submitted' AND decided_at > now() - interval "
+                                    "'30 seconds'"),
+                    "a signal dispatched after the hand-over", 30, POLL_S)
     for account in ACCOUNTS:
         per_signal = Counter(o["client_order_id"] for o in sim_orders(f.port, account)
                              if o["client_order_id"].startswith(f"ops-{account}-sig-"))

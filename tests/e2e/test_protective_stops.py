@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -38,6 +37,7 @@ import pytest
 
 from ops.supervisor import SupervisorClient
 from tests.e2e.conftest import ROOT, Stack, after, make_home, tear_down, up_demo
+from tests.support import eventually_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -147,9 +147,10 @@ def kill_host(stack: Stack) -> list[int]:
             os.kill(p, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + 30
-    while True:
-        left = []
+    left: list[int] = []
+
+    def gone() -> bool:
+        left[:] = []
         for p in victims:
             try:
                 os.waitpid(p, os.WNOHANG)
@@ -157,11 +158,10 @@ def kill_host(stack: Stack) -> list[int]:
                 pass
             if Path(f"/proc/{p}").exists():
                 left.append(p)
-        if not left:
-            return victims
-        if time.monotonic() > deadline:
-            pytest.fail(f"the stack's processes did not go away: {left}")
-        time.sleep(0.1)
+        return not left
+
+    eventually_sync(gone, "the stack's processes gone", 30, 0.1, explain=lambda: left)
+    return victims
 
 
 def admin(port: int, path: str, body: dict[str, Any]) -> Any:
@@ -178,16 +178,21 @@ def bare_simulator(stack: Stack) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "ops", "sim", "--port", str(stack.sim_port), "--seed", "7",
          "--clock", "open", "--state", str(stack.env.home / "sim-state.json")],
         env=stack.environ, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
+
+    def answers() -> bool:
+        assert proc.poll() is None, f"the bare simulator exited {proc.returncode}"
         try:
             sim_state(stack.sim_port)
-            return proc
         except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("the bare simulator did not answer")
-            time.sleep(0.2)
+            return False
+        return True
+
+    try:
+        eventually_sync(answers, "the bare simulator to answer", 20, 0.2)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def test_a_dead_stack_leaves_every_managed_position_protected_and_restart_reconciles(

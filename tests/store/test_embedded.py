@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ops.env import RuntimeEnv, runtime_env
@@ -17,6 +16,7 @@ from ops.store.embedded import EmbeddedPostgres, run_as_user
 from ops.store.migrate import migrate
 from ops.store.postgres import connect, is_outage
 from tests.conftest import TEST_PG_OPTIONS
+from tests.support import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,11 +33,13 @@ async def _reachable(url: str) -> bool:
 
 
 def _wait_reachable(url: str, proc: subprocess.Popen[bytes], within_s: float = 30) -> None:
-    deadline = time.monotonic() + within_s
-    while not asyncio.run(_reachable(url)):
+    def reachable() -> bool:
+        if asyncio.run(_reachable(url)):
+            return True
         assert proc.poll() is None, f"postgres exited {proc.returncode}"
-        assert time.monotonic() < deadline, "foreground postgres never accepted connections"
-        time.sleep(0.05)
+        return False
+
+    eventually_sync(reachable, "foreground postgres to accept connections", within_s, 0.05)
 
 
 def test_foreground_command_is_supervisable(pg_home: Path) -> None:

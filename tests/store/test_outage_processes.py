@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.postgres import connect
+from tests.support import eventually_sync
 
 REPO = Path(__file__).resolve().parents[2]
 ENTITIES = 4
@@ -28,17 +28,20 @@ ENTITIES = 4
 pytestmark = pytest.mark.slow
 
 
-def wait_until(cond: Callable[[], bool], what: str, within_s: float = 60.0,
-               procs: dict[str, subprocess.Popen[str]] | None = None) -> None:
-    deadline = time.monotonic() + within_s
-    while not cond():
-        for name, proc in (procs or {}).items():
+def while_writing(procs: dict[str, subprocess.Popen[str]],
+                  cond: Callable[[], bool]) -> Callable[[], bool]:
+    """`cond` as a poll predicate that fails at once when a writer has exited (the
+    condition would then never come true)."""
+    def check() -> bool:
+        if cond():
+            return True
+        for name, proc in procs.items():
             if proc.poll() is not None:
-                raise AssertionError(f"writer {name} exited {proc.returncode} while waiting "
-                                     f"for {what}: {proc.stderr.read() if proc.stderr else ''}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
-        time.sleep(0.02)
+                raise AssertionError(f"writer {name} exited {proc.returncode}: "
+                                     f"{proc.stderr.read() if proc.stderr else ''}")
+        return False
+
+    return check
 
 
 def pending_rows(buffer: Path) -> int:
@@ -150,11 +153,12 @@ def test_outage_mid_stream_every_record_once_in_order(
     procs = start_writers(url, buffer, names, count, pace_ms="1")
     writers.append(procs)
 
-    wait_until(lambda: all(events_per_writer(url).get(n, 0) >= 150 for n in names),
-               "every writer to store 150 events directly", procs=procs)
+    eventually_sync(while_writing(procs, lambda: all(events_per_writer(url).get(n, 0) >= 150
+                                                     for n in names)),
+                    "every writer to store 150 events directly")
     pg_dedicated.stop(mode="fast")
-    wait_until(lambda: pending_rows(buffer) > 600, "600 buffered rows during the outage",
-               procs=procs)
+    eventually_sync(while_writing(procs, lambda: pending_rows(buffer) > 600),
+                    "600 buffered rows during the outage")
     assert all(p.poll() is None for p in procs.values()), "writers finished before restart"
     pg_dedicated.start()
 
@@ -175,11 +179,12 @@ def test_writer_killed_during_replay_still_exactly_once(
     procs = start_writers(url, buffer, names, count, pace_ms="0.5", drain_batch="25")
     writers.append(procs)
 
-    wait_until(lambda: all(events_per_writer(url).get(n, 0) >= 100 for n in names),
-               "every writer to store 100 events directly", procs=procs)
+    eventually_sync(while_writing(procs, lambda: all(events_per_writer(url).get(n, 0) >= 100
+                                                     for n in names)),
+                    "every writer to store 100 events directly")
     pg_dedicated.stop(mode="fast")
-    wait_until(lambda: pending_rows(buffer) > 1500, "1500 buffered rows during the outage",
-               procs=procs)
+    eventually_sync(while_writing(procs, lambda: pending_rows(buffer) > 1500),
+                    "1500 buffered rows during the outage")
     before = sum(events_per_writer_when_up(pg_dedicated, url).values())
 
     pids = {p.pid: n for n, p in procs.items()}
@@ -195,7 +200,7 @@ def test_writer_killed_during_replay_still_exactly_once(
         victim.append(pids[holder])
         return True
 
-    wait_until(replay_in_progress_then_kill, "a writer to be replaying the buffer")
+    eventually_sync(replay_in_progress_then_kill, "a writer to be replaying the buffer")
     assert pending_rows(buffer) > 0, "replay finished before the kill"
     killed = victim[0]
     procs[killed].wait(timeout=30)

@@ -18,13 +18,14 @@ import shutil
 import signal
 import struct
 import subprocess
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.support import eventually
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -95,13 +96,15 @@ class Chromium:
         proc = await asyncio.to_thread(_launch, binary, profile)
         try:
             port_file = profile / "DevToolsActivePort"
-            deadline = time.monotonic() + within_s
-            while not (lines := await asyncio.to_thread(_lines, port_file))[1:]:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"chromium did not open its DevTools port (exit {proc.poll()}); "
-                        f"see {profile.parent / 'chromium.log'}")
-                await asyncio.sleep(0.05)
+            log = profile.parent / "chromium.log"
+
+            async def opened() -> list[str] | None:
+                lines = await asyncio.to_thread(_lines, port_file)
+                assert lines[1:] or proc.poll() is None, f"chromium exited; see {log}"
+                return lines if lines[1:] else None
+
+            lines = await eventually(opened, f"chromium's DevTools port (see {log})",
+                                     within_s, 0.05)
             port, path = lines[:2]
             http = aiohttp.ClientSession()
             ws = await http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0)

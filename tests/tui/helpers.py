@@ -16,6 +16,7 @@ from ops.config import Config
 from ops.env import RuntimeEnv
 from ops.store import Store
 from ops.supervisor import SupervisorClient
+from tests.support import eventually
 from tui.app import Dashboard
 from tui.data import DashboardData
 from tui.widgets.virtual_table import VirtualTable
@@ -23,11 +24,13 @@ from tui.widgets.virtual_table import VirtualTable
 
 async def until(pilot: Pilot[None], cond: Callable[[], bool], within_s: float = 15.0,
                 what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.02)
+    """`eventually` for a running app: each check after the pilot's pause (the screen
+    settled, its timers updated)."""
+    async def settled() -> bool:
+        await pilot.pause(0)
+        return cond()
+
+    await eventually(settled, what, within_s, 0.02)
 
 
 def cells(table: DataTable[Any] | VirtualTable[Any], row_key: str) -> dict[str, str]:

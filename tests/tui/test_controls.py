@@ -21,6 +21,7 @@ from ops.models import KillSwitch
 from ops.stack import start_supervisord, stop_supervisord
 from ops.store import Store
 from ops.supervisor import ACCOUNT_ROLES, StackSpec, SupervisorClient, program_name, write_config
+from tests.support import eventually
 from tests.tui.conftest import CONFIG
 from tests.tui.fixtures import beat, ran, write_fixture
 from tests.tui.helpers import cells, until
@@ -55,11 +56,10 @@ def supervised(pg_url: str, config: Config) -> Iterator[RuntimeEnv]:
 
 
 async def _all_running(client: SupervisorClient) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while any(p.state != "RUNNING" for p in await asyncio.to_thread(client.processes)):
-        assert loop.time() < deadline
-        await asyncio.sleep(0.1)
+    async def running() -> bool:
+        return all(p.state == "RUNNING" for p in await asyncio.to_thread(client.processes))
+
+    await eventually(running, "every program RUNNING", 30, 0.1)
 
 
 async def _report_all_but(store: Store, skip: str, at: datetime) -> None:
@@ -122,14 +122,12 @@ async def test_stalled_row_and_guarded_controls(supervised: RuntimeEnv, config: 
             await pilot.press("r")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
             await pilot.press("y")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 20
-            while True:
+
+            async def restarted() -> bool:
                 info = await asyncio.to_thread(client.process, "large:large-stream")
-                if info.state == "RUNNING" and info.pid != pid:
-                    break
-                assert loop.time() < deadline, info
-                await asyncio.sleep(0.1)
+                return info.state == "RUNNING" and info.pid != pid
+
+            await eventually(restarted, "large-stream running again with a new pid", 20, 0.1)
 
             # Pause the highlighted row's account: picks the mode (halt is highlighted),
             # asks, then writes the kill switch.
@@ -139,10 +137,11 @@ async def test_stalled_row_and_guarded_controls(supervised: RuntimeEnv, config: 
             await pilot.press("enter")
             await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirm")
             await pilot.press("y")
-            deadline = loop.time() + 10
-            while await read_kill_switch(store, "large") != KillSwitch.HALT:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.05)
+
+            async def halted() -> bool:
+                return await read_kill_switch(store, "large") == KillSwitch.HALT
+
+            await eventually(halted, "the kill switch written as halt", 10)
             ctl = {c.key: c for c in (await store.controls("large")).rows}["kill_switch"]
             assert ctl.value == {"mode": "halt"} and ctl.updated_by.startswith("dash:")
             accounts = app.query_one(AccountsTable)
@@ -160,11 +159,12 @@ async def test_stalled_row_and_guarded_controls(supervised: RuntimeEnv, config: 
             table.focus()
             table.move_cursor(row=table.get_row_index("large-dispatcher"))
             await pilot.press("n")
-            deadline = loop.time() + 10
-            while "run_now:dispatcher" not in {c.key for c in
-                                               (await store.controls("large")).rows}:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.05)
+
+            async def asked() -> bool:
+                return "run_now:dispatcher" in {c.key for c in
+                                                (await store.controls("large")).rows}
+
+            await eventually(asked, "the run_now:dispatcher control row", 10)
 
             # The log tail opens on the selected process and closes with Escape.
             await pilot.press("l")

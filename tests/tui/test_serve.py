@@ -6,6 +6,9 @@ and no session outliving its tab or its server.
   tab, killing the browser and SIGTERM to the server each end their session's process;
 - without a browser: the page's WebSocket alone (as its JavaScript opens it) shows the
   fixture's figures, and a SIGKILLed server's session exits by itself;
+- secrets within the served processes' reach (the database URL's password, in their
+  environment; the broker keys in the home's credentials file) never reach the page, the
+  screen or the server's log;
 - a session app that ignores quit and SIGTERM (and has a child doing the same) is killed,
   group and all, after the graces: when its socket closes, when its peer goes silent
   (no pong to the heartbeat), and when SIGHUP stops the server.
@@ -19,21 +22,26 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
 from textual.binding import Binding
 
+from ops.config import Config
+from ops.credentials import write_secrets_file
 from ops.env import RuntimeEnv
 from ops.store import Store
-from tests.support import eventually_sync, free_port
+from tests.support import eventually, eventually_sync, free_port
 from tests.tui.cdp import (
     Chromium,
     Page,
@@ -89,6 +97,10 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _environ(pid: int) -> str:
+    return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+
+
 def _sessions(server: subprocess.Popen[bytes]) -> set[int]:
     """The server's live `ops dash` children (one per browser tab)."""
     return {p for p in _children(server.pid)
@@ -110,16 +122,43 @@ def _kill_all(server: subprocess.Popen[bytes], sessions: set[int]) -> None:
     server.wait()
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running `ops dash --serve` over the dashboard fixture."""
+
+    server: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    seen: set[int]  # the session pids a test saw: all killed at the end, whatever happened
+    db_password: str  # in OPS_DATABASE_URL: every session connects with it
+    secrets: tuple[str, ...]  # every secret value within reach, db_password included
+
+    def assert_no_secret_in(self, where: str, text: str) -> None:
+        shown = [s for s in self.secrets if s in text]
+        assert not shown, f"a secret value reached {where}"
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{password}@{host}"))
+
+
 @pytest.fixture
-def served(ops_env: RuntimeEnv, tmp_path: Path) -> Iterator[tuple[
-        subprocess.Popen[bytes], int, Path, set[int]]]:
-    """`ops dash --serve` over the dashboard fixture: (process, port, its log, the session
-    pids a test saw: all killed at the end, whatever happened)."""
+def served(ops_env: RuntimeEnv, config: Config, tmp_path: Path) -> Iterator[Served]:
+    """`ops dash --serve` over the dashboard fixture, with real secret values where it can
+    reach them: a password in its database URL (the test cluster trusts local sockets, so
+    any password connects) and broker keys in the home's credentials file."""
     async def write() -> None:
         async with await Store.open(ops_env, process="fixture") as store:
             await write_fixture(store, datetime.now(UTC))
 
     asyncio.run(write())
+    db_password = "pw-" + secrets.token_hex(12)
+    keys = {account.secret_id: {"api_key": "PK" + secrets.token_hex(9).upper(),
+                                "api_secret": secrets.token_urlsafe(30), "account_name": name}
+            for name, account in config.enabled_accounts().items()}
+    write_secrets_file(config.credentials.resolved_file_path(ops_env), keys)
     port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as stream:
@@ -127,15 +166,16 @@ def served(ops_env: RuntimeEnv, tmp_path: Path) -> Iterator[tuple[
             [sys.executable, "-m", "ops", "dash", "--serve", "--port", str(port)], cwd=ROOT,
             stdin=subprocess.DEVNULL, stdout=stream, stderr=subprocess.STDOUT,
             env={**os.environ, "OPS_HOME": str(ops_env.home), "OPS_CONFIG": str(CONFIG),
-                 "OPS_DATABASE_URL": str(ops_env.database_url)})
-    seen: set[int] = set()
+                 "OPS_DATABASE_URL": _with_password(str(ops_env.database_url), db_password)})
+    served = Served(server, port, log, set(), db_password, (
+        db_password, *(k[f] for k in keys.values() for f in ("api_key", "api_secret"))))
     try:
         eventually_sync(lambda: _listening(port) or server.poll() is not None,
-                   "ops dash --serve listening", timeout_s=60)
+                        "ops dash --serve listening", timeout_s=60)
         assert server.poll() is None, log.read_text()
-        yield server, port, log, seen
+        yield served
     finally:
-        _kill_all(server, seen)
+        _kill_all(server, served.seen)
 
 
 def _tail(log: Path) -> str:
@@ -152,19 +192,15 @@ def _listening(port: int) -> bool:
 def _one_new_session(server: subprocess.Popen[bytes], seen: set[int], log: Path) -> int:
     """Wait for the session a new tab started; return its pid (remembered in `seen`)."""
     eventually_sync(lambda: bool(_sessions(server) - seen), "the tab's ops dash process",
-               timeout_s=30)
+                    timeout_s=30)
     (pid,) = _sessions(server) - seen
     seen.add(pid)
     return pid
 
 
 async def _gone(pid: int, what: str, log: Path) -> None:
-    deadline = time.monotonic() + GONE_WITHIN_S
-    while _alive(pid):
-        assert time.monotonic() < deadline, (
-            f"session {pid} still running {GONE_WITHIN_S:g}s after {what}; "
-            f"server log:\n{_tail(log)}")
-        await asyncio.sleep(0.05)
+    await eventually(lambda: not _alive(pid), f"session {pid} to end after {what}",
+                     GONE_WITHIN_S, explain=lambda: f"server log:\n{_tail(log)}")
 
 
 # -- the browser -----------------------------------------------------------------------
@@ -212,41 +248,37 @@ async def _screen(page: Page, since: int = 0) -> str:
 
 
 async def _until(page: Page, what: str, predicate: str, within_s: float = 60) -> None:
-    deadline = time.monotonic() + within_s
-    while not await page.evaluate(predicate):
-        assert time.monotonic() < deadline, f"{what}: never true in the page ({predicate})"
-        await asyncio.sleep(0.1)
+    await eventually(lambda: page.evaluate(predicate), f"{what} ({predicate})", within_s, 0.1)
 
 
 async def _showing(page: Page, wanted: tuple[str, ...], since: int = 0,
                    within_s: float = 60) -> str:
-    deadline = time.monotonic() + within_s
-    while True:
+    """The screen's text once every `wanted` string is on it."""
+    screen = ""
+
+    async def shown() -> str | None:
+        nonlocal screen
         screen = await _screen(page, since)
-        missing = [w for w in wanted if w not in screen]
-        if not missing:
-            return screen
-        assert time.monotonic() < deadline, f"{missing} never shown: {screen[-2000:]!r}"
-        await asyncio.sleep(0.1)
+        return screen if all(w in screen for w in wanted) else None
+
+    return await eventually(shown, f"{wanted} shown", within_s, 0.1,
+                            explain=lambda: repr(screen[-2000:]))
 
 
 async def _screenshot_until(page: Page, path: Path, what: str,
                             good: Callable[[list[bytes]], bool],
                             within_s: float = 30) -> list[bytes]:
     """Screenshots until `good(rows)` holds (the terminal fades in, redraws come later)."""
-    deadline = time.monotonic() + within_s
-    while True:
+    async def shot() -> list[bytes] | None:
         _, _, rows = png_rgba(await page.screenshot(path))
-        if good(rows):
-            return rows
-        assert time.monotonic() < deadline, f"{what}: not in the screenshot {path}"
-        await asyncio.sleep(0.2)
+        return rows if good(rows) else None
+
+    return await eventually(shot, f"{what} in the screenshot {path}", within_s, 0.2)
 
 
 def test_browser_session_shows_the_dashboard_and_ends_with_its_tab(
-        chromium: str, served: tuple[subprocess.Popen[bytes], int, Path, set[int]],
-        tmp_path: Path) -> None:
-    server, port, log, seen = served
+        chromium: str, served: Served, tmp_path: Path) -> None:
+    server, port, log, seen = served.server, served.port, served.log, served.seen
     from tui.app import Dashboard
 
     # Descriptions only the help lists (keys hidden from the footer).
@@ -285,14 +317,16 @@ def test_browser_session_shows_the_dashboard_and_ends_with_its_tab(
             await page.type_key("?", "Slash", 191, shift=True)
             new = [d for d in hidden if d not in before]
             assert new, (hidden, before[-500:])
-            deadline = time.monotonic() + 20
-            after = ""
-            while not any(d in after for d in new):
-                assert time.monotonic() < deadline, f"no help ({new}) after '?': {after!r}"
-                await asyncio.sleep(0.1)
+
+            async def help_shown() -> bool:
                 after = await _screen(page, mark)
+                return any(d in after for d in new)
+
+            await eventually(help_shown, f"the help ({new}) after '?'", 20, 0.1)
             await _screenshot_until(page, tmp_path / "help.png", "the help over the dashboard",
                                     lambda rows: changed_fraction(shot, rows) > 0.2)
+
+            served.assert_no_secret_in("the screen", await _screen(page))
 
             # The tab closes: its process ends, nothing else is left.
             await page.close()
@@ -320,6 +354,7 @@ def test_browser_session_shows_the_dashboard_and_ends_with_its_tab(
     assert server.wait(timeout=20) == 0, log.read_text()[-3000:]
     assert not any(_alive(pid) for pid in seen)
     assert "serving on http://127.0.0.1" in log.read_text()
+    served.assert_no_secret_in("the server's log", log.read_text())
 
 
 # -- without a browser -----------------------------------------------------------------
@@ -355,8 +390,8 @@ async def _tab(port: int, wanted: tuple[str, ...], within_s: float) -> tuple[
 
 
 def test_serve_page_and_socket_show_the_dashboard_and_outlive_no_server(
-        served: tuple[subprocess.Popen[bytes], int, Path, set[int]]) -> None:
-    server, port, log, seen = served
+        served: Served) -> None:
+    server, port, log, seen = served.server, served.port, served.log, served.seen
 
     async def scenario() -> tuple[str, str, int]:
         async with aiohttp.ClientSession() as http:
@@ -366,6 +401,8 @@ def test_serve_page_and_socket_show_the_dashboard_and_outlive_no_server(
         screen, http, ws = await _tab(port, WANTED_WIDE, within_s=60)
         try:
             session = _one_new_session(server, seen, log)
+            # The session has the database password in reach (and connected with it).
+            assert served.db_password in _environ(session)
             # The server dies without a chance to stop anything: its session notices
             # (its input ends) and exits by itself.
             server.kill()
@@ -379,7 +416,10 @@ def test_serve_page_and_socket_show_the_dashboard_and_outlive_no_server(
     assert "ops dash" in page and f"ws://127.0.0.1:{port}/ws" in page
     # The page names nothing outside this server (fonts, scripts, styles).
     assert re.findall(r"(?:https?|wss?)://(?!127\.0\.0\.1:)[^\"' )]+", page) == []
-    assert "api_secret" not in screen  # secrets never reach the browser
+    # Secrets never reach the browser or the log.
+    served.assert_no_secret_in("the page", page)
+    served.assert_no_secret_in("the screen", screen)
+    served.assert_no_secret_in("the server's log", log.read_text())
 
 
 #: A session app that is deaf to quit and SIGTERM, with a child that is deaf to SIGTERM:
@@ -415,7 +455,7 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
     seen: set[int] = set()
 
     def group(session: int) -> set[int]:
-        eventually_sync(lambda: bool(_children(session)), "the session's own child")
+        eventually_sync(lambda: _children(session), "the session's own child")
         return {session, *_children(session)}
 
     async def scenario() -> None:
@@ -448,7 +488,8 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
             await ws.close()
 
     try:
-        eventually_sync(lambda: _listening(port) or server.poll() is not None, "server listening")
+        eventually_sync(lambda: _listening(port) or server.poll() is not None,
+                        "server listening")
         asyncio.run(scenario())
         assert server.wait(timeout=20) == 0, log.read_text()
     finally:
@@ -458,5 +499,6 @@ def test_a_session_deaf_to_quit_and_sigterm_is_killed_with_its_group(
 
 def _wait_children(server: subprocess.Popen[bytes]) -> set[int]:
     """The server's live children, once it has one."""
-    eventually_sync(lambda: any(_alive(p) for p in _children(server.pid)), "the session's process")
+    eventually_sync(lambda: any(_alive(p) for p in _children(server.pid)),
+                    "the session's process")
     return {p for p in _children(server.pid) if _alive(p)}

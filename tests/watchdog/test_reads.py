@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from ops.alerts import Outbox
 from ops.config import load_config
 from ops.env import RuntimeEnv
@@ -44,23 +46,21 @@ async def test_latest_runs_agrees_with_the_store(ops_env: RuntimeEnv, ops_store:
         await outbox.close()
 
 
+@pytest.mark.integration
 def test_signal_stopped_reads_the_process_state() -> None:
     """A real child: running, then SIGSTOPped (state T), then gone."""
     import signal
     import subprocess
     import sys
-    import time
 
     from ops.roles.watchdog import signal_stopped
+    from tests.support import eventually_sync
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         assert not signal_stopped(child.pid)
         child.send_signal(signal.SIGSTOP)
-        deadline = time.monotonic() + 10
-        while not signal_stopped(child.pid):
-            assert time.monotonic() < deadline, "never seen stopped"
-            time.sleep(0.01)
+        eventually_sync(lambda: signal_stopped(child.pid), "the child seen stopped", 10, 0.01)
     finally:
         child.kill()
         child.wait()
