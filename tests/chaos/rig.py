@@ -55,6 +55,7 @@ from ops.config import Schedule
 from ops.demo import keys_by_account
 from ops.supervisor import ProcessInfo, SupervisorClient
 from tests.e2e.conftest import Stack
+from tests.support import eventually_sync
 
 ROLE_SUFFIXES = ("-stream", "-dispatcher", "-position-manager")
 SIG_CID = re.compile(r"^ops-([A-Za-z0-9_.-]+)-sig-(\d+)$")
@@ -325,15 +326,19 @@ class ChaosRig:
         limit = self.fill_check_s + SETTLE_MARGIN_S if timeout_s is None else timeout_s
         self.fault("set_clock", mode="closed")
         t0 = time.monotonic()
-        while True:
-            t = self.truth()
-            t.settle_s = time.monotonic() - t0
-            if t.held:
-                return t
-            if t.settle_s > limit:
-                self._keep_evidence(t)
-                return t
-            time.sleep(1)
+        last = Truth()
+
+        def holds() -> bool:
+            nonlocal last
+            last = self.truth()
+            last.settle_s = time.monotonic() - t0
+            return last.held
+
+        try:
+            eventually_sync(holds, "the invariants to hold", limit, 1)
+        except AssertionError:
+            self._keep_evidence(last)
+        return last
 
     def _keep_evidence(self, t: Truth) -> None:
         """The simulator's ledger and what was counted, into OPS_HOME (the simulator's
