@@ -34,13 +34,17 @@ import asyncio
 import itertools
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
 from ops.env import RuntimeEnv
+from ops.sim import Simulator
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.migrate import migrate
@@ -140,21 +144,151 @@ async def ops_store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
         await store.close()
 
 
+# --- Test tiers ------------------------------------------------------------------------
+# Every test gets exactly one of the markers `unit`, `integration`, `system` (pyproject
+# declares them; scripts/test.sh --unit / --fast select them):
+# - an explicit tier marker (module, class or function; the closest wins);
+# - else `system` for tests/e2e and tests/chaos (whole stacks);
+# - else `integration` for a test using a Postgres or simulator fixture;
+# - else `unit`.
+# The tiers are kept honest while tests run: a unit test that starts a process, connects
+# to Postgres or starts the simulator fails, and so does an integration test that starts
+# supervisord (`ops up`), each saying which tier to mark it.
+
+TIERS = ("unit", "integration", "system")
+SYSTEM_DIRS = ("e2e", "chaos")
+#: pg_url, ops_env, ops_store, ... all request pg_server.
+INTEGRATION_FIXTURES = frozenset({"pg_server", "pg_dedicated", "pg_home", "sim"})
+TIER = pytest.StashKey[str]()
+_VIOLATIONS = pytest.StashKey[list[str]]()
+_REPORTED = pytest.StashKey[int]()
+_TESTS = Path(__file__).resolve().parent
+
+
+def tier_of(item: pytest.Item) -> str:
+    for marker in item.iter_markers():
+        if marker.name in TIERS:
+            return marker.name
+    if item.path.resolve().relative_to(_TESTS).parts[0] in SYSTEM_DIRS:
+        return "system"
+    if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return "integration"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest files first, their declared timeout standing in for their length (a file
-    marked slow without one counts as the ini timeout): on the suite's xdist workers
-    (scripts/test.sh, --dist loadfile) a long file started last is the whole run's tail,
-    while short files fill the gaps at the end. Stable: the order within a file, and of
-    files of equal weight, is kept (no test may depend on it anyway)."""
+    """Give each test its tier marker (before `-m` selects on it), then order files
+    longest first, their declared timeout standing in for their length (a system file
+    without one counts as the ini timeout): on the suite's xdist workers (scripts/test.sh,
+    --dist loadfile) a long file started last is the whole run's tail, while short files
+    fill the gaps at the end. The sort is stable, so the shuffled order pytest-randomly
+    made within a file, and among files of equal weight, is kept."""
     default = float(config.getini("timeout") or 0)
+    for item in items:
+        item.stash[TIER] = tier_of(item)
+        item.add_marker(item.stash[TIER])
 
     def weight(item: pytest.Item) -> float:
         marker = item.get_closest_marker("timeout")
         if marker is not None and marker.args:
             return float(marker.args[0])
-        return default if item.get_closest_marker("slow") is not None else 0.0
+        return default if item.stash[TIER] == "system" else 0.0
 
     per_file: dict[Path, float] = {}
     for item in items:
         per_file[item.path] = max(per_file.get(item.path, 0.0), weight(item))
     items.sort(key=lambda item: -per_file[item.path])
+
+
+def _starts_a_stack(args: object) -> bool:
+    """Whether a command line is supervisord or `ops up` (a whole stack)."""
+    argv = [str(a) for a in args] if isinstance(args, list | tuple) else [str(args)]
+    return (any(Path(a).name.startswith("supervisord") or a == "supervisor.supervisord"
+                for a in argv)
+            or any(a == "ops" and b == "up" for a, b in itertools.pairwise(argv)))
+
+
+def _guard(item: pytest.Item, mp: pytest.MonkeyPatch) -> None:
+    """Patch process start, Postgres connect and simulator start to refuse what the
+    item's tier excludes; refusals are also recorded, in case the code swallows them."""
+    tier = item.stash.get(TIER, "unit")
+    if tier == "system":
+        return
+    violations = item.stash.setdefault(_VIOLATIONS, [])
+
+    def refuse(what: str, mark: str) -> NoReturn:
+        message = f"a {tier} test {what}: mark it {mark} (pytest.mark.{mark}, tests/conftest.py)"
+        violations.append(message)
+        pytest.fail(message, pytrace=False)
+
+    execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def checked_execute_child(self: subprocess.Popen[Any], args: object,
+                              *rest: Any, **kw: Any) -> None:
+        if tier == "unit":
+            refuse(f"starts a process ({args!r})", "integration")
+        if _starts_a_stack(args):
+            refuse(f"starts a stack ({args!r})", "system")
+        execute_child(self, args, *rest, **kw)
+
+    mp.setattr(subprocess.Popen, "_execute_child", checked_execute_child)
+    if tier != "unit":
+        return
+
+    def no_fork() -> int:
+        refuse("forks", "integration")
+
+    connect_ = socket.socket.connect
+
+    def checked_connect(self: socket.socket, address: Any) -> None:
+        if (self.family == socket.AF_UNIX and ".s.PGSQL." in str(address)
+                and os.path.exists(address)):
+            refuse(f"connects to Postgres ({address})", "integration")
+        connect_(self, address)
+
+    async def no_simulator(self: Simulator, *args: Any, **kw: Any) -> None:
+        refuse("starts the simulator (a server)", "integration")
+
+    mp.setattr(os, "fork", no_fork)
+    mp.setattr(socket.socket, "connect", checked_connect)
+    mp.setattr(Simulator, "start", no_simulator)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Setup, call and teardown of every test (its wider-scoped fixtures included) run
+    under its tier's guard."""
+    with pytest.MonkeyPatch.context() as mp:
+        _guard(item, mp)
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A phase that passed although the tier guard refused something in it (the code
+    under test caught the refusal) fails, with the guard's message."""
+    report: pytest.TestReport = yield
+    violations = item.stash.get(_VIOLATIONS, [])
+    seen = item.stash.get(_REPORTED, 0)
+    if len(violations) > seen:
+        item.stash[_REPORTED] = len(violations)
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = "\n".join(violations[seen:])
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    """The shuffle's seed, also under -q (the header that names it is not shown there)."""
+    seed = config.getoption("randomly_seed", None) if config.pluginmanager.hasplugin(
+        "randomly") else None
+    if seed is not None:
+        terminalreporter.write_line(
+            f"tests ran shuffled: reproduce the order with --randomly-seed={seed}"
+            " (-p no:randomly: file order)")

@@ -65,6 +65,7 @@ def _ops(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.integration
 def test_status_from_another_directory(tmp_path: Path) -> None:
     cwd, home = tmp_path / "elsewhere", tmp_path / "home"
     cwd.mkdir()
@@ -81,6 +82,7 @@ def test_status_from_another_directory(tmp_path: Path) -> None:
     assert list(cwd.iterdir()) == []  # nothing created where it ran
 
 
+@pytest.mark.integration
 def test_no_config_is_a_config_error_not_down(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     for command in (["status"], ["status", "--json"], ["up"], ["doctor"], ["gaps"],
@@ -176,6 +178,7 @@ def test_a_broken_identity_file_is_named(tmp_path: Path) -> None:
     assert f"{tmp_path / 'demo.json'}: not a demo identity file" in str(ei.value)
 
 
+@pytest.mark.integration
 def test_an_installed_ops_finds_its_default_config(tmp_path: Path) -> None:
     """setuptools' build of the package (what a wheel holds) carries the default config,
     and `ops` run from that build, elsewhere, uses it."""

@@ -93,12 +93,14 @@ def repo_copy(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- renderer
 
 
+@pytest.mark.integration
 def test_rendered_files_are_current() -> None:
     check = subprocess.run([sys.executable, str(DEPLOY / "render.py"), "--check"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.integration
 def test_check_names_changed_missing_and_extra_files(repo_copy: Path) -> None:
     assert render_in(repo_copy).returncode == 0
     assert render_in(repo_copy, "--check").returncode == 0
@@ -116,6 +118,7 @@ def test_check_names_changed_missing_and_extra_files(repo_copy: Path) -> None:
     assert not (repo_copy / "deploy/k8s/overlays/large/extra.yaml").exists()
 
 
+@pytest.mark.integration
 def test_an_account_is_one_config_block_and_a_render(repo_copy: Path) -> None:
     config = repo_copy / SPEC["config"]
     # The config's own commented example of a third account, uncommented.
@@ -137,6 +140,7 @@ def test_an_account_is_one_config_block_and_a_render(repo_copy: Path) -> None:
     assert "OPS_SECRET_OPS_PIPELINE_ALPACA_MEDIUM" in engine
 
 
+@pytest.mark.integration
 def test_a_bad_spec_is_refused_naming_field_and_value(repo_copy: Path) -> None:
     spec = repo_copy / "deploy/spec.toml"
     spec.write_text(spec.read_text().replace("period_s = 5", "period_s = 2"))

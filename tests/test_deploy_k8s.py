@@ -346,6 +346,7 @@ def identity(obj: Obj) -> tuple[str, str]:
     return obj["kind"], obj["metadata"]["name"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
 def test_kustomize_renders_exactly_the_files(directory: Path) -> None:
     """What kubectl applies is what the structural checks read, in the namespace."""

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ops.config import load_config
 from ops.demo import read_identity, served_accounts
 from ops.doctor import Check, run_checks
@@ -18,6 +20,8 @@ from ops.sim.accounts import SimAccountSpec, demo_accounts
 from ops.stack import write_demo_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Every test starts the simulator or an `ops` process.
+pytestmark = pytest.mark.integration
 
 
 def _config_for(port: int, tmp: Path, *, tiny_number: str | None = None) -> Path:

@@ -193,6 +193,7 @@ def _ops_health(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=ROOT, env=environ, timeout=30)
 
 
+@pytest.mark.integration
 def test_the_command_is_fast_and_loads_nothing_heavy(tmp_path: Path) -> None:
     write_health_file(health_path(tmp_path, "large-stream"), replace(BEAT, ts=time.time()))
     # What the command loads: main() in a fresh interpreter, then its sys.modules.
@@ -223,6 +224,7 @@ def test_the_command_is_fast_and_loads_nothing_heavy(tmp_path: Path) -> None:
     assert min(walls) < 1.0, walls
 
 
+@pytest.mark.integration
 def test_the_command_exit_codes(tmp_path: Path) -> None:
     none = _ops_health(tmp_path, "dispatcher", "--account", "large")
     assert none.returncode == EXIT_NO_FILE

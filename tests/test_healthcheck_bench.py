@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration  # `python -m bench` runs `ops health` processes
 
 
 def test_quick_health_bench_measures_wall_time_and_memory(tmp_path: Path) -> None:

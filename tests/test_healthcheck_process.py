@@ -36,7 +36,7 @@ from tests.roles.conftest import role_env as role_env  # noqa: F401  (fixture)
 from tests.roles.conftest import sim as sim  # noqa: F401  (fixture)
 from tests.support import eventually
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 STALE_S = 5.0  # tests/roles/conftest.py config: heartbeat_stale_s = 5, heartbeats 0.5 s
 

@@ -6,7 +6,11 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import ops
+
+pytestmark = pytest.mark.integration  # each check imports in a fresh interpreter
 
 
 def _ops_modules() -> list[str]:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from ops.config import EXIT_CONFIG, load_config
 from ops.env import RuntimeEnv
 from ops.models import Heartbeat
@@ -70,6 +72,7 @@ def test_postgres_down_reads_from_the_buffer(pg_dedicated: EmbeddedPostgres,
     assert out.stderr == ""  # the report says it; no log noise on stderr
 
 
+@pytest.mark.integration
 def test_bad_config_exits_with_the_config_code_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "ops.toml"
     bad.write_text("[accounts.large]\nsecret_id = 3\n")

@@ -45,7 +45,7 @@ from tests.store.factories import account_info, position, trade_update
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

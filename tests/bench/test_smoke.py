@@ -32,6 +32,7 @@ WITH_BASELINE = {
 }
 
 
+@pytest.mark.system
 def test_quick_run_measures_every_figure_with_its_baseline(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", ",".join(FAST),

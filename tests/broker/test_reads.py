@@ -199,6 +199,7 @@ async def test_errors_and_reprs_never_show_keys(sim: Simulator) -> None:
             assert secret not in t
 
 
+@pytest.mark.integration
 async def test_list_fills_follows_page_tokens() -> None:
     # fill_lot=1 and a manual market: one order of 130 fills in 130 executions.
     sim = Simulator(SimConfig(seed=7, clock="open", market_step_s=None, fill_lot=Decimal(1)))

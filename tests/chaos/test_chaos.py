@@ -28,7 +28,7 @@ import pytest
 
 from tests.chaos.rig import ChaosRig, assert_held
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 KILL_S = float(os.environ.get("OPS_CHAOS_KILL_S", "60"))
 PG_DOWN_S = float(os.environ.get("OPS_CHAOS_PG_DOWN_S", "60"))

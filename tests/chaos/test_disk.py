@@ -33,7 +33,7 @@ from tests.chaos.rig import ChaosRig, assert_held
 from tests.e2e.conftest import make_home, tear_down, up_demo
 from tests.store.disks import TmpfsDisk, free_bytes
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 BUFFER_MB = 64
 KIND = "buffer-unwritable"

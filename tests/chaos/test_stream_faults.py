@@ -72,7 +72,7 @@ CHAOS = f"duplicates {DUPLICATE:g} + reorder {REORDER:g}"
 
 # Per test: its fault window plus the stack's start, the settle deadline and slack.
 _LONGEST = max(MUTE_S, LONG_MUTE_S, DROP_FOR_S, STREAM_DOWN_S, REFUSE_S)
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(_LONGEST) + 600)]
+pytestmark = pytest.mark.timeout(int(_LONGEST) + 600)
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from ops.supervisor import SupervisorClient
 from tests.e2e.conftest import ROOT, Stack, make_home, tear_down, up_demo
 from tests.support import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 ACCOUNTS = ("large", "tiny")
 

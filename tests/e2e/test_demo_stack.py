@@ -21,7 +21,7 @@ import pytest
 from ops.demo import read_identity
 from tests.e2e.conftest import Stack
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 ACCOUNTS = ("large", "tiny")
 

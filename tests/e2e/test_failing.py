@@ -24,7 +24,7 @@ import pytest
 from tests.e2e.conftest import Stack, make_home, tear_down, up_demo
 from tests.watchdog.test_supervised import Receiver
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 REVOKED_S = float(os.environ.get("OPS_E2E_REVOKED_S", "90"))
 FAILING_BOUND_S = 30.0  # revoke -> failing + incident + alert (issue 13's "done when")

@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import ROOT, make_home, tear_down
 from tests.support import eventually_sync
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 
 def test_foreground_supervisord_is_the_up_process() -> None:

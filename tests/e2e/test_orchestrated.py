@@ -38,7 +38,7 @@ from ops.store.embedded import EmbeddedPostgres
 from tests.e2e.conftest import ROOT, make_home, webhook
 from tests.support import eventually_sync
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 ACCOUNTS = ("large", "tiny")
 #: Between checks: most run a health probe (a process) or query Postgres.

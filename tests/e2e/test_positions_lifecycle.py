@@ -43,7 +43,7 @@ from ops.store import embedded
 from ops.store.ownership import managed_quantities
 from tests.e2e.conftest import Stack, after, make_home, tear_down, up_demo
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 WIDE_EXITS = (("stop_loss_pct = 5 ", "stop_loss_pct = 15 "),
               ("take_profit_pct = 10", "take_profit_pct = 40"),

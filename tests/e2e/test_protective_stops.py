@@ -39,7 +39,7 @@ from ops.supervisor import SupervisorClient
 from tests.e2e.conftest import ROOT, Stack, after, make_home, tear_down, up_demo
 from tests.support import eventually_sync
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 TERMINAL = {"filled", "canceled", "expired", "rejected", "replaced"}
 ACCOUNTS = ("large", "tiny")

@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, make_home, tear_down, up_demo, webhook
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 DISPATCHER_S = 2.0  # conf/ops.toml [accounts.tiny.schedule] dispatcher_s
 PDT_TEXT = "pattern-day-trading protection (403 40310100)"

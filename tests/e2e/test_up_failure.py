@@ -17,7 +17,7 @@ import pytest
 from ops.store import embedded
 from tests.e2e.conftest import ROOT, make_home, tear_down
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 
 def test_up_names_the_processes_that_did_not_report() -> None:

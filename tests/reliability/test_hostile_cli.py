@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration  # `python -m ops` processes
 Done = subprocess.CompletedProcess[str]
 
 CASES: list[tuple[list[str], str]] = [

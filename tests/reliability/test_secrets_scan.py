@@ -31,7 +31,7 @@ from ops.store.embedded import embedded_url
 from ops.supervisor import SupervisorClient, socket_path
 from tests.e2e.conftest import Stack, running_demo
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
 
 @pytest.fixture(scope="module")

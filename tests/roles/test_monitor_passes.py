@@ -125,6 +125,7 @@ async def test_failing_restarts_escalation_and_the_kill_switch(monitor: Monitor)
             'role="dispatcher",status="failing"} 1.0') in text
 
 
+@pytest.mark.integration
 def test_the_monitor_role_never_loads_the_broker_stack() -> None:
     """Its RSS budget (bench/monitor.py, <= 70 MB) holds because a role with no account to
     bind never imports ops.broker / alpaca-py (~9 MB): the runtime imports them where used."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.models import Order, TradeAccount
@@ -18,6 +19,8 @@ from alpaca.trading.requests import MarketOrderRequest
 
 from ops.sim import default_accounts
 from tests.support import free_port
+
+pytestmark = pytest.mark.integration  # `ops sim` processes
 
 
 def ops(*args: str) -> list[str]:

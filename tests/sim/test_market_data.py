@@ -52,6 +52,7 @@ async def test_latest_quote_trade_bar(sim: Simulator) -> None:
     assert bar.low <= min(bar.open, bar.close) and bar.high >= max(bar.open, bar.close)
 
 
+@pytest.mark.integration
 async def test_prices_walk_deterministically_per_seed() -> None:
     paths = []
     for _ in range(2):

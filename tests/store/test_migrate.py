@@ -98,6 +98,7 @@ def test_ops_db_migrate_embedded_default(pg_home: Path) -> None:
     assert not embedded.for_env(env).is_running()
 
 
+@pytest.mark.integration
 def test_ops_db_migrate_unreachable_exits_2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
     env["OPS_HOME"] = str(tmp_path)

@@ -25,7 +25,7 @@ from tests.support import eventually_sync
 REPO = Path(__file__).resolve().parents[2]
 ENTITIES = 4
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def while_writing(procs: dict[str, subprocess.Popen[str]],

@@ -67,6 +67,7 @@ def stop(proc: subprocess.Popen[bytes]) -> tuple[int, float, str]:
     return proc.returncode, time.monotonic() - t0, err.decode()
 
 
+@pytest.mark.integration
 def test_sigterm_lets_the_in_flight_job_finish(tmp_path: Path) -> None:
     proc, ledger = start(tmp_path, "finish", 5.0)
     eventually_sync(lambda: any(r["outcome"] == "running" for r in runs(ledger)),
@@ -82,6 +83,7 @@ def test_sigterm_lets_the_in_flight_job_finish(tmp_path: Path) -> None:
     assert "cancelling" not in err
 
 
+@pytest.mark.integration
 def test_sigterm_cancels_a_hung_job_after_the_grace_period(tmp_path: Path) -> None:
     proc, ledger = start(tmp_path, "hang", 0.5)
     eventually_sync(lambda: any(r["outcome"] == "running" for r in runs(ledger)),
@@ -101,6 +103,7 @@ def test_sigterm_cancels_a_hung_job_after_the_grace_period(tmp_path: Path) -> No
     assert [r["slot_id"] for r in runs(ledger)] == [in_flight, in_flight], "no run after it"
 
 
+@pytest.mark.integration
 def test_sigusr1_runs_now(tmp_path: Path) -> None:
     proc, ledger = start(tmp_path, "idle", 2.0)
     eventually_sync(lambda: any(r["kind"] == "heartbeat" for r in read_lines(ledger)),

@@ -33,7 +33,7 @@ from tui.screens.pause import PauseModeScreen
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.processes import ProcessesTable
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

@@ -46,6 +46,7 @@ from tests.support import free_port
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
+pytestmark = pytest.mark.system  # a real supervisord running the fleet
 PROGRAMS = {  # name -> (account, role, mode)
     "large-dispatcher": ("large", "dispatcher", "normal"),
     "large-position-manager": ("large", "position-manager", "normal"),
