@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from textual.widgets import Button, Label
 
 from ops.config import Config
@@ -14,6 +12,7 @@ from ops.env import RuntimeEnv
 from ops.models import KillSwitch
 from ops.store import Store
 from ops.supervisor import SupervisorClient
+from tests.support import eventually
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import until
@@ -24,11 +23,10 @@ from tui.screens.confirm import ConfirmScreen
 
 
 async def _mode(store: Store, want: KillSwitch) -> None:
-    for _ in range(200):
-        if await read_kill_switch(store, "large") == want:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"kill switch never became {want.value}")
+    async def reached() -> bool:
+        return await read_kill_switch(store, "large") == want
+
+    await eventually(reached, f"the kill switch {want.value}", 10)
 
 
 async def test_flatten_managed_only_and_everything_each_ask_first(

@@ -11,7 +11,6 @@ already engaged, writes nothing.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -25,6 +24,7 @@ from ops.env import RuntimeEnv
 from ops.models import KillSwitch, Order
 from ops.store import Store
 from ops.supervisor import SupervisorClient
+from tests.support import eventually
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import cells, column, until
@@ -186,11 +186,10 @@ async def _picker(pilot: Pilot[None], app: Dashboard, account: str) -> PauseMode
 
 
 async def _switch(store: Store, account: str, want: KillSwitch) -> None:
-    for _ in range(200):
-        if await read_kill_switch(store, account) == want:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{account}'s kill switch never became {want.value}")
+    async def reached() -> bool:
+        return await read_kill_switch(store, account) == want
+
+    await eventually(reached, f"{account}'s kill switch {want.value}", 10)
 
 
 async def test_pause_offers_every_mode_then_confirms(
