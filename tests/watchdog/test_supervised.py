@@ -7,7 +7,8 @@ One stack per module (supervisord, an embedded Postgres, a local webhook receive
 - tiny-dispatcher         crashes on start (FATAL)
 - tiny-position-manager   market closed: an expected idle
 The watchdog runs with the *default* heartbeat bounds (5 s stale, 15 s startup grace).
-The tests run in file order; each states what it proves.
+The tests run in any order (the suite shuffles them): each waits for the state it needs,
+judges only the incidents and alerts of its own episode, and puts back what it changes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,9 +46,9 @@ from tests.conftest import TEST_PG_OPTIONS
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.system  # a real supervisord running the fleet
 T = TypeVar("T")
 
-pytestmark = pytest.mark.system  # a real supervisord running the fleet
 PROGRAMS = {  # name -> (account, role, mode)
     "large-dispatcher": ("large", "dispatcher", "normal"),
     "large-position-manager": ("large", "position-manager", "normal"),
@@ -82,8 +84,20 @@ class Receiver:
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def texts(self) -> list[str]:
-        return [str(b["text"]) for b in list(self.bodies)]
+    def texts(self, since: int = 0) -> list[str]:
+        """Alert texts, from the `since`-th received on."""
+        return [str(b["text"]) for b in list(self.bodies)[since:]]
+
+    def texts_of(self, incident: Any) -> list[str]:
+        """Alert texts about one open incident row: its opening alert (its process and
+        opening time) and every later alert about its process."""
+        bodies = list(self.bodies)
+        first = next((i for i, b in enumerate(bodies) if b["alert"]["event"] == "opened"
+                      and b["alert"]["process"] == incident["process"]
+                      and datetime.fromisoformat(b["alert"]["opened_at"])
+                      == incident["opened_at"]), len(bodies))
+        return [str(b["text"]) for b in bodies[first:]
+                if b["alert"]["process"] == incident["process"]]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -269,15 +283,20 @@ def test_process_that_crashes_on_start_is_one_incident_reported_fatal(stack: Sta
                 lambda: (i := stack.sup.process("tiny:tiny-dispatcher")).state == "FATAL" and i,
                 30)
     assert info
-    rows = poll("a FATAL incident",
-                lambda: [r for r in stack.incidents("tiny-dispatcher")
-                         if "FATAL" in r["detail"]], 15)
-    assert len(stack.incidents("tiny-dispatcher")) == 1, "a crash loop is ONE incident"
-    assert rows[0]["closed_at"] is None and rows[0]["kind"] in ("crash-loop", "fatal")
-    assert rows[0]["dedupe_key"] == "watchdog:tiny-dispatcher"
-    assert rows[0]["restarts"] >= 2  # supervisord's own retries, counted on the one incident
-    poll("FATAL in the alerts",
-         lambda: any("tiny-dispatcher" in t and "FATAL" in t for t in stack.receiver.texts()), 15)
+    # An earlier episode (ended by test_deadman_pings_once_everything_is_healthy taking the
+    # group out for a while) is closed: this episode's incident is the one open.
+    opened = poll("an open incident",
+                  lambda: [r for r in stack.incidents("tiny-dispatcher") if r["closed_at"] is None],
+                  15)
+    assert len(opened) == 1, "a crash loop is ONE incident"
+    row = opened[0]
+    assert row["kind"] in ("crash-loop", "fatal")
+    assert row["dedupe_key"] == "watchdog:tiny-dispatcher"
+    assert row["restarts"] >= 2  # supervisord's own retries, counted on the one incident
+    # FATAL noted on it (its detail moves on with the watchdog's start attempts; the alert
+    # that said so stays).
+    poll("FATAL in the incident's alerts",
+         lambda: any("FATAL" in t for t in stack.receiver.texts_of(row)), 15)
 
 
 def test_sigstopped_dispatcher_is_restarted_within_10s_and_incident_closes(
@@ -290,6 +309,10 @@ def test_sigstopped_dispatcher_is_restarted_within_10s_and_incident_closes(
          and i.uptime_s > 16, 40)
     poll("large-dispatcher ok", lambda: stack.metrics().get(
         ("ops_process_status:ok", name)) == 1.0, 15)
+    poll("no incident open on large-dispatcher", lambda: all(
+        r["closed_at"] is not None for r in stack.incidents(name)), 45)
+    before = {r["id"] for r in stack.incidents(name)}
+    alerts = len(stack.receiver.bodies)
     old = stack.pid(name)
     os.kill(old, signal.SIGSTOP)
     t0 = time.monotonic()
@@ -298,17 +321,18 @@ def test_sigstopped_dispatcher_is_restarted_within_10s_and_incident_closes(
     took = time.monotonic() - t0
     print(f"\nSIGSTOP -> restarted (new pid) in {took:.2f}s")
     assert new != old
-    rows = poll("a hung incident", lambda: stack.incidents(name), 5)
+    rows = poll("a hung incident",
+                lambda: [r for r in stack.incidents(name) if r["id"] not in before], 5)
     assert len(rows) == 1 and rows[0]["kind"] == "hung" and rows[0]["restarts"] == 1
     assert f"killed pid {old}" in rows[0]["detail"]
     closed = poll("the incident closed", lambda: [r for r in stack.incidents(name)
-                                                  if r["closed_at"] is not None], 45)
+                                                  if r["id"] == rows[0]["id"]
+                                                  and r["closed_at"] is not None], 45)
     assert closed[0]["closed_at"] > closed[0]["opened_at"]
-    texts = stack.receiver.texts()
     assert any(t.startswith("[ops-pipeline") and "INCIDENT OPEN hung on large-dispatcher" in t
-               for t in texts)
+               for t in stack.receiver.texts(alerts))
     poll("the close alerted", lambda: any("RESOLVED hung on large-dispatcher" in t
-                                          for t in stack.receiver.texts()), 10)
+                                          for t in stack.receiver.texts(alerts)), 10)
     assert "T0K3N" not in stack.log(), "the webhook token must never reach the log"
 
 
@@ -383,9 +407,25 @@ def test_incidents_opened_by_roles_are_alerted_open_and_closed(stack: Stack) -> 
 
 
 def test_no_deadman_ping_while_anything_is_unhealthy(stack: Stack) -> None:
-    # tiny-dispatcher has been FATAL all along: the outside world must hear silence.
-    assert stack.sup.process("tiny:tiny-dispatcher").state in ("FATAL", "BACKOFF", "STARTING")
-    assert stack.receiver.gets == []
+    # tiny-dispatcher crashes on start: once the watchdog holds its incident open, the
+    # outside world must hear silence, through passes the pinger (1 s) could have pinged in.
+    name = "tiny-dispatcher"
+    poll("tiny-dispatcher's incident open", lambda: any(
+        r["closed_at"] is None for r in stack.incidents(name)), 60)
+    passes: set[float] = set()
+
+    def passes_after(first: float, n: int) -> bool:
+        passes.add(stack.metrics()[("ops_watchdog_last_pass_timestamp_seconds", "")])
+        return len({p for p in passes if p > first}) >= n
+
+    start = stack.metrics()[("ops_watchdog_last_pass_timestamp_seconds", "")]
+    poll("a watchdog pass after the incident", lambda: passes_after(start, 1), 15)
+    gets, pings = len(stack.receiver.gets), stack.metrics()[("ops_deadman_pings_total", "")]
+    mark = max(passes)
+    poll("two more watchdog passes", lambda: passes_after(mark, 2), 30)
+    assert any(r["closed_at"] is None for r in stack.incidents(name)), "still unhealthy"
+    assert stack.receiver.gets[gets:] == []
+    assert stack.metrics()[("ops_deadman_pings_total", "")] == pings
 
 
 def test_postgres_stopped_the_watchdog_works_from_the_buffer(stack: Stack) -> None:
@@ -435,11 +475,17 @@ def test_postgres_stopped_the_watchdog_works_from_the_buffer(stack: Stack) -> No
 def test_deadman_pings_once_everything_is_healthy(stack: Stack) -> None:
     # Take the crashing group out of supervisord: its incident closes ("no longer
     # supervised"); once the restarted processes settle, all is healthy and pings flow.
+    # The group comes back afterwards (the other tests run before or after this one).
     stack.sup._call("stopProcessGroup", "tiny", True)
     stack.sup._call("removeProcessGroup", "tiny")
-    poll("the tiny-dispatcher incident closed", lambda: all(
-        r["closed_at"] is not None for r in stack.incidents("tiny-dispatcher")), 10)
-    poll("dead-man pings", lambda: len(stack.receiver.gets) >= 2, 45)
-    gaps = [b - a for a, b in zip(stack.receiver.gets, stack.receiver.gets[1:], strict=False)]
+    try:
+        poll("the tiny-dispatcher incident closed", lambda: all(
+            r["closed_at"] is not None for r in stack.incidents("tiny-dispatcher")), 10)
+        gets = len(stack.receiver.gets)
+        poll("dead-man pings", lambda: len(stack.receiver.gets) >= gets + 2, 45)
+    finally:
+        stack.sup._call("addProcessGroup", "tiny")
+    got = stack.receiver.gets[gets:]
+    gaps = [b - a for a, b in zip(got, got[1:], strict=False)]
     assert all(0.5 < g < 3.0 for g in gaps[-3:]), gaps
     assert "Traceback" not in stack.log(), "the watchdog logged an unexpected error"
