@@ -27,9 +27,8 @@ from typing import Any
 from ops.config import Config, ConfigError, load_runtime_config
 from ops.env import EXIT_CONFIG, RuntimeEnv
 from ops.models import KillSwitch, OptionSymbol
+from ops.store import StorageUnavailable, Store
 from ops.store import positions as pq
-from ops.store.postgres import is_outage
-from ops.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -347,15 +346,13 @@ async def accept_positions(store: Store, account: str, by: str, within_s: float
     None when it was not applied in time; it stays pending and is applied at the next
     sync). Needs Postgres: the baseline and the audit row live there."""
     try:
-        accept_id = await pq.request_accept(store.pool, account, by, datetime.now(UTC))
-    except Exception as exc:
-        if is_outage(exc):
-            raise AcceptFailed("Postgres is unreachable: nothing was requested (the "
-                               "position manager keeps its baseline in Postgres)") from exc
-        raise
+        accept_id = await store.direct(pq.request_accept, account, by, datetime.now(UTC))
+    except StorageUnavailable as exc:
+        raise AcceptFailed("Postgres is unreachable: nothing was requested (the "
+                           "position manager keeps its baseline in Postgres)") from exc
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
-        record = await pq.accept_record(store.pool, accept_id)
+        record = await store.direct(pq.accept_record, accept_id)
         if record is not None and record.applied_at is not None:
             return accept_id, record
         if asyncio.get_running_loop().time() >= deadline:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ops.config import EXIT_CONFIG, AccountConfig, Config, ConfigError, load_config
 from ops.env import RuntimeEnv, runtime_env
+from ops.errors import underlying
 from ops.retry import Backoff
 
 #: Largest tolerated |local clock - broker clock|: risk gates and signal expiry use it.
@@ -45,6 +46,7 @@ class Check:
 
 def _err(exc: BaseException) -> str:
     # Our own errors (credentials, broker) never carry secrets; keep the text short anyway.
+    exc = underlying(exc)  # an outage: the driver's error, as before the store wrapped it
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
@@ -120,26 +122,18 @@ def _skew_check(skews: dict[str, float | None]) -> Check:
 
 async def check_database(env: RuntimeEnv) -> Check:
     from ops.store import embedded
-    from ops.store.migrate import load_migrations
-    from ops.store.postgres import connect, redact_url
+    from ops.store.migrate import load_migrations, schema_version
+    from ops.store.postgres import redact_url
 
     url = env.database_url or embedded.embedded_url(env)
     shown = redact_url(url)
     try:
-        conn = await connect(url, connect_timeout=3, command_timeout=5)
+        version = await schema_version(url, connect_timeout=3, command_timeout=5)
     except Exception as exc:
         hint = ("check OPS_DATABASE_URL and that the server accepts connections"
                 if env.database_url else
                 "`ops up` runs the embedded Postgres (or `ops db migrate` starts it)")
         return Check("database", False, f"{shown}: {_err(exc)}", hint)
-    try:
-        try:
-            version = int(await conn.fetchval(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations"))
-        except Exception:
-            version = 0
-    finally:
-        await conn.close()
     latest = max((m.version for m in load_migrations()), default=0)
     if version < latest:
         return Check("database", False, f"{shown}: schema version {version}, code needs "

@@ -64,14 +64,26 @@ def _postgres_socket(exc: BaseException) -> str | None:
     return m.group(1) if m else None
 
 
+def underlying(exc: BaseException) -> BaseException:
+    """The error a message should name: for the store's `StorageUnavailable` (an outage,
+    ops/store/errors.py) the driver's error it carries as its cause, else `exc` itself.
+    Matched by class name: this module imports nothing of the store."""
+    cause = exc.__cause__
+    if cause is not None and any(c.__name__ == "StorageUnavailable" for c in type(exc).__mro__):
+        return cause
+    return exc
+
+
 def describe_db_error(exc: BaseException) -> str:
     """A database failure in words where it has some, else `Type: message`."""
+    exc = underlying(exc)
     return human_error(exc) or f"{type(exc).__name__}: {exc}"
 
 
 def human_error(exc: BaseException) -> str | None:
     """One sentence for a failure the user can act on, or None (then the traceback is
     the better report)."""
+    exc = underlying(exc)
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         sock = _postgres_socket(exc)
         if sock is not None or _raised_by_asyncpg(exc):

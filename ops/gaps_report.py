@@ -32,31 +32,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: No interval is shorter than 1 s, so no gap is shorter than late_after(1) = 11 s.
 _MIN_GAP_S = late_after(1.0)
 
-_GAPS_SQL = """
-WITH r AS (
-    SELECT process, account, role, coalesce(started_at, finished_at) AS began, finished_at,
-           lag(finished_at) OVER (PARTITION BY process
-                                  ORDER BY coalesce(started_at, finished_at)) AS prev
-    FROM runs
-    WHERE finished_at IS NOT NULL AND outcome <> 'running' AND finished_at >= $1
-)
-SELECT process, account, role, prev, began,
-       extract(epoch FROM began - prev)::float8 AS gap_s
-FROM r WHERE prev IS NOT NULL AND began - prev > make_interval(secs => $2)
-ORDER BY prev
-"""
-_LAST_SQL = """
-SELECT DISTINCT ON (process) process, account, role, finished_at FROM runs
-WHERE finished_at IS NOT NULL AND outcome <> 'running'
-ORDER BY process, finished_at DESC
-"""
-_INCIDENTS_SQL = """
-SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts, dedupe_key
-FROM incidents WHERE opened_at >= $1 OR closed_at IS NULL OR closed_at >= $1
-ORDER BY opened_at
-"""
-
-
 def parse_since(text: str) -> timedelta:
     """'90m', '24h', '7d', '30s' -> timedelta; ValueError naming the bad value."""
     m = _SINCE_RE.match(text)
@@ -153,7 +128,9 @@ async def collect_gaps(
     env: RuntimeEnv, config: Config, since: timedelta, *, now: datetime | None = None,
 ) -> GapsReport:
     from ops.alerts import Outbox, default_path
-    from ops.store import Store, StoreSettings, is_outage
+    from ops.store import StorageUnavailable, Store, StoreSettings
+    from ops.store.history import ledger_gaps
+    from ops.store.incidents import incidents_since
 
     now = now or datetime.now(UTC)
     start = now - since
@@ -173,12 +150,9 @@ async def collect_gaps(
                                    close_grace_s=1.0, pool_max_size=2)
     async with await Store.open(env, process="ops-gaps", config=settings) as store:
         try:
-            gap_rows = await store.pool.fetch(_GAPS_SQL, start, _MIN_GAP_S)
-            last_rows = await store.pool.fetch(_LAST_SQL)
-            inc_rows = await store.pool.fetch(_INCIDENTS_SQL, start)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            gap_rows, last_rows = await store.direct(ledger_gaps, start, _MIN_GAP_S)
+            inc_rows = await store.direct(incidents_since, start)
+        except StorageUnavailable as exc:
             snap = await store.open_incidents()
             incidents = [PastIncident(i.id, i.kind, i.process, i.account, i.detail, i.opened_at,
                                       None, (now - i.opened_at).total_seconds(), i.restarts)
@@ -188,24 +162,23 @@ async def collect_gaps(
                               "Postgres; open incidents below are from the local buffer")
     gaps: list[Gap] = []
     for r in gap_rows:
-        interval = _interval(config, r["account"], r["role"])
+        interval = _interval(config, r.account, r.role)
         bound = late_after(interval) if interval is not None else _MIN_GAP_S
-        if r["gap_s"] > bound:
-            gaps.append(Gap(r["process"], r["account"], r["role"], r["prev"], r["began"],
-                            float(r["gap_s"]), interval, bound))
-    for r in last_rows:
-        interval = _interval(config, r["account"], r["role"])
+        if r.gap_s > bound:
+            gaps.append(Gap(r.process, r.account, r.role, r.prev, r.began, r.gap_s, interval,
+                            bound))
+    for last in last_rows:
+        interval = _interval(config, last.account, last.role)
         bound = late_after(interval) if interval is not None else _MIN_GAP_S
-        age = (now - r["finished_at"]).total_seconds()
+        age = (now - last.finished_at).total_seconds()
         if age > bound:
-            gaps.append(Gap(r["process"], r["account"], r["role"], r["finished_at"], None, age,
-                            interval, bound))
+            gaps.append(Gap(last.process, last.account, last.role, last.finished_at, None,
+                            age, interval, bound))
     gaps.sort(key=lambda g: g.start)
     incidents = [
-        PastIncident(r["id"], r["kind"], r["process"], r["account"], r["detail"],
-                     r["opened_at"], r["closed_at"],
-                     ((r["closed_at"] or now) - r["opened_at"]).total_seconds(), r["restarts"])
-        for r in inc_rows
+        PastIncident(i.id, i.kind, i.process, i.account, i.detail, i.opened_at, i.closed_at,
+                     ((i.closed_at or now) - i.opened_at).total_seconds(), i.restarts)
+        for i in inc_rows
     ]
     return GapsReport(start, now, True, gaps, incidents, alerts)
 

@@ -29,6 +29,7 @@ from typing import Any
 from ops.config import EXIT_CONFIG, Config, ConfigError, load_runtime_config
 from ops.env import RuntimeEnv
 from ops.errors import describe_db_error
+from ops.store import StorageUnavailable, Store
 from ops.store.incidents import (
     AmbiguousIncident,
     IncidentRecord,
@@ -36,8 +37,7 @@ from ops.store.incidents import (
     find_incident,
     list_incidents,
 )
-from ops.store.postgres import is_outage, redact_url
-from ops.store.store import Store
+from ops.store.postgres import redact_url
 
 SHORT_ID = 8  # characters of the id `list` shows; enough to name one in practice
 DETAIL_WIDTH = 100  # the first line of the detail, as `list` shows it
@@ -223,9 +223,7 @@ async def _pg(store: Store, what: str, step: Awaitable[Any]) -> Any:
     """`step` against Postgres; an outage becomes `Unreachable` saying nothing was `what`."""
     try:
         return await step
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
+    except StorageUnavailable as exc:
         error = describe_db_error(exc)[:200]
         raise Unreachable(f"Postgres is unreachable ({redact_url(store.url)}: {error}); "
                           f"incidents live there: nothing was {what}") from exc
@@ -233,7 +231,7 @@ async def _pg(store: Store, what: str, step: Awaitable[Any]) -> Any:
 
 async def _find(store: Store, ident: str, what: str) -> IncidentRecord:
     try:
-        rec = await _pg(store, what, find_incident(store.pool, ident))
+        rec = await _pg(store, what, store.direct(find_incident, ident))
     except (AmbiguousIncident, ValueError) as exc:
         raise BadId(str(exc)) from exc
     if rec is None:
@@ -258,7 +256,7 @@ async def _list(store: Store, args: argparse.Namespace) -> int:
 
         since = now - parse_since(args.since)  # validated before anything was opened
     records = await _pg(store, "read",
-                        list_incidents(store.pool, closed_since=since, limit=args.limit))
+                        store.direct(list_incidents, closed_since=since, limit=args.limit))
     if args.json:
         print(json.dumps({
             "as_of": now.isoformat(),
@@ -295,7 +293,7 @@ async def _ack(store: Store, args: argparse.Namespace) -> int:
               f"{stamp(rec.acked_at, now)}; nothing changed")
         return 0
     by = operator()
-    if await _pg(store, "acknowledged", ack_incident(store.pool, rec.id, by, now)):
+    if await _pg(store, "acknowledged", store.direct(ack_incident, rec.id, by, now)):
         print(f"{name} acknowledged by {by}: it stays listed, but no longer makes "
               "`ops status` degraded; it still closes when its condition clears")
         return 0
@@ -318,7 +316,7 @@ async def _close(store: Store, args: argparse.Namespace) -> int:
         return 1
     by = operator()
     await store.close_incident(incident_id=rec.id, reason=reason, by=by, at=now)
-    after = await _pg(store, "confirmed closed", find_incident(store.pool, rec.id))
+    after = await _pg(store, "confirmed closed", store.direct(find_incident, rec.id))
     name = f"incident {short_id(rec.id)} ({rec.kind}, {where_of(rec.process, rec.account)})"
     if after is not None and not after.is_open and after.closed_by == by:
         print(f"{name} closed by {by} after "

@@ -20,9 +20,8 @@ from decimal import Decimal
 
 from ops.control import UsageError, _account, _fail, _load, _open, _positive, current_user
 from ops.ownership import Holding, split
+from ops.store import StorageUnavailable, Store
 from ops.store.ownership import Adjustment, managed_quantities, record_adjustment
-from ops.store.postgres import is_outage
-from ops.store.store import Store
 
 
 class OwnershipError(Exception):
@@ -41,7 +40,8 @@ async def holding(store: Store, account: str, symbol: str) -> Holding:
     snap = await store.positions(account)
     broker = next((p.position.qty for p in snap.rows if p.position.symbol == symbol),
                   Decimal(0))
-    managed = (await managed_quantities(store.pool, account, [symbol])).get(symbol, Decimal(0))
+    managed = (await store.direct(managed_quantities, account, [symbol])).get(symbol,
+                                                                            Decimal(0))
     return split(symbol, broker, managed)
 
 
@@ -51,11 +51,9 @@ async def change_owner(store: Store, account: str, symbol: str, *, adopt: bool,
     (default: all of that part), recorded once as a position adjustment."""
     try:
         h = await holding(store, account, symbol)
-    except Exception as exc:
-        if is_outage(exc):
-            raise OwnershipError("Postgres is unreachable: ownership is kept there; "
-                                 "nothing was changed") from exc
-        raise
+    except StorageUnavailable as exc:
+        raise OwnershipError("Postgres is unreachable: ownership is kept there; "
+                             "nothing was changed") from exc
     part = h.external if adopt else h.managed
     if part == 0:
         what = "external" if adopt else "managed"
@@ -69,7 +67,7 @@ async def change_owner(store: Store, account: str, symbol: str, *, adopt: bool,
     verb = "adopted" if adopt else "released"
     detail = (f"{verb} {_q(amount)} {symbol}: managed {_q(h.managed)} -> "
               f"{_q(h.managed + delta)} of a position of {_q(h.broker)}")
-    await record_adjustment(store.pool, Adjustment(
+    await store.direct(record_adjustment, Adjustment(
         account, symbol, delta, "adopt" if adopt else "release",
         f"{'adopt' if adopt else 'release'}:{uuid.uuid4()}", detail, by, datetime.now(UTC)))
     return Change(h, split(symbol, h.broker, h.managed + delta), delta)

@@ -29,9 +29,9 @@ from ops.config import Config, ConfigError, load_runtime_config
 from ops.env import EXIT_CONFIG, RuntimeEnv
 from ops.errors import describe_db_error
 from ops.incidents_cli import age, first_line, stamp
-from ops.store.postgres import is_outage, redact_url
+from ops.store import StorageUnavailable, Store
+from ops.store.postgres import redact_url
 from ops.store.signal_records import STATES, SignalRecord
-from ops.store.store import Store
 
 REASON_WIDTH = 80  # the first line of the reason, as `list` shows it
 
@@ -205,9 +205,7 @@ async def await_verdict(store: Store, signal_id: int, within_s: float, poll_s: f
     while True:
         try:
             rec, error = await store.signal(signal_id), None
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+        except StorageUnavailable:
             error = "Postgres is unreachable"
         if rec is not None and rec.decided:
             return rec, None
@@ -253,9 +251,7 @@ async def _pg(store: Store, step: Awaitable[Any]) -> Any:
     """`step` against Postgres; an outage becomes `Unreachable`."""
     try:
         return await step
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
+    except StorageUnavailable as exc:
         error = describe_db_error(exc)[:300]
         raise Unreachable(f"Postgres is unreachable ({redact_url(store.url)}: {error}); "
                           "signals live there: nothing was read") from exc

@@ -303,20 +303,18 @@ def start_supervisord(env: RuntimeEnv, *, timeout_s: float = 20) -> None:
 
 
 async def wait_for_database(url: str, timeout_s: float) -> None:
-    from ops.store.postgres import connect, is_outage
+    from ops.store import StorageUnavailable
+    from ops.store.postgres import check_connect
 
     deadline = time.monotonic() + timeout_s
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
-            conn = await connect(url, connect_timeout=2)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            await check_connect(url, connect_timeout=2)
+        except StorageUnavailable as exc:
             last = exc
             await asyncio.sleep(0.2)
             continue
-        await conn.close()
         return
     raise StackError(f"database did not accept connections within {timeout_s:.0f}s: {last}")
 

@@ -293,7 +293,7 @@ async def _collect(
     env: RuntimeEnv, config: Config, store: Any, supervisor: SupervisorClient | None,
     now: datetime | None,
 ) -> StatusReport:
-    from ops.store import Snapshot, is_outage
+    from ops.store import Snapshot, StorageUnavailable
     from ops.store.status import AccountActivity, account_activity, ping
 
     infos: dict[str, ProcessInfo] = {}
@@ -305,10 +305,8 @@ async def _collect(
     choice = resolve(env, config, sup.reachable)
     reachable, db_error = True, None
     try:
-        await ping(store.pool, timeout_s=3)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
+        await store.direct(ping, timeout_s=3)
+    except StorageUnavailable as exc:
         reachable, db_error = False, describe_db_error(exc)[:300]
     problems: list[str] = []
     t_now = now or datetime.now(UTC)
@@ -332,12 +330,11 @@ async def _collect(
     activity: dict[str, AccountActivity] | None = None
     if reachable:
         try:
-            activity = await account_activity(store.pool, t_now)
+            activity = await store.direct(account_activity, t_now)
+        except StorageUnavailable:
+            reachable = False
         except Exception as exc:
-            if is_outage(exc):
-                reachable = False
-            else:
-                problems.append(f"orders/fills today: {type(exc).__name__}: {exc}"[:300])
+            problems.append(f"orders/fills today: {type(exc).__name__}: {exc}"[:300])
     accounts_cfg = config.enabled_accounts()
     kill: dict[str, str] = {}
     for name in accounts_cfg:

@@ -38,6 +38,7 @@ from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from ops.control import AcceptFailed
+from ops.errors import underlying
 from ops.models import KillSwitch
 from ops.signals_cli import describe as describe_signal
 from ops.supervisor import SupervisorClient, program_name
@@ -267,6 +268,8 @@ class Dashboard(App[None]):
         if event.state != WorkerState.ERROR:
             return
         error = event.worker.error
+        if error is not None:
+            error = underlying(error)  # an outage: the driver's error it carries
         text = f"{type(error).__name__}: {error}"[:300]
         log.error("worker %s failed: %s", event.worker.name, text)
         if event.worker.group == "poll":

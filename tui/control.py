@@ -22,7 +22,7 @@ from ops import control as core
 from ops.control import KILL_SWITCH_KEY, read_kill_switch
 from ops.incidents_cli import ending, short_id, where_of
 from ops.models import KillSwitch
-from ops.store import Store, is_outage
+from ops.store import StorageUnavailable, Store
 from ops.store.incidents import ack_incident, find_incident
 from ops.store.positions import AcceptRecord
 from ops.supervisor import SupervisorClient
@@ -117,13 +117,11 @@ async def acknowledge_incident(store: Store, incident_id: str, by: str | None = 
     who = by or operator()
     now = at or utcnow()
     try:
-        if await ack_incident(store.pool, incident_id, who, now):
+        if await store.direct(ack_incident, incident_id, who, now):
             return True, (f"incident {short_id(incident_id)} acknowledged by {who}: it stays "
                           "listed, no longer an alarm")
-        rec = await find_incident(store.pool, incident_id)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
+        rec = await store.direct(find_incident, incident_id)
+    except StorageUnavailable:
         return False, ("Postgres is unreachable: not acknowledged (acknowledgements are "
                        "recorded there)")
     if rec is None:

@@ -42,11 +42,12 @@ from ops.status import (
     kill_switch_mode,
     stream_connectivity,
 )
-from ops.store import Snapshot, Store, is_outage
-from ops.store.incidents import IncidentRecord, find_incident
+from ops.store import Snapshot, StorageUnavailable, Store
+from ops.store.incidents import IncidentRecord, find_incident, recently_closed, restarts_since
 from ops.store.ownership import managed_quantities_of
+from ops.store.positions import open_positions
 from ops.store.signal_records import SignalRecord
-from ops.store.status import start_of_trading_day
+from ops.store.status import recent_feed, start_of_trading_day
 from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
 from ops.watchdog import STALE, Policy, observe_heartbeat, shown_state
 from tui.format import qty as fmt_qty
@@ -365,43 +366,6 @@ def drift_block(value: Any) -> DriftBlock | None:
 
 # --- the loader -------------------------------------------------------------------------------
 
-_FEED_SQL = """
-(SELECT 'order:' || id AS key, updated_at AS ts, account, 'order' AS kind, symbol, side,
-        qty, notional, coalesce(filled_avg_price, limit_price) AS price,
-        status
-   FROM orders ORDER BY updated_at DESC LIMIT $1)
-UNION ALL
-(SELECT 'fill:' || f.account || ':' || f.event_key, f.ts, f.account, 'fill',
-        coalesce(f.symbol, o.symbol, '?'), coalesce(o.side, ''), f.qty, NULL::numeric,
-        f.price, f.event
-   FROM fills f LEFT JOIN orders o ON o.id = f.order_id ORDER BY f.ts DESC LIMIT $1)
-UNION ALL
-(SELECT 'activity:' || account || ':' || activity_id, applied_at, account, 'activity',
-        coalesce(symbol, '?'), '', qty_delta, NULL::numeric, price, type
-   FROM position_activities ORDER BY applied_at DESC LIMIT $1)
-ORDER BY ts DESC LIMIT $1
-"""
-#: What Store.positions() returns (accounts with a sync row), open positions only.
-_POSITIONS_SQL = """
-SELECT p.account, p.symbol, p.qty, p.avg_entry_price, p.current_price, p.market_value,
-       p.unrealized_pl, p.unrealized_plpc, p.opened_at, s.synced_at
-FROM positions p JOIN position_syncs s ON s.account = p.account
-WHERE p.qty <> 0
-ORDER BY p.account, p.symbol
-"""
-_CLOSED_SQL = """
-SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts, acked_by,
-       acked_at
-FROM incidents WHERE closed_at IS NOT NULL AND closed_at >= $1
-ORDER BY closed_at DESC LIMIT $2
-"""
-_RESTARTS_SQL = """
-SELECT process, sum(restarts)::int AS n FROM incidents
-WHERE process IS NOT NULL AND (opened_at >= $1 OR closed_at IS NULL OR closed_at >= $1)
-GROUP BY process
-"""
-
-
 class DashboardData:
     """Loads a `DashboardState`. `now` is injectable so tests freeze the clock."""
 
@@ -529,9 +493,10 @@ class DashboardData:
             newest, waiting = await asyncio.gather(
                 self.store.signals(limit=SIGNALS_LIMIT),
                 self.store.signals(states=("queued", "unknown"), limit=SIGNALS_LIMIT))
+        except StorageUnavailable:
+            return None
         except Exception as exc:
-            if not is_outage(exc):
-                problems.append(f"signals: {type(exc).__name__}: {exc}"[:200])
+            problems.append(f"signals: {type(exc).__name__}: {exc}"[:200])
             return None
         by_id = {s.id: s for s in (*newest, *waiting)}
         return tuple(sorted(by_id.values(), key=lambda s: (s.created_at, s.id), reverse=True))
@@ -539,7 +504,7 @@ class DashboardData:
     async def incident(self, incident_id: str) -> IncidentRecord | None:
         """Every field of one incident (the detail screen), straight from Postgres: the
         buffer keeps only what the panel shows. Raises on an outage (the screen says so)."""
-        return await find_incident(self.store.pool, incident_id)
+        return await self.store.direct(find_incident, incident_id)
 
     def _manages_external(self, account: str) -> bool:
         acfg = self.config.accounts.get(account)
@@ -561,10 +526,11 @@ class DashboardData:
         if not wanted:
             return {}
         try:
-            got = await managed_quantities_of(self.store.pool, wanted, synced)
+            got = await self.store.direct(managed_quantities_of, wanted, synced)
+        except StorageUnavailable:
+            return None
         except Exception as exc:
-            if not is_outage(exc):
-                problems.append(f"ownership: {type(exc).__name__}: {exc}"[:200])
+            problems.append(f"ownership: {type(exc).__name__}: {exc}"[:200])
             return None
         return {(a, s): got.get(a, {}).get(s, Decimal(0))
                 for a, symbols in wanted.items() for s in symbols}
@@ -592,16 +558,16 @@ class DashboardData:
         except SupervisorUnavailable as exc:
             return SupervisorInfo(False, str(exc)), {}
 
-    async def _positions_direct(self, problems: list[str]) -> list[Any] | None:
-        """Open positions of every synced account, read from Postgres (records for
+    async def _positions_direct(self, problems: list[str]) -> list[Mapping[str, Any]] | None:
+        """Open positions of every synced account, read from Postgres (rows for
         `_record_row`); None when it is unreachable (or the read failed: noted in
         `problems`), so Store's path decides."""
         try:
-            async with self.store.pool.acquire() as conn:
-                return list(await conn.fetch(_POSITIONS_SQL))
+            return await self.store.direct(open_positions)
+        except StorageUnavailable:
+            return None
         except Exception as exc:
-            if not is_outage(exc):
-                problems.append(f"positions: {type(exc).__name__}: {exc}"[:200])
+            problems.append(f"positions: {type(exc).__name__}: {exc}"[:200])
             return None
 
     async def _postgres_only(
@@ -610,14 +576,13 @@ class DashboardData:
         """Feed, recently closed incidents, restarts today: Postgres only (no buffered
         copy). None when Postgres is unreachable."""
         try:
-            async with self.store.pool.acquire() as conn:
-                feed = await conn.fetch(_FEED_SQL, FEED_LIMIT)
-                closed = await conn.fetch(_CLOSED_SQL, now - CLOSED_INCIDENTS_WINDOW,
-                                          CLOSED_INCIDENTS_LIMIT)
-                restarts = await conn.fetch(_RESTARTS_SQL, start_of_trading_day(now))
+            feed = await self.store.direct(recent_feed, FEED_LIMIT)
+            closed = await self.store.direct(recently_closed, now - CLOSED_INCIDENTS_WINDOW,
+                                             CLOSED_INCIDENTS_LIMIT)
+            restarts = await self.store.direct(restarts_since, start_of_trading_day(now))
+        except StorageUnavailable:
+            return None
         except Exception as exc:
-            if is_outage(exc):
-                return None
             problems.append(f"feed: {type(exc).__name__}: {exc}"[:200])
             return [], [], {}
         return (
@@ -630,7 +595,7 @@ class DashboardData:
                          opened_at=r["opened_at"], closed_at=r["closed_at"],
                          restarts=r["restarts"], acked_by=r["acked_by"],
                          acked_at=r["acked_at"]) for r in closed],
-            {r["process"]: int(r["n"] or 0) for r in restarts},
+            restarts,
         )
 
     def _accounts(self, states: list[Any], positions: Sequence[PositionRow],
@@ -785,7 +750,7 @@ def _position_row(sp: Any, managed: Decimal | None) -> PositionRow:
 
 
 def _record_row(r: Any, managed: Decimal | None) -> PositionRow:
-    """A row from a `_POSITIONS_SQL` record."""
+    """A row from an `ops.store.positions.open_positions` row."""
     return PositionRow(
         account=r["account"], symbol=r["symbol"], description=describe_symbol(r["symbol"]),
         qty=r["qty"], avg_entry=r["avg_entry_price"] or Decimal(0),

@@ -28,9 +28,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
+from ops.errors import underlying
 from ops.gaps import late_after, stalled_after
 from ops.models import OptionSymbol
-from ops.store import Store, is_outage
+from ops.store import StorageUnavailable, Store
 from ops.store.history import AccountPoint, FillRecord, IncidentSpan, RunLedgerWindow
 from ops.store.status import start_of_trading_day
 
@@ -387,12 +388,10 @@ class HistoryData:
                 MIN_GAP_S)
             incidents = await self.store.incident_spans(start, now)
             book = await self._fills()
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+        except StorageUnavailable as exc:
             return HistoryState(now, span, start,
-                                error=f"Postgres unreachable ({type(exc).__name__}): the "
-                                      "history is read from Postgres only")
+                                error=f"Postgres unreachable ({type(underlying(exc)).__name__}):"
+                                      " the history is read from Postgres only")
         by_account: dict[str, list[AccountPoint]] = {a: [] for a in accounts}
         for p in points:
             by_account.setdefault(p.account, []).append(p)

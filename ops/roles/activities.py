@@ -37,12 +37,13 @@ from decimal import Decimal
 
 from ops import activities as act
 from ops.broker import Broker, BrokerError
+from ops.errors import underlying
 from ops.exits import NEW_YORK
 from ops.models import NonTradeActivity, OptionSymbol
+from ops.store import StorageUnavailable
 from ops.store import activities as aq
 from ops.store import positions as pq
 from ops.store.ownership import managed_quantities
-from ops.store.postgres import is_outage
 from ops.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,12 @@ class ActivityApplier:
         shows split (the position manager's split hold), read instead of the sync's."""
         try:
             return await self._run(held_before or {})
+        except StorageUnavailable as exc:
+            self.counters.activities_skipped += 1
+            log.info("account %s: activities not applied: postgres unreachable (%s)",
+                     self.account, type(underlying(exc)).__name__)
+            return ActivityRun()
         except Exception as exc:
-            if is_outage(exc):
-                self.counters.activities_skipped += 1
-                log.info("account %s: activities not applied: postgres unreachable (%s)",
-                         self.account, type(exc).__name__)
-                return ActivityRun()
             if isinstance(exc, BrokerError):
                 self.counters.activities_read_errors += 1
                 log.warning("account %s: activities not read: %s", self.account, exc)
@@ -108,9 +109,8 @@ class ActivityApplier:
             log.info("account %s: activities wait: the outage buffer still holds rows",
                      self.account)
             return ActivityRun()
-        pool = self.store.pool
         seen_at = self._now()
-        reads = await aq.load_reads(pool, self.account)
+        reads = await self.store.direct(aq.load_reads, self.account)
         today = seen_at.astimezone(NEW_YORK).date()
         if reads is None:
             reads = aq.Reads(today, seen_at)
@@ -121,20 +121,19 @@ class ActivityApplier:
         batch = [a for a in await self.broker.list_activities(act.FETCH_TYPES, after=after)
                  if a.date is None or a.date >= reads.since]
         self.counters.activity_reads += 1
-        done = await aq.applied_ids(pool, self.account, (a.id for a in batch))
+        done = await self.store.direct(aq.applied_ids, self.account, (a.id for a in batch))
         new = [a for a in batch if a.id not in done]
         if new:
             applied = await self._apply(new, seen_at, held_before)
         else:
             applied = []
-        await aq.save_reads(pool, self.account, aq.Reads(reads.since, seen_at))
+        await self.store.direct(aq.save_reads, self.account, aq.Reads(reads.since, seen_at))
         rebased = frozenset(a.symbol for a in applied
                             if a.symbol is not None and (a.exit_state or a.exit_reset))
         return ActivityRun(tuple(applied), rebased)
 
     async def _apply(self, new: Sequence[NonTradeActivity], at: datetime,
                      held_before: Mapping[str, Decimal]) -> list[act.Applied]:
-        pool = self.store.pool
         symbols = {a.symbol for a in new if a.symbol}
         for a in new:  # the underlying of a contract: its OPTRD may pair later
             occ = OptionSymbol.parse(a.symbol or "")
@@ -148,18 +147,19 @@ class ActivityApplier:
             pos = await self.broker.get_position(symbol)
             held_now[symbol] = pos.qty if pos is not None else Decimal(0)
         days = {a.date for a in new if a.date is not None}
-        exits = await pq.load_exit_states(pool, self.account)
-        held = await aq.held(pool, self.account, symbols)
+        exits = await self.store.direct(pq.load_exit_states, self.account)
+        held = await self.store.direct(aq.held, self.account, symbols)
         held.update((s, q) for s, q in held_before.items() if s in symbols)
         book = act.Book(
             applied=frozenset(),
             held=held,
-            managed=await managed_quantities(pool, self.account, symbols),
+            managed=await self.store.direct(managed_quantities, self.account, symbols),
             exits={s: t.state for s, t in exits.items() if s in symbols},
-            legs=tuple(await aq.legs(pool, self.account, days)),
+            legs=tuple(await self.store.direct(aq.legs, self.account, days)),
         )
         plan = act.plan(book, new, at=at, held_now=held_now)
-        written = await aq.apply_all(pool, self.account, plan.applied, at=at, by=self.process)
+        written = await self.store.direct(aq.apply_all, self.account, plan.applied, at=at,
+                                          by=self.process)
         for w in written:
             self.counters.activities_applied += 1
             log.warning("account %s: activity %s %s %s applied: %s", self.account,

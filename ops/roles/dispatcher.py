@@ -134,9 +134,9 @@ from ops.risk import (
 )
 from ops.roles.protective_stops import cancel_stops, remaining, stop_prefix
 from ops.roles.refusal_incidents import RefusalIncidents
+from ops.store import StorageUnavailable
 from ops.store import signals as sq
 from ops.store.ownership import managed_quantities, pipeline_prefix
-from ops.store.postgres import is_outage
 from ops.store.signals import SignalListener, SignalRow
 
 if TYPE_CHECKING:
@@ -392,14 +392,12 @@ class Dispatcher:
                     await self.reconcile()
                 await self.settle_leftovers()
                 await self.reject_unknown_accounts()
-                claimed = await sq.claim_pending(self.store.pool, self.account, self._batch)
+                claimed = await self.store.direct(sq.claim_pending, self.account, self._batch)
             except ReconcileWaitsForDatabase as exc:
                 report.skipped = PAUSE_BUFFER if str(exc) == PAUSE_BUFFER else PAUSE_DB
                 await self._paused(report.skipped)
                 return report
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
+            except StorageUnavailable:
                 report.skipped = PAUSE_DB
                 await self._paused(PAUSE_DB)
                 return report
@@ -468,9 +466,7 @@ class Dispatcher:
             if isinstance(exc, ReconcileWaitsForDatabase):
                 raise
             raise NotReconciled(str(exc)) from None
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+        except StorageUnavailable as exc:
             await self._reconcile_failed(started, f"database unreachable: {exc}")
             raise ReconcileWaitsForDatabase(f"{PAUSE_DB}: {exc}") from None
         now = _now()
@@ -521,7 +517,7 @@ class Dispatcher:
     async def settle_leftovers(self) -> tuple[int, int, int]:
         """(settled as submitted, requeued, still unresolved) for 'claimed'/'unknown' rows."""
         settled = requeued = unresolved = 0
-        for s in await sq.leftovers(self.store.pool, self.account):
+        for s in await self.store.direct(sq.leftovers, self.account):
             if self._budget_spent():
                 break  # the rest stay as they are: the next pass settles them
             try:
@@ -538,7 +534,7 @@ class Dispatcher:
                 continue
             why = (f"no broker order with client_order_id {s.cid} (was {s.status}); "
                    "dispatching again with the same id")
-            if await sq.requeue(self.store.pool, self.account, s.id, why):
+            if await self.store.direct(sq.requeue, self.account, s.id, why):
                 requeued += 1
                 self.stats.requeued += 1
                 log.info("signal %d: %s", s.id, why)
@@ -549,8 +545,8 @@ class Dispatcher:
         with a reason (whichever dispatcher gets there first; see ops.store.signals)."""
         if self._accounts is None:
             return
-        for sid, account in await sq.reject_unknown_accounts(
-                self.store.pool, self._accounts(), self._batch):
+        for sid, account in await self.store.direct(
+                sq.reject_unknown_accounts, self._accounts(), self._batch):
             self.stats.rejected += 1
             log.warning("signal %d rejected: unknown account %r (not in the config)", sid,
                         account)
@@ -638,11 +634,9 @@ class Dispatcher:
             return {p.symbol: split(p.symbol, p.qty, p.qty, manage_external=True)
                     for p in positions}
         try:
-            raw = await managed_quantities(self.store.pool, self.account,
-                                           [p.symbol for p in positions])
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            raw = await self.store.direct(managed_quantities, self.account,
+                                          [p.symbol for p in positions])
+        except StorageUnavailable as exc:
             if not self._ownership_unknown:
                 log.error("flatten %s: ownership unknown (Postgres unreachable: %s): %s",
                           self.account, exc,
@@ -666,9 +660,7 @@ class Dispatcher:
                 snap = await self.store.controls(self.account)
                 row = next((c for c in snap.rows if c.key == KILL_SWITCH_KEY), None)
                 self._flatten_since = row.updated_at if row is not None else now
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
+            except StorageUnavailable:
                 self._flatten_since = now
         return self._flatten_since
 
@@ -829,7 +821,7 @@ class Dispatcher:
         except BrokerError as exc:
             # No state, no decision: give the signals back untouched for the next pass.
             for s, _ in parsed:
-                await sq.requeue(self.store.pool, self.account, s.id,
+                await self.store.direct(sq.requeue, self.account, s.id,
                                  f"broker unavailable while loading the account: {exc}")
             raise
         limits = self._limits()
@@ -851,7 +843,7 @@ class Dispatcher:
         why = (f"not reached within the pass's {self._pass_budget_s:g}s budget (slow "
                "broker); dispatched by the next pass")
         for row in rows:
-            if await sq.requeue(self.store.pool, self.account, row.id, why):
+            if await self.store.direct(sq.requeue, self.account, row.id, why):
                 self.stats.deferred += 1
         log.info("%s: pass budget %gs spent; %d claimed signal(s) deferred to the next "
                  "pass", self.account, self._pass_budget_s, len(rows))
@@ -1084,7 +1076,7 @@ class Dispatcher:
                                "under this exit signal (not sent, never a sell into a short)")
         if cleared.pending:
             why = "protective stop cancel not confirmed yet; dispatched by the next pass"
-            if await sq.requeue(self.store.pool, self.account, s.id, why):
+            if await self.store.direct(sq.requeue, self.account, s.id, why):
                 self.stats.deferred += 1
             self.wake()
             log.info("signal %d: %s", s.id, why)

@@ -20,11 +20,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ops import drift
+from ops.errors import underlying
 from ops.models import Position
+from ops.store import StorageUnavailable, Store
 from ops.store import fills as fq
 from ops.store import positions as pq
-from ops.store.postgres import is_outage
-from ops.store.store import Store
 
 if TYPE_CHECKING:
     from ops.roles.position_manager import PositionCounters
@@ -72,27 +72,26 @@ class DriftGuard:
     async def check(self, positions: Sequence[Position], now: datetime) -> None:
         actual = drift.nonzero((p.symbol, p.qty) for p in positions)
         cut = self.snapshot_cut or drift.Cut.around(now, now)
-        pool = self.store.pool
         try:
             if await self.store.buffer.has_pending():
                 self._skip_drift("the outage buffer still holds rows")
                 return
             blocked = await self._blocked_now()
-            baseline = await pq.load_baseline(pool, self.account)
-            accepts = await pq.pending_accepts(pool, self.account)
+            baseline = await self.store.direct(pq.load_baseline, self.account)
+            accepts = await self.store.direct(pq.pending_accepts, self.account)
             if accepts:
                 await self._accept(accepts, actual, cut, baseline, now, blocked)
                 return
             if baseline is None:
-                await pq.save_baseline(pool, self.account, actual, cut, now, confirmed=False)
+                await self.store.direct(pq.save_baseline, self.account, actual, cut, now,
+                                        confirmed=False)
                 log.info("account %s: drift baseline adopted from the broker (%d positions)",
                          self.account, len(actual))
                 return
-            deltas = await pq.fill_deltas(pool, self.account, baseline.cut.lo, cut.hi)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            self._skip_drift(f"postgres unreachable ({type(exc).__name__})")
+            deltas = await self.store.direct(pq.fill_deltas, self.account, baseline.cut.lo,
+                                             cut.hi)
+        except StorageUnavailable as exc:
+            self._skip_drift(f"postgres unreachable ({type(underlying(exc)).__name__})")
             return
         self.counters.drift_checks += 1
         cmp = drift.compare(baseline.positions, baseline.cut, cut, deltas, actual)
@@ -103,12 +102,14 @@ class DriftGuard:
         if cmp.agree:
             self._strikes.clear()
             assert cmp.cut is not None
-            await pq.save_baseline(pool, self.account, actual, cmp.cut, now, confirmed=True)
+            await self.store.direct(pq.save_baseline, self.account, actual, cmp.cut, now,
+                                    confirmed=True)
             if blocked:
                 await self._unblock(now, f"positions agree again at {now.isoformat()}")
             return
         if not baseline.confirmed:
-            await pq.save_baseline(pool, self.account, actual, cut, now, confirmed=False)
+            await self.store.direct(pq.save_baseline, self.account, actual, cut, now,
+                                    confirmed=False)
             log.info("account %s: unconfirmed drift baseline re-adopted (%s)", self.account,
                      "; ".join(m.describe() for m in cmp.mismatches))
             return
@@ -140,8 +141,8 @@ class DriftGuard:
         confirmed baseline; the request row records what the database expected before."""
         before: dict[str, Decimal] = {}
         if baseline is not None:
-            deltas = await pq.fill_deltas(self.store.pool, self.account, baseline.cut.lo,
-                                          cut.hi)
+            deltas = await self.store.direct(pq.fill_deltas, self.account, baseline.cut.lo,
+                                             cut.hi)
             before = drift.compare(baseline.positions, baseline.cut, cut, deltas,
                                    actual).expected
         who = ", ".join(sorted({a.requested_by for a in accepts}))
@@ -149,9 +150,9 @@ class DriftGuard:
         detail = ("accepted the broker's positions"
                   + (": " + "; ".join(m.describe() for m in changed) if changed
                      else " (they already agreed)"))
-        await pq.apply_accepts(self.store.pool, self.account, [a.id for a in accepts], actual,
-                               cut, before=before, applied_by=self.process, at=now,
-                               detail=detail)
+        await self.store.direct(pq.apply_accepts, self.account, [a.id for a in accepts],
+                                actual, cut, before=before, applied_by=self.process, at=now,
+                                detail=detail)
         self._strikes.clear()
         self.counters.drift_mismatches = 0
         log.warning("account %s: %s, requested by %s", self.account, detail, who)
@@ -160,19 +161,16 @@ class DriftGuard:
 
     async def _request_fill_check(self, now: datetime) -> None:
         try:
-            await fq.request_check(self.store.pool, self.account, self.process, now)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            await self.store.direct(fq.request_check, self.account, self.process, now)
+        except StorageUnavailable:
+            pass  # asked again at the next mismatch
 
     async def _checked_since_mismatch(self) -> fq.FillCheck | None:
         """The stream role's last completeness check, if it started after the broker
         answered the first mismatching snapshot (so every fill in it had its chance)."""
         try:
-            check = await fq.load_check(self.store.pool, self.account)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            check = await self.store.direct(fq.load_check, self.account)
+        except StorageUnavailable:
             return None
         seen = self._mismatch_seen
         if check is None or seen is None or check.complete_through < seen:

@@ -135,14 +135,14 @@ class FillChecker:
         return FillCheckResult(reason, skipped=why)
 
     async def _run(self, reason: str) -> FillCheckResult:
-        pool, b = self.store.pool, self.broker
+        b = self.broker
         started = datetime.now(UTC)
-        prev = await fq.load_check(pool, self.account)
+        prev = await self.store.direct(fq.load_check, self.account)
         since = (prev.complete_through if prev else started - INITIAL_LOOKBACK) - MARGIN
         orders = {o.id: o for o in await b.list_orders(status="all", after=since,
                                                         direction="asc", nested=False)}
         orders.update((o.id, o) for o in await b.list_orders(status="open", nested=False))
-        wanted = await fq.orders_to_check(pool, self.account, since)
+        wanted = await self.store.direct(fq.orders_to_check, self.account, since)
         wanted |= set(prev.incomplete if prev else ())
         for oid in sorted(wanted - set(orders)):
             try:
@@ -154,7 +154,7 @@ class FillChecker:
                             "not know it; not checked", oid)
                 continue
             orders[oid] = order
-        stored = await fq.stored_fills(pool, self.account, orders)
+        stored = await self.store.direct(fq.stored_fills, self.account, orders)
         need = [o for o in orders.values()
                 if fills.status(o.filled_qty, stored.get(o.id, ()))
                 is not fills.Completeness.COMPLETE]
@@ -169,14 +169,14 @@ class FillChecker:
         if orders:
             await self.store.upsert_orders(self.account, orders.values())
         for r in recs:
-            n = await fq.fill_in_qty(pool, self.account, r.order_id,
-                                     [(f.cum_qty, f.qty) for f in r.qty_fill_ins])
+            n = await self.store.direct(fq.fill_in_qty, self.account, r.order_id,
+                                        [(f.cum_qty, f.qty) for f in r.qty_fill_ins])
             self.stats.qty_filled_in += n
         incomplete = tuple(sorted(r.order_id for r in recs
                                   if r.after is not fills.Completeness.COMPLETE))
         await self._report(recs, orders, incomplete, prev)
         failed = (prev.failed_checks + 1 if prev else 1) if incomplete else 0
-        await fq.save_check(pool, fq.FillCheck(
+        await self.store.direct(fq.save_check, fq.FillCheck(
             self.account, started, datetime.now(UTC), len(orders), added, incomplete, failed))
         self.stats.checks += 1
         self.stats.fills_recovered += added

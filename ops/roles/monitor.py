@@ -182,7 +182,7 @@ async def build(ctx: RoleContext) -> Sequence[Service]:
                                     mon.healthy, config.alerts.timeout_s)
         services.append(mon.deadman)
     buffer_watch = BufferWatch(ctx.store, host=mon.host)
-    pruner = Pruner(ctx.store.pool, timedelta(days=config.database.history_retention_days))
+    pruner = Pruner.of(ctx.store, timedelta(days=config.database.history_retention_days))
 
     async def job(_slot: object) -> None:
         await mon.pass_with_upkeep(buffer_watch, pruner)

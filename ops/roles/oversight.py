@@ -30,7 +30,8 @@ from ops.incidents import SweepPolicy, sweep
 from ops.metrics import AccountMetrics, MetricsExporter, MetricsSnapshot, ProcessMetrics
 from ops.models import Heartbeat, RunRecord
 from ops.status import PAUSABLE_ROLES, kill_switch_mode
-from ops.store.incidents import open_records
+from ops.store.errors import StorageUnavailable
+from ops.store.incidents import open_records, set_detail
 from ops.watchdog import (
     DATABASE,
     Action,
@@ -56,16 +57,6 @@ log = logging.getLogger(__name__)
 IO_TIMEOUT_S = 4.0  # every read/write/RPC of a pass
 SWEEP_EVERY_S = 15.0  # the incident sweep (ops/incidents.py) at most this often
 ACTIVITY_EVERY_S = 10.0  # orders/fills today (a heavier query) at most this often
-_LATEST_RUNS_SQL = """
-SELECT r.* FROM unnest($1::text[]) AS p(name)
-CROSS JOIN LATERAL (
-    SELECT * FROM runs
-    WHERE process = p.name AND finished_at IS NOT NULL AND outcome <> 'running'
-    ORDER BY finished_at DESC LIMIT 1
-) r
-"""
-
-
 def _pid_alive(pid: int) -> bool:
     import os
 
@@ -180,27 +171,10 @@ class Overseer:
     # --- reads -----------------------------------------------------------------------------
 
     async def latest_runs(self, names: list[str]) -> tuple[dict[str, RunRecord], str]:
-        """The last completed run of each named process.
-
-        `Store.latest_runs()` reads every ledger row (DISTINCT ON over the whole table:
-        ~300 ms at 1M rows, and the ledger only grows), which would slowly push a 1 s pass
-        past its timeouts. Here: one index probe per process. During an outage, or while
-        the buffer still holds unreplayed rows, the Store's merged read is the truth."""
-        from ops.store import is_outage
-        from ops.store.ops import enc
-        from ops.store.store import decode_run
-
-        if self.store.database_reachable and not await self.store.buffer.has_pending():
-            try:
-                rows = await self.store.pool.fetch(_LATEST_RUNS_SQL, names,
-                                                   timeout=IO_TIMEOUT_S)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
-            else:
-                return ({r["process"]: decode_run({k: enc(v) for k, v in r.items()})
-                         for r in rows}, "postgres")
-        snap = await self.store.latest_runs()
+        """The last completed run of each named process: one index probe per process
+        (`Store.latest_runs_of`), so a 1 s pass stays within its timeouts however long
+        the ledger grows; the Store's merged read during an outage or a replay."""
+        snap = await self.store.latest_runs_of(names, timeout_s=IO_TIMEOUT_S)
         return {r.process: r for r in snap.rows}, snap.source
 
     async def read(self, names: list[str]) -> Reads:
@@ -356,15 +330,11 @@ class Overseer:
     async def _note(self, action: NoteIncident) -> None:
         """Replace the open incident's detail (Postgres only; during an outage the log and
         the alert carry it, and the incident keeps its first detail)."""
-        from ops.store import is_outage
-
         try:
-            await self.store.pool.execute(
-                "UPDATE incidents SET detail = $2 WHERE dedupe_key = $1 AND closed_at IS NULL",
-                action.key, action.detail, timeout=IO_TIMEOUT_S)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            await self.store.direct(set_detail, action.key, action.detail,
+                                    timeout_s=IO_TIMEOUT_S)
+        except StorageUnavailable:
+            pass
 
     async def _alert(self, event: AlertEvent, key: str, kind: str, process: str | None,
                      account: str | None, detail: str, opened_at: datetime,
@@ -383,17 +353,16 @@ class Overseer:
         """Close the incidents whose condition cleared and that nobody else closes
         (ops/incidents.py): events not seen again, raisers gone. Postgres only, at most
         every SWEEP_EVERY_S."""
-        from ops.store import is_outage
-
         if (self._swept_at is not None
                 and time.monotonic() - self._swept_at < SWEEP_EVERY_S):
             return
         self._swept_at = time.monotonic()
         try:
-            records = await self._io("incidents", open_records(self.store.pool))
-        except Exception as exc:
-            if not is_outage(exc):
-                log.exception("%s: incident sweep failed", self.name)
+            records = await self._io("incidents", self.store.direct(open_records))
+        except (StorageUnavailable, TimeoutError):
+            return
+        except Exception:
+            log.exception("%s: incident sweep failed", self.name)
             return
         for s in sweep(records, now=now, host=self.host, alive=_pid_alive,
                        policy=SweepPolicy()):
@@ -503,14 +472,12 @@ class Overseer:
         if time.monotonic() - self._activity_at < ACTIVITY_EVERY_S:
             return
         self._activity_at = time.monotonic()
-        from ops.store import is_outage
         from ops.store.status import account_activity
 
         try:
-            acts = await self._io("account activity", account_activity(self.store.pool, now))
-        except Exception as exc:
-            if not (is_outage(exc) or isinstance(exc, TimeoutError)):
-                raise
+            acts = await self._io("account activity",
+                                  self.store.direct(account_activity, now))
+        except (StorageUnavailable, TimeoutError):
             self._activity = None  # unknown during an outage, never a made-up zero
             return
         self._activity = {a: (v.orders_today, v.fills_today) for a, v in acts.items()}

@@ -105,9 +105,9 @@ from ops.roles.activities import ActivityApplier
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
 from ops.roles.protective_stops import ProtectiveStops, Target
 from ops.roles.refusal_incidents import RefusalIncidents
+from ops.store import StorageUnavailable
 from ops.store import positions as pq
 from ops.store.ownership import managed_quantities
-from ops.store.postgres import is_outage
 from ops.store.store import Store
 
 if TYPE_CHECKING:
@@ -309,9 +309,7 @@ class PositionManager:
     async def _stored_positions(self) -> dict[str, tuple[Decimal, Decimal, Decimal | None]]:
         try:
             snap = await self.store.positions(self.account)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+        except StorageUnavailable:
             return {}
         return {r.position.symbol: (r.position.qty, r.position.avg_entry_price,
                                     r.position.current_price)
@@ -337,10 +335,8 @@ class PositionManager:
         if self._tracked_loaded:
             return
         try:
-            stored = await pq.load_exit_states(self.store.pool, self.account)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            stored = await self.store.direct(pq.load_exit_states, self.account)
+        except StorageUnavailable:
             log.warning("account %s: exit state not loadable (postgres away); tracking "
                         "from now and retrying next tick", self.account)
             return
@@ -352,11 +348,9 @@ class PositionManager:
 
     async def _persist(self, symbol: str, tracked: pq.TrackedPosition, now: datetime) -> None:
         try:
-            await pq.save_exit_state(self.store.pool, self.account, symbol, tracked, now)
+            await self.store.direct(pq.save_exit_state, self.account, symbol, tracked, now)
             self._unsaved.discard(symbol)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+        except StorageUnavailable:
             self._unsaved.add(symbol)
 
     async def _apply_exits(self, positions: Sequence[Position], now: datetime) -> None:
@@ -369,10 +363,9 @@ class PositionManager:
             self._retry_at.pop(gone, None)
         if self._tracked_loaded:
             try:
-                await pq.delete_exit_states(self.store.pool, self.account, symbols)
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
+                await self.store.direct(pq.delete_exit_states, self.account, symbols)
+            except StorageUnavailable:
+                pass
         mode = await self._kill_switch()
         rules = self._rules()
         owned = await self._ownership(held)
@@ -431,16 +424,14 @@ class PositionManager:
             return {p.symbol: split(p.symbol, p.qty, p.qty, manage_external=True)
                     for p in held}
         try:
-            raw = await managed_quantities(self.store.pool, self.account,
-                                           [p.symbol for p in held])
+            raw = await self.store.direct(managed_quantities, self.account,
+                                          [p.symbol for p in held])
             self._managed_cache.update(raw)
             for p in held:
                 if p.symbol not in raw:
                     self._managed_cache[p.symbol] = Decimal(0)
             self._managed_known = True
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+        except StorageUnavailable:
             if not self._managed_known:
                 log.warning("account %s: ownership unknown (Postgres unreachable, nothing "
                             "cached): no exit sent this tick", self.account)
@@ -545,10 +536,8 @@ class PositionManager:
             decided_at=now,
         )
         try:
-            await pq.record_exit_decision(self.store.pool, record)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            await self.store.direct(pq.record_exit_decision, record)
+        except StorageUnavailable:
             log.warning("account %s: exit decision %s not recorded (postgres away): %s",
                         self.account, cid, d.reason)
         if res.outcome == "accepted":

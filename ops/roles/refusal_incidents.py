@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ops import refusals
-from ops.store.postgres import is_outage
-from ops.store.store import Store
+from ops.store import StorageUnavailable, Store
+from ops.store.incidents import is_open, set_detail
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +120,9 @@ class RefusalIncidents:
         if not self.store.database_reachable:
             return False
         try:
-            found = await self.store.pool.fetchval(
-                "SELECT 1 FROM incidents WHERE dedupe_key = $1 AND closed_at IS NULL",
-                self.key(symbol), timeout=SQL_TIMEOUT_S)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            return await self.store.direct(is_open, self.key(symbol), timeout_s=SQL_TIMEOUT_S)
+        except StorageUnavailable:
             return False
-        return found is not None
 
     async def close_all_but(self, keep: Iterable[str], why: Callable[[str], str],
                             at: datetime | None = None) -> int:
@@ -159,9 +154,7 @@ class RefusalIncidents:
         if not self.store.database_reachable:
             return
         try:
-            await self.store.pool.execute(
-                "UPDATE incidents SET detail = $2 WHERE dedupe_key = $1 AND closed_at IS NULL",
-                self.key(symbol), text[:2000], timeout=SQL_TIMEOUT_S)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            await self.store.direct(set_detail, self.key(symbol), text[:2000],
+                                    timeout_s=SQL_TIMEOUT_S)
+        except StorageUnavailable:
+            pass

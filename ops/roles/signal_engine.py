@@ -55,8 +55,8 @@ from ops.credentials import CredentialError, load_credentials, provider_from_con
 from ops.daemon import Service
 from ops.models import Position
 from ops.risk import RiskLimits
-from ops.store.postgres import is_outage
-from ops.store.store import Store
+from ops.store import StorageUnavailable, Store
+from ops.store.signals import existing_keys
 from ops.strategies.base import (
     Strategy,
     StrategyContext,
@@ -337,15 +337,11 @@ class SignalEngine:
             return
         existing: set[str] = set()
         try:
-            rows = await self.store.pool.fetch(
-                "SELECT idempotency_key FROM signals WHERE idempotency_key = ANY($1::text[])",
-                [k for k, _ in valid])
-            existing = {r["idempotency_key"] for r in rows}
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            existing = await self.store.direct(existing_keys, [k for k, _ in valid])
+        except StorageUnavailable:
             # Postgres away: insert_signal buffers, and the replay's ON CONFLICT DO NOTHING
             # still keeps a key from being inserted twice.
+            pass
         for key, sig in valid:
             if key in existing:
                 self.counters.duplicates += 1

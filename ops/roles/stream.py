@@ -68,11 +68,11 @@ from ops.broker import Broker, BrokerError, TradeStream
 from ops.broker.stream import Connectivity, StreamState
 from ops.config import BrokerConfig
 from ops.daemon import Service
-from ops.models import TERMINAL_ORDER_STATUSES, Order, TradeUpdate
+from ops.models import Order, TradeUpdate
 from ops.roles.fill_check import FillChecker, FillCheckResult
 from ops.roles.runtime import RoleContext, endpoints_for
+from ops.store import StorageUnavailable
 from ops.store import fills as fq
-from ops.store import is_outage
 from ops.store.ingest import trade_update_row_op
 from ops.store.ops import Op
 from ops.ticker import Slot
@@ -104,12 +104,6 @@ Streamed = tuple[datetime, str, Decimal]  # what the stream delivered: updated_a
 # parsed update (its dicts, Decimals, datetimes) until its batch was written made the
 # collector walk them all and freed them cold, ~a fifth of the role's CPU per event.
 _Queued = tuple[Op | None, TradeUpdate | None, str, datetime, bool]
-
-_OPEN_SQL = f"""
-SELECT id, updated_at FROM orders
-WHERE account = $1 AND status NOT IN ({", ".join(f"'{s}'" for s in TERMINAL_ORDER_STATUSES)})
-"""
-
 
 @dataclass(slots=True)
 class StreamStats:
@@ -492,10 +486,10 @@ class StreamRole:
         for entry in batch:
             try:
                 await self._store_updates([entry])
+            except StorageUnavailable:
+                await asyncio.sleep(1.0)
+                return  # keep the batch queued: retried whole
             except Exception as one:
-                if is_outage(one):
-                    await asyncio.sleep(1.0)
-                    return  # keep the batch queued: retried whole
                 op, u = entry[0], entry[1]
                 if u is not None:
                     key, raw = u.event_key, _short(dict(u.raw))
@@ -517,12 +511,9 @@ class StreamRole:
 
     async def _stored_open(self) -> dict[str, datetime]:
         try:
-            rows = await self.ctx.store.pool.fetch(_OPEN_SQL, self.account)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            return await self.ctx.store.direct(fq.stored_open_orders, self.account)
+        except StorageUnavailable:
             return {}
-        return {r["id"]: r["updated_at"] for r in rows}
 
     def _prune(self) -> None:
         # Mute detection never looks further back than KNOWN_KEEP (`_after_check`).
@@ -560,10 +551,10 @@ class StreamRole:
                 log.warning("fill check (%s) failed: %s; retrying on the next check",
                             reason, exc)
                 return
-            except Exception as exc:
-                if not is_outage(exc):
-                    log.exception("fill check (%s) failed; retrying on the next check",
-                                  reason)
+            except StorageUnavailable:
+                return
+            except Exception:
+                log.exception("fill check (%s) failed; retrying on the next check", reason)
                 return
             if result.skipped is not None:
                 return
@@ -653,10 +644,8 @@ class StreamRole:
     async def _requested_check(self) -> None:
         """A check the position manager asked for (positions it cannot explain)."""
         try:
-            at = await fq.check_requested_at(self.ctx.store.pool, self.account)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
+            at = await self.ctx.store.direct(fq.check_requested_at, self.account)
+        except StorageUnavailable:
             return
         if at is not None and (self._request_seen is None or at > self._request_seen):
             first = self._request_seen is None

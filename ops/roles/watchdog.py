@@ -444,7 +444,7 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
     from ops.store.bufferwatch import BufferWatch
     from ops.store.retention import Pruner
     buffer_watch = BufferWatch(store, host=wd.host)
-    pruner = Pruner(store.pool, timedelta(days=config.database.history_retention_days))
+    pruner = Pruner.of(store, timedelta(days=config.database.history_retention_days))
 
     async def job(_slot: object) -> None:
         await wd.pass_with_upkeep(buffer_watch, pruner)

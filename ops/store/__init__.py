@@ -3,7 +3,13 @@
 - `store.py`     `Store`: the one write API (Postgres or buffer, drained in order) + reads
 - `ops.py`       typed, idempotent write operations (kind + JSON payload + batch apply)
 - `buffer.py`    the host-wide SQLite buffer (pending writes, latest state, dead rows)
-- `postgres.py`  asyncpg pools/connections, JSON codecs, `is_outage`
+- `postgres.py`  asyncpg pools/connections, JSON codecs, `is_outage` (which errors are
+                 outages: the one classification)
+- `errors.py`    `StorageUnavailable` (Postgres away, or a write stored nowhere: the one
+                 error callers outside ops/store catch for an outage), `BufferUnwritable`
+- query modules  signals.py, positions.py, fills.py, incidents.py, ownership.py,
+                 activities.py, status.py, history.py, signal_records.py: the SQL of what
+                 has no buffered copy, run through `Store.direct()` from outside ops/store
 - `embedded.py`  the embedded PostgreSQL under $OPS_HOME/pg (pgserver's or the system's binaries)
 - `migrate.py`   versioned migrations (`migrations/NNNN_*.sql`) and `ops db migrate`
 """
@@ -11,8 +17,8 @@
 from __future__ import annotations
 
 from ops.store.buffer import BufferStatus
+from ops.store.errors import StorageUnavailable
 from ops.store.ops import Op
-from ops.store.postgres import is_outage
 from ops.store.store import (
     AccountState,
     Control,
@@ -32,10 +38,10 @@ __all__ = [
     "Incident",
     "Op",
     "Snapshot",
+    "StorageUnavailable",
     "Store",
     "StoreSettings",
     "StoredPosition",
-    "is_outage",
     "order_op",
     "trade_update_op",
 ]

@@ -1,14 +1,19 @@
 """Errors of the storage layer that callers act on, and how a buffer failure is recognised.
 
+- `StorageUnavailable`: the store cannot serve the call right now. Either Postgres is
+  unreachable or unusable for a call that needs it (a direct read or write, a
+  Postgres-only read: the driver's error is its `__cause__`, its message the driver's
+  message), or a write could be stored nowhere (Postgres unreachable *and* the buffer
+  unwritable). The one outage type callers outside ops/store catch: which driver errors
+  are outages is decided in one place, `ops.store.postgres.is_outage`. Writers keep the
+  write and retry it later (the stream keeps its batch, the ticker logs the run as
+  failed) instead of treating it as one bad row.
 - `BufferUnwritable`: the SQLite buffer cannot take a write (disk full, read-only file
   system, I/O error). Reading it usually still works.
-- `StorageUnavailable`: a write could be stored nowhere (Postgres unreachable *and* the
-  buffer unwritable). `is_outage` counts it as an outage, so writers keep the write and
-  retry it later (the stream keeps its batch, the ticker logs the run as failed) instead
-  of treating it as one bad row.
 
-Neither subclasses OSError on purpose: `is_outage` treats every OSError as "Postgres is
-unreachable", and a buffer failure must never be mistaken for a reason to buffer.
+Both derive from `StoreError`, and neither from OSError on purpose: `is_outage` treats
+every OSError as "Postgres is unreachable", and a buffer failure must never be mistaken
+for a reason to buffer.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ def is_unwritable(exc: BaseException) -> bool:
     return False
 
 
-class BufferUnwritable(Exception):
+class StoreError(Exception):
+    """Base of the errors the storage layer raises itself."""
+
+
+class BufferUnwritable(StoreError):
     """The buffer at `path` refused a write; `reason` is the underlying error, one line."""
 
     def __init__(self, path: Path, reason: str):
@@ -57,8 +66,10 @@ class BufferUnwritable(Exception):
         return cls(path, f"{name}: {exc}")
 
 
-class StorageUnavailable(Exception):
-    """Neither Postgres nor the outage buffer could take a write; nothing was stored."""
+class StorageUnavailable(StoreError):
+    """Postgres is away for a call that needs it, or neither Postgres nor the outage buffer
+    could take a write: nothing was read or stored. A driver error that meant the outage
+    is the `__cause__`."""
 
 
-__all__ = ["BufferUnwritable", "StorageUnavailable", "is_unwritable"]
+__all__ = ["BufferUnwritable", "StorageUnavailable", "StoreError", "is_unwritable"]

@@ -2,8 +2,9 @@
 to look at, and the per-account record of the last completeness check.
 
 What lives here: the SQL behind `ops.roles.stream`'s completeness check (`stored_fills`,
-`orders_to_check`, `fill_in_qty`), the `fill_checks` table (migration 0014):
-`load_check` / `save_check`, and the position manager's `request_check`. What does not:
+`orders_to_check`, `fill_in_qty`) and its mute detection (`stored_open_orders`), the
+`fill_checks` table (migration 0014): `load_check` / `save_check`, and the position
+manager's `request_check`. What does not:
 the decisions (ops.fills), storing fills (they go through the store's `trade_update` op
 like the stream's own events).
 
@@ -66,6 +67,17 @@ async def orders_to_check(pool: asyncpg.Pool, account: str, since: datetime) -> 
     """Order ids to check whatever the broker's listings say: believed open, or created
     since `since` with a filled_qty their stored fills do not reach."""
     return {r["id"] for r in await pool.fetch(_TO_CHECK_SQL, account, since, _TERMINAL)}
+
+
+_OPEN_SQL = f"""
+SELECT id, updated_at FROM orders
+WHERE account = $1 AND status NOT IN ({", ".join(f"'{s}'" for s in TERMINAL_ORDER_STATUSES)})
+"""
+
+
+async def stored_open_orders(pool: asyncpg.Pool, account: str) -> dict[str, datetime]:
+    """The orders the database believes open: id -> their last update."""
+    return {r["id"]: r["updated_at"] for r in await pool.fetch(_OPEN_SQL, account)}
 
 
 async def fill_in_qty(pool: asyncpg.Pool, account: str, order_id: str,

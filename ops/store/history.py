@@ -1,6 +1,7 @@
 """Read queries behind the dashboard's history: account series, the run ledger over a
-window, fills for realised P&L, incident spans. Postgres only (none of it has a buffered
-copy): each raises the driver's error when Postgres is unreachable, and the caller says so.
+window, fills for realised P&L, incident spans; and `ops gaps`'s stretches between runs.
+Postgres only (none of it has a buffered copy): run through `Store` (its history reads,
+`Store.direct`), an outage raises `StorageUnavailable` and the caller says so.
 
 What lives here: the SQL and the rows it returns, as plain dataclasses. What does not: any
 judgement of the rows (late / missed / failed slots, P&L: `tui/history.py` with the
@@ -213,3 +214,57 @@ async def incident_spans(pool: asyncpg.Pool, start: datetime, end: datetime,
     rows = await pool.fetch(_INCIDENTS_SQL, start, end, limit)
     return [IncidentSpan(r["id"], r["kind"], r["process"], r["account"], r["opened_at"],
                          r["closed_at"]) for r in rows]
+
+
+# --- `ops gaps` (ops/gaps_report.py): every stretch between runs, not bucketed --------------
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerGap:
+    """A stretch between two consecutive completed runs of a process."""
+
+    process: str
+    account: str | None
+    role: str
+    prev: datetime  # the earlier run finished
+    began: datetime  # the next one began
+    gap_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    process: str
+    account: str | None
+    role: str
+    finished_at: datetime
+
+
+_GAPS_SQL = """
+WITH r AS (
+    SELECT process, account, role, coalesce(started_at, finished_at) AS began, finished_at,
+           lag(finished_at) OVER (PARTITION BY process
+                                  ORDER BY coalesce(started_at, finished_at)) AS prev
+    FROM runs
+    WHERE finished_at IS NOT NULL AND outcome <> 'running' AND finished_at >= $1
+)
+SELECT process, account, role, prev, began,
+       extract(epoch FROM began - prev)::float8 AS gap_s
+FROM r WHERE prev IS NOT NULL AND began - prev > make_interval(secs => $2)
+ORDER BY prev
+"""
+_LAST_SQL = """
+SELECT DISTINCT ON (process) process, account, role, finished_at FROM runs
+WHERE finished_at IS NOT NULL AND outcome <> 'running'
+ORDER BY process, finished_at DESC
+"""
+
+
+async def ledger_gaps(pool: asyncpg.Pool, since: datetime, min_gap_s: float,
+                      ) -> tuple[list[LedgerGap], list[LastRun]]:
+    """Stretches longer than `min_gap_s` between consecutive runs finished since `since`
+    (oldest first), and every process's last completed run."""
+    gaps = await pool.fetch(_GAPS_SQL, since, min_gap_s)
+    last = await pool.fetch(_LAST_SQL)
+    return ([LedgerGap(r["process"], r["account"], r["role"], r["prev"], r["began"],
+                       float(r["gap_s"])) for r in gaps],
+            [LastRun(r["process"], r["account"], r["role"], r["finished_at"]) for r in last])

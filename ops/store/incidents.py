@@ -2,17 +2,21 @@
 
 What lives here: the full incident record (`IncidentRecord`: who reported it, when it was
 last seen, acknowledgement, how it ended), listing and finding incidents (`list_incidents`,
-`find_incident` by id prefix), and acknowledging one (`ack_incident`). Opening, bumping
-and closing stay Store ops (ops/store/store.py), buffered through an outage; these go
-straight to Postgres: they serve an operator (`ops incidents`, the dashboard) and the
-watchdog's sweep (ops/incidents.py), which need the truth.
+`find_incident` by id prefix, `incidents_since`, `is_open`), acknowledging one
+(`ack_incident`), replacing an open one's detail (`set_detail`), and the dashboard's
+recently closed ones and restarts. Opening, bumping and closing stay Store ops
+(ops/store/store.py), buffered through an outage; these go straight to Postgres (run
+through `Store.direct`: an outage raises `StorageUnavailable`): they serve an operator
+(`ops incidents`, the dashboard) and the watchdog's sweep (ops/incidents.py), which need
+the truth.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
@@ -73,6 +77,15 @@ async def list_incidents(pool: asyncpg.Pool, *, closed_since: datetime | None = 
     return [_record(r) for r in rows]
 
 
+async def incidents_since(pool: asyncpg.Pool, since: datetime) -> list[IncidentRecord]:
+    """Incidents opened since `since`, still open, or closed since then; oldest first
+    (`ops gaps`)."""
+    rows = await pool.fetch(f"SELECT {_COLUMNS} FROM incidents"
+                            " WHERE opened_at >= $1 OR closed_at IS NULL OR closed_at >= $1"
+                            " ORDER BY opened_at", since)
+    return [_record(r) for r in rows]
+
+
 async def open_records(pool: asyncpg.Pool) -> list[IncidentRecord]:
     rows = await pool.fetch(f"SELECT {_COLUMNS} FROM incidents WHERE closed_at IS NULL"
                             " ORDER BY opened_at")
@@ -112,5 +125,50 @@ async def ack_incident(pool: asyncpg.Pool, incident_id: str, by: str, at: dateti
     return str(status).endswith(" 1")
 
 
+async def is_open(pool: asyncpg.Pool, dedupe_key: str, *, timeout_s: float | None = None,
+                  ) -> bool:
+    """Whether an incident with this dedupe key is open."""
+    found = await pool.fetchval(
+        "SELECT 1 FROM incidents WHERE dedupe_key = $1 AND closed_at IS NULL",
+        dedupe_key, timeout=timeout_s)
+    return found is not None
+
+
+async def set_detail(pool: asyncpg.Pool, dedupe_key: str, detail: str, *,
+                     timeout_s: float | None = None) -> None:
+    """Replace the detail of the open incident with this dedupe key (none open: nothing)."""
+    await pool.execute(
+        "UPDATE incidents SET detail = $2 WHERE dedupe_key = $1 AND closed_at IS NULL",
+        dedupe_key, detail, timeout=timeout_s)
+
+
+_CLOSED_SQL = """
+SELECT id::text, kind, process, account, detail, opened_at, closed_at, restarts, acked_by,
+       acked_at
+FROM incidents WHERE closed_at IS NOT NULL AND closed_at >= $1
+ORDER BY closed_at DESC LIMIT $2
+"""
+_RESTARTS_SQL = """
+SELECT process, sum(restarts)::int AS n FROM incidents
+WHERE process IS NOT NULL AND (opened_at >= $1 OR closed_at IS NULL OR closed_at >= $1)
+GROUP BY process
+"""
+
+
+async def recently_closed(pool: asyncpg.Pool, since: datetime, limit: int,
+                          ) -> list[Mapping[str, Any]]:
+    """Incidents closed since `since`, newest first (the dashboard's list): rows keyed by
+    column (id, kind, process, account, detail, opened_at, closed_at, restarts, acked_by,
+    acked_at)."""
+    return list(await pool.fetch(_CLOSED_SQL, since, limit))
+
+
+async def restarts_since(pool: asyncpg.Pool, since: datetime) -> dict[str, int]:
+    """Restarts per process counted on incidents open at any time since `since`."""
+    rows = await pool.fetch(_RESTARTS_SQL, since)
+    return {r["process"]: int(r["n"] or 0) for r in rows}
+
+
 __all__ = ["AmbiguousIncident", "IncidentRecord", "ack_incident", "find_incident",
-           "list_incidents", "open_records"]
+           "incidents_since", "is_open", "list_incidents", "open_records", "recently_closed",
+           "restarts_since", "set_detail"]

@@ -20,7 +20,9 @@ from importlib import resources
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.store.postgres import connect, is_outage, redact_url
+from ops.errors import underlying
+from ops.store.errors import StorageUnavailable
+from ops.store.postgres import connect, redact_url, unavailable_on_outage
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +135,30 @@ async def apply_migrations(
 
 
 async def migrate(url: str) -> MigrationResult:
-    conn = await connect(url)
+    """Apply what is pending to the database at `url`; `StorageUnavailable` when it is
+    away, the driver's error for anything else (a wrong database or role, a failing
+    migration)."""
+    with unavailable_on_outage():
+        conn = await connect(url)
+        try:
+            return await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+
+async def schema_version(url: str, *, connect_timeout: float, command_timeout: float) -> int:
+    """The highest migration applied to the database at `url` (0: none, or none readable).
+    `StorageUnavailable` when the server is away, the driver's error for any other
+    failure to connect (`ops doctor`)."""
+    with unavailable_on_outage():
+        conn = await connect(url, connect_timeout=connect_timeout,
+                             command_timeout=command_timeout)
     try:
-        return await apply_migrations(conn)
+        try:
+            return int(await conn.fetchval(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations"))
+        except Exception:
+            return 0
     finally:
         await conn.close()
 
@@ -157,11 +180,12 @@ def cli_migrate(args: argparse.Namespace) -> int:
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except StorageUnavailable as exc:
+        cause = underlying(exc)
+        print(f"error: database unreachable at {redact_url(url)}: "
+              f"{type(cause).__name__}: {cause}", file=sys.stderr)
+        return 2
     except Exception as exc:
-        if is_outage(exc):
-            print(f"error: database unreachable at {redact_url(url)}: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
         # e.g. a wrong database name or role, or a migration's SQL failing: say where.
         print(f"error: migration failed against {redact_url(url)}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)

@@ -5,9 +5,10 @@ What lives here: the SQL behind position drift detection (`expected_positions`,
 `save_exit_state`, `delete_exit_states`), the audit row of each exit decision
 (`record_exit_decision`), and the pure comparison `position_mismatches`. Tables come from
 migration 0004_position_manager.sql. What does not: deciding (ops.exits, the role) and
-the buffered writes (ops.store.store).
+the buffered writes (ops.store.store). Also here: `open_positions`, every synced
+account's open positions in one read (the dashboard, thousands of rows).
 
-These go straight to Postgres (`store.pool`), never through the outage buffer: they are
+These go straight to Postgres (`Store.direct`), never through the outage buffer: they are
 reads that must see the truth (a drift check against buffered, not yet replayed events
 would be wrong), or the position manager's own memory, which it keeps in-process while
 Postgres is away and writes again on the next tick.
@@ -298,3 +299,21 @@ async def exit_records(pool: asyncpg.Pool, account: str) -> list[ExitRecord]:
                    r["broker_order_id"], r["decided_at"], int(r["attempts"]))
         for r in rows
     ]
+
+
+#: What Store.positions() returns (accounts with a sync row), open positions only.
+_OPEN_POSITIONS_SQL = """
+SELECT p.account, p.symbol, p.qty, p.avg_entry_price, p.current_price, p.market_value,
+       p.unrealized_pl, p.unrealized_plpc, p.opened_at, s.synced_at
+FROM positions p JOIN position_syncs s ON s.account = p.account
+WHERE p.qty <> 0
+ORDER BY p.account, p.symbol
+"""
+
+
+async def open_positions(pool: asyncpg.Pool) -> list[Mapping[str, Any]]:
+    """Every synced account's open positions with the sync's time, by account and symbol:
+    rows keyed by column (account, symbol, qty, avg_entry_price, current_price,
+    market_value, unrealized_pl, unrealized_plpc, opened_at, synced_at), straight from
+    the driver (no copy: thousands of them per dashboard load)."""
+    return list(await pool.fetch(_OPEN_POSITIONS_SQL))

@@ -1,17 +1,22 @@
 """asyncpg connections and pools with timeouts and JSON codecs, and outage classification.
 
-`is_outage(exc)` is the one place that decides whether a failed write goes to the SQLite
-buffer (the database is away or unusable right now) or propagates (the write itself is
-wrong: constraint violation, bad SQL, bad data). Getting this wrong either loses data
-(buffering a write that can never apply would be retried forever) or stops the pipeline
-(raising on a transient outage), so it is deliberately explicit.
+`is_outage(exc)` is the one place that decides whether a failed call means "the database
+is away or unusable right now" (a write goes to the SQLite buffer, a read falls back to
+it, a caller outside ops/store gets `StorageUnavailable`) or "this call is wrong"
+(constraint violation, bad SQL, bad data: the error propagates as it is). Getting this
+wrong either loses data (buffering a write that can never apply would be retried
+forever) or stops the pipeline (raising on a transient outage), so it is deliberately
+explicit. `unavailable_on_outage()` turns the outages of the calls it wraps into
+`StorageUnavailable`: every Postgres call the store makes on a caller's behalf runs in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,41 +29,57 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 
-# Interface errors that mean "this connection is gone", as opposed to API misuse such as
-# "another operation is in progress" (a bug, which must propagate).
+#: SQLSTATE classes meaning the server is away: 08 connection exception (refused, lost,
+#: "connection does not exist"); 57 operator intervention (57P01 admin shutdown, 57P02
+#: crash shutdown, 57P03 cannot connect now, and 57014 query canceled: a server-side
+#: statement timeout, the twin of the client's command timeout).
+_OUTAGE_CLASSES = frozenset({"08", "57"})
+#: Single codes: 53300 too many connections; 25006 read-only transaction (a failed-over
+#: old primary).
+_OUTAGE_STATES = frozenset({"53300", "25006"})
+# The last resort, by message: asyncpg raises these as plain InterfaceError (no subclass,
+# no SQLSTATE), where "another operation is in progress" (API misuse, a bug) must
+# propagate instead.
 _CLOSED_MARKERS = ("connection is closed", "connection was closed", "pool is closing",
                    "pool is closed", "cannot connect", "connection lost")
+# ... and InternalClientError, seen (tests/store/test_is_outage.py) when the server
+# terminated a connection while it was idle: the protocol's state is confused, the
+# connection dead. Buffering is the safe side: a write that can never apply is
+# quarantined at replay.
+_CONFUSED_MARKERS = ("another operation", "cannot switch to state")
 
 
 def is_outage(exc: BaseException) -> bool:
-    """True when `exc` means the database is unreachable or unusable right now."""
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+    """True when `exc` means the database is unreachable or unusable right now: by type
+    (timeouts, OSError and ConnectionError, StorageUnavailable), by SQLSTATE for server
+    errors, and by message only for the two asyncpg client errors without either."""
+    if isinstance(exc, TimeoutError | OSError | StorageUnavailable):
+        # Command/connect timeouts; refused, reset, broken pipe, the unix socket gone;
+        # StorageUnavailable: already classified (or Postgres away and the buffer full).
         return True
-    if isinstance(exc, StorageUnavailable):
-        # Postgres unreachable and the buffer full: keep the write and retry it later.
-        return True
-    if isinstance(exc, OSError):
-        # ConnectionRefusedError, FileNotFoundError (unix socket gone), resets, broken pipes.
-        return True
-    if isinstance(
-        exc,
-        (
-            asyncpg.exceptions.PostgresConnectionError,  # class 08
-            asyncpg.exceptions.OperatorInterventionError,  # 57: shutdowns, cannot connect now
-            asyncpg.exceptions.TooManyConnectionsError,  # 53300
-            asyncpg.exceptions.ReadOnlySQLTransactionError,  # 25006: a failed-over old primary
-        ),
-    ):
-        return True
-    if isinstance(exc, asyncpg.exceptions.InternalClientError):
-        # Seen (tests/store/test_is_outage.py) when the server terminated the connection
-        # while it was idle: asyncpg's protocol state is confused, the connection is dead.
-        # Buffering is the safe side: a write that can never apply is quarantined at replay.
-        return "another operation" in str(exc) or "cannot switch to state" in str(exc)
-    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", None) or "")
+        return state[:2] in _OUTAGE_CLASSES or state in _OUTAGE_STATES
+    if isinstance(exc, asyncpg.InternalClientError):
+        return any(marker in str(exc) for marker in _CONFUSED_MARKERS)
+    if isinstance(exc, asyncpg.InterfaceError):
         text = str(exc).lower()
         return any(marker in text for marker in _CLOSED_MARKERS)
     return False
+
+
+@contextlib.contextmanager
+def unavailable_on_outage() -> Iterator[None]:
+    """Inside it, an error meaning an outage leaves as `StorageUnavailable` (the driver's
+    error its cause, its message the driver's); any other error leaves as it is."""
+    try:
+        yield
+    except StorageUnavailable:
+        raise
+    except Exception as exc:
+        if is_outage(exc):
+            raise StorageUnavailable(str(exc)) from exc
+        raise
 
 
 def redact_url(url: str) -> str:
@@ -95,6 +116,15 @@ async def connect(
     )
     await _init_connection(conn)
     return conn
+
+
+async def check_connect(url: str, *, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect once and close: returns when the server accepts connections, raises
+    `StorageUnavailable` when it is away (any other error, a bad password or database,
+    as it is)."""
+    with unavailable_on_outage():
+        conn = await connect(url, connect_timeout=connect_timeout)
+    await conn.close()
 
 
 # Sent at connect (no extra round trip). A batch of trade updates sorts ~1 kB rows (batch

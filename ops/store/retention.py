@@ -19,10 +19,14 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
 from ops.store.postgres import is_outage
+
+if TYPE_CHECKING:
+    from ops.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,11 @@ class Pruner:
         self._monotonic = monotonic
         self._next = 0.0
         self.deleted: dict[str, int] = dict.fromkeys(_DELETE, 0)
+
+    @classmethod
+    def of(cls, store: Store, keep: timedelta) -> Pruner:
+        """The pruner of `store`'s database (the watchdog's, the monitor's)."""
+        return cls(store.pool, keep)
 
     async def step(self, now: datetime) -> int:
         """Delete up to `batch` expired rows per table (when due); the rows deleted."""

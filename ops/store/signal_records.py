@@ -9,7 +9,7 @@ decisions (ops/store/signals.py, `Store.record_signal_decision`).
 
 Straight from Postgres, never the outage buffer: a verdict is the dispatcher's word in
 Postgres, and a guess from the buffer would be worse than "unreachable" (the caller sees
-the outage as an exception, `ops.store.is_outage`).
+the outage as `StorageUnavailable`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ What lives here:
   'unknown' (a previous pass or process life did not finish them); `requeue()`: put such a
   signal back to 'pending' once the broker said definitively that it has no such order;
   `reject_unknown_accounts()`: reject pending signals for an account the config does not
-  have (no dispatcher would ever claim them).
+  have (no dispatcher would ever claim them); `existing_keys()`: which idempotency keys
+  are stored already (the signal engine's duplicate check).
 - `buffered_signal_counts()`: how many signals per account wait in the host's outage
   buffer (written while Postgres was away, not replayed yet): what a dispatcher holds
   back during an outage. Read-only, over its own short-lived SQLite connection.
@@ -202,6 +203,14 @@ async def buffered_signal_counts(path: Path) -> dict[str, int] | None:
     except sqlite3.Error as exc:
         log.warning("buffered signals in %s not countable: %s", path, exc)
         return None
+
+
+async def existing_keys(pool: asyncpg.Pool, keys: Sequence[str]) -> set[str]:
+    """Which of these idempotency keys a stored signal already has."""
+    rows = await pool.fetch(
+        "SELECT idempotency_key FROM signals WHERE idempotency_key = ANY($1::text[])",
+        list(keys))
+    return {r["idempotency_key"] for r in rows}
 
 
 async def get_signal(pool: asyncpg.Pool, signal_id: int) -> SignalRow | None:

@@ -14,8 +14,8 @@ delete replays the batch again, which the natural keys turn into a no-op: exactl
 Full or read-only disk (the buffer raises `BufferUnwritable`):
 - Postgres up, nothing pending: writes go to Postgres as always; `probe_buffer()` (run by
   the watchdog, see ops/store/bufferwatch.py) tells that the safety net is gone.
-- Postgres down: the write is stored nowhere, so it raises `StorageUnavailable` (an
-  outage to `is_outage`: callers keep the write and retry) and the process logs it loudly.
+- Postgres down: the write is stored nowhere, so it raises `StorageUnavailable` (the
+  outage type callers catch: they keep the write and retry) and the process logs it loudly.
 - Rows pending: the drainer still replays them (reading works on a full disk) and records
   how far in `buffer_replay` (Postgres, same transaction as the batch), because it may be
   unable to delete them. Once every pending row is in Postgres, writes skip the buffer;
@@ -24,6 +24,12 @@ Full or read-only disk (the buffer raises `BufferUnwritable`):
 Reads come from Postgres; during an outage they come from the buffer's latest-state table
 and say so (`Snapshot.source == "buffer"`); while replay is still catching up the two are
 merged, newest timestamp per entity winning (`"postgres+buffer"`).
+
+What has no buffered copy (claiming signals, exit states, an incident in full, the
+history panes) is read and written through `direct(query, ...)` with a query function of
+ops/store (signals.py, positions.py, incidents.py, ...): Postgres only, and an outage
+raises `StorageUnavailable`. Nothing outside ops/store touches the pool or classifies a
+driver error.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
@@ -72,12 +78,19 @@ from ops.store.ops import (
     plan,
     run_steps,
 )
-from ops.store.postgres import close_pool, create_pool, is_outage, redact_url
+from ops.store.postgres import (
+    close_pool,
+    create_pool,
+    is_outage,
+    redact_url,
+    unavailable_on_outage,
+)
 from ops.store.signal_records import SignalRecord, find_signal, list_signals
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Source = Literal["postgres", "buffer", "postgres+buffer"]
 
 
@@ -362,8 +375,17 @@ class Store:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """Direct Postgres access for work that must not be buffered (claiming signals)."""
+        """The raw pool, for ops/store and tests only: code outside ops/store goes
+        through `direct()` (tests/store/test_boundary.py holds it to that)."""
         return self._pool
+
+    async def direct(self, query: Callable[Concatenate[Any, P], Awaitable[T]], /,
+                     *args: P.args, **kwargs: P.kwargs) -> T:
+        """`query(pool, *args, **kwargs)` straight against Postgres, never buffered:
+        `query` is one of ops/store's query functions (claiming signals, exit states,
+        incidents by id, ...). Raises `StorageUnavailable` when Postgres is away."""
+        with unavailable_on_outage():
+            return await query(self._pool, *args, **kwargs)
 
     @property
     def database_reachable(self) -> bool:
@@ -1011,6 +1033,26 @@ class Store:
             "run", sql, (), lambda p: str(p["process"]), "finished_at", decode_run,
         )
 
+    async def latest_runs_of(self, names: Sequence[str], *, timeout_s: float,
+                             ) -> Snapshot[RunRecord]:
+        """The last completed run of each of `names` (the watchdog's every pass).
+
+        `latest_runs()` walks every process of the ledger; here one index probe per named
+        process, in Postgres (within `timeout_s`) while it answers and the buffer holds
+        nothing; during an outage, or while replay catches up, `latest_runs()`'s merged
+        read is the truth."""
+        if self._reachable and not await self._buffer.has_pending():
+            try:
+                rows = await self._pool.fetch(_LATEST_RUNS_OF_SQL, list(names),
+                                              timeout=timeout_s)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+            else:
+                return Snapshot([decode_run(_pg_payload(r)) for r in rows], "postgres",
+                                _now())
+        return await self.latest_runs()
+
     async def positions(self, account: str | None = None) -> Snapshot[StoredPosition]:
 
         async def fetch(conn: asyncpg.Connection) -> list[Payload]:
@@ -1057,37 +1099,47 @@ class Store:
             "updated_at", decode_control, keep=lambda p: p["account"] == account,
         )
 
-    # --- history reads (ops/store/history.py): Postgres only, raise during an outage -------
+    # --- history reads (ops/store/history.py): Postgres only, StorageUnavailable on outage -
 
     async def account_history(self, start: datetime, end: datetime,
                               ) -> list[history.AccountPoint]:
-        return await history.account_points(self._pool, start, end)
+        return await self.direct(history.account_points, start, end)
 
     async def run_ledger_window(self, start: datetime, end: datetime, bucket_s: float,
                                 processes: Sequence[str], min_hole_s: float,
                                 ) -> history.RunLedgerWindow:
-        return await history.run_ledger_window(self._pool, start, end, bucket_s, processes,
-                                               min_hole_s)
+        return await self.direct(history.run_ledger_window, start, end, bucket_s, processes,
+                                 min_hole_s)
 
     async def fills_after(self, after_id: int) -> list[history.FillRecord]:
-        return await history.fills_after(self._pool, after_id)
+        return await self.direct(history.fills_after, after_id)
 
     async def incident_spans(self, start: datetime, end: datetime,
                              ) -> list[history.IncidentSpan]:
-        return await history.incident_spans(self._pool, start, end)
+        return await self.direct(history.incident_spans, start, end)
 
     async def signals(self, *, account: str | None = None,
                       states: Sequence[str] | None = None, since: datetime | None = None,
                       limit: int = 200) -> list[SignalRecord]:
         """Signals newest first, each with the order it became (`ops signal list`, the
-        dashboard's pane). Postgres only: raises on an outage (`is_outage`)."""
-        return await list_signals(self._pool, account=account, states=states, since=since,
-                                  limit=limit)
+        dashboard's pane). Postgres only: raises `StorageUnavailable` on an outage."""
+        return await self.direct(list_signals, account=account, states=states, since=since,
+                                 limit=limit)
 
     async def signal(self, signal_id: int) -> SignalRecord | None:
         """One signal in full, with its order (`ops signal show`, `ops signal add`'s wait).
-        Postgres only: raises on an outage (`is_outage`)."""
-        return await find_signal(self._pool, signal_id)
+        Postgres only: raises `StorageUnavailable` on an outage."""
+        return await self.direct(find_signal, signal_id)
+
+
+_LATEST_RUNS_OF_SQL = """
+SELECT r.* FROM unnest($1::text[]) AS p(name)
+CROSS JOIN LATERAL (
+    SELECT * FROM runs
+    WHERE process = p.name AND finished_at IS NOT NULL AND outcome <> 'running'
+    ORDER BY finished_at DESC LIMIT 1
+) r
+"""
 
 
 # --- payload <-> model ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from ops.store import Store
 from ops.store import activities as aq
 from ops.store import positions as pq
 from ops.store.ownership import adjustments, managed_quantities
-from tui.data import _FEED_SQL
+from ops.store.status import recent_feed
 
 T = datetime(2026, 12, 5, 15, 0, tzinfo=UTC)
 DAY = date(2026, 12, 5)
@@ -88,7 +88,7 @@ async def test_applied_activities_are_in_the_dashboard_feed(ops_store: Store) ->
     plan = act.plan(act.Book(held={CALL: Decimal(2)}), [nta("6::f", "OPEXP", CALL, "2")],
                     at=T)
     await aq.apply_all(ops_store.pool, "large", plan.applied, at=T, by="t")
-    rows = await ops_store.pool.fetch(_FEED_SQL, 50)
+    rows = await ops_store.direct(recent_feed, 50)
     (row,) = [r for r in rows if r["kind"] == "activity"]
     assert (row["key"], row["ts"], row["account"], row["symbol"], row["qty"], row["status"]) == (
         "activity:large:6::f", T, "large", CALL, Decimal(-2), "OPEXP")

@@ -20,11 +20,11 @@ import pytest
 
 from ops.env import RuntimeEnv
 from ops.retry import Backoff
-from ops.store import Op, Store, StoreSettings, is_outage
+from ops.store import Op, Store, StoreSettings
 from ops.store.bufferwatch import KIND, BufferWatch
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.errors import StorageUnavailable
-from ops.store.postgres import connect
+from ops.store.postgres import connect, is_outage
 from tests.store.disks import Ext4Disk, TmpfsDisk, free_bytes
 from tests.store.factories import T0
 from tests.store.reads import stored_qtys

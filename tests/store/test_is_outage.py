@@ -9,8 +9,10 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
+from ops.errors import describe_db_error
 from ops.store.embedded import EmbeddedPostgres
-from ops.store.postgres import connect, is_outage, redact_url
+from ops.store.errors import StorageUnavailable
+from ops.store.postgres import connect, is_outage, redact_url, unavailable_on_outage
 
 
 async def _error_of(coro: object) -> BaseException:
@@ -128,3 +130,16 @@ def test_server_states_we_cannot_cheaply_provoke(cls: type[Exception]) -> None:
 def test_redact_url_hides_password() -> None:
     assert redact_url("postgresql://ops:s3cret@db:5432/ops") == "postgresql://ops:***@db:5432/ops"
     assert redact_url("postgresql://postgres@/x?host=/tmp") == "postgresql://postgres@/x?host=/tmp"
+
+
+def test_an_outage_leaves_the_store_as_storage_unavailable_with_its_cause() -> None:
+    cause = ConnectionRefusedError(111, "Connection refused")
+    with pytest.raises(StorageUnavailable) as caught, unavailable_on_outage():
+        raise cause
+    assert caught.value.__cause__ is cause and str(caught.value) == str(cause)
+    # Messages name the driver's error, as they did before the store wrapped it.
+    assert describe_db_error(caught.value) == \
+        "ConnectionRefusedError: [Errno 111] Connection refused"
+    # Anything else is the caller's to see as it is.
+    with pytest.raises(asyncpg.UniqueViolationError), unavailable_on_outage():
+        raise asyncpg.UniqueViolationError("duplicate key")

@@ -12,7 +12,7 @@ import pytest
 
 from ops.env import RuntimeEnv
 from ops.models import Order
-from ops.store import Store, is_outage
+from ops.store import StorageUnavailable, Store
 from ops.store.signal_records import STATES, state_of, statuses_of
 
 T = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
@@ -87,6 +87,6 @@ async def test_an_outage_is_raised_not_guessed(tmp_path: Path) -> None:
     down = f"postgresql://postgres@/nodb?host={tmp_path / 'no-such-socket-dir'}"
     env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path, database_url=down)
     async with await Store.open(env, process="test", url=down) as store:
-        with pytest.raises(Exception) as caught:
+        with pytest.raises(StorageUnavailable) as caught:
             await store.signal(1)
-        assert is_outage(caught.value)
+        assert isinstance(caught.value.__cause__, OSError)  # the socket is not there

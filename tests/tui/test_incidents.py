@@ -18,7 +18,7 @@ from textual.widgets import Static
 
 from ops.config import Config
 from ops.env import RuntimeEnv
-from ops.store import Store
+from ops.store import StorageUnavailable, Store
 from ops.supervisor import SupervisorClient
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture
@@ -135,7 +135,9 @@ async def test_the_detail_screen_keeps_the_row_when_postgres_is_away(
         table = await _incidents(pilot, app)
 
         async def refused(incident_id: str) -> Any:
-            raise ConnectionRefusedError(111, "Connection refused")
+            # What the store raises when Postgres refuses the connection.
+            cause = ConnectionRefusedError(111, "Connection refused")
+            raise StorageUnavailable(str(cause)) from cause
 
         monkeypatch.setattr(app.data, "incident", refused)
         await _highlight(pilot, table, cfg)

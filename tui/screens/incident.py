@@ -21,7 +21,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from ops.incidents_cli import describe, short_id
-from ops.store import is_outage
+from ops.store import StorageUnavailable
 from ops.store.incidents import IncidentRecord
 from tui import format as f
 from tui.data import IncidentRow
@@ -78,10 +78,11 @@ class IncidentScreen(ModalScreen[None]):
     async def load(self) -> None:
         try:
             record = await self._load(self.row.id)
+        except StorageUnavailable:
+            self.post_message(IncidentDetailLoaded(None, "Postgres is unreachable"))
+            return
         except Exception as exc:
-            why = "Postgres is unreachable" if is_outage(exc) else \
-                f"{type(exc).__name__}: {exc}"[:200]
-            self.post_message(IncidentDetailLoaded(None, why))
+            self.post_message(IncidentDetailLoaded(None, f"{type(exc).__name__}: {exc}"[:200]))
             return
         if record is None:
             self.post_message(IncidentDetailLoaded(None, "it is no longer in the database"))
