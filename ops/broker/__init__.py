@@ -11,11 +11,14 @@ Public API (everything else in ops speaks ops.models types):
 REST and market data are our own `requests` calls against the documented endpoints
 (alpaca-wire.md 3), not alpaca-py's clients: those offer no public way to set a timeout,
 to turn off their own retries or to close their session, and their imports load pandas
-(transport.py has the details). Only `_sdk.py` still imports alpaca-py, for stream.py.
+(transport.py has the details). The trade stream is our own client of the documented
+WebSocket protocol (stream.py, websocket.py). Nothing in ops imports alpaca-py; tests/sim
+uses it to prove the simulator speaks Alpaca's protocol to the real SDK.
 
 Layout: transport.py (HTTP session, timeouts, rate budget, error translation),
 settings.py (endpoints, bounds), convert.py (raw JSON -> ops.models), orders.py (order
-request bodies), client.py (Broker), marketdata.py, stream.py, errors.py, _sdk.py.
+request bodies), client.py (Broker), marketdata.py, stream.py (trade_updates),
+websocket.py (the WebSocket connection under it), errors.py.
 """
 
 from ops.broker.client import (

@@ -1,40 +1,36 @@
 """`TradeStream`: one account's `trade_updates` WebSocket, run inside our own event loop.
 
-Built on alpaca-py's TradingStream (its connect/auth/reconnect-with-backoff loop), with
-three overrides of its private API (alpaca-py is pinned to 0.44.0; tests cover them):
+Our own client of the documented protocol (alpaca-wire.md section 4; the wire in
+`ops.broker.websocket`), no alpaca-py: its TradingStream could only be driven through
+private methods (`_run_forever`, `_consume`, ...), which pinned the library.
 
-- `_start_ws` -> the same steps (connect, authenticate, listen), each one a state of the
-  connectivity machine below; after every successful connect + auth + listen,
-  `on_connect()` runs, so the stream role can backfill over REST after EVERY (re)connect
-  (alpaca-wire.md 4.4: events sent while disconnected are lost, alpaca-py does no
-  replay). Frames arriving meanwhile queue in the socket and are processed afterwards.
-- `_auth` -> the same exchange as alpaca-py's, but a refusal keeps the broker's words
-  ("access key verification failed", "connection limit exceeded") instead of a bare
-  "failed to authenticate".
-- `_consume` -> our own read loop parses every frame tolerantly: malformed JSON, non-object
-  frames, unknown streams and unconvertible updates go to `on_bad_message` (never silently
-  dropped, alpaca-wire.md 6.3); an exception in `on_update` is reported there too and
-  never kills the stream. Stop requests are noticed within a second. A connection that
-  stayed up `stable_s` counts as a success for alpaca-py's backoff, as one that received
-  a trade update does (alpaca-py resets its backoff only on data: a quiet account would
-  otherwise wait up to 30 s after every drop, however long the connection had lasted).
+- Each attempt: connect (TCP + upgrade), send `authenticate`, read the next frame as the
+  reply, send `listen` (4.1). A refusal keeps the broker's words ("access key
+  verification failed", "connection limit exceeded"). After every successful connect,
+  `on_connect()` runs, so the stream role can check completeness over REST after EVERY
+  (re)connect (4.4: events sent while disconnected are lost); frames arriving meanwhile
+  wait and are read afterwards.
+- Every frame is parsed tolerantly: malformed JSON, non-object frames, unknown streams
+  and unconvertible updates go to `on_bad_message` (never silently dropped, 6.3); an
+  exception in `on_update` is reported there too and never kills the stream.
+- Any failure or drop is retried forever, after alpaca-py's backoff (4.4: equal jitter,
+  cap 1, 2, 4, ... 30 s). The backoff resets after a connection that delivered a trade
+  update, or that stayed up `stable_s` (a quiet account would otherwise wait up to 30 s
+  after every drop, however long the connection had lasted).
+- Keepalive: a ping every 10 s; no pong within `ping_timeout_s` drops the connection.
 
 Connectivity (`TradeStream.connectivity()`, a `Connectivity` snapshot) follows what really
-happens, not what alpaca-py logs: `connecting` (TCP + WebSocket upgrade) ->
-`authenticating` (authenticate sent, waiting for the reply; then listen) -> `connected`;
-a failed attempt ends in `refused` (the broker answered the authentication with anything
-but "authorized", or refused the upgrade with HTTP 401/403/429) or `disconnected` (any
-other failure), and alpaca-py retries after its backoff (alpaca-wire.md 4.4: 0.5..30 s,
-forever); a connected socket that closes is a drop -> `disconnected`. `since` is when the
-current state began, `down_since` when the stream was last connected (or started). Reasons
-are the broker's or the library's text with the key id and secret masked.
+happens: `connecting` (TCP + WebSocket upgrade) -> `authenticating` (authenticate sent,
+waiting for the reply; then listen) -> `connected`; a failed attempt ends in `refused` (the
+broker answered the authentication with anything but "authorized", or refused the upgrade
+with HTTP 401/403/429) or `disconnected` (any other failure), then the backoff; a connected
+socket that closes is a drop -> `disconnected`. `since` is when the current state began,
+`down_since` when the stream was last connected (or started). Reasons are the broker's or
+the library's text with the key id and secret masked.
 
-Receive cost (the ingest benchmark, docs/performance.md): no alpaca-py models (raw_data),
-frames already queued in the socket are read without a timeout task each, the frame's
-text is handed on as `TradeUpdate.raw_json` (stored as is, never re-encoded), and
-permessage-deflate is off (inflating each small frame cost more than it saved).
-
-alpaca-py's `run()`/`stop()` are never used: they deadlock inside a running loop (4.5).
+Receive cost (the ingest benchmark, docs/performance.md): frames come in batches, as the
+socket delivers them (no task or future per frame); the frame's text is handed on as
+`TradeUpdate.raw_json` (stored as is, never re-encoded); no permessage-deflate.
 """
 
 from __future__ import annotations
@@ -42,16 +38,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from websockets.exceptions import WebSocketException
 
-from ops.broker import _sdk as sdk
+from ops.broker import websocket
 from ops.broker.convert import trade_update_from_raw
 from ops.broker.errors import BrokerDataError
 from ops.broker.settings import BrokerEndpoints
@@ -76,6 +73,9 @@ KNOWN_EVENTS = frozenset({
 })
 _CONTROL_STREAMS = frozenset({"authorization", "listening"})
 _RECV_POLL_S = 1.0
+# Keepalive: alpaca-py's ping interval; its 180 s ping timeout would leave a dead TCP path
+# unnoticed for three minutes (alpaca-wire.md 4.4): ours is `ping_timeout_s` (30 s).
+_PING_INTERVAL_S = 10.0
 # Frames handled from the socket's backlog between yields to the loop. Each of the
 # writer's steps (buffer check, send, reply) waits for the next yield: 32 -> 8 took a
 # 20k burst from ~18.5k to ~20.5k events/s stored (receive-only ceiling -5%).
@@ -222,89 +222,6 @@ def _frame_text(frame: object) -> str | None:
     return None
 
 
-class _HookedTradingStream(sdk.TradingStream):
-    def __init__(self, owner: TradeStream, key: str, secret: str, paper: bool,
-                 url: str, ping_timeout_s: float, stable_s: float) -> None:
-        # alpaca-py's default ping timeout is 180 s: a dead TCP path would go unnoticed
-        # for three minutes (alpaca-wire.md 4.4).
-        # No permessage-deflate: inflating every small frame costs more CPU than the few
-        # bytes a trade update saves on the wire (the server sends plain frames then).
-        params = {"ping_interval": 10, "ping_timeout": ping_timeout_s, "max_queue": 1024,
-                  "compression": None}
-        super().__init__(key, secret, paper=paper, raw_data=True, url_override=url,
-                         websocket_params=params)
-        self._owner = owner
-        self._stable_s = stable_s
-
-    async def _start_ws(self) -> None:
-        # alpaca-py's steps (connect, auth, listen), each a state. A failure is re-raised:
-        # alpaca-py closes the socket and retries with backoff (forever, even for bad
-        # keys); the state says so meanwhile.
-        owner = self._owner
-        owner._enter(StreamState.CONNECTING)
-        try:
-            await self._connect()  # type: ignore[no-untyped-call]
-            owner._enter(StreamState.AUTHENTICATING)
-            await self._auth()
-            await self._subscribe_trade_updates()
-        except Exception as e:
-            owner._attempt_failed(e)
-            raise
-        log.info("connected to: %s", self._endpoint)
-        await owner._connected()
-
-    async def _auth(self) -> None:
-        # alpaca-py's exchange (alpaca-wire.md 4.1: the next frame is the reply), keeping
-        # the broker's reason when it is not "authorized".
-        ws: Any = self._ws
-        await ws.send(json.dumps({"action": "authenticate", "data": {
-            "key_id": self._api_key, "secret_key": self._secret_key}}))
-        raw = await ws.recv()
-        try:
-            reply = json.loads(raw)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"failed to authenticate: the reply is not JSON ({e})") from None
-        reason = _auth_reply_reason(reply)
-        if reason is not None:
-            raise StreamRefused(reason)
-
-    async def _consume(self) -> None:
-        try:
-            await self._read_frames()
-        except WebSocketException as e:
-            # alpaca-py closes, then reconnects after its backoff.
-            self._owner._dropped(e)
-            raise
-
-    async def _read_frames(self) -> None:
-        ws: Any = self._ws
-        unyielded = 0
-        while True:
-            if not self._stop_stream_queue.empty():
-                self._stop_stream_queue.get(timeout=1)
-                await self.close()
-                break
-            if getattr(ws, "messages", None):
-                # Frames already queued (a burst): recv() returns without suspending, so
-                # skip wait_for's task and timer per frame. Yield now and then, or a
-                # backlog would starve the loop (the writer's Postgres replies wait).
-                unyielded += 1
-                if unyielded >= _YIELD_EVERY:
-                    unyielded = 0
-                    await asyncio.sleep(0)
-                frame = await ws.recv()
-            else:
-                unyielded = 0
-                try:
-                    frame = await asyncio.wait_for(ws.recv(), _RECV_POLL_S)
-                except TimeoutError:
-                    if not self._data_received and self._owner._up_for() >= self._stable_s:
-                        self._data_received = True  # a lasting connection: reset backoff
-                    continue
-            if await self._owner._frame(frame):
-                self._data_received = True  # alpaca-py resets its reconnect backoff on this
-
-
 class TradeStream:
     """Deliver trade updates for one account to async callbacks.
 
@@ -333,9 +250,13 @@ class TradeStream:
         self._on_bad_message = on_bad_message
         self._on_connect = on_connect
         self._on_state = on_state
-        self._sdk = _HookedTradingStream(self, creds.api_key, creds.api_secret,
-                                         endpoints.paper, endpoints.stream_url, ping_timeout_s,
-                                         stable_s)
+        self._key, self._secret = creds.api_key, creds.api_secret
+        self._ping_timeout_s = ping_timeout_s
+        self._stable_s = stable_s
+        self._conn: websocket.WsConnection | None = None
+        self._stop_event = asyncio.Event()
+        self._attempt = 0  # failed attempts since the last success: the backoff's exponent
+        self._delivered = False  # the current connection delivered, or lasted `stable_s`
         # Never let key material into a reason (a broker could echo what it refused).
         self._masks = tuple(m for m in (creds.api_key, creds.api_secret) if len(m) >= 4)
         self._endpoint = endpoints.stream_url
@@ -377,23 +298,21 @@ class TradeStream:
             raise RuntimeError(f"{self!r} already started or stopped; build a new one")
         self._down_since = time.monotonic()
         self._enter(StreamState.CONNECTING)
-        self._sdk.subscribe_trade_updates(self._unused_handler)  # before running: no thread hop
-        self._task = asyncio.create_task(self._sdk._run_forever(),  # type: ignore[no-untyped-call]
-                                         name=f"trade-stream-{self.account_name}")
-        # Let _run_forever pass its start-up (it drains the stop queue there), so that a
-        # stop() right after start() is not lost.
-        await asyncio.sleep(0)
+        self._task = asyncio.create_task(self._run(), name=f"trade-stream-{self.account_name}")
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Close the socket and end the task; cancel it if it overstays `grace_s`."""
         if self._stopped:
             return
         self._stopped = True
+        self._stop_event.set()
         task = self._task
         if task is None:
             return
         self._lost("stopped")
-        await self._sdk.stop_ws()
+        conn = self._conn
+        if conn is not None:
+            await conn.close()
         try:
             await asyncio.wait_for(asyncio.shield(task), grace_s)
         except TimeoutError:
@@ -403,7 +322,6 @@ class TradeStream:
                 await task
             except asyncio.CancelledError:
                 pass
-            await self._sdk.close()
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # stop() itself was cancelled
@@ -411,24 +329,120 @@ class TradeStream:
             log.exception("%r: stream task had failed", self)
 
     async def reconnect(self) -> bool:
-        """Close the current socket so alpaca-py reconnects (and on_connect runs again).
+        """Close the current socket so the stream reconnects (and on_connect runs again).
 
         For a stream that looks connected but has gone quiet (alpaca-wire.md 6.1).
         Returns False when there is no open socket to close.
         """
-        ws: Any = self._sdk._ws
-        if ws is None or self._stopped or self._state is not StreamState.CONNECTED:
+        conn = self._conn
+        if conn is None or self._stopped or self._state is not StreamState.CONNECTED:
             return False
         log.warning("%r: forcing a reconnect", self)
         self._forcing = True
-        await ws.close()
+        await conn.close()
         return True
 
-    # -- callbacks from the SDK subclass -------------------------------------------------
+    # -- the connection loop ----------------------------------------------------------------
 
-    @staticmethod
-    async def _unused_handler(msg: object) -> None:
-        """alpaca-py needs a handler to start; our `_consume` never calls `_dispatch`."""
+    def _backoff_s(self) -> float:
+        """alpaca-py's schedule, kept (alpaca-wire.md 4.4): equal jitter, cap 1, 2, 4, ...
+        30 s by failed attempts since the last success."""
+        cap = min(30.0, 2.0 ** self._attempt)
+        return random.uniform(cap / 2, cap)
+
+    async def _run(self) -> None:
+        """Connect, authenticate, listen, read; after any failure or drop wait the backoff
+        and start again, forever, until `stop()`."""
+        while not self._stopped:
+            try:
+                conn, early = await self._open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if self._stopped:
+                    return
+                self._attempt_failed(e)
+            else:
+                self._conn = conn
+                self._delivered = False
+                try:
+                    await self._connected()
+                    await self._read(conn, early)
+                except (WebSocketException, ConnectionError) as e:
+                    self._dropped(e)
+                finally:
+                    self._conn = None
+                    await conn.close()
+                if self._delivered:
+                    self._attempt = 0
+                if self._stopped:
+                    return
+                if self._state is StreamState.CONNECTED:  # closed without an error
+                    self._dropped(ConnectionError("connection closed"))
+            delay = self._backoff_s()
+            self._attempt += 1
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stop_event.wait()
+            except TimeoutError:
+                pass
+
+    async def _open(self) -> tuple[websocket.WsConnection, list[bytes]]:
+        """TCP + upgrade, then authenticate and listen (alpaca-wire.md 4.1), each a state."""
+        self._enter(StreamState.CONNECTING)
+        conn = await websocket.connect(self._endpoint)
+        try:
+            self._enter(StreamState.AUTHENTICATING)
+            await conn.send_text(json.dumps({"action": "authenticate", "data": {
+                "key_id": self._key, "secret_key": self._secret}}))
+            reply, early = await self._auth_reply(conn)
+            reason = _auth_reply_reason(reply)
+            if reason is not None:
+                raise StreamRefused(reason)
+            await conn.send_text(json.dumps(
+                {"action": "listen", "data": {"streams": ["trade_updates"]}}))
+        except BaseException:
+            await conn.close()
+            raise
+        conn.start_keepalive(_PING_INTERVAL_S, self._ping_timeout_s)
+        return conn, early
+
+    async def _auth_reply(self, conn: websocket.WsConnection) -> tuple[object, list[bytes]]:
+        """The next frame is the reply (alpaca-wire.md 4.1); frames after it are returned
+        with it, to be read as any other."""
+        async with asyncio.timeout(self._ping_timeout_s):
+            frames: list[bytes] = []
+            while not frames:
+                frames = await conn.batch(_RECV_POLL_S)
+        try:
+            return json.loads(frames[0]), frames[1:]
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"failed to authenticate: the reply is not JSON ({e})") from None
+
+    async def _read(self, conn: websocket.WsConnection, frames: list[bytes]) -> None:
+        """Handle frames until the connection ends (raises) or stop. Sets `_delivered`
+        once a trade update came or the connection lasted `stable_s`: the backoff then
+        starts over."""
+        while not self._stopped:
+            unyielded = 0
+            for frame in frames:
+                if await self._frame(frame):
+                    self._delivered = True
+                # Yield now and then in a burst, or the backlog starves the loop (the
+                # writer's Postgres replies wait).
+                unyielded += 1
+                if unyielded >= _YIELD_EVERY:
+                    unyielded = 0
+                    await asyncio.sleep(0)
+            try:
+                frames = await conn.batch(_RECV_POLL_S)
+            finally:
+                if self._up_for() >= self._stable_s:
+                    self._delivered = True
+            if self._forcing and not conn.open:
+                return
+
+    # -- state ---------------------------------------------------------------------------
 
     def _enter(self, state: StreamState) -> None:
         if state is self._state:
