@@ -1,6 +1,7 @@
 """Operator commands that write controls and signals: `ops signal add`, `ops pause`,
-`ops resume`, `ops positions accept`; `read_kill_switch()`, the one decoding of the
-'kill_switch' control; `accept_positions()`, shared with the dashboard.
+`ops resume`, `ops positions accept`; `read_kill_switch()` (decoded by ops.models, the
+one decoding of the 'kill_switch' control); `accept_positions()`, shared with the
+dashboard.
 
 Every argument is validated before anything is written; a bad one exits 2 with a message
 naming the option and the value at fault (invariant 6). Writes go through the Store, so
@@ -19,20 +20,18 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ops.config import Config, ConfigError, load_runtime_config
 from ops.env import EXIT_CONFIG, RuntimeEnv
-from ops.models import KillSwitch, OptionSymbol
+from ops.models import KILL_SWITCH_KEY, KillSwitch, OptionSymbol, kill_switch_in
 from ops.store import StorageUnavailable, Store
 from ops.store import positions as pq
 
 log = logging.getLogger(__name__)
 
-KILL_SWITCH_KEY = "kill_switch"
 _TOO_BIG = Decimal(10) ** 12  # no order here is a trillion of anything
 #: A US stock ticker: 1-5 letters, optionally a share class ("BRK.B"); as the simulator
 #: and the exchanges spell them. Whether it is listed only the broker knows: the dispatcher
@@ -53,27 +52,10 @@ class UsageError(Exception):
     """A bad command-line argument; the message names it."""
 
 
-def kill_switch_from_value(value: Any) -> KillSwitch:
-    """The mode of a 'kill_switch' control value ({"mode": ...}); a malformed value halts.
-
-    Halting on garbage is the safe side: someone meant to set the switch.
-    """
-    mode = value.get("mode") if isinstance(value, Mapping) else value
-    try:
-        return KillSwitch(str(mode))
-    except ValueError:
-        log.error("kill_switch control value %r is not one of %s: treating it as halt",
-                  value, [k.value for k in KillSwitch])
-        return KillSwitch.HALT
-
-
 async def read_kill_switch(store: Store, account: str) -> KillSwitch:
-    """The account's kill switch from the controls table (OFF when never set)."""
-    snap = await store.controls(account)
-    for c in snap.rows:
-        if c.key == KILL_SWITCH_KEY:
-            return kill_switch_from_value(c.value)
-    return KillSwitch.OFF
+    """The account's kill switch from the controls table (OFF when never set; decoded by
+    `ops.models.kill_switch_from_value`)."""
+    return kill_switch_in((await store.controls(account)).rows)
 
 
 # -- validation ---------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Plain frozen dataclasses with Decimal money: nothing here imports alpaca-py, asyncpg or
 textual. The broker adapter converts alpaca-py models into these; the store persists them.
+Also the one decoding of a stored kill switch (`kill_switch_from_value`,
+`kill_switch_in`), shared by the roles, `ops status` and the dashboard.
 Order statuses and trade events are kept as plain strings on purpose: the broker has
 added values before (alpaca-wire.md section 6.3), and an unknown value must be stored,
 not rejected.
@@ -9,13 +11,17 @@ not rejected.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 JsonDict = Mapping[str, Any]
 
@@ -61,6 +67,55 @@ class KillSwitch(StrEnum):
     def flattens(self) -> bool:
         """Either flatten mode: no new orders, positions being closed by the dispatcher."""
         return self in (KillSwitch.FLATTEN, KillSwitch.FLATTEN_ALL)
+
+
+#: The `controls` key of an account's kill switch; its value is {"mode": "<KillSwitch>"}.
+KILL_SWITCH_KEY = "kill_switch"
+
+
+def kill_switch_from_value(value: Any, account: str | None = None) -> KillSwitch:
+    """The mode a stored kill-switch value says: {"mode": "halt"} as `ops pause` and the
+    dashboard write it; a bare mode string and the object's JSON text are read too.
+
+    Anything else (no mode, an unknown one, a null, text that is not JSON) is HALT: a row
+    exists, so someone meant to engage the switch, and an unreadable switch must never
+    read as off. HALT is the strictest mode that still lets exits run. The one decoding:
+    the roles, `ops status` and the dashboard all read the switch through it.
+    """
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass  # not JSON: decoded below as malformed
+    mode = value.get("mode") if isinstance(value, Mapping) else value
+    if isinstance(mode, str):
+        try:
+            return KillSwitch(mode)
+        except ValueError:
+            pass
+    log.error("kill switch%s: stored value %r is not one of %s: treating it as halt",
+              f" of {account}" if account else "", value, [k.value for k in KillSwitch])
+    return KillSwitch.HALT
+
+
+class ControlRow(Protocol):
+    """A `controls` row as the store reads it (ops.store.Control)."""
+
+    @property
+    def account(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def value(self) -> Any: ...
+
+
+def kill_switch_in(rows: Iterable[ControlRow]) -> KillSwitch:
+    """The kill switch among an account's controls rows: OFF when none is set, else its
+    value decoded by `kill_switch_from_value`."""
+    for row in rows:
+        if row.key == KILL_SWITCH_KEY:
+            return kill_switch_from_value(row.value, row.account)
+    return KillSwitch.OFF
 
 
 TERMINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})

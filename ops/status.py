@@ -41,7 +41,7 @@ from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import dispatch_pause, process_failure
 from ops.layout import Layout, LayoutChoice, configured, orchestrated_processes, resolve
 from ops.logs import configure_logging
-from ops.models import Heartbeat, RunRecord
+from ops.models import Heartbeat, RunRecord, kill_switch_in
 from ops.supervisor import (
     ACCOUNT_ROLES,
     SHARED_ROLES,
@@ -225,21 +225,6 @@ def expected_interval(config: Config, ident: Identity) -> float | None:
     return config.role_interval(ident.role, ident.account)
 
 
-def kill_switch_mode(value: Any) -> str:
-    """The mode stored under controls key 'kill_switch', decoded exactly as the roles decode
-    it (`ops.control.kill_switch_from_value`: a malformed value means halt)."""
-    from ops.control import kill_switch_from_value
-
-    if value is None:
-        return "off"
-    if isinstance(value, str) and value.startswith("{"):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass  # decoded below as malformed: halt
-    return kill_switch_from_value(value).value
-
-
 # --- collection --------------------------------------------------------------------------------
 
 
@@ -339,8 +324,7 @@ async def _collect(
     kill: dict[str, str] = {}
     for name in accounts_cfg:
         controls = await read(f"controls of {name}", functools.partial(store.controls, name))
-        kill[name] = next((kill_switch_mode(c.value) for c in controls.rows
-                           if c.key == "kill_switch"), "off")
+        kill[name] = kill_switch_in(controls.rows).value
     now = t_now
     sources = {s.source for s in (hbs, runs, incidents, states, positions)}
     reads_from = ("buffer" if "buffer" in sources else

@@ -16,7 +16,7 @@ import pytest
 from ops.config import EXIT_CONFIG, load_config
 from ops.env import RuntimeEnv
 from ops.models import Heartbeat
-from ops.status import collect_status, kill_switch_mode, render_text
+from ops.status import collect_status, render_text
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.status import start_of_trading_day
@@ -85,15 +85,6 @@ def test_bad_config_exits_with_the_config_code_naming_the_file(tmp_path: Path) -
             assert out.stdout.startswith("FAIL  config")
         else:
             assert out.stdout == ""
-
-
-def test_kill_switch_values() -> None:
-    assert kill_switch_mode({"mode": "flatten"}) == "flatten"
-    assert kill_switch_mode('{"mode": "reduce-only"}') == "reduce-only"
-    assert kill_switch_mode({"mode": "off"}) == "off"
-    assert kill_switch_mode(None) == "off"
-    assert kill_switch_mode({"mode": "pause-ish"}) == "halt"  # malformed halts, as in roles
-    assert kill_switch_mode("{not json") == "halt"
 
 
 def test_trading_day_starts_at_new_york_midnight() -> None:

@@ -19,9 +19,9 @@ from decimal import Decimal
 from typing import Literal
 
 from ops import control as core
-from ops.control import KILL_SWITCH_KEY, read_kill_switch
+from ops.control import read_kill_switch
 from ops.incidents_cli import ending, short_id, where_of
-from ops.models import KillSwitch
+from ops.models import KILL_SWITCH_KEY, KillSwitch
 from ops.store import StorageUnavailable, Store
 from ops.store.incidents import ack_incident, find_incident
 from ops.store.positions import AcceptRecord

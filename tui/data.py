@@ -29,7 +29,7 @@ from ops.env import RuntimeEnv
 from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
 from ops.health import dispatch_pause, process_failure
 from ops.layout import LayoutChoice, configured, orchestrated_processes, resolve
-from ops.models import OptionSymbol
+from ops.models import OptionSymbol, kill_switch_in
 from ops.ownership import split
 from ops.status import (
     NO_HEARTBEAT,
@@ -39,7 +39,6 @@ from ops.status import (
     expected_interval,
     expected_programs,
     identities,
-    kill_switch_mode,
     stream_connectivity,
 )
 from ops.store import Snapshot, StorageUnavailable, Store
@@ -453,7 +452,8 @@ class DashboardData:
                 since = min(since, now - timedelta(seconds=buf.oldest_age_s))
             self._unreachable_since = since
         feed, closed, restarts = extra or ((), (), {})
-        kill = {name: kill_switch_mode(c.get("kill_switch")) for name, c in controls.items()}
+        kill = {name: kill_switch_in(snap.rows).value
+                for name, snap in zip(names, control_snaps, strict=True)}
         layout = resolve(self.env, self.config, sup_info.reachable)
         return DashboardState(
             loaded_at=now,

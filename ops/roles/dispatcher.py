@@ -104,9 +104,9 @@ from typing import TYPE_CHECKING, Any
 
 from ops import refusals
 from ops.broker import Broker, BrokerApiError, BrokerError
-from ops.control import KILL_SWITCH_KEY
 from ops.exits import flatten_client_order_id, flatten_prefix
 from ops.models import (
+    KILL_SWITCH_KEY,
     OPTION_MULTIPLIER,
     KillSwitch,
     OptionSymbol,

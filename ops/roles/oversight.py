@@ -28,8 +28,8 @@ from ops.env import RuntimeEnv
 from ops.health import dispatch_pause, process_failure
 from ops.incidents import SweepPolicy, sweep
 from ops.metrics import AccountMetrics, MetricsExporter, MetricsSnapshot, ProcessMetrics
-from ops.models import Heartbeat, RunRecord
-from ops.status import PAUSABLE_ROLES, kill_switch_mode
+from ops.models import Heartbeat, KillSwitch, RunRecord, kill_switch_in
+from ops.status import PAUSABLE_ROLES
 from ops.store.errors import StorageUnavailable
 from ops.store.incidents import open_records, set_detail
 from ops.watchdog import (
@@ -67,10 +67,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
-
-
-def _kill_switch_on(value: Any) -> bool:
-    return kill_switch_mode(value) not in ("off", "")
 
 
 def _runs_by_outcome(counters: Mapping[str, Any]) -> dict[str, int]:
@@ -186,8 +182,7 @@ class Overseer:
         for account in self.config.accounts:
             ctl = await self._io(f"controls {account}", self.store.controls(account))
             sources.add(ctl.source)
-            paused[account] = any(c.key == "kill_switch" and _kill_switch_on(c.value)
-                                  for c in ctl.rows)
+            paused[account] = kill_switch_in(ctl.rows) is not KillSwitch.OFF
         return Reads({h.process: h for h in hbs.rows}, runs, paused, _reads_from(sources))
 
     def failure(self, hb: Heartbeat | None, account: str | None) -> str | None:

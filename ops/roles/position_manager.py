@@ -72,7 +72,7 @@ incident says when. That time is kept in memory: a restarted process tries once 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -98,6 +98,7 @@ from ops.models import (
     OrderType,
     Position,
     TimeInForce,
+    kill_switch_in,
 )
 from ops.ownership import Holding, split
 from ops.risk import position_intent, qty_text
@@ -117,7 +118,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROLE = "position-manager"
-KILL_SWITCH_CONTROL = "kill_switch"
 __all__ = ["DRIFT_CONTROL", "DRIFT_KIND", "ROLE", "PositionCounters", "PositionManager",
            "build", "drift_dedupe_key", "exit_prefix", "read_kill_switch"]
 
@@ -131,19 +131,9 @@ def _utcnow() -> datetime:
 
 
 async def read_kill_switch(store: Store, account: str) -> KillSwitch:
-    """The account's kill switch from `controls` (key "kill_switch", {"mode": ...})."""
-    snap = await store.controls(account)
-    for c in snap.rows:
-        if c.key == KILL_SWITCH_CONTROL and isinstance(c.value, Mapping):
-            try:
-                return KillSwitch(str(c.value.get("mode", "off")))
-            except ValueError:
-                # An unreadable mode must not loosen anything: treat it as the strictest
-                # mode that still lets exits run.
-                log.error("account %s: unknown kill_switch mode %r; treating as halt",
-                          account, c.value.get("mode"))
-                return KillSwitch.HALT
-    return KillSwitch.OFF
+    """The account's kill switch from `controls` (decoded by
+    `ops.models.kill_switch_from_value`: an unreadable value is HALT, never off)."""
+    return kill_switch_in((await store.controls(account)).rows)
 
 
 @dataclass(slots=True)

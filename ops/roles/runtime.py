@@ -68,7 +68,7 @@ from ops.daemon import Daemon, Service
 from ops.env import RuntimeEnv, runtime_env
 from ops.health import process_failure
 from ops.healthcheck import HealthFile, health_path, remove_health_file, write_health_file
-from ops.models import Heartbeat, KillSwitch
+from ops.models import Heartbeat, KillSwitch, kill_switch_in
 from ops.retry import Backoff
 from ops.store import Control, Store
 from ops.store.locks import LockKeeper, LockStatus, SingletonLock
@@ -107,7 +107,6 @@ EXIT_ACCOUNT_MISMATCH = 3
 
 SHARED_ACCOUNT = "*"  # controls.account for run-now requests of shared roles
 RUN_NOW_KEY = "run_now"
-KILL_SWITCH_KEY = "kill_switch"
 KILL_SWITCH_CACHE_S = 1.0
 CONTROL_POLL_S = 1.0
 CONFIG_POLL_S = 5.0
@@ -131,22 +130,6 @@ async def request_run_now(store: Store, account: str | None, role: str, by: str)
 def role_interval(config: Config, role: str, account: str | None) -> float | None:
     """The configured interval of a role's main ticker, if the role has one."""
     return config.role_interval(role, account)
-
-
-def kill_switch_from_controls(rows: Sequence[Control]) -> KillSwitch:
-    """The kill switch in a controls snapshot; an unreadable value fails closed (HALT)."""
-    for row in rows:
-        if row.key != KILL_SWITCH_KEY:
-            continue
-        value = row.value
-        mode = value.get("mode") if isinstance(value, dict) else value
-        try:
-            return KillSwitch(str(mode))
-        except ValueError:
-            log.error("kill switch of %s has an unknown value %r; treating it as halt",
-                      row.account, value)
-            return KillSwitch.HALT
-    return KillSwitch.OFF
 
 
 def broker_settings(config: Config, role: str) -> BrokerSettings:
@@ -281,7 +264,7 @@ class RoleContext:
         return self._note_controls(name, snap.rows)
 
     def _note_controls(self, account: str, rows: Sequence[Control]) -> KillSwitch:
-        mode = kill_switch_from_controls(rows)
+        mode = kill_switch_in(rows)
         old = self._ks_cache.get(account)
         if old is not None and old[1] != mode:
             log.warning("kill switch of %s: %s -> %s", account, old[1], mode)

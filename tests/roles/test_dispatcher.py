@@ -20,9 +20,17 @@ import pytest
 
 from ops import refusals
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
-from ops.control import KILL_SWITCH_KEY, read_kill_switch
+from ops.control import read_kill_switch
 from ops.credentials import Credentials
-from ops.models import KillSwitch, OrderRequest, OrderType, Side, TimeInForce, TradeUpdate
+from ops.models import (
+    KILL_SWITCH_KEY,
+    KillSwitch,
+    OrderRequest,
+    OrderType,
+    Side,
+    TimeInForce,
+    TradeUpdate,
+)
 from ops.retry import Backoff
 from ops.risk import RiskLimits, signal_client_order_id
 from ops.roles.dispatcher import (

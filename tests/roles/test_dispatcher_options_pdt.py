@@ -22,15 +22,23 @@ import pytest
 
 from ops import refusals
 from ops.broker import Broker, BrokerEndpoints, TradeStream
-from ops.control import KILL_SWITCH_KEY, kill_switch_from_value, read_kill_switch
+from ops.control import read_kill_switch
 from ops.credentials import Credentials
 from ops.exits import NEW_YORK, flatten_prefix
-from ops.models import KillSwitch, OptionSymbol, OrderRequest, OrderType, Side, TradeUpdate
+from ops.models import (
+    KILL_SWITCH_KEY,
+    KillSwitch,
+    OptionSymbol,
+    OrderRequest,
+    OrderType,
+    Side,
+    TradeUpdate,
+    kill_switch_from_value,
+)
 from ops.risk import PdtGuard, RiskLimits
 from ops.roles import dispatcher as dmod
 from ops.roles.dispatcher import Dispatcher
 from ops.sim import Simulator
-from ops.status import kill_switch_mode
 from ops.store import signals as sq
 from ops.store.ownership import managed_quantities
 from ops.store.store import Store, order_op, trade_update_op
@@ -451,6 +459,6 @@ async def test_a_managed_close_is_never_sent_twice_across_restarts(tiny: Rig) ->
 
 def test_flatten_all_decodes_everywhere() -> None:
     assert kill_switch_from_value({"mode": "flatten-all"}) is KillSwitch.FLATTEN_ALL
-    assert kill_switch_mode('{"mode": "flatten-all"}') == "flatten-all"
+    assert kill_switch_from_value('{"mode": "flatten-all"}') is KillSwitch.FLATTEN_ALL
     assert KillSwitch.FLATTEN_ALL.flattens and KillSwitch.FLATTEN.flattens
     assert not KillSwitch.REDUCE_ONLY.flattens
