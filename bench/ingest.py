@@ -32,19 +32,24 @@ QTY = 10  # shares per order; fill lot 1 -> 10 fills + 1 "new" event per order
 POLL_S = 0.002
 
 
-def make_events(sim: Simulator, fills: int) -> list[bytes]:
+async def make_events(sim: Simulator, fills: int) -> list[bytes]:
     """Generate trade-update frames for about `fills` fills while the stream is muted, and
-    take them out of the mute buffer (the caller delivers them)."""
+    take them out of the mute buffer (the caller delivers them). Yields to the loop between
+    market steps: the simulator shares this loop, and a generation that held it past the
+    stream's ping timeout (30 s, on a busy host) had the role drop the connection."""
     st = sim.engine.states[ACCOUNT]
     sim.faults.mute(ACCOUNT)
     orders = []
-    for _ in range(max(1, fills // QTY)):
+    for i in range(max(1, fills // QTY)):
+        if i % 100 == 0:
+            await asyncio.sleep(0)
         # Buys only (the account's cash is effectively unlimited): a sell could be refused
         # for the position the previous rounds left.
         orders.append(sim.engine.submit(st, {"symbol": "AAPL", "qty": str(QTY), "side": "buy",
                                              "type": "market", "time_in_force": "day"}))
     while any(o.is_open for o in orders):
         sim.market.step()
+        await asyncio.sleep(0)
     held = sim.hub.faults.muted_buffer.pop(ACCOUNT, [])
     sim.faults.unmute(ACCOUNT, deliver=False)
     return held
@@ -81,7 +86,7 @@ async def stored_since(conn: Any, label: str, after_id: int, want: int, deadline
 
 
 async def burst(sim: Simulator, conn: Any, label: str, fills: int) -> tuple[float, int]:
-    frames = make_events(sim, fills)
+    frames = await make_events(sim, fills)
     base_id = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM order_events"))
     t0 = time.perf_counter()
     for fr in frames:
@@ -104,7 +109,7 @@ async def receive_only(sim: Simulator, rig: RoleRig, url: str, fills: int,
                            spec.secret, str(count_file), name="receive-only")
     try:
         await sim.wait_stream(ACCOUNT, within_s=90)
-        frames = make_events(sim, fills)
+        frames = await make_events(sim, fills)
         t0 = time.perf_counter()
         for fr in frames:
             sim.hub.deliver(ACCOUNT, fr, faults=False)
@@ -122,7 +127,7 @@ async def receive_only(sim: Simulator, rig: RoleRig, url: str, fills: int,
 
 async def paced(sim: Simulator, url: str, label: str, events: int, rate: float) -> list[float]:
     """Latencies (ms) of every fill, released at `rate` events/s."""
-    frames = make_events(sim, events)
+    frames = await make_events(sim, events)
     keys = [exec_id(f) for f in frames]
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
