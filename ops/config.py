@@ -951,7 +951,9 @@ class Config(_Model):
 
     def role_interval(self, role: str, account: str | None) -> float | None:
         """The interval of a role's main ticker (what its last-run gap is judged
-        against), or None for a role without one or an unknown account."""
+        against), or None for a role without one or an unknown account. The one home of
+        this rule: the roles' tickers, `ops status`, the dashboard, the watchdog and
+        `ops gaps` all ask here."""
         if role == "signal-engine":
             return self.signal_engine.interval_s
         if role == "monitor":

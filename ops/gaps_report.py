@@ -114,14 +114,13 @@ class GapsReport:
         return out
 
 
-def _interval(config: Config, account: str | None, role: str) -> float | None:
-    from ops.roles.watchdog import expected_interval
+def _bound(config: Config, role: str, account: str | None) -> tuple[float | None, float]:
+    """(the role's interval, the gap bound it gives): `Config.role_interval`, except that
+    the report also judges the watchdog's passes (status leaves the watchdog unjudged)."""
+    from ops.roles.watchdog import PASS_INTERVAL_S
 
-    if role == "watchdog":
-        from ops.roles.watchdog import PASS_INTERVAL_S
-
-        return PASS_INTERVAL_S
-    return expected_interval(config, account, role)
+    interval = PASS_INTERVAL_S if role == "watchdog" else config.role_interval(role, account)
+    return interval, late_after(interval) if interval is not None else _MIN_GAP_S
 
 
 async def collect_gaps(
@@ -162,14 +161,12 @@ async def collect_gaps(
                               "Postgres; open incidents below are from the local buffer")
     gaps: list[Gap] = []
     for r in gap_rows:
-        interval = _interval(config, r.account, r.role)
-        bound = late_after(interval) if interval is not None else _MIN_GAP_S
+        interval, bound = _bound(config, r.role, r.account)
         if r.gap_s > bound:
             gaps.append(Gap(r.process, r.account, r.role, r.prev, r.began, r.gap_s, interval,
                             bound))
     for last in last_rows:
-        interval = _interval(config, last.account, last.role)
-        bound = late_after(interval) if interval is not None else _MIN_GAP_S
+        interval, bound = _bound(config, last.role, last.account)
         age = (now - last.finished_at).total_seconds()
         if age > bound:
             gaps.append(Gap(last.process, last.account, last.role, last.finished_at, None,

@@ -221,10 +221,6 @@ def expected_programs(env: RuntimeEnv, config: Config) -> list[str]:
     return names
 
 
-def expected_interval(config: Config, ident: Identity) -> float | None:
-    return config.role_interval(ident.role, ident.account)
-
-
 # --- collection --------------------------------------------------------------------------------
 
 
@@ -399,7 +395,7 @@ def _processes(
                 hb.ts.timestamp() < info.start - 1:
             hb = None
         run = runs.get(name)
-        interval = expected_interval(config, ident)
+        interval = config.role_interval(ident.role, ident.account)
         market_open = None
         if run is not None:
             market_open = (False if run.outcome == "idle-market-closed"

@@ -36,7 +36,6 @@ from ops.status import (
     PAUSABLE_ROLES,
     Identity,
     config_problem,
-    expected_interval,
     expected_programs,
     identities,
     stream_connectivity,
@@ -662,7 +661,7 @@ class DashboardData:
                 pid=(info.pid or None) if info else None, started_at=started,
                 heartbeat_at=hb_at, last_run_at=run.finished_at if run else None,
                 last_run_outcome=run.outcome if run else None,
-                expected_interval_s=expected_interval(self.config, ident),
+                expected_interval_s=self.config.role_interval(ident.role, ident.account),
                 market_open=market_open,
                 paused=ident.role in PAUSABLE_ROLES
                 and kill.get(ident.account or "", "off") != "off",
@@ -691,8 +690,8 @@ class DashboardData:
             ident = Identity(e.account, e.role)
             paused = e.role in PAUSABLE_ROLES and kill.get(e.account or "", "off") != "off"
             o = observe_heartbeat(name=e.name, account=e.account, role=e.role, heartbeat=hb,
-                                  run=run, expected_interval_s=expected_interval(
-                                      self.config, ident),
+                                  run=run, expected_interval_s=self.config.role_interval(
+                                      e.role, e.account),
                                   paused=paused, now=now,
                                   startup_grace_s=policy.startup_grace_s)
             out.append(ProcessRow(

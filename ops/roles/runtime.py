@@ -127,11 +127,6 @@ async def request_run_now(store: Store, account: str | None, role: str, by: str)
                             {"requested_at": at.isoformat()}, by, at)
 
 
-def role_interval(config: Config, role: str, account: str | None) -> float | None:
-    """The configured interval of a role's main ticker, if the role has one."""
-    return config.role_interval(role, account)
-
-
 def broker_settings(config: Config, role: str) -> BrokerSettings:
     """Broker bounds from config, with `role`'s share of the key's REST budget (every
     process using an account's key takes its `REST_WEIGHTS` share; the shares add up to
@@ -288,7 +283,7 @@ class RoleContext:
         from the builder too is fine.
 
         Hot reload of the interval: pass a callable `Config -> seconds` to follow any key;
-        a number equal to this role's configured interval (`role_interval`) follows that
+        a number equal to this role's configured interval (`Config.role_interval`) follows that
         key; any other number stays fixed.
         """
         if self._sealed:
@@ -298,13 +293,13 @@ class RoleContext:
             first = interval_s(self._config)
         else:
             first = float(interval_s)
-            configured = role_interval(self._config, self.role, self.account)
+            configured = self._config.role_interval(self.role, self.account)
             interval_fn = None
             if configured is not None and configured == first:
                 role, account = self.role, self.account
 
                 def interval_fn(c: Config) -> float:
-                    return role_interval(c, role, account) or first
+                    return c.role_interval(role, account) or first
 
         ticker = Ticker(
             name, first, job, process=self.process, account=self.account, role=self.role,

@@ -240,10 +240,6 @@ class EventFeed:
 # --- one pass ----------------------------------------------------------------------------------
 
 
-def expected_interval(config: Config, account: str | None, role: str) -> float | None:
-    return config.role_interval(role, account)
-
-
 def signal_stopped(pid: int) -> bool:
     """Whether `pid` is stopped by a signal (SIGSTOP, SIGTSTP: state T in /proc/PID/stat).
     False when it cannot be read (gone, another host's, no /proc)."""
@@ -358,7 +354,7 @@ class Watchdog(Overseer):
                 state=info.state, pid=info.pid, start=float(info.start),
                 exitstatus=info.exitstatus, spawnerr=info.spawnerr, heartbeat=hb,
                 run=reads.runs.get(info.name),
-                expected_interval_s=expected_interval(self.config, account, role),
+                expected_interval_s=self.config.role_interval(role, account),
                 paused=reads.paused_role(account, role),
                 heartbeats=info.name not in NO_HEARTBEAT, now=now,
                 failure=self.failure(hb, account), stopped=signal_stopped(info.pid),
