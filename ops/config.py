@@ -14,10 +14,10 @@ content changes and keeps the last good config when an edit is bad.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -986,43 +986,95 @@ def _origin_only(url: str) -> str:
 # --------------------------------------------------------------------------- loading
 
 
+#: The position tomllib appends to its messages (Python 3.11-3.13 keep it nowhere else).
 _TOML_POS = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
-_TABLE_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+#: One part of a TOML key: bare, "basic" (with escapes) or 'literal'.
+_KEY_PART = re.compile(r"""\s*(?:([A-Za-z0-9_-]+)|"((?:[^"\\]|\\.)*)"|'([^']*)')\s*""")
 
 
-def _unquote_key(key: str) -> str:
-    return ".".join(p.strip().strip("\"'") for p in key.split("."))
+def _toml_position(exc: tomllib.TOMLDecodeError, text: str) -> tuple[str, int, int]:
+    """(what went wrong, line, column; 0: unknown) of a TOML error: from the error's own
+    fields where Python has them (3.14+), else from the "(at line N, column M)" suffix of
+    its message; "at end of document" is the last line. Without either, the whole
+    message and line 0."""
+    lineno, colno, msg = (getattr(exc, name, None) for name in ("lineno", "colno", "msg"))
+    if isinstance(lineno, int) and isinstance(colno, int) and isinstance(msg, str):
+        return msg, lineno, colno
+    raw = str(exc)
+    pos = _TOML_POS.search(raw)
+    if pos is None:
+        return raw, 0, 0
+    if pos.group(1):
+        return raw[: pos.start()], int(pos.group(1)), int(pos.group(2))
+    return raw[: pos.start()], len(text.rstrip("\n").splitlines()), 0
+
+
+def _key_prefix(line: str) -> tuple[tuple[str, ...], str] | None:
+    """The dotted key at the start of `line` (quotes removed) and what follows it."""
+    parts: list[str] = []
+    pos = 0
+    while m := _KEY_PART.match(line, pos):
+        bare, basic, literal = m.groups()
+        if basic is not None:
+            try:
+                basic = json.loads(f'"{basic}"')
+            except ValueError:
+                pass  # a TOML-only escape (\U...): shown as written
+        parts.append(next(p for p in (bare, basic, literal) if p is not None))
+        pos = m.end()
+        if not line.startswith(".", pos):
+            return tuple(parts), line[pos:]
+        pos += 1
+    return None
+
+
+def _table_header(line: str) -> tuple[str, ...] | None:
+    """The key of a `[table]` header line (not `[[array]]`), or None."""
+    stripped = line.strip()
+    if not stripped.startswith("[") or stripped.startswith("[["):
+        return None
+    found = _key_prefix(stripped[1:])
+    if found is None:
+        return None
+    key, rest = found
+    rest = rest.lstrip()
+    return key if rest.startswith("]") and rest[1:].strip()[:1] in ("", "#") else None
+
+
+def _assigned_key(line: str) -> tuple[str, ...] | None:
+    """The key of a `key = value` line, or None."""
+    found = _key_prefix(line)
+    return found[0] if found is not None and found[1].lstrip().startswith("=") else None
 
 
 def _toml_problem(exc: tomllib.TOMLDecodeError, text: str) -> Problem:
-    """Turn tomllib's message into a Problem naming the key where it can be worked out."""
-    raw = str(exc)
-    pos = _TOML_POS.search(raw)
-    what = raw[: pos.start()] if pos else raw
-    if pos and pos.group(1):
-        line, col = int(pos.group(1)), int(pos.group(2))
-    else:  # "at end of document": the last line
-        line, col = len(text.rstrip("\n").splitlines()), 0
-    dup = re.fullmatch(r"Cannot declare (\(.*\)) twice", what)
-    if dup:
-        keys = tuple(str(k) for k in ast.literal_eval(dup.group(1)))
-        path = ".".join(keys)
-        if len(keys) == 2 and keys[0] == "accounts":
-            return Problem(path, f"duplicate account '{keys[1]}' (line {line})")
+    """A Problem naming the key where the source text shows it: the error's line
+    declaring a table again (a well-formed header fails only that way) or assigning a
+    key its table already has; else tomllib's message with its line and column."""
+    what, line, col = _toml_position(exc, text)
+    lines = text.splitlines()
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    if (header := _table_header(source)) is not None:
+        path = ".".join(header)
+        if len(header) == 2 and header[0] == "accounts":
+            return Problem(path, f"duplicate account '{header[1]}' (line {line})")
         return Problem(path, f"duplicate table [{path}] (line {line})")
-    if what == "Cannot overwrite a value" and line:
-        lines = text.splitlines()
-        key = _unquote_key(lines[line - 1].split("=", 1)[0]) if line <= len(lines) else ""
-        table = ""
+    if (key := _assigned_key(source)) is not None:
+        table: tuple[str, ...] = ()
+        earlier: list[tuple[str, ...] | None] = []
         for prev in reversed(lines[: line - 1]):
-            if m := _TABLE_HEADER.match(prev):
-                table = _unquote_key(m.group(1))
+            if (table_key := _table_header(prev)) is not None or prev.lstrip().startswith("["):
+                table = table_key or ()
                 break
-        path = ".".join(p for p in (table, key) if p)
-        if table == "accounts" and "." not in key:
-            return Problem(path, f"duplicate account '{key}' (line {line})")
-        return Problem(path, f"duplicate key '{key}' (line {line})")
-    where = f"line {line}, column {col}" if col else f"line {line}"
+            earlier.append(_assigned_key(prev))
+        if any(e is not None and e[:len(key)] == key[:len(e)] for e in earlier):
+            # The same key, or one a dotted key made a table of (or the reverse).
+            name = ".".join(key)
+            path = ".".join((*table, name))
+            if table == ("accounts",) and len(key) == 1:
+                return Problem(path, f"duplicate account '{name}' (line {line})")
+            return Problem(path, f"duplicate key '{name}' (line {line})")
+    where = f"line {line}, column {col}" if col else f"line {line}" if line else ""
     return Problem(where, f"invalid TOML: {what[:1].lower()}{what[1:]}")
 
 

@@ -318,6 +318,21 @@ CASES: list[tuple[str, str, str]] = [
         "conf/ops.toml: accounts.solo.risk: duplicate table [accounts.solo.risk] (line 14)",
     ),
     (
+        "duplicate table named with a quoted key",
+        MINIMAL + "[accounts.solo.\"risk\"]\n",
+        "conf/ops.toml: accounts.solo.risk: duplicate table [accounts.solo.risk] (line 14)",
+    ),
+    (
+        "key redefined by a dotted key",
+        "[sim]\nport = 1\nport.x = 2\n",
+        "conf/ops.toml: sim.port.x: duplicate key 'port.x' (line 3)",
+    ),
+    (
+        "a table made an array of tables",
+        "[sim]\n[[sim]]\n",
+        "conf/ops.toml: line 2, column 6: invalid TOML: cannot overwrite a value",
+    ),
+    (
         "bad TOML syntax",
         "[sim]\nport = \n",
         "conf/ops.toml: line 2, column 8: invalid TOML: invalid value",
