@@ -29,13 +29,18 @@ ENV PYTHONUNBUFFERED=1 \
     OPS_CONFIG=/etc/ops/ops.toml
 
 WORKDIR /app
+# The dependencies first, exactly as locked (versions and hashes; scripts/lock.sh writes
+# the lock): a layer that survives source changes. Python 3.11 brings pgserver's Postgres
+# for the embedded mode; from 3.13 that would need the system's (apt install postgresql).
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 # Only what the package needs: no venv, no tests, no local state from a dev checkout.
 COPY pyproject.toml README.md ./
 COPY ops ./ops
 COPY tui ./tui
 COPY conf ./conf
 COPY conf/production.example.toml /etc/ops/ops.toml
-RUN pip install . \
+RUN pip install --no-deps . \
     && useradd --system --uid 10001 --create-home --home-dir /var/lib/ops ops \
     && chmod 0755 /etc/ops && chmod 0644 /etc/ops/ops.toml
 

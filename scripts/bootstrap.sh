@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
-# Create ./.venv with the project and its dev tools installed; a no-op when up to date.
-# Needs only Python 3.11 and pip. Sourced by the other scripts.
+# Create a venv with the project and its dev tools installed; a no-op when up to date.
+# Needs only Python >= 3.11 and pip. Sourced by the other scripts.
+#   OPS_PYTHON  the Python to create it with (default: python3.11, else python3 if >= 3.11)
+#   OPS_VENV    where (default .venv; relative paths are from the repository root)
+# The dependencies come from requirements-dev.lock (exact versions, hashes checked), then the
+# project itself without dependencies. scripts/lock.sh regenerates the lock.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-py="${PYTHON:-}"
-if [ -z "$py" ]; then
+venv="${OPS_VENV:-.venv}"
+case "$venv" in /*) ;; *) venv="$root/$venv" ;; esac
+lock="$root/requirements-dev.lock"
+
+_py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+_py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
+
+py="${OPS_PYTHON:-${PYTHON:-}}"
+if [ -n "$py" ]; then
+  _py_ok "$py" || { echo "bootstrap: OPS_PYTHON=$py is not a working Python 3.11 or newer" >&2; exit 2; }
+  if [ -x "$venv/bin/python" ] && [ "$(_py_version "$venv/bin/python")" != "$(_py_version "$py")" ]; then
+    echo "bootstrap: $venv runs Python $(_py_version "$venv/bin/python"), not $(_py_version "$py")" \
+      "($py): remove it or choose another OPS_VENV" >&2
+    exit 2
+  fi
+elif ! [ -x "$venv/bin/python" ]; then
   for c in python3.11 python3; do
-    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-      py="$c"; break
-    fi
+    if command -v "$c" >/dev/null 2>&1 && _py_ok "$c"; then py="$c"; break; fi
   done
+  [ -n "$py" ] || { echo "bootstrap: Python 3.11 or newer is required (set OPS_PYTHON=/path/to/python3)" >&2; exit 2; }
 fi
-[ -n "$py" ] || { echo "bootstrap: Python 3.11 is required (set PYTHON=/path/to/python3.11)" >&2; exit 2; }
-venv="$root/.venv"
-stamp="$venv/.installed-$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
+
+stamp="$venv/.installed-$(cat "$root/pyproject.toml" "$lock" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[dev]"
+  pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+  "${pip[@]}" install --quiet --upgrade pip
+  "${pip[@]}" install --quiet --require-hashes -r "$lock"
+  "${pip[@]}" install --quiet --no-deps -e "$root"
+  if ! problems="$("${pip[@]}" check 2>&1)"; then
+    echo "bootstrap: $lock does not satisfy pyproject.toml (run scripts/lock.sh):" >&2
+    echo "$problems" >&2
+    exit 2
+  fi
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi

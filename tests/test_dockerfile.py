@@ -8,7 +8,9 @@ No Docker daemon here, so the Dockerfile is parsed (continuation lines joined) a
 - supervisord is PID 1: CMD/ENTRYPOINT in exec (JSON) form, so no shell sits at PID 1,
   running `ops up --foreground`, which `os.execv`s supervisord in the same process
   (checked in ops/stack.py);
-- nothing from a dev checkout's runtime state (var/, secrets) is copied in.
+- nothing from a dev checkout's runtime state (var/, secrets) is copied in;
+- the dependencies come from requirements.lock with their hashes checked, the project
+  itself without dependencies (nothing resolved at build time).
 """
 
 from __future__ import annotations
@@ -90,3 +92,20 @@ def test_no_runtime_state_or_secrets_copied() -> None:
         for src in sources:
             assert src not in (".", "./", "var", "var/", ".venv"), f"COPY {args}"
             assert "secret" not in src.lower(), f"COPY {args}"
+
+
+def test_dependencies_come_from_the_lock() -> None:
+    ins = instructions()
+    copied = [src for word, args in ins if word == "COPY" for src in shlex.split(args)[:-1]]
+    assert "requirements.lock" in copied, copied
+    installs = [cmd.strip() for word, args in ins if word == "RUN"
+                for cmd in args.split("&&") if "pip install" in cmd]
+    assert installs, "no pip install"
+    locked = [shlex.split(c) for c in installs if "-r" in shlex.split(c)]
+    assert locked and all("--require-hashes" in c and c[c.index("-r") + 1] == "requirements.lock"
+                          for c in locked), installs
+    for cmd in installs:
+        words = shlex.split(cmd)
+        assert "--require-hashes" in words or "--no-deps" in words, (
+            f"{cmd!r} resolves dependencies at build time instead of taking the lock's")
+    assert (REPO / "requirements.lock").is_file()
