@@ -1,6 +1,9 @@
 """Persistence: Postgres first, a SQLite outage buffer when Postgres is away.
 
-- `store.py`     `Store`: the one write API (Postgres or buffer, drained in order) + reads
+- `store.py`     `Store`: the one write API (Postgres or buffer, drained in order) + reads;
+                 its parts: `core.py` (settings, shared state), `replay.py` (the drainer),
+                 `reads.py` (Postgres, the buffer, or both merged), `codec.py` (payloads
+                 <-> read models)
 - `ops.py`       typed, idempotent write operations (kind + JSON payload + batch apply)
 - `buffer.py`    the host-wide SQLite buffer (pending writes, latest state, dead rows)
 - `postgres.py`  asyncpg pools/connections, JSON codecs, `is_outage` (which errors are
