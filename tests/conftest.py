@@ -153,7 +153,7 @@ async def ops_store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
 # - else `unit`.
 # The tiers are kept honest while tests run: a unit test that starts a process, connects
 # to Postgres or starts the simulator fails, and so does an integration test that starts
-# supervisord (`ops up`), each saying which tier to mark it.
+# supervisord, each saying which tier to mark it.
 
 TIERS = ("unit", "integration", "system")
 SYSTEM_DIRS = ("e2e", "chaos")
@@ -201,12 +201,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: -per_file[item.path])
 
 
-def _starts_a_stack(args: object) -> bool:
-    """Whether a command line is supervisord or `ops up` (a whole stack)."""
+def _starts_supervisord(args: object) -> bool:
     argv = [str(a) for a in args] if isinstance(args, list | tuple) else [str(args)]
-    return (any(Path(a).name.startswith("supervisord") or a == "supervisor.supervisord"
-                for a in argv)
-            or any(a == "ops" and b == "up" for a, b in itertools.pairwise(argv)))
+    return any(Path(a).name.startswith("supervisord") or a == "supervisor.supervisord"
+               for a in argv)
 
 
 def _guard(item: pytest.Item, mp: pytest.MonkeyPatch) -> None:
@@ -218,7 +216,7 @@ def _guard(item: pytest.Item, mp: pytest.MonkeyPatch) -> None:
     violations = item.stash.setdefault(_VIOLATIONS, [])
 
     def refuse(what: str, mark: str) -> NoReturn:
-        message = f"a {tier} test {what}: mark it {mark} (pytest.mark.{mark}, tests/conftest.py)"
+        message = f"this {tier} test {what}: mark it {mark} (pytest.mark.{mark}, tests/conftest.py)"
         violations.append(message)
         pytest.fail(message, pytrace=False)
 
@@ -228,8 +226,8 @@ def _guard(item: pytest.Item, mp: pytest.MonkeyPatch) -> None:
                               *rest: Any, **kw: Any) -> None:
         if tier == "unit":
             refuse(f"starts a process ({args!r})", "integration")
-        if _starts_a_stack(args):
-            refuse(f"starts a stack ({args!r})", "system")
+        if _starts_supervisord(args):
+            refuse(f"starts supervisord ({args!r})", "system")
         execute_child(self, args, *rest, **kw)
 
     mp.setattr(subprocess.Popen, "_execute_child", checked_execute_child)
@@ -256,11 +254,18 @@ def _guard(item: pytest.Item, mp: pytest.MonkeyPatch) -> None:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(
-    item: pytest.Item, nextitem: pytest.Item | None
-) -> Generator[None, object, object]:
-    """Setup, call and teardown of every test (its wider-scoped fixtures included) run
-    under its tier's guard."""
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    """A test's fixtures (wider-scoped ones it is the first to need included) are set up
+    under its tier's guard. Teardown is not guarded: the last test of a worker or module
+    tears down what earlier tests of any tier set up (the session's Postgres, say)."""
+    with pytest.MonkeyPatch.context() as mp:
+        _guard(item, mp)
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test itself runs under its tier's guard."""
     with pytest.MonkeyPatch.context() as mp:
         _guard(item, mp)
         return (yield)

@@ -24,6 +24,8 @@ from ops.store.postgres import connect
 from tests.roles.conftest import RoleEnv, RoleProc
 from tests.support import eventually
 
+pytestmark = pytest.mark.system  # two copies of a role process at once
+
 WAITS = "another instance is active; this one waits"
 
 

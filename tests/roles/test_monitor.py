@@ -29,6 +29,8 @@ from ops.store import Incident, Store
 from tests.roles.conftest import RoleEnv, RoleProc, config_text
 from tests.support import eventually, free_port
 
+pytestmark = pytest.mark.system  # the monitor beside role processes, or two monitors
+
 STALE_S = 3.0
 GRACE_S = 4.0
 PASS_S = 0.5

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
+
 from ops.store.postgres import connect
 from tests.roles.conftest import RoleEnv, RoleProc
 from tests.support import eventually
@@ -28,6 +30,7 @@ def connects(proc: RoleProc) -> int:
     return proc.log_text().count("connected (connect #")
 
 
+@pytest.mark.system
 async def test_second_instance_waits_then_takes_over_after_sigkill(role_env: RoleEnv) -> None:
     sim, url = role_env.sim, role_env.pg_url
     first = await role_env.spawn("stream", "large")

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from ops.store import Store
 from tests.roles.conftest import DEMO, RoleEnv, config_text
 from tests.support import eventually
+
+pytestmark = pytest.mark.system  # seven role processes at once
 
 GENERIC_RISK = """max_order_notional = 50000
 max_symbol_notional = 100000
