@@ -39,14 +39,14 @@ if [ "$mode" = unit ]; then
 fi
 ruff check ops tui tests bench
 mypy
-# Most integration and system tests wait on real processes and clocks, so three workers
-# (each with its own Postgres, ports and homes) overlap those waits on two cores; one file
-# per worker at a time, longest files first (tests/conftest.py). OPS_TEST_WORKERS=0 runs
-# it in one process.
-workers=("-n" "${OPS_TEST_WORKERS:-3}" "--dist" "loadfile")
+# Most integration and system tests wait on real processes and clocks, so more workers
+# than cores (each with its own Postgres, ports and homes) overlap those waits: three for
+# the whole suite, whose system tests judge timings of whole stacks; four for the fast
+# tier. One file per worker at a time, longest files first (tests/conftest.py).
+# OPS_TEST_WORKERS=0 runs it in one process.
 if [ "$mode" = fast ]; then
-  timed "fast tier (unit + integration)" \
-    pytest -m "unit or integration" "${workers[@]}" --durations=15 "$@"
+  timed "fast tier (unit + integration)" pytest -m "unit or integration" \
+    -n "${OPS_TEST_WORKERS:-4}" --dist loadfile --durations=15 "$@"
   exit
 fi
-exec pytest "${workers[@]}" --durations=25 "$@"
+exec pytest -n "${OPS_TEST_WORKERS:-3}" --dist loadfile --durations=25 "$@"
