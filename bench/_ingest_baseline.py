@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from ops.broker import BrokerEndpoints, TradeStream
-from ops.credentials import Credentials
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
+from ops.runtime.credentials import Credentials
 from ops.store.postgres import connect
 
 INSERT = """

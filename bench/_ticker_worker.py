@@ -2,7 +2,7 @@
 `python -m bench._ticker_worker KIND TICKS INTERVAL_S` prints one JSON list: the lateness
 of every tick in seconds (actual start minus the tick's scheduled wall time).
 
-KIND: "ticker" (ops.ticker.Ticker), "apscheduler" (APScheduler 3 AsyncIOScheduler
+KIND: "ticker" (ops.runtime.ticker.Ticker), "apscheduler" (APScheduler 3 AsyncIOScheduler
 interval job), "sleep" (a naive `while: await asyncio.sleep(interval)` loop, whose
 scheduled times are t0 + k * interval, so its lateness is its accumulated drift), "floor"
 (a bare loop sleeping to absolute deadlines: the asyncio timer floor, no scheduler).
@@ -16,8 +16,8 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from ops.models import RunRecord
-from ops.ticker import Slot, Ticker
+from ops.core.models import RunRecord
+from ops.runtime.ticker import Slot, Ticker
 
 
 class NullLedger:

@@ -41,13 +41,14 @@ sys.path.insert(0, str(ROOT))
 from textual import events  # noqa: E402
 from textual.widget import Widget  # noqa: E402
 
-from ops.config import Config, load_config  # noqa: E402
-from ops.env import RuntimeEnv  # noqa: E402
-from ops.models import Heartbeat, Position, RunRecord  # noqa: E402
+from ops.core.config import Config  # noqa: E402
+from ops.core.models import Heartbeat, Position, RunRecord  # noqa: E402
+from ops.runtime.config import load_config  # noqa: E402
+from ops.runtime.env import RuntimeEnv  # noqa: E402
 from ops.store import Store  # noqa: E402
 from ops.store.embedded import EmbeddedPostgres  # noqa: E402
 from ops.store.migrate import migrate  # noqa: E402
-from ops.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
+from ops.supervise.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
 from tui.app import Dashboard  # noqa: E402
 from tui.data import DashboardData  # noqa: E402
 from tui.widgets.positions import PositionsTable  # noqa: E402

@@ -21,8 +21,8 @@ from typing import Any
 from bench.common import BenchResult, Figure, bench_main, durable_postgres, percentile, tmp_dir
 from bench.rig import ACCOUNT, RoleRig, bench_simulator
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings
-from ops.credentials import Credentials
-from ops.models import OrderRequest, Side
+from ops.core.models import OrderRequest, Side
+from ops.runtime.credentials import Credentials
 from ops.store.postgres import connect
 
 INSERT = """

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from ops.models import Order, TradeUpdate
+from ops.core.models import Order, TradeUpdate
 
 
 def fills(n: int, *, account: str = "large") -> list[TradeUpdate]:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.common import ROOT, BenchResult, Figure, bench_main, percentile, tmp_dir
-from ops.healthcheck import HealthFile, health_path, write_health_file
+from ops.supervise.healthcheck import HealthFile, health_path, write_health_file
 
 BEAT = HealthFile(process="large-stream", pid=1, ts=0.0, interval_s=1.0, stale_s=5.0,
                   active=True, failing=False, failing_reason=None)

@@ -34,11 +34,11 @@ from textual import events  # noqa: E402
 from textual.widget import Widget  # noqa: E402
 
 from bench.dashboard import ms, timed, with_postgres  # noqa: E402
-from ops.config import load_config  # noqa: E402
-from ops.env import RuntimeEnv  # noqa: E402
-from ops.models import AccountInfo, Heartbeat  # noqa: E402
+from ops.core.models import AccountInfo, Heartbeat  # noqa: E402
+from ops.runtime.config import load_config  # noqa: E402
+from ops.runtime.env import RuntimeEnv  # noqa: E402
 from ops.store import Store  # noqa: E402
-from ops.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
+from ops.supervise.supervisor import ACCOUNT_ROLES, SupervisorClient, program_name  # noqa: E402
 from tui.app import Dashboard  # noqa: E402
 from tui.data import DashboardData  # noqa: E402
 from tui.history import ZOOMS, HistoryData, TimelineTarget  # noqa: E402

@@ -35,12 +35,12 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from bench.common import ROOT, BenchResult, Figure, bench_main, free_port, percentile, tmp_dir
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.layout import Expected, orchestrated_processes
-from ops.models import Heartbeat, RunRecord
+from ops.core.models import Heartbeat, RunRecord
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.postgres import connect
+from ops.supervise.layout import Expected, orchestrated_processes
 
 PASS_S = 0.1
 BEAT_S = 0.5

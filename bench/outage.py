@@ -25,9 +25,9 @@ import asyncpg  # type: ignore[import-untyped]
 
 from bench.common import BenchResult, Figure, bench_main, durable_postgres, tmp_dir
 from bench.fills import fills
-from ops.env import RuntimeEnv
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
 from ops.roles.stream import BATCH_MAX
+from ops.runtime.env import RuntimeEnv
 from ops.store import Op, Store, StoreSettings
 from ops.store.ingest import trade_update_row_op
 from ops.store.ops import dumps

@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from bench.common import ROOT
-from ops.credentials import write_secrets_file
+from ops.runtime.credentials import write_secrets_file
 from ops.sim import SimConfig, Simulator
 from ops.sim.accounts import make_spec
 

@@ -33,10 +33,10 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from bench.common import ROOT, BenchResult, Figure, bench_main, free_port, tmp_dir
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.store import embedded
 from ops.store.postgres import connect
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 
 PM_GAP_BOUND_S = 8
 STOP_VICTIM = "tiny-dispatcher"
@@ -48,8 +48,8 @@ ENTRYPOINTS = {  # what each supervised program imports at start (lazy imports a
     "position-manager": "ops.roles.runtime, ops.roles.position_manager",
     "signal-engine": "ops.roles.runtime, ops.roles.signal_engine",
     "watchdog": "ops.roles.watchdog",
-    "sim": "ops.sim.server",
-    "status": "ops.status",
+    "sim": "ops.commands.sim",
+    "status": "ops.commands.status",
 }
 
 

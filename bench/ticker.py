@@ -1,4 +1,4 @@
-"""Ticker benchmark: lateness (p50/p99/max) and drift of `ops.ticker.Ticker` against
+"""Ticker benchmark: lateness (p50/p99/max) and drift of `ops.runtime.ticker.Ticker` against
 APScheduler's AsyncIOScheduler interval job and a naive sleep loop (plus the asyncio timer
 floor: a bare loop sleeping to absolute deadlines), with a CPU-busy neighbour process.
 The four contenders run at the same time, each in its own process

@@ -35,8 +35,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ops.config import ConfigError, load_config
-from ops.credentials import env_var_for
+from ops.core.config import ConfigError
+from ops.runtime.config import load_config
+from ops.runtime.credentials import env_var_for
 
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
@@ -189,7 +190,7 @@ class Deployment:
 
 def env_provider_config(text: str, source: str) -> str:
     """The config text with `[credentials] provider = "env"`: on Kubernetes the keys come
-    from Secrets as OPS_SECRET_<ID> variables (`ops.credentials.EnvProvider`)."""
+    from Secrets as OPS_SECRET_<ID> variables (`ops.runtime.credentials.EnvProvider`)."""
     line = 'provider = "env"  # set by deploy/render.py: keys from Kubernetes Secrets'
     table = re.search(r"(?m)^\[credentials\][ \t]*(#.*)?$", text)
     if table is None:
@@ -365,7 +366,7 @@ def pod_spec(dep: Deployment, name: str, command: list[str], res: Resources,
         {"name": "OPS_DATABASE_URL",
          "valueFrom": {"secretKeyRef": {"name": DB_SECRET, "key": "url"}}},
     ]
-    # Each account's secret JSON as the variable `ops.credentials.EnvProvider` reads.
+    # Each account's secret JSON as the variable `ops.runtime.credentials.EnvProvider` reads.
     env += [{"name": env_var_for(dep.accounts[a]),
              "valueFrom": {"secretKeyRef": {"name": alpaca_secret(a), "key": "secret"}}}
             for a in keys]

@@ -21,7 +21,7 @@ def _db_migrate(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from ops.sim.server import cli_main
+    from ops.commands.sim import cli_main
 
     return cli_main(args)
 
@@ -70,10 +70,10 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     up.add_argument("--port", type=tcp_port, default=None, metavar="P",
                     help="with --demo: serve the simulator on 127.0.0.1:P (0 = a free one); "
                     "default [sim] port, or a free one when that is taken")
-    up.set_defaults(handler=_lazy("ops.stack", "cli_up"))
+    up.set_defaults(handler=_lazy("ops.commands.stack", "cli_up"))
 
     down = sub.add_parser("down", help="stop everything `ops up` started, embedded Postgres too")
-    down.set_defaults(handler=_lazy("ops.stack", "cli_down"))
+    down.set_defaults(handler=_lazy("ops.commands.stack", "cli_down"))
 
     status = sub.add_parser(
         "status",
@@ -81,11 +81,11 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "(exit 0 healthy, 1 degraded, 2 down)",
     )
     status.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    status.set_defaults(handler=_lazy("ops.status", "cli_status"))
+    status.set_defaults(handler=_lazy("ops.commands.status", "cli_status"))
 
     doctor = sub.add_parser("doctor", help="check config, credentials, accounts, database, "
                             "buffer, supervisord, clock skew and disk; one line per check")
-    doctor.set_defaults(handler=_lazy("ops.doctor", "cli_doctor"))
+    doctor.set_defaults(handler=_lazy("ops.commands.doctor", "cli_doctor"))
 
     run = sub.add_parser("run", help="run one role in the foreground (what supervisord runs)")
     run.add_argument("role", choices=ROLE_CHOICES, help="the role to run")
@@ -105,7 +105,7 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     health.add_argument("--ready", action="store_true",
                         help="readiness: also require this instance to hold its singleton "
                         "lock (a standby waiting on it fails)")
-    health.set_defaults(handler=_lazy("ops.healthcheck", "cli_health"))
+    health.set_defaults(handler=_lazy("ops.supervise.healthcheck", "cli_health"))
 
     watchdog = sub.add_parser(
         "watchdog",
@@ -117,7 +117,7 @@ def _add_stack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     gaps.add_argument("--since", default="24h", metavar="DURATION",
                       help="how far back, e.g. 90m, 24h, 7d (default 24h)")
     gaps.add_argument("--json", action="store_true", help="JSON on stdout")
-    gaps.set_defaults(handler=_lazy("ops.gaps_report", "cli_gaps"))
+    gaps.set_defaults(handler=_lazy("ops.commands.gaps", "cli_gaps"))
 
 
 def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -154,7 +154,7 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                          help="how long to wait for the dispatcher's verdict (default 30)")
     waiting.add_argument("--no-wait", action="store_true",
                          help="print the new signal's id and return at once (exit 0)")
-    add.set_defaults(handler=_lazy("ops.control", "cli_signal_add"))
+    add.set_defaults(handler=_lazy("ops.commands.control", "cli_signal_add"))
 
     listing = signal_sub.add_parser(
         "list", help="signals newest first: queued, submitted (with the order), rejected "
@@ -170,12 +170,12 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                          help="at most N signals, the newest (default 50)")
     listing.add_argument("--json", action="store_true",
                          help="JSON on stdout: every field of each signal")
-    listing.set_defaults(handler=_lazy("ops.signals_cli", "cli_signal"))
+    listing.set_defaults(handler=_lazy("ops.commands.signals", "cli_signal"))
     show = signal_sub.add_parser("show", help="every field of one signal, the order it "
                                  "became and the dispatcher's reason")
     show.add_argument("id", metavar="ID", help="the signal's id, as `ops signal list` shows it")
     show.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    show.set_defaults(handler=_lazy("ops.signals_cli", "cli_signal"))
+    show.set_defaults(handler=_lazy("ops.commands.signals", "cli_signal"))
 
     pause = sub.add_parser("pause", help="engage an account's kill switch")
     pause.add_argument("account", metavar="TIER")
@@ -187,10 +187,10 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     pause.add_argument("--yes", action="store_true",
                        help="confirm --mode flatten-all (it sells positions the pipeline "
                        "did not open)")
-    pause.set_defaults(handler=_lazy("ops.control", "cli_pause"))
+    pause.set_defaults(handler=_lazy("ops.commands.control", "cli_pause"))
     resume = sub.add_parser("resume", help="release an account's kill switch")
     resume.add_argument("account", metavar="TIER")
-    resume.set_defaults(handler=_lazy("ops.control", "cli_resume"))
+    resume.set_defaults(handler=_lazy("ops.commands.control", "cli_resume"))
 
     positions = sub.add_parser("positions", help="an account's positions: accept the broker's")
     psub = positions.add_subparsers(dest="positions_command", required=True, metavar="COMMAND")
@@ -201,7 +201,7 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     accept.add_argument("--wait", type=float, default=20.0, metavar="SECONDS",
                         help="how long to wait for the position manager to apply it "
                         "(default 20; it applies a pending request at its next sync)")
-    accept.set_defaults(handler=_lazy("ops.control", "cli_positions_accept"))
+    accept.set_defaults(handler=_lazy("ops.commands.control", "cli_positions_accept"))
     for verb, what in (("adopt", "make an external position (or --qty of it) managed: the "
                                  "pipeline's exit rules apply to it from the next tick"),
                        ("release", "hand a managed position (or --qty of it) back: the "
@@ -210,7 +210,7 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         p.add_argument("account", metavar="TIER")
         p.add_argument("symbol", metavar="SYMBOL")
         p.add_argument("--qty", metavar="N", help="only this much (default: all of it)")
-        p.set_defaults(handler=_lazy("ops.ownership_cli", f"cli_positions_{verb}"))
+        p.set_defaults(handler=_lazy("ops.commands.positions", f"cli_positions_{verb}"))
 
 
 def _list_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -252,7 +252,7 @@ def _add_incidents_command(sub: argparse._SubParsersAction[argparse.ArgumentPars
     close.add_argument("id", metavar="ID")
     close.add_argument("--reason", required=True, metavar="TEXT",
                        help="why it is closed (required)")
-    incidents.set_defaults(handler=_lazy("ops.incidents_cli", "cli_incidents"))
+    incidents.set_defaults(handler=_lazy("ops.commands.incidents", "cli_incidents"))
 
 
 def _add_dash_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -339,7 +339,7 @@ _NO_CONFIG = frozenset({"sim", "down", "health", "db"})
 
 def _config_missing() -> str | None:
     """Why no config file can be read (naming how it was looked for), or None."""
-    from ops.env import runtime_env
+    from ops.runtime.env import runtime_env
 
     env = runtime_env()
     if env.config_path.is_file():
@@ -352,8 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `ops` command. Whatever the command, a config problem exits EXIT_CONFIG
     (78) and an unreachable embedded Postgres or broker says so in words, not as a
     traceback."""
-    from ops.env import EXIT_CONFIG
-    from ops.errors import human_error
+    from ops.runtime.env import EXIT_CONFIG
+    from ops.runtime.errors import human_error
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -369,9 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 1
     except Exception as exc:
-        # A ConfigError can only come from ops.config, loaded by then; looked up here so
+        # A ConfigError can only come from ops.core.config, loaded by then; looked up here so
         # that commands which never read the config (`ops health`) never load pydantic.
-        config = sys.modules.get("ops.config")
+        config = sys.modules.get("ops.core.config")
         if config is not None and isinstance(exc, config.ConfigError):
             print(f"ops {args.command}: {exc}", file=sys.stderr)
             return EXIT_CONFIG

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): set up .venv if needed, lint, type-check, run the suite.
-#   scripts/test.sh          everything, what CI runs: ruff, mypy, every tier
-#   scripts/test.sh --fast   ruff, mypy, the unit and integration tiers; prints their wall time
+#   scripts/test.sh          everything, what CI runs: ruff, mypy, lint-imports, every tier
+#   scripts/test.sh --fast   ruff, mypy, lint-imports, the unit and integration tiers; prints
+#                            their wall time
 #   scripts/test.sh --unit   the unit tier only (no process, no Postgres, no simulator)
 #   scripts/test.sh ARGS     pytest ARGS, e.g. scripts/test.sh tests/store -x
 # After --fast or --unit, further arguments go to pytest too. The tiers are pytest markers
@@ -39,6 +40,7 @@ if [ "$mode" = unit ]; then
 fi
 ruff check ops tui tests bench
 mypy
+lint-imports  # the import contracts of .importlinter: layers, a pure core, no cycles
 # Most integration and system tests wait on real processes and clocks, so more workers
 # than cores (each with its own Postgres, ports and homes) overlap those waits: three for
 # the whole suite, whose system tests judge timings of whole stacks; four for the fast

@@ -43,7 +43,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.sim import Simulator
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres

@@ -12,11 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import EXIT_CONFIG, ConfigError, load_config, load_config_text
-from ops.demo import ensure_identity, keys_by_account, read_identity
-from ops.env import FROM_ENV, FROM_HOME, FROM_PACKAGE, PACKAGED_CONFIG, RuntimeEnv, runtime_env
-from ops.stack import write_demo_secrets
-from ops.status import EXIT_CODES
+from ops.commands.stack import write_demo_secrets
+from ops.commands.status import EXIT_CODES
+from ops.core.config import ConfigError
+from ops.runtime.config import load_config, load_config_text
+from ops.runtime.demo import ensure_identity, keys_by_account, read_identity
+from ops.runtime.env import (
+    EXIT_CONFIG,
+    FROM_ENV,
+    FROM_HOME,
+    FROM_PACKAGE,
+    PACKAGED_CONFIG,
+    RuntimeEnv,
+    runtime_env,
+)
 from tests.config.samples import MINIMAL
 
 ROOT = Path(__file__).resolve().parents[1]

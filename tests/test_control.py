@@ -203,7 +203,7 @@ def test_signal_add_during_an_outage_is_buffered_then_inserted(
     assert query(pg_url, "SELECT id FROM signals") == []
 
     async def drain() -> None:
-        from ops.env import RuntimeEnv
+        from ops.runtime.env import RuntimeEnv
         from ops.store.store import Store
 
         home = Path(environ["OPS_HOME"])

@@ -30,10 +30,10 @@ from typing import Any
 import pytest
 
 from ops.cli import ROLE_CHOICES, build_parser
-from ops.config import load_config
-from ops.daemon import DEFAULT_GRACE_S
-from ops.healthcheck import process_name, usage_problem
 from ops.roles.runtime import PER_ACCOUNT_ROLES
+from ops.runtime.config import load_config
+from ops.runtime.daemon import DEFAULT_GRACE_S
+from ops.supervise.healthcheck import process_name, usage_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -35,11 +35,11 @@ import pytest
 import yaml
 
 from ops.cli import ROLE_CHOICES, build_parser
-from ops.config import load_config, load_config_text
-from ops.credentials import env_var_for
-from ops.daemon import DEFAULT_GRACE_S
-from ops.healthcheck import HealthFile, health_path, process_name, write_health_file
 from ops.roles.runtime import PER_ACCOUNT_ROLES
+from ops.runtime.config import load_config, load_config_text
+from ops.runtime.credentials import env_var_for
+from ops.runtime.daemon import DEFAULT_GRACE_S
+from ops.supervise.healthcheck import HealthFile, health_path, process_name, write_health_file
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -252,7 +252,7 @@ def test_identity_and_secrets(name: str) -> None:
         assert (ref["name"], ref["key"]) in made, f"{name}: {ref} is made by no ExternalSecret"
         refs[e["name"]] = made[(ref["name"], ref["key"])]
     assert refs.pop("OPS_DATABASE_URL") == ("database", "ops-pipeline/database-url")
-    # The keys this role reads, under the names ops.credentials.EnvProvider looks up.
+    # The keys this role reads, under the names ops.runtime.credentials.EnvProvider looks up.
     needs = (list(CONFIG.accounts) if run.role == "signal-engine"
              else [run.account] if run.account else [])
     want = {env_var_for(CONFIG.accounts[a].secret_id): ("alpaca", CONFIG.accounts[a].secret_id)

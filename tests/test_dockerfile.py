@@ -7,7 +7,7 @@ No Docker daemon here, so the Dockerfile is parsed (continuation lines joined) a
 - a HEALTHCHECK runs `ops status` (exit 0 healthy, non-zero otherwise);
 - supervisord is PID 1: CMD/ENTRYPOINT in exec (JSON) form, so no shell sits at PID 1,
   running `ops up --foreground`, which `os.execv`s supervisord in the same process
-  (checked in ops/stack.py);
+  (checked in ops/commands/stack.py);
 - nothing from a dev checkout's runtime state (var/, secrets) is copied in;
 - the dependencies come from requirements.lock with their hashes checked, the project
   itself without dependencies (nothing resolved at build time).
@@ -77,8 +77,8 @@ def test_supervisord_is_pid_1() -> None:
     assert isinstance(argv, list) and argv[:2] == ["ops", "up"], argv
     assert "--foreground" in argv, argv
     # `ops up --foreground` replaces itself with supervisord (same PID): an os.execv of
-    # the supervisord executable with -n (nodaemon) in ops/stack.py.
-    tree = ast.parse((REPO / "ops" / "stack.py").read_text())
+    # the supervisord executable with -n (nodaemon) in ops/commands/stack.py.
+    tree = ast.parse((REPO / "ops" / "commands" / "stack.py").read_text())
     execs = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call)
              and ast.unparse(n.func) in ("os.execv", "os.execvp")]
     assert any("'-n'" in e for e in execs), execs

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import load_config
-from ops.demo import read_identity, served_accounts
-from ops.doctor import Check, run_checks
-from ops.env import RuntimeEnv
+from ops.commands.doctor import Check, run_checks
+from ops.commands.stack import write_demo_secrets
+from ops.runtime.config import load_config
+from ops.runtime.demo import read_identity, served_accounts
+from ops.runtime.env import RuntimeEnv
 from ops.sim import SimConfig, Simulator
 from ops.sim.accounts import SimAccountSpec, demo_accounts
-from ops.stack import write_demo_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Every test starts the simulator or an `ops` process.
@@ -120,7 +120,7 @@ async def test_doctor_names_the_secret_of_a_rejected_key(tmp_path: Path) -> None
     rotate, not the network (issue 13)."""
     import json
 
-    from ops.credentials import write_secrets_file
+    from ops.runtime.credentials import write_secrets_file
 
     home = tmp_path / "home"
     async with Simulator(SimConfig(seed=7, market_step_s=None, accounts=_home_sim(home))) as sim:

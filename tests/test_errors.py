@@ -1,4 +1,4 @@
-"""Failures in words (ops.errors): the Postgres socket, 401/403, HTML error pages."""
+"""Failures in words (ops.runtime.errors): the Postgres socket, 401/403, HTML error pages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ops.broker.errors import BrokerApiError, BrokerUnavailable
-from ops.errors import AUTH_HINTS, describe_db_error, human_error, summarise_body
+from ops.runtime.errors import AUTH_HINTS, describe_db_error, human_error, summarise_body
 from ops.store.postgres import connect
 
 

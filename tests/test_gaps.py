@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ops.gaps import (
+from ops.core.gaps import (
     SEVERITY,
     GapBounds,
     GapInput,

@@ -1,11 +1,11 @@
-"""ops.health: the `failing` verdict from heartbeat counters, and causes in words."""
+"""ops.core.health: the `failing` verdict from heartbeat counters, and causes in words."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.health import MIN_RECENT, FailurePolicy, describe, explain, failing
+from ops.core.health import MIN_RECENT, FailurePolicy, describe, explain, failing
 
 POLICY = FailurePolicy(after_runs=3, share=0.5)
 
@@ -78,7 +78,7 @@ def test_failing_is_monotonic_in_failures(in_row: int, recent: int, errors: int)
 
 
 def test_a_paused_dispatcher_says_what_the_outage_holds_back() -> None:
-    from ops.health import dispatch_pause
+    from ops.core.health import dispatch_pause
 
     assert dispatch_pause({"dispatcher.dispatch_paused": 0}, "large") is None
     p = dispatch_pause({"dispatcher.dispatch_paused": 1, "dispatcher.dispatch_paused_for_s": 41.2,

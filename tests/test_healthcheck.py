@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import ACCOUNT_NAME_PATTERN
-from ops.healthcheck import (
+from ops.core.config import ACCOUNT_NAME_PATTERN
+from ops.supervise.healthcheck import (
     ACCOUNT_NAME_RE,
     EXIT_HEALTHY,
     EXIT_NO_FILE,
@@ -40,7 +40,7 @@ BEAT = HealthFile(process="large-stream", pid=4242, ts=NOW - 0.8, interval_s=1.0
 #: Modules `ops health` must never load: the broker SDK, the database driver, the config
 #: loader's validation library, the UI, supervisord's client, pandas/numpy.
 HEAVY = ("alpaca", "asyncpg", "pydantic", "pydantic_core", "textual", "tui", "supervisor",
-         "pandas", "numpy", "ops.config", "ops.store", "ops.broker", "ops.roles")
+         "pandas", "numpy", "ops.runtime.config", "ops.store", "ops.broker", "ops.roles")
 
 
 def test_the_file_is_one_json_object_with_the_agreed_fields(tmp_path: Path) -> None:

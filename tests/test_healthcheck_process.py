@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.healthcheck import HealthFile, health_path
 from ops.store.embedded import EmbeddedPostgres
+from ops.supervise.healthcheck import HealthFile, health_path
 from tests.roles.conftest import REPO, RoleEnv, RoleProc, running_role
 from tests.roles.conftest import role_env as role_env  # noqa: F401  (fixture)
 from tests.roles.conftest import sim as sim  # noqa: F401  (fixture)

@@ -24,7 +24,7 @@ def _ops_modules() -> list[str]:
 
 def test_ops_never_imports_textual() -> None:
     modules = _ops_modules()
-    assert "ops.models" in modules
+    assert "ops.core.models" in modules
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"
@@ -67,7 +67,7 @@ def test_rest_and_market_data_load_neither_alpaca_data_nor_pandas() -> None:
         "import asyncio, sys\n"
         "from datetime import UTC, datetime, timedelta\n"
         "from ops.broker import Broker, BrokerEndpoints\n"
-        "from ops.credentials import Credentials\n"
+        "from ops.runtime.credentials import Credentials\n"
         "from ops.sim import SimConfig, Simulator\n"
         "async def main():\n"
         "    sim = Simulator(SimConfig(seed=7, clock='open'))\n"

@@ -1,12 +1,11 @@
-"""ops.incidents.sweep: incidents nobody else closes, closed once their condition cleared."""
+"""ops.core.incidents.sweep: incidents nobody else closes, closed once their condition cleared."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from ops.incidents import EVENT_KINDS, SweepPolicy, sweep
-from ops.store.incidents import IncidentRecord
+from ops.core.incidents import EVENT_KINDS, IncidentRecord, SweepPolicy, sweep
 
 T = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 POLICY = SweepPolicy(quiet_s=3600, gone_quiet_s=60)

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from ops.config import EXIT_CONFIG
-from ops.env import RuntimeEnv
+from ops.runtime.env import EXIT_CONFIG, RuntimeEnv
 from ops.store import Store
 from ops.store.postgres import connect
 

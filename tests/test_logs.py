@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.credentials import FileProvider, mask
-from ops.logs import configure_logging, mask_secrets, register_secret
+from ops.runtime.credentials import FileProvider
+from ops.runtime.logs import configure_logging
+from ops.runtime.redaction import mask, mask_secrets, register_secret
 
 SECRET = "zQ9sEcReTlOgVaLuE0123456789"
 KEY = "PKLOGTESTKEY000000042"

@@ -1,4 +1,4 @@
-"""ops.metrics: snapshots rendered for Prometheus and scraped over loopback HTTP."""
+"""ops.notify.metrics: snapshots rendered for Prometheus and scraped over loopback HTTP."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.gaps import GapStatus
-from ops.metrics import (
+from ops.core.gaps import GapStatus
+from ops.notify.metrics import (
     AccountMetrics,
     MetricsExporter,
     MetricsSnapshot,

@@ -1,4 +1,4 @@
-"""ops.ownership.split: the managed part of a position, bounded by what is held."""
+"""ops.core.ownership.split: the managed part of a position, bounded by what is held."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal as D
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ops.ownership import split
+from ops.core.ownership import split
 
 
 def test_examples() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from tests.store.factories import position
 from tests.test_control import REPO, ops, query

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.env import RuntimeEnv
-from ops.models import Heartbeat, Order
+from ops.core.models import Heartbeat, Order
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import EXIT_CONFIG, load_config
-from ops.env import RuntimeEnv
-from ops.models import Heartbeat
-from ops.status import collect_status, render_text
+from ops.commands.status import collect_status, render_text
+from ops.core.models import Heartbeat
+from ops.runtime.config import load_config
+from ops.runtime.env import EXIT_CONFIG, RuntimeEnv
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.status import start_of_trading_day
@@ -113,7 +113,7 @@ def test_an_invalid_config_on_disk_still_reports_the_running_stack(
     """The stack ran with a good config (kept under $OPS_HOME/run); the file on disk is
     then broken: `ops status` reports the stack with the last good config and names the
     file's problem, instead of refusing to start."""
-    from ops.config import LAST_GOOD_NAME, remember_if_good
+    from ops.runtime.config import LAST_GOOD_NAME, remember_if_good
 
     home = tmp_path / "home"
     conf = tmp_path / "ops.toml"

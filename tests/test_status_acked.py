@@ -11,12 +11,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.status import collect_status, render_text
+from ops.commands.status import collect_status, render_text
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.incidents import ack_incident
-from ops.supervisor import ProcessInfo, SupervisorClient
+from ops.supervise.supervisor import ProcessInfo, SupervisorClient
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "conf" / "ops.toml"

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import Config, ConfigError, load_config, load_config_text
-from ops.env import RuntimeEnv
-from ops.layout import orchestrated_processes
-from ops.models import Heartbeat, RunRecord
-from ops.status import collect_status, render_text
+from ops.commands.status import collect_status, render_text
+from ops.core.config import Config, ConfigError
+from ops.core.models import Heartbeat, RunRecord
+from ops.runtime.config import load_config, load_config_text
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import ProcessInfo, SupervisorClient, conf_path
+from ops.supervise.layout import orchestrated_processes
+from ops.supervise.supervisor import ProcessInfo, SupervisorClient, conf_path
 from tui.data import DashboardData
 from tui.text import alarm_lines
 from tui.text import render_text as dash_text
@@ -202,7 +203,7 @@ def test_a_bad_layout_is_named() -> None:
 
 
 def test_doctor_does_not_fail_for_the_supervisord_nobody_runs(tmp_path: Path) -> None:
-    from ops.doctor import check_supervisor
+    from ops.commands.doctor import check_supervisor
 
     env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path / "home",
                      database_url=None)

@@ -1,6 +1,6 @@
 """collect_status / `ops up`'s wait / `ops down` against a REAL supervisord.
 
-The rendered config is the real one (ops.supervisor.render), except that `spec.python`
+The rendered config is the real one (ops.supervise.supervisor.render), except that `spec.python`
 is a stand-in script that sleeps, so every program is a real supervised process without
 starting real roles (those are covered by tests/e2e). The test writes the heartbeats,
 runs and account rows a role would write, through the real Store and Postgres.
@@ -22,19 +22,20 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import Config, load_config
-from ops.env import RuntimeEnv
-from ops.models import Heartbeat, RunRecord
-from ops.stack import (
+from ops.commands.stack import (
     cli_down,
     expected_processes,
     start_supervisord,
     stop_supervisord,
     wait_healthy,
 )
-from ops.status import collect_status, render_text
+from ops.commands.status import collect_status, render_text
+from ops.core.config import Config
+from ops.core.models import Heartbeat, RunRecord
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import (
+from ops.supervise.supervisor import (
     ACCOUNT_ROLES,
     StackSpec,
     SupervisorClient,

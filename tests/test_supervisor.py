@@ -10,8 +10,8 @@ import pytest
 from supervisor.datatypes import RestartUnconditionally
 from supervisor.options import ServerOptions
 
-from ops.env import RuntimeEnv
-from ops.supervisor import (
+from ops.runtime.env import RuntimeEnv
+from ops.supervise.supervisor import (
     StackSpec,
     conf_path,
     program_name,
@@ -104,7 +104,7 @@ def test_env_values_with_quotes_are_refused(tmp_path: Path) -> None:
 
 
 def test_exit_causes_are_read_from_supervisords_own_log_lines() -> None:
-    from ops.supervisor import _EXITED
+    from ops.supervise.supervisor import _EXITED
 
     log = "\n".join([
         "2026-12-05 07:00:01,001 INFO exited: large-stream (terminated by SIGKILL; not "

@@ -37,11 +37,11 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
-from ops.control import AcceptFailed
-from ops.errors import underlying
-from ops.models import KillSwitch
-from ops.signals_cli import describe as describe_signal
-from ops.supervisor import SupervisorClient, program_name
+from ops.commands.control import AcceptFailed
+from ops.commands.signals import describe as describe_signal
+from ops.core.models import KillSwitch
+from ops.runtime.errors import underlying
+from ops.supervise.supervisor import SupervisorClient, program_name
 from tui import control
 from tui.commands import DashCommands
 from tui.data import DashboardData, DashboardState, IncidentRow, ProcessRow, utcnow

@@ -16,12 +16,12 @@ import dataclasses
 import logging
 import sys
 
-from ops.config import Config
-from ops.env import EXIT_CONFIG, RuntimeEnv
-from ops.logs import configure_logging
-from ops.status import load_env_config, oneshot_store_settings
+from ops.commands.status import load_env_config, oneshot_store_settings
+from ops.core.config import Config
+from ops.runtime.env import EXIT_CONFIG, RuntimeEnv
+from ops.runtime.logs import configure_logging
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tui.data import DashboardData, utcnow
 
 

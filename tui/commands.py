@@ -8,17 +8,39 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-if TYPE_CHECKING:
-    from tui.app import Dashboard
+from tui.control import ProcessAction
+from tui.data import IncidentRow, ProcessRow
 
 Entry = tuple[str, str, Callable[[], object]]  # (title, help, callback)
 
 
-def palette_entries(app: Dashboard) -> Iterator[Entry]:
+@runtime_checkable
+class Palette(Protocol):
+    """What the entries act on: the dashboard (tui.app.Dashboard, which lists
+    DashCommands among its COMMANDS)."""
+
+    def selected_process(self) -> ProcessRow | None: ...
+    def selected_incident(self) -> IncidentRow | None: ...
+    def account_names(self) -> list[str]: ...
+    def action_process(self, what: ProcessAction) -> None: ...
+    def action_run_now(self) -> None: ...
+    def action_log(self) -> None: ...
+    def show_incident(self, row: IncidentRow) -> None: ...
+    def acknowledge_incident(self, row: IncidentRow) -> None: ...
+    def pause_account(self, account: str, mode: str) -> None: ...
+    def resume_account(self, account: str) -> None: ...
+    def accept_account(self, account: str) -> None: ...
+    def set_filter(self, account: str | None) -> None: ...
+    def action_sort(self, reverse: bool = False) -> None: ...
+    def action_help(self) -> None: ...
+    async def action_quit(self) -> None: ...
+
+
+def palette_entries(app: Palette) -> Iterator[Entry]:
     proc = app.selected_process()
     if proc is not None:
         n = proc.name
@@ -58,11 +80,9 @@ def palette_entries(app: Dashboard) -> Iterator[Entry]:
 
 
 class DashCommands(Provider):
-    def _app(self) -> Dashboard:
-        from tui.app import Dashboard
-
+    def _app(self) -> Palette:
         app = self.app
-        assert isinstance(app, Dashboard)
+        assert isinstance(app, Palette)
         return app
 
     async def discover(self) -> Hits:

@@ -3,8 +3,8 @@ the broker's positions, acknowledging an incident.
 
 Thin async wrappers over the core, so the dashboard writes exactly what the CLI writes:
 the kill switch through `Store.set_control(account, "kill_switch", {"mode": ...})` like
-`ops pause/resume` (ops.control), run-now through `ops.roles.runtime.request_run_now`,
-an accept through `ops.control.accept_positions` like `ops positions accept`, an
+`ops pause/resume` (ops.commands.control), run-now through `ops.roles.runtime.request_run_now`,
+an accept through `ops.commands.control.accept_positions` like `ops positions accept`, an
 acknowledgement through `ops.store.incidents.ack_incident` like `ops incidents ack`, process
 control through `SupervisorClient` (sync XML-RPC, run in a thread).
 Confirmation lives in the UI (tui/screens/), not here.
@@ -18,14 +18,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from ops import control as core
-from ops.control import read_kill_switch
-from ops.incidents_cli import ending, short_id, where_of
-from ops.models import KILL_SWITCH_KEY, KillSwitch
+from ops.commands import control as core
+from ops.commands.control import read_kill_switch
+from ops.commands.incidents import ending, short_id, where_of
+from ops.core.models import KILL_SWITCH_KEY, KillSwitch
+from ops.runtime.env import current_user
 from ops.store import StorageUnavailable, Store
 from ops.store.incidents import ack_incident, find_incident
 from ops.store.positions import AcceptRecord
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tui.data import READ_TIMEOUT_S, own_client, utcnow
 
 ProcessAction = Literal["restart", "stop", "start"]
@@ -37,7 +38,7 @@ ACCEPT_WAIT_S = 20.0
 
 def operator() -> str:
     """`dash:<user>`: who the controls row says made the change."""
-    return f"dash:{core.current_user()}"
+    return f"dash:{current_user()}"
 
 
 async def set_kill_switch(store: Store, account: str, mode: KillSwitch,
@@ -87,7 +88,7 @@ async def accept_positions(store: Store, account: str, by: str | None = None,
                            within_s: float | None = None) -> tuple[str, AcceptRecord | None]:
     """Ask `account`'s position manager to take the broker's positions as the truth and
     wait for it (`ACCEPT_WAIT_S`): (request id, the applied record or None when not applied
-    in time). Raises `ops.control.AcceptFailed` when Postgres is unreachable."""
+    in time). Raises `ops.commands.control.AcceptFailed` when Postgres is unreachable."""
     wait = ACCEPT_WAIT_S if within_s is None else within_s
     return await core.accept_positions(store, account, by=by or operator(), within_s=wait)
 

@@ -6,10 +6,10 @@ queries for what the buffer does not keep (order/fill feed, closed incidents, re
 today, every field of one incident, the managed part of every position in one query),
 and supervisord over XML-RPC in a thread (the supervisord layout; in the orchestrated one
 processes are read from heartbeat rows alone, as `ops status` and the monitor read them:
-ops.layout, `DashboardState.layout`). Rows keep *timestamps*, not ages, so the app's
+ops.supervise.layout, `DashboardState.layout`). Rows keep *timestamps*, not ages, so the app's
 1 s clock can recompute ages and gap status without any I/O (`ProcessRow.status_at`).
-Gap verdicts come from `ops.gaps.gap_status` with the same inputs `ops status` uses
-(`ops.status` helpers), so the dashboard and `ops status` never disagree.
+Gap verdicts come from `ops.core.gaps.gap_status` with the same inputs `ops status` uses
+(`ops.commands.status` helpers), so the dashboard and `ops status` never disagree.
 Nothing here imports textual: `ops dash --once` renders the same state as text.
 """
 
@@ -24,36 +24,41 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ops.config import Config
-from ops.env import RuntimeEnv
-from ops.gaps import GapBounds, GapInput, GapStatus, gap_status
-from ops.health import dispatch_pause, process_failure
-from ops.layout import LayoutChoice, configured, orchestrated_processes, resolve
-from ops.models import OptionSymbol, kill_switch_in
-from ops.ownership import split
-from ops.status import (
+from ops.commands.status import (
     NO_HEARTBEAT,
-    PAUSABLE_ROLES,
     Identity,
     config_problem,
     expected_programs,
     identities,
     stream_connectivity,
 )
+from ops.core.config import Config
+from ops.core.gaps import PAUSABLE_ROLES, GapBounds, GapInput, GapStatus, gap_status
+from ops.core.health import dispatch_pause, process_failure
+from ops.core.incidents import IncidentRecord
+from ops.core.models import OptionSymbol, kill_switch_in
+from ops.core.ownership import split
+from ops.core.watchdog import STALE, Policy, observe_heartbeat, shown_state
+from ops.runtime.env import RuntimeEnv
 from ops.store import Snapshot, StorageUnavailable, Store
-from ops.store.incidents import IncidentRecord, find_incident, recently_closed, restarts_since
+from ops.store.incidents import find_incident, recently_closed, restarts_since
 from ops.store.ownership import managed_quantities_of
 from ops.store.positions import open_positions
 from ops.store.signal_records import SignalRecord
 from ops.store.status import recent_feed, start_of_trading_day
-from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable, qualified_name
-from ops.watchdog import STALE, Policy, observe_heartbeat, shown_state
+from ops.supervise.layout import LayoutChoice, configured, orchestrated_processes, resolve
+from ops.supervise.supervisor import (
+    ProcessInfo,
+    SupervisorClient,
+    SupervisorUnavailable,
+    qualified_name,
+)
 from tui.format import qty as fmt_qty
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-#: Run outcomes that prove the broker clock said "open" (as ops.status judges them).
+#: Run outcomes that prove the broker clock said "open" (as ops.commands.status judges them).
 OPEN_OUTCOMES = frozenset({"ok", "error", "timeout"})
 RECONCILE_KEY = "reconciliation"  # controls row the dispatcher writes (ops.roles.dispatcher)
 DRIFT_KEY = "drift_block"  # controls row the position manager writes
@@ -134,7 +139,7 @@ class PositionRow:
     unrealized_pl: Decimal | None
     unrealized_pct: Decimal | None  # percent (5 = 5 %)
     opened_at: datetime | None
-    # The part the pipeline manages (ops/ownership.py: signed like qty, bounded by it; the
+    # The part the pipeline manages (ops/core/ownership.py: signed like qty, bounded by it; the
     # rest is external, never sold by exit rules); None: unknown (never read, Postgres away).
     managed: Decimal | None = None
 
@@ -148,7 +153,7 @@ class PositionRow:
 
     @property
     def owner(self) -> str:
-        """managed | external | mixed | unknown (as ops.ownership.Holding.owner says)."""
+        """managed | external | mixed | unknown (as ops.core.ownership.Holding.owner says)."""
         if self.managed is None:
             return "unknown"
         external = self.qty - self.managed
@@ -174,12 +179,12 @@ class ProcessRow:
     paused: bool
     bounds: GapBounds
     restarts_today: int
-    failure: str | None = None  # failing (ops.health): the cause and the last error
-    stream: dict[str, Any] | None = None  # a stream role's connectivity (ops.status)
+    failure: str | None = None  # failing (ops.core.health): the cause and the last error
+    stream: dict[str, Any] | None = None  # a stream role's connectivity (ops.commands.status)
     dispatch_paused: str | None = None  # "dispatch paused: ... N signal(s) waiting"
     # Orchestrated layout: no supervisord, the heartbeat row is all there is (`state` is
     # RUNNING/STALE/MISSING as loaded; `state_at` follows the clock). `booting`: its
-    # heartbeat says it has not started its work yet (ops.watchdog.verdict).
+    # heartbeat says it has not started its work yet (ops.core.watchdog.verdict).
     heartbeat_only: bool = False
     booting: bool = False
 
@@ -300,7 +305,7 @@ class DashboardState:
     database: DatabaseInfo
     supervisor: SupervisorInfo
     problems: tuple[str, ...] = ()  # reads that failed for a reason other than an outage
-    layout: str = "supervisord"  # supervisord | orchestrated (ops.layout)
+    layout: str = "supervisord"  # supervisord | orchestrated (ops.supervise.layout)
     layout_how: str = "configured"  # "configured" or "detected: <why>"
     # Newest first (the signals pane); None: not read (Postgres away; the pane keeps its rows).
     signals: tuple[SignalRecord, ...] | None = None
@@ -474,7 +479,7 @@ class DashboardData:
 
     async def _config_problem(self) -> tuple[str, ...]:
         """The config file's problem while it is invalid (the stack keeps its last good
-        config; ops.status.config_problem), re-checked only when the file changes."""
+        config; ops.commands.status.config_problem), re-checked only when the file changes."""
         try:
             st = self.env.config_path.stat()
             stamp: tuple[float, int] | None = (st.st_mtime, st.st_size)
@@ -537,7 +542,7 @@ class DashboardData:
     def _managed_parts(self, held: Sequence[tuple[str, str, Decimal]],
                        fresh: dict[tuple[str, str], Decimal] | None) -> list[Decimal | None]:
         """The managed part of each (account, symbol, qty) held, as the position manager
-        splits it (ops.ownership.split): all of it for a `manage_external` account; else
+        splits it (ops.core.ownership.split): all of it for a `manage_external` account; else
         from the quantity just read, or the last one read (`fresh` None: Postgres away),
         else unknown (None)."""
         if fresh is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from ops.gaps import GapStatus
+from ops.core.gaps import GapStatus
 
 #: The dashboard's status words: gap_status's verdict as the issue names them.
 STATUS_WORD: dict[GapStatus, str] = {

@@ -5,7 +5,7 @@ no buffered copy), the account series (migration 0019), the run ledger over the 
 the fills and the incidents, and returns a frozen `HistoryState`. It is loaded on its own
 cadence (when the tab is shown, then every `REFRESH_S`), never by the 1 s poll.
 
-Run slots are judged with the thresholds `ops status` and `ops gaps` use (ops.gaps):
+Run slots are judged with the thresholds `ops status` and `ops gaps` use (ops.core.gaps):
 a stretch with no completed run longer than `late_after(interval)` is a gap (`ops gaps`
 lists exactly these); past `stalled_after(interval, gap bound)` the process would have been
 stalled. A column of the strip is
@@ -28,9 +28,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from ops.errors import underlying
-from ops.gaps import late_after, stalled_after
-from ops.models import OptionSymbol
+from ops.core.gaps import late_after, stalled_after
+from ops.core.models import OptionSymbol
+from ops.runtime.errors import underlying
 from ops.store import StorageUnavailable, Store
 from ops.store.history import AccountPoint, FillRecord, IncidentSpan, RunLedgerWindow
 from ops.store.status import start_of_trading_day

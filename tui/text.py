@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ops.status import DEGRADING, Overall
+from ops.commands.status import DEGRADING, Overall
 from tui import format as f
 from tui.data import DashboardState, ProcessRow, describe_symbol
 
@@ -26,7 +26,7 @@ class StaleInfo:
 
 def verdict(state: DashboardState, now: datetime,
             stale: StaleInfo | None = None) -> tuple[Overall, list[str]]:
-    """HEALTHY / DEGRADED / DOWN and why, by `ops status`'s rules (ops.status._overall) on
+    """HEALTHY / DEGRADED / DOWN and why, by `ops status`'s rules (ops.commands.status._overall) on
     what the dashboard sees: down when supervisord is unreachable (its layout) or no
     process runs; degraded by any process in a degrading status, a paused dispatch, the
     database unreachable or its reads failing, a refresh failing, an unacknowledged

@@ -3,9 +3,9 @@
 Each call is one blocking HTTP request (transport.Http: our own `requests` session, not
 alpaca-py's clients; transport.py says why) in a worker thread (`asyncio.to_thread`),
 with a real timeout, bounded on the loop side too; the raw JSON is converted into
-ops.models types (convert.py). Endpoints and parameters: alpaca-wire.md 3.
+ops.core.models types (convert.py). Endpoints and parameters: docs/broker-protocol.md 3.
 
-Retry policy, per kind of call (all retries through ops.retry; the transport makes none):
+Retry policy, per kind of call (all retries through ops.runtime.retry; the transport makes none):
 - reads and idempotent calls (get/list, cancel): retried on 429, 5xx, timeouts and
   connection errors, within `BrokerSettings.retry`;
 - calls that create orders (close_position, close_all_positions, replace_order): retried
@@ -45,8 +45,7 @@ from ops.broker.marketdata import MarketData
 from ops.broker.orders import build_order_request, build_replace_request, dec
 from ops.broker.settings import BrokerEndpoints, BrokerSettings
 from ops.broker.transport import Http, TokenBucket, is_rate_limited, is_transient, translate
-from ops.credentials import Credentials
-from ops.models import (
+from ops.core.models import (
     AccountInfo,
     Bar,
     Clock,
@@ -57,7 +56,8 @@ from ops.models import (
     Position,
     Quote,
 )
-from ops.retry import retry
+from ops.runtime.credentials import Credentials
+from ops.runtime.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -515,12 +515,12 @@ class Broker:
         self, types: Sequence[str], after: datetime | date | None = None,
         until: datetime | date | None = None,
     ) -> list[NonTradeActivity]:
-        """Non-trade activities of `types` (OPEXP, OPEXC, OPASN, OPTRD, SPLIT, ...; alpaca-
-        wire.md 3.7a) from `GET /v2/account/activities?activity_types=...`, oldest first, all
-        pages (`page_token` = the last id seen, as `list_fills`). Converted tolerantly: an
-        unknown type is kept verbatim, an item without an id (it could not be applied
-        exactly once) is logged and skipped, never a crash. `after`/`until` are Alpaca's
-        (exclusive); a date is sent as a date."""
+        """Non-trade activities of `types` (OPEXP, OPEXC, OPASN, OPTRD, SPLIT, ...;
+        docs/broker-protocol.md 3.7a) from `GET /v2/account/activities?activity_types=...`,
+        oldest first, all pages (`page_token` = the last id seen, as `list_fills`).
+        Converted tolerantly: an unknown type is kept verbatim, an item without an id (it
+        could not be applied exactly once) is logged and skipped, never a crash.
+        `after`/`until` are Alpaca's (exclusive); a date is sent as a date."""
         wanted = [t.strip().upper() for t in types if t.strip()]
         if not wanted:
             raise ValueError("list_activities: give at least one activity type")

@@ -1,8 +1,8 @@
-"""Raw broker JSON (dicts) -> ops.models types, tolerantly.
+"""Raw broker JSON (dicts) -> ops.core.models types, tolerantly.
 
 The adapter reads the broker's JSON itself (REST and stream) and converts it here rather
 than through alpaca-py's pydantic models, which reject unknown enum values and numbers
-where they expect strings (alpaca-wire.md 1.6, 6.3). Rules: statuses, events, sides and
+where they expect strings (docs/broker-protocol.md 1.6, 6.3). Rules: statuses, events, sides and
 types are kept verbatim as strings; optional fields may be absent or null; numbers may
 arrive as strings or JSON numbers; a missing or unparsable *required* field raises
 BrokerDataError naming the field and the value. No alpaca-py import here.
@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ops.broker.errors import BrokerDataError
-from ops.models import (
+from ops.core.models import (
     AccountInfo,
     Bar,
     Clock,
@@ -238,7 +238,7 @@ def account_from_raw(raw: object) -> AccountInfo:
         options_buying_power=opt_dec(d, "options_buying_power", what),
         long_market_value=opt_dec(d, "long_market_value", what),
         short_market_value=opt_dec(d, "short_market_value", what),
-        # Possibly absent (alpaca-wire.md 3.1, 3.7a, 6.10): None, never a guess.
+        # Possibly absent (docs/broker-protocol.md 3.1, 3.7a, 6.10): None, never a guess.
         options_trading_level=opt_int(d, "options_trading_level", what),
         pattern_day_trader=opt_bool(d, "pattern_day_trader", what),
         daytrade_count=opt_int(d, "daytrade_count", what),

@@ -1,9 +1,9 @@
 """Market data for the Broker: latest quotes and trades, bars; stocks and options.
 
-Plain GETs on the data host (alpaca-wire.md 3.8), not alpaca-py's data clients: those
+Plain GETs on the data host (docs/broker-protocol.md 3.8), not alpaca-py's data clients: those
 import pandas and numpy (~47 MB per process) for DataFrame views we never use, and offer
 no timeout, no retry control and no way to close their session (transport.py). Option
-symbols (OCC, see ops.models.OptionSymbol) go to /v1beta1/options/..., everything else
+symbols (OCC, see ops.core.models.OptionSymbol) go to /v1beta1/options/..., everything else
 to /v2/stocks/...; always the multi-symbol endpoints (`symbols=A,B`). Bars are paged by
 `next_page_token`, one request per page, each retried like a read and paced by the
 Broker's data budget: every request goes out through the `read` function the Broker
@@ -20,7 +20,7 @@ from typing import Any
 
 from ops.broker.convert import as_mapping, bar_from_raw, quote_from_raw, trade_price_from_raw
 from ops.broker.errors import BrokerDataError
-from ops.models import Bar, OptionSymbol, Quote
+from ops.core.models import Bar, OptionSymbol, Quote
 
 #: (what, url, query) -> the decoded JSON body.
 ReadData = Callable[[str, str, Mapping[str, str]], Awaitable[Any]]

@@ -1,10 +1,10 @@
-"""ops.models order requests -> the JSON bodies of POST /v2/orders and PATCH /v2/orders/{id}
-(alpaca-wire.md 3.5).
+"""ops.core.models order requests -> the JSON bodies of POST /v2/orders and PATCH /v2/orders/{id}
+(docs/broker-protocol.md 3.5).
 
 Checked before sending, as alpaca-py's request models did, so that a request the broker
 would refuse fails here with a ValueError naming the field and the value: client_order_id
 1..128 characters, a known position_intent, no price field the order type does not take,
-a whole replace qty and at least one field to replace. (ops.models.OrderRequest itself
+a whole replace qty and at least one field to replace. (ops.core.models.OrderRequest itself
 checks qty xor notional and the prices each type needs.)
 
 Numbers are sent as decimal strings, the form Alpaca documents, so no float rounds a
@@ -16,7 +16,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ops.models import OrderRequest, OrderType, TimeInForce
+from ops.core.models import OrderRequest, OrderType, TimeInForce
 
 POSITION_INTENTS = ("buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
 
 
 def _origin(name: str, value: str, schemes: tuple[str, ...]) -> str:

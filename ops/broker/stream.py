@@ -1,6 +1,6 @@
 """`TradeStream`: one account's `trade_updates` WebSocket, run inside our own event loop.
 
-Our own client of the documented protocol (alpaca-wire.md section 4; the wire in
+Our own client of the documented protocol (docs/broker-protocol.md section 4; the wire in
 `ops.broker.websocket`), no alpaca-py: its TradingStream could only be driven through
 private methods (`_run_forever`, `_consume`, ...), which pinned the library.
 
@@ -52,8 +52,8 @@ from ops.broker import websocket
 from ops.broker.convert import trade_update_from_raw
 from ops.broker.errors import BrokerDataError
 from ops.broker.settings import BrokerEndpoints
-from ops.credentials import Credentials
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
+from ops.runtime.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ OnConnect = Callable[[], Awaitable[None]]
 OnState = Callable[["Connectivity"], None]
 RefusalKind = Literal["auth", "connection-limit"]
 
-# Every event name Alpaca documents for trade_updates (alpaca-wire.md 4.3). Others are
+# Every event name Alpaca documents for trade_updates (docs/broker-protocol.md 4.3). Others are
 # still delivered (the order state they carry matters) and also reported as bad messages.
 KNOWN_EVENTS = frozenset({
     "new", "fill", "partial_fill", "canceled", "expired", "done_for_day", "replaced",
@@ -74,7 +74,7 @@ KNOWN_EVENTS = frozenset({
 _CONTROL_STREAMS = frozenset({"authorization", "listening"})
 _RECV_POLL_S = 1.0
 # Keepalive: alpaca-py's ping interval; its 180 s ping timeout would leave a dead TCP path
-# unnoticed for three minutes (alpaca-wire.md 4.4): ours is `ping_timeout_s` (30 s).
+# unnoticed for three minutes (docs/broker-protocol.md 4.4): ours is `ping_timeout_s` (30 s).
 _PING_INTERVAL_S = 10.0
 # Frames handled from the socket's backlog between yields to the loop. Each of the
 # writer's steps (buffer check, send, reply) waits for the next yield: 32 -> 8 took a
@@ -137,7 +137,7 @@ class StreamRefused(ValueError):  # noqa: N818 - alpaca-py's own is a ValueError
 
 
 def refusal_kind(reason: str) -> RefusalKind:
-    """Alpaca allows one stream connection per key (alpaca-wire.md 6.5); its refusals say
+    """Alpaca allows one stream connection per key (docs/broker-protocol.md 6.5); its refusals say
     "connection limit exceeded" or "... rejected while another connection is open"."""
     text = reason.lower()
     if "connection limit" in text or "another connection" in text or "429" in text:
@@ -331,7 +331,7 @@ class TradeStream:
     async def reconnect(self) -> bool:
         """Close the current socket so the stream reconnects (and on_connect runs again).
 
-        For a stream that looks connected but has gone quiet (alpaca-wire.md 6.1).
+        For a stream that looks connected but has gone quiet (docs/broker-protocol.md 6.1).
         Returns False when there is no open socket to close.
         """
         conn = self._conn
@@ -345,7 +345,7 @@ class TradeStream:
     # -- the connection loop ----------------------------------------------------------------
 
     def _backoff_s(self) -> float:
-        """alpaca-py's schedule, kept (alpaca-wire.md 4.4): equal jitter, cap 1, 2, 4, ...
+        """alpaca-py's schedule, kept (docs/broker-protocol.md 4.4): equal jitter, cap 1, 2, 4, ...
         30 s by failed attempts since the last success."""
         cap = min(30.0, 2.0 ** self._attempt)
         return random.uniform(cap / 2, cap)
@@ -388,7 +388,8 @@ class TradeStream:
                 pass
 
     async def _open(self) -> tuple[websocket.WsConnection, list[bytes]]:
-        """TCP + upgrade, then authenticate and listen (alpaca-wire.md 4.1), each a state."""
+        """TCP + upgrade, then authenticate and listen (docs/broker-protocol.md 4.1), each a
+        state."""
         self._enter(StreamState.CONNECTING)
         conn = await websocket.connect(self._endpoint)
         try:
@@ -408,7 +409,7 @@ class TradeStream:
         return conn, early
 
     async def _auth_reply(self, conn: websocket.WsConnection) -> tuple[object, list[bytes]]:
-        """The next frame is the reply (alpaca-wire.md 4.1); frames after it are returned
+        """The next frame is the reply (docs/broker-protocol.md 4.1); frames after it are returned
         with it, to be read as any other."""
         async with asyncio.timeout(self._ping_timeout_s):
             frames: list[bytes] = []

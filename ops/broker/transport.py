@@ -4,16 +4,16 @@ ops.broker.errors.
 
 Why our own session and not alpaca-py's REST clients: what the adapter needs has no
 public hook there. alpaca-py 0.44 (read in its source) passes no timeout to `requests`
-(alpaca-wire.md 1.3); retries 429/504 itself with fixed 3 s sleeps, POST /v2/orders
+(docs/broker-protocol.md 1.3); retries 429/504 itself with fixed 3 s sleeps, POST /v2/orders
 included (1.5), and its `retry_attempts=0` means "the default" while TradingClient takes
 no retry arguments at all; its session is private. All three could only be had by
 patching private attributes. Its trading and data modules also import pandas and numpy
 (~47 MB per process) for DataFrame views we never use. The calls we make are few and
-documented (alpaca-wire.md 3, 3.8), and the adapter already converts the raw JSON itself
+documented (docs/broker-protocol.md 3, 3.8), and the adapter already converts the raw JSON itself
 (convert.py), so `Http` issues them with the public API of `requests`: auth headers on
 the session, a (connect, read) timeout on every request, redirects not followed (as
 alpaca-py: a 3xx is an error, never a silent hop to another host), and no retries
-(`requests` makes none by default): every retry goes through ops.retry, with our bounds
+(`requests` makes none by default): every retry goes through ops.runtime.retry, with our bounds
 and our per-method policy (client.py).
 
 - `TokenBucket` keeps one process under the broker's per-account request budget.
@@ -32,7 +32,7 @@ from typing import Any
 import requests
 
 from ops.broker.errors import BrokerApiError, BrokerDataError, BrokerError, BrokerUnavailable
-from ops.errors import auth_hint, summarise_body
+from ops.runtime.errors import auth_hint, summarise_body
 
 USER_AGENT = f"ops-pipeline requests/{requests.__version__}"
 
@@ -123,7 +123,7 @@ class TokenBucket:
 
 def _error_fields(status: int, body: str) -> tuple[int | None, str]:
     """(code, message) read defensively: the body may be empty, non-JSON, HTML or lack
-    `code` (alpaca-wire.md 1.5)."""
+    `code` (docs/broker-protocol.md 1.5)."""
     code: int | None = None
     message = body.strip()
     try:
@@ -141,7 +141,7 @@ def _error_fields(status: int, body: str) -> tuple[int | None, str]:
             message = raw_msg
     message = summarise_body(message, status)  # an HTML error page: its title only
     # A 403 with an Alpaca error code is a refusal of this order (pattern-day-trading
-    # protection, shares held by other orders: ops/refusals.py words it), not of the key.
+    # protection, shares held by other orders: ops/core/refusals.py words it), not of the key.
     if (status == 401 or code is None) and (hint := auth_hint(status)) is not None:
         message = f"{message}: {hint}" if message else hint
     if len(message) > 500:

@@ -3,11 +3,11 @@
 What lives here: `ActivityApplier.run()`, which `PositionManager.tick` calls first, before
 it reads the broker's positions: it reads the account's position-changing activities
 (option expiry, exercise, assignment and the paired OPTRD, splits, spin-offs, symbol
-changes, reorganisations; ops.activities.FETCH_TYPES), plans the new ones (ops.activities:
+changes, reorganisations; ops.core.activities.FETCH_TYPES), plans the new ones (ops.core.activities:
 quantities, ownership, exit state) and writes each with its effects in one transaction
 (ops.store.activities), so each is applied once whatever restarts happen. What does not:
-the decisions (ops.activities), the SQL (ops.store.activities), the drift comparison
-(ops.drift; ops.store.positions.fill_deltas counts the applied activities like fills).
+the decisions (ops.core.activities), the SQL (ops.store.activities), the drift comparison
+(ops.core.drift; ops.store.positions.fill_deltas counts the applied activities like fills).
 
 Timing: Alpaca files these under a date, not a time, and a published activity is already
 in the positions read after it. So each activity is placed (`at`, for the drift check) at
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 
-from ops import activities as act
 from ops.broker import Broker, BrokerError
-from ops.errors import underlying
-from ops.exits import NEW_YORK
-from ops.models import NonTradeActivity, OptionSymbol
+from ops.core import activities as act
+from ops.core.exits import NEW_YORK
+from ops.core.models import NonTradeActivity, OptionSymbol
+from ops.runtime.errors import underlying
 from ops.store import StorageUnavailable
 from ops.store import activities as aq
 from ops.store import positions as pq

@@ -4,11 +4,11 @@ What lives here: `Dispatcher` (the role's core, testable without the role runtim
 takes a Store, a bound Broker, the account name and getters for the risk limits and the
 kill switch), `WakeLoop` (runs a pass whenever a NOTIFY arrives) and `build(ctx)` (wires
 both, the LISTEN connection and the ticker into the role runtime). Decisions are
-`ops.risk.evaluate`; queries are `ops.store.signals`.
+`ops.core.risk.evaluate`; queries are `ops.store.signals`.
 
 One pass (`Dispatcher.run_pass`), serialised by a lock whichever way it was woken:
 1. read the kill switch; flatten (managed only) -> cancel the pipeline's own open orders
-   and close the MANAGED part of each position (ops.ownership) with our own market
+   and close the MANAGED part of each position (ops.core.ownership) with our own market
    order, `ops-<account>-flat-<symbol>-<engagement>-<attempt>` (so its fills count as
    managed reductions; the same id after a restart, so a repeat never sends twice);
    external lots and orders are untouched, and without ownership (Postgres away)
@@ -37,7 +37,7 @@ Choices:
 - The ticker does not gate on market hours: the dispatcher must flatten, reconcile and
   settle while the market is closed, and a signal that arrives then is refused with the
   reason "market closed" rather than left to pile up silently.
-- Under either flatten, signals are gated as under reduce-only (ops.risk alone would
+- Under either flatten, signals are gated as under reduce-only (ops.core.risk alone would
   refuse every order): entries are refused, an exit of what remains is allowed. It cannot race
   the closing orders: the gates see a position's `qty_available`, i.e. without the
   shares a working order (a closing one included) already sells, so a second sale of
@@ -61,13 +61,13 @@ Choices:
   dispatcher submitted (`_inflight`) that the open-orders listing does not show are
   looked up by id, so one the listing has not caught up with still counts as open.
 - Options and day trading: every option order carries the position_intent the gates
-  derived (buy/sell to open/close, ops.risk); the account's options_trading_level,
+  derived (buy/sell to open/close, ops.core.risk); the account's options_trading_level,
   options_buying_power, pattern_day_trader and daytrade_count go into the state, and for
   an account the pdt gate applies to (under $25k, day trades reported) the symbols that
   would make a day trade if exited today (`_opened_today`: today's fills, working entry
   orders) cost one more read of today's FILL activities.
 - Refusals: a flatten close the broker refuses opens incident `flatten-refused`
-  (dedupe key `flatten-refused:<account>:<symbol>`, text from ops.refusals); it closes
+  (dedupe key `flatten-refused:<account>:<symbol>`, text from ops.core.refusals); it closes
   itself when a later close is accepted, when the position is gone, or when the kill
   switch leaves flatten. "Shares held by orders" just after this pass canceled orders in
   the symbol is a cancel still pending: an incident only if it lasts
@@ -102,10 +102,10 @@ from datetime import time as dtime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ops import refusals
 from ops.broker import Broker, BrokerApiError, BrokerError
-from ops.exits import flatten_client_order_id, flatten_prefix
-from ops.models import (
+from ops.core import refusals
+from ops.core.exits import flatten_client_order_id, flatten_prefix
+from ops.core.models import (
     KILL_SWITCH_KEY,
     OPTION_MULTIPLIER,
     KillSwitch,
@@ -117,8 +117,8 @@ from ops.models import (
     Side,
     TimeInForce,
 )
-from ops.ownership import Holding, split
-from ops.risk import (
+from ops.core.ownership import Holding, split
+from ops.core.risk import (
     NEW_YORK,
     PDT_EQUITY,
     AccountState,
@@ -140,8 +140,8 @@ from ops.store.ownership import managed_quantities, pipeline_prefix
 from ops.store.signals import SignalListener, SignalRow
 
 if TYPE_CHECKING:
-    from ops.daemon import Service
     from ops.roles.runtime import RoleContext
+    from ops.runtime.daemon import Service
     from ops.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -558,7 +558,7 @@ class Dispatcher:
 
         flatten (managed only): cancel the pipeline's own open orders (client_order_id
         `ops-<account>-`) and close the MANAGED part of each position with our own market
-        order (`ops-<account>-flat-...`, ops.exits.flatten_client_order_id, so its fills
+        order (`ops-<account>-flat-...`, ops.core.exits.flatten_client_order_id, so its fills
         count as managed reductions); external lots and orders are left alone. Without
         ownership (Postgres unreachable and manage_external false) nothing is closed: it
         must not sell what it does not know it owns (log line, heartbeat counter
@@ -627,7 +627,7 @@ class Dispatcher:
 
     async def _holdings(self, positions: Sequence[Position],
                         everything: bool) -> dict[str, Holding] | None:
-        """Each position split into managed and external (ops.ownership), or None when the
+        """Each position split into managed and external (ops.core.ownership), or None when the
         ownership cannot be read (Postgres unreachable)."""
         if self._manage_external():
             self._ownership_unknown = False
@@ -1148,7 +1148,7 @@ def parse_signal(s: SignalRow) -> ParsedSignal | str:
 
     Only the row's shape is checked here (symbol, side, order type, time in force, exactly
     one of qty/notional, a limit price for limit orders); the numbers' sanity (positive,
-    finite, within max_qty) and every other gate are `ops.risk.evaluate`'s.
+    finite, within max_qty) and every other gate are `ops.core.risk.evaluate`'s.
     """
     try:
         if not isinstance(s.symbol, str) or not _SYMBOL_RE.match(s.symbol):

@@ -4,7 +4,7 @@ What lives here: `DriftGuard.check(positions, now)` (called by `PositionManager.
 the snapshot's timing in `snapshot_cut` / `snapshot_answered`), the drift block control,
 the `position-drift` incident, the operator's accepts, and the request to the stream role
 for a fill completeness check before a mismatch is blamed on the broker. The decisions are
-ops.drift; the SQL is ops.store.positions and ops.store.fills. The "fills" compared include
+ops.core.drift; the SQL is ops.store.positions and ops.store.fills. The "fills" compared include
 the non-trade activities applied (expiry, exercise, assignment, splits: ops/roles/
 activities.py, placed where the position manager first saw them): drift explained by an
 activity is not drift. See ops/roles/
@@ -17,19 +17,25 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ops import drift
-from ops.errors import underlying
-from ops.models import Position
+from ops.core import drift
+from ops.core.models import Position
+from ops.runtime.errors import underlying
 from ops.store import StorageUnavailable, Store
 from ops.store import fills as fq
 from ops.store import positions as pq
 
-if TYPE_CHECKING:
-    from ops.roles.position_manager import PositionCounters
-
 log = logging.getLogger(__name__)
+
+
+class DriftCounters(Protocol):
+    """The counters a drift check updates (the position manager's PositionCounters)."""
+
+    drift_checks: int
+    drift_skipped: int
+    drift_mismatches: int
+    drift_blocked: int
 
 DRIFT_KIND = "position-drift"
 DRIFT_CONTROL = "drift_block"
@@ -43,7 +49,7 @@ class DriftGuard:
     """One account's drift state across ticks (strikes, the block, the first mismatch)."""
 
     def __init__(self, *, account: str, store: Store, process: str,
-                 counters: PositionCounters, drift_strikes: int = 2,
+                 counters: DriftCounters, drift_strikes: int = 2,
                  drift_strikes_max: int = 6) -> None:
         if drift_strikes < 1:
             raise ValueError(f"drift_strikes must be >= 1, got {drift_strikes}")

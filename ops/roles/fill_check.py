@@ -1,6 +1,6 @@
 """The stream role's fill completeness check: completeness, not recency.
 
-The trade stream loses events by design (alpaca-wire.md 4.4, 6.2): a drop, a mute, a
+The trade stream loses events by design (docs/broker-protocol.md 4.4, 6.2): a drop, a mute, a
 restart of the role. So after every (re)connect and every `schedule.fill_check_s` the
 stream role checks, for every order the account touched, that the fills the database
 holds add up to the broker's `filled_qty`, and fetches what is missing from the FILL
@@ -10,9 +10,9 @@ activities, whatever its age. The orders looked at:
 - every order the database believes open, and recent ones whose recorded `filled_qty` is
   more than their stored fills (a submit answer or a refresh saw fills first);
 - the orders the previous check left incomplete.
-Each order's stored fills are judged by `ops.fills.status`; the activities of those not
+Each order's stored fills are judged by `ops.core.fills.status`; the activities of those not
 complete are fetched (per order with Alpaca's `order_id` filter when they are few, else
-one time window) and reconciled (`ops.fills.reconcile`): new fills are stored with the
+one time window) and reconciled (`ops.core.fills.reconcile`): new fills are stored with the
 stream's own `trade_update` op (identity: order + cumulative quantity, so a fill that
 arrives both ways is stored once), missing execution quantities filled in, and two sources
 of one fill that disagree reported as a `fill-mismatch` incident, never stored twice.
@@ -37,9 +37,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ops import fills
 from ops.broker import Broker
-from ops.models import Fill, Order, TradeUpdate
+from ops.core import fills
+from ops.core.models import Fill, Order, TradeUpdate
 from ops.store import fills as fq
 from ops.store.ingest import trade_update_row_op
 from ops.store.store import Store

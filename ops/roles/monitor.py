@@ -5,10 +5,10 @@ event listener does not exist, and the orchestrator only restarts what `ops heal
 unhealthy. The monitor is the rest of the watchdog, as a role like any other (one per
 deployment: the runtime's advisory lock makes a second copy a standby; heartbeat, run
 ledger and ticker as every role): every `[monitor] interval_s` it reads the heartbeat row
-and last completed run of every process the config implies (`ops.layout`), observes each
-from its heartbeat alone (`ops.watchdog.observe_heartbeat`: fresh -> RUNNING, old ->
+and last completed run of every process the config implies (`ops.supervise.layout`), observes each
+from its heartbeat alone (`ops.core.watchdog.observe_heartbeat`: fresh -> RUNNING, old ->
 STALE, none after the startup grace -> MISSING), and hands them to the same decisions as
-the watchdog (`ops.watchdog.decide` with `Policy.acts` false) through the same driver code
+the watchdog (`ops.core.watchdog.decide` with `Policy.acts` false) through the same driver code
 (`ops.roles.oversight.Overseer`): the same verdicts as `ops status`, the same incidents
 (kinds and dedupe keys: one incident whoever raises it), alerts through the outbox and
 its sinks, alerts on incidents the roles open, the incident sweep, the database-
@@ -29,21 +29,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ops.alerts import (
+from ops.core.config import Config
+from ops.core.watchdog import Observed, observe_heartbeat, shown_state
+from ops.notify.alerts import (
     AlertWorker,
     DeadmanPinger,
     Outbox,
     default_path,
     sinks_from_config,
 )
-from ops.config import Config
-from ops.daemon import Service
-from ops.env import RuntimeEnv
-from ops.layout import MONITOR, Expected, configured, orchestrated_processes
-from ops.metrics import MetricsExporter, MetricsServer, serve
+from ops.notify.metrics import MetricsExporter, MetricsServer, serve
 from ops.roles.oversight import Overseer
 from ops.roles.runtime import RoleContext
-from ops.watchdog import Observed, observe_heartbeat, shown_state
+from ops.runtime.daemon import Service
+from ops.runtime.env import RuntimeEnv
+from ops.supervise.layout import MONITOR, Expected, configured, orchestrated_processes
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class _Delivery:
 
 
 def _supervisord_answers(env: RuntimeEnv) -> bool:
-    from ops.supervisor import SupervisorClient, SupervisorUnavailable
+    from ops.supervise.supervisor import SupervisorClient, SupervisorUnavailable
 
     try:
         SupervisorClient.for_env(env, timeout_s=1.0).pid()

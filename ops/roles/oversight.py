@@ -1,4 +1,4 @@
-"""What the two drivers of `ops.watchdog`'s decisions share: `Overseer`.
+"""What the two drivers of `ops.core.watchdog`'s decisions share: `Overseer`.
 
 The supervisord event listener (ops/roles/watchdog.py) and the monitor role
 (ops/roles/monitor.py) observe processes differently (supervisord's XML-RPC vs heartbeat
@@ -22,17 +22,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ops.alerts import Alert, AlertEvent, AlertWorker, DeadmanPinger, Outbox
-from ops.config import Config
-from ops.env import RuntimeEnv
-from ops.health import dispatch_pause, process_failure
-from ops.incidents import SweepPolicy, sweep
-from ops.metrics import AccountMetrics, MetricsExporter, MetricsSnapshot, ProcessMetrics
-from ops.models import Heartbeat, KillSwitch, RunRecord, kill_switch_in
-from ops.status import PAUSABLE_ROLES
-from ops.store.errors import StorageUnavailable
-from ops.store.incidents import open_records, set_detail
-from ops.watchdog import (
+from ops.core.config import Config
+from ops.core.gaps import PAUSABLE_ROLES
+from ops.core.health import dispatch_pause, process_failure
+from ops.core.incidents import SweepPolicy, sweep
+from ops.core.models import Heartbeat, KillSwitch, RunRecord, kill_switch_in
+from ops.core.watchdog import (
     DATABASE,
     Action,
     BumpIncident,
@@ -47,6 +42,11 @@ from ops.watchdog import (
     decide,
     decide_database,
 )
+from ops.notify.alerts import Alert, AlertEvent, AlertWorker, DeadmanPinger, Outbox
+from ops.notify.metrics import AccountMetrics, MetricsExporter, MetricsSnapshot, ProcessMetrics
+from ops.runtime.env import RuntimeEnv
+from ops.store.errors import StorageUnavailable
+from ops.store.incidents import open_records, set_detail
 
 if TYPE_CHECKING:
     from ops.store.bufferwatch import BufferWatch
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IO_TIMEOUT_S = 4.0  # every read/write/RPC of a pass
-SWEEP_EVERY_S = 15.0  # the incident sweep (ops/incidents.py) at most this often
+SWEEP_EVERY_S = 15.0  # the incident sweep (ops/core/incidents.py) at most this often
 ACTIVITY_EVERY_S = 10.0  # orders/fills today (a heavier query) at most this often
 def _pid_alive(pid: int) -> bool:
     import os
@@ -186,7 +186,7 @@ class Overseer:
         return Reads({h.process: h for h in hbs.rows}, runs, paused, _reads_from(sources))
 
     def failure(self, hb: Heartbeat | None, account: str | None) -> str | None:
-        """Failing, as `ops status` judges it (ops.health), with the cause in words."""
+        """Failing, as `ops status` judges it (ops.core.health), with the cause in words."""
         return None if hb is None else process_failure(self.config, hb.counters, account)
 
     def storage_refused(self, interval_s: float) -> bool:
@@ -346,7 +346,7 @@ class Overseer:
 
     async def _sweep(self, now: datetime) -> None:
         """Close the incidents whose condition cleared and that nobody else closes
-        (ops/incidents.py): events not seen again, raisers gone. Postgres only, at most
+        (ops/core/incidents.py): events not seen again, raisers gone. Postgres only, at most
         every SWEEP_EVERY_S."""
         if (self._swept_at is not None
                 and time.monotonic() - self._swept_at < SWEEP_EVERY_S):

@@ -3,7 +3,7 @@
 What lives here: `PositionManager` (the per-tick work, testable without the role
 runtime: it takes a Store, a bound Broker and getters for the exit rules and the kill
 switch) and `build(ctx)`, which wires it to a ticker (`schedule.position_manager_s`).
-What does not: the exit decisions (ops.exits), the SQL (ops.store.positions), flattening
+What does not: the exit decisions (ops.core.exits), the SQL (ops.store.positions), flattening
 (the dispatcher does it under the `flatten` kill switch).
 
 Every tick:
@@ -14,7 +14,7 @@ Every tick:
 1. Sync: broker positions -> `store.sync_positions` (current set + history rows), account
    summary -> `store.record_account`. These go through the store, so they are buffered
    during a Postgres outage like every other write.
-2. Drift: broker positions vs what the stored fills say (ops/drift.py: baseline + fills
+2. Drift: broker positions vs what the stored fills say (ops/core/drift.py: baseline + fills
    placed by execution time; ops.store.positions). A mismatch is never overwritten
    silently, and never blamed on the broker before the pipeline's own fills are known
    complete: at the first sighting the position manager asks the stream role for a fill
@@ -36,7 +36,7 @@ Every tick:
    drift run whatever the clock says: positions can change while closed, through
    assignments or corporate actions, and a drift block must be able to lift): per
    position, water marks updated and persisted (table position_exit_state: opened_at,
-   high/low water) so restarts keep them; `ops.exits.evaluate_exits` with the account's
+   high/low water) so restarts keep them; `ops.core.exits.evaluate_exits` with the account's
    configured rules; a decision becomes a market order with
    `exit_client_order_id(account, symbol, opened_at, rule)`. Never two exits at once:
    a position with an open order whose client id starts with `ops-<account>-exit-` is
@@ -58,14 +58,14 @@ claims pending signals and would send it a second time under another client id.
 A refused exit is an incident, not only a log line (issue 13.3): the broker's refusal
 (pattern-day-trading protection, a rejected key, shares held by other orders, ...) becomes
 incident `exit-refused` with dedupe key `exit-refused:<account>:<symbol>`, opened in the
-tick that was refused and worded by ops.refusals (account, symbol, order, quantity, side,
+tick that was refused and worded by ops.core.refusals (account, symbol, order, quantity, side,
 the broker's message and what to do). The same refusal again keeps that one incident
 (seen again: its text is refreshed). It closes itself, recording why (close_reason), when
 a later exit of the symbol is accepted or when the position is gone at the broker
 (checked at every sync, whatever the clock says; open ones are read back from the store,
 so a restart's or another process's incident of the same kind is closed too). An exit
 refused for pattern-day-trading is not sent again before the next session open (the
-broker's clock; `ops.refusals.retry_after`), when closing it is no longer a day trade; the
+broker's clock; `ops.core.refusals.retry_after`), when closing it is no longer a day trade; the
 incident says when. That time is kept in memory: a restarted process tries once more.
 """
 
@@ -78,11 +78,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from ops import activities as act
-from ops import drift, refusals
 from ops.broker import Broker, BrokerError
-from ops.daemon import Service
-from ops.exits import (
+from ops.core import activities as act
+from ops.core import drift, refusals
+from ops.core.exits import (
     ExitDecision,
     ExitRules,
     PositionState,
@@ -90,7 +89,7 @@ from ops.exits import (
     exit_client_order_id,
     update_water_marks,
 )
-from ops.models import (
+from ops.core.models import (
     KillSwitch,
     OptionSymbol,
     Order,
@@ -100,12 +99,13 @@ from ops.models import (
     TimeInForce,
     kill_switch_in,
 )
-from ops.ownership import Holding, split
-from ops.risk import position_intent, qty_text
+from ops.core.ownership import Holding, split
+from ops.core.risk import position_intent, qty_text
 from ops.roles.activities import ActivityApplier
 from ops.roles.drift_guard import DRIFT_CONTROL, DRIFT_KIND, DriftGuard, drift_dedupe_key
 from ops.roles.protective_stops import ProtectiveStops, Target
 from ops.roles.refusal_incidents import RefusalIncidents
+from ops.runtime.daemon import Service
 from ops.store import StorageUnavailable
 from ops.store import positions as pq
 from ops.store.ownership import managed_quantities
@@ -113,7 +113,7 @@ from ops.store.store import Store
 
 if TYPE_CHECKING:
     from ops.roles.runtime import RoleContext
-    from ops.ticker import Slot
+    from ops.runtime.ticker import Slot
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _utcnow() -> datetime:
 
 async def read_kill_switch(store: Store, account: str) -> KillSwitch:
     """The account's kill switch from `controls` (decoded by
-    `ops.models.kill_switch_from_value`: an unreadable value is HALT, never off)."""
+    `ops.core.models.kill_switch_from_value`: an unreadable value is HALT, never off)."""
     return kill_switch_in((await store.controls(account)).rows)
 
 
@@ -266,7 +266,7 @@ class PositionManager:
     async def _hold_splits(self, positions: Sequence[Position], rebased: frozenset[str]
                            ) -> None:
         """Hold the exits and the protective stop of a position that changed like a split
-        since the previous read (ops.activities.looks_like_split) while no applied split
+        since the previous read (ops.core.activities.looks_like_split) while no applied split
         activity re-based its exit state: the broker can show the split before its
         activity is published (or between this tick's activity read and its position
         read), and an exit state that is not re-based reads a 2:1 split as a 50 % loss.
@@ -407,7 +407,7 @@ class PositionManager:
             raise RuntimeError("exits: " + "; ".join(failures))
 
     async def _ownership(self, held: Sequence[Position]) -> dict[str, Holding] | None:
-        """Each held position split into managed and external (ops/ownership.py), or None
+        """Each held position split into managed and external (ops/core/ownership.py), or None
         when ownership cannot be known (Postgres away and nothing cached): then no exit is
         sent, since a sale could hit a lot the pipeline does not own."""
         if self._manage_external():
@@ -553,7 +553,7 @@ class PositionManager:
         self.counters.exits_refused_open = len(self.refusals.open_symbols)
 
     async def _retry_after(self, refusal: refusals.Refusal) -> datetime | None:
-        """When a refused exit is worth sending again (ops.refusals.retry_after on the
+        """When a refused exit is worth sending again (ops.core.refusals.retry_after on the
         broker's clock); None when the clock cannot be read (the next tick decides again)."""
         if refusals.classify(refusal) is not refusals.Cause.PDT:
             return None

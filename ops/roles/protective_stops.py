@@ -1,6 +1,6 @@
 """Protective stops: a stop order resting at the broker for every managed position.
 
-Why: exits are decided by polling (ops/exits.py, the position manager's tick). If the host,
+Why: exits are decided by polling (ops/core/exits.py, the position manager's tick). If the host,
 the network or Postgres stalls, polling stops and a position has no protection at all.
 A stop resting at the broker keeps protecting it whatever happens here (invariant 10).
 
@@ -10,7 +10,7 @@ resting stops and wait for the broker's word: for whoever sends an exit) and
 `ProtectiveStops`, which the position manager owns: `reconcile()` after the exits step of
 every tick (whatever the clock says), `before_exit()` from `_submit_exit` before any
 market exit is sent.
-What does not: deciding exits (ops.exits), who owns what (ops.ownership, the position
+What does not: deciding exits (ops.core.exits), who owns what (ops.core.ownership, the position
 manager's `_ownership`), water marks (the position manager tracks and persists them).
 
 The stop of one position (the managed part only: an external lot gets none):
@@ -59,7 +59,7 @@ the position is gone or smaller and the next tick decides again. So the stop and
 market exit never both fill, and a sell never over-sells into a short.
 
 A stop the broker refuses is an incident (`protective-refused:<account>:<symbol>`, text
-by ops.refusals), closed when a later stop for the symbol is accepted or the symbol no
+by ops.core.refusals), closed when a later stop for the symbol is accepted or the symbol no
 longer needs one.
 """
 
@@ -74,11 +74,11 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from ops import refusals
 from ops.broker import Broker, BrokerError
 from ops.broker.errors import BrokerApiError
-from ops.exits import ExitRules, PositionState
-from ops.models import (
+from ops.core import refusals
+from ops.core.exits import ExitRules, PositionState
+from ops.core.models import (
     AssetClass,
     OptionSymbol,
     Order,
@@ -88,8 +88,8 @@ from ops.models import (
     Side,
     TimeInForce,
 )
-from ops.ownership import split
-from ops.risk import check_account_name, qty_text
+from ops.core.ownership import split
+from ops.core.risk import check_account_name, qty_text
 from ops.roles.refusal_incidents import RefusalIncidents
 from ops.store.store import Store
 

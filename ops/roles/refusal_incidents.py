@@ -9,7 +9,7 @@ the cause changed, else at most every `update_every_s`, with the count of refusa
 `accepted()` closes it when a later order for the symbol is accepted; `sync()` reads which
 ones are open (other processes, earlier lives of this one); `close()` closes one with its
 reason (the incident's `close_reason`).
-What does not: the words (ops.refusals), deciding when a condition has cleared (the roles).
+What does not: the words (ops.core.refusals), deciding when a condition has cleared (the roles).
 
 Writes go through the Store (buffered during a Postgres outage); the text refresh is a
 plain UPDATE that needs Postgres (skipped while it is away: the log has the text).
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ops import refusals
+from ops.core import refusals
 from ops.store import StorageUnavailable, Store
 from ops.store.incidents import is_open, set_detail
 

@@ -17,9 +17,9 @@ unreachable at start the lock cannot be taken by anybody, so the copy waits, hea
 (the store buffers the beats; the watchdog reads the buffer) and retrying every second.
 
 The local heartbeat file. Every beat, from the heartbeat task's start to a clean stop
-(which removes it), also writes `$OPS_HOME/run/health/<process>.json` (ops.healthcheck:
+(which removes it), also writes `$OPS_HOME/run/health/<process>.json` (ops.supervise.healthcheck:
 `ops health`, the orchestrators' probe): whether or not Postgres answers, and as a
-standby too (`active` false), with ops.health's failing verdict on the beat's counters.
+standby too (`active` false), with ops.core.health's failing verdict on the beat's counters.
 
 Run now. SIGUSR1 triggers every ticker of the process. So does a control row of the
 account (`*` for shared roles): key `run_now:<role>` (any value; `request_run_now()`
@@ -54,26 +54,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ops.config import (
-    AccountConfig,
-    Config,
-    ConfigError,
-    ConfigReloader,
-    load_config,
-    remember_if_good,
-    save_last_good,
+from ops.core.backoff import Backoff
+from ops.core.config import AccountConfig, Config, ConfigError
+from ops.core.health import process_failure
+from ops.core.models import Heartbeat, KillSwitch, kill_switch_in
+from ops.runtime.config import ConfigReloader, load_config, remember_if_good, save_last_good
+from ops.runtime.credentials import (
+    CredentialError,
+    Credentials,
+    load_credentials,
+    provider_from_config,
 )
-from ops.credentials import CredentialError, Credentials, load_credentials, provider_from_config
-from ops.daemon import Daemon, Service
-from ops.env import RuntimeEnv, runtime_env
-from ops.health import process_failure
-from ops.healthcheck import HealthFile, health_path, remove_health_file, write_health_file
-from ops.models import Heartbeat, KillSwitch, kill_switch_in
-from ops.retry import Backoff
+from ops.runtime.daemon import Daemon, Service
+from ops.runtime.env import RuntimeEnv, runtime_env
+from ops.runtime.ticker import CounterValue, HeartbeatTask, MarketClockCache, Slot, Ticker
 from ops.store import Control, Store
 from ops.store.locks import LockKeeper, LockStatus, SingletonLock
-from ops.supervisor import program_name
-from ops.ticker import CounterValue, HeartbeatTask, MarketClockCache, Slot, Ticker
+from ops.supervise.healthcheck import HealthFile, health_path, remove_health_file, write_health_file
+from ops.supervise.supervisor import program_name
 
 if TYPE_CHECKING:  # imported where used: a role without a broker (the monitor) never
     # loads ops.broker and alpaca-py (~9 MB of its RSS budget)
@@ -680,7 +678,7 @@ class RoleRuntime:
     def counters(self) -> dict[str, CounterValue]:
         out: dict[str, CounterValue] = {"phase": self.phase, "lock": self.lock_status.state}
         if self.phase == "binding":
-            # Outcome health (ops.health): each failed binding attempt counts as a failed
+            # Outcome health (ops.core.health): each failed binding attempt counts as a failed
             # run (a revoked key keeps a restarted process here, heartbeating).
             out["binding.errors_in_row"] = self.bind_failures
             out["binding.last_error"] = self.bind_error[:300]
@@ -898,7 +896,7 @@ def load_builder(role: str) -> RoleBuilder:
 
 def run_role(role: str, account: str | None, env: RuntimeEnv | None = None) -> int:
     """Run one role process in the foreground until stopped; the process exit code."""
-    from ops.logs import configure_logging
+    from ops.runtime.logs import configure_logging
 
     env = env or runtime_env()
     try:

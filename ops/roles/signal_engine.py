@@ -50,11 +50,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ops.broker import AccountMismatchError, Broker, BrokerError
-from ops.config import Config, StrategyConfig
-from ops.credentials import CredentialError, load_credentials, provider_from_config
-from ops.daemon import Service
-from ops.models import Position
-from ops.risk import RiskLimits
+from ops.core.config import Config, StrategyConfig
+from ops.core.models import Position
+from ops.core.risk import RiskLimits
+from ops.runtime.credentials import CredentialError, load_credentials, provider_from_config
+from ops.runtime.daemon import Service
 from ops.store import StorageUnavailable, Store
 from ops.store.signals import existing_keys
 from ops.strategies.base import (
@@ -67,9 +67,9 @@ from ops.strategies.base import (
 )
 
 if TYPE_CHECKING:
-    from ops.env import RuntimeEnv
     from ops.roles.runtime import RoleContext
-    from ops.ticker import Slot
+    from ops.runtime.env import RuntimeEnv
+    from ops.runtime.ticker import Slot
 
 log = logging.getLogger(__name__)
 

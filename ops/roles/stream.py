@@ -1,6 +1,6 @@
 """The stream role: every trade update of one account stored exactly once, `orders` kept
-current, and REST backfill for what the WebSocket loses (design.md, "The trade stream
-loses events by design"; alpaca-wire.md 4.4 and 6).
+current, and REST backfill for what the WebSocket loses (the trade stream
+loses events by design: docs/broker-protocol.md 4.4 and 6).
 
 - Stream: `TradeStream` updates are queued (each with its `trade_update` op, built on
   arrival) and written by one writer task: whatever is queued, up to BATCH_MAX, in one
@@ -33,7 +33,7 @@ loses events by design"; alpaca-wire.md 4.4 and 6).
   `broker.stream_settle_s` closes it. `broker.stream_flap_drops` drops within
   `broker.stream_flap_window_s` (quick reconnects, so never down long) opens
   `stream-flapping`, closed once connected with no drop for a window.
-- Mute detection by cross-checking REST (alpaca-wire.md 6.1: a socket that answers pings
+- Mute detection by cross-checking REST (docs/broker-protocol.md 6.1: a socket that answers pings
   and delivers nothing): every completeness check lists the account's orders anyway. An
   order the broker changed while this connection was up whose change the stream has not
   delivered (nothing delivered for it as new, and a different status or filled qty; a
@@ -66,16 +66,16 @@ from decimal import Decimal
 
 from ops.broker import Broker, BrokerError, TradeStream
 from ops.broker.stream import Connectivity, StreamState
-from ops.config import BrokerConfig
-from ops.daemon import Service
-from ops.models import Order, TradeUpdate
+from ops.core.config import BrokerConfig
+from ops.core.models import Order, TradeUpdate
 from ops.roles.fill_check import FillChecker, FillCheckResult
 from ops.roles.runtime import RoleContext, endpoints_for
+from ops.runtime.daemon import Service
+from ops.runtime.ticker import Slot
 from ops.store import StorageUnavailable
 from ops.store import fills as fq
 from ops.store.ingest import trade_update_row_op
 from ops.store.ops import Op
-from ops.ticker import Slot
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ _UNKNOWN = "unknown"  # a connectivity incident a previous run of this process m
 # Order states Alpaca documents no dependable trade_updates event for: `accepted` (an
 # order queued while the market is closed; the event exists only since 2026-07-30),
 # `pending_new`, `held` (bracket legs waiting on their parent), `accepted_for_bidding`,
-# and the transient `pending_cancel`/`pending_replace` (alpaca-wire.md 4.3).
+# and the transient `pending_cancel`/`pending_replace` (docs/broker-protocol.md 4.3).
 NO_EVENT_PROMISED = frozenset({"accepted", "pending_new", "held", "accepted_for_bidding",
                                "pending_cancel", "pending_replace"})
 Streamed = tuple[datetime, str, Decimal]  # what the stream delivered: updated_at, status, qty

@@ -12,7 +12,7 @@ never blocked by the watchdog, whatever Postgres or a sink does.
 Work happens in passes (`Watchdog.pass_once`), run by a 1 s `Ticker` and triggered at once
 by every TICK and PROCESS_STATE event: read supervisord's process info (XML-RPC, with a
 timeout), heartbeats, last completed runs, open incidents and kill switches (from Postgres,
-or the SQLite buffer during an outage), `ops.watchdog.decide`, then act: SIGKILL through
+or the SQLite buffer during an outage), `ops.core.watchdog.decide`, then act: SIGKILL through
 XML-RPC (autorestart brings the process back; a SIGSTOPped process never honours SIGTERM,
 so a plain stop would wait `stopwaitsecs`), start attempts, incidents through the Store,
 alerts into the outbox (delivered by `AlertWorker`, never inline), metrics published.
@@ -36,7 +36,6 @@ import io
 import logging
 import os
 import select
-import shlex
 import sys
 import threading
 import time
@@ -46,20 +45,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from ops.alerts import (
-    AlertWorker,
-    DeadmanPinger,
-    Outbox,
-    default_path,
-    sinks_from_config,
-)
-from ops.config import Config, ConfigError, ConfigReloader, load_config
-from ops.env import RuntimeEnv, runtime_env
-from ops.metrics import MetricsExporter, MetricsServer, serve
-from ops.models import Heartbeat
-from ops.roles.oversight import IO_TIMEOUT_S, Overseer
-from ops.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable
-from ops.watchdog import (
+from ops.core.config import Config, ConfigError
+from ops.core.models import Heartbeat
+from ops.core.watchdog import (
     Action,
     Kill,
     Observed,
@@ -68,6 +56,18 @@ from ops.watchdog import (
     Start,
     observe,
 )
+from ops.notify.alerts import (
+    AlertWorker,
+    DeadmanPinger,
+    Outbox,
+    default_path,
+    sinks_from_config,
+)
+from ops.notify.metrics import MetricsExporter, MetricsServer, serve
+from ops.roles.oversight import IO_TIMEOUT_S, Overseer
+from ops.runtime.config import ConfigReloader, load_config
+from ops.runtime.env import RuntimeEnv, runtime_env
+from ops.supervise.supervisor import ProcessInfo, SupervisorClient, SupervisorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -77,33 +77,6 @@ PASS_TIMEOUT_S = 20.0  # a pass stuck on I/O is abandoned (recorded as a timeout
 RELOAD_EVERY_S = 5.0  # config file checked for edits this often
 #: Processes without heartbeats: their supervisord state is all there is to judge.
 NO_HEARTBEAT = frozenset({"postgres", "sim"})
-
-
-def eventlistener_section(env: RuntimeEnv, python: str, tick_event: str = "TICK_5") -> str:
-    """The `[eventlistener:watchdog]` block for the rendered supervisord config."""
-    settings: dict[str, str | int] = {
-        "command": shlex.join([python, "-m", "ops", "watchdog"]),
-        "directory": str(Path.cwd()),
-        "events": f"{tick_event},PROCESS_STATE",
-        # Events queue here while a pass runs; the listener answers each at once anyway.
-        "buffer_size": 100,
-        "autostart": "true",
-        "autorestart": "true",
-        "startsecs": 1,
-        # The watchdog must never end up FATAL: keep retrying (its own crash is logged).
-        "startretries": 100,
-        "priority": 5,
-        "stopsignal": "TERM",
-        "stopwaitsecs": 10,
-        # stdout is the listener protocol; the logs go to stderr, into their own file.
-        "redirect_stderr": "false",
-        "stdout_logfile": "NONE",
-        "stderr_logfile": str(env.log_dir / f"{PROCESS_NAME}.log"),
-        "stderr_logfile_maxbytes": "10MB",
-        "stderr_logfile_backups": 5,
-    }
-    body = "\n".join(f"{k}={v}" for k, v in settings.items())
-    return f"[eventlistener:{PROCESS_NAME}]\n{body}\n"
 
 
 # --- the listener protocol ---------------------------------------------------------------------
@@ -412,9 +385,9 @@ class Watchdog(Overseer):
 
 async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes], IO[bytes]]
                        | None) -> int:
-    from ops.daemon import Daemon, Service
+    from ops.runtime.daemon import Daemon, Service
+    from ops.runtime.ticker import HeartbeatTask, Ticker
     from ops.store import Store, StoreSettings
-    from ops.ticker import HeartbeatTask, Ticker
 
     # Short database timeouts: during an outage a pass must fall back to the buffer in
     # seconds, not wait out the roles' generous command timeout.
@@ -476,7 +449,7 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
 
 def cli_main(args: argparse.Namespace) -> int:
     """`ops watchdog`: what supervisord runs as the event listener."""
-    from ops.logs import configure_logging
+    from ops.runtime.logs import configure_logging
 
     env = runtime_env()
     try:

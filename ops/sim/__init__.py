@@ -12,8 +12,9 @@ Modules: clock (market hours), market (synthetic prices), accounts (specs and st
 orders (request validation), engine (order lifecycle and fills), ledger (account math),
 queries (order list, FILL activities), contracts (option contracts), stream
 (trade_updates WebSocket), chaos (random duplicates/reorders), faults (fault knobs),
-data/rest/app (HTTP), simulator (lifecycle), server (`ops sim`), wire (JSON encoding).
-Never imports alpaca-py.
+data/rest/app (HTTP), simulator (lifecycle), wire (JSON encoding), occ (option
+symbols). `ops sim` is ops/commands/sim.py. Imports nothing else of ops, and
+never alpaca-py.
 """
 
 from ops.sim.accounts import SimAccountSpec, default_accounts

@@ -5,7 +5,7 @@ are deterministic and obviously fake. `AccountState`, `OrderState` and `Position
 hold the broker-side truth and serialise to/from JSON for `--state` files.
 Pricing and order rules live in the engine, not here.
 
-Options trading level per spec (alpaca-wire.md 3.7: 0 none, 1 covered calls and
+Options trading level per spec (docs/broker-protocol.md 3.7: 0 none, 1 covered calls and
 cash-secured puts, 2 + long calls and puts, 3 + spreads). Alpaca documents no default for
 a new account; its paper accounts come with level 3, so `make_spec` gives 3. The demo's
 `tiny` gets 2: a small account is the one likely to lack spread approval, and 2 still
@@ -100,7 +100,7 @@ def default_accounts(seed: int = 7) -> list[SimAccountSpec]:
 
 def demo_accounts(identities: Sequence[tuple[str, str, str, str]]) -> list[SimAccountSpec]:
     """The demo accounts with the given (name, account number, key id, secret): a home's
-    own identity (ops.demo), so no other home's keys open them. Cash and options level
+    own identity (ops.runtime.demo), so no other home's keys open them. Cash and options level
     come from the built-in demo account of that name; an unknown name is a ValueError."""
     templates = {a.name: a for a in default_accounts()}
     out = []

@@ -1,7 +1,7 @@
 """The aiohttp application: one catch-all route that dispatches REST, WebSocket and admin.
 
 A catch-all lets us collapse duplicate slashes without redirecting (alpaca-py never
-follows redirects, alpaca-wire.md section 1.3) and order the REST pipeline exactly:
+follows redirects, docs/broker-protocol.md section 1.3) and order the REST pipeline exactly:
 auth (401) -> per-key rate limit (429) -> latency -> injected failures/hangs -> handler.
 Admin endpoints (`/_sim/...`) need no Alpaca keys but answer loopback peers only.
 """

@@ -2,7 +2,7 @@
 
 Unlike the one-shot knobs of `EventFaults` (drop/duplicate/reorder the next n events),
 this mode stays on until turned off and decides per event with a seeded RNG, so a long
-run sees the duplicates and reorderings of alpaca-wire.md section 6 (items 1 and 4)
+run sees the duplicates and reorderings of docs/broker-protocol.md section 6 (items 1 and 4)
 mixed into ordinary traffic, reproducibly.
 
 Rules, per account:

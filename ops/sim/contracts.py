@@ -13,8 +13,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ops.models import OptionSymbol
 from ops.sim.market import Market, is_ticker
+from ops.sim.occ import OptionSymbol
 from ops.sim.wire import ApiError, stable_uuid, unprocessable
 
 STRIKES_EACH_SIDE = 10

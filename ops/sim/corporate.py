@@ -1,5 +1,5 @@
 """Position changes without a fill, as Alpaca reports them: orders "placed by hand",
-splits, option expiry, exercise and assignment (alpaca-wire.md 3.7, 3.7a).
+splits, option expiry, exercise and assignment (docs/broker-protocol.md 3.7, 3.7a).
 
 What lives here: the admin actions (reached through `FaultController` and `POST
 /_sim/faults`): `external_order`, `split`, `expire_options`, `exercise`, `assign`; and
@@ -22,7 +22,7 @@ Shapes (Alpaca's "Non-Trade Activities for Option Events" page, where documented
 - OPASN (your short option was assigned): qty "+n", then OPTRD as above.
 - OPEXP (expired worthless): Alpaca shows no example. Where the docs are silent the
   simulator does the least convenient legal thing: qty is the *count of contracts
-  removed*, unsigned ("qty = contracts removed", alpaca-wire 3.7a), so for a long
+  removed*, unsigned ("qty = contracts removed", docs/broker-protocol.md 3.7a), so for a long
   position it has the opposite sign of the change; date = the expiry date.
 - SPLIT: no example either: one row per account holding the symbol, qty = the change of
   the share count (signed, like the option rows: "+10" for 10 -> 20, "-10" for 20 -> 10),
@@ -45,28 +45,44 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ops.models import OPTION_MULTIPLIER, OptionSymbol
 from ops.sim import ledger
-from ops.sim.accounts import AccountState, PositionState
-from ops.sim.clock import EASTERN, SESSION_CLOSE
-from ops.sim.market import is_ticker
+from ops.sim.accounts import AccountState, OrderState, PositionState
+from ops.sim.clock import EASTERN, SESSION_CLOSE, SimClock
+from ops.sim.market import Market, is_ticker
+from ops.sim.occ import OPTION_MULTIPLIER, OptionSymbol
 from ops.sim.wire import dec, stable_uuid
 
-if TYPE_CHECKING:
-    from ops.sim.engine import Engine
-
 log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What corporate actions need of the engine (ops.sim.engine.Engine, which calls
+    `process_expiries` every step)."""
+
+    market: Market
+    clock: SimClock
+    dirty: bool
+    states: dict[str, AccountState]
+
+    def activity_time(self) -> datetime: ...
+
+    def submit(self, st: AccountState, body: Mapping[str, Any]) -> OrderState: ...
+
+    def expire_order(self, st: AccountState, order: OrderState) -> None: ...
+
+    def cancel(self, st: AccountState, order_id: str) -> None: ...
 
 #: Every non-trade activity type the simulator emits.
 NTA_TYPES = frozenset({"OPEXP", "OPEXC", "OPASN", "OPTRD", "SPLIT"})
 QTY_Q = Decimal("0.000000001")  # Alpaca's fractional share precision
-_ITM = Decimal("0.01")  # auto-exercise threshold (alpaca-wire 3.7)
+_ITM = Decimal("0.01")  # auto-exercise threshold (docs/broker-protocol.md 3.7)
 
 
 # --- activities ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Market-data REST on the simulator's origin: latest quotes/trades/bars and historical bars.
 
-Shapes follow alpaca-wire.md section 3.8: multi-symbol endpoints keyed by symbol, numbers
+Shapes follow docs/broker-protocol.md section 3.8: multi-symbol endpoints keyed by symbol, numbers
 as JSON numbers (data models are floats), bars carry `n` and `vw`, an empty bar set is
 `{"bars": {}}`, and historical bars page with `next_page_token`. Bars are synthetic but
 deterministic (`Market.historic_price`), ending at the live price.
@@ -24,7 +24,7 @@ MAX_BUCKETS = 50_000
 
 
 def bad_request(message: str) -> ApiError:
-    # Data errors carry a message but no code (alpaca-wire.md section 3.8).
+    # Data errors carry a message but no code (docs/broker-protocol.md section 3.8).
     return ApiError(400, None, message)
 
 

@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ops.models import OptionSymbol
 from ops.sim import corporate, ledger
 from ops.sim.accounts import AccountState, OrderState, SimAccountSpec
 from ops.sim.clock import SimClock
 from ops.sim.market import InactiveSymbol, Market
+from ops.sim.occ import OptionSymbol
 from ops.sim.orders import (
     NewOrder,
     OrderRefusal,

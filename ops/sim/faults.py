@@ -1,4 +1,4 @@
-"""Fault injection: each knob reproduces a real failure listed in alpaca-wire.md section 6.
+"""Fault injection: each knob reproduces a real failure listed in docs/broker-protocol.md section 6.
 
 `RestFaults` holds the REST-side state (hangs, forced error statuses, latency, per-key rate
 limit) consulted by the server for every authenticated request; `FaultController` is the

@@ -8,7 +8,7 @@ buying_power = m * (equity - option exposure - option reservations) - stock expo
 - stock reservations; options_buying_power = equity - stock exposure / m - option exposure
 - reservations. Options count x100 everywhere.
 
-Day trades and pattern-day-trading protection (alpaca-wire.md 3.7a; the brief's model):
+Day trades and pattern-day-trading protection (docs/broker-protocol.md 3.7a):
 a day trade is a closing order that closes (some of) a position opened or added to the
 same New York date; each such order counts once, partial fills included. Alpaca's
 documents do not say how a position closed in several orders counts: the least
@@ -18,11 +18,11 @@ Protection: an account whose equity OR last_equity is under 25,000 (Alpaca does 
 which it judges by: either refuses) with 3 or more day trades is refused any order that
 would be another one, exits included, with 403 40310100. An account that reached 4 is
 flagged `pattern_day_trader` for good. Note: Alpaca's changelog of 2026-06-03 deprecates
-these fields and removes them on 2026-07-06 (FINRA's intraday margin rule); alpaca-wire.md
+these fields and removes them on 2026-07-06 (FINRA's intraday margin rule); docs/broker-protocol.md
 3.7a still lists them and the refusal. The simulator models the stricter world: the
 fields present, the refusals on; the pipeline treats the fields as possibly absent.
 
-Options trading level (alpaca-wire.md 3.7, section 5): 0 none, 1 covered calls and
+Options trading level (docs/broker-protocol.md 3.7, section 5): 0 none, 1 covered calls and
 cash-secured puts, 2 + long calls and puts, 3 + spreads (not modelled: no mleg). An
 opening order beyond the level is refused with 403 40310000 (the message text is not
 confirmed by Alpaca's documents; it names the level). Closing orders are never refused
@@ -37,9 +37,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ops.models import OPTION_MULTIPLIER, OptionSymbol
 from ops.sim.accounts import AccountState, OrderState, PositionState
 from ops.sim.market import Market
+from ops.sim.occ import OPTION_MULTIPLIER, OptionSymbol
 from ops.sim.wire import CENT, ApiError, dec, forbidden, iso_z
 
 RATIO = Decimal("0.0001")

@@ -18,8 +18,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from ops.models import OptionSymbol
 from ops.sim.clock import SimClock
+from ops.sim.occ import OptionSymbol
 from ops.sim.wire import CENT
 
 DEFAULT_UNIVERSE: dict[str, Decimal] = {

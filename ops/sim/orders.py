@@ -5,7 +5,7 @@ Turns a JSON body (numbers or strings accepted, as alpaca-py sends floats) into 
 dependent checks (buying power, held quantity) are the engine's job; the options level
 and pattern-day-trading refusals are ledger.py's, applied by the REST layer.
 
-Single-leg options (alpaca-wire.md 3.5, 3.7a, changelog 2026-08-27): market, limit, stop
+Single-leg options (docs/broker-protocol.md 3.5, 3.7a, changelog 2026-08-27): market, limit, stop
 and stop_limit, time in force day or gtc only (anything else is refused with the text
 Alpaca has been seen to send: "order_time_in_force provided not supported for options
 trading"), whole contracts, no notional, no extended hours, no trailing stop.
@@ -33,7 +33,7 @@ PDT_MESSAGE = "trade denied due to pattern day trading protection"
 @dataclass
 class OrderRefusal:
     """Fault: refuse the next `remaining` orders matching account/side/symbol (None = any)
-    at the REST level, as the broker does (alpaca-wire.md section 5): nothing is created,
+    at the REST level, as the broker does (docs/broker-protocol.md section 5): nothing is created,
     the answer is `status` with body `{"code": code, "message": message, **extra}`.
     Consulted by order submission and by closing a position (`DELETE /v2/positions/...`).
     """

@@ -1,7 +1,7 @@
 """Read-only account queries: the order list and the activities feed (FILLs and the
 non-trade activities of ops.sim.corporate).
 
-Filtering and paging rules follow alpaca-wire.md sections 3.5 and 3.6; the engine owns
+Filtering and paging rules follow docs/broker-protocol.md sections 3.5 and 3.6; the engine owns
 the state, these functions only read it.
 """
 

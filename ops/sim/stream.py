@@ -1,6 +1,6 @@
 """The `trade_updates` WebSocket at /stream, with the stream-side fault knobs.
 
-Protocol (alpaca-wire.md section 4): no greeting; the client authenticates, then listens;
+Protocol (docs/broker-protocol.md section 4): no greeting; the client authenticates, then listens;
 every frame is a BINARY frame holding one JSON object. One connection per key: an upgrade
 that names an already-connected key in `APCA-API-KEY-ID` is refused with HTTP 429; since
 alpaca-py sends its key only in the first message, a second authenticated connection for

@@ -2,7 +2,7 @@
 
 Alpaca sends money and quantities as decimal strings and timestamps as ISO-8601 with a
 zone; alpaca-py's pydantic models reject numbers where they expect strings
-(alpaca-wire.md section 1.6), so everything the simulator emits goes through these helpers.
+(docs/broker-protocol.md section 1.6), so everything the simulator emits goes through these helpers.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Non-trade activity queries (migration 0018): what was applied, and applying one.
 
-`apply` writes one planned activity (ops.activities.Applied) and all its effects in one
+`apply` writes one planned activity (ops.core.activities.Applied) and all its effects in one
 transaction, exactly once per (account, activity id): the `position_activities` row, the
 ownership adjustment (ops.store.ownership, source `activity:<id>`; a late-paired OPTRD's
 under its own id), the exit state re-based (or reset) by a split. A second apply of the
@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.activities import Applied, Leg
+from ops.core.activities import Applied, Leg
 from ops.store.ownership import Adjustment, record_adjustment
 
 
@@ -74,7 +74,7 @@ async def held(pool: asyncpg.Pool, account: str, symbols: Iterable[str]) -> dict
 
 
 async def legs(pool: asyncpg.Pool, account: str, days: Iterable[date]) -> list[Leg]:
-    """Applied rows of those dates that can pair (ops.activities.Leg), oldest first."""
+    """Applied rows of those dates that can pair (ops.core.activities.Leg), oldest first."""
     rows = await pool.fetch(
         "SELECT activity_id, type, activity_date, symbol, qty_delta, managed_delta, price,"
         " paired_with FROM position_activities WHERE account = $1"

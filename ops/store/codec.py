@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.models import Heartbeat, Order, Position, RunRecord, TradeUpdate
+from ops.core.models import Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.store.ops import Op, Payload, dumps, enc
 
 

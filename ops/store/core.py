@@ -17,10 +17,10 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.config import Config
-from ops.env import RuntimeEnv
-from ops.errors import describe_db_error
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
+from ops.runtime.errors import describe_db_error
 from ops.store.buffer import PROBE_HEADROOM_BYTES, Buffer, BufferStatus
 from ops.store.errors import BufferUnwritable
 from ops.store.postgres import redact_url, unavailable_on_outage

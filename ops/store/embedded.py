@@ -48,7 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 
 log = logging.getLogger(__name__)
 

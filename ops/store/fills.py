@@ -5,7 +5,7 @@ What lives here: the SQL behind `ops.roles.stream`'s completeness check (`stored
 `orders_to_check`, `fill_in_qty`) and its mute detection (`stored_open_orders`), the
 `fill_checks` table (migration 0014): `load_check` / `save_check`, and the position
 manager's `request_check`. What does not:
-the decisions (ops.fills), storing fills (they go through the store's `trade_update` op
+the decisions (ops.core.fills), storing fills (they go through the store's `trade_update` op
 like the stream's own events).
 
 These read and write Postgres directly, never the outage buffer: a completeness check is
@@ -23,8 +23,8 @@ from decimal import Decimal
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.fills import StoredFill
-from ops.models import TERMINAL_ORDER_STATUSES
+from ops.core.fills import StoredFill
+from ops.core.models import TERMINAL_ORDER_STATUSES
 
 _TERMINAL = sorted(TERMINAL_ORDER_STATUSES)
 

@@ -5,7 +5,7 @@ Postgres only (none of it has a buffered copy): run through `Store` (its history
 
 What lives here: the SQL and the rows it returns, as plain dataclasses. What does not: any
 judgement of the rows (late / missed / failed slots, P&L: `tui/history.py` with the
-thresholds of `ops.gaps`), nor rendering.
+thresholds of `ops.core.gaps`), nor rendering.
 
 Every query is bounded by an index: `account_history` by its primary key (account,
 minute), `runs` by `runs_slot_time_idx` (the window) and `runs_process_finished_idx` (one
@@ -119,7 +119,7 @@ FROM runs
 WHERE slot_time >= $1 AND slot_time < $2 AND finished_at IS NOT NULL AND outcome <> 'running'
 GROUP BY process, bucket
 """
-# Stretches between consecutive runs longer than $3 seconds (ops.gaps_report's query,
+# Stretches between consecutive runs longer than $3 seconds (ops.commands.gaps's query,
 # bounded by the window on the indexed slot_time).
 _HOLES_SQL = """
 WITH r AS (
@@ -216,7 +216,7 @@ async def incident_spans(pool: asyncpg.Pool, start: datetime, end: datetime,
                          r["closed_at"]) for r in rows]
 
 
-# --- `ops gaps` (ops/gaps_report.py): every stretch between runs, not bucketed --------------
+# --- `ops gaps` (ops/commands/gaps.py): every stretch between runs, not bucketed --------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,56 +7,23 @@ last seen, acknowledgement, how it ended), listing and finding incidents (`list_
 recently closed ones and restarts. Opening, bumping and closing stay Store ops
 (ops/store/store.py), buffered through an outage; these go straight to Postgres (run
 through `Store.direct`: an outage raises `StorageUnavailable`): they serve an operator
-(`ops incidents`, the dashboard) and the watchdog's sweep (ops/incidents.py), which need
+(`ops incidents`, the dashboard) and the watchdog's sweep (ops/core/incidents.py), which need
 the truth.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
+from ops.core.incidents import IncidentRecord
+
 _COLUMNS = ("id::text AS id, kind, process, account, detail, opened_at, closed_at, restarts, "
             "dedupe_key, seen_by, last_seen_at, opened_pid, opened_host, supervised, "
             "acked_at, acked_by, closed_by, close_reason")
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentRecord:
-    id: str
-    kind: str
-    process: str | None
-    account: str | None
-    detail: str
-    opened_at: datetime
-    closed_at: datetime | None
-    restarts: int
-    dedupe_key: str | None
-    seen_by: tuple[str, ...]
-    last_seen_at: datetime | None
-    opened_pid: int | None
-    opened_host: str | None
-    supervised: bool | None
-    acked_at: datetime | None
-    acked_by: str | None
-    closed_by: str | None
-    close_reason: str | None
-
-    @property
-    def is_open(self) -> bool:
-        return self.closed_at is None
-
-    @property
-    def acked(self) -> bool:
-        return self.acked_at is not None
-
-    @property
-    def last_seen(self) -> datetime:
-        return self.last_seen_at or self.opened_at
 
 
 def _record(r: asyncpg.Record) -> IncidentRecord:
@@ -169,6 +136,5 @@ async def restarts_since(pool: asyncpg.Pool, since: datetime) -> dict[str, int]:
     return {r["process"]: int(r["n"] or 0) for r in rows}
 
 
-__all__ = ["AmbiguousIncident", "IncidentRecord", "ack_incident", "find_incident",
-           "incidents_since", "is_open", "list_incidents", "open_records", "recently_closed",
-           "restarts_since", "set_detail"]
+__all__ = ["AmbiguousIncident", "ack_incident", "find_incident", "incidents_since", "is_open",
+           "list_incidents", "open_records", "recently_closed", "restarts_since", "set_detail"]

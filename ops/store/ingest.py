@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ops.models import TradeUpdate, fill_key
+from ops.core.models import TradeUpdate, fill_key
 from ops.store.ops import Op, dumps, enc
 
 

@@ -20,7 +20,7 @@ from importlib import resources
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.errors import underlying
+from ops.runtime.errors import underlying
 from ops.store.errors import StorageUnavailable
 from ops.store.postgres import connect, redact_url, unavailable_on_outage
 
@@ -165,7 +165,7 @@ async def schema_version(url: str, *, connect_timeout: float, command_timeout: f
 
 def cli_migrate(args: argparse.Namespace) -> int:
     """`ops db migrate`: 0 applied/up to date, 1 migration error, 2 database unreachable."""
-    from ops.env import runtime_env
+    from ops.runtime.env import runtime_env
     from ops.store import embedded
 
     env = runtime_env()

@@ -4,7 +4,7 @@ What lives here: the SQL behind position drift detection (`expected_positions`,
 `save_baseline`), the persisted exit-rule state per position (`load_exit_states`,
 `save_exit_state`, `delete_exit_states`), the audit row of each exit decision
 (`record_exit_decision`), and the pure comparison `position_mismatches`. Tables come from
-migration 0004_position_manager.sql. What does not: deciding (ops.exits, the role) and
+migration 0004_position_manager.sql. What does not: deciding (ops.core.exits, the role) and
 the buffered writes (ops.store.store). Also here: `open_positions`, every synced
 account's open positions in one read (the dashboard, thousands of rows).
 
@@ -13,7 +13,7 @@ reads that must see the truth (a drift check against buffered, not yet replayed 
 would be wrong), or the position manager's own memory, which it keeps in-process while
 Postgres is away and writes again on the next tick.
 
-Drift model (ops/drift.py): a baseline is the broker's positions at the last sync that
+Drift model (ops/core/drift.py): a baseline is the broker's positions at the last sync that
 agreed with the database (or that was adopted at first sight, or accepted by an operator:
 `request_accept`), with the interval its snapshot's cut lies in. Expected positions now =
 baseline + the fills executed between the baseline's cut and this sync's
@@ -35,8 +35,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.drift import Cut, FillDelta, nonzero
-from ops.exits import PositionState
+from ops.core.drift import Cut, FillDelta, nonzero
+from ops.core.exits import PositionState
 
 # Every identified fill of the account executed in [$2, $3], with its signed quantity: its
 # order's cumulative quantity minus the order's previous stored one (over all the order's

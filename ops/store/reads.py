@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.models import Heartbeat, RunRecord
+from ops.core.models import Heartbeat, RunRecord
 from ops.store import history
 from ops.store.buffer import LatestRow
 from ops.store.codec import (

@@ -17,7 +17,7 @@ What lives here:
   and calls `on_signal()` for its account; reconnects with back-off, and calls it once
   after every (re)connect, because notifications sent while disconnected are lost.
 
-What does not: decisions (ops.risk), broker calls, and the accept/reject record itself,
+What does not: decisions (ops.core.risk), broker calls, and the accept/reject record itself,
 which goes through `Store.record_signal_decision` so it survives a Postgres outage.
 Every query here needs Postgres: claiming during an outage is impossible by design.
 Every query is filtered by account: a dispatcher never touches another account's
@@ -40,8 +40,8 @@ from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.retry import Backoff
-from ops.risk import signal_client_order_id
+from ops.core.backoff import Backoff
+from ops.core.risk import signal_client_order_id
 from ops.store.postgres import connect, redact_url
 
 log = logging.getLogger(__name__)

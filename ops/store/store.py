@@ -54,9 +54,9 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 
-from ops.config import Config
-from ops.env import RuntimeEnv
-from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
+from ops.core.config import Config
+from ops.core.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
+from ops.runtime.env import RuntimeEnv
 from ops.store import embedded
 from ops.store.buffer import Buffer
 from ops.store.codec import (
@@ -374,7 +374,7 @@ class Store(Reads, Replay):
             "opened_host": socket.gethostname(),
             # supervisord sets this in its children's environment: an incident raised by
             # a process it does not supervise (a hand-run `ops run`) is closed by the
-            # watchdog once that process is gone (ops/incidents.py).
+            # watchdog once that process is gone (ops/core/incidents.py).
             "supervised": os.environ.get("SUPERVISOR_ENABLED") == "1",
         })))
         if dedupe_key is None or not self._reachable:

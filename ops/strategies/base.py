@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ops.models import OptionSymbol, OrderType, Position, Side
-from ops.risk import RiskLimits
+from ops.core.models import OptionSymbol, OrderType, Position, Side
+from ops.core.risk import RiskLimits
 
 _TICKER_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ.")
 _SIGNAL_ORDER_TYPES = (OrderType.MARKET, OrderType.LIMIT)  # signals have no stop price

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 
-from ops.models import OPTION_MULTIPLIER, OptionSymbol, OrderType, Side
+from ops.core.models import OPTION_MULTIPLIER, OptionSymbol, OrderType, Side
 from ops.strategies.base import ProposedSignal, StrategyContext, StrategyError
 
 NEW_YORK_FRIDAY = 4  # date.weekday() of Friday

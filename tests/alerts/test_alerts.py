@@ -1,4 +1,4 @@
-"""ops.alerts: outbox delivery to a real local HTTP receiver, retries, dedupe, rate limit,
+"""ops.notify.alerts: outbox delivery to a real local HTTP receiver, retries, dedupe, rate limit,
 dead-man ping, and SNS through boto3 against moto."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 from moto import mock_aws
 
-from ops.alerts import (
+from ops.core.backoff import Backoff
+from ops.notify.alerts import (
     Alert,
     AlertWorker,
     DeadmanPinger,
@@ -26,7 +27,6 @@ from ops.alerts import (
     WebhookSink,
     safe_url,
 )
-from ops.retry import Backoff
 from tests.support import eventually, free_port
 
 FAST = Backoff(initial_s=0.05, max_s=0.2, max_attempts=0, deadline_s=30.0, jitter=False)

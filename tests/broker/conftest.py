@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings
-from ops.credentials import Credentials
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
+from ops.runtime.credentials import Credentials
 from ops.sim import SimConfig, Simulator, default_accounts
 
 

@@ -1,5 +1,5 @@
 """The account's options and day-trading fields (issue 14.4): parsed when present, None when
-absent (Alpaca removed the PDT fields on 2026-07-06, alpaca-wire.md 3.1 / 6.10), and a
+absent (Alpaca removed the PDT fields on 2026-07-06, docs/broker-protocol.md 3.1 / 6.10), and a
 malformed one named."""
 
 from __future__ import annotations

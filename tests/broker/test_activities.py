@@ -11,7 +11,7 @@ import pytest
 
 from ops.broker import Broker, BrokerDataError
 from ops.broker.convert import activity_from_raw
-from ops.models import OptionSymbol, OrderRequest, Side
+from ops.core.models import OptionSymbol, OrderRequest, Side
 from ops.sim import Simulator
 
 # Alpaca's "Non-Trade Activities for Option Events" example pair (exercise of 2 calls).

@@ -1,4 +1,4 @@
-"""Raw broker JSON -> ops.models: tolerant of absent optionals and unknown values,
+"""Raw broker JSON -> ops.core.models: tolerant of absent optionals and unknown values,
 precise about what is wrong when a required field is bad."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from ops.broker import Broker, BrokerApiError
-from ops.models import OrderRequest, OrderType, Side
+from ops.core.models import OrderRequest, OrderType, Side
 from ops.sim import Simulator
 from tests.support import eventually
 

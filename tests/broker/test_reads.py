@@ -16,9 +16,9 @@ from ops.broker import (
     BrokerSettings,
     BrokerUnavailable,
 )
-from ops.credentials import Credentials
-from ops.models import OPTION_MULTIPLIER, OrderRequest, Side
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
+from ops.core.models import OPTION_MULTIPLIER, OrderRequest, Side
+from ops.runtime.credentials import Credentials
 from ops.sim import SimConfig, Simulator
 from tests.support import eventually
 

@@ -22,7 +22,7 @@ from ops.broker.stream import (
     classify_failure,
     refusal_kind,
 )
-from ops.models import OrderRequest, Side, TradeUpdate
+from ops.core.models import OrderRequest, Side, TradeUpdate
 from ops.sim import Simulator
 from tests.frames import burst_fill
 from tests.support import eventually
@@ -221,7 +221,7 @@ async def test_simulator_restart_reconnects_and_calls_on_connect(
 
 
 async def test_bad_keys_never_connect_and_are_counted(sim: Simulator) -> None:
-    from ops.credentials import Credentials
+    from ops.runtime.credentials import Credentials
 
     rec = Recorder()
     ts = TradeStream(endpoints(sim), Credentials("x", "large", "badkey1234", "badsecret1234"),

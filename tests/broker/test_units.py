@@ -17,8 +17,8 @@ from ops.broker.transport import (
     is_transient,
     translate,
 )
-from ops.errors import AUTH_HINTS
-from ops.models import OrderRequest, OrderType, Side
+from ops.core.models import OrderRequest, OrderType, Side
+from ops.runtime.errors import AUTH_HINTS
 
 
 def test_endpoints_normalise_and_reject_bad_urls() -> None:

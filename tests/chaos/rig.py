@@ -51,9 +51,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from ops.config import Schedule
-from ops.demo import keys_by_account
-from ops.supervisor import ProcessInfo, SupervisorClient
+from ops.core.config import Schedule
+from ops.runtime.demo import keys_by_account
+from ops.supervise.supervisor import ProcessInfo, SupervisorClient
 from tests.e2e.conftest import Stack
 from tests.support import eventually_sync
 

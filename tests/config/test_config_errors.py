@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ops.config import ConfigError, Problem, RetryConfig, load_config, load_config_text
+from ops.core.config import ConfigError, Problem, RetryConfig
+from ops.runtime.config import load_config, load_config_text
 from tests.config.samples import MINIMAL
 
 SRC = "conf/ops.toml"

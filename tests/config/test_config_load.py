@@ -6,16 +6,10 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from ops.config import (
-    KNOWN_ROLES,
-    Config,
-    default_secret_id,
-    load_config,
-    load_config_text,
-    load_runtime_config,
-)
-from ops.env import runtime_env
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
+from ops.core.config import KNOWN_ROLES, Config, default_secret_id
+from ops.runtime.config import load_config, load_config_text, load_runtime_config
+from ops.runtime.env import runtime_env
 from tests.config.samples import MINIMAL
 
 ROOT = Path(__file__).resolve().parents[2]

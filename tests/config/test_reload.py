@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import ConfigReloader, load_config
+from ops.runtime.config import ConfigReloader, load_config
 from tests.config.samples import MINIMAL
 
 
@@ -22,7 +22,7 @@ def test_reload_cycle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert new is not None and new.accounts["solo"].risk.max_open_positions == 4
     assert reloader.current is new and reloader.poll() is None
 
-    caplog.set_level(logging.ERROR, logger="ops.config")
+    caplog.set_level(logging.ERROR, logger="ops.runtime.config")
     path.write_text(MINIMAL.replace("max_open_positions = 2", "max_open_positions = -1"))
     assert reloader.poll() is None
     assert reloader.poll() is None

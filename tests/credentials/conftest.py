@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from moto import mock_aws
 
-from ops.config import AccountConfig, RiskLimits
+from ops.core.config import AccountConfig, RiskLimits
 
 REGION = "us-east-1"
 API_KEY = "PKTESTKEYVALUE0000001"

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import pytest
 
-from ops.credentials import AwsSecretsProvider, CredentialError, load_credentials
+from ops.runtime.credentials import AwsSecretsProvider, CredentialError, load_credentials
 from tests.credentials.conftest import API_KEY, API_SECRET, REGION, account
 from tests.support import free_port
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import CredentialsConfig
-from ops.credentials import (
+from ops.core.config import CredentialsConfig
+from ops.runtime.credentials import (
     AwsSecretsProvider,
     CredentialError,
     EnvProvider,
@@ -21,7 +21,7 @@ from ops.credentials import (
     provider_from_config,
     write_secrets_file,
 )
-from ops.env import runtime_env
+from ops.runtime.env import runtime_env
 from tests.credentials.conftest import API_KEY, API_SECRET, account
 
 LARGE = "ops-pipeline/alpaca"

@@ -1,4 +1,4 @@
-"""ops.activities: non-trade activities planned exactly once, and splits that re-base.
+"""ops.core.activities: non-trade activities planned exactly once, and splits that re-base.
 
 Properties: any sequence of activities applied twice (again, or repeated inside one batch)
 equals it applied once; an exercise/assignment and its OPTRD give the same ownership
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.activities import (
+from ops.core.activities import (
     Book,
     closed_managed,
     looks_like_split,
@@ -28,8 +28,8 @@ from ops.activities import (
     scale,
     split_ratio,
 )
-from ops.exits import ExitRules, PositionState, evaluate_exits
-from ops.models import NonTradeActivity, Position
+from ops.core.exits import ExitRules, PositionState, evaluate_exits
+from ops.core.models import NonTradeActivity, Position
 
 T = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 DAY = date(2026, 3, 2)
@@ -241,7 +241,7 @@ def test_qty_delta_signs(kind: str, qty: str, held: str, want: str) -> None:
     assert qty_delta(kind, None, Decimal(held)) in (None, Decimal(0))
 
 
-# --- a split seen before its activity (ops.activities.looks_like_split) ---------------------
+# --- a split seen before its activity (ops.core.activities.looks_like_split) ---------------------
 
 _RATIOS = [Fraction(2), Fraction(3), Fraction(3, 2), Fraction(1, 2), Fraction(1, 10),
            Fraction(5, 4), Fraction(10)]

@@ -1,4 +1,4 @@
-"""ops.drift.compare: the broker's positions against baseline + fills between two cuts.
+"""ops.core.drift.compare: the broker's positions against baseline + fills between two cuts.
 
 Properties: whatever the fills and wherever the true cuts lie inside their intervals, a
 broker whose positions are exactly baseline + the fills between the true cuts is never
@@ -15,7 +15,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.drift import Cut, FillDelta, compare
+from ops.core.drift import Cut, FillDelta, compare
 
 T = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 SYMBOLS = ("AAPL", "MSFT", "SPY")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.exits import (
+from ops.core.exits import (
     ExitRule,
     ExitRules,
     PositionState,
@@ -17,7 +17,7 @@ from ops.exits import (
     exit_client_order_id,
     update_water_marks,
 )
-from ops.models import Position, Side
+from ops.core.models import Position, Side
 
 D = Decimal
 NOW = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
@@ -215,7 +215,7 @@ def test_exit_client_order_id_example() -> None:
 
 
 def test_rules_from_the_config_model() -> None:
-    from ops import config
+    from ops.core import config
 
     cfg = config.ExitRules(stop_loss_pct=5.1, trailing_stop_pct=3, max_hold_s=3600,
                            close_options_days_before_expiry=1)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.exits import (
+from ops.core.exits import (
     DEFAULT_EXPIRY_DAY_EXIT_BY,
     NEW_YORK,
     ExitRule,
@@ -21,7 +21,7 @@ from ops.exits import (
     flatten_prefix,
     parse_exit_by,
 )
-from ops.models import Position, Side
+from ops.core.models import Position, Side
 
 D = Decimal
 SYM = "AAPL260320C00190000"  # expires Friday 2026-03-20
@@ -107,7 +107,7 @@ def test_exit_by_parsing_and_validation() -> None:
 
 
 def test_exit_by_from_the_config_model() -> None:
-    from ops import config
+    from ops.core import config
 
     assert ExitRules.from_config(config.ExitRules()).expiry_day_exit_by == time(15, 0)
     cfg = config.ExitRules(options_expiry_day_exit_by="14:45")

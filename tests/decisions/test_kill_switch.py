@@ -1,4 +1,4 @@
-"""The one decoding of an account's kill switch (ops.models): what the roles act on is
+"""The one decoding of an account's kill switch (ops.core.models): what the roles act on is
 what `ops status` and the dashboard show, and an unreadable switch is never off."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ops.models import KILL_SWITCH_KEY, KillSwitch, kill_switch_from_value, kill_switch_in
+from ops.core.models import KILL_SWITCH_KEY, KillSwitch, kill_switch_from_value, kill_switch_in
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ops.exits import ExitRule, ExitRules, PositionState, evaluate_exits
-from ops.models import Order, Position, Side, TimeInForce
+from ops.core.exits import ExitRule, ExitRules, PositionState, evaluate_exits
+from ops.core.models import Order, Position, Side, TimeInForce
 from ops.roles.protective_stops import (
     StopSpec,
     Target,

@@ -1,4 +1,5 @@
-"""ops.refusals: broker refusals in words an operator acts on (pure; examples and properties)."""
+"""ops.core.refusals: broker refusals in words an operator acts on (pure; examples and
+properties)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ops import refusals
-from ops.refusals import Cause, Refusal, classify, describe, explain
+from ops.core import refusals
+from ops.core.refusals import Cause, Refusal, classify, describe, explain
 
 PDT = Refusal(403, 40310100, "trade denied due to pattern day trading protection")
 KEY = Refusal(401, 40110000, "request is not authorized")
@@ -107,7 +108,7 @@ def test_any_refusal_gives_one_bounded_line(status: int | None, code: int | None
 def test_a_pdt_refusal_is_retried_at_the_next_session_open() -> None:
     from datetime import UTC, datetime
 
-    from ops.models import Clock
+    from ops.core.models import Clock
 
     clock = Clock(timestamp=datetime(2026, 3, 2, 15, 0, tzinfo=UTC), is_open=True,
                   next_open=datetime(2026, 3, 3, 14, 30, tzinfo=UTC),

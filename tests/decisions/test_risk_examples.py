@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from ops.models import KillSwitch, OrderType, Side
-from ops.risk import (
+from ops.core.models import KillSwitch, OrderType, Side
+from ops.core.risk import (
     GATES,
     AccountState,
     Effect,
@@ -236,7 +236,7 @@ def test_signal_client_order_id() -> None:
 
 
 def test_limits_from_the_config_model() -> None:
-    from ops import config
+    from ops.core import config
 
     cfg = config.RiskLimits(max_order_notional=D(10_000), max_symbol_notional=D(20_000),
                             max_open_positions=3, daily_loss_limit=D(1_000), max_qty=D(1_000),

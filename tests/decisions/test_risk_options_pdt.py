@@ -10,8 +10,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.models import KillSwitch, OptionSymbol, OrderType, Side
-from ops.risk import (
+from ops.core.models import KillSwitch, OptionSymbol, OrderType, Side
+from ops.core.risk import (
     GATES,
     NEW_YORK,
     PDT_EQUITY,
@@ -272,7 +272,7 @@ def test_same_day_exit_needs_a_known_session() -> None:
 
 
 def test_from_config_carries_the_guard_and_the_exit_rules() -> None:
-    from ops import config
+    from ops.core import config
 
     risk = config.RiskLimits(max_order_notional=D(100), max_symbol_notional=D(200),
                              max_open_positions=2, daily_loss_limit=D(50), max_qty=D(5),

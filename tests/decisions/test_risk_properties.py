@@ -9,8 +9,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.models import KillSwitch, OptionSymbol, OrderType, Side
-from ops.risk import (
+from ops.core.models import KillSwitch, OptionSymbol, OrderType, Side
+from ops.core.risk import (
     AccountState,
     PositionIntent,
     PositionSnapshot,

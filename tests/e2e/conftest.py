@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.store import embedded
 from ops.store.postgres import connect
 from tests.support import eventually_sync, free_port

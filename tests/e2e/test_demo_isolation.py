@@ -23,9 +23,9 @@ from typing import IO
 
 import pytest
 
-from ops.demo import keys_by_account, read_identity
-from ops.env import PACKAGED_CONFIG, RuntimeEnv
-from ops.supervisor import SupervisorClient
+from ops.runtime.demo import keys_by_account, read_identity
+from ops.runtime.env import PACKAGED_CONFIG, RuntimeEnv
+from ops.supervise.supervisor import SupervisorClient
 from tests.e2e.conftest import ROOT, Stack, make_home, tear_down, up_demo
 from tests.support import free_port
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ops.demo import read_identity
+from ops.runtime.demo import read_identity
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.timeout(240)

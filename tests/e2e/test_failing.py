@@ -164,7 +164,7 @@ def test_one_bad_config_edit_is_one_incident_closed_by_the_fix(stack: Stack) -> 
 def test_a_sigkill_says_sigkill(stack: Stack) -> None:
     import signal as sig
 
-    from ops.supervisor import SupervisorClient
+    from ops.supervise.supervisor import SupervisorClient
 
     sup = SupervisorClient.for_env(stack.env, timeout_s=10)
     victim = next(p for p in sup.processes() if p.name == "large-position-manager")

@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.stack import write_demo_secrets
+from ops.commands.stack import write_demo_secrets
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store.embedded import EmbeddedPostgres
 from tests.e2e.conftest import ROOT, make_home, webhook
 from tests.support import eventually_sync

@@ -35,10 +35,10 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # no stubs; see pyproject overrides
 import pytest
 
-from ops.exits import NEW_YORK
-from ops.models import OptionSymbol
-from ops.ownership import split
-from ops.risk import qty_text
+from ops.core.exits import NEW_YORK
+from ops.core.models import OptionSymbol
+from ops.core.ownership import split
+from ops.core.risk import qty_text
 from ops.store import embedded
 from ops.store.ownership import managed_quantities
 from tests.e2e.conftest import Stack, after, make_home, tear_down, up_demo

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.e2e.conftest import ROOT, Stack, after, make_home, tear_down, up_demo
 from tests.support import eventually_sync
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ops.control import read_kill_switch
-from ops.models import KillSwitch
-from ops.risk import signal_client_order_id
+from ops.commands.control import read_kill_switch
+from ops.core.models import KillSwitch
+from ops.core.risk import signal_client_order_id
 from ops.roles.dispatcher import Dispatcher
 from tests.roles.test_dispatcher import TINY_LIMITS, Rig
 

@@ -13,7 +13,8 @@ import asyncio
 
 import pytest
 
-from ops.config import ConfigError, load_config_text
+from ops.core.config import ConfigError
+from ops.runtime.config import load_config_text
 from tests.config.samples import MINIMAL
 from tests.roles.conftest import RoleEnv
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from ops.broker import Broker
-from ops.models import OrderRequest, Side
+from ops.core.models import OrderRequest, Side
 from tests.roles.conftest import RoleEnv
 from tests.roles.test_stream import fills_match, query
 from tests.support import eventually

@@ -23,8 +23,8 @@ from ops.broker import BrokerEndpoints
 from ops.broker.convert import trade_update_from_raw
 from ops.broker.errors import BrokerDataError
 from ops.broker.stream import TradeStream
-from ops.credentials import Credentials
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
+from ops.runtime.credentials import Credentials
 from ops.store import Store
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),

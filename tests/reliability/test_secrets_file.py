@@ -1,4 +1,4 @@
-"""The local secrets file as real `ops run` processes see it (design.md: Credentials).
+"""The local secrets file as real `ops run` processes see it (docs/architecture.md, Credentials).
 
 Too open (group/world bits), or holding a secret of the wrong shape (a number or a list
 for the key, a field missing, an unparsable file, another account's name): the process

@@ -1,4 +1,4 @@
-"""No secret value anywhere after a real demo run (design.md: Credentials; issue 7.4).
+"""No secret value anywhere after a real demo run (docs/architecture.md, Credentials; issue 7.4).
 
 `ops up --demo` (real supervisord, embedded Postgres, simulator, every role) trades on
 both accounts; along the way the run is made to exercise error paths (a hostile signal
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from ops.store.embedded import embedded_url
-from ops.supervisor import SupervisorClient, socket_path
+from ops.supervise.supervisor import SupervisorClient, socket_path
 from tests.e2e.conftest import Stack, running_demo
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]

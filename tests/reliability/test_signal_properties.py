@@ -1,6 +1,6 @@
 """Property: any signal row the schema admits -> an order or a reason, never an exception.
 
-`parse_signal` (the dispatcher's shape check) then `ops.risk.evaluate` (every gate) are
+`parse_signal` (the dispatcher's shape check) then `ops.core.risk.evaluate` (every gate) are
 fed arbitrary rows within the DB schema of `signals` (side is CHECKed to buy/sell; qty /
 notional / limit_price are any numeric, NaN and +-Infinity included, which Postgres 16
 numeric stores; text columns are any text; exactly one of qty/notional is set), arbitrary
@@ -17,8 +17,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.models import KillSwitch
-from ops.risk import AccountState, PositionSnapshot, RiskLimits, evaluate
+from ops.core.models import KillSwitch
+from ops.core.risk import AccountState, PositionSnapshot, RiskLimits, evaluate
 from ops.roles.dispatcher import ParsedSignal, parse_signal
 from ops.store.signals import SignalRow
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ops.risk import signal_client_order_id
+from ops.core.risk import signal_client_order_id
 from ops.store.postgres import connect
 from tests.roles.conftest import RoleEnv, RoleProc
 from tests.support import eventually

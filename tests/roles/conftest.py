@@ -39,11 +39,11 @@ from pathlib import Path
 import pytest
 
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings
-from ops.credentials import Credentials, write_secrets_file
-from ops.env import RuntimeEnv
-from ops.models import OrderRequest, Side
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
+from ops.core.models import OrderRequest, Side
 from ops.roles.runtime import EXIT_OK, RoleBuilder, RoleRuntime
+from ops.runtime.credentials import Credentials, write_secrets_file
+from ops.runtime.env import RuntimeEnv
 from ops.sim import SimConfig, Simulator, default_accounts
 from tests.support import eventually
 

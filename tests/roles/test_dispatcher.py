@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from ops import refusals
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
-from ops.control import read_kill_switch
-from ops.credentials import Credentials
-from ops.models import (
+from ops.commands.control import read_kill_switch
+from ops.core import refusals
+from ops.core.backoff import Backoff
+from ops.core.models import (
     KILL_SWITCH_KEY,
     KillSwitch,
     OrderRequest,
@@ -31,8 +31,7 @@ from ops.models import (
     TimeInForce,
     TradeUpdate,
 )
-from ops.retry import Backoff
-from ops.risk import RiskLimits, signal_client_order_id
+from ops.core.risk import RiskLimits, signal_client_order_id
 from ops.roles.dispatcher import (
     DRIFT_KEY,
     RECONCILE_KEY,
@@ -41,6 +40,8 @@ from ops.roles.dispatcher import (
     WakeLoop,
 )
 from ops.roles.protective_stops import stop_client_order_id
+from ops.runtime.credentials import Credentials
+from ops.runtime.ticker import Ticker
 from ops.sim import Simulator
 from ops.store import signals as sq
 from ops.store.embedded import EmbeddedPostgres
@@ -48,7 +49,6 @@ from ops.store.ownership import managed_quantities
 from ops.store.postgres import connect
 from ops.store.signals import SignalListener
 from ops.store.store import Store, order_op, trade_update_op
-from ops.ticker import Ticker
 from tests.support import eventually
 
 TINY_LIMITS = RiskLimits(
@@ -63,7 +63,7 @@ FAST = BrokerSettings(
 
 @pytest.fixture
 async def store(pg_url: str, tmp_path: Path) -> AsyncIterator[Store]:
-    from ops.env import RuntimeEnv
+    from ops.runtime.env import RuntimeEnv
 
     env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path, database_url=pg_url)
     s = await Store.open(env, process="test-dispatcher", url=pg_url,
@@ -615,8 +615,8 @@ async def test_a_slow_broker_defers_the_rest_of_a_pass_never_sends_twice(rig: Ri
 
 
 def test_the_keys_rest_budget_is_shared_by_need_and_never_overspent() -> None:
-    from ops.config import load_config
     from ops.roles.runtime import REST_WEIGHTS, ROLES, broker_settings
+    from ops.runtime.config import load_config
 
     config = load_config(Path(__file__).resolve().parents[2] / "conf" / "ops.toml")
     users = [r for r in ROLES if r != "monitor"]  # the monitor uses no API key

@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 
-from ops import refusals
 from ops.broker import Broker, BrokerEndpoints, TradeStream
-from ops.control import read_kill_switch
-from ops.credentials import Credentials
-from ops.exits import NEW_YORK, flatten_prefix
-from ops.models import (
+from ops.commands.control import read_kill_switch
+from ops.core import refusals
+from ops.core.exits import NEW_YORK, flatten_prefix
+from ops.core.models import (
     KILL_SWITCH_KEY,
     KillSwitch,
     OptionSymbol,
@@ -35,9 +34,10 @@ from ops.models import (
     TradeUpdate,
     kill_switch_from_value,
 )
-from ops.risk import PdtGuard, RiskLimits
+from ops.core.risk import PdtGuard, RiskLimits
 from ops.roles import dispatcher as dmod
 from ops.roles.dispatcher import Dispatcher
+from ops.runtime.credentials import Credentials
 from ops.sim import Simulator
 from ops.store import signals as sq
 from ops.store.ownership import managed_quantities
@@ -53,7 +53,7 @@ WIDE = RiskLimits(max_order_notional=D(10**6), max_symbol_notional=D(10**6),
 
 @pytest.fixture
 async def store(pg_url: str, tmp_path: Path) -> AsyncIterator[Store]:
-    from ops.env import RuntimeEnv
+    from ops.runtime.env import RuntimeEnv
 
     env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path, database_url=pg_url)
     s = await Store.open(env, process="test-dispatcher", url=pg_url,
@@ -304,7 +304,7 @@ async def test_an_entry_at_the_pdt_limit_is_refused_before_sending(tiny: Rig) ->
 
 async def test_the_broker_refuses_a_4th_day_trade_even_an_exit(tiny: Rig) -> None:
     """pdt_guard normal without a same-day exit rule lets the entry through; its exit the
-    same day is then refused by the broker (alpaca-wire.md 3.7a): an exit-refused incident
+    same day is then refused by the broker (docs/broker-protocol.md 3.7a): an exit-refused incident
     that says to wait, and retry_after names the next session open."""
     d = tiny.dispatcher()
     await d.run_pass()

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 
 from ops.broker import Broker
-from ops.env import RuntimeEnv
-from ops.models import KillSwitch, Side
-from ops.risk import RiskLimits, signal_client_order_id
+from ops.core.models import KillSwitch, Side
+from ops.core.risk import RiskLimits, signal_client_order_id
 from ops.roles.dispatcher import PAUSE_DB, Dispatcher
 from ops.roles.signal_engine import AccountFeed, LoadedStrategy, SignalEngine
+from ops.runtime.env import RuntimeEnv
 from ops.sim import Simulator
 from ops.store import signals as sq
 from ops.store.embedded import EmbeddedPostgres

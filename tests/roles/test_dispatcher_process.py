@@ -14,7 +14,7 @@ import signal
 import sys
 from typing import Any
 
-from ops.risk import signal_client_order_id
+from ops.core.risk import signal_client_order_id
 from ops.roles.dispatcher import FAULT_AFTER_SUBMIT, FAULT_ENV, RECONCILE_KEY
 from ops.store.postgres import connect
 from tests.support import eventually

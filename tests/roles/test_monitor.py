@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from ops.alerts import Outbox, default_path
+from ops.notify.alerts import Outbox, default_path
 from ops.store import Incident, Store
 from tests.roles.conftest import RoleEnv, RoleProc, config_text
 from tests.support import eventually, free_port

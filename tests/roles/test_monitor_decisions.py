@@ -1,4 +1,4 @@
-"""ops.watchdog.decide as the monitor drives it (`Policy.acts` false): processes observed
+"""ops.core.watchdog.decide as the monitor drives it (`Policy.acts` false): processes observed
 from their heartbeat rows alone (`observe_heartbeat`), the watchdog's incidents, no kills.
 Pure: no I/O, no clock (the process-level proof is tests/roles/test_monitor.py)."""
 
@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.models import Heartbeat, RunRecord
-from ops.watchdog import (
+from ops.core.models import Heartbeat, RunRecord
+from ops.core.watchdog import (
     MISSING,
     Action,
     BumpIncident,

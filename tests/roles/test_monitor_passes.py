@@ -24,16 +24,16 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from ops.alerts import Outbox
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.layout import orchestrated_processes
-from ops.metrics import MetricsExporter
-from ops.models import Heartbeat, RunRecord
+from ops.core.models import Heartbeat, RunRecord
+from ops.core.watchdog import DATABASE, Tracked
+from ops.notify.alerts import Outbox
+from ops.notify.metrics import MetricsExporter
 from ops.roles.monitor import Monitor
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Incident, Store
 from ops.store.embedded import EmbeddedPostgres
-from ops.watchdog import DATABASE, Tracked
+from ops.supervise.layout import orchestrated_processes
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]

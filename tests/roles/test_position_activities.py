@@ -2,7 +2,7 @@
 alpaca-py and real Postgres (the Rig of test_position_manager): a 2:1 and a 1:2 split
 cause no exit and no drift block; an expired, an exercised and an assigned contract end
 with stored positions equal to the broker's and the underlying shares owned correctly
-(managed vs external, ops/ownership.py); each activity is applied once, across restarts."""
+(managed vs external, ops/core/ownership.py); each activity is applied once, across restarts."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 
-from ops.exits import NEW_YORK, ExitRules
-from ops.models import OptionSymbol, Side
-from ops.ownership import split
+from ops.core.exits import NEW_YORK, ExitRules
+from ops.core.models import OptionSymbol, Side
+from ops.core.ownership import split
 from ops.roles.activities import ActivityRun
 from ops.roles.position_manager import DRIFT_CONTROL, PositionManager
 from ops.sim.accounts import PositionState

@@ -18,12 +18,11 @@ from typing import Any
 
 import pytest
 
-from ops import drift, refusals
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings, TradeStream
-from ops.credentials import Credentials
-from ops.exits import NEW_YORK, ExitRule, ExitRules, exit_client_order_id
-from ops.models import KillSwitch, OptionSymbol, OrderRequest, Side, TradeUpdate
-from ops.retry import Backoff
+from ops.core import drift, refusals
+from ops.core.backoff import Backoff
+from ops.core.exits import NEW_YORK, ExitRule, ExitRules, exit_client_order_id
+from ops.core.models import KillSwitch, OptionSymbol, OrderRequest, Side, TradeUpdate
 from ops.roles.position_manager import (
     DRIFT_CONTROL,
     DRIFT_KIND,
@@ -31,6 +30,7 @@ from ops.roles.position_manager import (
     drift_dedupe_key,
     exit_prefix,
 )
+from ops.runtime.credentials import Credentials
 from ops.sim import Simulator
 from ops.store import Store
 from ops.store import fills as fq
@@ -423,7 +423,7 @@ async def test_open_exit_is_never_doubled_across_ticks_and_restarts(rig: Rig) ->
     # record) re-sends under the same id, which the broker refuses as a duplicate.
     tracked = (await pq.load_exit_states(rig.store.pool, ACCOUNT))["AAPL"]
     assert tracked.state.opened_at == opened_at
-    from ops.exits import ExitDecision
+    from ops.core.exits import ExitDecision
     await restarted._submit_exit(
         ExitDecision(ExitRule.STOP_LOSS, "stop_loss: retry", "AAPL", Side.SELL, Decimal(4)),
         tracked, entry, rig.now())
@@ -493,7 +493,7 @@ async def test_exits_keep_working_through_a_postgres_outage(
     order and positions land and the position's exit state is cleaned up."""
     import asyncio
 
-    from ops.env import RuntimeEnv
+    from ops.runtime.env import RuntimeEnv
     from ops.store.store import StoreSettings
 
     env = RuntimeEnv(config_path=tmp_path / "ops.toml", home=tmp_path,
@@ -548,7 +548,7 @@ async def test_operator_accepts_the_broker_positions_with_an_audit_row(rig: Rig)
     database expected and what was accepted."""
     import asyncio
 
-    from ops.control import accept_positions, describe_accept
+    from ops.commands.control import accept_positions, describe_accept
 
     await rig.buy("MSFT", 2)
     await rig.wait_fills(1)
@@ -695,7 +695,7 @@ async def test_a_rejected_key_names_the_secret_to_rotate(rig: Rig) -> None:
 async def test_an_external_position_is_never_sold_until_adopted(rig: Rig) -> None:
     """Bought by hand (not a pipeline order): a 20 % drop under a 5 % stop-loss sends no
     exit; a pipeline lot beside it is exited alone; adopted, the rest is exited too."""
-    from ops.ownership_cli import change_owner
+    from ops.commands.positions import change_owner
 
     rig.rules = ExitRules(stop_loss_pct=Decimal(5))
     await rig.buy("QCOM", 30, by_hand=True)

@@ -10,9 +10,9 @@ import uuid
 from decimal import Decimal
 
 from ops.broker import Broker, BrokerEndpoints
-from ops.credentials import Credentials
-from ops.models import OrderRequest, Side
+from ops.core.models import OrderRequest, Side
 from ops.roles.position_manager import exit_prefix
+from ops.runtime.credentials import Credentials
 from ops.store import Store
 from tests.roles.conftest import RoleEnv, config_text
 from tests.support import eventually

@@ -16,9 +16,17 @@ from typing import Any
 
 import pytest
 
-from ops.exits import ExitRules
-from ops.models import OptionSymbol, Order, OrderRequest, OrderType, Position, Side, TimeInForce
-from ops.ownership_cli import change_owner
+from ops.commands.positions import change_owner
+from ops.core.exits import ExitRules
+from ops.core.models import (
+    OptionSymbol,
+    Order,
+    OrderRequest,
+    OrderType,
+    Position,
+    Side,
+    TimeInForce,
+)
 from ops.roles.position_manager import PositionManager, exit_prefix
 from ops.roles.protective_stops import (
     cancel_stops,

@@ -10,19 +10,19 @@ from collections.abc import Sequence
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ops.daemon import Service
-from ops.env import RuntimeEnv
-from ops.models import KillSwitch
+from ops.core.models import KillSwitch
 from ops.roles.runtime import (
     EXIT_OK,
     RoleContext,
     RoleRuntime,
     request_run_now,
 )
+from ops.runtime.daemon import Service
+from ops.runtime.env import RuntimeEnv
+from ops.runtime.ticker import Slot
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.locks import LockLost, SingletonLock
 from ops.store.postgres import connect
-from ops.ticker import Slot
 from tests.roles.conftest import RoleEnv
 from tests.support import eventually
 

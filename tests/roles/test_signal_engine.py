@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 from ops.broker import Broker, BrokerEndpoints, BrokerSettings
-from ops.config import Config, load_config
-from ops.credentials import Credentials
-from ops.models import Side
-from ops.retry import Backoff
-from ops.risk import RiskLimits
+from ops.core.backoff import Backoff
+from ops.core.config import Config
+from ops.core.models import Side
+from ops.core.risk import RiskLimits
 from ops.roles.signal_engine import (
     STRATEGY_ERROR_KIND,
     AccountFeed,
@@ -24,6 +23,8 @@ from ops.roles.signal_engine import (
     idempotency_key,
     load_strategies,
 )
+from ops.runtime.config import load_config
+from ops.runtime.credentials import Credentials
 from ops.sim import Simulator
 from ops.store import Store
 from ops.strategies import ProposedSignal, StrategyContext, StrategyError

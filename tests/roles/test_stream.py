@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from ops.broker import Broker
-from ops.env import RuntimeEnv
-from ops.models import OrderRequest, OrderType, Side
+from ops.core.models import OrderRequest, OrderType, Side
 from ops.roles.runtime import RoleRuntime
 from ops.roles.stream import BATCH_MAX, StreamRole
+from ops.runtime.env import RuntimeEnv
 from ops.sim import Simulator
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres

@@ -23,8 +23,8 @@ from decimal import Decimal
 
 from ops.broker import Broker
 from ops.broker.stream import Connectivity, StreamState
-from ops.config import BrokerConfig
-from ops.models import Order
+from ops.core.config import BrokerConfig
+from ops.core.models import Order
 from ops.roles.runtime import RoleRuntime
 from ops.roles.stream import judge_connectivity, undelivered
 from tests.roles.conftest import SECRET_IDS, RoleEnv, config_text, order_request, running_role

@@ -1,7 +1,7 @@
 """Fixtures for the simulator tests: a started Simulator and real alpaca-py clients on it.
 
 alpaca-py is synchronous (requests), so tests call it through `asyncio.to_thread`; the
-TradingStream runs inside the test's loop via `_run_forever()` (alpaca-wire.md 4.5).
+TradingStream runs inside the test's loop via `_run_forever()` (docs/broker-protocol.md 4.5).
 """
 
 from __future__ import annotations

@@ -45,10 +45,10 @@ def test_show_accounts() -> None:
 def test_a_homes_accounts_are_served_with_its_own_keys(tmp_path: Path) -> None:
     """`ops sim --accounts demo.json --secrets secrets.json` (what `ops up --demo` runs):
     the home's numbers and keys; the built-in keys every install shares are refused."""
-    from ops.config import load_config
-    from ops.demo import keys_by_account
-    from ops.env import RuntimeEnv
-    from ops.stack import write_demo_secrets
+    from ops.commands.stack import write_demo_secrets
+    from ops.runtime.config import load_config
+    from ops.runtime.demo import keys_by_account
+    from ops.runtime.env import RuntimeEnv
 
     conf = Path(__file__).resolve().parents[2] / "conf" / "ops.toml"
     env = RuntimeEnv(config_path=conf, home=tmp_path, database_url=None)

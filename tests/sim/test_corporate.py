@@ -1,6 +1,6 @@
 """Position changes without a fill (ops.sim.corporate): external orders, splits, option
 expiry, exercise and assignment, with the non-trade activities Alpaca documents
-(alpaca-wire.md 3.7a; the OPEXC/OPTRD and OPASN/OPTRD example pairs), through Python, the
+(docs/broker-protocol.md 3.7a; the OPEXC/OPTRD and OPASN/OPTRD example pairs), through Python, the
 admin HTTP API, raw REST and alpaca-py; and no HTTP 500 once a held option has expired."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import aiohttp
 from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 
-from ops.models import OptionSymbol
+from ops.core.models import OptionSymbol
 from ops.sim import Simulator
 from ops.sim.accounts import PositionState
 from ops.sim.clock import EASTERN

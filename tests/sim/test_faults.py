@@ -1,4 +1,5 @@
-"""Every fault knob does what it says (alpaca-wire.md section 6), via Python and admin HTTP."""
+"""Every fault knob does what it says (docs/broker-protocol.md section 6), via Python and admin
+HTTP."""
 
 from __future__ import annotations
 
@@ -199,7 +200,8 @@ async def test_fail_next_with_path_filter(sim: Simulator) -> None:
 
 
 async def test_504_after_processing_makes_the_retried_post_a_duplicate(sim: Simulator) -> None:
-    # alpaca-py retries POST on 504 (alpaca-wire.md 1.5): the first attempt created the order.
+    # alpaca-py retries POST on 504 (docs/broker-protocol.md 1.5): the first attempt created the
+    # order.
     sim.faults.fail_next(1, status=504, path="/v2/orders", method="POST", after_processing=True)
     c = trading(sim, retry_wait=0)
     with pytest.raises(APIError) as err:

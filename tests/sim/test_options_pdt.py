@@ -11,7 +11,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ops.models import OptionSymbol
+from ops.core.models import OptionSymbol
 from ops.sim import Simulator
 from ops.sim.accounts import AccountState, default_accounts
 from ops.sim.clock import EASTERN

@@ -177,7 +177,7 @@ async def test_bad_configuration_is_named(tmp_path: Any) -> None:
 @pytest.mark.integration
 def test_simulator_never_imports_alpaca() -> None:
     code = (
-        "import sys, ops.sim, ops.sim.server, ops.sim.app\n"
+        "import sys, ops.sim, ops.commands.sim, ops.sim.app\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alpaca'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,5 +1,5 @@
 """The `refuse_next_orders` fault: orders refused at the REST level with a chosen status,
-code and message (alpaca-wire.md sections 3.7a and 5), for submits and position closes;
+code and message (docs/broker-protocol.md sections 3.7a and 5), for submits and position closes;
 narrowed by account/side/symbol, counted down, shown in state(), lifted by clear(), via
 Python and the admin endpoint, and seen by alpaca-py as Alpaca's own refusals are.
 """

@@ -1,7 +1,7 @@
 """Stop orders resting at the simulator as protective stops use them (issue 14.3).
 
 A sell stop fills once the last price falls to or below its stop; a buy stop once it rises
-to or above; for equities (gtc, day) and single-leg options (day, gtc: alpaca-wire.md
+to or above; for equities (gtc, day) and single-leg options (day, gtc: docs/broker-protocol.md
 3.7a); a day stop expires at the close; a resting sell holds the shares (a second sell is
 refused); replacing moves the stop and keeps one order working.
 """
@@ -16,7 +16,7 @@ from alpaca.common.exceptions import APIError
 from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
 from alpaca.trading.requests import MarketOrderRequest, ReplaceOrderRequest, StopOrderRequest
 
-from ops.models import OptionSymbol
+from ops.core.models import OptionSymbol
 from ops.sim import Simulator
 from ops.sim.clock import EASTERN
 

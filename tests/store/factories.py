@@ -6,7 +6,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
+from ops.core.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from ops import activities as act
-from ops.drift import FillDelta
-from ops.exits import PositionState
-from ops.models import NonTradeActivity
+from ops.core import activities as act
+from ops.core.drift import FillDelta
+from ops.core.exits import PositionState
+from ops.core.models import NonTradeActivity
 from ops.store import Store
 from ops.store import activities as aq
 from ops.store import positions as pq

@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.store import Op, Store, StoreSettings, trade_update_op
 from ops.store.buffer import Buffer, PendingRow, decode_ops
 from ops.store.embedded import EmbeddedPostgres

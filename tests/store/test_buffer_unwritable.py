@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.env import RuntimeEnv
-from ops.retry import Backoff
+from ops.core.backoff import Backoff
+from ops.runtime.env import RuntimeEnv
 from ops.store import Op, Store, StoreSettings
 from ops.store.bufferwatch import KIND, BufferWatch
 from ops.store.embedded import EmbeddedPostgres

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops.env import RuntimeEnv, runtime_env
+from ops.runtime.env import RuntimeEnv, runtime_env
 from ops.store import embedded
 from ops.store.embedded import EmbeddedPostgres, run_as_user
 from ops.store.migrate import migrate
@@ -75,7 +75,7 @@ def test_ensure_running_from_two_processes_at_once(pg_home: Path) -> None:
     home = pg_home / "home"
     env_vars = {k: v for k, v in os.environ.items() if not k.startswith("OPS_")}
     env_vars["OPS_HOME"] = str(home)
-    code = ("from ops.env import runtime_env\n"
+    code = ("from ops.runtime.env import runtime_env\n"
             "from ops.store.embedded import ensure_running\n"
             "print(ensure_running(runtime_env()))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env_vars, cwd=REPO,

@@ -3,7 +3,7 @@
 Any order history (orders filled in several executions), delivered over the stream in any
 interleaving with duplicates, drops, reordering and events lacking `qty`, with
 completeness checks at any points in between (the check's core: stored fills read back,
-`ops.fills.reconcile` against the broker's activities so far, the new fills written with
+`ops.core.fills.reconcile` against the broker's activities so far, the new fills written with
 the stream's own op, missing quantities filled in): every execution is stored exactly
 once, nothing else is stored, and after a final check every order is complete with every
 execution quantity known. The pure decisions get their own properties below.
@@ -22,11 +22,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ops import fills
 from ops.broker.convert import trade_update_from_raw
-from ops.env import RuntimeEnv
-from ops.models import Fill, Order
+from ops.core import fills
+from ops.core.models import Fill, Order
 from ops.roles.fill_check import update_from_fill
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store import fills as fq
 from ops.store.ingest import trade_update_row_op

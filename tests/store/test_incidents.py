@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.incidents import AmbiguousIncident, ack_incident, find_incident, list_incidents
 

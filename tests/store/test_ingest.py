@@ -15,8 +15,8 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from ops.broker.convert import trade_update_from_raw
-from ops.env import RuntimeEnv
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store, order_op, trade_update_op
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.ingest import trade_update_row_op

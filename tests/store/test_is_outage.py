@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from ops.errors import describe_db_error
+from ops.runtime.errors import describe_db_error
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.errors import StorageUnavailable
 from ops.store.postgres import connect, is_outage, redact_url, unavailable_on_outage

@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from ops.env import runtime_env
+from ops.runtime.env import runtime_env
 from ops.store import embedded
 from ops.store.migrate import MigrationError, apply_migrations, load_migrations, migrate
 from ops.store.postgres import connect

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from ops.env import RuntimeEnv
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.ingest import trade_update_row_op
 from ops.store.ownership import (

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.env import RuntimeEnv
-from ops.models import Order
+from ops.core.models import Order
+from ops.runtime.env import RuntimeEnv
 from ops.store import StorageUnavailable, Store
 from ops.store.signal_records import STATES, state_of, statuses_of
 

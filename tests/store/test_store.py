@@ -10,8 +10,9 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from ops.config import BufferConfig, DatabaseConfig, load_config
-from ops.env import RuntimeEnv
+from ops.core.config import BufferConfig, DatabaseConfig
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store, StoreSettings, order_op, trade_update_op
 from ops.store.ops import Op
 from ops.store.postgres import connect

@@ -16,7 +16,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ops.env import RuntimeEnv
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store, StoreSettings
 from tests.store.factories import T0, heartbeat, run_record, trade_update
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ops.models import OptionSymbol, OrderType, Position, Side
-from ops.risk import RiskLimits
+from ops.core.models import OptionSymbol, OrderType, Position, Side
+from ops.core.risk import RiskLimits
 from ops.strategies import (
     ProposedSignal,
     StrategyContext,
@@ -187,9 +187,9 @@ def test_load_strategy() -> None:
                                                           ("large", LARGE, Decimal(100000))])
 def test_demo_entries_pass_the_dispatchers_risk_gates(account: str, limits: RiskLimits,
                                                       cash: Decimal) -> None:
-    """From a flat account, what the demo proposes is allowed by ops.risk.evaluate."""
-    from ops.models import KillSwitch
-    from ops.risk import AccountState, SignalIntent, evaluate
+    """From a flat account, what the demo proposes is allowed by ops.core.risk.evaluate."""
+    from ops.core.models import KillSwitch
+    from ops.core.risk import AccountState, SignalIntent, evaluate
 
     state = AccountState(account=account, kill_switch=KillSwitch.OFF, market_open=True,
                          buying_power=cash, equity=cash, last_equity=cash, reconciled=True)

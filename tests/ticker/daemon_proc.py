@@ -13,9 +13,9 @@ import json
 import logging
 import sys
 
-from ops.daemon import Daemon
-from ops.models import Heartbeat, RunRecord
-from ops.ticker import HeartbeatTask, Slot, Ticker
+from ops.core.models import Heartbeat, RunRecord
+from ops.runtime.daemon import Daemon
+from ops.runtime.ticker import HeartbeatTask, Slot, Ticker
 
 
 class FileLedger:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ops.models import Heartbeat, RunRecord
+from ops.core.models import Heartbeat, RunRecord
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

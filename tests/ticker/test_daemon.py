@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ops.daemon import Daemon
-from ops.ticker import Slot, Ticker
+from ops.runtime.daemon import Daemon
+from ops.runtime.ticker import Slot, Ticker
 from tests.support import eventually, eventually_sync
 from tests.ticker.ledger import MemoryLedger
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ops.models import Clock
-from ops.ticker import MarketClockCache, MarketClockUnavailable, Ticker, clock_is_open
+from ops.core.models import Clock
+from ops.runtime.ticker import MarketClockCache, MarketClockUnavailable, Ticker, clock_is_open
 from tests.support import eventually
 from tests.ticker.ledger import MemoryLedger
 from tests.ticker.vclock import VirtualWall, on_virtual_clock
@@ -79,7 +79,7 @@ async def test_fetch_failure_keeps_last_known_clock(caplog: pytest.LogCaptureFix
     assert await cache.is_open() is True
     b.fail = True
     b.mono = 10
-    with caplog.at_level(logging.WARNING, logger="ops.ticker"):
+    with caplog.at_level(logging.WARNING, logger="ops.runtime.ticker"):
         assert await cache.is_open() is True
     assert "using last known clock from 2026-03-02T15:00:00+00:00" in caplog.text
     assert cache.fetch_failures == 1

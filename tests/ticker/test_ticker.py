@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ops.models import RunRecord
-from ops.ticker import HeartbeatTask, Slot, SystemClock, Ticker
+from ops.core.models import RunRecord
+from ops.runtime.ticker import HeartbeatTask, Slot, SystemClock, Ticker
 from tests.support import eventually
 from tests.ticker.ledger import MemoryLedger, MemorySink, slot_us
 from tests.ticker.vclock import WALL0, VirtualWall, on_virtual_clock
@@ -195,7 +195,7 @@ async def test_job_error_recorded_and_next_slot_runs(caplog: pytest.LogCaptureFi
             raise ValueError("boom " + "x" * 2000)
 
     ticker = make(job, 0.02, ledger)
-    with caplog.at_level(logging.ERROR, logger="ops.ticker"):
+    with caplog.at_level(logging.ERROR, logger="ops.runtime.ticker"):
         async with running(ticker):
             await idle(0.03)
     first, second = ledger.finals()
@@ -439,7 +439,7 @@ async def test_cancel_mid_job_records_and_propagates() -> None:
 
 @on_virtual_clock
 async def test_heartbeat_continues_while_job_hangs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="ops.ticker")
+    caplog.set_level(logging.INFO, logger="ops.runtime.ticker")
     ledger = MemoryLedger()
     sink = MemorySink()
     sink.fail_next = 3  # sink failures are tolerated too

@@ -2,7 +2,7 @@
 waits on a timer, and then jumps straight to the next one.
 
 The ticker takes its deadlines from `loop.time()` and its slot grid from an injected wall
-clock (`ops.ticker.TickerClock`), so on `VirtualClockLoop` with `VirtualWall` it runs its
+clock (`ops.runtime.ticker.TickerClock`), so on `VirtualClockLoop` with `VirtualWall` it runs its
 real code with no sleeping and no dependence on the host's load: a job that "takes"
 0.125 s takes 0.125 virtual seconds exactly, and `await asyncio.sleep(4)` lets exactly four
 seconds of schedule happen. What does not live here: tests whose point is real timing

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import Config, load_config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "conf" / "ops.toml"
@@ -24,7 +25,7 @@ NUMBERS = {"large": "PASIM0000001", "tiny": "PASIM0000002"}
 
 def pin_demo_identity(home: Path) -> None:
     """Make the fixture's account numbers `home`'s demo identity (what `ops up --demo`
-    generates per home, ops.demo), so the config expects the numbers the fixture's
+    generates per home, ops.runtime.demo), so the config expects the numbers the fixture's
     broker reports."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "demo.json").write_text(json.dumps({"port": 8765, "accounts": [

@@ -14,10 +14,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from ops.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
+from ops.core.models import AccountInfo, Heartbeat, Order, Position, RunRecord, TradeUpdate
 from ops.store import Store
 from ops.store.ownership import Adjustment, pipeline_prefix, record_adjustment
-from ops.supervisor import ACCOUNT_ROLES, program_name
+from ops.supervise.supervisor import ACCOUNT_ROLES, program_name
 
 ACCOUNTS = ("large", "tiny")
 NUMBERS = {"large": "PASIM0000001", "tiny": "PASIM0000002"}

@@ -12,10 +12,10 @@ from typing import Any
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
-from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.support import eventually
 from tui.app import Dashboard
 from tui.data import DashboardData

@@ -14,13 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import Config
-from ops.control import read_kill_switch
-from ops.env import RuntimeEnv
-from ops.models import KillSwitch
-from ops.stack import start_supervisord, stop_supervisord
+from ops.commands.control import read_kill_switch
+from ops.commands.stack import start_supervisord, stop_supervisord
+from ops.core.config import Config
+from ops.core.models import KillSwitch
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import ACCOUNT_ROLES, StackSpec, SupervisorClient, program_name, write_config
+from ops.supervise.supervisor import (
+    ACCOUNT_ROLES,
+    StackSpec,
+    SupervisorClient,
+    program_name,
+    write_config,
+)
 from tests.support import eventually
 from tests.tui.conftest import CONFIG
 from tests.tui.fixtures import beat, ran, write_fixture

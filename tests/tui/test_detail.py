@@ -3,10 +3,10 @@ narrow screen cuts off (real Postgres through the real Store, frozen clock)."""
 
 from __future__ import annotations
 
-from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.tui.conftest import T
 from tests.tui.fixtures import OPTION, write_fixture
 from tests.tui.helpers import until

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from textual.widgets import Button, Label
 
-from ops.config import Config
-from ops.control import read_kill_switch
-from ops.env import RuntimeEnv
-from ops.models import KillSwitch
+from ops.commands.control import read_kill_switch
+from ops.core.config import Config
+from ops.core.models import KillSwitch
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.support import eventually
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture

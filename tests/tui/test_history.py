@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from ops.models import TradeUpdate
+from ops.core.models import TradeUpdate
 from ops.store import Store
 from tests.tui.conftest import T
 from tests.tui.fixtures import OPTION, account_info, order

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from textual.widgets import Static
 
-from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.tui.conftest import CONFIG, T
 from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import until

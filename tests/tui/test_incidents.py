@@ -16,10 +16,10 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
 from ops.store import StorageUnavailable, Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture
 from tests.tui.helpers import cells, column, until

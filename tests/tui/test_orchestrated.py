@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.models import Heartbeat, RunRecord
+from ops.core.models import Heartbeat, RunRecord
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.tui.conftest import CONFIG, T
 from tests.tui.helpers import cells, until
 from tui.app import Dashboard

@@ -11,11 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.tui.conftest import CONFIG, ROOT, T
 from tests.tui.fixtures import OPTION, write_fixture
 from tests.tui.helpers import column, until
@@ -106,8 +106,8 @@ def test_once_reports_the_stack_while_the_config_file_is_invalid(
 ) -> None:
     """The file on disk broken after the stack ran: the dashboard keeps working on the
     last good config and names the file's problem; a refused trade stream is an alarm."""
-    from ops.config import remember_if_good
-    from ops.models import Heartbeat
+    from ops.core.models import Heartbeat
+    from ops.runtime.config import remember_if_good
 
     conf = tmp_path / "edited.toml"
     conf.write_text(CONFIG.read_text())

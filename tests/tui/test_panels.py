@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 
 import tui.data
-from ops.config import Config, remember_if_good
-from ops.env import RuntimeEnv
-from ops.status import load_env_config
+from ops.commands.status import load_env_config
+from ops.core.config import Config
+from ops.runtime.config import remember_if_good
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.ownership import managed_quantities_of
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.tui.conftest import CONFIG, T
 from tests.tui.fixtures import OPTION, write_fixture
 from tests.tui.helpers import cells, column, until

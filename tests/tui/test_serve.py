@@ -37,9 +37,9 @@ import aiohttp
 import pytest
 from textual.binding import Binding
 
-from ops.config import Config
-from ops.credentials import write_secrets_file
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.credentials import write_secrets_file
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from tests.support import eventually, eventually_sync, free_port
 from tests.tui.cdp import (
@@ -436,7 +436,7 @@ time.sleep(600)
 
 _SERVER = """
 import sys
-from ops.logs import configure_logging
+from ops.runtime.logs import configure_logging
 from tui.serve import SessionServer
 configure_logging("serve-test")
 SessionServer([sys.executable, "-c", sys.argv[2]], port=int(sys.argv[1]), title="stubborn",

@@ -18,12 +18,12 @@ from decimal import Decimal
 from textual.pilot import Pilot
 from textual.widgets import Label, OptionList, Static
 
-from ops.config import Config
-from ops.control import read_kill_switch
-from ops.env import RuntimeEnv
-from ops.models import KillSwitch, Order
+from ops.commands.control import read_kill_switch
+from ops.core.config import Config
+from ops.core.models import KillSwitch, Order
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tests.support import eventually
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_fixture

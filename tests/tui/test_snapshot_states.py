@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from ops.config import Config, load_config
-from ops.env import RuntimeEnv
-from ops.layout import orchestrated_processes
-from ops.models import TradeUpdate
+from ops.core.config import Config
+from ops.core.models import TradeUpdate
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.ownership import pipeline_prefix
+from ops.supervise.layout import orchestrated_processes
 from tests.tui.conftest import CONFIG, T, pin_demo_identity
 from tests.tui.fixtures import account_info, beat, order, position, ran
 from tests.tui.helpers import snapshot_app, until

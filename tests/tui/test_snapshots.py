@@ -14,8 +14,8 @@ from typing import Any
 
 from textual.pilot import Pilot
 
-from ops.config import Config
-from ops.env import RuntimeEnv
+from ops.core.config import Config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from tests.tui.conftest import T
 from tests.tui.fixtures import write_drift_block, write_fixture

@@ -1,4 +1,4 @@
-"""ops.watchdog.decide: the watchdog's pure decisions, by example and by hypothesis."""
+"""ops.core.watchdog.decide: the watchdog's pure decisions, by example and by hypothesis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.gaps import GapInput
-from ops.watchdog import (
+from ops.core.gaps import GapInput
+from ops.core.watchdog import (
     HEALTHY,
     Action,
     BumpIncident,
@@ -290,8 +290,8 @@ def test_a_flapping_process_is_one_incident(cycles: int, healthy_for: float) -> 
 def test_observe_ignores_a_previous_incarnations_heartbeat_and_reads_the_market() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from ops.models import Heartbeat, RunRecord
-    from ops.watchdog import observe
+    from ops.core.models import Heartbeat, RunRecord
+    from ops.core.watchdog import observe
 
     now = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
     start = (now - timedelta(seconds=30)).timestamp()
@@ -370,7 +370,7 @@ def test_never_more_than_half_the_fleet_is_killed_in_one_pass(
 
 
 def test_database_outage_is_one_incident_opened_after_the_stale_bound() -> None:
-    from ops.watchdog import DATABASE, decide_database
+    from ops.core.watchdog import DATABASE, decide_database
 
     st = Tracked()
     acts, st = decide_database(1000.0, st, POLICY, 1003.0, 12)
@@ -496,7 +496,7 @@ def test_an_unexpected_exit_says_how_it_ended_from_supervisords_log() -> None:
 
 
 def test_the_outage_incident_says_what_it_holds_back_and_keeps_saying_it() -> None:
-    from ops.watchdog import DATABASE, DATABASE_NOTE_S, decide_database
+    from ops.core.watchdog import DATABASE, DATABASE_NOTE_S, decide_database
 
     held = ["large: dispatch paused: database unreachable for 12s, 3 signal(s) waiting"]
     acts, st = decide_database(900.0, Tracked(), POLICY, 1000.0, 40, held)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.alerts import Alert, Outbox, default_path
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.gaps_report import collect_gaps, parse_since, render_text
+from ops.commands.gaps import collect_gaps, parse_since, render_text
+from ops.notify.alerts import Alert, Outbox, default_path
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store.postgres import connect
 
 ROOT = Path(__file__).resolve().parents[2]

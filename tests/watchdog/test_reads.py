@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ops.alerts import Outbox
-from ops.config import load_config
-from ops.env import RuntimeEnv
-from ops.models import RunRecord
+from ops.core.models import RunRecord
+from ops.notify.alerts import Outbox
 from ops.roles.watchdog import Watchdog
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.alerts import Outbox
-from ops.config import load_config
-from ops.env import RuntimeEnv
+from ops.notify.alerts import Outbox
 from ops.roles.watchdog import Watchdog
-from ops.supervisor import SupervisorClient
+from ops.runtime.config import load_config
+from ops.runtime.env import RuntimeEnv
+from ops.supervise.supervisor import SupervisorClient
 
 ROOT = Path(__file__).resolve().parents[2]
 

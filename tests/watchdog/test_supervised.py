@@ -35,13 +35,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from ops.env import RuntimeEnv
-from ops.roles.watchdog import eventlistener_section
+from ops.runtime.env import RuntimeEnv
 from ops.store import Store
 from ops.store.embedded import EmbeddedPostgres
 from ops.store.migrate import migrate
 from ops.store.postgres import connect
-from ops.supervisor import SupervisorClient, socket_path
+from ops.supervise.supervisor import SupervisorClient, eventlistener_section, socket_path
 from tests.conftest import TEST_PG_OPTIONS
 from tests.support import free_port
 

@@ -15,11 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-from ops.daemon import Daemon
-from ops.env import runtime_env
-from ops.logs import configure_logging
+from ops.runtime.daemon import Daemon
+from ops.runtime.env import runtime_env
+from ops.runtime.logs import configure_logging
+from ops.runtime.ticker import HeartbeatTask, Slot, Ticker
 from ops.store import Store
-from ops.ticker import HeartbeatTask, Slot, Ticker
 
 
 def _hang_requested(flag: Path) -> bool:

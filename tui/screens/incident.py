@@ -3,7 +3,7 @@ whole detail text, how it ended — scrollable; Escape closes it.
 
 It opens at once with what the dashboard last read (the panel's row), then a worker reads
 the full record from Postgres (`DashboardData.incident`) and posts `IncidentDetailLoaded`;
-the words come from `ops.incidents_cli.describe`, so the screen and the CLI say the same.
+the words come from `ops.commands.incidents.describe`, so the screen and the CLI say the same.
 During an outage it keeps the row's fields and says why the rest is missing.
 """
 
@@ -20,9 +20,9 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from ops.incidents_cli import describe, short_id
+from ops.commands.incidents import describe, short_id
+from ops.core.incidents import IncidentRecord
 from ops.store import StorageUnavailable
-from ops.store.incidents import IncidentRecord
 from tui import format as f
 from tui.data import IncidentRow
 from tui.messages import IncidentDetailLoaded

@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.screen import ModalScreen
 from textual.widgets import Label, Log
 
-from ops.supervisor import SupervisorClient
+from ops.supervise.supervisor import SupervisorClient
 from tui.control import tail_log
 
 

@@ -1,6 +1,6 @@
 """`PauseModeScreen`: which kill switch mode to engage on an account — halt, reduce-only,
 flatten (managed only) or flatten everything — each with what it does, in the words of
-`ops pause` (ops.control.KILL_SWITCH_MEANING).
+`ops pause` (ops.commands.control.KILL_SWITCH_MEANING).
 
 It only picks: it dismisses with the mode's value (or None on Escape), and the app then
 asks for confirmation as for every kill switch change (`Dashboard.pause_account`), so a
@@ -18,8 +18,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
-from ops.control import KILL_SWITCH_MEANING
-from ops.models import KillSwitch
+from ops.commands.control import KILL_SWITCH_MEANING
+from ops.core.models import KillSwitch
 
 #: (mode, key, title) in the order offered: the gentlest first.
 MODES: tuple[tuple[KillSwitch, str, str], ...] = (

@@ -28,7 +28,7 @@ from textual.reactive import reactive
 from textual.widgets import Sparkline, Static
 from textual.worker import Worker, WorkerState
 
-from ops.status import NO_HEARTBEAT
+from ops.commands.status import NO_HEARTBEAT
 from ops.store import Store
 from tui import format as f
 from tui.data import DashboardData, DashboardState

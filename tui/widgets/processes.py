@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
 
-from ops.gaps import GapStatus
+from ops.core.gaps import GapStatus
 from tui import format as f
 from tui.data import ProcessRow
 from tui.widgets.keyed_table import KeyedTable, Row

@@ -1,0 +1,2 @@
+"""Telling people: the alert outbox and its sinks, the Prometheus metrics.
+"""
