@@ -1,8 +1,9 @@
 """The demo stack end to end, through a real supervisord: `ops up --demo` in a subprocess.
 
-One stack per module (see conftest.py); the tests run in file order and build on each
-other: healthy -> both accounts trade -> `ops pause tiny` halts tiny only -> flatten
-leaves tiny flat at the simulator. Teardown always runs `ops down`.
+One stack per module (see conftest.py): healthy; both accounts trade; `ops pause tiny`
+halts tiny only; flatten leaves tiny flat at the simulator. The tests run in any order
+(the suite shuffles them): each waits for the state it needs, and a test that pauses tiny
+resumes it after (`resumes_tiny`). Teardown always runs `ops down`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,9 +48,10 @@ def _status(stack: Stack) -> tuple[int, dict[str, Any]]:
 
 def test_status_healthy(demo_stack: Stack) -> None:
     # Just after `ops up` a role may still be before its first completed run ("starting").
+    # (After a pause and its resume, tiny's dispatcher says "paused" until its next run.)
     def healthy() -> dict[str, Any] | None:
         code, js = _status(demo_stack)
-        return js if code == 0 else None
+        return js if code == 0 and all(p["status"] == "ok" for p in js["processes"]) else None
 
     js = demo_stack.poll("ops status --json exit 0", healthy, timeout_s=60)
     assert js["status"] == "healthy"
@@ -119,7 +122,15 @@ def _tiny_kill_switch_rejection(stack: Stack) -> datetime | None:
     return at
 
 
-def test_pause_tiny_stops_its_new_orders_only(demo_stack: Stack) -> None:
+@pytest.fixture
+def resumes_tiny(demo_stack: Stack) -> Iterator[None]:
+    """`ops resume tiny` after the test: the others expect tiny trading."""
+    yield
+    out = demo_stack.ops("resume", "tiny")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_pause_tiny_stops_its_new_orders_only(demo_stack: Stack, resumes_tiny: None) -> None:
     out = demo_stack.ops("pause", "tiny")
     assert out.returncode == 0, out.stderr
     assert "halt" in out.stdout
@@ -164,7 +175,11 @@ def _sim_get(stack: Stack, account: str, path: str) -> Any:
         return json.loads(resp.read())
 
 
-def test_flatten_leaves_tiny_flat_at_the_simulator(demo_stack: Stack) -> None:
+def test_flatten_leaves_tiny_flat_at_the_simulator(demo_stack: Stack,
+                                                   resumes_tiny: None) -> None:
+    # Something to flatten: tiny holds a position at the simulator.
+    demo_stack.poll("tiny holding a position at the simulator",
+                    lambda: _sim_get(demo_stack, "tiny", "/v2/positions") != [], timeout_s=90)
     out = demo_stack.ops("pause", "tiny", "--mode", "flatten")
     assert out.returncode == 0, out.stderr
 
