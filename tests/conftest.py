@@ -147,7 +147,7 @@ async def ops_store(ops_env: RuntimeEnv) -> AsyncIterator[Store]:
 # --- Test tiers ------------------------------------------------------------------------
 # Every test gets exactly one of the markers `unit`, `integration`, `system` (pyproject
 # declares them; scripts/test.sh --unit / --fast select them):
-# - an explicit tier marker (module, class or function; the closest wins);
+# - an explicit tier marker (on the module, class or function: one, not several);
 # - else `system` for tests/e2e and tests/chaos (whole stacks);
 # - else `integration` for a test using a Postgres or simulator fixture;
 # - else `unit`.
@@ -166,9 +166,11 @@ _TESTS = Path(__file__).resolve().parent
 
 
 def tier_of(item: pytest.Item) -> str:
-    for marker in item.iter_markers():
-        if marker.name in TIERS:
-            return marker.name
+    explicit = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if len(explicit) > 1:
+        raise pytest.UsageError(f"{item.nodeid}: tier markers {sorted(explicit)}: one only")
+    if explicit:
+        return explicit.pop()
     if item.path.resolve().relative_to(_TESTS).parts[0] in SYSTEM_DIRS:
         return "system"
     if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
