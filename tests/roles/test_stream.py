@@ -34,9 +34,13 @@ def role_of(rt: RoleRuntime) -> StreamRole:
 
 
 async def ready(sim: Simulator, role: StreamRole) -> None:
-    """Connected and the first completeness check done."""
+    """Connected, the first completeness check done and no other one queued or running (a
+    check the ticker asked for before the first succeeded would otherwise run later, in
+    the middle of the test: seen on a loaded host)."""
     await sim.wait_stream("large")
     await eventually(lambda: role.checker.stats.checks >= 1, "the connect fill check")
+    await eventually(lambda: role._last_check_ok is not None and (
+        role._check_task is None or role._check_task.done()), "no fill check pending")
 
 
 def sim_fills(sim: Simulator, account: str = "large") -> dict[tuple[str, Decimal], Decimal]:
@@ -377,6 +381,8 @@ async def test_a_position_managers_request_runs_a_check_at_once(
         await fq.request_check(rt.store.pool, "large", "large-position-manager",
                                datetime.now(UTC))
         await eventually(lambda: fills_match(role_env), "the fill recovered on request")
+        # The check counts itself after its writes: the fills can be seen before the count.
+        await eventually(lambda: role.checker.stats.checks > checks, "the check counted")
         assert role.checker.stats.checks == checks + 1
         assert role.stream.counters.connects == 1
 
