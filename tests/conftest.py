@@ -26,6 +26,9 @@ Why clusters live under /tmp/ops-test-* and not in `tmp_path`: as root, postgres
 user `pgserver`, which must traverse every parent directory. pytest resets
 /tmp/pytest-of-root to mode 0700 whenever *any* pytest session starts on the host, which
 would lock a running test cluster out of its own data directory.
+
+Also here, at the end: the test tiers (`unit`, `integration`, `system`), how each test
+gets exactly one, and the guard that keeps the unit and integration tiers honest.
 """
 
 from __future__ import annotations
