@@ -8,7 +8,10 @@ asyncio client would do for us is done here: the opening handshake (a refusal ra
 `InvalidStatus` with the HTTP status), replies to pings and to the closing handshake (the
 protocol object queues them), keepalive pings with a timeout (a dead TCP path is noticed
 within `ping_interval + ping_timeout`), reassembly of fragmented messages, and reading
-paused while `max_queued` frames wait (the socket's buffers then hold the rest).
+paused while `max_queued` frames wait (the socket's buffers then hold the rest). A small
+bound stores a burst faster: the reader goes back to the loop every 256 frames, where the
+writer's Postgres replies wait too (22,000-event bursts, same host, minutes apart: 4,096
+-> 13.9-16.1k events/s stored, 1,000,000 -> 11.1-13.1k, 256 -> 15.6-17.2k).
 
 No permessage-deflate: inflating each small frame costs more CPU than it saves.
 """
@@ -210,7 +213,7 @@ class WsConnection(asyncio.Protocol):
 
 
 async def connect(url: str, *, open_timeout_s: float = 10.0, max_size: int = 2**20,
-                  max_queued: int = 4096) -> WsConnection:
+                  max_queued: int = 256) -> WsConnection:
     """Open a connection to `url` (ws:// or wss://); raises `InvalidStatus` (its
     `response.status_code`) when the server refuses the upgrade, `OSError` when the TCP
     connection fails, `TimeoutError` after `open_timeout_s`."""
