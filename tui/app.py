@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import ClassVar
 
 from textual import events, on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, ScreenStackError
 from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.css.query import NoMatches
@@ -168,7 +168,13 @@ class Dashboard(App[None]):
 
     @property
     def modal_open(self) -> bool:
-        return isinstance(self.screen, ModalScreen)
+        """A modal screen is on top. Also True while the app shuts down (its screen stack
+        already empty), so a clock tick or a poll landing then renders nothing."""
+        try:
+            top = self.screen
+        except ScreenStackError:
+            return True
+        return isinstance(top, ModalScreen)
 
     def _poll_tick(self) -> None:
         running = any(w.group == "poll" and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
