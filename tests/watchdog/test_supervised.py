@@ -320,8 +320,13 @@ def test_sigstopped_dispatcher_is_restarted_within_10s_and_incident_closes(
     took = time.monotonic() - t0
     print(f"\nSIGSTOP -> restarted (new pid) in {took:.2f}s")
     assert new != old
-    rows = poll("a hung incident",
-                lambda: [r for r in stack.incidents(name) if r["id"] not in before], 5)
+    # The watchdog opens the incident, then restarts the process and counts the restart on
+    # it: wait for the count (CI, loaded, saw the row between the two writes).
+    def counted() -> list[Any]:
+        rs = [r for r in stack.incidents(name) if r["id"] not in before]
+        return rs if all(r["restarts"] >= 1 for r in rs) else []
+
+    rows = poll("a hung incident with its restart counted", counted, 5)
     assert len(rows) == 1 and rows[0]["kind"] == "hung" and rows[0]["restarts"] == 1
     assert f"killed pid {old}" in rows[0]["detail"]
     closed = poll("the incident closed", lambda: [r for r in stack.incidents(name)
