@@ -164,6 +164,19 @@ def _load(command: str) -> tuple[RuntimeEnv, Config] | int:
         return _fail(command, str(exc), EXIT_CONFIG)
 
 
+def _load_for_account(command: str, args: argparse.Namespace
+                      ) -> tuple[RuntimeEnv, Config, str] | int:
+    """The config and the TIER argument's account, or the exit code of the failure (said)."""
+    loaded = _load(command)
+    if isinstance(loaded, int):
+        return loaded
+    env, config = loaded
+    try:
+        return env, config, _account(config, args.account, "TIER")
+    except UsageError as exc:
+        return _fail(command, str(exc))
+
+
 async def _open(env: RuntimeEnv, config: Config) -> Store:
     return await Store.open(env, process=f"cli:{current_user()}", config=config)
 
@@ -269,14 +282,10 @@ FLATTEN_ALL_NEEDS_YES = (
 def _set_kill_switch(command: str, args: argparse.Namespace, mode: KillSwitch) -> int:
     if mode is KillSwitch.FLATTEN_ALL and not getattr(args, "yes", False):
         return _fail(command, FLATTEN_ALL_NEEDS_YES)
-    loaded = _load(command)
+    loaded = _load_for_account(command, args)
     if isinstance(loaded, int):
         return loaded
-    env, config = loaded
-    try:
-        account = _account(config, args.account, "TIER")
-    except UsageError as exc:
-        return _fail(command, str(exc))
+    env, config, account = loaded
     by = f"cli:{current_user()}"
 
     async def write() -> tuple[KillSwitch, bool]:
@@ -355,14 +364,10 @@ def _num(x: Decimal) -> str:
 
 def cli_positions_accept(args: argparse.Namespace) -> int:
     command = "positions accept"
-    loaded = _load(command)
+    loaded = _load_for_account(command, args)
     if isinstance(loaded, int):
         return loaded
-    env, config = loaded
-    try:
-        account = _account(config, args.account, "TIER")
-    except UsageError as exc:
-        return _fail(command, str(exc))
+    env, config, account = loaded
     if not math.isfinite(args.wait) or args.wait < 0:
         return _fail(command, f"--wait must be a number of seconds >= 0, got {args.wait}")
     by = f"cli:{current_user()}"
