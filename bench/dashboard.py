@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from textual import events  # noqa: E402
 from textual.widget import Widget  # noqa: E402
 
-from ops.core.config import Config  # noqa: E402
+from ops.core.config import Config, default_secret_id  # noqa: E402
 from ops.core.models import Heartbeat, Position, RunRecord  # noqa: E402
 from ops.runtime.config import load_config  # noqa: E402
 from ops.runtime.env import RuntimeEnv  # noqa: E402
@@ -59,14 +60,16 @@ N_POSITIONS = 1000
 
 def bench_config() -> Config:
     """The demo config plus four accounts: 6 x 3 roles + signal-engine + watchdog = 20
-    processes (positions only in large and tiny)."""
+    processes (positions only in large and tiny). Each a copy of tiny with its own secret
+    and account number (a valid config: `replace` validates)."""
     base = load_config(ROOT / "conf" / "ops.toml")
     tiny = base.accounts["tiny"]
     accounts = dict(base.accounts)
     for i in range(1, 5):
-        accounts[f"extra{i}"] = tiny.model_copy(
-            update={"expected_account_number": f"PASIM000010{i}"})
-    return base.model_copy(update={"accounts": accounts})
+        name = f"extra{i}"
+        accounts[name] = replace(tiny, secret_id=default_secret_id(name),
+                                 expected_account_number=f"PASIM000010{i}")
+    return replace(base, accounts=accounts)
 
 
 def positions(step: int) -> list[Position]:

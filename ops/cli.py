@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:
         # A ConfigError can only come from ops.core.config, loaded by then; looked up here so
-        # that commands which never read the config (`ops health`) never load pydantic.
+        # that commands which never read the config (`ops health`) never load the schema.
         config = sys.modules.get("ops.core.config")
         if config is not None and isinstance(exc, config.ConfigError):
             print(f"ops {args.command}: {exc}", file=sys.stderr)

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOW = 1_767_312_000.0
 BEAT = HealthFile(process="large-stream", pid=4242, ts=NOW - 0.8, interval_s=1.0,
                   stale_s=5.0, active=True, failing=False, failing_reason=None)
-#: Modules `ops health` must never load: the broker SDK, the database driver, the config
-#: loader's validation library, the UI, supervisord's client, pandas/numpy.
+#: Modules `ops health` must never load: the broker SDK (and its pydantic), the database
+#: driver, the config loader, the UI, supervisord's client, pandas/numpy.
 HEAVY = ("alpaca", "asyncpg", "pydantic", "pydantic_core", "textual", "tui", "supervisor",
          "pandas", "numpy", "ops.runtime.config", "ops.store", "ops.broker", "ops.roles")
 

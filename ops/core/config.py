@@ -1,9 +1,11 @@
-"""The configuration's schema: the typed pydantic models of `ops.toml` and their
-validation.
+"""The configuration's schema: the typed models of `ops.toml` and their validation.
 
 Everything the pipeline does per account (URLs, identity, risk, schedule, exits) comes from
 here, so adding an account is one more `[accounts.NAME]` table, never code. Validation turns
 every problem into one `ConfigError` line `FILE: KEY.PATH: PROBLEM`, all problems at once.
+The models are frozen dataclasses checked by the small engine in ops/core/schema.py (stdlib
+only: every process imports this module, and a validation library would cost each of them
+about 20 MB).
 
 What does not live here: reading the file, the environment and the demo identity
 (ops/runtime/config.py), reading secrets (ops/runtime/credentials.py), importing strategy
@@ -12,30 +14,21 @@ code (the signal engine does that; here only the `module:attr` shape is checked)
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import field
 from decimal import Decimal
 from pathlib import Path
-from types import NoneType, UnionType
-from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import ErrorDetails, PydanticCustomError
-
 from ops.core.backoff import Backoff
+from ops.core.schema import After, Before, Bounds, Invalid, MinLen, Model, Pattern, to_json
+from ops.core.schema import ConfigError as ConfigError  # re-exported: part of this API
+from ops.core.schema import Problem as Problem
+from ops.core.schema import num as _num
+from ops.core.schema import show as _show
 
 ACCOUNT_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 _ACCOUNT_NAME_RE = re.compile(ACCOUNT_NAME_PATTERN)
@@ -45,185 +38,10 @@ KNOWN_ROLES = ("stream", "dispatcher", "position-manager", "signal-engine", "mon
 _HOME_VAR = "${OPS_HOME}"
 
 
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with a config file: where (dotted key path, may be empty) and what."""
-
-    path: str
-    message: str
-
-    def render(self, source: str) -> str:
-        # A key may hold control or bidi characters (a hostile `[accounts."x\u202e"]`):
-        # shown escaped, so the line cannot hide or reorder what follows it.
-        path = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.path)
-        where = f"{source}: {path}" if path else source
-        return f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """Invalid configuration. `str()` is one `FILE: KEY.PATH: PROBLEM` line per problem."""
-
-    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
-        self.source = source
-        self.problems = tuple(problems)
-        super().__init__("\n".join(p.render(source) for p in self.problems))
-
-
-def _problems(*items: tuple[str, str]) -> PydanticCustomError:
-    """A validation error carrying several (relative path, message) problems.
-
-    Model validators only get the model's own location; the formatter below joins it with
-    these relative paths so cross-field errors still name the exact key.
-    """
-    summary = "; ".join(f"{p}: {m}" if p else m for p, m in items)
-    return PydanticCustomError("ops_problems", "{summary}", {"summary": summary, "problems": items})
-
-
-def _show(value: object) -> str:
-    """How a rejected value is quoted in messages (short; tables and lists not dumped)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 60 else value[:57] + "...")
-    return _num(value)
-
-
-def _num(value: object) -> str:
-    """Numbers as people write them in TOML: 20.0 -> 20, 0.5 -> 0.5."""
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:g}"
-    return str(value)
-
-
-def _join(loc: Iterable[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-_TYPE_WORDS = {
-    "float_type": "a number",
-    "float_parsing": "a number",
-    "number_type": "a number",
-    "decimal_type": "a number",
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "a string",
-    "dict_type": "a table",
-    "model_type": "a table",
-    "model_attributes_type": "a table",
-    "list_type": "a list",
-}
-_BOUNDS = {
-    "greater_than": ("gt", "must be greater than"),
-    "greater_than_equal": ("ge", "must be at least"),
-    "less_than": ("lt", "must be less than"),
-    "less_than_equal": ("le", "must be at most"),
-}
-
-
-def _format_error(err: ErrorDetails) -> list[Problem]:
-    loc = tuple(err["loc"])
-    kind = err["type"]
-    ctx: dict[str, Any] = dict(err.get("ctx") or {})
-    got = err.get("input")
-    if kind == "ops_problems":
-        base = _join(loc)
-        return [
-            Problem(f"{base}.{rel}" if base and rel else base or rel, msg)
-            for rel, msg in ctx["problems"]
-        ]
-    path = _join(loc)
-    if kind == "missing":
-        return [Problem(path, "field required")]
-    if kind == "extra_forbidden":
-        # The value of an unknown key is never echoed: it may be a pasted secret.
-        return [Problem(_join(loc[:-1]), f"unknown key '{loc[-1]}'{_did_you_mean(loc)}")]
-    if kind in _TYPE_WORDS:
-        return [Problem(path, f"expected {_TYPE_WORDS[kind]} (got {_show(got)})")]
-    if kind in _BOUNDS:
-        key, words = _BOUNDS[kind]
-        return [Problem(path, f"{words} {_num(ctx[key])} (got {_show(got)})")]
-    if kind == "literal_error":
-        return [Problem(path, f"must be one of {ctx['expected']} (got {_show(got)})")]
-    if kind == "finite_number":
-        return [Problem(path, f"must be a finite number (got {_show(got)})")]
-    if kind == "string_too_short":
-        return [Problem(path, "must not be empty")]
-    if kind == "string_too_long":
-        return [Problem(path, f"must be at most {ctx['max_length']} characters")]
-    if kind == "too_short":
-        least = ctx["min_length"]
-        return [Problem(path, "must not be empty" if least == 1 else f"needs {least}+ items")]
-    if kind == "string_pattern_mismatch":
-        return [Problem(path, f"must match {ctx['pattern']} (got {_show(got)})")]
-    msg = err["msg"]
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    return [Problem(path, msg)]
-
-
-def _unwrap(tp: Any) -> Any:
-    """`X | None` -> X (a union of several types stays as it is)."""
-    if get_origin(tp) in (Union, UnionType):
-        args = [a for a in get_args(tp) if a is not NoneType]
-        return args[0] if len(args) == 1 else tp
-    return tp
-
-
-def _did_you_mean(loc: tuple[str | int, ...]) -> str:
-    """` (did you mean 'x'?)` when the unknown key `loc[-1]` is close to a known one of the
-    table it sits in."""
-    tp: Any = Config
-    for part in loc[:-1]:
-        tp = _unwrap(tp)
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = tp.model_fields.get(part) if isinstance(part, str) else None
-            if field is None:
-                return ""
-            tp = field.annotation
-        elif get_origin(tp) in (dict, list):
-            tp = get_args(tp)[-1]
-        else:
-            return ""
-    tp = _unwrap(tp)
-    if not (isinstance(tp, type) and issubclass(tp, BaseModel)):
-        return ""
-    close = difflib.get_close_matches(str(loc[-1]), list(tp.model_fields), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 # --------------------------------------------------------------------------- field types
 
 
-def _to_decimal(value: object) -> Decimal:
-    """TOML numbers (int or float) to Decimal via their text, so 0.1 stays 0.1."""
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        result = Decimal(str(value))
-    else:
-        raise PydanticCustomError("number_type", "expected a number")
-    if not result.is_finite():
-        raise PydanticCustomError("finite_number", "must be a finite number")
-    return result
-
-
-def _url_check(schemes: tuple[str, ...], *, origin: bool) -> AfterValidator:
+def _url_check(schemes: tuple[str, ...], *, origin: bool) -> After:
     """A URL validator. Messages quote the scheme/path at fault, never the whole URL:
     webhook URLs often embed tokens."""
     wanted = " or ".join(f"{s}://" for s in schemes)
@@ -231,39 +49,32 @@ def _url_check(schemes: tuple[str, ...], *, origin: bool) -> AfterValidator:
     def check(value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in schemes:
-            raise PydanticCustomError(
-                "url_scheme",
-                "must be a URL starting with {wanted} (got scheme '{got}')",
-                {"wanted": wanted, "got": parts.scheme},
-            )
+            raise Invalid(f"must be a URL starting with {wanted} (got scheme '{parts.scheme}')")
         if "@" in parts.netloc:
-            raise PydanticCustomError("url_userinfo", "must not contain credentials (user@host)")
+            raise Invalid("must not contain credentials (user@host)")
         if not parts.hostname:
-            raise PydanticCustomError("url_host", "must include a host")
+            raise Invalid("must include a host")
         try:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
-            raise PydanticCustomError("url_port", "has an invalid port") from None
+            raise Invalid("has an invalid port") from None
         if origin:
             if parts.path:
-                raise PydanticCustomError(
-                    "url_origin",
+                raise Invalid(
                     "must be a bare origin such as http://127.0.0.1:8765: no path and no "
-                    "trailing slash (got path '{path}')",
-                    {"path": parts.path},
+                    f"trailing slash (got path '{parts.path}')"
                 )
             if parts.query or parts.fragment:
-                raise PydanticCustomError("url_origin", "must not have a query or fragment")
+                raise Invalid("must not have a query or fragment")
         return value
 
-    return AfterValidator(check)
+    return After(check)
 
 
 def _secret_id_check(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9/_+=.@:-]{1,512}", value):
-        raise PydanticCustomError(
-            "secret_id",
-            "must be a Secrets Manager name or ARN (letters, digits, / _ + = . @ : -)",
+        raise Invalid(
+            "must be a Secrets Manager name or ARN (letters, digits, / _ + = . @ : -)"
         )
     return value
 
@@ -272,34 +83,25 @@ def _home_path_check(value: str) -> str:
     """Only `${OPS_HOME}` is expanded; any other `${...}` is a typo worth stopping for."""
     for var in re.findall(r"\$\{[^}]*\}", value):
         if var != _HOME_VAR:
-            raise PydanticCustomError(
-                "path_var",
-                "unsupported variable {var}: only {home} is expanded",
-                {"var": var, "home": _HOME_VAR},
-            )
+            raise Invalid(f"unsupported variable {var}: only {_HOME_VAR} is expanded")
     if not value:
-        raise PydanticCustomError("string_too_short", "must not be empty")
+        raise Invalid("must not be empty")
     if ".." in re.split(r"[/\\]", value):
         # `${OPS_HOME}/../x` leaves the runtime dir while reading as if inside it.
-        raise PydanticCustomError(
-            "path_traversal", "must not contain '..' components: write the path it means")
+        raise Invalid("must not contain '..' components: write the path it means")
     return value
 
 
-def _pattern_check(pattern: str, example: str) -> AfterValidator:
+def _pattern_check(pattern: str, example: str) -> After:
     """A regex check whose message shows an example instead of the regex."""
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
         if not compiled.fullmatch(value):
-            raise PydanticCustomError(
-                "pattern",
-                "must look like {example} (got {got})",
-                {"example": example, "got": _show(value)},
-            )
+            raise Invalid(f"must look like {example} (got {_show(value)})")
         return value
 
-    return AfterValidator(check)
+    return After(check)
 
 
 def _loopback_check(value: str) -> str:
@@ -308,27 +110,26 @@ def _loopback_check(value: str) -> str:
     except ValueError:
         ok = False
     if not ok:
-        raise PydanticCustomError(
-            "loopback",
+        raise Invalid(
             "must be a loopback address such as 127.0.0.1: metrics are never exposed beyond "
-            "this host (got {got})",
-            {"got": repr(value)},
+            f"this host (got {value!r})"
         )
     return value
 
 
 # 366 days: longer is a typo, and huge values overflow socket timeouts and time_t.
 MAX_SECONDS = 31_622_400
-Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
-Money = Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
-Quantity = Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
+Seconds = Annotated[float, Bounds(gt=0, le=MAX_SECONDS)]
+#: TOML numbers (int or float) become Decimal via their text, so 0.1 stays 0.1.
+Money = Annotated[Decimal, Bounds(gt=0)]
+Quantity = Annotated[Decimal, Bounds(gt=0)]
 OriginUrl = Annotated[str, _url_check(("http", "https"), origin=True)]
 HttpUrl = Annotated[str, _url_check(("http", "https"), origin=False)]
 WsUrl = Annotated[str, _url_check(("ws", "wss"), origin=False)]
-HomePath = Annotated[str, AfterValidator(_home_path_check)]
-SecretId = Annotated[str, AfterValidator(_secret_id_check)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Percent = Annotated[float, Field(gt=0, lt=100)]
+HomePath = Annotated[str, After(_home_path_check)]
+SecretId = Annotated[str, After(_secret_id_check)]
+Port = Annotated[int, Bounds(ge=1, le=65535)]
+Percent = Annotated[float, Bounds(gt=0, lt=100)]
 
 
 def _bad_name_message(name: str) -> str:
@@ -355,27 +156,17 @@ class OpsHome(Protocol):
     def buffer_path(self) -> Path: ...
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        allow_inf_nan=False,
-        use_attribute_docstrings=True,
-    )
-
-
 # --------------------------------------------------------------------------- per account
 
 
-class RiskLimits(_Model):
+class RiskLimits(Model):
     """Risk gates applied by the dispatcher before any order reaches the broker."""
 
     max_order_notional: Money
     """Largest notional (USD) of a single order."""
     max_symbol_notional: Money
     """Largest total exposure (USD, absolute market value) in one symbol."""
-    max_open_positions: Annotated[int, Field(gt=0)]
+    max_open_positions: Annotated[int, Bounds(gt=0)]
     """Most symbols held at once; new entries beyond it are rejected."""
     daily_loss_limit: Money
     """Loss (USD, from the day's starting equity) at which new entries stop for the day."""
@@ -394,20 +185,19 @@ class RiskLimits(_Model):
     ending before the close, an option closed on its expiry day), "strict" refuses every
     entry, "off" leaves it to the broker (whose refusal may then hit an exit)."""
 
-    @model_validator(mode="after")
-    def _order_within_symbol(self) -> RiskLimits:
+    def _cross_check(self) -> list[tuple[str, str]]:
         if self.max_order_notional > self.max_symbol_notional:
-            raise _problems(
+            return [
                 (
                     "max_order_notional",
                     f"must not exceed max_symbol_notional ({self.max_symbol_notional}) "
                     f"(got {self.max_order_notional})",
                 )
-            )
-        return self
+            ]
+        return []
 
 
-class Schedule(_Model):
+class Schedule(Model):
     """How often each periodic role of the account runs."""
 
     dispatcher_s: Seconds = 5.0
@@ -434,28 +224,28 @@ def _exit_by(value: str) -> str:
         return value
     m = re.fullmatch(r"(\d{2}):(\d{2})", value)
     if m is None or int(m[1]) > 23 or int(m[2]) > 59:
-        raise ValueError(f'must be "HH:MM" (New York time) or "off", got {value!r}')
+        raise Invalid(f'must be "HH:MM" (New York time) or "off", got {value!r}')
     if not "09:30" <= value < EXPIRY_LIQUIDATION:
-        raise ValueError(f"must be within the session and before Alpaca's expiry-day "
-                         f"liquidation from about {EXPIRY_LIQUIDATION} (09:30 <= HH:MM < "
-                         f"{EXPIRY_LIQUIDATION}), got {value!r}")
+        raise Invalid(f"must be within the session and before Alpaca's expiry-day "
+                      f"liquidation from about {EXPIRY_LIQUIDATION} (09:30 <= HH:MM < "
+                      f"{EXPIRY_LIQUIDATION}), got {value!r}")
     return value
 
 
-class ExitRules(_Model):
+class ExitRules(Model):
     """Exit rules the position manager applies; unset means the rule is off."""
 
     stop_loss_pct: Percent | None = None
     """Close when the loss from entry reaches this percentage (5 = 5%)."""
-    take_profit_pct: Annotated[float, Field(gt=0)] | None = None
+    take_profit_pct: Annotated[float, Bounds(gt=0)] | None = None
     """Close when the gain from entry reaches this percentage."""
     trailing_stop_pct: Percent | None = None
     """Close when price falls this percentage from the best price since entry."""
     max_hold_s: Seconds | None = None
     """Close a position held longer than this many seconds."""
-    close_options_days_before_expiry: Annotated[int, Field(ge=0)] | None = None
+    close_options_days_before_expiry: Annotated[int, Bounds(ge=0)] | None = None
     """Close option positions this many calendar days before expiry (0 = on expiry day)."""
-    options_expiry_day_exit_by: Annotated[str, AfterValidator(_exit_by)] = "15:00"
+    options_expiry_day_exit_by: Annotated[str, After(_exit_by)] = "15:00"
     """On an option's expiry day, close it at this New York time ("HH:MM", before 15:15)
     whatever close_options_days_before_expiry says: Alpaca may liquidate expiring
     positions from about 15:15 (docs/broker-protocol.md 3.7). "off": hold to expiry."""
@@ -465,13 +255,13 @@ _ALPACA_PAPER_HOST = "paper-api.alpaca.markets"
 _ALPACA_LIVE_HOST = "api.alpaca.markets"
 
 
-class AccountConfig(_Model):
+class AccountConfig(Model):
     """One broker account: where it lives, who it must be, and how it may trade."""
 
     secret_id: SecretId
     """Secret holding `{"api_key", "api_secret", "account_name"}` for this account
     (`default_secret_id(name)` gives the conventional one)."""
-    expected_account_number: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+    expected_account_number: Annotated[str, Pattern(r"^[A-Za-z0-9-]{1,64}$")]
     """The broker account number these credentials must belong to; every process refuses
     to run against any other account."""
     rest_url: OriginUrl
@@ -509,14 +299,13 @@ class AccountConfig(_Model):
     hold, close-before-expiry and a managed-only flatten act on all of it); false (the
     default) leaves external lots alone unless adopted (`ops positions adopt`)."""
 
-    @model_validator(mode="after")
-    def _paper_matches_host(self) -> AccountConfig:
+    def _cross_check(self) -> list[tuple[str, str]]:
         wanted, wrong = (
             (_ALPACA_PAPER_HOST, _ALPACA_LIVE_HOST)
             if self.paper
             else (_ALPACA_LIVE_HOST, _ALPACA_PAPER_HOST)
         )
-        problems = []
+        problems: list[tuple[str, str]] = []
         for key in ("rest_url", "stream_url"):
             if urlsplit(getattr(self, key)).hostname == wrong:
                 problems.append(
@@ -526,38 +315,35 @@ class AccountConfig(_Model):
                         f"{'live' if self.paper else 'paper'} host {wrong}; use {wanted}",
                     )
                 )
-        if problems:
-            raise _problems(*problems)
-        return self
+        return problems
 
 
 # --------------------------------------------------------------------------- shared sections
 
 
-class RetryConfig(_Model):
+class RetryConfig(Model):
     """Bounds for the shared back-off helper (`ops.core.backoff.Backoff`)."""
 
     initial_s: Seconds = 0.5
     """First delay before a retry."""
     max_s: Seconds = 10.0
     """Largest delay between retries."""
-    max_attempts: Annotated[int, Field(ge=0)] = 5
+    max_attempts: Annotated[int, Bounds(ge=0)] = 5
     """Attempts including the first; 0 = bounded by deadline_s only."""
     deadline_s: Seconds | None = 30.0
     """Give up once this much time has passed since the first attempt."""
 
-    @model_validator(mode="after")
-    def _bounded(self) -> RetryConfig:
+    def _cross_check(self) -> list[tuple[str, str]]:
         if self.initial_s > self.max_s:
-            raise _problems(
+            return [
                 (
                     "initial_s",
                     f"must not exceed max_s ({_num(self.max_s)}) (got {_num(self.initial_s)})",
                 )
-            )
+            ]
         if self.max_attempts == 0 and self.deadline_s is None:
-            raise _problems(("max_attempts", "0 (unbounded) needs a deadline_s"))
-        return self
+            return [("max_attempts", "0 (unbounded) needs a deadline_s")]
+        return []
 
     def to_backoff(self) -> Backoff:
         return Backoff(
@@ -568,39 +354,38 @@ class RetryConfig(_Model):
         )
 
 
-class DatabaseConfig(_Model):
+class DatabaseConfig(Model):
     """Postgres pool settings (the URL itself comes from OPS_DATABASE_URL or is embedded)."""
 
-    pool_min: Annotated[int, Field(ge=0)] = 1
+    pool_min: Annotated[int, Bounds(ge=0)] = 1
     """Connections kept open per process."""
-    pool_max: Annotated[int, Field(ge=1)] = 5
+    pool_max: Annotated[int, Bounds(ge=1)] = 5
     """Most connections per process."""
     connect_timeout_s: Seconds = 5.0
     """Timeout of one connection attempt; beyond it writes go to the SQLite buffer."""
     command_timeout_s: Seconds = 30.0
     """Timeout of one statement."""
-    history_retention_days: Annotated[float, Field(gt=0)] = 30.0
+    history_retention_days: Annotated[float, Bounds(gt=0)] = 30.0
     """Run-ledger and position-history rows older than this are deleted (by the watchdog,
     in small batches). Orders, events, signals and incidents are kept."""
 
-    @model_validator(mode="after")
-    def _pool_order(self) -> DatabaseConfig:
+    def _cross_check(self) -> list[tuple[str, str]]:
         if self.pool_min > self.pool_max:
-            raise _problems(
+            return [
                 (
                     "pool_min",
                     f"must not exceed pool_max ({_num(self.pool_max)}) (got {_num(self.pool_min)})",
                 )
-            )
-        return self
+            ]
+        return []
 
 
-class BufferConfig(_Model):
+class BufferConfig(Model):
     """The local SQLite buffer used while Postgres is unreachable."""
 
     path: HomePath | None = None
     """Buffer file; `${OPS_HOME}` is expanded. Default `$OPS_HOME/buffer.sqlite3`."""
-    drain_batch: Annotated[int, Field(gt=0)] = 5000
+    drain_batch: Annotated[int, Bounds(gt=0)] = 5000
     """Rows replayed into Postgres per transaction."""
     drain_interval_s: Seconds = 1.0
     """How often a process tries to drain its buffer while rows remain."""
@@ -609,7 +394,7 @@ class BufferConfig(_Model):
         return env.buffer_path if self.path is None else expand_home(self.path, env)
 
 
-class CredentialsConfig(_Model):
+class CredentialsConfig(Model):
     """Where account secrets are read from (see `ops.runtime.credentials`)."""
 
     provider: Literal["aws", "env", "file"] = "aws"
@@ -625,30 +410,30 @@ class CredentialsConfig(_Model):
         return expand_home(self.file_path, env)
 
 
-class StrategyConfig(_Model):
+class StrategyConfig(Model):
     """One pluggable strategy run by the signal engine."""
 
-    name: Annotated[str, Field(pattern=ACCOUNT_NAME_PATTERN)]
+    name: Annotated[str, Pattern(ACCOUNT_NAME_PATTERN)]
     """Strategy name, recorded on every signal it produces."""
     callable: Annotated[
         str,
-        Field(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"),
+        Pattern(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$"),
     ]
     """`package.module:function`; imported by the signal engine, never by config loading."""
-    accounts: Annotated[list[str], Field(min_length=1)]
+    accounts: Annotated[list[str], MinLen(1)]
     """Accounts this strategy produces signals for (names from `[accounts]`)."""
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = field(default_factory=dict)
     """Free-form parameters passed to the strategy."""
     enabled: bool = True
     """Disabled strategies are skipped."""
 
 
-class SignalEngineConfig(_Model):
+class SignalEngineConfig(Model):
     """The shared signal engine."""
 
     interval_s: Seconds = 60.0
     """Interval between strategy runs."""
-    strategies: list[StrategyConfig] = []
+    strategies: list[StrategyConfig] = field(default_factory=list)
     """Strategies, run in order each interval."""
 
 
@@ -661,43 +446,43 @@ _DEFAULT_GAP_BOUNDS: dict[str, float] = {
 }
 
 
-class WatchdogConfig(_Model):
+def _merge_gap_defaults(value: object) -> object:
+    """Roles a `[watchdog.gap_bounds_s]` table leaves out keep their default."""
+    return {**_DEFAULT_GAP_BOUNDS, **value} if isinstance(value, dict) else value
+
+
+class WatchdogConfig(Model):
     """The supervisord event listener that restarts stale processes."""
 
     heartbeat_interval_s: Seconds = 1.0
     """How often every process writes its heartbeat."""
     heartbeat_stale_s: Seconds = 5.0
     """A RUNNING process whose heartbeat is older than this is hung: killed and restarted."""
-    heartbeat_stale_by_role_s: dict[str, Seconds] = {}
+    heartbeat_stale_by_role_s: dict[str, Seconds] = field(default_factory=dict)
     """Per role: a stale bound overriding `heartbeat_stale_s` (e.g. a role whose loop may
     legitimately block longer). Roles not given use `heartbeat_stale_s`."""
-    gap_bounds_s: dict[str, Seconds] = dict(_DEFAULT_GAP_BOUNDS)
+    gap_bounds_s: Annotated[dict[str, Seconds], Before(_merge_gap_defaults)] = field(
+        default_factory=lambda: dict(_DEFAULT_GAP_BOUNDS))
     """Per role: longest tolerated time since the last completed run before the process is
     restarted (must exceed the role's interval). Roles not given keep their default."""
     tick_event: Literal["TICK_5", "TICK_60"] = "TICK_5"
     """supervisord TICK event the watchdog evaluates on."""
     startup_grace_s: Seconds = 15.0
     """A process younger than this is not judged on gaps yet."""
-    failing_after_runs: Annotated[int, Field(ge=1, le=1000)] = 3
+    failing_after_runs: Annotated[int, Bounds(ge=1, le=1000)] = 3
     """A process whose last this many runs failed is `failing` (alive, but not doing its
     work): the report is degraded, an incident opens and an alert goes out."""
-    failing_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    failing_share: Annotated[float, Bounds(gt=0, le=1)] = 0.5
     """Also `failing`: more than this share of its recent runs (the last 20 that did work,
     at least 5) failed, the latest one included."""
-    failing_restarts: Annotated[int, Field(ge=0, le=100)] = 2
+    failing_restarts: Annotated[int, Bounds(ge=0, le=100)] = 2
     """How many times the watchdog restarts a failing process within
     `failing_restart_window_s`; then it stops restarting, keeps the incident open and
     escalates the alert (never a crash loop)."""
     failing_restart_window_s: Seconds = 600.0
     """The window `failing_restarts` is counted over."""
 
-    @field_validator("gap_bounds_s", mode="before")
-    @classmethod
-    def _merge_defaults(cls, value: object) -> object:
-        return {**_DEFAULT_GAP_BOUNDS, **value} if isinstance(value, dict) else value
-
-    @model_validator(mode="after")
-    def _check(self) -> WatchdogConfig:
+    def _cross_check(self) -> list[tuple[str, str]]:
         problems = [
             (f"gap_bounds_s.{role}", f"unknown role '{role}' (known: {', '.join(KNOWN_ROLES)})")
             for role in self.gap_bounds_s
@@ -724,16 +509,14 @@ class WatchdogConfig(_Model):
                     f"({_num(self.heartbeat_interval_s)}) (got {_num(self.heartbeat_stale_s)})",
                 )
             )
-        if problems:
-            raise _problems(*problems)
-        return self
+        return problems
 
     def heartbeat_stale_for(self, role: str) -> float:
         """The stale bound of one role: its override, else `heartbeat_stale_s`."""
         return self.heartbeat_stale_by_role_s.get(role, self.heartbeat_stale_s)
 
 
-class MonitorConfig(_Model):
+class MonitorConfig(Model):
     """The monitor role (`ops run monitor`, one per deployment): the watchdog's judging,
     incidents, alerts, dead-man ping and metrics where no supervisord runs."""
 
@@ -742,7 +525,7 @@ class MonitorConfig(_Model):
     is seen within `watchdog.heartbeat_stale_s` plus this)."""
 
 
-class DeployConfig(_Model):
+class DeployConfig(Model):
     """How the processes are run."""
 
     layout: Literal["supervisord", "orchestrated", "auto"] = "auto"
@@ -752,10 +535,10 @@ class DeployConfig(_Model):
     rendered its config there, else orchestrated. `ops status` and `ops dash` say which."""
 
 
-class AlertsConfig(_Model):
+class AlertsConfig(Model):
     """Alert sinks; alerts go through an outbox with retries."""
 
-    webhook_urls: list[HttpUrl] = []
+    webhook_urls: list[HttpUrl] = field(default_factory=list)
     """Webhooks receiving a JSON POST per alert (treated as secrets: never logged in full)."""
     sns_topic_arn: (
         Annotated[
@@ -778,18 +561,18 @@ class AlertsConfig(_Model):
     """Retry bounds of one alert's delivery."""
 
 
-class MetricsConfig(_Model):
+class MetricsConfig(Model):
     """Prometheus metrics endpoint (loopback only)."""
 
     enabled: bool = False
     """Serve /metrics."""
-    host: Annotated[str, AfterValidator(_loopback_check)] = "127.0.0.1"
+    host: Annotated[str, After(_loopback_check)] = "127.0.0.1"
     """Listen address; only loopback addresses are accepted."""
     port: Port = 9464
     """Listen port."""
 
 
-class SimConfig(_Model):
+class SimConfig(Model):
     """The bundled Alpaca-compatible simulator (demo and tests)."""
 
     port: Port = 8765
@@ -802,7 +585,7 @@ class SimConfig(_Model):
     """Market clock: always open, real NYSE regular hours, or forced closed."""
 
 
-class BrokerConfig(_Model):
+class BrokerConfig(Model):
     """Broker client behaviour shared by all accounts."""
 
     rest_timeout_s: Seconds = 10.0
@@ -818,16 +601,16 @@ class BrokerConfig(_Model):
     long opens `stream-disconnected` / `stream-refused`, whether or not orders are open."""
     stream_settle_s: Seconds = 5.0
     """Connected again for this long closes `stream-disconnected` / `stream-refused`."""
-    stream_flap_drops: Annotated[int, Field(ge=2, le=10_000)] = 5
+    stream_flap_drops: Annotated[int, Bounds(ge=2, le=10_000)] = 5
     """This many drops of a connected stream within `stream_flap_window_s` (each reconnect
     quick, so it is never down long) opens `stream-flapping`."""
     stream_flap_window_s: Seconds = 300.0
     """The window `stream_flap_drops` is counted over; `stream-flapping` closes once the
     stream is connected and has not dropped for this long."""
-    rate_limit_per_min: Annotated[int, Field(ge=2)] = 200
+    rate_limit_per_min: Annotated[int, Bounds(ge=2)] = 200
     """REST calls per minute per API key (Alpaca allows 200), shared by all processes of
     the account: each process gets its share."""
-    rate_limit_burst: Annotated[int, Field(gt=0)] = 20
+    rate_limit_burst: Annotated[int, Bounds(gt=0)] = 20
     """Calls that may go out back to back before the budget paces them."""
     data_feed: Literal["iex", "sip"] | None = None
     """Market-data feed; unset lets the server pick."""
@@ -838,7 +621,7 @@ class BrokerConfig(_Model):
 # --------------------------------------------------------------------------- the whole file
 
 
-class Config(_Model):
+class Config(Model):
     """The whole `ops.toml`."""
 
     accounts: dict[str, AccountConfig]
@@ -866,8 +649,7 @@ class Config(_Model):
     broker: BrokerConfig = BrokerConfig()
     """Broker client settings."""
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> Config:
+    def _cross_check(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         if not self.accounts:
             problems.append(("accounts", "at least one account is required"))
@@ -940,9 +722,7 @@ class Config(_Model):
                             f"unknown account '{acct_name}' (configured: {known})",
                         )
                     )
-        if problems:
-            raise _problems(*problems)
-        return self
+        return problems
 
     def enabled_accounts(self) -> dict[str, AccountConfig]:
         return {n: a for n, a in self.accounts.items() if a.enabled}
@@ -968,7 +748,7 @@ class Config(_Model):
     def to_public_dict(self) -> dict[str, Any]:
         """A JSON-ready view for `ops doctor`/status. Config holds no API keys, but alert
         URLs often embed tokens, so they are cut down to their origin here."""
-        data = self.model_dump(mode="json")
+        data: dict[str, Any] = to_json(self)
         alerts = data["alerts"]
         alerts["webhook_urls"] = [_origin_only(u) for u in alerts["webhook_urls"]]
         if alerts["deadman_url"]:
@@ -995,10 +775,8 @@ def validate_mapping(data: Mapping[str, Any], source: str,
         if not _ACCOUNT_NAME_RE.match(name)
     ]
     found += problems
-    try:
-        config = Config.model_validate(dict(data))
-    except ValidationError as exc:
-        found += [p for err in exc.errors() for p in _format_error(err)]
-    if found:
+    config, invalid = Config.validate(dict(data))
+    found += invalid
+    if config is None or found:
         raise ConfigError(source, list(dict.fromkeys(found)))
     return config

@@ -155,7 +155,7 @@ def _simulator_fields(data: Mapping[str, Any], home: Path | None) -> tuple[dict[
     if identity is not None and identity.port is not None:
         port = identity.port
     if not isinstance(port, int) or isinstance(port, bool):
-        port = SimConfig.model_fields["port"].default
+        port = SimConfig().port
     origin = f"http://127.0.0.1:{port}"
     filled = {}
     for name, acct in accounts.items():

@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGED_CONFIG = Path(__file__).resolve().parents[1] / "defaults" / "ops.toml"
 #: Exit code of every `ops` command that stops on the configuration (sysexits EX_CONFIG):
 #: not 2, which `ops status` uses for "down". Here, not with the config, so that `ops` can use
-#: it without loading pydantic.
+#: it without loading the config's schema.
 EXIT_CONFIG = 78
 #: How `config_path` was found (`RuntimeEnv.config_source`).
 FROM_ENV, FROM_HOME, FROM_PACKAGE = "OPS_CONFIG", "$OPS_HOME/ops.toml", "packaged default"

@@ -20,7 +20,7 @@ file is fresh and the process is not failing (a standby is alive: liveness passe
 file), 2 no file yet or bad usage. One line on stdout says why.
 
 It must stay cheap (< 1 s, <= 40 MB): this module imports only the standard library and
-ops.runtime.env, never alpaca-py, asyncpg, pydantic (the config loader) or textual
+ops.runtime.env, never alpaca-py, asyncpg, the config loader or textual
 (tests/test_healthcheck.py holds it to that).
 """
 
@@ -46,7 +46,7 @@ EXIT_NO_FILE = 2  # also bad usage (argparse's own exit code)
 #: rather than imported from ops.roles.runtime, which loads the whole role runtime.
 PER_ACCOUNT_ROLES = frozenset({"stream", "dispatcher", "position-manager"})
 SHARED_ROLES = frozenset({"signal-engine", "monitor"})
-#: ops.core.config.ACCOUNT_NAME_PATTERN (ops.runtime.config imports pydantic: too heavy here; a test
+#: ops.core.config.ACCOUNT_NAME_PATTERN, copied: this module loads no config code (a test
 #: checks both stay equal). It also keeps `--account` from naming a path.
 ACCOUNT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 

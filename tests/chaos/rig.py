@@ -144,7 +144,7 @@ class ChaosRig:
         # Read raw, not validated: only this value matters here, and the stack validated
         # the file itself (this process may run older code than the stack it started).
         config = tomllib.loads(stack.env.config_path.read_text())
-        default = float(Schedule.model_fields["fill_check_s"].default)
+        default = Schedule().fill_check_s
         self.fill_check_s = max((float(a.get("schedule", {}).get("fill_check_s", default))
                                  for a in config.get("accounts", {}).values()),
                                 default=default)

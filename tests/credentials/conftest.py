@@ -37,7 +37,7 @@ def account(secret_id: str) -> AccountConfig:
         rest_url="http://127.0.0.1:8765",
         stream_url="ws://127.0.0.1:8765/stream",
         data_url="http://127.0.0.1:8765",
-        risk=RiskLimits.model_validate(
+        risk=RiskLimits.from_mapping(
             {
                 "max_order_notional": 1,
                 "max_symbol_notional": 1,

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
 from alpaca.trading.models import Order, Position
@@ -104,7 +105,7 @@ async def test_submit_get_list_cancel_replace(sim: Simulator) -> None:
     assert status == 422 and body["code"] == 42210000
 
     every = await c.orders(GetOrdersRequest(
-        status=QueryOrderStatus.ALL, direction="asc", nested=True))
+        status=QueryOrderStatus.ALL, direction=Sort.ASC, nested=True))
     assert [o.id for o in every] == [filled.id, resting.id, new.id]
     closed = await c.orders(GetOrdersRequest(
         status=QueryOrderStatus.CLOSED, symbols=["MSFT"], limit=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -200,11 +201,12 @@ async def test_close_is_idempotent(ops_env: RuntimeEnv) -> None:
 
 async def test_open_with_ops_toml_config(ops_env: RuntimeEnv) -> None:
     base = load_config(DEMO_CONFIG)
-    cfg = base.model_copy(update={
-        "buffer": BufferConfig(path="${OPS_HOME}/custom.sqlite3", drain_batch=7,
-                               drain_interval_s=0.5),
-        "database": DatabaseConfig(pool_max=2, connect_timeout_s=1.5, command_timeout_s=9),
-    })
+    cfg = replace(
+        base,
+        buffer=BufferConfig(path="${OPS_HOME}/custom.sqlite3", drain_batch=7,
+                            drain_interval_s=0.5),
+        database=DatabaseConfig(pool_max=2, connect_timeout_s=1.5, command_timeout_s=9),
+    )
     settings = StoreSettings.from_config(cfg, ops_env)
     assert (settings.drain_batch, settings.drain_poll_s, settings.pool_max_size) == (7, 0.5, 2)
     assert (settings.connect_timeout_s, settings.command_timeout_s) == (1.5, 9)
