@@ -4,8 +4,7 @@ Everything the pipeline does per account (URLs, identity, risk, schedule, exits)
 here, so adding an account is one more `[accounts.NAME]` table, never code. Validation turns
 every problem into one `ConfigError` line `FILE: KEY.PATH: PROBLEM`, all problems at once.
 The models are frozen dataclasses checked by the small engine in ops/core/schema.py (stdlib
-only: every process imports this module, and a validation library would cost each of them
-about 20 MB).
+only: every process imports this module, and pydantic cost each of them about 16 MB).
 
 What does not live here: reading the file, the environment and the demo identity
 (ops/runtime/config.py), reading secrets (ops/runtime/credentials.py), importing strategy
