@@ -108,21 +108,26 @@ def footprint(env: RuntimeEnv, window_s: float) -> dict[str, Any]:
     time.sleep(window_s)
     rss: dict[str, float] = {}
     pss_total = rss_total = cpu_s = 0.0
+    measured = python = 0
     for p in procs:
+        # A process may end at any point (a Postgres backend closing): counted only when
+        # every figure of it was read.
         try:
             mem = p.memory_full_info()
             cpu_s += sum(p.cpu_times()[:2]) - before.get(p.pid, 0.0)
+            name = label(p)
+            is_python = ("python" in p.name() or "ops" in p.name()
+                         or name not in ("postgres", "supervisord"))
         except psutil.Error:
             continue
-        name = label(p)
+        measured += 1
+        python += is_python
         rss[name] = rss.get(name, 0.0) + mem.rss / 1e6
         rss_total += mem.rss / 1e6
         pss_total += getattr(mem, "pss", mem.rss) / 1e6
-    python = sum(1 for p in procs if "python" in p.name() or "ops" in p.name()
-                 or label(p) not in ("postgres", "supervisord"))
     return {"rss_mb": rss_total, "pss_mb": pss_total, "cpu_pct": 100 * cpu_s / window_s,
             "per_process_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
-            "processes": len(procs), "python_processes": python}
+            "processes": measured, "python_processes": python}
 
 
 def bare_interpreter_rss_mb() -> float:

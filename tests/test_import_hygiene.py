@@ -89,3 +89,17 @@ def test_rest_and_market_data_load_neither_alpaca_data_nor_pandas() -> None:
         "             if m.startswith(('alpaca', 'pandas', 'numpy'))))\n"
     )
     assert _run(code).splitlines() == ["True True", "[]"]
+
+
+def test_roles_load_neither_pydantic_nor_aiohttp() -> None:
+    # Each costs a role process about 11-18 MB of RSS (target: <= 50 MB a role). The config
+    # validates with ops/core/schema.py; aiohttp is imported by the alert sinks on their
+    # first webhook or dead-man ping only.
+    code = (
+        "import sys\n"
+        "import ops.roles.stream, ops.roles.position_manager, ops.roles.dispatcher\n"
+        "import ops.roles.signal_engine, ops.roles.watchdog, ops.roles.monitor\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules\n"
+        "              if m.split('.')[0] in ('pydantic', 'pydantic_core', 'aiohttp')}))\n"
+    )
+    assert _run(code) == "[]"

@@ -35,15 +35,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
-import aiohttp
 import aiosqlite
 
 from ops.core.backoff import Backoff
 from ops.core.config import AlertsConfig
 from ops.runtime.errors import summarise_body
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +106,27 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
+def _client_session(timeout_s: float) -> aiohttp.ClientSession:
+    """An HTTP client session. aiohttp is imported here, on the first webhook or dead-man
+    ping: about 11 MB a process (the watchdog, the monitor) spends only when the config
+    names such a URL."""
+    import aiohttp
+
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
 class WebhookSink:
     """HTTP POST of the JSON body; any non-2xx status is a failure."""
 
     def __init__(self, url: str, timeout_s: float, index: int = 0) -> None:
         self.url = url
         self.name = f"webhook{index}:{safe_url(url)}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, body: Mapping[str, Any]) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = _client_session(self._timeout_s)
         async with self._session.post(self.url, json=dict(body)) as resp:
             if resp.status // 100 != 2:
                 # A proxy's HTML error page is its title, not a page in the log.
@@ -514,7 +525,7 @@ class DeadmanPinger:
         self.url = url
         self.interval_s = interval_s
         self._healthy = healthy
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._stop = asyncio.Event()
         self.pings = 0
         self.failures = 0
@@ -526,7 +537,7 @@ class DeadmanPinger:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        async with aiohttp.ClientSession(timeout=self._timeout) as session:
+        async with _client_session(self._timeout_s) as session:
             t0 = loop.time()
             k = 0
             while not self._stop.is_set():
