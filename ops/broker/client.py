@@ -1,6 +1,6 @@
 """`Broker`: the async facade over the broker's REST API for one account.
 
-Each call is one blocking HTTP request (transport.Http: our own `requests` session, not
+Each call is one blocking HTTP request (transport.Http: our own urllib3 connection pool, not
 alpaca-py's clients; transport.py says why) in a worker thread (`asyncio.to_thread`),
 with a real timeout, bounded on the loop side too; the raw JSON is converted into
 ops.core.models types (convert.py). Endpoints and parameters: docs/broker-protocol.md 3.
@@ -157,13 +157,13 @@ class Broker:
         self.stats = BrokerStats()
         self._refused: AccountMismatchError | None = None
         s = self.settings
-        # One session for the trading and the data host (connections pooled per host).
+        # One client for the trading and the data host (connections pooled per host).
         self._http = Http(creds.api_key, creds.api_secret, s.rest_timeout_s)
         self._v2 = f"{endpoints.rest_url}/v2"
         self.market = MarketData(self._read_data, endpoints.data_url, s.data_feed)
         self._bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
         self._data_bucket = TokenBucket(s.rate_limit_per_min, s.rate_limit_burst)
-        # Bound on the loop side too: requests' read timeout is per socket read, so a
+        # Bound on the loop side too: urllib3's read timeout is per socket read, so a
         # server trickling bytes could otherwise hold a call far longer.
         self._call_bound_s = 2 * s.rest_timeout_s + 1.0
 
@@ -171,7 +171,7 @@ class Broker:
         return f"Broker(account={self.account_name!r}, rest_url={self.endpoints.rest_url!r})"
 
     def close(self) -> None:
-        """Close the HTTP session's connections (idempotent)."""
+        """Close the pooled HTTP connections (idempotent)."""
         self._http.close()
 
     async def __aenter__(self) -> Broker:

@@ -50,7 +50,7 @@ class BrokerSettings:
     """Bounds for broker REST calls."""
 
     rest_timeout_s: float = 10.0
-    """requests' connect and read timeout for every call (transport.Http)."""
+    """The connect and the read timeout of every call (transport.Http)."""
     retry: Backoff = field(default_factory=_default_retry)
     """Bounds for retrying reads, cancels and 429s; also for the lookup that settles a submit."""
     rate_limit_per_min: int = 200

@@ -1,20 +1,23 @@
-"""How REST calls reach the broker: one `requests.Session` per Broker, real timeouts, no
-hidden retries, a rate budget, and translation of HTTP / requests errors into
+"""How REST calls reach the broker: one `urllib3.PoolManager` per Broker, real timeouts,
+no hidden retries, a rate budget, and translation of HTTP / urllib3 errors into
 ops.broker.errors.
 
-Why our own session and not alpaca-py's REST clients: what the adapter needs has no
+Why our own client and not alpaca-py's REST clients: what the adapter needs has no
 public hook there. alpaca-py 0.44 (read in its source) passes no timeout to `requests`
 (docs/broker-protocol.md 1.3); retries 429/504 itself with fixed 3 s sleeps, POST /v2/orders
 included (1.5), and its `retry_attempts=0` means "the default" while TradingClient takes
 no retry arguments at all; its session is private. All three could only be had by
 patching private attributes. Its trading and data modules also import pandas and numpy
 (~47 MB per process) for DataFrame views we never use. The calls we make are few and
-documented (docs/broker-protocol.md 3, 3.8), and the adapter already converts the raw JSON itself
-(convert.py), so `Http` issues them with the public API of `requests`: auth headers on
-the session, a (connect, read) timeout on every request, redirects not followed (as
-alpaca-py: a 3xx is an error, never a silent hop to another host), and no retries
-(`requests` makes none by default): every retry goes through ops.runtime.retry, with our bounds
-and our per-method policy (client.py).
+documented (docs/broker-protocol.md 3, 3.8), and the adapter already converts the raw JSON
+itself (convert.py), so `Http` issues them with the public API of `urllib3` (what `requests`
+runs on; `requests` with charset_normalizer, idna and certifi would cost each role about
+4.5 MB of RSS for nothing we use): the auth headers on every request, a (connect, read)
+`urllib3.Timeout` on every request, redirects not followed (as alpaca-py: a 3xx is an
+error, never a silent hop to another host), and `retries=False`: every retry goes through
+ops.runtime.retry, with our bounds and our per-method policy (client.py). TLS is verified
+against the system's CA certificates (as the trade stream's, websocket.py); proxy settings
+in the environment are not read.
 
 - `TokenBucket` keeps one process under the broker's per-account request budget.
 - Error messages are built from the status, the body (an HTML page cut to its title)
@@ -28,13 +31,27 @@ import json
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
-import requests
+import urllib3
+from urllib3.exceptions import (
+    ClosedPoolError,
+    HTTPError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ResponseError,
+    SSLError,
+)
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ops.broker.errors import BrokerApiError, BrokerDataError, BrokerError, BrokerUnavailable
 from ops.runtime.errors import auth_hint, summarise_body
 
-USER_AGENT = f"ops-pipeline requests/{requests.__version__}"
+USER_AGENT = "ops-pipeline"  # as the trade stream's handshake (websocket.py)
+# What requests called a ConnectionError: refused, reset or broken, TLS, proxy, pool closed.
+_CONNECTION_FAILED = (NewConnectionError, ProtocolError, SSLError, ProxyError, ClosedPoolError)
 
 
 class HttpStatusError(Exception):
@@ -50,37 +67,68 @@ class Http:
     """Blocking JSON-over-HTTP calls for one set of keys (run them in a worker thread).
 
     `request` returns the decoded JSON body, or None for an empty one (a 204). A status
-    >= 300 raises HttpStatusError; no answer raises requests' own exceptions; a 2xx body
+    >= 300 raises HttpStatusError; no answer raises urllib3's own exceptions; a 2xx body
     that is not JSON raises ValueError. `translate` turns all of these into ours.
+    `pool` is for tests (a PoolManager that answers without a network).
     """
 
     def __init__(self, api_key: str, api_secret: str, timeout_s: float,
-                 session: requests.Session | None = None) -> None:
-        self._timeout = (timeout_s, timeout_s)
-        self._session = session or requests.Session()  # a test may mount its own adapter
-        self._session.headers.update({
+                 pool: urllib3.PoolManager | None = None) -> None:
+        # A line break in a header value: http.client would refuse it, quoting the value
+        # (the key) in its message; refused here, per call as before, without it.
+        self._bad_keys = any(c in v for v in (api_key, api_secret) for c in "\r\n")
+        self._timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s)
+        self._headers = {
             "APCA-API-KEY-ID": api_key,
             "APCA-API-SECRET-KEY": api_secret,
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
-        })
+            "Accept-Encoding": "gzip, deflate",
+        }
+        self._pool = pool if pool is not None else urllib3.PoolManager()
 
     def __repr__(self) -> str:
-        return "Http()"  # never the session: its headers hold the keys
+        return "Http()"  # never the headers: they hold the keys
 
     def request(
         self, method: str, url: str, params: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
     ) -> Any:
-        resp = self._session.request(method, url, params=params, json=body,
-                                     timeout=self._timeout, allow_redirects=False)
-        if not 200 <= resp.status_code < 300:
-            raise HttpStatusError(resp.status_code, resp.text)
-        return resp.json() if resp.content else None
+        if self._bad_keys:
+            raise ValueError("the API key or secret holds a line break")
+        query = urlencode(params) if params else ""
+        if query:  # in the URL for every method (the body is JSON), as requests put it
+            url = f"{url}{'&' if '?' in url else '?'}{query}"
+        headers = self._headers
+        payload: bytes | None = None
+        if body is not None:
+            payload = json.dumps(body, allow_nan=False).encode()  # as requests encoded it
+            headers = {**headers, "Content-Type": "application/json"}
+        resp = self._pool.request(method, url, body=payload, headers=headers,
+                                  timeout=self._timeout, retries=False, redirect=False)
+        data = resp.data or b""  # urllib3 may give None for an empty body
+        text = _text(data, resp.headers.get("Content-Type", ""))
+        if not 200 <= resp.status < 300:
+            raise HttpStatusError(resp.status, text)
+        return json.loads(text) if data else None
 
     def close(self) -> None:
         """Close pooled connections (idempotent; a later request would open new ones)."""
-        self._session.close()
+        self._pool.clear()
+
+
+def _text(data: bytes, content_type: str) -> str:
+    """The body decoded with the charset of its Content-Type, else UTF-8 (what Alpaca
+    sends JSON in); undecodable bytes become U+FFFD, as requests decoded."""
+    charset = "utf-8"
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip(" \"'"):
+            charset = value.strip(" \"'")
+    try:
+        return data.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return data.decode("utf-8", errors="replace")
 
 
 class TokenBucket:
@@ -150,27 +198,43 @@ def _error_fields(status: int, body: str) -> tuple[int | None, str]:
 
 
 def translate(exc: BaseException, what: str, timeout_s: float) -> BrokerError | None:
-    """Our error for an HTTP / requests / asyncio failure, or None if not ours."""
+    """Our error for an HTTP / urllib3 / asyncio failure, or None if not ours."""
     if isinstance(exc, BrokerError):
         return exc
     if isinstance(exc, HttpStatusError):
         code, message = _error_fields(exc.status, exc.body)
         return BrokerApiError(what, message, http_status=exc.status, code=code)
-    if isinstance(exc, ValueError):
-        # A 2xx body that is not JSON (requests.JSONDecodeError is a ValueError). Inputs
-        # are validated before the call, so a ValueError here is about the response.
-        return BrokerDataError(what, f"unreadable response: {_short(exc)}")
-    if isinstance(exc, requests.Timeout | TimeoutError):
+    if isinstance(exc, HTTPError):
+        # Before ValueError: a malformed URL (LocationValueError) is both, and not about
+        # the response.
+        return BrokerUnavailable(what, _unanswered(exc, timeout_s))
+    if isinstance(exc, TimeoutError):  # the loop's bound on the call (client.py)
         return BrokerUnavailable(what, f"no answer within {timeout_s:g}s (timeout)")
-    if isinstance(exc, requests.ConnectionError):
-        return BrokerUnavailable(what, f"connection failed: {_short(exc)}")
-    if isinstance(exc, requests.RequestException):
-        return BrokerUnavailable(what, f"request failed: {_short(exc)}")
+    if isinstance(exc, ValueError):
+        # A 2xx body that is not JSON (json.JSONDecodeError is a ValueError). Inputs are
+        # validated before the call, so a ValueError here is about the response (or keys
+        # with a line break, which Http refuses: a response never comes).
+        return BrokerDataError(what, f"unreadable response: {_short(exc)}")
     return None
 
 
+def _unanswered(exc: HTTPError, timeout_s: float) -> str:
+    """What failed inside urllib3, sorted as requests sorted it: a timeout, a connection
+    that failed (refused, reset, broken off, TLS, proxy), or another failed request."""
+    cause: BaseException | None = exc.reason if isinstance(exc, MaxRetryError) else exc
+    # NewConnectionError (a refused connection, a failed name lookup) is a subclass of
+    # ConnectTimeoutError in urllib3 2, but no timeout.
+    if isinstance(cause, Urllib3Timeout) and not isinstance(cause, NewConnectionError):
+        return f"no answer within {timeout_s:g}s (timeout)"
+    if isinstance(cause, ResponseError):  # too many redirects or error statuses
+        return f"request failed: {_short(exc)}"
+    if isinstance(exc, MaxRetryError) or isinstance(cause, _CONNECTION_FAILED):
+        return f"connection failed: {_short(exc)}"
+    return f"request failed: {_short(exc)}"
+
+
 def _short(exc: BaseException) -> str:
-    # requests' messages name the URL and host (never headers, where the keys live).
+    # urllib3's messages name the URL, host and pool (never headers, where the keys live).
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 300 else text[:297] + "..."
 

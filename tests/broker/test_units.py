@@ -1,13 +1,36 @@
-"""Pure parts of the adapter: endpoints, the rate budget, error translation, requests."""
+"""Pure parts of the adapter: endpoints, the rate budget, error translation, order
+request bodies."""
 
 from __future__ import annotations
 
+import socket
 from decimal import Decimal
 
 import pytest
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import (
+    ClosedPoolError,
+    ConnectTimeoutError,
+    DecodeError,
+    LocationParseError,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    ResponseError,
+    SSLError,
+)
 
 from ops.broker import BrokerEndpoints, BrokerSettings
-from ops.broker.errors import AccountMismatchError, BrokerApiError, BrokerUnavailable
+from ops.broker.errors import (
+    AccountMismatchError,
+    BrokerApiError,
+    BrokerDataError,
+    BrokerUnavailable,
+)
 from ops.broker.marketdata import parse_timeframe
 from ops.broker.orders import build_order_request, build_replace_request
 from ops.broker.transport import (
@@ -75,13 +98,55 @@ def test_api_errors_are_read_defensively(status: int, body: str, code: int | Non
     assert not is_rate_limited(err)
 
 
-def test_timeouts_are_unavailable_and_transient() -> None:
-    import requests
+_POOL = HTTPConnectionPool("broker.test", 443)
+_CONN = HTTPConnection("broker.test", 443)
+_URL = "/v2/account"
+_REFUSED = NewConnectionError(_CONN, "Failed to establish a new connection: [Errno 111] "
+                                     "Connection refused")
 
-    err = translate(requests.ReadTimeout("x"), "get account", 2.0)
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [(ReadTimeoutError(_POOL, _URL, "Read timed out. (read timeout=2.0)"), "timeout"),
+     (ConnectTimeoutError(_CONN, "Connection timed out"), "timeout"),
+     (TimeoutError(), "timeout"),  # the loop's bound (asyncio.wait_for), a socket timeout
+     (MaxRetryError(_POOL, _URL, ConnectTimeoutError(_CONN, "timed out")), "timeout"),
+     # A NewConnectionError is a ConnectTimeoutError in urllib3 2, but no timeout.
+     (_REFUSED, "connection failed: NewConnectionError: "),
+     (NameResolutionError("broker.test", _CONN, socket.gaierror(-2, "Name or service not "
+                                                               "known")),
+      "connection failed: NameResolutionError: "),
+     (MaxRetryError(_POOL, _URL, _REFUSED), "connection failed: MaxRetryError: "),
+     (MaxRetryError(_POOL, _URL, None), "connection failed: MaxRetryError: "),
+     (ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer")),
+      "connection failed: ProtocolError: "),
+     (SSLError("certificate verify failed"), "connection failed: SSLError: "),
+     (ProxyError("Unable to connect to proxy", OSError("x")), "connection failed: ProxyError: "),
+     (ClosedPoolError(_POOL, "Pool is closed."), "connection failed: ClosedPoolError: "),
+     (MaxRetryError(_POOL, _URL, ResponseError("too many redirects")),
+      "request failed: MaxRetryError: "),
+     (DecodeError("Received response with content-encoding: gzip, but failed to decode it."),
+      "request failed: DecodeError: "),
+     # A ValueError too, but about the URL, not the response.
+     (LocationParseError("http://[::1"), "request failed: LocationParseError: ")],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else None,
+)
+def test_no_answer_is_unavailable_and_transient(exc: BaseException, reason: str) -> None:
+    err = translate(exc, "get account", 2.0)
     assert isinstance(err, BrokerUnavailable) and is_transient(err)
-    assert "2s" in str(err)
+    assert str(err).startswith("get account: ")
+    if reason == "timeout":
+        assert err.reason == "no answer within 2s (timeout)"
+    else:
+        assert err.reason.startswith(reason) and len(err.reason) > len(reason)
+
+
+def test_what_is_not_ours_is_not_translated() -> None:
     assert translate(KeyError("k"), "x", 1.0) is None
+    assert translate(OSError("raw"), "x", 1.0) is None
+    err = translate(ValueError("Expecting value: line 1 column 1"), "get account", 1.0)
+    assert isinstance(err, BrokerDataError) and not is_transient(err)
+    assert err.reason == "unreadable response: ValueError: Expecting value: line 1 column 1"
 
 
 def test_account_mismatch_message_names_account_and_numbers() -> None:
