@@ -61,7 +61,7 @@ def test_no_role_loads_alpaca_py_or_pandas() -> None:
 
 
 def test_rest_and_market_data_load_neither_alpaca_data_nor_pandas() -> None:
-    # REST and market data are our own requests (ops/broker/transport.py): real calls to
+    # REST and market data are our own HTTP calls (ops/broker/transport.py): real calls to
     # the simulator load neither alpaca-py nor pandas or numpy.
     code = (
         "import asyncio, sys\n"
@@ -103,3 +103,17 @@ def test_roles_load_neither_pydantic_nor_aiohttp() -> None:
         "              if m.split('.')[0] in ('pydantic', 'pydantic_core', 'aiohttp')}))\n"
     )
     assert _run(code) == "[]"
+
+
+def test_roles_load_neither_requests_nor_charset_normalizer() -> None:
+    # The broker's REST calls use urllib3 directly (ops/broker/transport.py); requests with
+    # charset_normalizer (and idna, certifi) added about 4.5 MB of RSS to every role.
+    code = (
+        "import sys\n"
+        "import ops.roles.stream, ops.roles.position_manager, ops.roles.dispatcher\n"
+        "import ops.roles.signal_engine, ops.roles.watchdog, ops.roles.monitor\n"
+        "from ops.broker import Broker\n"
+        "tops = {m.split('.')[0] for m in sys.modules}\n"
+        "print('urllib3' in tops, sorted(tops & {'requests', 'charset_normalizer'}))\n"
+    )
+    assert _run(code) == "True []"
