@@ -109,12 +109,15 @@ def footprint(env: RuntimeEnv, window_s: float) -> dict[str, Any]:
     rss: dict[str, float] = {}
     pss_total = rss_total = cpu_s = 0.0
     measured = python = 0
-    for p in procs:
+    # Memory of the processes alive now (a role the watchdog restarted during the window
+    # is counted as its new process); CPU over the window of those alive at both ends.
+    for p in stack_processes(env):
         # A process may end at any point (a Postgres backend closing): counted only when
         # every figure of it was read.
         try:
             mem = p.memory_full_info()
-            cpu_s += sum(p.cpu_times()[:2]) - before.get(p.pid, 0.0)
+            if p.pid in before:
+                cpu_s += sum(p.cpu_times()[:2]) - before[p.pid]
             name = label(p)
             is_python = ("python" in p.name() or "ops" in p.name()
                          or name not in ("postgres", "supervisord"))
