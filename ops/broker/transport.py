@@ -85,7 +85,7 @@ class Http:
             "Accept": "application/json",
             "Accept-Encoding": "gzip, deflate",
         }
-        self._pool = pool if pool is not None else urllib3.PoolManager()
+        self._manager = pool if pool is not None else urllib3.PoolManager()
 
     def __repr__(self) -> str:
         return "Http()"  # never the headers: they hold the keys
@@ -104,7 +104,7 @@ class Http:
         if body is not None:
             payload = json.dumps(body, allow_nan=False).encode()  # as requests encoded it
             headers = {**headers, "Content-Type": "application/json"}
-        resp = self._pool.request(method, url, body=payload, headers=headers,
+        resp = self._manager.request(method, url, body=payload, headers=headers,
                                   timeout=self._timeout, retries=False, redirect=False)
         data = resp.data or b""  # urllib3 may give None for an empty body
         text = _text(data, resp.headers.get("Content-Type", ""))
@@ -114,7 +114,7 @@ class Http:
 
     def close(self) -> None:
         """Close pooled connections (idempotent; a later request would open new ones)."""
-        self._pool.clear()
+        self._manager.clear()
 
 
 def _text(data: bytes, content_type: str) -> str:
