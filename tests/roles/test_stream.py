@@ -334,21 +334,40 @@ async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
     role_env: RoleEnv, large_broker: Broker
 ) -> None:
     """A stream fill whose qty and time contradict the broker's activity for the same
-    identity: reported as `fill-mismatch`, the stored row stays the only one."""
+    identity: reported as `fill-mismatch`, the stored row stays the only one.
+
+    The stream's copy is stored first, then a check is asked for: the order is placed
+    after the connect check, with its real events held back, and no periodic check
+    runs meanwhile (with the order placed before the role started, the connect check
+    could store the activity before the frame arrived, on a loaded host)."""
+    from ops.store import fills as fq
+
     sim = role_env.sim
-    role_env.write_config(stream_check_s=0.2, fill_check_s=0.5)
-    res = await large_broker.submit_order(order_request("AAPL", 50))
-    assert res.order is not None
-    await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
-    filled = await large_broker.get_order(res.order.id)
-    assert filled is not None and filled.filled_qty == 50
-    frame = {"stream": "trade_updates", "data": {
-        "event": "fill", "timestamp": "2020-01-01T00:00:00Z", "price": str(filled.filled_avg_price),
-        "qty": "7", "order": dict(filled.raw)}}
+    role_env.write_config(stream_check_s=0.2, fill_check_s=60)
     async with running_role(role_env, "stream", "large") as rt:
         role = role_of(rt)
-        await sim.wait_stream("large")
+        await ready(sim, role)
+        sim.faults.mute("large")
+        res = await large_broker.submit_order(order_request("AAPL", 50))
+        assert res.order is not None
+        await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
+        filled = await large_broker.get_order(res.order.id)
+        assert filled is not None and filled.filled_qty == 50
+        sim.faults.unmute("large", deliver=False)  # the broker's own events: never sent
+        frame = {"stream": "trade_updates", "data": {
+            "event": "fill", "timestamp": "2020-01-01T00:00:00Z",
+            "price": str(filled.filled_avg_price), "qty": "7", "order": dict(filled.raw)}}
         sim.hub.deliver("large", json.dumps(frame).encode(), faults=False)
+
+        async def stream_copy_stored() -> bool:
+            rows = await query(role_env.pg_url, "SELECT qty FROM order_events WHERE "
+                               "account = 'large' AND event = 'fill'")
+            return [r["qty"] for r in rows] == [Decimal(7)]
+        await eventually(stream_copy_stored, "the stream's fill stored")
+        checks = role.checker.stats.checks
+        assert rt.store is not None
+        await fq.request_check(rt.store.pool, "large", "large-position-manager",
+                               datetime.now(UTC))
 
         async def reported() -> bool:
             rows = await query(role_env.pg_url, "SELECT detail FROM incidents "
@@ -356,6 +375,7 @@ async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
             return len(rows) == 1 and "qty 7 stored, 50 in the activity" in str(rows[0])
         await eventually(reported, "the disagreement reported")
         assert await db_fills(role_env.pg_url) == [(res.order.id, Decimal(50))]
+        await eventually(lambda: role.checker.stats.checks > checks, "the check counted")
         assert role.checker.stats.disagreements >= 1
 
 
