@@ -766,6 +766,9 @@ class RoleRuntime:
         await self._cleared("lock-lost", "the singleton lock is held again")
 
         self.phase = "building"
+        # Beat now rather than at the next interval: `ops health --ready` (an orchestrator's
+        # readiness probe) sees a standby that took over within a second of the kill.
+        await self._heartbeat.task.beat()
         self.ctx = RoleContext(env=self.env, role=self.role, account=self.account,
                                store=self.store, config=config, broker=self.broker,
                                credentials=creds)
