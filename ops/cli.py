@@ -146,6 +146,9 @@ def _add_control_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     add.add_argument("--tif", default="day", choices=("day", "gtc"))
     add.add_argument("--expires-in", type=float, metavar="SECONDS",
                      help="refuse the signal if not dispatched within this many seconds")
+    add.add_argument("--reduce-only", action="store_true",
+                     help="an exit: refused if, when dispatched, it would open, grow or flip "
+                          "the position (a late exit never opens a short)")
     add.add_argument("--strategy", default="manual")
     add.add_argument("--key", metavar="IDEMPOTENCY_KEY",
                      help="a second `signal add` with the same key is a no-op")

@@ -67,6 +67,13 @@ def test_signal_add_inserts_and_prints_the_id(environ: dict[str, str], pg_url: s
     r = query(pg_url, "SELECT * FROM signals WHERE id = $1", int(limit.stdout))[0]
     assert (r["order_type"], r["limit_price"], r["time_in_force"]) == (
         "limit", Decimal("421.5"), "gtc")
+    assert r["reduce_only"] is False
+
+    exit_ = ops(environ, "signal", "add", "--account", "large", "--symbol", "MSFT", "--side",
+                "sell", "--qty", "1", "--reduce-only", "--no-wait")
+    assert exit_.returncode == 0, exit_.stderr
+    r = query(pg_url, "SELECT * FROM signals WHERE id = $1", int(exit_.stdout))[0]
+    assert r["reduce_only"] is True and r["side"] == "sell"
 
 
 @pytest.mark.parametrize(("args", "named"), [

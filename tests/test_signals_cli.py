@@ -198,6 +198,24 @@ def test_show_prints_every_field_the_order_and_the_reason(
         "queued", "pending", None, None)
 
 
+def test_a_reduce_only_signal_says_so_in_list_show_and_json(
+        environ: dict[str, str], tmp_path: Path) -> None:
+    async def write() -> int:
+        async with await Store.open(store_env(environ, tmp_path), process="seed") as store:
+            sid = await store.insert_signal(account="tiny", symbol="SPY", side="sell",
+                                            qty=Decimal(1), reduce_only=True)
+            assert sid is not None
+            return sid
+
+    sid = asyncio.run(write())
+    listed = ops(environ, "signal", "list").stdout.splitlines()
+    assert "sell (reduce-only)" in listed[2], listed
+    shown = ops(environ, "signal", "show", str(sid)).stdout
+    assert "side:          sell (reduce-only)" in shown, shown
+    doc = json.loads(ops(environ, "signal", "show", str(sid), "--json").stdout)
+    assert (doc["side"], doc["reduce_only"]) == ("sell", True)
+
+
 def test_bad_arguments_exit_2_naming_them(environ: dict[str, str], tmp_path: Path) -> None:
     seed(environ, tmp_path)
     for argv, needle in (

@@ -147,6 +147,7 @@ def signal_fields(args: argparse.Namespace, config: Config) -> dict[str, Any]:
         "notional": notional, "order_type": args.order_type, "limit_price": limit_price,
         "time_in_force": args.tif, "strategy": args.strategy,
         "idempotency_key": args.key, "expires_at": expires_at,
+        "reduce_only": bool(getattr(args, "reduce_only", False)),
     }
 
 
@@ -209,7 +210,8 @@ def cli_signal_add(args: argparse.Namespace) -> int:
     from ops.commands import signals as signals_cli
 
     size = f"{fields['qty']}" if fields["qty"] is not None else f"${fields['notional']}"
-    what = f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
+    what = (f"{fields['side']} {size} {fields['symbol']} for {fields['account']}"
+            + (" (reduce-only)" if fields["reduce_only"] else ""))
 
     inserted: list[int] = []  # the id, once known (what Ctrl-C during the wait names)
 

@@ -101,7 +101,7 @@ def describe(rec: SignalRecord, now: datetime) -> list[str]:
         ("state", rec.state + ("" if rec.state == rec.status else f" ({rec.status})")),
         ("account", rec.account),
         ("symbol", rec.symbol),
-        ("side", rec.side),
+        ("side", rec.side + (" (reduce-only)" if rec.reduce_only else "")),
         ("qty", "-" if rec.qty is None else _num(rec.qty)),
         ("notional", "-" if rec.notional is None else f"${_num(rec.notional)}"),
         ("type", rec.order_type),
@@ -148,7 +148,8 @@ def record_json(rec: SignalRecord, now: datetime) -> dict[str, Any]:
     o = rec.order
     return {
         "id": rec.id, "state": rec.state, "status": rec.status, "account": rec.account,
-        "symbol": rec.symbol, "side": rec.side, "qty": _dec(rec.qty),
+        "symbol": rec.symbol, "side": rec.side, "reduce_only": rec.reduce_only,
+        "qty": _dec(rec.qty),
         "notional": _dec(rec.notional), "order_type": rec.order_type,
         "limit_price": _dec(rec.limit_price), "time_in_force": rec.time_in_force,
         "strategy": rec.strategy, "idempotency_key": rec.idempotency_key,
@@ -183,7 +184,8 @@ def list_lines(records: Sequence[SignalRecord], now: datetime, *, limit: int) ->
              "REASON"]]
     for r in records:
         rows.append([str(r.id), r.account, f"{r.created_at.astimezone(UTC):%H:%M:%S}Z",
-                     age((now - r.created_at).total_seconds()), r.side,
+                     age((now - r.created_at).total_seconds()),
+                     r.side + (" (reduce-only)" if r.reduce_only else ""),
                      size_text(r.qty, r.notional), r.symbol, r.state,
                      (r.order_id or "-")[:8], first_line(r.reason or "", REASON_WIDTH)])
     lines = [head, *_table(rows)]

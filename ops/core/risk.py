@@ -22,6 +22,10 @@ Gates run in this fixed order; the first that refuses decides (`RiskDecision.gat
                       contracts given as qty; an option order opens or closes, never both
                       (it carries one position_intent), so one that would go through zero
                       is refused: close first
+  reduce_only         a reduce-only signal (an exit: `ops signal add --reduce-only`, a
+                      strategy's `ProposedSignal(reduce_only=True)`) that would open, grow
+                      or flip the position as it stands now, e.g. a late exit after a stop
+                      already closed it: refused, whatever allow_short says
   short               the order would open or grow a short position while allow_short
                       is false
   options_level       option entries against the account's options_trading_level
@@ -86,7 +90,7 @@ if TYPE_CHECKING:  # only for from_config's signature: deciding needs no config 
 
 GATES = (
     "account", "reconciled", "kill_switch", "drift", "expiry", "market", "sanity", "options",
-    "short", "options_level", "pdt", "max_order_notional", "max_symbol_notional",
+    "reduce_only", "short", "options_level", "pdt", "max_order_notional", "max_symbol_notional",
     "max_open_positions", "buying_power", "options_buying_power", "daily_loss",
 )
 """Every gate name, in evaluation order."""
@@ -154,6 +158,7 @@ class SignalIntent:
     limit_price: Decimal | None = None
     reference_price: Decimal | None = None  # latest trade/quote, used to value the order
     expires_at: datetime | None = None
+    reduce_only: bool = False  # an exit: refused if it would open, grow or flip a position
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +401,9 @@ def evaluate(
                                      "close the position first")
 
     assert qty is not None and price is not None and notional is not None  # by _sanity
+    if signal.reduce_only and not effect.is_exit:
+        return refuse("reduce_only", f"reduce-only signal, but the order would not reduce "
+                                     f"the position: {what}")
     new = current + (qty if signal.side == Side.BUY else -qty)
     if new < 0 and not effect.is_exit and not limits.allow_short:
         return refuse("short", f"order would leave a short position of {qty_text(new)} "

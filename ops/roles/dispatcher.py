@@ -1163,7 +1163,7 @@ def parse_signal(s: SignalRow) -> ParsedSignal | str:
         intent = SignalIntent(
             signal_id=s.id, account=s.account, symbol=s.symbol, side=side,
             created_at=s.created_at, qty=s.qty, notional=s.notional, order_type=otype,
-            limit_price=s.limit_price, expires_at=s.expires_at,
+            limit_price=s.limit_price, expires_at=s.expires_at, reduce_only=s.reduce_only,
         )
     except ValueError as exc:
         return str(exc)

@@ -351,7 +351,7 @@ class SignalEngine:
                 account=ctx.account, symbol=sig.symbol, side=sig.side.value, qty=sig.qty,
                 notional=sig.notional, order_type=sig.order_type.value,
                 limit_price=sig.limit_price, strategy=strategy, idempotency_key=key,
-                created_at=ctx.now, expires_at=sig.expires_at,
+                created_at=ctx.now, expires_at=sig.expires_at, reduce_only=sig.reduce_only,
             )
             if sid is None:  # in the outage buffer: no dispatcher can see it yet
                 self.counters.note_buffered(ctx.account)

@@ -592,7 +592,7 @@ _SIG_COLS: Cols = (
     ("idempotency_key", "text"), ("account", "text"), ("symbol", "text"), ("side", "text"),
     ("qty", "numeric"), ("notional", "numeric"), ("order_type", "text"),
     ("limit_price", "numeric"), ("time_in_force", "text"), ("strategy", "text"),
-    ("created_at", "timestamptz"), ("expires_at", "timestamptz"),
+    ("created_at", "timestamptz"), ("expires_at", "timestamptz"), ("reduce_only", "boolean"),
 )
 _SIG_SQL = f"""
 INSERT INTO signals ({_names(_SIG_COLS)}) VALUES ({_placeholders(_SIG_COLS)})
@@ -616,6 +616,10 @@ _DECISION_COLS: Cols = (
 
 
 async def _apply_signals(conn: asyncpg.Connection, payloads: Sequence[Payload]) -> int:
+    # A signal buffered by a version without reduce_only: an ordinary signal (the column
+    # refuses NULL).
+    payloads = [p if p.get("reduce_only") is not None else {**p, "reduce_only": False}
+                for p in payloads]
     return await _executemany(conn, _SIG_SQL, payloads, _SIG_COLS)
 
 

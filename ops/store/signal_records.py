@@ -83,6 +83,7 @@ class SignalRecord:
     decided_at: datetime | None
     attempts: int
     order: LinkedOrder | None = None
+    reduce_only: bool = False
 
     @property
     def state(self) -> str:
@@ -102,7 +103,7 @@ _SELECT = """
 SELECT s.id, s.idempotency_key, s.account, s.symbol, s.side, s.qty, s.notional,
        s.order_type, s.limit_price, s.time_in_force, s.strategy, s.created_at, s.expires_at,
        s.status, s.reason, s.client_order_id, s.broker_order_id, s.decided_at, s.attempts,
-       o.id AS o_id, o.status AS o_status, o.qty AS o_qty, o.notional AS o_notional,
+       s.reduce_only, o.id AS o_id, o.status AS o_status, o.qty AS o_qty, o.notional AS o_notional,
        o.filled_qty AS o_filled_qty, o.filled_avg_price AS o_filled_avg_price,
        o.submitted_at AS o_submitted_at, o.filled_at AS o_filled_at,
        o.canceled_at AS o_canceled_at, o.updated_at AS o_updated_at
@@ -128,7 +129,8 @@ def _record(r: asyncpg.Record) -> SignalRecord:
         time_in_force=r["time_in_force"], strategy=r["strategy"], created_at=r["created_at"],
         expires_at=r["expires_at"], status=r["status"], reason=r["reason"],
         client_order_id=r["client_order_id"], broker_order_id=r["broker_order_id"],
-        decided_at=r["decided_at"], attempts=int(r["attempts"]), order=order)
+        decided_at=r["decided_at"], attempts=int(r["attempts"]), order=order,
+        reduce_only=bool(r["reduce_only"]))
 
 
 def statuses_of(states: Sequence[str]) -> list[str]:

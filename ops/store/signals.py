@@ -71,6 +71,7 @@ class SignalRow:
     client_order_id: str | None
     broker_order_id: str | None
     attempts: int
+    reduce_only: bool = False
 
     @property
     def cid(self) -> str:
@@ -86,12 +87,13 @@ def _row(r: asyncpg.Record) -> SignalRow:
         strategy=r["strategy"], created_at=r["created_at"], expires_at=r["expires_at"],
         status=r["status"], reason=r["reason"], client_order_id=r["client_order_id"],
         broker_order_id=r["broker_order_id"], attempts=int(r["attempts"]),
+        reduce_only=bool(r["reduce_only"]),
     )
 
 
 _COLUMNS = """id, account, symbol, side, qty, notional, order_type, limit_price, time_in_force,
     strategy, created_at, expires_at, status, reason, client_order_id, broker_order_id,
-    attempts"""
+    attempts, reduce_only"""
 
 
 async def claim_pending(pool: asyncpg.Pool, account: str, limit: int = 50) -> list[SignalRow]:

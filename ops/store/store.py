@@ -437,8 +437,11 @@ class Store(Reads, Replay):
         idempotency_key: str | None = None,
         created_at: datetime | None = None,
         expires_at: datetime | None = None,
+        reduce_only: bool = False,
     ) -> int | None:
-        """Insert a signal once per idempotency_key; its id, or None while buffered."""
+        """Insert a signal once per idempotency_key; its id, or None while buffered.
+        `reduce_only`: an exit, refused by the dispatcher if it would open, grow or flip
+        a position."""
         if (qty is None) == (notional is None):
             raise ValueError(f"signal for {symbol}: exactly one of qty or notional is needed")
         key = idempotency_key or f"auto:{uuid.uuid4().hex}"
@@ -447,6 +450,7 @@ class Store(Reads, Replay):
             "qty": qty, "notional": notional, "order_type": order_type,
             "limit_price": limit_price, "time_in_force": time_in_force, "strategy": strategy,
             "created_at": created_at or utcnow(), "expires_at": expires_at,
+            "reduce_only": reduce_only,
         })))
         if not self._reachable:
             return None

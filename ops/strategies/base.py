@@ -59,6 +59,9 @@ class ProposedSignal:
     order_type: OrderType | str = OrderType.MARKET
     limit_price: Decimal | None = None
     ttl_s: float | None = None  # None: the account's risk.signal_ttl_s
+    #: An exit: the dispatcher refuses it if, when it is dispatched, it would open, grow or
+    #: flip the position (a late exit after a stop closed it must not open a short).
+    reduce_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class ValidSignal:
     order_type: OrderType
     limit_price: Decimal | None
     expires_at: datetime
+    reduce_only: bool = False
 
 
 StrategyResult = Iterable[ProposedSignal] | Awaitable[Iterable[ProposedSignal]]
@@ -169,10 +173,13 @@ def validate_signal(sig: object, ctx: StrategyContext) -> ValidSignal:
     if notional is not None and notional > limits.max_order_notional:
         raise StrategyError(f"{where}: notional {notional} exceeds risk.max_order_notional "
                             f"{limits.max_order_notional} of account {ctx.account}")
+    if not isinstance(sig.reduce_only, bool):
+        raise StrategyError(f"{where}: reduce_only must be True or False, "
+                            f"got {sig.reduce_only!r}")
     ttl = limits.signal_ttl_s if sig.ttl_s is None else sig.ttl_s
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl) \
             or ttl <= 0:
         raise StrategyError(f"{where}: ttl_s must be a positive number of seconds, "
                             f"got {sig.ttl_s!r}")
     return ValidSignal(symbol, side, qty, notional, order_type, limit_price,
-                       ctx.now + timedelta(seconds=float(ttl)))
+                       ctx.now + timedelta(seconds=float(ttl)), sig.reduce_only)

@@ -85,7 +85,8 @@ def _stock_signal(ctx: StrategyContext, symbols: Sequence[str], h: int) -> Propo
     if held and (sell_slot or len(held) >= ctx.limits.max_open_positions):
         symbol = held[(h >> 8) % len(held)]
         qty = ctx.positions[symbol].qty
-        return ProposedSignal(symbol, Side.SELL, qty=min(qty, ctx.limits.max_qty))
+        return ProposedSignal(symbol, Side.SELL, qty=min(qty, ctx.limits.max_qty),
+                              reduce_only=True)
     priced = [s for s in symbols if ctx.prices.get(s)]
     if not priced:
         return None
@@ -112,9 +113,9 @@ def _option_signal(ctx: StrategyContext, symbols: Sequence[str], h: int) -> Prop
         if occ is not None and occ.underlying in symbols and pos.qty > 0:
             last = ctx.prices.get(symbol) or pos.current_price
             if not last:
-                return ProposedSignal(symbol, Side.SELL, qty=pos.qty)
+                return ProposedSignal(symbol, Side.SELL, qty=pos.qty, reduce_only=True)
             return ProposedSignal(symbol, Side.SELL, qty=pos.qty, order_type=OrderType.LIMIT,
-                                  limit_price=_option_limit(last, Side.SELL))
+                                  limit_price=_option_limit(last, Side.SELL), reduce_only=True)
     underlying = symbols[(h >> 24) % len(symbols)]
     spot = ctx.prices.get(underlying)
     if not spot or ctx.limits.max_qty < 1:

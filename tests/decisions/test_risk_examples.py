@@ -173,6 +173,30 @@ def test_short() -> None:
     assert check(sig(side=Side.SELL), limits=replace(LIMITS, allow_short=True))[0] is True
 
 
+def test_reduce_only_passes_exits_and_refuses_the_rest_whatever_allow_short_says() -> None:
+    shorts = replace(LIMITS, allow_short=True)
+    # AAPL: long 100. Reducing and closing pass, also as reduce-only.
+    for qty in (D(40), D(100)):
+        assert check(sig(symbol="AAPL", side=Side.SELL, qty=qty, reference_price=D(190),
+                         reduce_only=True), limits=shorts)[0] is True
+    # Flipping, growing, or opening where nothing is held: refused before the short gate.
+    for s, what in (
+        (sig(symbol="AAPL", side=Side.SELL, qty=D(150), reference_price=D(190)),
+         "sell 150 AAPL (position 100, flip)"),
+        (sig(symbol="AAPL", qty=D(1), reference_price=D(190)), "buy 1 AAPL (position 100, "
+                                                               "increase)"),
+        (sig(side=Side.SELL), "sell 10 MSFT (position 0, open)"),
+    ):
+        for limits in (LIMITS, shorts):
+            assert check(replace(s, reduce_only=True), limits=limits)[1:] == (
+                "reduce_only", f"reduce-only signal, but the order would not reduce the "
+                               f"position: {what}")
+    # Without the flag, shorting is the short gate's call.
+    assert check(sig(side=Side.SELL), limits=shorts)[0] is True
+    # A malformed reduce-only signal is refused for what is wrong with it.
+    assert check(sig(qty=None, reduce_only=True))[1] == "sanity"
+
+
 def test_symbol_notional_counts_position_and_open_orders() -> None:
     assert check(sig(symbol="AAPL", qty=D(5), reference_price=D(190)))[1:] == (
         "max_symbol_notional",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -91,12 +91,13 @@ class Rig:
     async def signal(self, symbol: str, side: str, qty: str | None = None, *,
                      notional: str | None = None, account: str | None = None,
                      order_type: str = "market", limit_price: str | None = None,
-                     created_at: datetime | None = None) -> int:
+                     created_at: datetime | None = None, reduce_only: bool = False) -> int:
         sid = await self.store.insert_signal(
             account=account or self.account, symbol=symbol, side=side,
             qty=Decimal(qty) if qty else None,
             notional=Decimal(notional) if notional else None, order_type=order_type,
-            limit_price=Decimal(limit_price) if limit_price else None, created_at=created_at)
+            limit_price=Decimal(limit_price) if limit_price else None, created_at=created_at,
+            reduce_only=reduce_only)
         assert sid is not None
         return sid
 
@@ -476,6 +477,39 @@ async def test_exits_never_sell_the_same_shares_twice(rig: Rig) -> None:
     r = await rig.row(third)
     assert r.status == "rejected" and r.reason is not None and r.reason.startswith("short:")
     assert await rig.orders_for(second) == 0 and await rig.orders_for(third) == 0
+
+
+async def test_a_late_reduce_only_exit_never_opens_a_short_even_where_shorts_are_allowed(
+        rig: Rig) -> None:
+    rig.d = dispatcher(rig.store, rig.broker, "tiny", replace(TINY_LIMITS, allow_short=True))
+    await rig.d.run_pass()
+    await _fill(rig, "NVDA", "2")
+    # Two exits of the same shares in one batch (a strategy's exit and a late repeat of
+    # it): the first closes the position; the second would open a short, which this account
+    # allows, but it is an exit: refused, and never sent.
+    first = await rig.signal("NVDA", "sell", "2", reduce_only=True)
+    late = await rig.signal("NVDA", "sell", "2", reduce_only=True)
+    grow = await rig.signal("NVDA", "buy", "1", reduce_only=True)  # would add to the long
+    await rig.d.run_pass()
+    assert (await rig.row(first)).status == "submitted"
+    for sid in (late, grow):
+        r = await rig.row(sid)
+        assert r.status == "rejected" and r.reduce_only, r
+        assert r.reason is not None and r.reason.startswith("reduce_only:"), r.reason
+        assert await rig.orders_for(sid) == 0
+    await eventually(lambda: _eq(rig.position("NVDA"), Decimal(0)), "position closed")
+
+    # Flat now: a reduce-only exit is refused here; the same sell without the flag passes
+    # every gate and goes to the broker (which refuses shorts to an account this small).
+    flat_exit = await rig.signal("NVDA", "sell", "1", reduce_only=True)
+    short = await rig.signal("NVDA", "sell", "1")
+    await rig.d.run_pass()
+    r = await rig.row(flat_exit)
+    assert r.status == "rejected" and r.reason is not None
+    assert r.reason.startswith("reduce_only:") and "position 0, open" in r.reason, r.reason
+    assert await rig.orders_for(flat_exit) == 0
+    r = await rig.row(short)
+    assert r.reason is not None and r.reason.startswith("broker:"), r
 
 
 async def test_an_exit_signal_first_cancels_the_protective_stop_holding_its_shares(

@@ -173,6 +173,31 @@ async def test_refused_row_is_quarantined_not_lost_or_blocking(
     assert await stored_qtys(pg_url, "o1") == list(range(6))
 
 
+async def test_a_signal_buffered_before_reduce_only_existed_replays_as_an_ordinary_one(
+    ops_env: RuntimeEnv, pg_url: str, buffer: Buffer
+) -> None:
+    def signal(key: str, **extra: object) -> Op:
+        return Op("signal", {"idempotency_key": key, "account": "large", "symbol": "AAPL",
+                             "side": "sell", "qty": "1", "order_type": "market",
+                             "time_in_force": "day", "created_at": T0.isoformat(), **extra})
+
+    await buffer.append([signal("old"), signal("exit", reduce_only=True)], "p")
+    store = await Store.open(ops_env, process="drainer", buffer_path=buffer.path)
+    try:
+        assert await store.wait_drained(within_s=30)
+        assert (await store.buffer_status()).dead == 0
+    finally:
+        await store.close()
+    conn = await connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT idempotency_key, reduce_only FROM signals "
+                                "WHERE idempotency_key IN ('old', 'exit')")
+    finally:
+        await conn.close()
+    assert {r["idempotency_key"]: r["reduce_only"] for r in rows} == {
+        "old": False, "exit": True}
+
+
 def test_naive_datetime_is_refused_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="naive datetime 2026-01-01T00:00:00"):
         enc(datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test

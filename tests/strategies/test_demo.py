@@ -111,6 +111,8 @@ def test_demo_is_deterministic_per_slot(seconds: int) -> None:
             validate_signal(s, ctx(account, limits, slot, held))
             if s.side == Side.SELL:
                 assert s.symbol in held and s.qty == held[str(s.symbol)].qty
+            # Its sells are exits: late, they must not open a short.
+            assert s.reduce_only is (s.side == Side.SELL)
 
 
 def test_sells_when_at_max_open_positions() -> None:
@@ -153,6 +155,8 @@ def test_bad_params_are_named() -> None:
     (ProposedSignal("AAPL", Side.BUY, qty=1, limit_price=Decimal(5)), "takes no limit_price"),
     (ProposedSignal("aapl!", Side.BUY, qty=1), "neither a ticker"),
     (ProposedSignal("AAPL", Side.BUY, qty=1, ttl_s=0), "ttl_s must be a positive"),
+    (ProposedSignal("AAPL", Side.SELL, qty=1, reduce_only="yes"),  # type: ignore[arg-type]
+     "reduce_only must be True or False, got 'yes'"),
 ])
 def test_validate_signal_names_the_problem(signal: ProposedSignal, message: str) -> None:
     with pytest.raises(StrategyError, match=message):
@@ -167,6 +171,9 @@ def test_validate_signal_normalises() -> None:
     v = validate_signal(ProposedSignal("SPY", Side.SELL, qty=1, order_type="limit",
                                        limit_price=Decimal("519.5"), ttl_s=30), c)
     assert v.limit_price == Decimal("519.5") and v.expires_at == T0 + timedelta(seconds=30)
+    assert v.reduce_only is False
+    assert validate_signal(ProposedSignal("SPY", Side.SELL, qty=1, reduce_only=True),
+                           c).reduce_only is True
     with pytest.raises(StrategyError, match="whole number of contracts"):
         validate_signal(ProposedSignal("MSFT260116C00420000", "buy", qty=Decimal("1.5")), c)
     with pytest.raises(StrategyError, match="expected a ProposedSignal"):

@@ -23,6 +23,7 @@ from ops.core.config import Config
 from ops.core.models import KillSwitch, Order
 from ops.runtime.env import RuntimeEnv
 from ops.store import Store
+from ops.store.signal_records import SignalRecord
 from ops.supervise.supervisor import SupervisorClient
 from tests.support import eventually
 from tests.tui.conftest import T
@@ -37,7 +38,7 @@ from tui.screens.help import HelpScreen
 from tui.screens.pause import PauseModeScreen
 from tui.widgets.accounts import AccountsTable
 from tui.widgets.feed import FeedTable
-from tui.widgets.signals import SignalsTable
+from tui.widgets.signals import SignalsTable, signal_text
 
 REASON = "max_order_notional: order notional 950.00 exceeds max_order_notional 100.00"
 
@@ -252,3 +253,13 @@ async def test_pause_offers_every_mode_then_confirms(
         assert isinstance(app.screen, PauseModeScreen)  # still picking, nothing asked
         await pilot.press("escape")
         assert await read_kill_switch(ops_store, "tiny") is KillSwitch.HALT
+
+
+def test_a_reduce_only_signal_reads_as_one() -> None:
+    rec = SignalRecord(
+        id=1, idempotency_key=None, account="tiny", symbol="SPY", side="sell", qty=Decimal(2),
+        notional=None, order_type="market", limit_price=None, time_in_force="day",
+        strategy="demo", created_at=T, expires_at=None, status="pending", reason=None,
+        client_order_id=None, broker_order_id=None, decided_at=None, attempts=0)
+    assert signal_text(rec) == "sell 2 SPY"
+    assert signal_text(replace(rec, reduce_only=True)) == "sell 2 SPY reduce-only"

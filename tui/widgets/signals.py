@@ -26,10 +26,11 @@ STATE_TEXT = {"queued": "… queued", "submitted": "✓ submitted", "rejected": 
 
 
 def signal_text(s: SignalRecord) -> str:
-    """What it asks, compactly: 'buy 10 AAPL', 'sell $40 SPY', 'buy 1 AAPL260619C00190000'."""
+    """What it asks, compactly: 'buy 10 AAPL', 'sell $40 SPY', 'buy 1 AAPL260619C00190000',
+    'sell 10 AAPL reduce-only' (an exit)."""
     size = f"${f.qty(s.notional)}" if s.qty is None and s.notional is not None else \
         f.qty(s.qty)
-    return f"{s.side} {size} {s.symbol}"
+    return f"{s.side} {size} {s.symbol}" + (" reduce-only" if s.reduce_only else "")
 
 
 def outcome_text(s: SignalRecord) -> str:
