@@ -16,6 +16,10 @@ What lives here:
   is stored: the fills to store (never one already stored under the same identity), the
   execution quantities to fill in, and the disagreements between two sources of one fill
   (qty, price, time), which are reported, never stored twice.
+- `second_copy(...)`: the other direction: a fill the stream delivers after one was stored
+  under its identity (from the activities, or an earlier copy) is dropped as a duplicate;
+  what it says is compared with what is stored, and the disagreements reported the same
+  way.
 What does not: fetching (ops.broker), storing (ops.store.fills), scheduling (ops.roles.stream).
 """
 
@@ -148,5 +152,41 @@ def reconcile(order: Order, stored: Sequence[StoredFill],
                           status(order.filled_qty, list(merged.values())))
 
 
+def second_copy(order_id: str, symbol: str, copy: StoredFill,
+                stored: Sequence[StoredFill]) -> tuple[str, ...]:
+    """Where `copy` (a fill as the stream delivered it) disagrees with the fill stored under
+    its identity among `stored` (all of its order's stored fills); () when none is stored.
+
+    The same judgement as `reconcile`, from the other side: quantities must be equal when
+    both are known, times within TIME_TOLERANCE, and the stream's price must match the
+    stored execution's price or the order's average up to this fill. That average is only
+    computed when the stored fills up to it are complete (their quantities add up to its
+    cumulative quantity); otherwise a price that matches neither is not judged."""
+    have = {f.cum_qty: f for f in stored}
+    s = have.get(copy.cum_qty)
+    if s is None:
+        return ()
+    where = f"order {order_id} ({symbol}) fill at cumulative {_q(copy.cum_qty)}"
+    problems: list[str] = []
+    if s.qty is not None and copy.qty is not None and s.qty != copy.qty:
+        problems.append(f"{where}: qty {_q(s.qty)} stored, {_q(copy.qty)} in the stream's "
+                        "copy")
+    if s.price is not None and copy.price is not None and not _close(s.price, copy.price):
+        upto = [f for c, f in sorted(have.items()) if c <= copy.cum_qty]
+        if all(f.qty is not None and f.price is not None for f in upto) \
+                and sum((f.qty for f in upto if f.qty is not None), _ZERO) == copy.cum_qty:
+            average = sum((f.price * f.qty for f in upto
+                           if f.price is not None and f.qty is not None), _ZERO) / copy.cum_qty
+            if not _close(average, copy.price):
+                problems.append(
+                    f"{where}: price {_q(copy.price)} in the stream's copy, execution price "
+                    f"{_q(s.price)} and average {_q(average.quantize(Decimal('1e-6')))} "
+                    "stored")
+    if abs(s.ts - copy.ts) > TIME_TOLERANCE:
+        problems.append(f"{where}: time {s.ts.isoformat()} stored, {copy.ts.isoformat()} in "
+                        "the stream's copy")
+    return tuple(problems)
+
+
 __all__ = ["PRICE_REL_TOLERANCE", "TIME_TOLERANCE", "Completeness", "QtyFillIn",
-           "Reconciliation", "StoredFill", "reconcile", "status"]
+           "Reconciliation", "StoredFill", "reconcile", "second_copy", "status"]

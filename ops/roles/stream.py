@@ -67,6 +67,7 @@ from decimal import Decimal
 from ops.broker import Broker, BrokerError, TradeStream
 from ops.broker.stream import Connectivity, StreamState
 from ops.core.config import BrokerConfig
+from ops.core.fills import StoredFill, second_copy
 from ops.core.models import Order, TradeUpdate
 from ops.roles.fill_check import FillChecker, FillCheckResult
 from ops.roles.runtime import RoleContext, endpoints_for
@@ -456,12 +457,14 @@ class StreamRole:
     async def _store_updates(self, batch: Sequence[_Queued]) -> None:
         store = self.ctx.store
         # Events and the orders' newest states: one transaction, one statement.
-        new = await store.write_many(
-            [op if op is not None else self._rebuilt(u) for op, u, _, _, _ in batch])
+        ops = [op if op is not None else self._rebuilt(u) for op, u, _, _, _ in batch]
+        new = await store.write_many(ops)
         buffered = not store.database_reachable
         self.stats.stored += new
         if not buffered:
             self.stats.duplicates += len(batch) - new
+            if new < len(batch):
+                await self._compare_copies(ops)
         known = self._known
         for _, _, oid, updated_at, is_open in batch:
             have = known.get(oid)
@@ -471,6 +474,45 @@ class StreamRole:
             self._silent_open = False
             await self.ctx.resolve(self.ctx.incident_key("stream-silent"),
                                    "the trade stream delivers updates again")
+
+    async def _compare_copies(self, ops: Sequence[Op]) -> None:
+        """Some events of a stored batch were there already: each fill among them is
+        compared with the fill stored under its identity (`ops.core.fills.second_copy`);
+        a disagreement opens `fill-mismatch`, as the completeness check's own do. The
+        stored copy stays: nothing is stored twice. Runs only for batches with duplicates
+        (a redelivery, or a fill the check stored from the activities first)."""
+        copies: list[tuple[str, str, StoredFill]] = []
+        try:
+            for op in ops:
+                p = op.payload
+                if p.get("cum_qty") is None:
+                    continue
+                copies.append((str(p["order_id"]), str(p["symbol"]), StoredFill(
+                    Decimal(p["cum_qty"]), None if p["qty"] is None else Decimal(p["qty"]),
+                    None if p["price"] is None else Decimal(p["price"]),
+                    datetime.fromisoformat(p["ts"]))))
+            if not copies:
+                return
+            stored = await self.ctx.store.direct(fq.stored_fills, self.account,
+                                                 {oid for oid, _, _ in copies})
+        except StorageUnavailable:
+            return  # compared by nobody: the stored copy stands, as it would anyway
+        except Exception:
+            log.exception("stream writer: comparing redelivered fills with the stored ones "
+                          "failed")
+            return
+        found: dict[str, list[str]] = {}
+        for oid, symbol, copy in copies:
+            found.setdefault(oid, []).extend(
+                second_copy(oid, symbol, copy, stored.get(oid, ())))
+        for oid, lines in found.items():
+            if not lines:
+                continue
+            self.checker.stats.disagreements += len(lines)
+            log.warning("stream: %s", "; ".join(lines))
+            await self._incident("fill-mismatch", "two sources of one fill disagree (nothing "
+                                 "stored twice): " + "; ".join(lines),
+                                 f"{self.ctx.process}:fill-mismatch:{oid}")
 
     def _rebuilt(self, update: TradeUpdate | None) -> Op:
         """The write of an update queued without one (its building failed on arrival)."""

@@ -379,6 +379,52 @@ async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
         assert role.checker.stats.disagreements >= 1
 
 
+async def test_a_stream_fill_contradicting_a_stored_activity_is_reported_too(
+    role_env: RoleEnv, large_broker: Broker
+) -> None:
+    """The other order of the test above: the check stores the broker's activity first,
+    then the stream delivers a copy of the same fill that contradicts it. The copy is a
+    duplicate (not stored), and the disagreement is a `fill-mismatch` all the same."""
+    from ops.store import fills as fq
+
+    sim = role_env.sim
+    role_env.write_config(stream_check_s=0.2, fill_check_s=60)
+    async with running_role(role_env, "stream", "large") as rt:
+        role = role_of(rt)
+        await ready(sim, role)
+        sim.faults.mute("large")
+        res = await large_broker.submit_order(order_request("AAPL", 50))
+        assert res.order is not None
+        await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
+        filled = await large_broker.get_order(res.order.id)
+        assert filled is not None and filled.filled_qty == 50
+        assert rt.store is not None
+        await fq.request_check(rt.store.pool, "large", "large-position-manager",
+                               datetime.now(UTC))
+        oid = res.order.id
+
+        async def activity_stored() -> bool:
+            return await db_fills(role_env.pg_url) == [(oid, Decimal(50))]
+        await eventually(activity_stored, "the activity stored by the check")
+        duplicates = role.stats.duplicates
+        sim.faults.unmute("large", deliver=False)  # the broker's own events: never sent
+        frame = {"stream": "trade_updates", "data": {
+            "event": "fill", "timestamp": "2020-01-01T00:00:00Z",
+            "price": str(filled.filled_avg_price), "qty": "7", "order": dict(filled.raw)}}
+        sim.hub.deliver("large", json.dumps(frame).encode(), faults=False)
+
+        async def reported() -> str | None:
+            rows = await query(role_env.pg_url, "SELECT detail FROM incidents "
+                               "WHERE kind = 'fill-mismatch' AND closed_at IS NULL")
+            return str(rows[0]["detail"]) if len(rows) == 1 else None
+        detail = await eventually(reported, "the disagreement reported")
+        assert "qty 50 stored, 7 in the stream's copy" in detail, detail
+        assert "2020-01-01T00:00:00+00:00 in the stream's copy" in detail, detail
+        assert role.stats.duplicates == duplicates + 1
+        assert await db_fills(role_env.pg_url) == [(oid, Decimal(50))]
+        assert role.checker.stats.disagreements >= 1
+
+
 async def test_a_position_managers_request_runs_a_check_at_once(
     role_env: RoleEnv, large_broker: Broker
 ) -> None:

@@ -258,3 +258,43 @@ def test_a_contradicting_source_is_reported_never_stored(
     assert rec.new == () and len(rec.disagreements) == 1
     expected = "is stored, but the broker's activities" if what == "phantom" else f": {what} "
     assert expected in rec.disagreements[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(histories, st.data())
+def test_a_faithful_second_copy_agrees_with_the_stored_fill(
+    orders: list[list[tuple[int, int]]], data: st.DataObject
+) -> None:
+    """The activities stored (some perhaps not yet), then the stream's copy of one fill:
+    with the execution's or the order's average price, with or without its qty, it never
+    disagrees, whatever else is stored."""
+    ex = [e for e in _history(orders) if e.order == 0]
+    keep = data.draw(st.lists(st.booleans(), min_size=len(ex), max_size=len(ex)))
+    k = data.draw(st.integers(0, len(ex) - 1))
+    keep[k] = True
+    stored = [_stored(e, qty=True) for e, kept in zip(ex, keep, strict=True) if kept]
+    e = ex[k]
+    copy = fills.StoredFill(e.cum, e.qty if data.draw(st.booleans()) else None,
+                            e.avg if data.draw(st.booleans()) else e.price,
+                            e.at + timedelta(seconds=data.draw(st.integers(-60, 60))))
+    assert fills.second_copy("a", "AAPL", copy, stored) == ()
+    # A copy of a fill not stored is no second copy.
+    if not all(keep):
+        missing = next(e for e, kept in zip(ex, keep, strict=True) if not kept)
+        assert fills.second_copy("a", "AAPL", _stored(missing, qty=True), stored) == ()
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, st.integers(0, 4), st.sampled_from(["qty", "price", "time"]))
+def test_a_contradicting_second_copy_is_reported(
+    orders: list[list[tuple[int, int]]], pick: int, what: str
+) -> None:
+    ex = [e for e in _history(orders) if e.order == 0]
+    stored = [_stored(e, qty=True) for e in ex]
+    e = ex[pick % len(ex)]
+    copy = {"qty": fills.StoredFill(e.cum, e.qty + 1, e.price, e.at),
+            "price": fills.StoredFill(e.cum, e.qty, Decimal("1.23"), e.at),
+            "time": fills.StoredFill(e.cum, e.qty, e.price, e.at - timedelta(hours=1))}[what]
+    problems = fills.second_copy("a", "AAPL", copy, stored)
+    assert len(problems) == 1 and f": {what} " in problems[0], problems
+    assert problems[0].startswith(f"order a (AAPL) fill at cumulative {e.cum.normalize():f}")
