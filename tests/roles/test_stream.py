@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from ops.broker import Broker
-from ops.core.models import OrderRequest, OrderType, Side
+from ops.core.models import Order, OrderRequest, OrderType, Side
 from ops.roles.runtime import RoleRuntime
 from ops.roles.stream import BATCH_MAX, StreamRole
 from ops.runtime.env import RuntimeEnv
@@ -330,6 +330,35 @@ async def test_mute_without_any_reconnect_is_recovered_by_the_periodic_check(
         assert len(rows) == len(set(rows)) == 4
 
 
+async def _filled_while_muted(sim: Simulator, broker: Broker) -> Order:
+    """An order of 50 AAPL filled at the broker while the stream is muted (its events held
+    back)."""
+    sim.faults.mute("large")
+    res = await broker.submit_order(order_request("AAPL", 50))
+    assert res.order is not None
+    await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
+    filled = await broker.get_order(res.order.id)
+    assert filled is not None and filled.filled_qty == 50
+    return filled
+
+
+def _deliver_contradicting_copy(sim: Simulator, filled: Order) -> None:
+    """Unmute without the broker's own events, and deliver a copy of the fill that says
+    qty 7 at 2020-01-01."""
+    sim.faults.unmute("large", deliver=False)
+    frame = {"stream": "trade_updates", "data": {
+        "event": "fill", "timestamp": "2020-01-01T00:00:00Z",
+        "price": str(filled.filled_avg_price), "qty": "7", "order": dict(filled.raw)}}
+    sim.hub.deliver("large", json.dumps(frame).encode(), faults=False)
+
+
+async def _open_mismatch(url: str) -> str | None:
+    """The detail of the one open fill-mismatch incident, if there is exactly one."""
+    rows = await query(url, "SELECT detail FROM incidents WHERE kind = 'fill-mismatch' AND "
+                            "closed_at IS NULL")
+    return str(rows[0]["detail"]) if len(rows) == 1 else None
+
+
 async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
     role_env: RoleEnv, large_broker: Broker
 ) -> None:
@@ -347,17 +376,8 @@ async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
     async with running_role(role_env, "stream", "large") as rt:
         role = role_of(rt)
         await ready(sim, role)
-        sim.faults.mute("large")
-        res = await large_broker.submit_order(order_request("AAPL", 50))
-        assert res.order is not None
-        await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
-        filled = await large_broker.get_order(res.order.id)
-        assert filled is not None and filled.filled_qty == 50
-        sim.faults.unmute("large", deliver=False)  # the broker's own events: never sent
-        frame = {"stream": "trade_updates", "data": {
-            "event": "fill", "timestamp": "2020-01-01T00:00:00Z",
-            "price": str(filled.filled_avg_price), "qty": "7", "order": dict(filled.raw)}}
-        sim.hub.deliver("large", json.dumps(frame).encode(), faults=False)
+        filled = await _filled_while_muted(sim, large_broker)
+        _deliver_contradicting_copy(sim, filled)
 
         async def stream_copy_stored() -> bool:
             rows = await query(role_env.pg_url, "SELECT qty FROM order_events WHERE "
@@ -369,12 +389,10 @@ async def test_two_sources_disagreeing_open_an_incident_and_store_nothing_twice(
         await fq.request_check(rt.store.pool, "large", "large-position-manager",
                                datetime.now(UTC))
 
-        async def reported() -> bool:
-            rows = await query(role_env.pg_url, "SELECT detail FROM incidents "
-                               "WHERE kind = 'fill-mismatch' AND closed_at IS NULL")
-            return len(rows) == 1 and "qty 7 stored, 50 in the activity" in str(rows[0])
-        await eventually(reported, "the disagreement reported")
-        assert await db_fills(role_env.pg_url) == [(res.order.id, Decimal(50))]
+        detail = await eventually(lambda: _open_mismatch(role_env.pg_url),
+                                  "the disagreement reported")
+        assert "qty 7 stored, 50 in the activity" in detail, detail
+        assert await db_fills(role_env.pg_url) == [(filled.id, Decimal(50))]
         await eventually(lambda: role.checker.stats.checks > checks, "the check counted")
         assert role.checker.stats.disagreements >= 1
 
@@ -392,32 +410,20 @@ async def test_a_stream_fill_contradicting_a_stored_activity_is_reported_too(
     async with running_role(role_env, "stream", "large") as rt:
         role = role_of(rt)
         await ready(sim, role)
-        sim.faults.mute("large")
-        res = await large_broker.submit_order(order_request("AAPL", 50))
-        assert res.order is not None
-        await eventually(lambda: len(sim_fills(sim)) == 1, "the execution at the broker")
-        filled = await large_broker.get_order(res.order.id)
-        assert filled is not None and filled.filled_qty == 50
+        filled = await _filled_while_muted(sim, large_broker)
         assert rt.store is not None
         await fq.request_check(rt.store.pool, "large", "large-position-manager",
                                datetime.now(UTC))
-        oid = res.order.id
+        oid = filled.id
 
         async def activity_stored() -> bool:
             return await db_fills(role_env.pg_url) == [(oid, Decimal(50))]
         await eventually(activity_stored, "the activity stored by the check")
         duplicates = role.stats.duplicates
-        sim.faults.unmute("large", deliver=False)  # the broker's own events: never sent
-        frame = {"stream": "trade_updates", "data": {
-            "event": "fill", "timestamp": "2020-01-01T00:00:00Z",
-            "price": str(filled.filled_avg_price), "qty": "7", "order": dict(filled.raw)}}
-        sim.hub.deliver("large", json.dumps(frame).encode(), faults=False)
+        _deliver_contradicting_copy(sim, filled)
 
-        async def reported() -> str | None:
-            rows = await query(role_env.pg_url, "SELECT detail FROM incidents "
-                               "WHERE kind = 'fill-mismatch' AND closed_at IS NULL")
-            return str(rows[0]["detail"]) if len(rows) == 1 else None
-        detail = await eventually(reported, "the disagreement reported")
+        detail = await eventually(lambda: _open_mismatch(role_env.pg_url),
+                                  "the disagreement reported")
         assert "qty 50 stored, 7 in the stream's copy" in detail, detail
         assert "2020-01-01T00:00:00+00:00 in the stream's copy" in detail, detail
         assert role.stats.duplicates == duplicates + 1
