@@ -48,6 +48,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -796,9 +797,13 @@ class RoleRuntime:
         self.daemon = Daemon(self.process, services, install_signal_handlers=self._signals)
         self.daemon.on_run_now(self.ctx.run_now)
         if self._stop.is_set():
-            return EXIT_OK
-        self.phase = "running"
-        log.info("%s running (%d service(s))", self.process, len(services))
+            # Asked to stop while building: the daemon still starts and at once stops what
+            # was built, so what the services opened is closed (the monitor's alert outbox
+            # holds an SQLite thread that would otherwise keep the process from exiting).
+            self.daemon.request_stop("stop requested while starting")
+        else:
+            self.phase = "running"
+            log.info("%s running (%d service(s))", self.process, len(services))
         code = await self.daemon.run()
         if self.lock.status.state == "lost":
             await self._incident("lock-lost", f"{self.process} lost its singleton lock to "
@@ -912,7 +917,21 @@ def run_role(role: str, account: str | None, env: RuntimeEnv | None = None) -> i
         print(f"ops run {role}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(program_name(role, account))
-    return asyncio.run(RoleRuntime(role, account, env, config=config).run())
+    code = asyncio.run(RoleRuntime(role, account, env, config=config).run())
+    leftover = [t.name for t in threading.enumerate()
+                if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if leftover:
+        # Everything the runtime owns is closed; a thread still running is a leak (something
+        # opened and never closed) that would keep this process from exiting at all, until
+        # supervisord or the orchestrator kills it. Exit anyway, and say so.
+        log.error("%s: %d thread(s) still running at exit (%s): exiting without waiting "
+                  "for them", program_name(role, account), len(leftover),
+                  ", ".join(sorted(leftover)))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cli_run(args: argparse.Namespace) -> int:

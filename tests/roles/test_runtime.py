@@ -199,6 +199,44 @@ async def test_stop_while_waiting_for_the_lock(role_env: RoleEnv, pg_url: str) -
     assert code == EXIT_OK
 
 
+class _Holder:
+    """A service that owns what its role's build opened, and closes it when its run ends
+    (as the monitor's alert delivery closes its outbox)."""
+
+    name = "holder"
+
+    def __init__(self) -> None:
+        self.open = True
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            await self._stop.wait()
+        finally:
+            self.open = False
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+async def test_a_stop_while_building_still_closes_what_the_build_opened(
+        role_env: RoleEnv) -> None:
+    """SIGTERM between the build and the daemon's start (a probe can see the role active
+    then): the built services still run to their end. Returning early left the monitor's
+    outbox thread alive, and the process never exited until it was SIGKILLed."""
+    holder = _Holder()
+
+    async def build(ctx: RoleContext) -> Sequence[Service]:
+        rt.request_stop("SIGTERM")  # arrives while the role is being built
+        return [holder]
+
+    rt = RoleRuntime("stream", "large", role_env.env, builder=build,
+                     install_signal_handlers=False, lock_poll_s=0.2)
+    assert await asyncio.wait_for(rt.run(), 30) == EXIT_OK
+    assert not holder.open
+    assert rt.phase != "running"  # it never said it ran
+
+
 async def test_postgres_down_at_start_waits_heartbeating_then_runs(
     role_env: RoleEnv, pg_dedicated: EmbeddedPostgres
 ) -> None:
