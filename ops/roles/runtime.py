@@ -48,7 +48,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -66,7 +65,7 @@ from ops.runtime.credentials import (
     load_credentials,
     provider_from_config,
 )
-from ops.runtime.daemon import Daemon, Service
+from ops.runtime.daemon import Daemon, Service, exit_despite_leaked_threads
 from ops.runtime.env import RuntimeEnv, runtime_env
 from ops.runtime.ticker import CounterValue, HeartbeatTask, MarketClockCache, Slot, Ticker
 from ops.store import Control, Store
@@ -917,21 +916,12 @@ def run_role(role: str, account: str | None, env: RuntimeEnv | None = None) -> i
         print(f"ops run {role}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(program_name(role, account))
-    code = asyncio.run(RoleRuntime(role, account, env, config=config).run())
-    leftover = [t.name for t in threading.enumerate()
-                if t is not threading.main_thread() and t.is_alive() and not t.daemon]
-    if leftover:
-        # Everything the runtime owns is closed; a thread still running is a leak (something
-        # opened and never closed) that would keep this process from exiting at all, until
-        # supervisord or the orchestrator kills it. Exit anyway, and say so.
-        log.error("%s: %d thread(s) still running at exit (%s): exiting without waiting "
-                  "for them", program_name(role, account), len(leftover),
-                  ", ".join(sorted(leftover)))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    try:
+        code = asyncio.run(RoleRuntime(role, account, env, config=config).run())
+    except Exception:
+        log.exception("%s: stopped by an unexpected error", program_name(role, account))
+        code = EXIT_FAILED
+    return exit_despite_leaked_threads(program_name(role, account), code)
 
 
 def cli_run(args: argparse.Namespace) -> int:

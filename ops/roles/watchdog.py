@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import io
 import logging
@@ -396,11 +395,15 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
         base, connect_timeout_s=min(base.connect_timeout_s, 2.0),
         command_timeout_s=min(base.command_timeout_s, IO_TIMEOUT_S), close_grace_s=1.0,
         pool_max_size=3)
+    exporter = MetricsExporter() if config.metrics.enabled else None
+    server: MetricsServer | None = None
+    if exporter is not None:  # first: a port in use fails the start before anything opens
+        server = await asyncio.to_thread(serve, exporter, config.metrics.host, config.metrics.port)
+        log.info("watchdog: metrics on http://%s:%d/metrics", config.metrics.host, server.port)
     store = await Store.open(env, process=PROCESS_NAME, config=settings)
     outbox = await Outbox.open(default_path(env.home))
     sinks = sinks_from_config(config.alerts)
     worker = AlertWorker(outbox, sinks, retry=config.alerts.retry.to_backoff())
-    exporter = MetricsExporter() if config.metrics.enabled else None
     wd = Watchdog(env, config, store, SupervisorClient.for_env(env, timeout_s=IO_TIMEOUT_S - 1),
                   outbox, sinks=[s.name for s in sinks], exporter=exporter, worker=worker,
                   self_name=os.environ.get("SUPERVISOR_PROCESS_NAME", PROCESS_NAME))
@@ -428,10 +431,6 @@ async def run_watchdog(env: RuntimeEnv, config: Config, feed_io: tuple[IO[bytes]
     services += [ticker, heartbeat, worker]
     if feed_io is not None:
         services.append(EventFeed(feed_io[0], feed_io[1], wd.on_event))
-    server: MetricsServer | None = None
-    if exporter is not None:
-        server = await asyncio.to_thread(serve, exporter, config.metrics.host, config.metrics.port)
-        log.info("watchdog: metrics on http://%s:%d/metrics", config.metrics.host, server.port)
     log.info("watchdog: %d alert sink(s)%s; stale bound %gs, pass every %gs",
              len(sinks), ", dead-man ping on" if wd.deadman else "",
              config.watchdog.heartbeat_stale_s, PASS_INTERVAL_S)
@@ -469,6 +468,14 @@ def cli_main(args: argparse.Namespace) -> int:
     if feed_io is None:
         log.warning("watchdog: not under supervisord (no SUPERVISOR_PROCESS_NAME): polling "
                     "only, no process-state events")
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(run_watchdog(env, config, feed_io))
-    return 0
+    from ops.runtime.daemon import exit_despite_leaked_threads
+
+    code = 0
+    try:
+        code = asyncio.run(run_watchdog(env, config, feed_io))
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        log.exception("watchdog: stopped by an unexpected error")
+        code = 1
+    return exit_despite_leaked_threads(PROCESS_NAME, code)

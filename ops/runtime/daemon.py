@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -171,3 +174,20 @@ class Daemon:
             self._run_now()
         except Exception:
             log.exception("daemon %s: run-now callback failed", self.name)
+
+
+def exit_despite_leaked_threads(name: str, code: int) -> int:
+    """`code`, once the process's event loop has closed; but if a non-daemon thread is still
+    alive then (something opened and never closed, e.g. an aiosqlite connection), exit at
+    once with `code`, logging the threads' names: the interpreter would otherwise wait on
+    them forever, and a supervised process that cannot exit looks RUNNING until killed."""
+    leftover = sorted(t.name for t in threading.enumerate()
+                      if t is not threading.main_thread() and t.is_alive() and not t.daemon)
+    if not leftover:
+        return code
+    log.error("%s: %d thread(s) still running at exit (%s): exiting without waiting for "
+              "them", name, len(leftover), ", ".join(leftover))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -117,6 +117,31 @@ def test_sigusr1_runs_now(tmp_path: Path) -> None:
     assert all(s.endswith(":manual") for s in final_outcomes(ledger))
 
 
+LEAKY = """
+import logging, sys, threading, time
+from ops.runtime.daemon import exit_despite_leaked_threads
+logging.basicConfig(stream=sys.stderr, format="%(levelname)s %(message)s")
+threading.Thread(target=time.sleep, args=(300,), name="leaked-sqlite").start()
+raise SystemExit(exit_despite_leaked_threads("probe", 3))
+"""
+
+
+@pytest.mark.integration
+def test_a_leaked_thread_does_not_keep_a_stopped_process_alive() -> None:
+    """A non-daemon thread left running (an aiosqlite connection never closed) would make
+    the interpreter wait on it forever: the process exits anyway, with its code, naming
+    the thread. Without one, the code is returned and nothing is said."""
+    out = subprocess.run([sys.executable, "-c", LEAKY], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 3, out
+    assert ("ERROR probe: 1 thread(s) still running at exit (leaked-sqlite): exiting "
+            "without waiting for them") in out.stderr, out.stderr
+    clean = subprocess.run([sys.executable, "-c", LEAKY.replace(
+        'threading.Thread(target=time.sleep, args=(300,), name="leaked-sqlite").start()',
+        "")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (clean.returncode, clean.stderr) == (3, ""), clean
+
+
 class Failing:
     name = "failing"
 
