@@ -59,6 +59,11 @@ def size_text(qty: Decimal | None, notional: Decimal | None) -> str:
     return f"${_num(notional)}" if notional is not None else "?"
 
 
+def side_text(rec: SignalRecord) -> str:
+    """'buy', 'sell', or 'sell (reduce-only)' for an exit."""
+    return rec.side + (" (reduce-only)" if rec.reduce_only else "")
+
+
 def order_text(rec: SignalRecord) -> str:
     """The order the signal became, in one line: id, status, filled so far."""
     oid = rec.order_id
@@ -101,7 +106,7 @@ def describe(rec: SignalRecord, now: datetime) -> list[str]:
         ("state", rec.state + ("" if rec.state == rec.status else f" ({rec.status})")),
         ("account", rec.account),
         ("symbol", rec.symbol),
-        ("side", rec.side + (" (reduce-only)" if rec.reduce_only else "")),
+        ("side", side_text(rec)),
         ("qty", "-" if rec.qty is None else _num(rec.qty)),
         ("notional", "-" if rec.notional is None else f"${_num(rec.notional)}"),
         ("type", rec.order_type),
@@ -184,8 +189,7 @@ def list_lines(records: Sequence[SignalRecord], now: datetime, *, limit: int) ->
              "REASON"]]
     for r in records:
         rows.append([str(r.id), r.account, f"{r.created_at.astimezone(UTC):%H:%M:%S}Z",
-                     age((now - r.created_at).total_seconds()),
-                     r.side + (" (reduce-only)" if r.reduce_only else ""),
+                     age((now - r.created_at).total_seconds()), side_text(r),
                      size_text(r.qty, r.notional), r.symbol, r.state,
                      (r.order_id or "-")[:8], first_line(r.reason or "", REASON_WIDTH)])
     lines = [head, *_table(rows)]

@@ -181,8 +181,7 @@ class FillChecker:
         self.stats.checks += 1
         self.stats.fills_recovered += added
         self.stats.incomplete_orders = len(incomplete)
-        disagreements = sum(len(r.disagreements) for r in recs)
-        self.stats.disagreements += disagreements
+        disagreements = sum(len(r.disagreements) for r in recs)  # counted by _report
         level = logging.WARNING if added or incomplete or disagreements else logging.INFO
         log.log(level, "fill check (%s) since %s: %d order(s) looked at, %d to verify, "
                 "%d fill(s) recovered, %d incomplete, %d disagreement(s)", reason,
@@ -212,15 +211,20 @@ class FillChecker:
                     out[f.order_id].append(f)
         return out
 
+    async def report_disagreements(self, order_id: str, lines: Sequence[str]) -> None:
+        """Two sources of fills of `order_id` disagree (one line each, ops.core.fills):
+        counted, and one `fill-mismatch` incident for the order. Also the stream's, for a
+        copy that arrived second (ops/roles/stream.py)."""
+        self.stats.disagreements += len(lines)
+        await self._incident("fill-mismatch", "two sources of one fill disagree (nothing "
+                             "stored twice): " + "; ".join(lines),
+                             f"{self.process}:fill-mismatch:{order_id}")
+
     async def _report(self, recs: Iterable[fills.Reconciliation], orders: dict[str, Order],
                       incomplete: tuple[str, ...], prev: fq.FillCheck | None) -> None:
         for r in recs:
             if r.disagreements:
-                await self._incident(
-                    "fill-mismatch",
-                    "two sources of one fill disagree (nothing stored twice): "
-                    + "; ".join(r.disagreements),
-                    f"{self.process}:fill-mismatch:{r.order_id}")
+                await self.report_disagreements(r.order_id, r.disagreements)
             # More stored than the broker's filled_qty: the stream can deliver a fill
             # before the broker's order listing (taken first) shows it, so excess seen
             # once is a race; seen again at the next check, it is a phantom or a double.

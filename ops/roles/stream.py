@@ -503,16 +503,11 @@ class StreamRole:
             return
         found: dict[str, list[str]] = {}
         for oid, symbol, copy in copies:
-            found.setdefault(oid, []).extend(
-                second_copy(oid, symbol, copy, stored.get(oid, ())))
+            if problems := second_copy(oid, symbol, copy, stored.get(oid, ())):
+                found.setdefault(oid, []).extend(problems)
         for oid, lines in found.items():
-            if not lines:
-                continue
-            self.checker.stats.disagreements += len(lines)
             log.warning("stream: %s", "; ".join(lines))
-            await self._incident("fill-mismatch", "two sources of one fill disagree (nothing "
-                                 "stored twice): " + "; ".join(lines),
-                                 f"{self.ctx.process}:fill-mismatch:{oid}")
+            await self.checker.report_disagreements(oid, lines)
 
     def _rebuilt(self, update: TradeUpdate | None) -> Op:
         """The write of an update queued without one (its building failed on arrival)."""
