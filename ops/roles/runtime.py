@@ -447,6 +447,9 @@ class _ControlWatcher:
         self.account = ctx.account or SHARED_ACCOUNT
         self._seen: dict[str, datetime] = {}
         self._primed = False
+        # Before this, a request was for a predecessor; after it, for this process, even
+        # when it lands before the first poll has read the table.
+        self._since = datetime.now(UTC)
         self._stop = asyncio.Event()
         self.run_now_requests = 0
         self.polls = 0
@@ -476,8 +479,11 @@ class _ControlWatcher:
                 continue
             seen = self._seen.get(row.key)
             self._seen[row.key] = row.updated_at
-            # Requests older than this process's start were for its predecessor.
-            if self._primed and (seen is None or row.updated_at > seen):
+            if seen is not None:
+                new = row.updated_at > seen
+            else:  # first sight: new, unless the first poll finds it older than this process
+                new = self._primed or row.updated_at >= self._since
+            if new:
                 fresh.append(row)
         self._primed = True
         self.polls += 1

@@ -330,3 +330,39 @@ async def test_lock_lost_to_another_instance_stops_the_role(role_env: RoleEnv) -
         if not task.done():
             await asyncio.wait_for(task, 20)
         await thief.close()
+
+
+async def test_a_run_now_written_before_the_first_control_poll_is_not_lost() -> None:
+    """The first poll only learns what is there: a request older than the process was for
+    its predecessor, one written since it started is this process's, even when it lands
+    before that first poll (CI saw it dropped under load)."""
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from ops.roles.runtime import RUN_NOW_KEY, _ControlWatcher
+    from ops.store import Control
+
+    rows: list[Control] = []
+    runs: list[int] = []
+
+    async def controls(account: str) -> SimpleNamespace:
+        return SimpleNamespace(rows=list(rows))
+
+    ctx = SimpleNamespace(account=None, role="signal-engine",
+                          store=SimpleNamespace(controls=controls),
+                          run_now=lambda: runs.append(1))
+    watcher = _ControlWatcher(ctx, 1.0)  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    rows.append(Control("*", RUN_NOW_KEY, {}, now - timedelta(minutes=5), "old"))
+    await watcher.poll_once()
+    assert runs == []  # the predecessor's
+    rows[0] = Control("*", RUN_NOW_KEY, {}, datetime.now(UTC), "operator")
+    await watcher.poll_once()
+    assert runs == [1]
+
+    late = _ControlWatcher(ctx, 1.0)  # type: ignore[arg-type]
+    rows[0] = Control("*", RUN_NOW_KEY, {}, datetime.now(UTC), "operator")  # before its poll
+    await late.poll_once()
+    assert runs == [1, 1]
+    await late.poll_once()
+    assert runs == [1, 1]  # once
