@@ -230,3 +230,48 @@ def test_a_silent_server_is_a_timeout(silent_port: int) -> None:
     err = translate(ei.value, "get account", 0.2)
     assert isinstance(err, BrokerUnavailable)
     assert err.reason == "no answer within 0.2s (timeout)"
+
+
+def test_concurrent_calls_keep_their_connections(caplog: pytest.LogCaptureFixture) -> None:
+    """Four calls at once (a dispatcher reads account, clock, positions and orders
+    together), twice: the four connections of the first round are kept and reused by the
+    second, none dropped with urllib3's "pool is full" warning."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    at_once = threading.Barrier(4, timeout=10)
+    connections: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive
+
+        def setup(self) -> None:
+            connections.append(1)
+            super().setup()
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            at_once.wait()  # all four in flight together
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    http = Http("KEY-ID-1", "SECRET-1", 5.0)
+    url = f"http://127.0.0.1:{server.server_address[1]}/v2/account"
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(2):
+                assert list(pool.map(lambda _: http.request("GET", url), range(4))) == [{}] * 4
+    finally:
+        http.close()
+        server.shutdown()
+        server.server_close()
+    assert len(connections) == 4
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
