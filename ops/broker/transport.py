@@ -49,8 +49,6 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from ops.broker.errors import BrokerApiError, BrokerDataError, BrokerError, BrokerUnavailable
 from ops.runtime.errors import auth_hint, summarise_body
 
-#: Connections kept open per host (requests' default pool size).
-POOL_SIZE = 10
 USER_AGENT = "ops-pipeline"  # as the trade stream's handshake (websocket.py)
 # What requests called a ConnectionError: refused, reset or broken, TLS, proxy, pool closed.
 _CONNECTION_FAILED = (NewConnectionError, ProtocolError, SSLError, ProxyError, ClosedPoolError)
@@ -87,10 +85,7 @@ class Http:
             "Accept": "application/json",
             "Accept-Encoding": "gzip, deflate",
         }
-        # Up to POOL_SIZE connections kept per host, as requests kept: a dispatcher pass
-        # reads account, clock, positions and orders at once, and with urllib3's default
-        # of one every extra connection was dropped (a warning each) and opened anew.
-        self._manager = pool if pool is not None else urllib3.PoolManager(maxsize=POOL_SIZE)
+        self._manager = pool if pool is not None else urllib3.PoolManager()
 
     def __repr__(self) -> str:
         return "Http()"  # never the headers: they hold the keys
